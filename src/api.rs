@@ -1,0 +1,240 @@
+//! The routes: a parsed request, the chat core and the store in; a response (or a
+//! WebSocket upgrade) and chat effects out. No sockets here; the reactor decides what
+//! to do with an `Outcome`.
+
+use crate::chat::session::SessionKey;
+use crate::chat::{Chat, Effects, JoinError, LoginError};
+use crate::http::{Request, Response};
+use crate::store::{Registered, Store};
+use crate::ws::{self, UpgradeError};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+
+pub const SESSION_COOKIE: &str = "session";
+
+/// What the reactor should do with a request.
+#[derive(Debug)]
+pub enum Outcome {
+    Respond(Response),
+    /// Answer 101 with this `Sec-WebSocket-Accept` and switch the connection to
+    /// WebSocket for session `session`.
+    Upgrade { session: SessionKey, accept: String },
+}
+
+/// Policy the routes need from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct ApiConfig {
+    pub allowed_origins: Vec<String>,
+}
+
+/// Everything a request may touch.
+pub struct Ctx<'a> {
+    pub chat: &'a mut Chat,
+    pub store: &'a mut Store,
+    pub cfg: &'a ApiConfig,
+    pub now: Instant,
+    pub fx: &'a mut Effects,
+    /// The connection is TLS (or a trusted proxy says the client used https).
+    pub secure: bool,
+}
+
+pub fn handle(req: &Request, ctx: &mut Ctx) -> Outcome {
+    let path = req.path();
+    let method = req.method.as_str();
+    let respond = Outcome::Respond;
+    match path {
+        "/api/register" => match method {
+            "POST" => respond(register(req, ctx)),
+            _ => respond(not_allowed("POST")),
+        },
+        "/api/login" => match method {
+            "POST" => respond(login(req, ctx)),
+            _ => respond(not_allowed("POST")),
+        },
+        "/api/logout" => match method {
+            "GET" | "POST" => respond(logout(req, ctx)),
+            _ => respond(not_allowed("GET, POST")),
+        },
+        "/api/online" => match method {
+            "GET" => respond(online(req, ctx)),
+            _ => respond(not_allowed("GET")),
+        },
+        "/ws" => match method {
+            "GET" => websocket(req, ctx),
+            _ => respond(not_allowed("GET")),
+        },
+        "/healthz" => match method {
+            "GET" => respond(Response::json(200, &serde_json::json!({"status": "ok"}))),
+            _ => respond(not_allowed("GET")),
+        },
+        _ => match path.strip_prefix("/api/user/") {
+            Some(name) if !name.is_empty() && !name.contains('/') => match method {
+                "GET" => respond(user(req, name, ctx)),
+                _ => respond(not_allowed("GET")),
+            },
+            _ => respond(Response::error(404, "not_found")),
+        },
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Response {
+    Response::error(405, "method_not_allowed").header("Allow", allow)
+}
+
+fn internal(e: crate::store::StoreError) -> Response {
+    crate::log::error(format_args!("store: {e}"));
+    Response::error(500, "internal_error")
+}
+
+/// The one field a body must carry, and nothing else (CONTRACT: "invalid format").
+fn single_field<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
+    let text = std::str::from_utf8(body).ok()?;
+    serde_json::from_str(text).ok()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterBody {
+    username: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    key: String,
+}
+
+pub fn valid_username(name: &str) -> bool {
+    (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+fn register(req: &Request, ctx: &mut Ctx) -> Response {
+    let Some(RegisterBody { username }) = single_field(&req.body) else {
+        return Response::error(422, "invalid_format");
+    };
+    if !valid_username(&username) {
+        return Response::error(400, "invalid_username");
+    }
+    match ctx.store.register(&username) {
+        Ok(Registered::Created { key }) => {
+            crate::log::info(format_args!("registered user {username}"));
+            Response::json(201, &serde_json::json!({ "key": key }))
+        }
+        Ok(Registered::NameTaken) => Response::error(409, "username_taken"),
+        Err(e) => internal(e),
+    }
+}
+
+fn login(req: &Request, ctx: &mut Ctx) -> Response {
+    let Some(LoginBody { key }) = single_field(&req.body) else {
+        return Response::error(422, "invalid_format");
+    };
+    let username = match ctx.store.login(&key) {
+        Ok(Some(u)) => u,
+        Ok(None) => return Response::error(401, "invalid_key"),
+        Err(e) => return internal(e),
+    };
+    match ctx.chat.login(&username, ctx.now, ctx.fx) {
+        Ok(id) => {
+            let id = std::str::from_utf8(&id).expect("session ids are ASCII");
+            let secure = if ctx.secure { "; Secure" } else { "" };
+            Response::json(200, &serde_json::json!({ "username": username }))
+                .header("Set-Cookie", format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax{secure}"))
+        }
+        Err(LoginError::Full) => Response::error(503, "too_many_sessions"),
+    }
+}
+
+fn logout(req: &Request, ctx: &mut Ctx) -> Response {
+    if let Some(id) = session_cookie(req) {
+        ctx.chat.logout(id, ctx.now, ctx.fx);
+    }
+    let secure = if ctx.secure { "; Secure" } else { "" };
+    Response::json(200, &serde_json::json!({ "status": "ok" })).header(
+        "Set-Cookie",
+        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
+    )
+}
+
+/// The `session` cookie's value, from any `Cookie` header (RFC 6265 5.4 joins
+/// pairs with "; ").
+pub fn session_cookie(req: &Request) -> Option<&[u8]> {
+    req.headers_named("cookie").flat_map(|h| h.split(|&b| b == b';')).find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|&b| b == b'=')?;
+        let (name, value) = (&pair[..eq], &pair[eq + 1..]);
+        (name.trim_ascii() == SESSION_COOKIE.as_bytes()).then(|| {
+            let v = value.trim_ascii();
+            v.strip_prefix(b"\"").and_then(|v| v.strip_suffix(b"\"")).unwrap_or(v)
+        })
+    })
+}
+
+/// The authenticated-endpoint rule: no cookie -> 422, unknown or expired -> 401.
+fn authenticate(req: &Request, ctx: &mut Ctx) -> Result<SessionKey, Response> {
+    let id = session_cookie(req).ok_or_else(|| Response::error(422, "missing_session"))?;
+    ctx.chat.authenticate(id, ctx.now).ok_or_else(|| Response::error(401, "invalid_session"))
+}
+
+fn online(req: &Request, ctx: &mut Ctx) -> Response {
+    if let Err(r) = authenticate(req, ctx) {
+        return r;
+    }
+    #[derive(Serialize)]
+    struct Online<'a> {
+        online_clients: Vec<&'a str>,
+    }
+    Response::json(200, &Online { online_clients: ctx.chat.online().collect() })
+}
+
+fn user(req: &Request, name: &str, ctx: &mut Ctx) -> Response {
+    let me = match authenticate(req, ctx) {
+        Ok(k) => k,
+        Err(r) => return r,
+    };
+    let username = if name == "@me" {
+        ctx.chat.username(me).expect("authenticated just now").to_owned()
+    } else {
+        if !valid_username(name) {
+            return Response::error(404, "user_not_found");
+        }
+        match ctx.store.find_user(name) {
+            Ok(Some(u)) => u,
+            Ok(None) => return Response::error(404, "user_not_found"),
+            Err(e) => return internal(e),
+        }
+    };
+    let online = ctx.chat.is_online(&username);
+    Response::json(200, &serde_json::json!({ "username": username, "online": online }))
+}
+
+fn websocket(req: &Request, ctx: &mut Ctx) -> Outcome {
+    let session = match authenticate(req, ctx) {
+        Ok(k) => k,
+        Err(r) => return Outcome::Respond(r),
+    };
+    match ctx.chat.can_join(session) {
+        Ok(()) => {}
+        Err(JoinError::AlreadyConnected) => return Outcome::Respond(Response::error(409, "already_connected")),
+        Err(JoinError::NoSession) => return Outcome::Respond(Response::error(401, "invalid_session")),
+    }
+    if !ctx.cfg.allowed_origins.is_empty() {
+        let origin = req.header_str("origin").unwrap_or("");
+        if !ctx.cfg.allowed_origins.iter().any(|o| o.eq_ignore_ascii_case(origin)) {
+            return Outcome::Respond(Response::error(403, "origin_not_allowed"));
+        }
+    }
+    match ws::check_upgrade(req) {
+        Ok(accept) => Outcome::Upgrade { session, accept },
+        Err(UpgradeError::UpgradeRequired) => Outcome::Respond(
+            Response::error(426, "upgrade_required").header("Upgrade", "websocket"),
+        ),
+        Err(UpgradeError::Version) => Outcome::Respond(
+            Response::error(400, "bad_websocket_request").header("Sec-WebSocket-Version", "13"),
+        ),
+        Err(UpgradeError::Bad(_)) => Outcome::Respond(Response::error(400, "bad_websocket_request")),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,288 @@
+//! The chat core: sessions and the room, fed events and `now`, answering with a list
+//! of effects (frames to send, broadcasts, sockets to close) for the reactor to apply.
+//! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
+
+pub mod room;
+pub mod session;
+
+use crate::outq::Chunk;
+use crate::ws::frame::{self, TextFrame};
+use room::{Bucket, Member, RateLimit, Room};
+use serde::{Deserialize, Serialize};
+use session::{EndReason, Session, SessionId, SessionKey, Sessions};
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+pub use session::LoginError;
+
+/// The reactor's handle for a connection (its slab key). The reactor tells the core
+/// when a connection goes away, so the core never holds a dead one.
+pub type ConnId = usize;
+
+pub const MAX_MESSAGE_CHARS: usize = 300;
+
+/// WebSocket close codes the core asks for (RFC 6455 7.4.1).
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+#[derive(Debug, Clone)]
+pub enum Effect {
+    Send { to: ConnId, frame: Chunk },
+    /// One encoded frame for every member except `except`.
+    Broadcast { except: Option<ConnId>, frame: Rc<[u8]> },
+    /// Close this WebSocket with `code`; the core has already removed it from the room.
+    Close { conn: ConnId, code: u16 },
+}
+
+pub type Effects = Vec<Effect>;
+
+// Acks are the same bytes every time: encode them once, at compile time.
+pub const ACK_OK: &[u8] = b"\x81\x0f{\"status\":true}";
+pub const ACK_TOO_LONG: &[u8] = b"\x81\x2a{\"status\":false,\"code\":\"message_too_long\"}";
+pub const ACK_EMPTY: &[u8] = b"\x81\x27{\"status\":false,\"code\":\"message_empty\"}";
+pub const ACK_INVALID: &[u8] = b"\x81\x29{\"status\":false,\"code\":\"invalid_message\"}";
+pub const ACK_RATE_LIMITED: &[u8] = b"\x81\x26{\"status\":false,\"code\":\"rate_limited\"}";
+
+#[derive(Debug, Clone, Copy)]
+pub struct ChatConfig {
+    pub session_ttl: Duration,
+    pub max_sessions_per_user: usize,
+    pub max_sessions: usize,
+    /// `None` turns the per-socket message limit off.
+    pub message_rate: Option<RateLimit>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Incoming<'a> {
+    #[serde(borrow)]
+    message: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    message: &'a str,
+    author: &'a str,
+}
+
+#[derive(Serialize)]
+struct Event<'a> {
+    event: &'a str,
+    username: &'a str,
+}
+
+/// Why a WebSocket may not join.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinError {
+    /// The session ended (expired or logged out) since it was checked.
+    NoSession,
+    /// This user already has an open WebSocket.
+    AlreadyConnected,
+}
+
+/// Counters the metrics endpoint reports.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ChatStats {
+    pub messages_in: u64,
+    pub messages_rejected: u64,
+    pub rate_limited: u64,
+    pub broadcasts: u64,
+}
+
+pub struct Chat {
+    sessions: Sessions,
+    room: Room,
+    message_rate: Option<RateLimit>,
+    pub stats: ChatStats,
+}
+
+impl Chat {
+    pub fn new(cfg: ChatConfig) -> Self {
+        Chat {
+            sessions: Sessions::new(cfg.session_ttl, cfg.max_sessions_per_user, cfg.max_sessions),
+            room: Room::default(),
+            message_rate: cfg.message_rate,
+            stats: ChatStats::default(),
+        }
+    }
+
+    /// Replaces the CSPRNG behind session ids (fuzzing, tests).
+    pub fn set_random(&mut self, fill: fn(&mut [u8])) {
+        self.sessions.set_random(fill);
+    }
+
+    /// Starts a session for a user the store has authenticated.
+    pub fn login(&mut self, user: &str, now: Instant, fx: &mut Effects) -> Result<SessionId, LoginError> {
+        let name: Rc<str> = match self.room.conn_of_user(user).and_then(|c| self.room.get(c)) {
+            Some(m) => m.user.clone(),
+            None => Rc::from(user),
+        };
+        let mut evicted = Vec::new();
+        let result = self.sessions.login(name, now, &mut evicted);
+        for (k, s) in evicted {
+            self.ended(k, s, EndReason::Evicted, fx);
+        }
+        result.map(|(_, id)| id)
+    }
+
+    /// The live session behind a cookie value; counts as activity.
+    pub fn authenticate(&mut self, cookie: &[u8], now: Instant) -> Option<SessionKey> {
+        self.sessions.authenticate(cookie, now)
+    }
+
+    pub fn username(&self, k: SessionKey) -> Option<&str> {
+        self.sessions.get(k).map(|s| &*s.user)
+    }
+
+    /// Ends the session behind `cookie`, if it is live; its WebSocket is closed (1000).
+    pub fn logout(&mut self, cookie: &[u8], now: Instant, fx: &mut Effects) {
+        if let Some(k) = self.sessions.authenticate(cookie, now) {
+            if let Some(s) = self.sessions.remove(k) {
+                self.ended(k, s, EndReason::Logout, fx);
+            }
+        }
+    }
+
+    pub fn online(&self) -> impl Iterator<Item = &str> + '_ {
+        self.room.names()
+    }
+
+    pub fn is_online(&self, name: &str) -> bool {
+        self.room.conn_of_user(name).is_some()
+    }
+
+    /// Connections in the room, in connect order: the broadcast's recipients.
+    pub fn members(&self) -> &[ConnId] {
+        self.room.members()
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Whether this session's user may open a WebSocket now (the 409 check).
+    pub fn can_join(&self, k: SessionKey) -> Result<(), JoinError> {
+        let s = self.sessions.get(k).ok_or(JoinError::NoSession)?;
+        if self.room.conn_of_user(&s.user).is_some() {
+            return Err(JoinError::AlreadyConnected);
+        }
+        Ok(())
+    }
+
+    /// A WebSocket for session `k` is open: join the room, tell everyone else.
+    /// `rate_limited` says whether this socket's messages are metered.
+    pub fn join(
+        &mut self,
+        conn: ConnId,
+        k: SessionKey,
+        rate_limited: bool,
+        now: Instant,
+        fx: &mut Effects,
+    ) -> Result<(), JoinError> {
+        self.can_join(k)?;
+        let user = self.sessions.get(k).ok_or(JoinError::NoSession)?.user.clone();
+        let bucket = match self.message_rate {
+            Some(limit) if rate_limited => Some(Bucket::full(limit, now)),
+            _ => None,
+        };
+        let frame = event_frame("join", &user);
+        if !self.room.insert(conn, Member { session: k, user, bucket }) {
+            return Err(JoinError::AlreadyConnected);
+        }
+        self.sessions.touch(k, now);
+        fx.push(Effect::Broadcast { except: Some(conn), frame });
+        Ok(())
+    }
+
+    /// Any frame from a member (pongs included) keeps its session alive.
+    pub fn on_activity(&mut self, conn: ConnId, now: Instant) {
+        if let Some(m) = self.room.get(conn) {
+            let k = m.session;
+            self.sessions.touch(k, now);
+        }
+    }
+
+    /// A text message from a member.
+    pub fn on_text(&mut self, conn: ConnId, text: &str, now: Instant, fx: &mut Effects) {
+        let limit = self.message_rate;
+        let Some(m) = self.room.get_mut(conn) else { return };
+        let session = m.session;
+        self.stats.messages_in += 1;
+        if let (Some(bucket), Some(limit)) = (m.bucket.as_mut(), limit) {
+            if !bucket.take(limit, now) {
+                self.stats.rate_limited += 1;
+                fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_RATE_LIMITED) });
+                return;
+            }
+        }
+        let ack = match serde_json::from_str::<Incoming>(text) {
+            Err(_) => ACK_INVALID,
+            Ok(msg) if msg.message.is_empty() => ACK_EMPTY,
+            Ok(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
+            Ok(msg) => {
+                let author = self.room.get(conn).map(|m| m.user.clone()).expect("member checked above");
+                let mut f = TextFrame::with_capacity(msg.message.len() + author.len() + 32);
+                serde_json::to_writer(f.payload(), &Outgoing { message: &msg.message, author: &author })
+                    .expect("serializing into a Vec cannot fail");
+                self.stats.broadcasts += 1;
+                fx.push(Effect::Broadcast { except: Some(conn), frame: f.finish() });
+                ACK_OK
+            }
+        };
+        if ack != ACK_OK {
+            self.stats.messages_rejected += 1;
+        }
+        self.sessions.touch(session, now);
+        fx.push(Effect::Send { to: conn, frame: Chunk::Static(ack) });
+    }
+
+    /// A WebSocket is gone, whatever the cause. Safe to call for a connection that was
+    /// never in the room or already left.
+    pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
+        if let Some(m) = self.room.remove(conn) {
+            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &m.user) });
+        }
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.sessions.next_deadline()
+    }
+
+    /// Expires sessions due by `now`; their sockets are closed with 1008.
+    pub fn on_timeout(&mut self, now: Instant, fx: &mut Effects) {
+        let mut expired = Vec::new();
+        self.sessions.expire(now, &mut expired);
+        for (k, s) in expired {
+            self.ended(k, s, EndReason::Expired, fx);
+        }
+    }
+
+    fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {
+        let Some(conn) = self.room.conn_of_user(&s.user) else { return };
+        if self.room.get(conn).map(|m| m.session) != Some(k) {
+            return;
+        }
+        let code = match why {
+            EndReason::Logout => close::NORMAL,
+            EndReason::Expired | EndReason::Evicted => close::POLICY,
+        };
+        self.leave(conn, fx);
+        fx.push(Effect::Close { conn, code });
+    }
+}
+
+fn event_frame(event: &str, user: &str) -> Rc<[u8]> {
+    let payload = serde_json::to_vec(&Event { event, username: user }).expect("serializing into a Vec cannot fail");
+    frame::text(&payload)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,145 @@
+//! The room: who is connected, in connect order, and the per-socket message budget.
+//! Knows nothing of sockets or sessions' storage; `ConnId`s are opaque to it.
+
+use super::session::SessionKey;
+use super::ConnId;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens a second up to `burst`. Time is passed in.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    tokens: f32,
+    last: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub per_second: u32,
+    pub burst: u32,
+}
+
+impl Bucket {
+    pub fn full(limit: RateLimit, now: Instant) -> Self {
+        Bucket { tokens: limit.burst.max(1) as f32, last: now }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, limit: RateLimit, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f32();
+        self.last = now;
+        let cap = limit.burst.max(1) as f32;
+        self.tokens = (self.tokens + elapsed * limit.per_second as f32).min(cap);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Member {
+    pub session: SessionKey,
+    pub user: Rc<str>,
+    /// `None` when this socket is exempt from the message rate limit.
+    pub bucket: Option<Bucket>,
+}
+
+#[derive(Default)]
+pub struct Room {
+    /// Connect order: the broadcast iterates this, and /api/online reports it.
+    order: Vec<ConnId>,
+    members: HashMap<ConnId, Member>,
+    /// Lowercased name -> the user's socket, for the one-socket-per-user rule.
+    by_user: HashMap<Box<str>, ConnId>,
+}
+
+impl Room {
+    pub fn members(&self) -> &[ConnId] {
+        &self.order
+    }
+
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    pub fn get(&self, conn: ConnId) -> Option<&Member> {
+        self.members.get(&conn)
+    }
+
+    pub fn get_mut(&mut self, conn: ConnId) -> Option<&mut Member> {
+        self.members.get_mut(&conn)
+    }
+
+    pub fn conn_of_user(&self, name: &str) -> Option<ConnId> {
+        self.by_user.get(name.to_ascii_lowercase().as_str()).copied()
+    }
+
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.order.iter().map(move |c| &*self.members[c].user)
+    }
+
+    /// Adds a member; false if the user or the connection is already in.
+    pub fn insert(&mut self, conn: ConnId, m: Member) -> bool {
+        let lower: Box<str> = m.user.to_ascii_lowercase().into();
+        if self.by_user.contains_key(&lower) || self.members.contains_key(&conn) {
+            return false;
+        }
+        self.by_user.insert(lower, conn);
+        self.members.insert(conn, m);
+        self.order.push(conn);
+        true
+    }
+
+    pub fn remove(&mut self, conn: ConnId) -> Option<Member> {
+        let m = self.members.remove(&conn)?;
+        self.by_user.remove(m.user.to_ascii_lowercase().as_str());
+        // O(members), like the leave broadcast that always follows a removal.
+        if let Some(pos) = self.order.iter().position(|&c| c == conn) {
+            self.order.remove(pos);
+        }
+        Some(m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_allows_burst_then_rate() {
+        let limit = RateLimit { per_second: 10, burst: 3 };
+        let t0 = Instant::now();
+        let mut b = Bucket::full(limit, t0);
+        assert!(b.take(limit, t0));
+        assert!(b.take(limit, t0));
+        assert!(b.take(limit, t0));
+        assert!(!b.take(limit, t0));
+        assert!(b.take(limit, t0 + Duration::from_millis(100)));
+        assert!(!b.take(limit, t0 + Duration::from_millis(100)));
+    }
+
+    #[test]
+    fn order_is_connect_order_and_names_are_unique_ignoring_case() {
+        let mut r = Room::default();
+        let k = SessionKey { key: 0, generation: 1 };
+        let m = |u: &str| Member { session: k, user: Rc::from(u), bucket: None };
+        assert!(r.insert(5, m("bob")));
+        assert!(r.insert(2, m("Amy")));
+        assert!(!r.insert(9, m("BOB")));
+        assert!(r.insert(7, m("cid")));
+        assert_eq!(r.names().collect::<Vec<_>>(), ["bob", "Amy", "cid"]);
+        r.remove(2);
+        assert_eq!(r.members(), &[5, 7]);
+        assert_eq!(r.conn_of_user("BOB"), Some(5));
+        assert_eq!(r.conn_of_user("amy"), None);
+    }
+}

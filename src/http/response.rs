@@ -1,0 +1,136 @@
+//! HTTP responses: a status, a few headers and a body, serialised into bytes for the
+//! connection's write queue. Every response carries the same safety headers; every
+//! error carries `{"error": "<code>"}`.
+
+use serde::Serialize;
+use std::borrow::Cow;
+use std::io::Write;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(&'static str, Cow<'static, str>)>,
+    pub body: Cow<'static, [u8]>,
+    /// Close the connection after this response, whatever the request asked for.
+    pub close: bool,
+}
+
+impl Response {
+    pub fn new(status: u16) -> Self {
+        Response { status, headers: Vec::new(), body: Cow::Borrowed(b""), close: false }
+    }
+
+    pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
+        let body = serde_json::to_vec(value).expect("serializing into a Vec cannot fail");
+        Response::new(status).header("Content-Type", "application/json").with_body(body)
+    }
+
+    /// `{"error": code}` with the given status.
+    pub fn error(status: u16, code: &'static str) -> Self {
+        #[derive(Serialize)]
+        struct Error {
+            error: &'static str,
+        }
+        Response::json(status, &Error { error: code })
+    }
+
+    pub fn header(mut self, name: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    pub fn with_body(mut self, body: impl Into<Cow<'static, [u8]>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| &**v)
+    }
+
+    /// Serialises the response. `keep_alive` is the connection's decision after this
+    /// response; `head` omits the body (HEAD requests) but keeps its length.
+    pub fn write_to(&self, out: &mut Vec<u8>, keep_alive: bool, head: bool) {
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
+        for (name, value) in &self.headers {
+            let _ = write!(out, "{name}: {value}\r\n");
+        }
+        if self.status != 101 && self.status != 100 {
+            let _ = write!(out, "Content-Length: {}\r\n", self.body.len());
+            out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n");
+            if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("Cache-Control")) {
+                out.extend_from_slice(b"Cache-Control: no-store\r\n");
+            }
+            out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
+        }
+        out.extend_from_slice(b"\r\n");
+        if !head {
+            out.extend_from_slice(&self.body);
+        }
+    }
+}
+
+pub fn reason(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        304 => "Not Modified",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        413 => "Content Too Large",
+        422 => "Unprocessable Content",
+        426 => "Upgrade Required",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_responses_carry_json_and_safety_headers() {
+        let r = Response::error(404, "not_found");
+        let mut out = Vec::new();
+        r.write_to(&mut out, true, false);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
+        assert!(text.contains("Content-Type: application/json\r\n"));
+        assert!(text.contains("Content-Length: 21\r\n"));
+        assert!(text.contains("X-Content-Type-Options: nosniff\r\n"));
+        assert!(text.contains("Cache-Control: no-store\r\n"));
+        assert!(text.contains("Connection: keep-alive\r\n"));
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"not_found\"}"));
+    }
+
+    #[test]
+    fn head_keeps_the_length_but_not_the_body() {
+        let r = Response::new(200).with_body(&b"hello"[..]);
+        let mut out = Vec::new();
+        r.write_to(&mut out, false, true);
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("Content-Length: 5\r\n"));
+        assert!(text.contains("Connection: close\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}

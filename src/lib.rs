@@ -1,0 +1,16 @@
+//! skiff: a tiny real-time chat server. The protocol and chat logic are sans-IO
+//! cores (`http`, `ws`, `chat`, `api`); `reactor` is the one thread that moves bytes
+//! and time between them and the sockets.
+
+pub mod api;
+pub mod chat;
+pub mod config;
+pub mod conn;
+pub mod http;
+pub mod log;
+pub mod outq;
+pub mod reactor;
+pub mod server;
+pub mod store;
+pub mod timer;
+pub mod ws;

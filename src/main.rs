@@ -1,0 +1,60 @@
+//! The skiff binary: configuration -> store -> reactor, and the exit codes around them.
+
+use skiff::config::{self, Command};
+use skiff::log;
+use skiff::reactor::Reactor;
+use skiff::store::Store;
+use std::io::Write;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let env = |name: &str| std::env::var(name).ok();
+    let cfg = match config::parse(std::env::args().skip(1), &env) {
+        Ok(Command::Run(cfg)) => cfg,
+        Ok(Command::Help) => {
+            print!("{}", config::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Ok(Command::Version) => {
+            println!("skiff {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("skiff: {e}");
+            eprintln!("Try 'skiff --help' for more information.");
+            return ExitCode::from(2);
+        }
+    };
+    log::set_level(cfg.log_level);
+    let store = match Store::open(&cfg.db) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("skiff: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut reactor = match Reactor::new(&cfg, store) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("skiff: cannot listen on {}: {e}", cfg.listen);
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = reactor.handle_signals() {
+        eprintln!("skiff: cannot install signal handlers: {e}");
+        return ExitCode::from(1);
+    }
+    let addr = reactor.local_addr();
+    // Scripts and tests read this first line to find an ephemeral port.
+    let mut stdout = std::io::stdout();
+    let _ = writeln!(stdout, "listening on http://{addr}");
+    let _ = stdout.flush();
+    log::info(format_args!("skiff {} listening on {addr}, database {}", env!("CARGO_PKG_VERSION"), cfg.db.display()));
+    match reactor.run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error(format_args!("event loop failed: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}

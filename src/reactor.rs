@@ -1,0 +1,182 @@
+//! The event loop: one thread, one `mio::Poll`. It accepts sockets, turns readiness
+//! events and the clock into calls on `Server`, flushes once per turn, and sleeps
+//! until the next event or deadline. It decides nothing about any protocol.
+
+use crate::config::Config;
+use crate::log;
+use crate::server::{Server, ServerConfig};
+use crate::store::Store;
+use mio::net::{TcpListener, TcpStream, UnixStream};
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX - 1);
+const SIGNALS: Token = Token(usize::MAX - 2);
+
+/// Back-off after accept fails for lack of descriptors: retrying at once would spin.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+pub struct Reactor {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    local_addr: SocketAddr,
+    signals: Option<UnixStream>,
+    server: Server<TcpStream>,
+    max_connections: usize,
+    accept_retry: Option<Instant>,
+}
+
+impl Reactor {
+    pub fn new(cfg: &Config, store: Store) -> io::Result<Reactor> {
+        let poll = Poll::new()?;
+        let mut listener = TcpListener::bind(cfg.listen)?;
+        let local_addr = listener.local_addr()?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Reactor {
+            poll,
+            listener: Some(listener),
+            local_addr,
+            signals: None,
+            server: Server::new(ServerConfig::from_config(cfg), store),
+            max_connections: cfg.max_connections.unwrap_or_else(default_max_connections),
+            accept_retry: None,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// SIGINT and SIGTERM start a graceful shutdown: the handler only writes a byte
+    /// into this pipe, and the loop does the rest.
+    pub fn handle_signals(&mut self) -> io::Result<()> {
+        let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGINT, tx.try_clone()?)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGTERM, tx)?;
+        let mut rx = UnixStream::from_std(rx);
+        self.poll.registry().register(&mut rx, SIGNALS, Interest::READABLE)?;
+        self.signals = Some(rx);
+        Ok(())
+    }
+
+    /// Runs until a signal's graceful shutdown completes.
+    pub fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let now = Instant::now();
+            self.server.flush_all(now);
+            if self.server.is_shut_down(now) {
+                log::info(format_args!("stopped; {} connections left open", self.server.len()));
+                return Ok(());
+            }
+            let timeout = self.poll_timeout(now);
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let now = Instant::now();
+            let mut accept = false;
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => accept = true,
+                    SIGNALS => self.on_signal(now),
+                    Token(key) => {
+                        let failed = ev.is_error();
+                        let readable = ev.is_readable() || ev.is_read_closed() || failed;
+                        let writable = ev.is_writable() || failed;
+                        self.server.on_ready(key, readable, writable, now);
+                    }
+                }
+            }
+            if accept || self.accept_retry.is_some_and(|t| t <= now) {
+                self.accept(now);
+            }
+            self.server.run_pending_reads(now);
+            self.server.on_timeout(now);
+        }
+    }
+
+    fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+        if self.server.has_pending_work() {
+            return Some(Duration::ZERO);
+        }
+        [self.server.next_deadline(), self.accept_retry]
+            .into_iter()
+            .flatten()
+            .min()
+            // Round up so a wake-up never lands a hair before its deadline and spins.
+            .map(|t| t.saturating_duration_since(now) + Duration::from_millis(1))
+    }
+
+    fn accept(&mut self, now: Instant) {
+        self.accept_retry = None;
+        let Some(listener) = self.listener.as_ref() else { return };
+        loop {
+            match listener.accept() {
+                Ok((sock, peer)) => {
+                    if self.server.len() >= self.max_connections {
+                        self.server.stats.refused += 1;
+                        continue; // dropping `sock` closes it at once
+                    }
+                    // Chat frames are small and latency matters more than packet count.
+                    let _ = sock.set_nodelay(true);
+                    let key = self.server.insert(sock, peer, now);
+                    let sock = self.server.stream_mut(key).expect("just inserted");
+                    if let Err(e) =
+                        self.poll.registry().register(sock, Token(key), Interest::READABLE | Interest::WRITABLE)
+                    {
+                        log::warn(format_args!("register {peer}: {e}"));
+                        self.server.discard(key);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS: the pending connections stay in the
+                    // backlog; retry shortly instead of spinning on a ready listener.
+                    log::warn(format_args!("accept: {e}"));
+                    self.accept_retry = Some(now + ACCEPT_RETRY);
+                    break;
+                }
+            }
+        }
+    }
+
+    fn on_signal(&mut self, now: Instant) {
+        if let Some(rx) = self.signals.as_mut() {
+            let mut buf = [0u8; 16];
+            while matches!(rx.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept_retry = None;
+        self.server.begin_shutdown(now);
+    }
+}
+
+/// Without a flag, hold as many connections as the descriptor limit allows,
+/// keeping a few descriptors for the database, the listener and epoll.
+fn default_max_connections() -> usize {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit { rlim_cur: lim.rlim_max, rlim_max: lim.rlim_max };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim = raised;
+            }
+        }
+    }
+    (lim.rlim_cur as usize).saturating_sub(32).max(16)
+}

@@ -1,0 +1,650 @@
+//! Every connection's life, without a socket in sight: bytes in through a `Stream`,
+//! requests to the routes, frames to the chat core, effects back out to write
+//! queues, deadlines from a timer heap. The mio reactor (or a test, or a fuzz
+//! target) feeds it readiness and time; it never polls or reads a clock itself.
+
+use crate::api::{self, ApiConfig, Outcome};
+use crate::chat::room::RateLimit;
+use crate::chat::{close, Chat, ChatConfig, Effect, Effects};
+use crate::conn::{
+    Conn, Phase, Stream, WsPhase, IN_CAP, KEEPALIVE_TIMEOUT, LINGER, OUT_CAP, OUT_HIGH, PEER_TIMEOUT, PING_INTERVAL,
+    REQUEST_TIMEOUT,
+};
+use crate::http::{Limits, Parsed, Request, Response};
+use crate::log;
+use crate::outq::{Chunk, Flush};
+use crate::store::Store;
+use crate::timer::Timer;
+use crate::ws::{WsConn, WsRead};
+use slab::Slab;
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Messages read from one WebSocket before the loop moves on to others, so one
+/// busy client cannot starve the rest.
+const READ_BUDGET: usize = 64;
+/// Bytes written to one connection per turn (Redis uses 64 KiB for the same reason).
+const WRITE_BUDGET: usize = 256 * 1024;
+/// How long a graceful shutdown waits for sockets to flush and hang up.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// What the server needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub chat: ChatConfig,
+    pub api: ApiConfig,
+    pub limits: Limits,
+    pub limit_loopback: bool,
+}
+
+impl ServerConfig {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let message_rate = (cfg.messages_per_second > 0)
+            .then_some(RateLimit { per_second: cfg.messages_per_second, burst: cfg.message_burst });
+        ServerConfig {
+            chat: ChatConfig {
+                session_ttl: cfg.session_ttl,
+                max_sessions_per_user: cfg.max_sessions_per_user,
+                max_sessions: cfg.max_sessions,
+                message_rate,
+            },
+            api: ApiConfig { allowed_origins: cfg.allowed_origins.clone() },
+            limits: Limits::default(),
+            limit_loopback: cfg.limit_loopback,
+        }
+    }
+}
+
+/// Counters for logs and the metrics endpoint.
+#[derive(Debug, Default, Clone)]
+pub struct Stats {
+    pub accepted: u64,
+    pub refused: u64,
+    pub ws_opened: u64,
+    pub deliveries: u64,
+    pub slow_dropped: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+pub struct Server<S> {
+    conns: Slab<Conn<S>>,
+    pub chat: Chat,
+    store: Store,
+    api: ApiConfig,
+    limits: Limits,
+    limit_loopback: bool,
+    timer: Timer,
+    /// Connections with bytes to write this turn (`handleClientsWithPendingWrites`).
+    flush_list: Vec<usize>,
+    /// Connections whose read budget ran out with input left.
+    read_list: Vec<usize>,
+    fx: Effects,
+    next_generation: u64,
+    shutdown: Option<Instant>,
+    scratch: Box<[u8]>,
+    pub stats: Stats,
+}
+
+impl<S: Stream> Server<S> {
+    pub fn new(cfg: ServerConfig, store: Store) -> Self {
+        Server {
+            conns: Slab::new(),
+            chat: Chat::new(cfg.chat),
+            store,
+            api: cfg.api,
+            limits: cfg.limits,
+            limit_loopback: cfg.limit_loopback,
+            timer: Timer::new(),
+            flush_list: Vec::new(),
+            read_list: Vec::new(),
+            fx: Vec::new(),
+            next_generation: 1,
+            shutdown: None,
+            scratch: vec![0u8; IN_CAP].into_boxed_slice(),
+            stats: Stats::default(),
+        }
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.conns.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.conns.is_empty()
+    }
+
+    /// Takes a new connection; returns its key (the reactor's token).
+    pub fn insert(&mut self, sock: S, peer: SocketAddr, now: Instant) -> usize {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let mut conn = Conn::new(sock, peer, generation, self.limits, now);
+        conn.metered = self.limit_loopback || !peer.ip().is_loopback();
+        let key = self.conns.insert(conn);
+        self.stats.accepted += 1;
+        log::debug(format_args!("connect {peer}"));
+        self.arm(key);
+        key
+    }
+
+    pub fn stream_mut(&mut self, key: usize) -> Option<&mut S> {
+        self.conns.get_mut(key).map(|c| &mut c.sock)
+    }
+
+    pub fn contains(&self, key: usize) -> bool {
+        self.conns.contains(key)
+    }
+
+    /// The transport reported readiness for connection `key`.
+    pub fn on_ready(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if writable {
+            c.writable = true;
+            if !c.out.is_empty() && !c.queued_for_flush {
+                c.queued_for_flush = true;
+                self.flush_list.push(key);
+            }
+        }
+        if readable {
+            c.readable = true;
+            self.drive(key, now);
+        }
+    }
+
+    /// Work that must not wait for the next readiness event: connections whose read
+    /// budget ran out, queues not yet flushed. Poll with a zero timeout while true.
+    pub fn has_pending_work(&self) -> bool {
+        !self.read_list.is_empty() || !self.flush_list.is_empty()
+    }
+
+    /// Resumes reads that ran out of budget last turn.
+    pub fn run_pending_reads(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.read_list) {
+            if let Some(c) = self.conns.get_mut(key) {
+                c.queued_for_read = false;
+                self.drive(key, now);
+            }
+        }
+    }
+
+    /// The earliest moment something is due without any IO.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        [self.timer.next(), self.chat.next_deadline(), self.shutdown].into_iter().flatten().min()
+    }
+
+    /// Runs everything due by `now`: connection deadlines and session expiry.
+    pub fn on_timeout(&mut self, now: Instant) {
+        self.run_timers(now);
+    }
+
+    /// True once a shutdown has finished (every connection gone or the grace over).
+    pub fn is_shut_down(&self, now: Instant) -> bool {
+        self.shutdown.is_some_and(|deadline| self.conns.is_empty() || now >= deadline)
+    }
+
+    /// Reads and processes whatever a connection has, following phase changes.
+    fn drive(&mut self, key: usize, now: Instant) {
+        loop {
+            let Some(c) = self.conns.get(key) else { return };
+            let again = match c.phase {
+                Phase::Http(_) => self.drive_http(key, now),
+                Phase::Ws(_) => self.drive_ws(key, now),
+                Phase::Closing { .. } => {
+                    self.drive_closing(key);
+                    false
+                }
+                Phase::Moving => false,
+            };
+            self.apply_effects(now);
+            if !again {
+                break;
+            }
+        }
+        self.arm(key);
+    }
+
+    /// Returns true when the phase changed and the connection should be driven again.
+    fn drive_http(&mut self, key: usize, now: Instant) -> bool {
+        let c = &mut self.conns[key];
+        let Phase::Http(h) = &mut c.phase else { return true };
+        let mut eof = false;
+        while c.readable && c.out.len() < OUT_HIGH && h.input.len() < IN_CAP {
+            let room = IN_CAP - h.input.len();
+            match c.sock.read(&mut self.scratch[..room]) {
+                Ok(0) => {
+                    eof = true;
+                    c.readable = false;
+                }
+                Ok(n) => {
+                    self.stats.bytes_in += n as u64;
+                    if h.input.is_empty() {
+                        h.deadline = now + REQUEST_TIMEOUT;
+                    }
+                    h.input.extend_from_slice(&self.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    eof = true;
+                    c.readable = false;
+                }
+            }
+        }
+        loop {
+            let c = &mut self.conns[key];
+            if c.out.len() >= OUT_HIGH {
+                break;
+            }
+            let Phase::Http(h) = &mut c.phase else { return true };
+            match h.parser.parse(&h.input) {
+                Ok(None) => break,
+                Ok(Some(Parsed::Continue)) => {
+                    c.out.push(Chunk::Static(b"HTTP/1.1 100 Continue\r\n\r\n"));
+                    self.queue_flush(key);
+                }
+                Ok(Some(Parsed::Request { request, consumed })) => {
+                    h.input.drain(..consumed);
+                    if h.input.is_empty() {
+                        // Idle keep-alive connections hold no input buffer.
+                        h.input = Vec::new();
+                        h.deadline = now + KEEPALIVE_TIMEOUT;
+                    } else {
+                        h.deadline = now + REQUEST_TIMEOUT;
+                    }
+                    if self.on_request(key, request, now) {
+                        return true;
+                    }
+                }
+                Err(e) => {
+                    log::debug(format_args!("{}: bad request: {e}", c.peer));
+                    let resp = Response::error(e.status(), e.code()).closing();
+                    self.respond(key, &resp, false, false);
+                    self.begin_closing(key, now);
+                    return true;
+                }
+            }
+        }
+        if let Phase::Http(h) = &self.conns[key].phase {
+            if h.input.len() >= IN_CAP {
+                // Only chunked framing overhead can fill the buffer before the parser's
+                // own limits trip; the request is too large either way.
+                let resp = Response::error(413, "body_too_large").closing();
+                self.respond(key, &resp, false, false);
+                self.begin_closing(key, now);
+                return true;
+            }
+        }
+        if eof {
+            self.conns[key].peer_gone = true;
+            self.begin_closing(key, now);
+            return true;
+        }
+        false
+    }
+
+    /// Runs one request through the routes. Returns true if the phase changed.
+    fn on_request(&mut self, key: usize, req: Request, now: Instant) -> bool {
+        let keep_alive = req.keep_alive() && self.shutdown.is_none();
+        let head = req.method == "HEAD";
+        let mut ctx = api::Ctx {
+            chat: &mut self.chat,
+            store: &mut self.store,
+            cfg: &self.api,
+            now,
+            fx: &mut self.fx,
+            secure: false,
+        };
+        match api::handle(&req, &mut ctx) {
+            Outcome::Respond(resp) => {
+                let keep_alive = keep_alive && !resp.close;
+                self.respond(key, &resp, keep_alive, head);
+                if !keep_alive {
+                    self.begin_closing(key, now);
+                    return true;
+                }
+                false
+            }
+            Outcome::Upgrade { session, accept } => {
+                let c = &mut self.conns[key];
+                let mut head = Vec::with_capacity(160);
+                head.extend_from_slice(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ",
+                );
+                head.extend_from_slice(accept.as_bytes());
+                head.extend_from_slice(b"\r\n\r\n");
+                c.out.push(Chunk::Owned(head));
+                let leftover = match std::mem::replace(&mut c.phase, Phase::Moving) {
+                    Phase::Http(h) => h.input,
+                    _ => Vec::new(),
+                };
+                c.phase = Phase::Ws(Box::new(WsPhase {
+                    ws: WsConn::new(leftover),
+                    session,
+                    last_seen: now,
+                    next_ping: now + PING_INTERVAL,
+                }));
+                // Bytes that came with the upgrade are already buffered: edge-triggered
+                // epoll will not announce them again, so read them now.
+                c.readable = true;
+                let metered = c.metered;
+                let peer = c.peer;
+                self.queue_flush(key);
+                self.stats.ws_opened += 1;
+                match self.chat.join(key, session, metered, now, &mut self.fx) {
+                    Ok(()) => {
+                        let user = self.chat.username(session).unwrap_or("?");
+                        log::info(format_args!("{user} joined from {peer}"));
+                    }
+                    // The checks ran a moment ago on this same thread; only a bug gets here.
+                    Err(e) => {
+                        log::error(format_args!("join after upgrade failed: {e:?}"));
+                        self.close_ws(key, Some(close::POLICY), now);
+                    }
+                }
+                true
+            }
+        }
+    }
+
+    fn respond(&mut self, key: usize, resp: &Response, keep_alive: bool, head: bool) {
+        let mut buf = Vec::with_capacity(256 + resp.body.len());
+        resp.write_to(&mut buf, keep_alive, head);
+        self.conns[key].out.push(Chunk::Owned(buf));
+        self.queue_flush(key);
+    }
+
+    fn drive_ws(&mut self, key: usize, now: Instant) -> bool {
+        for _ in 0..READ_BUDGET {
+            let c = &mut self.conns[key];
+            if !c.readable || c.out.len() >= OUT_HIGH {
+                return false;
+            }
+            let Phase::Ws(w) = &mut c.phase else { return true };
+            let before = c.out.len();
+            let read = w.ws.read(&mut c.sock, &mut c.out);
+            if c.out.len() != before {
+                self.queue_flush(key);
+            }
+            let c = &mut self.conns[key];
+            let Phase::Ws(w) = &mut c.phase else { return true };
+            match read {
+                WsRead::WouldBlock => {
+                    c.readable = false;
+                    return false;
+                }
+                WsRead::Text(text) => {
+                    w.last_seen = now;
+                    self.chat.on_text(key, &text, now, &mut self.fx);
+                }
+                WsRead::Control => {
+                    w.last_seen = now;
+                    self.chat.on_activity(key, now);
+                }
+                WsRead::Binary => {
+                    self.close_ws(key, Some(close::UNSUPPORTED), now);
+                    return true;
+                }
+                WsRead::Fail(code) => {
+                    self.close_ws(key, Some(code), now);
+                    return true;
+                }
+                WsRead::Closed => {
+                    self.close_ws(key, None, now);
+                    return true;
+                }
+            }
+        }
+        self.queue_read(key);
+        false
+    }
+
+    /// A closing connection: discard input until the peer hangs up.
+    fn drive_closing(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        while c.readable {
+            match c.sock.read(&mut self.scratch) {
+                Ok(0) => {
+                    c.readable = false;
+                    c.peer_gone = true;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => c.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    c.readable = false;
+                    c.peer_gone = true;
+                }
+            }
+        }
+        if c.peer_gone && (c.out.is_empty() || !c.writable) {
+            self.remove(key);
+        }
+    }
+
+    /// Leaves the WebSocket phase: optionally queue a close frame, leave the room.
+    fn close_ws(&mut self, key: usize, code: Option<u16>, now: Instant) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let Phase::Ws(w) = &mut c.phase else { return };
+        if let Some(code) = code {
+            w.ws.close(code, &mut c.out);
+        }
+        let user = self.chat.username(w.session).unwrap_or("?").to_owned();
+        c.phase = Phase::Closing { until: now + LINGER };
+        log::info(format_args!("{user} left ({})", code.map_or("peer closed".to_owned(), |c| format!("close {c}"))));
+        self.queue_flush(key);
+        self.chat.leave(key, &mut self.fx);
+    }
+
+    fn begin_closing(&mut self, key: usize, now: Instant) {
+        let c = &mut self.conns[key];
+        if let Phase::Ws(_) = c.phase {
+            return self.close_ws(key, None, now);
+        }
+        c.phase = Phase::Closing { until: now + LINGER };
+        self.queue_flush(key);
+    }
+
+    fn queue_flush(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.queued_for_flush {
+            c.queued_for_flush = true;
+            self.flush_list.push(key);
+        }
+    }
+
+    fn queue_read(&mut self, key: usize) {
+        let c = &mut self.conns[key];
+        if !c.queued_for_read {
+            c.queued_for_read = true;
+            self.read_list.push(key);
+        }
+    }
+
+    fn apply_effects(&mut self, now: Instant) {
+        let mut slow = Vec::new();
+        while !self.fx.is_empty() {
+            for effect in std::mem::take(&mut self.fx) {
+                match effect {
+                    Effect::Send { to, frame } => {
+                        let Some(c) = self.conns.get_mut(to).filter(|c| c.is_ws()) else { continue };
+                        c.out.push(frame);
+                        if c.out.len() > OUT_CAP {
+                            slow.push(to);
+                        }
+                        self.queue_flush(to);
+                    }
+                    Effect::Broadcast { except, frame } => {
+                        // The fan-out: a pointer copy and a list push per recipient.
+                        for &to in self.chat.members() {
+                            if Some(to) == except {
+                                continue;
+                            }
+                            let c = &mut self.conns[to];
+                            c.out.push(Chunk::Shared(frame.clone()));
+                            if c.out.len() > OUT_CAP {
+                                slow.push(to);
+                            }
+                            if !c.queued_for_flush {
+                                c.queued_for_flush = true;
+                                self.flush_list.push(to);
+                            }
+                            self.stats.deliveries += 1;
+                        }
+                    }
+                    Effect::Close { conn, code } => self.close_ws(conn, Some(code), now),
+                }
+            }
+            for key in slow.drain(..) {
+                let Some(c) = self.conns.get_mut(key).filter(|c| c.is_ws()) else { continue };
+                c.out.drop_unstarted();
+                self.stats.slow_dropped += 1;
+                log::warn(format_args!("{}: too slow, dropped", c.peer));
+                self.close_ws(key, Some(close::POLICY), now);
+            }
+        }
+    }
+
+    /// Writes each listed connection's queue: one vectored write per connection per
+    /// turn carries every frame queued for it since the last one.
+    pub fn flush_all(&mut self, now: Instant) {
+        for key in std::mem::take(&mut self.flush_list) {
+            let Some(c) = self.conns.get_mut(key) else { continue };
+            c.queued_for_flush = false;
+            if !c.writable || c.out.is_empty() {
+                if c.out.is_empty() {
+                    self.drained(key);
+                }
+                continue;
+            }
+            let before = c.out.len();
+            let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+            self.stats.bytes_out += (before - c.out.len()) as u64;
+            match result {
+                Ok(Flush::Done) => self.drained(key),
+                Ok(Flush::Blocked) => c.writable = false,
+                Ok(Flush::Budget) => {
+                    c.queued_for_flush = true;
+                    self.flush_list.push(key);
+                }
+                Err(_) => {
+                    c.peer_gone = true;
+                    c.out.drop_unstarted();
+                    self.close_ws(key, None, now);
+                    self.remove(key);
+                    self.apply_effects(now);
+                }
+            }
+        }
+    }
+
+    /// Everything queued was written.
+    fn drained(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        if c.is_closing() {
+            if !c.write_shut {
+                c.write_shut = true;
+                c.sock.shutdown_write();
+            }
+            if c.peer_gone {
+                self.remove(key);
+            }
+        } else if c.readable {
+            // Reading stopped while the queue was above its high mark.
+            self.queue_read(key);
+        }
+    }
+
+    fn arm(&mut self, key: usize) {
+        let Some(c) = self.conns.get_mut(key) else { return };
+        let Some(deadline) = c.deadline() else { return };
+        if c.armed.is_none_or(|a| deadline < a) {
+            self.timer.schedule(deadline, key, c.generation);
+            c.armed = Some(deadline);
+        }
+    }
+
+    fn run_timers(&mut self, now: Instant) {
+        while let Some(e) = self.timer.pop_due(now) {
+            let Some(c) = self.conns.get_mut(e.key) else { continue };
+            if c.generation != e.generation {
+                continue;
+            }
+            if c.armed == Some(e.at) {
+                c.armed = None;
+            }
+            self.on_conn_timeout(e.key, now);
+            self.apply_effects(now);
+            self.arm(e.key);
+        }
+        self.chat.on_timeout(now, &mut self.fx);
+        self.apply_effects(now);
+    }
+
+    fn on_conn_timeout(&mut self, key: usize, now: Instant) {
+        let c = &mut self.conns[key];
+        match &mut c.phase {
+            Phase::Http(h) if now >= h.deadline => {
+                if h.input.is_empty() {
+                    self.begin_closing(key, now);
+                } else {
+                    let resp = Response::error(408, "request_timeout").closing();
+                    self.respond(key, &resp, false, false);
+                    self.begin_closing(key, now);
+                }
+            }
+            Phase::Ws(w) => {
+                if now >= w.last_seen + PEER_TIMEOUT {
+                    self.close_ws(key, Some(close::GOING_AWAY), now);
+                } else if now >= w.next_ping {
+                    w.next_ping = now + PING_INTERVAL;
+                    WsConn::ping(&mut c.out);
+                    self.queue_flush(key);
+                }
+            }
+            Phase::Closing { until } if now >= *until => self.remove(key),
+            _ => {}
+        }
+    }
+
+    /// Drops a connection that never got going (the reactor could not register it).
+    pub fn discard(&mut self, key: usize) {
+        if self.conns.contains(key) {
+            self.conns.remove(key);
+        }
+    }
+
+    fn remove(&mut self, key: usize) {
+        if !self.conns.contains(key) {
+            return;
+        }
+        // A socket still in the room (write error, say) leaves it first.
+        self.chat.leave(key, &mut self.fx);
+        // Dropping the socket closes it, which also takes it out of epoll.
+        let c = self.conns.remove(key);
+        log::debug(format_args!("disconnect {}", c.peer));
+    }
+
+    /// Stops taking requests: every WebSocket gets close 1001, every other connection
+    /// is closed once its queue is flushed.
+    pub fn begin_shutdown(&mut self, now: Instant) {
+        if self.shutdown.is_some() {
+            return;
+        }
+        log::info(format_args!("shutting down: closing {} connections", self.conns.len()));
+        self.shutdown = Some(now + SHUTDOWN_GRACE);
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for key in keys {
+            if self.conns[key].is_ws() {
+                self.close_ws(key, Some(close::GOING_AWAY), now);
+            } else if !self.conns[key].is_closing() {
+                self.begin_closing(key, now);
+            }
+            self.arm(key);
+        }
+        // Everyone is leaving at once: N leave events to N closing sockets would be
+        // N^2 frames nobody reads.
+        self.fx.clear();
+    }
+}
