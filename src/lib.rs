@@ -14,3 +14,4 @@ pub mod server;
 pub mod store;
 pub mod timer;
 pub mod ws;
+pub mod harness;

@@ -626,6 +626,17 @@ impl<S: Stream> Server<S> {
         log::debug(format_args!("disconnect {}", c.peer));
     }
 
+    /// Checks the invariants tying connections to the room (for tests and fuzzing):
+    /// the room's members are exactly the connections in the WebSocket phase, and
+    /// no session has outlived its TTL once `on_timeout(now)` ran.
+    pub fn check_invariants(&self, now: Instant) {
+        let mut members: Vec<usize> = self.chat.members().to_vec();
+        members.sort_unstable();
+        let ws: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_ws()).map(|(k, _)| k).collect();
+        assert_eq!(members, ws, "online list != open WebSockets");
+        assert!(self.chat.sessions_alive(now), "a session outlived its TTL");
+    }
+
     /// Stops taking requests: every WebSocket gets close 1001, every other connection
     /// is closed once its queue is flushed.
     pub fn begin_shutdown(&mut self, now: Instant) {

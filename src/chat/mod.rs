@@ -256,6 +256,11 @@ impl Chat {
         self.sessions.next_deadline()
     }
 
+    /// True if no session has outlived its TTL at `now` (O(sessions); for checks).
+    pub fn sessions_alive(&self, now: Instant) -> bool {
+        self.sessions.all_alive(now)
+    }
+
     /// Expires sessions due by `now`; their sockets are closed with 1008.
     pub fn on_timeout(&mut self, now: Instant, fx: &mut Effects) {
         let mut expired = Vec::new();

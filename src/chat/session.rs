@@ -157,6 +157,11 @@ impl Sessions {
         self.expiry.next()
     }
 
+    /// True if no session has outlived its TTL at `now` (O(sessions); for checks).
+    pub fn all_alive(&self, now: Instant) -> bool {
+        self.slab.iter().all(|(_, s)| s.last_active + self.ttl > now)
+    }
+
     /// Ends every session whose TTL has passed by `now`; re-arms the ones that saw
     /// activity since their entry was scheduled.
     pub fn expire(&mut self, now: Instant, expired: &mut Vec<(SessionKey, Session)>) {

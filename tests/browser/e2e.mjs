@@ -1,0 +1,441 @@
+// End-to-end test of skiff's built-in web client in headless Chromium.
+//
+//   SKIFF_URL=http://127.0.0.1:PORT node tests/browser/e2e.mjs
+//
+// env: SKIFF_URL          base URL of a running skiff (required)
+//      SKIFF_SCREENSHOTS  directory for screenshots (default: test-artifacts/)
+//      CHROMIUM_PATH      browser binary (default: /usr/bin/chromium, Debian's package)
+//      SKIFF_E2E_TIMEOUT_MS  per-wait timeout (default 10000)
+//
+// Needs `npm ci` (or `npm install`) in tests/browser for playwright-core; Playwright
+// never downloads a browser here, it drives the system Chromium. Every wait is bounded;
+// the first failing check stops the run, which exits 1 after printing what failed.
+// Prints one "ok N - ..." line per check and ends with "N passed, M failed".
+
+import fs from 'node:fs';
+import path from 'node:path';
+
+const BASE = (process.env.SKIFF_URL || '').replace(/\/+$/, '');
+const SHOTS = process.env.SKIFF_SCREENSHOTS || 'test-artifacts';
+const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
+const T = Number(process.env.SKIFF_E2E_TIMEOUT_MS || 10000);
+const WATCHDOG_MS = Math.max(120000, T * 12);
+
+let passed = 0;
+let browser = null;
+const pages = {};            // name -> page, for screenshots on failure
+const monitors = [];         // per-page error collectors
+
+function finish(code, failure) {
+  if (failure) {
+    console.log(`FAIL: ${failure}`);
+    console.log(`${passed} passed, 1 failed`);
+  } else {
+    console.log(`${passed} passed, 0 failed`);
+  }
+  process.exit(code);
+}
+
+const watchdog = setTimeout(() => finish(1, `watchdog: the whole run exceeded ${WATCHDOG_MS / 1000} s`), WATCHDOG_MS);
+
+if (!/^https?:\/\/[^/]+$/.test(BASE)) {
+  finish(2, `SKIFF_URL must be the server's base URL, like http://127.0.0.1:7777 (got ${JSON.stringify(process.env.SKIFF_URL || '')})`);
+}
+if (!fs.existsSync(CHROMIUM)) {
+  finish(2, `no browser at ${CHROMIUM}: install Debian's chromium package (apt-get install -y chromium) or set CHROMIUM_PATH`);
+}
+
+let chromium;
+try {
+  ({ chromium } = await import('playwright-core'));
+} catch (e) {
+  finish(2, `cannot load playwright-core (${e.message.split('\n')[0]}): run "npm ci" in tests/browser`);
+}
+
+fs.mkdirSync(SHOTS, { recursive: true });
+
+// ------------------------------------------------------------------ helpers
+
+function shortError(e) {
+  const s = String((e && e.message) || e).replace(/\x1b\[[0-9;]*m/g, '');
+  return s.split('\n').filter((l) => l.trim()).slice(0, 4).join(' | ');
+}
+
+async function step(name, fn) {
+  try {
+    await fn();
+  } catch (e) {
+    for (const [pname, page] of Object.entries(pages)) {
+      try {
+        if (!page.isClosed()) await page.screenshot({ path: path.join(SHOTS, `FAILED-${pname}.png`), timeout: 5000 });
+      } catch { /* best effort */ }
+    }
+    await closeBrowser();
+    finish(1, `${name}: ${shortError(e)}`);
+  }
+  passed += 1;
+  console.log(`ok ${passed} - ${name}`);
+}
+
+function assert(cond, msg) {
+  if (!cond) throw new Error(msg);
+}
+
+async function closeBrowser() {
+  if (!browser) return;
+  const b = browser;
+  browser = null;
+  await Promise.race([b.close().catch(() => {}), new Promise((r) => setTimeout(r, 5000))]);
+}
+
+function monitor(name, page) {
+  const m = { name, dialogs: [], pageErrors: [], cspViolations: [] };
+  page.on('dialog', (d) => {
+    m.dialogs.push(`${d.type()}: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
+  page.on('pageerror', (err) => m.pageErrors.push(shortError(err)));
+  page.on('console', (msg) => {
+    const t = msg.text();
+    if (msg.type() === 'error' && /Content Security Policy|Refused to (execute|load|apply|connect|frame)/i.test(t)) {
+      m.cspViolations.push(t);
+    }
+  });
+  monitors.push(m);
+  pages[name] = page;
+  return m;
+}
+
+async function shot(page, file, fullPage = false) {
+  await page.screenshot({ path: path.join(SHOTS, file), timeout: T, fullPage });
+}
+
+const wait = (page, fn, arg) => page.waitForFunction(fn, arg, { timeout: T, polling: 50 });
+
+async function view(page) {
+  return page.evaluate(() => document.body.dataset.view);
+}
+
+async function waitView(page, name) {
+  await wait(page, (v) => document.body.dataset.view === v, name);
+}
+
+async function waitConnected(page) {
+  await wait(page, () => document.getElementById('status').dataset.state === 'open');
+}
+
+async function waitOnline(page, user, present = true) {
+  await wait(page, ([u, p]) => {
+    const names = [...document.querySelectorAll('#online-list li')].map((li) => li.dataset.username);
+    return names.includes(u) === p;
+  }, [user, present]);
+}
+
+async function onlineNames(page) {
+  return page.$$eval('#online-list li', (lis) => lis.map((li) => li.dataset.username));
+}
+
+async function waitMessage(page, author, text, own = false) {
+  await wait(page, ([a, t, o]) => [...document.querySelectorAll('#messages li.msg')].some((li) =>
+    li.dataset.author === a && li.classList.contains('msg-own') === o &&
+    li.querySelector('.msg-text') && li.querySelector('.msg-text').textContent === t), [author, text, own]);
+}
+
+async function messageTexts(page) {
+  return page.$$eval('#messages li.msg .msg-text', (els) => els.map((e) => e.textContent));
+}
+
+async function storedKey(page) {
+  return page.evaluate(() => localStorage.getItem('skiff.key'));
+}
+
+async function register(page, username) {
+  await page.fill('#register-username', username);
+  await page.click('#register-submit');
+  await page.locator('#key-box').waitFor({ state: 'visible', timeout: T });
+  const key = await page.inputValue('#key-output');
+  assert(key.length >= 16, `key looks too short: ${JSON.stringify(key)}`);
+  return key;
+}
+
+async function compose(page, text) {
+  await page.fill('#composer-input', text);
+}
+
+// ------------------------------------------------------------------ the run
+// Playwright gives each launch a fresh temporary profile, and each context its own
+// cookie jar and storage.
+
+const tag = Date.now().toString(36) + Math.floor(Math.random() * 1e6).toString(36);
+const A = `ann${tag}`;
+const B = `bob${tag}`;
+let keyA = '';
+let keyB = '';
+
+const XSS = '<script>alert(1)</script>';
+const XSS_IMG = '<img src=x onerror="alert(2)">';
+const EMOJI300 = '😀'.repeat(300);
+const TOO_LONG = 'x'.repeat(301);
+
+try {
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    timeout: 30000,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+  });
+} catch (e) {
+  finish(1, `cannot launch ${CHROMIUM}: ${shortError(e)}`);
+}
+console.log(`# chromium ${browser.version()} against ${BASE}; users ${A}, ${B}`);
+
+const desktop = { viewport: { width: 1100, height: 720 }, deviceScaleFactor: 1 };
+// Separate contexts: separate cookie jars and localStorage. A renders the light
+// theme and B the dark one, so the screenshots show both.
+const ctxA = await browser.newContext({ ...desktop, colorScheme: 'light' });
+const ctxB = await browser.newContext({ ...desktop, colorScheme: 'dark' });
+const pageA = await ctxA.newPage();
+const pageB = await ctxB.newPage();
+monitor('A', pageA);
+monitor('B', pageB);
+
+await step('the page loads with a strict CSP and shows the auth screen', async () => {
+  const resp = await pageA.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  assert(resp && resp.status() === 200, `GET / answered ${resp && resp.status()}`);
+  const csp = resp.headers()['content-security-policy'] || '';
+  assert(/script-src 'self'/.test(csp), `GET / has no strict Content-Security-Policy (got ${JSON.stringify(csp)})`);
+  await waitView(pageA, 'auth');
+  await pageB.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await waitView(pageB, 'auth');
+});
+
+await step('an invalid username is refused with a message', async () => {
+  await pageA.fill('#register-username', 'no spaces!');
+  await pageA.click('#register-submit');
+  await wait(pageA, () => document.getElementById('register-error').textContent.trim() !== '');
+  assert(await pageA.locator('#key-box').isHidden(), 'key box shown for an invalid name');
+});
+
+await step('A registers and is shown the key once, with a save-it warning', async () => {
+  keyA = await register(pageA, A);
+  const warn = await pageA.textContent('#key-box .warning');
+  assert(/save this key/i.test(warn), `no "save this key" warning: ${warn}`);
+  assert(await pageA.isVisible('#key-copy'), 'no copy button');
+  await shot(pageA, '00-registered-A.png', true);
+});
+
+await step('a name taken in another case is refused (409)', async () => {
+  await pageB.fill('#register-username', A.toUpperCase());
+  await pageB.click('#register-submit');
+  await wait(pageB, () => /taken/i.test(document.getElementById('register-error').textContent));
+});
+
+await step('B registers', async () => {
+  keyB = await register(pageB, B);
+  assert(keyB !== keyA, 'two users got the same key');
+});
+
+await step('a wrong key is refused on the login form', async () => {
+  await pageA.fill('#login-key', 'not-a-real-key-' + tag);
+  await pageA.click('#login-submit');
+  await wait(pageA, () => /not valid/i.test(document.getElementById('login-error').textContent));
+  assert((await view(pageA)) === 'auth', 'left the auth screen on a bad key');
+});
+
+await step('A logs in with the key form, "remember" ticked, and connects', async () => {
+  await pageA.fill('#login-key', keyA);
+  await pageA.check('#login-remember');
+  await pageA.click('#login-submit');
+  await waitView(pageA, 'chat');
+  await waitConnected(pageA);
+  assert((await pageA.textContent('#me')) === A, 'wrong #me');
+  assert((await storedKey(pageA)) === keyA, 'key not remembered although the box was ticked');
+  assert((await pageA.inputValue('#key-output')) === '', 'key left in the page after login');
+});
+
+await step('B logs in via the key box without "remember": key never stored', async () => {
+  await pageB.click('#key-login');
+  await waitView(pageB, 'chat');
+  await waitConnected(pageB);
+  assert((await storedKey(pageB)) === null, 'key stored although "remember" was not ticked');
+});
+
+await step('both see each other in the online list (snapshot and join event)', async () => {
+  await waitOnline(pageA, B);           // from the join event
+  await waitOnline(pageB, A);           // from /api/online
+  await waitOnline(pageB, B);
+  await wait(pageA, ([b]) => !!document.querySelector(`#messages li.evt[data-event="join"][data-username="${b}"]`), [B]);
+  const n = await pageB.textContent('#online-count');
+  assert(Number(n) >= 2, `online count ${n}`);
+});
+
+await step('A sends with Enter; B receives it, A sees its own message after the ack', async () => {
+  const text = `hello from ${A} 👋`;
+  await compose(pageA, text);
+  await pageA.press('#composer-input', 'Enter');
+  await waitMessage(pageB, A, text);
+  await waitMessage(pageA, A, text, true);
+  assert((await pageA.inputValue('#composer-input')) === '', 'composer not cleared after sending');
+  const t = await pageB.textContent('#messages li.msg .msg-time');
+  assert(/\d/.test(t || ''), `no time shown: ${t}`);
+});
+
+await step('HTML in messages is shown literally, never run', async () => {
+  await compose(pageB, XSS);
+  await pageB.click('#composer-send');
+  await waitMessage(pageA, B, XSS);
+  await waitMessage(pageB, B, XSS, true);
+  await compose(pageA, XSS_IMG);
+  await pageA.press('#composer-input', 'Enter');
+  await waitMessage(pageB, A, XSS_IMG);
+  await pageA.waitForTimeout(300);      // room for an onerror handler to fire, if one existed
+  for (const [p, name] of [[pageA, 'A'], [pageB, 'B']]) {
+    const dom = await p.evaluate(() => ({
+      scripts: document.querySelectorAll('script').length,
+      inStream: document.querySelectorAll('#messages script, #messages img, #messages [onerror]').length,
+    }));
+    assert(dom.scripts === 1, `page ${name} has ${dom.scripts} script elements (expected only app.js)`);
+    assert(dom.inStream === 0, `page ${name} has injected elements in the stream`);
+  }
+  const dialogs = monitors.flatMap((m) => m.dialogs);
+  assert(dialogs.length === 0, `a dialog fired: ${dialogs.join('; ')}`);
+});
+
+await step('Shift+Enter makes a new line instead of sending', async () => {
+  await pageB.click('#composer-input');
+  await pageB.keyboard.type('line one');
+  await pageB.keyboard.press('Shift+Enter');
+  await pageB.keyboard.type('line two');
+  assert((await pageB.inputValue('#composer-input')) === 'line one\nline two', 'Shift+Enter did not insert a newline');
+  await pageB.keyboard.press('Enter');
+  await waitMessage(pageA, B, 'line one\nline two');
+  await shot(pageA, '01-exchange-A.png');
+  await shot(pageB, '01-exchange-B.png');
+});
+
+await step('the counter counts code points: 300 emoji are 300/300 and are accepted', async () => {
+  await compose(pageA, EMOJI300);
+  await wait(pageA, () => document.getElementById('char-count').textContent.startsWith('300/300'));
+  assert((await pageA.getAttribute('#char-count', 'data-over')) === 'false', '300 code points flagged as over');
+  await pageA.press('#composer-input', 'Enter');
+  await waitMessage(pageB, A, EMOJI300);
+});
+
+await step('301 characters: the counter warns, sending is still allowed, message_too_long is shown', async () => {
+  await compose(pageA, TOO_LONG);
+  await wait(pageA, () => document.getElementById('char-count').dataset.over === 'true');
+  assert((await pageA.textContent('#char-count')).startsWith('301/300'), 'counter is not 301/300');
+  assert((await pageA.textContent('#char-warning')).trim() !== '', 'no over-limit warning');
+  assert(await pageA.isEnabled('#composer-send'), 'send disabled for an over-long draft');
+  await pageA.click('#composer-send');
+  await pageA.locator('#messages li.err[data-code="message_too_long"]').waitFor({ state: 'visible', timeout: T });
+  await pageA.locator('#composer-error').waitFor({ state: 'visible', timeout: T });
+  assert((await pageA.getAttribute('#composer-error', 'role')) === 'alert', '#composer-error is not role=alert');
+  assert(/300/.test(await pageA.textContent('#composer-error')), 'error text does not mention the limit');
+  assert((await pageA.inputValue('#composer-input')) === TOO_LONG, 'the refused text was not given back for editing');
+  await shot(pageA, '02-too-long-error-A.png');
+  // Messages are globally ordered: B gets this one, and must not have got the refused one before it.
+  await compose(pageA, 'after the refusal');
+  await pageA.press('#composer-input', 'Enter');
+  await waitMessage(pageB, A, 'after the refusal');
+  assert(!(await messageTexts(pageB)).includes(TOO_LONG), 'B received the refused 301-character message');
+  assert((await pageA.$$('#messages li.msg-own')).length >= 3, 'own messages missing on A');
+});
+
+await step('a draft too big for one frame (over 16 KiB) is refused locally; the socket stays open', async () => {
+  const before = (await pageA.$$('#messages li.err')).length;
+  await compose(pageA, 'y'.repeat(20000));
+  await pageA.press('#composer-input', 'Enter');
+  await wait(pageA, (n) => document.querySelectorAll('#messages li.err').length > n, before);
+  await pageA.waitForTimeout(200);
+  assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'socket dropped');
+  await compose(pageA, '');
+});
+
+await step('a second tab of the same session says "already connected in another tab"', async () => {
+  const tab = await ctxA.newPage();
+  monitor('A2', tab);
+  await tab.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await waitView(tab, 'chat');
+  await wait(tab, () => /another tab/i.test(document.getElementById('status').textContent));
+  await shot(tab, '03-second-tab-A.png');
+  await tab.close();
+  delete pages.A2;
+  assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'first tab lost its connection');
+});
+
+await step('a reload with a live session goes straight to the chat', async () => {
+  await pageA.reload({ timeout: T, waitUntil: 'load' });
+  await wait(pageA, () => document.body.dataset.view !== 'boot');
+  assert((await view(pageA)) === 'chat', `reload showed ${await view(pageA)}`);
+  await waitConnected(pageA);
+  await waitOnline(pageA, B);
+});
+
+await step('with the session gone, the remembered key logs A back in', async () => {
+  await ctxA.clearCookies();
+  await pageA.reload({ timeout: T, waitUntil: 'load' });
+  await waitView(pageA, 'chat');
+  await waitConnected(pageA);
+  assert((await pageA.textContent('#me')) === A, 'wrong user after auto-login');
+  await waitOnline(pageA, B);
+  await waitOnline(pageB, A);
+  const names = await onlineNames(pageA);
+  assert(names.filter((n) => n === A).length === 1, `A listed ${names.filter((n) => n === A).length} times`);
+});
+
+await step('B logs out: back to login, and A sees B leave', async () => {
+  await pageB.click('#logout');
+  await waitView(pageB, 'auth');
+  await wait(pageB, () => /logged out/i.test(document.getElementById('auth-notice').textContent));
+  await waitOnline(pageA, B, false);
+  await wait(pageA, ([b]) => !!document.querySelector(`#messages li.evt[data-event="leave"][data-username="${b}"]`), [B]);
+  assert((await pageB.$$('#messages li')).length === 0, 'B\'s stream not cleared on logout');
+  const me = await pageB.evaluate(async () => (await fetch('/api/user/@me')).status);
+  assert(me === 401 || me === 422, `session still valid after logout (@me -> ${me})`);
+  await shot(pageA, '04-after-leave-A.png');
+  await shot(pageB, '04-logged-out-B.png');
+});
+
+await step('a reload after logout stays on the login screen', async () => {
+  await pageB.reload({ timeout: T, waitUntil: 'load' });
+  await wait(pageB, () => document.body.dataset.view !== 'boot');
+  assert((await view(pageB)) === 'auth', `showed ${await view(pageB)} after logout`);
+});
+
+await step('phone-sized viewport (390x844): no sideways scrolling, composer reachable', async () => {
+  await pageA.setViewportSize({ width: 390, height: 844 });
+  await pageB.setViewportSize({ width: 390, height: 844 });
+  await compose(pageA, 'typed on a phone');
+  await pageA.press('#composer-input', 'Enter');
+  await waitMessage(pageA, A, 'typed on a phone', true);
+  for (const [p, name] of [[pageA, 'A'], [pageB, 'B']]) {
+    const m = await p.evaluate(() => ({ sw: document.documentElement.scrollWidth, cw: document.documentElement.clientWidth }));
+    assert(m.sw <= m.cw + 1, `page ${name} scrolls sideways at 390px (${m.sw} > ${m.cw})`);
+  }
+  const box = await pageA.locator('#composer-input').boundingBox();
+  assert(box && box.y + box.height <= 844 && box.y > 0, `composer not on screen: ${JSON.stringify(box)}`);
+  assert(await pageA.isVisible('#online-list'), 'online list hidden on a phone');
+  await shot(pageA, '05-phone-chat-A.png');
+  await shot(pageB, '05-phone-login-B.png');
+});
+
+await step('A logs out: the remembered key is forgotten', async () => {
+  await pageA.click('#logout');
+  await waitView(pageA, 'auth');
+  assert((await storedKey(pageA)) === null, 'remembered key survived logout');
+});
+
+await step('no dialogs, page errors or CSP violations on any page', async () => {
+  for (const m of monitors) {
+    assert(m.dialogs.length === 0, `page ${m.name}: dialog ${m.dialogs[0]}`);
+    assert(m.pageErrors.length === 0, `page ${m.name}: uncaught error ${m.pageErrors[0]}`);
+    assert(m.cspViolations.length === 0, `page ${m.name}: CSP violation ${m.cspViolations[0]}`);
+  }
+});
+
+await closeBrowser();
+clearTimeout(watchdog);
+console.log(`# screenshots in ${path.resolve(SHOTS)}`);
+finish(0);

@@ -1,0 +1,774 @@
+/*
+ * skiff web client: plain ES2020, no framework, no build step. Served as /app.js under
+ * a strict CSP (script-src 'self', style-src 'self', no inline anything), so this file
+ * never writes HTML strings or style attributes: every piece of text from the server
+ * or the user goes in through textContent / value, and state is shown with classes,
+ * data attributes and the `hidden` attribute.
+ *
+ * Stable hooks (used by tests/browser/e2e.mjs; keep them when restyling):
+ *   body[data-view]                 "boot" | "auth" | "chat": which screen is showing
+ *   #status[data-state]             status line (role=status): "idle" | "connecting" |
+ *                                   "open" | "waiting" (reconnect scheduled) | "error"
+ *   #reconnect-now                  button shown while a reconnect is scheduled
+ *   #me                             the logged-in username (chat screen)
+ *   #logout                         log out button
+ *   #auth-notice                    notice on the auth screen (role=alert), e.g. "session expired"
+ *   #register-form, #register-username, #register-submit, #register-error
+ *   #key-box                        shown after registering; #key-output (readonly input
+ *                                   holding the key), #key-username, #key-copy,
+ *                                   #key-copy-status, #key-login
+ *   #login-form, #login-key, #login-remember (checkbox), #login-submit, #login-error
+ *   #online-list li[data-username]  online users, in connect order; own entry has .self
+ *   #online-count                   number of online users
+ *   #messages                       the stream (ol, role=log, aria-live=polite); entries:
+ *     li.msg[data-author]           a chat message; .msg-own for your own (shown when the
+ *                                   server acks it); .msg-unconfirmed if the socket dropped
+ *                                   before the ack; children .msg-time (time element,
+ *                                   local time of receipt), .msg-author, .msg-text
+ *     li.evt[data-event][data-username]   join / leave line
+ *     li.err[data-code]             an error ack (message_too_long, message_empty,
+ *                                   invalid_message, rate_limited, or any other code)
+ *     li.note                       client notices (connected, disconnected, ...)
+ *   #composer, #composer-input (textarea), #composer-send, #composer-error (role=alert)
+ *   #char-count[data-over]          live "N/300" counter, counting Unicode code points
+ *   #char-warning                   live text shown while the draft is over 300
+ *
+ * Protocol notes: see shared/CONTRACT.md. The server does not echo your own message;
+ * it acks each one in order ({"status":true} or {"status":false,"code":...}), so sent
+ * texts wait in a FIFO and are shown (or reported as refused) when their ack arrives.
+ */
+(() => {
+  'use strict';
+
+  const MAX_CHARS = 300;
+  const STORAGE_KEY = 'skiff.key';
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 15000;
+  const FETCH_TIMEOUT_MS = 15000;
+  const MAX_STREAM_ENTRIES = 1000;
+  const MAX_FRAME_BYTES = 16 * 1024;   // the server closes the socket (1009) past this
+  const encoder = new TextEncoder();
+
+  const $ = (id) => document.getElementById(id);
+  const el = {
+    status: $('status'), reconnectNow: $('reconnect-now'), me: $('me'), logout: $('logout'),
+    bootView: $('boot-view'), authView: $('auth-view'), chatView: $('chat-view'),
+    authNotice: $('auth-notice'),
+    registerForm: $('register-form'), registerUsername: $('register-username'),
+    registerSubmit: $('register-submit'), registerError: $('register-error'),
+    keyBox: $('key-box'), keyOutput: $('key-output'), keyUsername: $('key-username'),
+    keyCopy: $('key-copy'), keyCopyStatus: $('key-copy-status'), keyLogin: $('key-login'),
+    loginForm: $('login-form'), loginKey: $('login-key'), loginRemember: $('login-remember'),
+    loginSubmit: $('login-submit'), loginError: $('login-error'),
+    onlineList: $('online-list'), onlineCount: $('online-count'),
+    messages: $('messages'),
+    composer: $('composer'), input: $('composer-input'), send: $('composer-send'),
+    composerError: $('composer-error'), charCount: $('char-count'), charWarning: $('char-warning'),
+  };
+
+  const state = {
+    me: null,               // username while logged in
+    ws: null,               // current WebSocket, if any
+    gen: 0,                 // bumped on every connect / logout, to drop stale callbacks
+    wantConnected: false,   // false after logout or when the session is gone
+    backoff: BACKOFF_MIN_MS,
+    retryTimer: null,
+    pending: [],            // texts sent and not yet acked, oldest first
+    online: [],             // usernames, in connect order
+    onlineSyncing: false,
+    onlineBuffer: [],       // join/leave events seen while /api/online is in flight
+    storedKeyTried: false,  // auto-login with the remembered key at most once per loss
+    lastRetryReason: null,  // last reconnect reason noted in the stream
+    unread: 0,
+  };
+
+  // ---------------------------------------------------------------- small helpers
+
+  const codePoints = (s) => [...s].length;
+
+  function storedKey() {
+    try { return localStorage.getItem(STORAGE_KEY); } catch { return null; }
+  }
+  function rememberKey(key) {
+    try { localStorage.setItem(STORAGE_KEY, key); } catch { /* storage disabled */ }
+  }
+  function forgetKey() {
+    try { localStorage.removeItem(STORAGE_KEY); } catch { /* storage disabled */ }
+  }
+
+  class NetworkError extends Error {}
+
+  // JSON request to the same origin. Resolves {status, data, headers}; rejects with
+  // NetworkError when the server cannot be reached (or does not answer in time).
+  async function api(method, path, body) {
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
+    const init = { method, credentials: 'same-origin', cache: 'no-store', signal: ctrl.signal, headers: {} };
+    if (body !== undefined) {
+      init.headers['Content-Type'] = 'application/json';
+      init.body = JSON.stringify(body);
+    }
+    let res;
+    try {
+      res = await fetch(path, init);
+    } catch (e) {
+      throw new NetworkError(String(e && e.message || e));
+    } finally {
+      clearTimeout(timer);
+    }
+    let data = null;
+    try { data = await res.json(); } catch { data = null; }
+    return { status: res.status, data: data && typeof data === 'object' ? data : null, headers: res.headers };
+  }
+
+  function retryAfterText(headers) {
+    const v = headers && headers.get('Retry-After');
+    const n = v && /^\d+$/.test(v.trim()) ? Number(v) : null;
+    return n !== null ? `Try again in ${n} second${n === 1 ? '' : 's'}.` : 'Try again in a minute.';
+  }
+
+  function setStatus(stateName, text) {
+    el.status.dataset.state = stateName;
+    el.status.textContent = text;
+  }
+
+  function setView(name) {
+    document.body.dataset.view = name;
+    el.bootView.hidden = name !== 'boot';
+    el.authView.hidden = name !== 'auth';
+    el.chatView.hidden = name !== 'chat';
+    el.me.hidden = name !== 'chat';
+    el.logout.hidden = name !== 'chat';
+    if (name !== 'chat') el.reconnectNow.hidden = true;
+  }
+
+  function showFormError(node, text) {
+    node.textContent = text || '';
+  }
+
+  // ---------------------------------------------------------------- the stream
+
+  function timeNode() {
+    const now = new Date();
+    const t = document.createElement('time');
+    t.className = 'msg-time';
+    t.dateTime = now.toISOString();
+    t.title = now.toLocaleString();
+    const pad = (n) => String(n).padStart(2, '0');
+    t.textContent = `${pad(now.getHours())}:${pad(now.getMinutes())}`;   // local time, 24 h
+    return t;
+  }
+
+  function span(cls, text) {
+    const s = document.createElement('span');
+    s.className = cls;
+    s.textContent = text;
+    return s;
+  }
+
+  // A stable colour class per author name (8-colour palette in style.css).
+  function authorColour(name) {
+    let h = 0;
+    for (const ch of name.toLowerCase()) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+    return `c${h % 8}`;
+  }
+
+  function appendEntry(li, { forceScroll = false } = {}) {
+    const box = el.messages;
+    const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
+    box.appendChild(li);
+    while (box.childElementCount > MAX_STREAM_ENTRIES) box.firstElementChild.remove();
+    if (nearBottom || forceScroll) box.scrollTop = box.scrollHeight;
+    if (document.hidden && li.classList.contains('msg')) {
+      state.unread += 1;
+      document.title = `(${state.unread}) skiff chat`;
+    }
+  }
+
+  function addMessage(author, text, { own = false, unconfirmed = false } = {}) {
+    const li = document.createElement('li');
+    li.className = 'msg';
+    if (own) li.classList.add('msg-own');
+    if (unconfirmed) li.classList.add('msg-unconfirmed');
+    li.dataset.author = author;
+    const a = span(`msg-author ${own ? 'self' : authorColour(author)}`, author);
+    const body = span('msg-text', text);   // textContent: never parsed as HTML
+    li.append(timeNode(), ' ', a, ' ', body);
+    if (unconfirmed) li.append(' ', span('msg-flag', '(not confirmed: the connection dropped before the server acknowledged it)'));
+    appendEntry(li, { forceScroll: own });
+  }
+
+  function addEvent(kind, username) {
+    const li = document.createElement('li');
+    li.className = 'evt';
+    li.dataset.event = kind;
+    li.dataset.username = username;
+    li.append(timeNode(), ' ', span('evt-text', kind === 'join' ? `${username} joined` : `${username} left`));
+    appendEntry(li);
+  }
+
+  function addNote(text, kind = 'info') {
+    const li = document.createElement('li');
+    li.className = 'note';
+    li.dataset.kind = kind;
+    li.append(timeNode(), ' ', span('note-text', text));
+    appendEntry(li);
+  }
+
+  function addError(code, text) {
+    const li = document.createElement('li');
+    li.className = 'err';
+    li.dataset.code = code;
+    li.append(timeNode(), ' ', span('err-text', text));
+    appendEntry(li, { forceScroll: true });
+  }
+
+  // ---------------------------------------------------------------- online list
+
+  const sameName = (a, b) => a.toLowerCase() === b.toLowerCase();
+
+  function renderOnline() {
+    const items = state.online.map((name) => {
+      const li = document.createElement('li');
+      li.dataset.username = name;
+      li.textContent = name;
+      if (state.me && sameName(name, state.me)) {
+        li.classList.add('self');
+        li.append(span('you', ' (you)'));
+      } else {
+        li.classList.add(authorColour(name));
+      }
+      return li;
+    });
+    el.onlineList.replaceChildren(...items);
+    el.onlineCount.textContent = String(state.online.length);
+  }
+
+  function applyPresence(kind, username) {
+    const i = state.online.findIndex((n) => sameName(n, username));
+    if (kind === 'join' && i < 0) state.online.push(username);
+    if (kind === 'leave' && i >= 0) state.online.splice(i, 1);
+  }
+
+  function ensureSelfOnline() {
+    if (state.me && !state.online.some((n) => sameName(n, state.me))) state.online.push(state.me);
+  }
+
+  async function loadOnline(gen) {
+    state.onlineSyncing = true;
+    state.onlineBuffer = [];
+    try {
+      const r = await api('GET', '/api/online');
+      if (gen !== state.gen) return;
+      if (r.status === 200 && r.data && Array.isArray(r.data.online_clients)) {
+        state.online = r.data.online_clients.filter((n) => typeof n === 'string');
+        // Events that raced the snapshot: replaying them in order converges on the
+        // right set whichever side of the snapshot they happened on.
+        for (const [kind, name] of state.onlineBuffer) applyPresence(kind, name);
+      }
+    } catch {
+      // keep the list built from events; it is still mostly right
+    } finally {
+      if (gen === state.gen) {
+        state.onlineSyncing = false;
+        state.onlineBuffer = [];
+        ensureSelfOnline();
+        renderOnline();
+      }
+    }
+  }
+
+  // ---------------------------------------------------------------- WebSocket
+
+  function wsUrl() {
+    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`;
+  }
+
+  function setComposerEnabled(on) {
+    el.send.disabled = !on;
+    el.input.placeholder = on ? 'Type a message…' : 'Not connected…';
+  }
+
+  function clearRetry() {
+    if (state.retryTimer !== null) clearTimeout(state.retryTimer);
+    state.retryTimer = null;
+    el.reconnectNow.hidden = true;
+  }
+
+  function connect() {
+    clearRetry();
+    if (!state.wantConnected || state.ws) return;
+    const gen = ++state.gen;
+    setStatus('connecting', 'Connecting…');
+    let ws;
+    try {
+      ws = new WebSocket(wsUrl());
+    } catch {
+      scheduleReconnect('Could not open a connection.');
+      return;
+    }
+    state.ws = ws;
+    let opened = false;
+
+    ws.addEventListener('open', () => {
+      if (state.ws !== ws) return;
+      opened = true;
+      state.backoff = BACKOFF_MIN_MS;
+      state.lastRetryReason = null;
+      state.storedKeyTried = false;
+      state.pending = [];
+      state.online = [state.me];
+      renderOnline();
+      setStatus('open', `Connected as ${state.me}`);
+      setComposerEnabled(true);
+      addNote('Connected.', 'connected');
+      loadOnline(gen);
+    });
+
+    ws.addEventListener('message', (ev) => {
+      if (state.ws !== ws || typeof ev.data !== 'string') return;
+      handleFrame(ev.data);
+    });
+
+    ws.addEventListener('close', (ev) => {
+      if (state.ws !== ws) return;
+      state.ws = null;
+      onSocketClosed(ev, opened, gen);
+    });
+    // 'error' is always followed by 'close'; all handling happens there.
+  }
+
+  function handleFrame(text) {
+    let m;
+    try { m = JSON.parse(text); } catch { return; }
+    if (!m || typeof m !== 'object') return;
+
+    if (typeof m.status === 'boolean') {
+      const sent = state.pending.shift();
+      if (m.status) {
+        if (sent !== undefined) addMessage(state.me, sent, { own: true });
+      } else {
+        ackError(typeof m.code === 'string' ? m.code : 'unknown', sent);
+      }
+      return;
+    }
+    if ((m.event === 'join' || m.event === 'leave') && typeof m.username === 'string') {
+      applyPresence(m.event, m.username);
+      if (state.onlineSyncing) state.onlineBuffer.push([m.event, m.username]);
+      renderOnline();
+      addEvent(m.event, m.username);
+      return;
+    }
+    if (typeof m.message === 'string' && typeof m.author === 'string') {
+      addMessage(m.author, m.message);
+    }
+  }
+
+  function ackErrorText(code, sent) {
+    switch (code) {
+      case 'message_too_long':
+        return sent !== undefined
+          ? `Not sent: your message is ${codePoints(sent)} characters long; the limit is ${MAX_CHARS}.`
+          : `Not sent: messages can be at most ${MAX_CHARS} characters long.`;
+      case 'message_empty':
+        return 'Not sent: the message is empty.';
+      case 'invalid_message':
+        return 'Not sent: the server could not read the message.';
+      case 'rate_limited':
+        return 'Not sent: you are sending messages too fast. Wait a moment and try again.';
+      default:
+        return `Not sent: the server refused the message (${code}).`;
+    }
+  }
+
+  function ackError(code, sent) {
+    const text = ackErrorText(code, sent);
+    addError(code, text);
+    showComposerError(text);
+    // Give a refused text back so it can be fixed, unless a new draft is under way.
+    if (sent && code !== 'message_empty' && el.input.value === '') {
+      el.input.value = sent;
+      updateCounter();
+    }
+  }
+
+  function showComposerError(text) {
+    el.composerError.textContent = text;
+    el.composerError.hidden = false;
+  }
+  function clearComposerError() {
+    el.composerError.hidden = true;
+    el.composerError.textContent = '';
+  }
+
+  const CLOSE_REASONS = {
+    1000: 'The server ended the connection.',
+    1001: 'The server is restarting.',
+    1003: 'The server refused data it could not accept.',
+    1006: 'The connection was lost.',
+    1008: 'The server dropped this connection (it fell behind or broke a rule).',
+    1009: 'The server closed the connection: a message was too large.',
+    1011: 'The server hit an internal error.',
+  };
+
+  async function onSocketClosed(ev, opened, gen) {
+    setComposerEnabled(false);
+    const unacked = state.pending;
+    state.pending = [];
+    if (!state.wantConnected) return;   // logout in progress: nothing to recover
+
+    if (opened) {
+      for (const text of unacked) addMessage(state.me, text, { own: true, unconfirmed: true });
+    }
+    setStatus('connecting', 'Disconnected. Checking the session…');
+
+    // A failed handshake carries no status code to the page, and a close code alone
+    // does not tell "session gone" from "network trouble": ask the server.
+    let r;
+    try {
+      r = await api('GET', '/api/user/@me');
+    } catch {
+      if (gen !== state.gen || !state.wantConnected) return;
+      scheduleReconnect(ev.code === 1001 ? 'The server is restarting.' : 'Cannot reach the server.');
+      return;
+    }
+    if (gen !== state.gen || !state.wantConnected) return;
+
+    if (r.status === 401 || r.status === 422) {
+      const why = ev.code === 1000
+        ? 'You were logged out (perhaps from another tab).'
+        : 'Your session has expired. Please log in again.';
+      sessionGone(why);
+      return;
+    }
+    if (r.status === 200 && r.data) {
+      if (!opened && r.data.online === true) {
+        scheduleReconnect('Already connected in another tab or window. Close it to chat here.');
+      } else if (!opened) {
+        scheduleReconnect('The chat connection was refused.');
+      } else {
+        scheduleReconnect(CLOSE_REASONS[ev.code] || 'The connection was lost.');
+      }
+      return;
+    }
+    scheduleReconnect(`The server answered HTTP ${r.status}.`);
+  }
+
+  function scheduleReconnect(reason) {
+    clearRetry();
+    if (!state.wantConnected) return;
+    if (reason !== state.lastRetryReason) {
+      state.lastRetryReason = reason;   // say it once in the stream, not on every retry
+      addNote(`${reason} Retrying with increasing delays (up to ${BACKOFF_MAX_MS / 1000} s).`, 'disconnected');
+    }
+    const base = state.backoff;
+    state.backoff = Math.min(state.backoff * 2, BACKOFF_MAX_MS);
+    const delay = Math.round(base * (0.85 + Math.random() * 0.3));
+    const secs = Math.max(1, Math.round(delay / 1000));
+    setStatus('waiting', `${reason} Reconnecting in ${delay < 1000 ? 'under a second' : `${secs} s`}…`);
+    el.reconnectNow.hidden = false;
+    state.retryTimer = setTimeout(() => {
+      state.retryTimer = null;
+      connect();
+    }, delay);
+  }
+
+  function disconnect() {
+    state.wantConnected = false;
+    state.gen += 1;
+    clearRetry();
+    const ws = state.ws;
+    state.ws = null;
+    state.pending = [];
+    state.lastRetryReason = null;
+    if (ws && ws.readyState <= WebSocket.OPEN) {
+      try { ws.close(1000, 'logout'); } catch { /* already closing */ }
+    }
+    setComposerEnabled(false);
+  }
+
+  // ---------------------------------------------------------------- screens
+
+  function resetChat() {
+    state.online = [];
+    renderOnline();
+    el.messages.replaceChildren();
+    el.input.value = '';
+    updateCounter();
+    clearComposerError();
+  }
+
+  function showAuth(notice) {
+    disconnect();
+    state.me = null;
+    resetChat();
+    el.me.textContent = '';
+    setView('auth');
+    setStatus('idle', 'Not logged in.');
+    el.authNotice.textContent = notice || '';
+    el.authNotice.hidden = !notice;
+    el.loginKey.focus();
+  }
+
+  function enterChat(username) {
+    const sameUser = state.me !== null && sameName(state.me, username);
+    state.me = username;
+    if (!sameUser) resetChat();
+    el.me.textContent = username;
+    el.authNotice.hidden = true;
+    setView('chat');
+    state.wantConnected = true;
+    state.backoff = BACKOFF_MIN_MS;
+    setComposerEnabled(false);
+    connect();
+    el.input.focus();
+  }
+
+  async function sessionGone(why) {
+    disconnect();
+    const key = storedKey();
+    if (key && !state.storedKeyTried) {
+      state.storedKeyTried = true;
+      setStatus('connecting', 'Session ended; logging in again with your saved key…');
+      const ok = await login(key, true, { auto: true });
+      if (ok) return;
+      if (document.body.dataset.view === 'auth') return;   // login() already explained
+    }
+    showAuth(why);
+  }
+
+  // ---------------------------------------------------------------- register / login
+
+  async function register(ev) {
+    ev.preventDefault();
+    const name = el.registerUsername.value.trim();
+    showFormError(el.registerError, '');
+    if (!/^[A-Za-z0-9]{1,32}$/.test(name)) {
+      showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
+      el.registerUsername.focus();
+      return;
+    }
+    el.registerSubmit.disabled = true;
+    try {
+      const r = await api('POST', '/api/register', { username: name });
+      if (r.status === 201 && r.data && typeof r.data.key === 'string') {
+        el.keyUsername.textContent = name;
+        el.keyOutput.value = r.data.key;
+        el.keyCopyStatus.textContent = '';
+        el.keyBox.hidden = false;
+        el.registerUsername.value = '';
+        el.keyOutput.focus();
+        el.keyOutput.select();
+      } else if (r.status === 400) {
+        showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
+      } else if (r.status === 409) {
+        showFormError(el.registerError, `The name “${name}” is taken (names are compared ignoring case). Pick another.`);
+      } else if (r.status === 429) {
+        showFormError(el.registerError, `Too many registrations from your address. ${retryAfterText(r.headers)}`);
+      } else if (r.status === 422) {
+        showFormError(el.registerError, 'The server could not read the request.');
+      } else {
+        showFormError(el.registerError, `Registration failed (HTTP ${r.status}).`);
+      }
+    } catch {
+      showFormError(el.registerError, 'Cannot reach the server. Check your connection and try again.');
+    } finally {
+      el.registerSubmit.disabled = false;
+    }
+  }
+
+  // Returns true when logged in. `auto` is a login with the remembered key.
+  async function login(key, remember, { auto = false } = {}) {
+    showFormError(el.loginError, '');
+    el.loginSubmit.disabled = true;
+    el.keyLogin.disabled = true;
+    try {
+      const r = await api('POST', '/api/login', { key });
+      if (r.status === 200 && r.data && typeof r.data.username === 'string') {
+        if (remember) rememberKey(key); else forgetKey();
+        el.loginKey.value = '';
+        el.keyOutput.value = '';
+        el.keyBox.hidden = true;
+        showFormError(el.registerError, '');
+        enterChat(r.data.username);
+        return true;
+      }
+      let msg;
+      if (r.status === 401) {
+        msg = auto ? 'Your saved key was not accepted, so it has been forgotten. Log in with your key.'
+                   : 'That key is not valid. Check it and try again.';
+        if (auto) forgetKey();
+      } else if (r.status === 429) {
+        msg = `Too many failed logins from your address. ${retryAfterText(r.headers)}`;
+      } else if (r.status === 422) {
+        msg = 'The server could not read the request.';
+      } else {
+        msg = `Login failed (HTTP ${r.status}).`;
+      }
+      if (auto) showAuth(msg); else showFormError(el.loginError, msg);
+      return false;
+    } catch {
+      const msg = 'Cannot reach the server. Check your connection and try again.';
+      if (auto) showAuth(msg); else showFormError(el.loginError, msg);
+      return false;
+    } finally {
+      el.loginSubmit.disabled = false;
+      el.keyLogin.disabled = false;
+    }
+  }
+
+  function onLoginSubmit(ev) {
+    ev.preventDefault();
+    const key = el.loginKey.value.trim();
+    if (!key) {
+      showFormError(el.loginError, 'Enter the key you got when you registered.');
+      el.loginKey.focus();
+      return;
+    }
+    login(key, el.loginRemember.checked);
+  }
+
+  async function copyKey() {
+    const key = el.keyOutput.value;
+    let ok = false;
+    try {
+      if (navigator.clipboard && window.isSecureContext) {
+        await navigator.clipboard.writeText(key);
+        ok = true;
+      }
+    } catch { ok = false; }
+    if (!ok) {
+      el.keyOutput.focus();
+      el.keyOutput.select();
+      try { ok = document.execCommand('copy'); } catch { ok = false; }
+    }
+    el.keyCopyStatus.textContent = ok
+      ? 'Copied to the clipboard. Paste it somewhere safe.'
+      : 'Could not copy automatically: the key is selected, press Ctrl+C (or ⌘C).';
+  }
+
+  async function logout() {
+    forgetKey();          // logging out means "don't log me in again by yourself"
+    disconnect();
+    el.logout.disabled = true;
+    try {
+      let r = await api('POST', '/api/logout');
+      if (r.status === 404 || r.status === 405) r = await api('GET', '/api/logout');
+    } catch {
+      // the session cookie stays until it expires; nothing else to do offline
+    } finally {
+      el.logout.disabled = false;
+    }
+    showAuth('You have logged out.');
+  }
+
+  // ---------------------------------------------------------------- composer
+
+  function updateCounter() {
+    const n = codePoints(el.input.value);
+    const over = n > MAX_CHARS;
+    el.charCount.textContent = `${n}/${MAX_CHARS}`;
+    el.charCount.dataset.over = String(over);
+    const warn = over ? `${n - MAX_CHARS} over the ${MAX_CHARS}-character limit: the server will refuse it.` : '';
+    if (el.charWarning.textContent !== warn) el.charWarning.textContent = warn;
+    // Grow with explicit lines (CSS field-sizing does the rest where supported).
+    const lines = el.input.value.split('\n').length;
+    el.input.rows = Math.min(Math.max(lines, 1), 6);
+  }
+
+  function sendDraft() {
+    const text = el.input.value;
+    if (text === '') return;
+    const ws = state.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) {
+      showComposerError('Not connected right now; your message is kept here. Send it once reconnected.');
+      return;
+    }
+    // Over-long drafts are sent on purpose: the server is the judge, and its
+    // message_too_long answer is shown like any other refusal. Only a frame the
+    // server would answer by closing the socket (over 16 KiB, close 1009) is kept back.
+    const frame = JSON.stringify({ message: text });
+    if (encoder.encode(frame).length > MAX_FRAME_BYTES) {
+      const msg = ackErrorText('message_too_long', text);
+      addError('message_too_long', msg);
+      showComposerError(msg);
+      return;
+    }
+    ws.send(frame);
+    state.pending.push(text);
+    el.input.value = '';
+    updateCounter();
+    clearComposerError();
+    el.input.focus();
+  }
+
+  // ---------------------------------------------------------------- wiring
+
+  el.registerForm.addEventListener('submit', register);
+  el.loginForm.addEventListener('submit', onLoginSubmit);
+  el.keyCopy.addEventListener('click', copyKey);
+  el.keyOutput.addEventListener('focus', () => el.keyOutput.select());
+  el.keyLogin.addEventListener('click', () => {
+    if (el.keyOutput.value) login(el.keyOutput.value, el.loginRemember.checked);
+  });
+  el.logout.addEventListener('click', logout);
+  el.reconnectNow.addEventListener('click', () => {
+    state.backoff = BACKOFF_MIN_MS;
+    connect();
+  });
+  el.composer.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    sendDraft();
+  });
+  el.input.addEventListener('input', () => {
+    updateCounter();
+    if (!el.composerError.hidden) clearComposerError();
+  });
+  el.input.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+      ev.preventDefault();
+      sendDraft();
+    }
+  });
+  window.addEventListener('online', () => {
+    if (state.wantConnected && !state.ws && state.retryTimer !== null) {
+      state.backoff = BACKOFF_MIN_MS;
+      connect();
+    }
+  });
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden && state.unread) {
+      state.unread = 0;
+      document.title = 'skiff chat';
+    }
+  });
+
+  // ---------------------------------------------------------------- boot
+
+  async function boot() {
+    setView('boot');
+    updateCounter();
+    setComposerEnabled(false);
+    setStatus('connecting', 'Checking your session…');
+    let r = null;
+    try {
+      r = await api('GET', '/api/user/@me');
+    } catch {
+      r = null;
+    }
+    if (r && r.status === 200 && r.data && typeof r.data.username === 'string') {
+      enterChat(r.data.username);
+      return;
+    }
+    const key = storedKey();
+    if (key) {
+      state.storedKeyTried = true;
+      setStatus('connecting', 'Logging in with your saved key…');
+      if (await login(key, true, { auto: true })) return;
+      if (document.body.dataset.view === 'auth') return;
+    }
+    showAuth(r === null ? 'Cannot reach the server. Check your connection and reload.' : '');
+  }
+
+  boot();
+})();
