@@ -18,7 +18,10 @@ pub enum Outcome {
     Respond(Response),
     /// Answer 101 with this `Sec-WebSocket-Accept` and switch the connection to
     /// WebSocket for session `session`.
-    Upgrade { session: SessionKey, accept: String },
+    Upgrade {
+        session: SessionKey,
+        accept: String,
+    },
 }
 
 /// Policy the routes need from the configuration.
@@ -88,8 +91,7 @@ fn internal(e: crate::store::StoreError) -> Response {
 
 /// The one field a body must carry, and nothing else (CONTRACT: "invalid format").
 fn single_field<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
-    let text = std::str::from_utf8(body).ok()?;
-    serde_json::from_str(text).ok()
+    crate::chat::parse_object(std::str::from_utf8(body).ok()?)
 }
 
 #[derive(Deserialize)]
@@ -150,10 +152,8 @@ fn logout(req: &Request, ctx: &mut Ctx) -> Response {
         ctx.chat.logout(id, ctx.now, ctx.fx);
     }
     let secure = if ctx.secure { "; Secure" } else { "" };
-    Response::json(200, &serde_json::json!({ "status": "ok" })).header(
-        "Set-Cookie",
-        format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"),
-    )
+    Response::json(200, &serde_json::json!({ "status": "ok" }))
+        .header("Set-Cookie", format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"))
 }
 
 /// The `session` cookie's value, from any `Cookie` header (RFC 6265 5.4 joins
@@ -226,12 +226,12 @@ fn websocket(req: &Request, ctx: &mut Ctx) -> Outcome {
     }
     match ws::check_upgrade(req) {
         Ok(accept) => Outcome::Upgrade { session, accept },
-        Err(UpgradeError::UpgradeRequired) => Outcome::Respond(
-            Response::error(426, "upgrade_required").header("Upgrade", "websocket"),
-        ),
-        Err(UpgradeError::Version) => Outcome::Respond(
-            Response::error(400, "bad_websocket_request").header("Sec-WebSocket-Version", "13"),
-        ),
+        Err(UpgradeError::UpgradeRequired) => {
+            Outcome::Respond(Response::error(426, "upgrade_required").header("Upgrade", "websocket"))
+        }
+        Err(UpgradeError::Version) => {
+            Outcome::Respond(Response::error(400, "bad_websocket_request").header("Sec-WebSocket-Version", "13"))
+        }
         Err(UpgradeError::Bad(_)) => Outcome::Respond(Response::error(400, "bad_websocket_request")),
     }
 }

@@ -72,7 +72,8 @@ pub fn api_body(data: &[u8]) {
     };
     let cfg = ApiConfig::default();
     let mut fx = Vec::new();
-    let mut ctx = Ctx { chat: &mut chat, store: &mut store, cfg: &cfg, now: Instant::now(), fx: &mut fx, secure: false };
+    let mut ctx =
+        Ctx { chat: &mut chat, store: &mut store, cfg: &cfg, now: Instant::now(), fx: &mut fx, secure: false };
     let Outcome::Respond(resp) = api::handle(&req, &mut ctx) else { panic!("register/login never upgrade") };
     let allowed: &[u16] = if which & 1 == 0 { &[201, 400, 409, 422] } else { &[200, 401, 422] };
     assert!(allowed.contains(&resp.status), "{path} answered {}", resp.status);
@@ -109,9 +110,7 @@ pub fn cookie_header(data: &[u8]) {
     }
     let req = Request { method: "GET".into(), target: "/ws".into(), minor_version: 1, headers, body: vec![] };
     let _ = api::session_cookie(&req);
-    let cfg = ApiConfig {
-        allowed_origins: if flags & 2 != 0 { vec!["https://chat.example".into()] } else { vec![] },
-    };
+    let cfg = ApiConfig { allowed_origins: if flags & 2 != 0 { vec!["https://chat.example".into()] } else { vec![] } };
     let mut ctx = Ctx { chat: &mut chat, store: &mut store, cfg: &cfg, now, fx: &mut fx, secure: false };
     match api::handle(&req, &mut ctx) {
         Outcome::Upgrade { accept, .. } => assert_eq!(accept.len(), 28, "base64 of a SHA-1"),
@@ -145,8 +144,7 @@ pub fn ws_message(data: &[u8]) {
         })
         .collect();
     assert_eq!(acks.len(), 1, "exactly one ack");
-    let documented =
-        [chat::ACK_OK, chat::ACK_TOO_LONG, chat::ACK_EMPTY, chat::ACK_INVALID, chat::ACK_RATE_LIMITED];
+    let documented = [chat::ACK_OK, chat::ACK_TOO_LONG, chat::ACK_EMPTY, chat::ACK_INVALID, chat::ACK_RATE_LIMITED];
     assert!(documented.contains(&acks[0]), "undocumented ack");
     let broadcasts: Vec<&[u8]> = fx
         .iter()
@@ -364,7 +362,12 @@ impl World {
         };
         for u in 0..USERS {
             let c = w.connect(u);
-            w.http(c, &format!("POST /api/register HTTP/1.1\r\nHost: f\r\nContent-Length: 17\r\n\r\n{{\"username\":\"u{u}\"}}"));
+            w.http(
+                c,
+                &format!(
+                    "POST /api/register HTTP/1.1\r\nHost: f\r\nContent-Length: 17\r\n\r\n{{\"username\":\"u{u}\"}}"
+                ),
+            );
             let (status, body, _) = take_response(&mut w.clients[c]).expect("register answered");
             assert_eq!(status, 201);
             let v: serde_json::Value = serde_json::from_slice(&body).expect("json");

@@ -100,6 +100,7 @@ fn malformed_bodies_are_422() {
         "",
         "not json",
         "[]",
+        r#"["alice"]"#,
         r#""alice""#,
         r#"{}"#,
         r#"{"username": 5}"#,
@@ -124,8 +125,7 @@ fn malformed_bodies_are_422() {
         headers: vec![],
         body: bytes,
     };
-    let mut ctx =
-        Ctx { chat: &mut w.chat, store: &mut w.store, cfg: &w.cfg, now: w.now, fx: &mut w.fx, secure: false };
+    let mut ctx = Ctx { chat: &mut w.chat, store: &mut w.store, cfg: &w.cfg, now: w.now, fx: &mut w.fx, secure: false };
     match handle(&req, &mut ctx) {
         Outcome::Respond(r) => assert_eq!(r.status, 422),
         _ => panic!(),

@@ -35,11 +35,20 @@ pub mod close {
 
 #[derive(Debug, Clone)]
 pub enum Effect {
-    Send { to: ConnId, frame: Chunk },
+    Send {
+        to: ConnId,
+        frame: Chunk,
+    },
     /// One encoded frame for every member except `except`.
-    Broadcast { except: Option<ConnId>, frame: Rc<[u8]> },
+    Broadcast {
+        except: Option<ConnId>,
+        frame: Rc<[u8]>,
+    },
     /// Close this WebSocket with `code`; the core has already removed it from the room.
-    Close { conn: ConnId, code: u16 },
+    Close {
+        conn: ConnId,
+        code: u16,
+    },
 }
 
 pub type Effects = Vec<Effect>;
@@ -223,11 +232,11 @@ impl Chat {
                 return;
             }
         }
-        let ack = match serde_json::from_str::<Incoming>(text) {
-            Err(_) => ACK_INVALID,
-            Ok(msg) if msg.message.is_empty() => ACK_EMPTY,
-            Ok(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
-            Ok(msg) => {
+        let ack = match parse_object::<Incoming>(text) {
+            None => ACK_INVALID,
+            Some(msg) if msg.message.is_empty() => ACK_EMPTY,
+            Some(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
+            Some(msg) => {
                 let author = self.room.get(conn).map(|m| m.user.clone()).expect("member checked above");
                 let mut f = TextFrame::with_capacity(msg.message.len() + author.len() + 32);
                 serde_json::to_writer(f.payload(), &Outgoing { message: &msg.message, author: &author })
@@ -282,6 +291,15 @@ impl Chat {
         self.leave(conn, fx);
         fx.push(Effect::Close { conn, code });
     }
+}
+
+/// Parses `text` as exactly one JSON object into `T`. serde would also accept a JSON
+/// array for a struct (fields by position); the contract wants an object.
+pub fn parse_object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(text).ok()
 }
 
 fn event_frame(event: &str, user: &str) -> Rc<[u8]> {

@@ -82,7 +82,13 @@ mod tests {
             let (op, p) = decode(&f);
             assert_eq!(op, 0x81);
             assert_eq!(p, &payload[..]);
-            let expected_header = if len < 126 { 2 } else if len < 65536 { 4 } else { 10 };
+            let expected_header = if len < 126 {
+                2
+            } else if len < 65536 {
+                4
+            } else {
+                10
+            };
             assert_eq!(f.len(), len + expected_header);
         }
     }

@@ -1,0 +1,240 @@
+//! The user table in SQLite (rusqlite, bundled): migrations by `PRAGMA user_version`,
+//! registration, key lookup. Only SHA-256 of each key is stored. Nothing here knows
+//! about sessions, sockets or HTTP.
+
+use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// The schema version this build writes; older files are migrated on open.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Keys longer than this cannot be ours; refuse them before hashing.
+const MAX_KEY_LEN: usize = 256;
+
+#[derive(Debug)]
+pub enum StoreError {
+    Open(String),
+    Corrupt(String),
+    Io(String),
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::Open(m) | StoreError::Corrupt(m) | StoreError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+pub enum Registered {
+    Created { key: String },
+    NameTaken,
+}
+
+pub struct Store {
+    db: Connection,
+}
+
+fn io(e: rusqlite::Error) -> StoreError {
+    StoreError::Io(format!("database error: {e}"))
+}
+
+impl Store {
+    /// Opens or creates the database file. A file that is not a skiff database (or
+    /// is corrupt, unwritable, or from a newer skiff) is an error, never replaced.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let shown = path.display();
+        if path.is_dir() {
+            return Err(StoreError::Open(format!("cannot open database {shown}: it is a directory")));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(path, flags)
+            .map_err(|e| StoreError::Open(format!("cannot open database {shown}: {e}")))?;
+        Store::init(db).map_err(|e| match e {
+            StoreError::Corrupt(m) => StoreError::Corrupt(format!("database {shown} is unusable: {m}")),
+            StoreError::Open(m) | StoreError::Io(m) => StoreError::Open(format!("cannot open database {shown}: {m}")),
+        })
+    }
+
+    pub fn open_in_memory() -> Result<Store, StoreError> {
+        Store::init(Connection::open_in_memory().map_err(io)?)
+    }
+
+    fn init(db: Connection) -> Result<Store, StoreError> {
+        // Reading the header is the first real access: a non-database file fails here.
+        let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(classify)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "schema version {version} is newer than this skiff understands ({SCHEMA_VERSION})"
+            )));
+        }
+        // quick_check reads every page: cheap for a user table, and it turns a
+        // damaged file into a startup error rather than a failure mid-request.
+        let check: String = db.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(classify)?;
+        if check != "ok" {
+            return Err(StoreError::Corrupt(check));
+        }
+        let mode: String = db.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0)).map_err(classify)?;
+        if mode != "wal" && mode != "memory" {
+            return Err(StoreError::Open(format!("cannot enable WAL (journal mode is {mode})")));
+        }
+        // FULL: a 201 goes out only after the row survives a power cut.
+        db.execute_batch("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=1000;")
+            .map_err(classify)?;
+        let mut store = Store { db };
+        store.migrate(version)?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self, from: i64) -> Result<(), StoreError> {
+        if from < 1 {
+            let tx = self.db.transaction().map_err(classify)?;
+            tx.execute_batch(
+                "CREATE TABLE users (
+                    id INTEGER PRIMARY KEY,
+                    username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                    key_hash BLOB NOT NULL UNIQUE,
+                    created_at INTEGER NOT NULL DEFAULT (unixepoch())
+                 );
+                 PRAGMA user_version = 1;",
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
+        Ok(())
+    }
+
+    /// Registers `username` (already validated by the caller). Returns after the
+    /// row is committed.
+    pub fn register(&mut self, username: &str) -> Result<Registered, StoreError> {
+        let key = new_key();
+        let hash = hash_key(&key);
+        let mut stmt = self.db.prepare_cached("INSERT INTO users (username, key_hash) VALUES (?1, ?2)").map_err(io)?;
+        match stmt.execute(params![username, &hash[..]]) {
+            Ok(_) => Ok(Registered::Created { key }),
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
+                Ok(Registered::NameTaken)
+            }
+            Err(e) => Err(io(e)),
+        }
+    }
+
+    /// The canonical username for a key, if any.
+    pub fn login(&mut self, key: &str) -> Result<Option<String>, StoreError> {
+        if key.is_empty() || key.len() > MAX_KEY_LEN {
+            return Ok(None);
+        }
+        let hash = hash_key(key);
+        let mut stmt = self.db.prepare_cached("SELECT username FROM users WHERE key_hash = ?1").map_err(io)?;
+        stmt.query_row(params![&hash[..]], |r| r.get(0)).optional().map_err(io)
+    }
+
+    /// The canonical spelling of a name, matched ignoring ASCII case.
+    pub fn find_user(&mut self, name: &str) -> Result<Option<String>, StoreError> {
+        let mut stmt = self.db.prepare_cached("SELECT username FROM users WHERE username = ?1").map_err(io)?;
+        stmt.query_row(params![name], |r| r.get(0)).optional().map_err(io)
+    }
+}
+
+fn classify(e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(f.code, ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt) =>
+        {
+            StoreError::Corrupt(e.to_string())
+        }
+        _ => StoreError::Open(e.to_string()),
+    }
+}
+
+fn hash_key(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// 32 bytes (256 bits) from the OS CSPRNG as 43 characters of unpadded base64url.
+fn new_key() -> String {
+    let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("the OS random number generator failed");
+    base64url(&raw)
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, &b)| acc | (b as u32) << (16 - 8 * i));
+        let chars = chunk.len() + 1;
+        for i in 0..chars {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64url_matches_known_vectors() {
+        assert_eq!(base64url(b""), "");
+        assert_eq!(base64url(b"f"), "Zg");
+        assert_eq!(base64url(b"fo"), "Zm8");
+        assert_eq!(base64url(b"foo"), "Zm9v");
+        assert_eq!(base64url(&[0xfb, 0xff]), "-_8");
+    }
+
+    #[test]
+    fn register_login_and_case_insensitive_names() {
+        let mut s = Store::open_in_memory().unwrap();
+        let Registered::Created { key } = s.register("Alice").unwrap() else { panic!("created") };
+        assert_eq!(key.len(), 43);
+        assert!(matches!(s.register("alice").unwrap(), Registered::NameTaken));
+        assert_eq!(s.login(&key).unwrap().as_deref(), Some("Alice"));
+        assert_eq!(s.login("nope").unwrap(), None);
+        assert_eq!(s.login(&"k".repeat(300)).unwrap(), None);
+        assert_eq!(s.find_user("ALICE").unwrap().as_deref(), Some("Alice"));
+        assert_eq!(s.find_user("bob").unwrap(), None);
+    }
+
+    #[test]
+    fn keys_differ_and_only_hashes_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut s = Store::open(&path).unwrap();
+        let Registered::Created { key: k1 } = s.register("a").unwrap() else { panic!() };
+        let Registered::Created { key: k2 } = s.register("b").unwrap() else { panic!() };
+        assert_ne!(k1, k2);
+        drop(s);
+        let mut bytes = std::fs::read(&path).unwrap();
+        if let Ok(wal) = std::fs::read(dir.path().join("t.db-wal")) {
+            bytes.extend(wal);
+        }
+        assert!(!bytes.windows(k1.len()).any(|w| w == k1.as_bytes()));
+        // Reopening keeps users; keys still log in.
+        let mut s = Store::open(&path).unwrap();
+        assert_eq!(s.login(&k2).unwrap().as_deref(), Some("b"));
+        let mode: String = s.db.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn unusable_files_are_errors_and_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.db");
+        std::fs::write(&garbage, vec![7u8; 4096]).unwrap();
+        let err = Store::open(&garbage).err().expect("garbage is refused");
+        assert!(err.to_string().contains("garbage.db"), "{err}");
+        assert_eq!(std::fs::read(&garbage).unwrap(), vec![7u8; 4096]);
+        assert!(Store::open(dir.path()).is_err(), "a directory");
+        assert!(Store::open(&dir.path().join("no/such/dir/x.db")).is_err(), "missing parent");
+        // A database from a newer skiff.
+        let future = dir.path().join("future.db");
+        Connection::open(&future).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+        let err = Store::open(&future).err().expect("newer schema refused");
+        assert!(err.to_string().contains("newer"), "{err}");
+    }
+}
