@@ -28,6 +28,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, Default)]
 pub struct ApiConfig {
     pub allowed_origins: Vec<String>,
+    /// Serve this (canonical) directory instead of the built-in page.
+    pub static_dir: Option<std::path::PathBuf>,
 }
 
 /// Everything a request may touch.
@@ -75,7 +77,14 @@ pub fn handle(req: &Request, ctx: &mut Ctx) -> Outcome {
                 "GET" => respond(user(req, name, ctx)),
                 _ => respond(not_allowed("GET")),
             },
-            _ => respond(Response::error(404, "not_found")),
+            _ if path.starts_with("/api/") => respond(Response::error(404, "not_found")),
+            _ => respond(match method {
+                "GET" | "HEAD" => crate::web::serve(req, ctx.cfg.static_dir.as_deref()),
+                _ => match crate::web::serve(req, ctx.cfg.static_dir.as_deref()).status {
+                    404 => Response::error(404, "not_found"),
+                    _ => not_allowed("GET, HEAD"),
+                },
+            }),
         },
     }
 }

@@ -26,6 +26,11 @@ fn counter_random(buf: &mut [u8]) {
     });
 }
 
+/// Harness runs are many and short; their log lines would drown the fuzzer's.
+fn quiet() {
+    crate::log::set_level(crate::log::Level::Error);
+}
+
 fn chat_config() -> ChatConfig {
     ChatConfig {
         session_ttl: Duration::from_secs(60),
@@ -38,6 +43,7 @@ fn chat_config() -> ChatConfig {
 /// `http_request`: the incremental parser must give the same requests (or the same
 /// error) whatever the split points, and never exceed its limits.
 pub fn http_request(data: &[u8]) {
+    quiet();
     let Some((&seed, input)) = data.split_first() else { return };
     let limits = Limits::default();
     let whole = parse::parse_all(input, &[], limits);
@@ -56,6 +62,7 @@ pub fn http_request(data: &[u8]) {
 /// `api_body`: arbitrary bytes as the body of register or login through the real
 /// routes with an in-memory store: only documented statuses, never 500.
 pub fn api_body(data: &[u8]) {
+    quiet();
     let Some((&which, body)) = data.split_first() else { return };
     let mut chat = Chat::new(chat_config());
     chat.set_random(counter_random);
@@ -87,6 +94,7 @@ pub fn api_body(data: &[u8]) {
 /// `cookie_header`: arbitrary Cookie / Origin / Upgrade / Connection / version / key
 /// headers on `GET /ws`: the checks answer only documented statuses, in order.
 pub fn cookie_header(data: &[u8]) {
+    quiet();
     let Some((&flags, rest)) = data.split_first() else { return };
     let mut chat = Chat::new(chat_config());
     chat.set_random(counter_random);
@@ -110,7 +118,8 @@ pub fn cookie_header(data: &[u8]) {
     }
     let req = Request { method: "GET".into(), target: "/ws".into(), minor_version: 1, headers, body: vec![] };
     let _ = api::session_cookie(&req);
-    let cfg = ApiConfig { allowed_origins: if flags & 2 != 0 { vec!["https://chat.example".into()] } else { vec![] } };
+    let allowed_origins = if flags & 2 != 0 { vec!["https://chat.example".into()] } else { vec![] };
+    let cfg = ApiConfig { allowed_origins, ..ApiConfig::default() };
     let mut ctx = Ctx { chat: &mut chat, store: &mut store, cfg: &cfg, now, fx: &mut fx, secure: false };
     match api::handle(&req, &mut ctx) {
         Outcome::Upgrade { accept, .. } => assert_eq!(accept.len(), 28, "base64 of a SHA-1"),
@@ -124,6 +133,7 @@ pub fn cookie_header(data: &[u8]) {
 /// documented ack; an accepted message is broadcast once as valid JSON that parses
 /// back to exactly the message sent.
 pub fn ws_message(data: &[u8]) {
+    quiet();
     let text = String::from_utf8_lossy(data);
     let mut chat = Chat::new(chat_config());
     chat.set_random(counter_random);
@@ -529,8 +539,21 @@ impl World {
     }
 }
 
+/// What a `connection` run did, so tests can check the script reached the room.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub upgraded: usize,
+    pub accepted: usize,
+    pub delivered: usize,
+}
+
 /// `connection`: bytes pick a script of events through the whole server.
 pub fn connection(data: &[u8]) {
+    connection_run(data);
+}
+
+pub fn connection_run(data: &[u8]) -> Summary {
+    quiet();
     let mut w = World::new();
     let mut ops = data.iter().copied();
     let mut steps = 0;
@@ -597,4 +620,9 @@ pub fn connection(data: &[u8]) {
         w.step();
     }
     w.check_delivery();
+    Summary {
+        upgraded: w.clients.iter().filter(|c| c.upgraded).count(),
+        accepted: w.accepted.len(),
+        delivered: w.clients.iter().map(|c| c.got.len()).sum(),
+    }
 }

@@ -14,4 +14,5 @@ pub mod reactor;
 pub mod server;
 pub mod store;
 pub mod timer;
+pub mod web;
 pub mod ws;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let env = |name: &str| std::env::var(name).ok();
-    let cfg = match config::parse(std::env::args().skip(1), &env) {
+    let mut cfg = match config::parse(std::env::args().skip(1), &env) {
         Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Help) => {
             print!("{}", config::USAGE);
@@ -26,6 +26,16 @@ fn main() -> ExitCode {
         }
     };
     log::set_level(cfg.log_level);
+    if let Some(dir) = &cfg.static_dir {
+        // Canonical once, so every request's resolved path can be checked against it.
+        match dir.canonicalize() {
+            Ok(real) if real.is_dir() => cfg.static_dir = Some(real),
+            _ => {
+                eprintln!("skiff: --static {}: not a readable directory", dir.display());
+                return ExitCode::from(1);
+            }
+        }
+    }
     let store = match Store::open(&cfg.db) {
         Ok(s) => s,
         Err(e) => {

@@ -49,7 +49,7 @@ impl ServerConfig {
                 max_sessions: cfg.max_sessions,
                 message_rate,
             },
-            api: ApiConfig { allowed_origins: cfg.allowed_origins.clone() },
+            api: ApiConfig { allowed_origins: cfg.allowed_origins.clone(), static_dir: cfg.static_dir.clone() },
             limits: Limits::default(),
             limit_loopback: cfg.limit_loopback,
         }

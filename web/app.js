@@ -531,7 +531,10 @@
       state.storedKeyTried = true;
       setStatus('connecting', 'Session ended; logging in again with your saved key…');
       const ok = await login(key, true, { auto: true });
-      if (ok) return;
+      if (ok) {
+        addNote('The session had ended; logged in again with your saved key.', 'info');
+        return;
+      }
       if (document.body.dataset.view === 'auth') return;   // login() already explained
     }
     showAuth(why);

@@ -1,0 +1,166 @@
+//! The web client: the built-in chat page embedded in the binary, or a user's own
+//! directory of files (`--static DIR`). GET and HEAD only, ETags, and no path ever
+//! leaves the directory (no `..`, no encoded dots, no symlinks pointing out).
+//! Reads files on the loop thread: they are small, and the page is fetched rarely.
+
+use crate::http::{Request, Response};
+use std::borrow::Cow;
+use std::path::{Component, Path, PathBuf};
+
+/// No inline script or style anywhere in the built-in page, so the policy can be strict.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// Files larger than this are not served from `--static`: a response is built in
+/// memory, and a chat client has no business being this big.
+const MAX_FILE: u64 = 8 * 1024 * 1024;
+
+struct Asset {
+    path: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+const BUILTIN: &[Asset] = &[
+    Asset { path: "/", content_type: "text/html; charset=utf-8", body: include_bytes!("../web/index.html") },
+    Asset { path: "/index.html", content_type: "text/html; charset=utf-8", body: include_bytes!("../web/index.html") },
+    Asset { path: "/app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../web/app.js") },
+    Asset { path: "/style.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../web/style.css") },
+];
+
+/// Answers a GET/HEAD for a non-API path, from `dir` when given, else the built-in page.
+pub fn serve(req: &Request, dir: Option<&Path>) -> Response {
+    match dir {
+        Some(dir) => from_dir(req, dir),
+        None => builtin(req),
+    }
+}
+
+fn builtin(req: &Request) -> Response {
+    let Some(asset) = BUILTIN.iter().find(|a| a.path == req.path()) else {
+        return Response::error(404, "not_found");
+    };
+    let etag = format!("\"{:016x}\"", fnv1a(asset.body));
+    respond(req, asset.content_type, Cow::Borrowed(asset.body), etag).header("Content-Security-Policy", CSP)
+}
+
+fn respond(req: &Request, content_type: &'static str, body: Cow<'static, [u8]>, etag: String) -> Response {
+    let fresh =
+        req.header_str("if-none-match").is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+    let r = if fresh { Response::new(304) } else { Response::new(200).with_body(body) };
+    r.header("Content-Type", content_type).header("ETag", etag).header("Cache-Control", "no-cache")
+}
+
+fn from_dir(req: &Request, root: &Path) -> Response {
+    let not_found = || Response::error(404, "not_found");
+    let Some(rel) = safe_relative(req.path()) else { return not_found() };
+    let mut path = root.join(rel);
+    // Resolve symlinks and make sure the result is still inside the root.
+    let Ok(mut real) = path.canonicalize() else { return not_found() };
+    if real.is_dir() {
+        path = real.join("index.html");
+        let Ok(index) = path.canonicalize() else { return not_found() };
+        real = index;
+    }
+    if !real.starts_with(root) {
+        return not_found();
+    }
+    let Ok(meta) = std::fs::metadata(&real) else { return not_found() };
+    if !meta.is_file() || meta.len() > MAX_FILE {
+        return not_found();
+    }
+    let Ok(body) = std::fs::read(&real) else { return not_found() };
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
+    let etag = format!("\"{:x}-{:x}\"", meta.len(), mtime.as_nanos());
+    respond(req, content_type(&real), Cow::Owned(body), etag)
+}
+
+/// The request path as a relative path of plain components, percent-decoded; None
+/// for anything that tries to climb out (`..`, `%2e%2e`), is absolute after
+/// decoding, or carries NUL or backslashes.
+pub fn safe_relative(path: &str) -> Option<PathBuf> {
+    let decoded = percent_decode(path.strip_prefix('/')?)?;
+    if decoded.contains('\0') || decoded.contains('\\') {
+        return None;
+    }
+    let mut out = PathBuf::new();
+    for part in Path::new(&decoded).components() {
+        match part {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return None,
+        }
+    }
+    Some(out)
+}
+
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn content_type(path: &Path) -> &'static str {
+    match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()).as_deref() {
+        Some("html" | "htm") => "text/html; charset=utf-8",
+        Some("js" | "mjs") => "text/javascript; charset=utf-8",
+        Some("css") => "text/css; charset=utf-8",
+        Some("json") => "application/json",
+        Some("svg") => "image/svg+xml",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("ico") => "image/x-icon",
+        Some("txt") => "text/plain; charset=utf-8",
+        Some("wasm") => "application/wasm",
+        Some("woff2") => "font/woff2",
+        _ => "application/octet-stream",
+    }
+}
+
+/// A stable content hash for the built-in assets' ETags (no crypto needed).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traversal_attempts_are_refused() {
+        for bad in [
+            "/../etc/passwd",
+            "/%2e%2e/etc/passwd",
+            "/%2E%2E%2fetc",
+            "/a/../../b",
+            "/%2fetc/passwd",
+            "/a%00b",
+            "/a\\..\\b",
+            "/%zz",
+        ] {
+            assert_eq!(safe_relative(bad), None, "{bad}");
+        }
+        assert_eq!(safe_relative("/"), Some(PathBuf::new()));
+        assert_eq!(safe_relative("/a/./b%20c.js"), Some(PathBuf::from("a/b c.js")));
+    }
+
+    #[test]
+    fn content_types_by_extension() {
+        assert_eq!(content_type(Path::new("x/app.JS")), "text/javascript; charset=utf-8");
+        assert_eq!(content_type(Path::new("index.html")), "text/html; charset=utf-8");
+        assert_eq!(content_type(Path::new("blob")), "application/octet-stream");
+    }
+}
