@@ -5,6 +5,8 @@
 use crate::chat::session::SessionKey;
 use crate::chat::{Chat, Effects, JoinError, LoginError};
 use crate::http::{Request, Response};
+use crate::proxy::Client;
+use crate::ratelimit::RateLimits;
 use crate::store::{Registered, Store};
 use crate::ws::{self, UpgradeError};
 use serde::{Deserialize, Serialize};
@@ -39,11 +41,63 @@ pub struct Ctx<'a> {
     pub cfg: &'a ApiConfig,
     pub now: Instant,
     pub fx: &'a mut Effects,
-    /// The connection is TLS (or a trusted proxy says the client used https).
-    pub secure: bool,
+    /// Who is asking (the peer, or the address a trusted proxy forwards).
+    pub client: Client,
+    /// Address-based limits apply to this client (it is not an exempt loopback peer).
+    pub metered: bool,
+    pub limits: &'a mut RateLimits,
 }
 
+impl Ctx<'_> {
+    /// `Set-Cookie` attributes: `Secure` whenever the client is on https.
+    fn cookie_attrs(&self) -> &'static str {
+        if self.client.https {
+            "; Path=/; HttpOnly; SameSite=Lax; Secure"
+        } else {
+            "; Path=/; HttpOnly; SameSite=Lax"
+        }
+    }
+}
+
+/// Routes a request, adding CORS headers when `--allowed-origin` lists its origin.
 pub fn handle(req: &Request, ctx: &mut Ctx) -> Outcome {
+    let cors_origin = cors_origin(req, ctx.cfg);
+    if req.method == "OPTIONS" && !ctx.cfg.allowed_origins.is_empty() && req.path().starts_with("/api/") {
+        return Outcome::Respond(match cors_origin {
+            // A preflight: the browser asks before a credentialed cross-origin POST.
+            Some(origin) => with_cors(Response::new(204), origin)
+                .header("Access-Control-Allow-Methods", "GET, POST")
+                .header("Access-Control-Allow-Headers", "Content-Type")
+                .header("Access-Control-Max-Age", "600"),
+            None => Response::error(403, "origin_not_allowed"),
+        });
+    }
+    match route(req, ctx) {
+        Outcome::Respond(r) => Outcome::Respond(match cors_origin {
+            Some(origin) if req.path().starts_with("/api/") => with_cors(r, origin),
+            _ => r,
+        }),
+        upgrade => upgrade,
+    }
+}
+
+/// The request's `Origin` if it is one of the allowed origins.
+fn cors_origin(req: &Request, cfg: &ApiConfig) -> Option<String> {
+    let origin = req.header_str("origin")?;
+    cfg.allowed_origins.iter().find(|o| o.eq_ignore_ascii_case(origin)).cloned()
+}
+
+fn with_cors(r: Response, origin: String) -> Response {
+    r.header("Access-Control-Allow-Origin", origin)
+        .header("Access-Control-Allow-Credentials", "true")
+        .header("Vary", "Origin")
+}
+
+fn rate_limited(retry_after: u64) -> Response {
+    Response::error(429, "rate_limited").header("Retry-After", retry_after.to_string())
+}
+
+fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
     let path = req.path();
     let method = req.method.as_str();
     let respond = Outcome::Respond;
@@ -126,6 +180,13 @@ fn register(req: &Request, ctx: &mut Ctx) -> Response {
     if !valid_username(&username) {
         return Response::error(400, "invalid_username");
     }
+    if ctx.metered {
+        if let Some(wait) = ctx.limits.register.blocked(ctx.client.ip, ctx.now) {
+            ctx.limits.refused += 1;
+            return rate_limited(wait);
+        }
+        ctx.limits.register.record(ctx.client.ip, ctx.now);
+    }
     match ctx.store.register(&username) {
         Ok(Registered::Created { key }) => {
             crate::log::info(format_args!("registered user {username}"));
@@ -140,17 +201,27 @@ fn login(req: &Request, ctx: &mut Ctx) -> Response {
     let Some(LoginBody { key }) = single_field(&req.body) else {
         return Response::error(422, "invalid_format");
     };
+    if ctx.metered {
+        if let Some(wait) = ctx.limits.failed_login.blocked(ctx.client.ip, ctx.now) {
+            ctx.limits.refused += 1;
+            return rate_limited(wait);
+        }
+    }
     let username = match ctx.store.login(&key) {
         Ok(Some(u)) => u,
-        Ok(None) => return Response::error(401, "invalid_key"),
+        Ok(None) => {
+            if ctx.metered {
+                ctx.limits.failed_login.record(ctx.client.ip, ctx.now);
+            }
+            return Response::error(401, "invalid_key");
+        }
         Err(e) => return internal(e),
     };
     match ctx.chat.login(&username, ctx.now, ctx.fx) {
         Ok(id) => {
             let id = std::str::from_utf8(&id).expect("session ids are ASCII");
-            let secure = if ctx.secure { "; Secure" } else { "" };
             Response::json(200, &serde_json::json!({ "username": username }))
-                .header("Set-Cookie", format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax{secure}"))
+                .header("Set-Cookie", format!("{SESSION_COOKIE}={id}{}", ctx.cookie_attrs()))
         }
         Err(LoginError::Full) => Response::error(503, "too_many_sessions"),
     }
@@ -160,9 +231,8 @@ fn logout(req: &Request, ctx: &mut Ctx) -> Response {
     if let Some(id) = session_cookie(req) {
         ctx.chat.logout(id, ctx.now, ctx.fx);
     }
-    let secure = if ctx.secure { "; Secure" } else { "" };
     Response::json(200, &serde_json::json!({ "status": "ok" }))
-        .header("Set-Cookie", format!("{SESSION_COOKIE}=; Path=/; HttpOnly; SameSite=Lax; Max-Age=0{secure}"))
+        .header("Set-Cookie", format!("{SESSION_COOKIE}={}; Max-Age=0", ctx.cookie_attrs()))
 }
 
 /// The `session` cookie's value, from any `Cookie` header (RFC 6265 5.4 joins

@@ -68,6 +68,17 @@ pub enum Phase {
 pub trait Stream: Read + Write {
     /// Sends FIN after the last queued byte (`shutdown(SHUT_WR)`).
     fn shutdown_write(&mut self);
+
+    /// Bytes accepted earlier still wait below the write queue (TLS records): the
+    /// connection needs a `flush` when the socket is writable again.
+    fn wants_write(&self) -> bool {
+        false
+    }
+
+    /// The client reached us over TLS.
+    fn is_secure(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for mio::net::TcpStream {

@@ -6,8 +6,13 @@ use crate::api::{self, ApiConfig, Ctx, Outcome};
 use crate::chat::room::RateLimit;
 use crate::chat::{self, Chat, ChatConfig, Effect};
 use crate::http::{parse, Limits, Request};
+use crate::proxy;
+use crate::ratelimit::RateLimits;
 use crate::store::Store;
 use std::time::{Duration, Instant};
+
+const LOCAL: proxy::Client =
+    proxy::Client { ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), forwarded: false, https: false };
 
 /// Deterministic "randomness" so a crash replays exactly (quiche's
 /// `reset_rand_for_fuzzing` idea).
@@ -79,8 +84,16 @@ pub fn api_body(data: &[u8]) {
     };
     let cfg = ApiConfig::default();
     let mut fx = Vec::new();
-    let mut ctx =
-        Ctx { chat: &mut chat, store: &mut store, cfg: &cfg, now: Instant::now(), fx: &mut fx, secure: false };
+    let mut ctx = Ctx {
+        chat: &mut chat,
+        store: &mut store,
+        cfg: &cfg,
+        now: Instant::now(),
+        fx: &mut fx,
+        client: LOCAL,
+        metered: false,
+        limits: &mut RateLimits::new(0, 0),
+    };
     let Outcome::Respond(resp) = api::handle(&req, &mut ctx) else { panic!("register/login never upgrade") };
     let allowed: &[u16] = if which & 1 == 0 { &[201, 400, 409, 422] } else { &[200, 401, 422] };
     assert!(allowed.contains(&resp.status), "{path} answered {}", resp.status);
@@ -120,7 +133,16 @@ pub fn cookie_header(data: &[u8]) {
     let _ = api::session_cookie(&req);
     let allowed_origins = if flags & 2 != 0 { vec!["https://chat.example".into()] } else { vec![] };
     let cfg = ApiConfig { allowed_origins, ..ApiConfig::default() };
-    let mut ctx = Ctx { chat: &mut chat, store: &mut store, cfg: &cfg, now, fx: &mut fx, secure: false };
+    let mut ctx = Ctx {
+        chat: &mut chat,
+        store: &mut store,
+        cfg: &cfg,
+        now,
+        fx: &mut fx,
+        client: LOCAL,
+        metered: false,
+        limits: &mut RateLimits::new(0, 0),
+    };
     match api::handle(&req, &mut ctx) {
         Outcome::Upgrade { accept, .. } => assert_eq!(accept.len(), 28, "base64 of a SHA-1"),
         Outcome::Respond(r) => {
@@ -358,6 +380,10 @@ impl World {
             api: ApiConfig::default(),
             limits: Limits::default(),
             limit_loopback: false,
+            trusted_proxies: vec![],
+            metrics_public: false,
+            register_per_minute: 0,
+            failed_logins_per_minute: 0,
         };
         let mut server = Server::new(cfg, Store::open_in_memory().expect("store"));
         server.chat.set_random(counter_random);

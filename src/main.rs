@@ -36,6 +36,16 @@ fn main() -> ExitCode {
             }
         }
     }
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(cert), Some(key)) => match skiff::tls::load_config(cert, key) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                return ExitCode::from(1);
+            }
+        },
+        _ => None,
+    };
     let store = match Store::open(&cfg.db) {
         Ok(s) => s,
         Err(e) => {
@@ -43,7 +53,8 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    let mut reactor = match Reactor::new(&cfg, store) {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let mut reactor = match Reactor::new(&cfg, store, tls) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("skiff: cannot listen on {}: {e}", cfg.listen);
@@ -57,7 +68,7 @@ fn main() -> ExitCode {
     let addr = reactor.local_addr();
     // Scripts and tests read this first line to find an ephemeral port.
     let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "listening on http://{addr}");
+    let _ = writeln!(stdout, "listening on {scheme}://{addr}");
     let _ = stdout.flush();
     log::info(format_args!("skiff {} listening on {addr}, database {}", env!("CARGO_PKG_VERSION"), cfg.db.display()));
     match reactor.run() {

@@ -6,10 +6,12 @@ use crate::config::Config;
 use crate::log;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
-use mio::net::{TcpListener, TcpStream, UnixStream};
+use crate::tls::Transport;
+use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX - 1);
@@ -23,13 +25,15 @@ pub struct Reactor {
     listener: Option<TcpListener>,
     local_addr: SocketAddr,
     signals: Option<UnixStream>,
-    server: Server<TcpStream>,
+    server: Server<Transport>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     max_connections: usize,
     accept_retry: Option<Instant>,
 }
 
 impl Reactor {
-    pub fn new(cfg: &Config, store: Store) -> io::Result<Reactor> {
+    /// `tls`: serve HTTPS/WSS with this configuration instead of plain HTTP.
+    pub fn new(cfg: &Config, store: Store, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Reactor> {
         let poll = Poll::new()?;
         let mut listener = TcpListener::bind(cfg.listen)?;
         let local_addr = listener.local_addr()?;
@@ -40,6 +44,7 @@ impl Reactor {
             local_addr,
             signals: None,
             server: Server::new(ServerConfig::from_config(cfg), store),
+            tls,
             max_connections: cfg.max_connections.unwrap_or_else(default_max_connections),
             accept_retry: None,
         })
@@ -126,8 +131,15 @@ impl Reactor {
                     }
                     // Chat frames are small and latency matters more than packet count.
                     let _ = sock.set_nodelay(true);
-                    let key = self.server.insert(sock, peer, now);
-                    let sock = self.server.stream_mut(key).expect("just inserted");
+                    let transport = match Transport::new(sock, self.tls.as_ref()) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            log::warn(format_args!("TLS session for {peer}: {e}"));
+                            continue;
+                        }
+                    };
+                    let key = self.server.insert(transport, peer, now);
+                    let sock = self.server.stream_mut(key).expect("just inserted").socket_mut();
                     if let Err(e) =
                         self.poll.registry().register(sock, Token(key), Interest::READABLE | Interest::WRITABLE)
                     {

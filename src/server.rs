@@ -13,12 +13,14 @@ use crate::conn::{
 use crate::http::{Limits, Parsed, Request, Response};
 use crate::log;
 use crate::outq::{Chunk, Flush};
+use crate::proxy;
+use crate::ratelimit::RateLimits;
 use crate::store::Store;
 use crate::timer::Timer;
 use crate::ws::{WsConn, WsRead};
 use slab::Slab;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Messages read from one WebSocket before the loop moves on to others, so one
@@ -36,6 +38,10 @@ pub struct ServerConfig {
     pub api: ApiConfig,
     pub limits: Limits,
     pub limit_loopback: bool,
+    pub trusted_proxies: Vec<IpAddr>,
+    pub metrics_public: bool,
+    pub register_per_minute: u32,
+    pub failed_logins_per_minute: u32,
 }
 
 impl ServerConfig {
@@ -52,6 +58,10 @@ impl ServerConfig {
             api: ApiConfig { allowed_origins: cfg.allowed_origins.clone(), static_dir: cfg.static_dir.clone() },
             limits: Limits::default(),
             limit_loopback: cfg.limit_loopback,
+            trusted_proxies: cfg.trusted_proxies.clone(),
+            metrics_public: cfg.metrics_public,
+            register_per_minute: cfg.register_per_minute,
+            failed_logins_per_minute: cfg.failed_logins_per_minute,
         }
     }
 }
@@ -66,6 +76,8 @@ pub struct Stats {
     pub slow_dropped: u64,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// HTTP responses by status code.
+    pub responses: std::collections::BTreeMap<u16, u64>,
 }
 
 pub struct Server<S> {
@@ -75,6 +87,9 @@ pub struct Server<S> {
     api: ApiConfig,
     limits: Limits,
     limit_loopback: bool,
+    trusted_proxies: Vec<IpAddr>,
+    metrics_public: bool,
+    rate_limits: RateLimits,
     timer: Timer,
     /// Connections with bytes to write this turn (`handleClientsWithPendingWrites`).
     flush_list: Vec<usize>,
@@ -96,6 +111,9 @@ impl<S: Stream> Server<S> {
             api: cfg.api,
             limits: cfg.limits,
             limit_loopback: cfg.limit_loopback,
+            trusted_proxies: cfg.trusted_proxies,
+            metrics_public: cfg.metrics_public,
+            rate_limits: RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute),
             timer: Timer::new(),
             flush_list: Vec::new(),
             read_list: Vec::new(),
@@ -120,8 +138,7 @@ impl<S: Stream> Server<S> {
     pub fn insert(&mut self, sock: S, peer: SocketAddr, now: Instant) -> usize {
         let generation = self.next_generation;
         self.next_generation += 1;
-        let mut conn = Conn::new(sock, peer, generation, self.limits, now);
-        conn.metered = self.limit_loopback || !peer.ip().is_loopback();
+        let conn = Conn::new(sock, peer, generation, self.limits, now);
         let key = self.conns.insert(conn);
         self.stats.accepted += 1;
         log::debug(format_args!("connect {peer}"));
@@ -142,7 +159,7 @@ impl<S: Stream> Server<S> {
         let Some(c) = self.conns.get_mut(key) else { return };
         if writable {
             c.writable = true;
-            if !c.out.is_empty() && !c.queued_for_flush {
+            if (!c.out.is_empty() || c.sock.wants_write()) && !c.queued_for_flush {
                 c.queued_for_flush = true;
                 self.flush_list.push(key);
             }
@@ -201,6 +218,10 @@ impl<S: Stream> Server<S> {
             if !again {
                 break;
             }
+        }
+        // Reading may have produced transport bytes of its own (TLS handshake records).
+        if self.conns.get(key).is_some_and(|c| c.sock.wants_write()) {
+            self.queue_flush(key);
         }
         self.arm(key);
     }
@@ -288,15 +309,29 @@ impl<S: Stream> Server<S> {
     fn on_request(&mut self, key: usize, req: Request, now: Instant) -> bool {
         let keep_alive = req.keep_alive() && self.shutdown.is_none();
         let head = req.method == "HEAD";
-        let mut ctx = api::Ctx {
-            chat: &mut self.chat,
-            store: &mut self.store,
-            cfg: &self.api,
-            now,
-            fx: &mut self.fx,
-            secure: false,
+        let c = &mut self.conns[key];
+        let client = proxy::client(&req, c.peer.ip(), c.sock.is_secure(), &self.trusted_proxies);
+        // Loopback is where the operator's own benchmarks and probes run; a proxy's
+        // forwarded clients are limited like anyone else.
+        let metered = self.limit_loopback || client.forwarded || !client.ip.is_loopback();
+        c.metered = metered;
+        let peer = c.peer.ip();
+        let outcome = if req.path() == "/metrics" {
+            Outcome::Respond(self.metrics(&req, peer))
+        } else {
+            let mut ctx = api::Ctx {
+                chat: &mut self.chat,
+                store: &mut self.store,
+                cfg: &self.api,
+                now,
+                fx: &mut self.fx,
+                client,
+                metered,
+                limits: &mut self.rate_limits,
+            };
+            api::handle(&req, &mut ctx)
         };
-        match api::handle(&req, &mut ctx) {
+        match outcome {
             Outcome::Respond(resp) => {
                 let keep_alive = keep_alive && !resp.close;
                 self.respond(key, &resp, keep_alive, head);
@@ -349,6 +384,7 @@ impl<S: Stream> Server<S> {
     }
 
     fn respond(&mut self, key: usize, resp: &Response, keep_alive: bool, head: bool) {
+        *self.stats.responses.entry(resp.status).or_default() += 1;
         let mut buf = Vec::with_capacity(256 + resp.body.len());
         resp.write_to(&mut buf, keep_alive, head);
         self.conns[key].out.push(Chunk::Owned(buf));
@@ -512,15 +548,20 @@ impl<S: Stream> Server<S> {
         for key in std::mem::take(&mut self.flush_list) {
             let Some(c) = self.conns.get_mut(key) else { continue };
             c.queued_for_flush = false;
-            if !c.writable || c.out.is_empty() {
-                if c.out.is_empty() {
-                    self.drained(key);
-                }
+            if !c.writable {
                 continue;
             }
             let before = c.out.len();
-            let result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
+            let mut result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
             self.stats.bytes_out += (before - c.out.len()) as u64;
+            if let Ok(Flush::Done) = result {
+                // Bytes the transport still holds (TLS records) go out too.
+                result = match c.sock.flush() {
+                    Ok(()) => Ok(Flush::Done),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Flush::Blocked),
+                    Err(e) => Err(e),
+                };
+            }
             match result {
                 Ok(Flush::Done) => self.drained(key),
                 Ok(Flush::Blocked) => c.writable = false,
@@ -637,6 +678,78 @@ impl<S: Stream> Server<S> {
         assert!(self.chat.sessions_alive(now), "a session outlived its TTL");
     }
 
+    /// `GET /metrics` in Prometheus text format: from loopback or a trusted proxy,
+    /// or anyone with `--metrics-public`.
+    fn metrics(&self, req: &Request, peer: IpAddr) -> Response {
+        if req.method != "GET" {
+            return Response::error(405, "method_not_allowed").header("Allow", "GET");
+        }
+        if !(self.metrics_public || peer.is_loopback() || self.trusted_proxies.contains(&peer)) {
+            return Response::error(403, "forbidden");
+        }
+        let (mut http, mut ws, mut closing) = (0, 0, 0);
+        for (_, c) in &self.conns {
+            match c.phase {
+                Phase::Http(_) => http += 1,
+                Phase::Ws(_) => ws += 1,
+                _ => closing += 1,
+            }
+        }
+        let st = &self.stats;
+        let cs = &self.chat.stats;
+        let mut out = String::with_capacity(2048);
+        let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+            use std::fmt::Write;
+            let _ = writeln!(out, "# HELP skiff_{name} {help}\n# TYPE skiff_{name} {kind}");
+            for (labels, v) in samples {
+                let _ = writeln!(out, "skiff_{name}{labels} {v}");
+            }
+        };
+        metric(
+            "connections",
+            "gauge",
+            "Open connections by kind.",
+            &[("{kind=\"http\"}", http), ("{kind=\"websocket\"}", ws), ("{kind=\"closing\"}", closing)],
+        );
+        metric("online_users", "gauge", "Users with an open WebSocket.", &[("", self.chat.members().len() as u64)]);
+        metric("sessions", "gauge", "Live sessions.", &[("", self.chat.session_count() as u64)]);
+        metric("connections_accepted_total", "counter", "TCP connections accepted.", &[("", st.accepted)]);
+        metric(
+            "connections_refused_total",
+            "counter",
+            "Connections closed at once (max connections).",
+            &[("", st.refused)],
+        );
+        metric("messages_received_total", "counter", "Chat messages received.", &[("", cs.messages_in)]);
+        metric(
+            "messages_rejected_total",
+            "counter",
+            "Chat messages answered with an error ack.",
+            &[("", cs.messages_rejected)],
+        );
+        metric("messages_broadcast_total", "counter", "Chat messages accepted and broadcast.", &[("", cs.broadcasts)]);
+        metric("deliveries_total", "counter", "Frames queued to recipients by broadcasts.", &[("", st.deliveries)]);
+        metric(
+            "slow_clients_dropped_total",
+            "counter",
+            "WebSockets dropped for not reading.",
+            &[("", st.slow_dropped)],
+        );
+        metric(
+            "rate_limited_total",
+            "counter",
+            "Requests and messages refused by rate limits.",
+            &[("{kind=\"message\"}", cs.rate_limited), ("{kind=\"http\"}", self.rate_limits.refused)],
+        );
+        let statuses: Vec<(String, u64)> =
+            st.responses.iter().map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n)).collect();
+        let statuses: Vec<(&str, u64)> = statuses.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+        metric("http_responses_total", "counter", "HTTP responses by status.", &statuses);
+        metric("bytes_received_total", "counter", "Bytes read from clients.", &[("", st.bytes_in)]);
+        metric("bytes_sent_total", "counter", "Bytes written to clients.", &[("", st.bytes_out)]);
+        Response::new(200).header("Content-Type", "text/plain; version=0.0.4").with_body(out.into_bytes())
+    }
+
     /// Stops taking requests: every WebSocket gets close 1001, every other connection
     /// is closed once its queue is flushed.
     pub fn begin_shutdown(&mut self, now: Instant) {
@@ -657,5 +770,51 @@ impl<S: Stream> Server<S> {
         // Everyone is leaving at once: N leave events to N closing sockets would be
         // N^2 frames nobody reads.
         self.fx.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::harness::MockStream;
+
+    fn server(metrics_public: bool) -> Server<MockStream> {
+        let cfg = ServerConfig {
+            chat: ChatConfig {
+                session_ttl: Duration::from_secs(60),
+                max_sessions_per_user: 4,
+                max_sessions: 16,
+                message_rate: None,
+            },
+            api: ApiConfig::default(),
+            limits: Limits::default(),
+            limit_loopback: false,
+            trusted_proxies: vec![],
+            metrics_public,
+            register_per_minute: 0,
+            failed_logins_per_minute: 0,
+        };
+        Server::new(cfg, Store::open_in_memory().unwrap())
+    }
+
+    fn get_metrics(srv: &mut Server<MockStream>, peer: &str) -> String {
+        let pipe = MockStream::default();
+        pipe.0.borrow_mut().room = usize::MAX;
+        pipe.0.borrow_mut().to_server.extend_from_slice(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        let now = Instant::now();
+        let key = srv.insert(pipe.clone(), peer.parse().unwrap(), now);
+        srv.on_ready(key, true, true, now);
+        srv.flush_all(now);
+        let out = String::from_utf8(pipe.0.borrow().to_client.clone()).unwrap();
+        out
+    }
+
+    #[test]
+    fn metrics_are_refused_to_remote_peers_unless_public() {
+        let mut srv = server(false);
+        assert!(get_metrics(&mut srv, "192.0.2.7:4000").starts_with("HTTP/1.1 403 "));
+        assert!(get_metrics(&mut srv, "127.0.0.1:4000").starts_with("HTTP/1.1 200 "));
+        let mut srv = server(true);
+        assert!(get_metrics(&mut srv, "192.0.2.7:4000").starts_with("HTTP/1.1 200 "));
     }
 }

@@ -2,7 +2,12 @@
 
 use super::*;
 use crate::chat::ChatConfig;
+use crate::proxy::Client;
+use crate::ratelimit::RateLimits;
 use std::time::Duration;
+
+const LOCAL: Client =
+    Client { ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), forwarded: false, https: false };
 
 struct World {
     chat: Chat,
@@ -10,6 +15,9 @@ struct World {
     cfg: ApiConfig,
     now: Instant,
     fx: Effects,
+    client: Client,
+    metered: bool,
+    limits: RateLimits,
 }
 
 impl World {
@@ -25,6 +33,9 @@ impl World {
             cfg: ApiConfig::default(),
             now: Instant::now(),
             fx: Vec::new(),
+            client: LOCAL,
+            metered: false,
+            limits: RateLimits::new(2, 3),
         }
     }
 
@@ -46,7 +57,9 @@ impl World {
             cfg: &self.cfg,
             now: self.now,
             fx: &mut self.fx,
-            secure: false,
+            client: self.client,
+            metered: self.metered,
+            limits: &mut self.limits,
         };
         handle(&req, &mut ctx)
     }
@@ -125,7 +138,16 @@ fn malformed_bodies_are_422() {
         headers: vec![],
         body: bytes,
     };
-    let mut ctx = Ctx { chat: &mut w.chat, store: &mut w.store, cfg: &w.cfg, now: w.now, fx: &mut w.fx, secure: false };
+    let mut ctx = Ctx {
+        chat: &mut w.chat,
+        store: &mut w.store,
+        cfg: &w.cfg,
+        now: w.now,
+        fx: &mut w.fx,
+        client: LOCAL,
+        metered: false,
+        limits: &mut w.limits,
+    };
     match handle(&req, &mut ctx) {
         Outcome::Respond(r) => assert_eq!(r.status, 422),
         _ => panic!(),
@@ -245,4 +267,87 @@ fn cookie_parsing_finds_session_among_others() {
     assert_eq!(session_cookie(&req(&["sessionx=1; xsession=2"])), None);
     assert_eq!(session_cookie(&req(&["session"])), None);
     assert_eq!(session_cookie(&req(&[])), None);
+}
+
+#[test]
+fn registrations_and_failed_logins_are_limited_per_address_with_retry_after() {
+    let mut w = World::new();
+    w.metered = true;
+    w.client.ip = "203.0.113.9".parse().unwrap();
+    w.register("a1");
+    w.register("a2");
+    let r = w.resp("POST", "/api/register", None, r#"{"username":"a3"}"#);
+    assert_eq!(error(&r), (429, "rate_limited".into()));
+    let wait: u64 = r.header_value("Retry-After").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&wait));
+    // Another address is not affected.
+    w.client.ip = "203.0.113.10".parse().unwrap();
+    let key = w.register("b1");
+    for _ in 0..3 {
+        assert_eq!(w.resp("POST", "/api/login", None, r#"{"key":"wrong"}"#).status, 401);
+    }
+    let r = w.resp("POST", "/api/login", None, &format!(r#"{{"key":"{key}"}}"#));
+    assert_eq!(error(&r), (429, "rate_limited".into()), "even a right key waits once over the limit");
+    w.now += Duration::from_secs(61);
+    assert_eq!(w.resp("POST", "/api/login", None, &format!(r#"{{"key":"{key}"}}"#)).status, 200);
+}
+
+#[test]
+fn unmetered_clients_are_not_limited() {
+    let mut w = World::new();
+    for i in 0..10 {
+        w.register(&format!("u{i}"));
+    }
+}
+
+#[test]
+fn https_clients_get_a_secure_cookie() {
+    let mut w = World::new();
+    let key = w.register("alice");
+    w.client.https = true;
+    let r = w.resp("POST", "/api/login", None, &format!(r#"{{"key":"{key}"}}"#));
+    assert!(r.header_value("Set-Cookie").unwrap().ends_with("; Secure"));
+    assert!(w.resp("GET", "/api/logout", None, "").header_value("Set-Cookie").unwrap().contains("Secure"));
+}
+
+#[test]
+fn cors_only_for_allowed_origins() {
+    let mut w = World::new();
+    let with_origin = |w: &mut World, method: &str, origin: &str| {
+        let req = Request {
+            method: method.into(),
+            target: "/api/login".into(),
+            minor_version: 1,
+            headers: vec![("Host".into(), b"t".to_vec()), ("Origin".into(), origin.as_bytes().to_vec())],
+            body: br#"{"key":"x"}"#.to_vec(),
+        };
+        let mut ctx = Ctx {
+            chat: &mut w.chat,
+            store: &mut w.store,
+            cfg: &w.cfg,
+            now: w.now,
+            fx: &mut w.fx,
+            client: w.client,
+            metered: false,
+            limits: &mut w.limits,
+        };
+        match handle(&req, &mut ctx) {
+            Outcome::Respond(r) => r,
+            _ => panic!(),
+        }
+    };
+    let r = with_origin(&mut w, "POST", "https://chat.example");
+    assert_eq!(r.header_value("Access-Control-Allow-Origin"), None, "no CORS without --allowed-origin");
+    assert_eq!(with_origin(&mut w, "OPTIONS", "https://chat.example").status, 405);
+    w.cfg.allowed_origins = vec!["https://chat.example".into()];
+    let r = with_origin(&mut w, "POST", "https://chat.example");
+    assert_eq!(r.header_value("Access-Control-Allow-Origin"), Some("https://chat.example"));
+    assert_eq!(r.header_value("Access-Control-Allow-Credentials"), Some("true"));
+    let r = with_origin(&mut w, "OPTIONS", "https://chat.example");
+    assert_eq!(r.status, 204);
+    assert_eq!(r.header_value("Access-Control-Allow-Methods"), Some("GET, POST"));
+    let r = with_origin(&mut w, "OPTIONS", "https://evil.example");
+    assert_eq!(r.status, 403);
+    let r = with_origin(&mut w, "POST", "https://evil.example");
+    assert_eq!(r.header_value("Access-Control-Allow-Origin"), None);
 }

@@ -35,10 +35,27 @@ impl Server {
 
     /// Starts skiff on an existing directory (restart tests keep the database).
     pub fn start_in(dir: tempfile::TempDir, args: &[&str]) -> Server {
+        Server::spawn(dir, args, None)
+    }
+
+    /// Starts skiff with its open-file limit lowered to `nofile` (EMFILE tests).
+    pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
+        Server::spawn(tempfile::tempdir().expect("tempdir"), args, Some(nofile))
+    }
+
+    fn spawn(dir: tempfile::TempDir, args: &[&str], nofile: Option<u32>) -> Server {
         let db = dir.path().join("chat.db");
         let stderr_path = dir.path().join(format!("stderr-{}.log", Instant::now().elapsed().as_nanos()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        let mut cmd = match nofile {
+            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
+            Some(n) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_skiff"));
+                c
+            }
+        };
+        let mut child = cmd
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--db")
@@ -55,10 +72,21 @@ impl Server {
         let addr = line
             .trim()
             .strip_prefix("listening on http://")
+            .or_else(|| line.trim().strip_prefix("listening on https://"))
             .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
             .parse()
             .expect("address");
         Server { child, addr, dir, stderr_path }
+    }
+
+    /// The server's user+system CPU time so far, in seconds (from /proc).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).expect("proc stat");
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap().split_whitespace().collect();
+        // After the command name: state is field 3, utime 14 and stime 15 (1-based).
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
     }
 
     pub fn db_path(&self) -> PathBuf {

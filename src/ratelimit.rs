@@ -1,0 +1,126 @@
+//! Per-client-address limits on registrations and failed logins: a fixed one-minute
+//! window per address. Time is passed in. Memory is bounded: expired windows are
+//! pruned as the table grows, and past a hard cap new addresses go untracked
+//! (failing open) rather than let a flood of addresses grow the table without end.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::time::{Duration, Instant};
+
+const WINDOW: Duration = Duration::from_secs(60);
+const MAX_TRACKED: usize = 100_000;
+
+#[derive(Debug)]
+pub struct Limiter {
+    per_minute: u32,
+    windows: HashMap<IpAddr, (Instant, u32)>,
+    /// Pruning is O(table); doing it at most once a second keeps a flood of new
+    /// addresses from turning every request into a full scan.
+    next_prune: Option<Instant>,
+}
+
+impl Limiter {
+    /// `per_minute == 0` turns the limit off.
+    pub fn new(per_minute: u32) -> Self {
+        Limiter { per_minute, windows: HashMap::new(), next_prune: None }
+    }
+
+    /// Seconds until `ip` may try again, if it is over the limit now.
+    pub fn blocked(&self, ip: IpAddr, now: Instant) -> Option<u64> {
+        if self.per_minute == 0 {
+            return None;
+        }
+        let &(start, count) = self.windows.get(&ip)?;
+        let end = start + WINDOW;
+        (now < end && count >= self.per_minute).then(|| end.duration_since(now).as_secs().max(1))
+    }
+
+    /// Counts one event for `ip`.
+    pub fn record(&mut self, ip: IpAddr, now: Instant) {
+        if self.per_minute == 0 {
+            return;
+        }
+        if self.windows.len() >= MAX_TRACKED / 2 && !self.windows.contains_key(&ip) {
+            if self.next_prune.is_none_or(|t| now >= t) {
+                self.windows.retain(|_, (start, _)| now < *start + WINDOW);
+                self.next_prune = Some(now + Duration::from_secs(1));
+            }
+            if self.windows.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let w = self.windows.entry(ip).or_insert((now, 0));
+        if now >= w.0 + WINDOW {
+            *w = (now, 0);
+        }
+        w.1 = w.1.saturating_add(1);
+    }
+
+    pub fn tracked(&self) -> usize {
+        self.windows.len()
+    }
+}
+
+/// The limits the routes apply.
+#[derive(Debug)]
+pub struct RateLimits {
+    pub register: Limiter,
+    pub failed_login: Limiter,
+    /// Count of requests refused with 429, for metrics.
+    pub refused: u64,
+}
+
+impl RateLimits {
+    pub fn new(register_per_minute: u32, failed_logins_per_minute: u32) -> Self {
+        RateLimits {
+            register: Limiter::new(register_per_minute),
+            failed_login: Limiter::new(failed_logins_per_minute),
+            refused: 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_per_address_within_a_window() {
+        let t0 = Instant::now();
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let mut l = Limiter::new(2);
+        l.record(a, t0);
+        assert_eq!(l.blocked(a, t0), None);
+        l.record(a, t0 + Duration::from_secs(10));
+        assert_eq!(l.blocked(a, t0 + Duration::from_secs(10)), Some(50));
+        assert_eq!(l.blocked(b, t0), None, "other addresses are unaffected");
+        assert_eq!(l.blocked(a, t0 + WINDOW), None, "the window ends");
+        l.record(a, t0 + WINDOW);
+        assert_eq!(l.blocked(a, t0 + WINDOW), None, "a new window starts");
+    }
+
+    #[test]
+    fn zero_means_off() {
+        let mut l = Limiter::new(0);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..100 {
+            l.record(a, Instant::now());
+        }
+        assert_eq!(l.blocked(a, Instant::now()), None);
+        assert_eq!(l.tracked(), 0);
+    }
+
+    #[test]
+    fn the_table_stays_bounded() {
+        let t0 = Instant::now();
+        let mut l = Limiter::new(5);
+        for i in 0..(MAX_TRACKED as u32 + 1000) {
+            l.record(IpAddr::from(i.to_be_bytes()), t0);
+        }
+        assert!(l.tracked() <= MAX_TRACKED);
+        // Once the old windows expire they are pruned to make room.
+        l.record("198.51.100.1".parse().unwrap(), t0 + WINDOW);
+        assert!(l.tracked() < MAX_TRACKED / 2 + 10);
+    }
+}
