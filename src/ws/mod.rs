@@ -19,7 +19,7 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
 /// tungstenite allocates its read buffer eagerly per socket (128 KiB by default);
 /// chat frames are small, so a small buffer keeps thousands of idle sockets cheap.
-const READ_BUFFER: usize = 512;
+const READ_BUFFER: usize = 256;
 
 /// A server ping, pre-encoded (FIN | ping, no payload).
 pub const PING: &[u8] = &[0x89, 0x00];
