@@ -689,8 +689,7 @@ fn run(a: Args) -> Result<(), String> {
         false
     });
     let load_secs = t_load.elapsed().as_secs_f64();
-    let expected =
-        if a.raw.is_some() { sent_total * (a.clients as u64 - 1) } else { sent_total * (a.clients as u64 - 1) };
+    let expected = sent_total * (a.clients as u64 - 1);
     let drain_end = Instant::now() + a.drain;
     bench.run(drain_end.min(hard_stop), |b| b.counts.messages >= expected);
     let deliver_secs = t_load.elapsed().as_secs_f64();
