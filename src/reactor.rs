@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 
+/// Connections flushed between two looks at new events: about a millisecond of
+/// loopback writes (~8 us each, measured with perf: almost all kernel TCP).
+const FLUSH_SLICE: usize = 32;
+
 /// Back-off after accept fails for lack of descriptors: retrying at once would spin.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
@@ -77,44 +81,53 @@ impl Reactor {
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         loop {
+            // Flush in slices, taking in new events between them (see `flush_some`).
+            while self.server.flush_some(Instant::now(), FLUSH_SLICE) {
+                self.turn(&mut events, Some(Duration::ZERO))?;
+            }
             let now = Instant::now();
-            self.server.flush_all(now);
             if self.server.is_shut_down(now) {
                 log::info(format_args!("stopped; {} connections left open", self.server.len()));
                 return Ok(());
             }
             let timeout = self.poll_timeout(now);
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            let now = Instant::now();
-            if events.is_empty() {
-                self.trim_heap(now);
-            } else {
-                self.heap_dirty = true;
-            }
-            let mut accept = false;
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => accept = true,
-                    SIGNALS => self.on_signal(now),
-                    Token(key) => {
-                        let failed = ev.is_error();
-                        let readable = ev.is_readable() || ev.is_read_closed() || failed;
-                        let writable = ev.is_writable() || failed;
-                        self.server.on_ready(key, readable, writable, now);
-                    }
-                }
-            }
-            if accept || self.accept_retry.is_some_and(|t| t <= now) {
-                self.accept(now);
-            }
-            self.server.run_pending_reads(now);
-            self.server.on_timeout(now);
+            self.turn(&mut events, timeout)?;
         }
+    }
+
+    /// One wait for events (at most `timeout`) and everything that follows from them.
+    fn turn(&mut self, events: &mut Events, timeout: Option<Duration>) -> io::Result<()> {
+        if let Err(e) = self.poll.poll(events, timeout) {
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(());
+            }
+            return Err(e);
+        }
+        let now = Instant::now();
+        if events.is_empty() {
+            self.trim_heap(now);
+        } else {
+            self.heap_dirty = true;
+        }
+        let mut accept = false;
+        for ev in events.iter() {
+            match ev.token() {
+                LISTENER => accept = true,
+                SIGNALS => self.on_signal(now),
+                Token(key) => {
+                    let failed = ev.is_error();
+                    let readable = ev.is_readable() || ev.is_read_closed() || failed;
+                    let writable = ev.is_writable() || failed;
+                    self.server.on_ready(key, readable, writable, now);
+                }
+            }
+        }
+        if accept || self.accept_retry.is_some_and(|t| t <= now) {
+            self.accept(now);
+        }
+        self.server.run_pending_reads(now);
+        self.server.on_timeout(now);
+        Ok(())
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {

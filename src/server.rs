@@ -92,7 +92,7 @@ pub struct Server<S> {
     rate_limits: RateLimits,
     timer: Timer,
     /// Connections with bytes to write this turn (`handleClientsWithPendingWrites`).
-    flush_list: Vec<usize>,
+    flush_list: std::collections::VecDeque<usize>,
     /// Connections whose read budget ran out with input left.
     read_list: Vec<usize>,
     fx: Effects,
@@ -115,7 +115,7 @@ impl<S: Stream> Server<S> {
             metrics_public: cfg.metrics_public,
             rate_limits: RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute),
             timer: Timer::new(),
-            flush_list: Vec::new(),
+            flush_list: std::collections::VecDeque::new(),
             read_list: Vec::new(),
             fx: Vec::new(),
             next_generation: 1,
@@ -161,7 +161,7 @@ impl<S: Stream> Server<S> {
             c.writable = true;
             if (!c.out.is_empty() || c.sock.wants_write()) && !c.queued_for_flush {
                 c.queued_for_flush = true;
-                self.flush_list.push(key);
+                self.flush_list.push_back(key);
             }
         }
         if readable {
@@ -486,7 +486,7 @@ impl<S: Stream> Server<S> {
         let c = &mut self.conns[key];
         if !c.queued_for_flush {
             c.queued_for_flush = true;
-            self.flush_list.push(key);
+            self.flush_list.push_back(key);
         }
     }
 
@@ -524,7 +524,7 @@ impl<S: Stream> Server<S> {
                             }
                             if !c.queued_for_flush {
                                 c.queued_for_flush = true;
-                                self.flush_list.push(to);
+                                self.flush_list.push_back(to);
                             }
                             self.stats.deliveries += 1;
                         }
@@ -545,7 +545,18 @@ impl<S: Stream> Server<S> {
     /// Writes each listed connection's queue: one vectored write per connection per
     /// turn carries every frame queued for it since the last one.
     pub fn flush_all(&mut self, now: Instant) {
-        for key in std::mem::take(&mut self.flush_list) {
+        self.flush_some(now, usize::MAX);
+    }
+
+    /// Flushes up to `max` listed connections (only those listed when called; one
+    /// re-listed for its write budget waits for a later call). Returns true if some
+    /// remain. A fan-out to thousands of sockets takes milliseconds: the reactor
+    /// flushes in slices and reads between them, so a message arriving mid-pass
+    /// reaches the rest of that pass instead of waiting for the next one.
+    pub fn flush_some(&mut self, now: Instant, max: usize) -> bool {
+        let n = self.flush_list.len().min(max);
+        for _ in 0..n {
+            let Some(key) = self.flush_list.pop_front() else { break };
             let Some(c) = self.conns.get_mut(key) else { continue };
             c.queued_for_flush = false;
             if !c.writable {
@@ -567,7 +578,7 @@ impl<S: Stream> Server<S> {
                 Ok(Flush::Blocked) => c.writable = false,
                 Ok(Flush::Budget) => {
                     c.queued_for_flush = true;
-                    self.flush_list.push(key);
+                    self.flush_list.push_back(key);
                 }
                 Err(_) => {
                     c.peer_gone = true;
@@ -578,6 +589,7 @@ impl<S: Stream> Server<S> {
                 }
             }
         }
+        !self.flush_list.is_empty()
     }
 
     /// Everything queued was written.
