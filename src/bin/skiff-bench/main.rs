@@ -29,6 +29,9 @@ usage: skiff-bench [--url http://127.0.0.1:7777 | --raw ws://HOST:PORT/PATH] [op
   --sources K        local source addresses 127.0.0.2.. (default: 1 per 25,000 clients)
   --setup-threads T  HTTP threads for register/login [8]
   --timeout S        hard limit for the whole run [600]
+  --spin             busy-poll instead of sleeping in epoll: at low rates the client's own
+                     wake-ups (~10 us each) otherwise dominate the measured latency;
+                     costs a full core, so use it only where one is free
   --json             print one JSON object instead of the table
   -h, --help
 ";
@@ -48,6 +51,7 @@ struct Args {
     setup_threads: usize,
     timeout: Duration,
     json: bool,
+    spin: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -66,6 +70,7 @@ fn parse_args() -> Result<Args, String> {
         setup_threads: 8,
         timeout: Duration::from_secs(600),
         json: false,
+        spin: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -90,6 +95,7 @@ fn parse_args() -> Result<Args, String> {
             "--setup-threads" => a.setup_threads = (num(val()?)? as usize).max(1),
             "--timeout" => a.timeout = Duration::from_secs_f64(num(val()?)?),
             "--json" => a.json = true,
+            "--spin" => a.spin = true,
             other => return Err(format!("unknown flag {other}")),
         }
     }
@@ -286,6 +292,8 @@ struct Bench {
     raw: bool,
     /// In raw mode, the sender index in each payload tells self-deliveries apart.
     self_deliveries: u64,
+    /// Busy-poll instead of sleeping in epoll (see `--spin`).
+    spin: bool,
 }
 
 fn connect_from(source: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
@@ -352,6 +360,7 @@ impl Bench {
             failed: 0,
             raw,
             self_deliveries: 0,
+            spin: false,
         })
     }
 
@@ -378,10 +387,8 @@ impl Bench {
             if tick(self) || Instant::now() >= deadline {
                 return;
             }
-            let _ = self.poll.poll(
-                &mut events,
-                Some(if std::env::var_os("BUSY").is_some() { Duration::ZERO } else { Duration::from_millis(1) }),
-            );
+            let _ =
+                self.poll.poll(&mut events, Some(if self.spin { Duration::ZERO } else { Duration::from_millis(1) }));
             for ev in events.iter() {
                 let i = ev.token().0;
                 if ev.is_writable() {
@@ -587,6 +594,7 @@ fn run(a: Args) -> Result<(), String> {
     let hard_stop = Instant::now() + a.timeout;
     let rss_before = a.pid.and_then(server_rss_kib);
     let mut bench = Bench::new(a.raw.is_some()).map_err(|e| e.to_string())?;
+    bench.spin = a.spin;
     let (target, path) = match &a.raw {
         Some((addr, path)) => (*addr, path.clone()),
         None => (a.base.expect("set in parse_args"), "/ws".to_string()),
