@@ -293,7 +293,8 @@ struct Client {
 const USERS: usize = 4;
 const TTL: Duration = Duration::from_secs(30);
 
-fn mask_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+/// A masked client frame (RFC 6455 5.3), as a browser would send it.
+pub fn mask_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut f = vec![0x80 | opcode];
     match payload.len() {
         n if n < 126 => f.push(0x80 | n as u8),

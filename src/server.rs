@@ -732,6 +732,7 @@ impl<S: Stream> Server<S> {
             "Connections closed at once (max connections).",
             &[("", st.refused)],
         );
+        metric("websockets_opened_total", "counter", "WebSocket upgrades accepted.", &[("", st.ws_opened)]);
         metric("messages_received_total", "counter", "Chat messages received.", &[("", cs.messages_in)]);
         metric(
             "messages_rejected_total",

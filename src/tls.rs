@@ -83,6 +83,19 @@ impl TlsStream {
         Ok(())
     }
 
+    /// Hands plaintext to rustls only once earlier records are on the wire, then
+    /// tries to send the new ones.
+    fn write_plain(&mut self, put: impl FnOnce(&mut rustls::Writer<'_>) -> io::Result<usize>) -> io::Result<usize> {
+        self.write_records()?;
+        let n = put(&mut self.tls.writer())?;
+        match self.write_records() {
+            Ok(()) => Ok(n),
+            // The plaintext is accepted; its records leave on the next flush.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
+            Err(e) => Err(e),
+        }
+    }
+
     fn read_plain(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         loop {
             match self.tls.reader().read(buf) {
@@ -127,31 +140,14 @@ impl Write for Transport {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.write(buf),
-            Transport::Tls(t) => {
-                t.write_records()?;
-                let n = t.tls.writer().write(buf)?;
-                match t.write_records() {
-                    Ok(()) => Ok(n),
-                    // The plaintext is accepted; its records leave on the next flush.
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-                    Err(e) => Err(e),
-                }
-            }
+            Transport::Tls(t) => t.write_plain(|w| w.write(buf)),
         }
     }
 
     fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
         match self {
             Transport::Plain(s) => s.write_vectored(bufs),
-            Transport::Tls(t) => {
-                t.write_records()?;
-                let n = t.tls.writer().write_vectored(bufs)?;
-                match t.write_records() {
-                    Ok(()) => Ok(n),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(n),
-                    Err(e) => Err(e),
-                }
-            }
+            Transport::Tls(t) => t.write_plain(|w| w.write_vectored(bufs)),
         }
     }
 

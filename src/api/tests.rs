@@ -40,10 +40,13 @@ impl World {
     }
 
     fn call(&mut self, method: &str, target: &str, cookie: Option<&str>, body: &str) -> Outcome {
+        let cookie = cookie.map(|c| ("Cookie", c));
+        self.call_with(method, target, cookie.as_slice(), body)
+    }
+
+    fn call_with(&mut self, method: &str, target: &str, extra: &[(&str, &str)], body: &str) -> Outcome {
         let mut headers = vec![("Host".to_string(), b"t".to_vec())];
-        if let Some(c) = cookie {
-            headers.push(("Cookie".to_string(), c.as_bytes().to_vec()));
-        }
+        headers.extend(extra.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
         let req = Request {
             method: method.into(),
             target: target.into(),
@@ -313,28 +316,14 @@ fn https_clients_get_a_secure_cookie() {
 #[test]
 fn cors_only_for_allowed_origins() {
     let mut w = World::new();
-    let with_origin = |w: &mut World, method: &str, origin: &str| {
-        let req = Request {
-            method: method.into(),
-            target: "/api/login".into(),
-            minor_version: 1,
-            headers: vec![("Host".into(), b"t".to_vec()), ("Origin".into(), origin.as_bytes().to_vec())],
-            body: br#"{"key":"x"}"#.to_vec(),
-        };
-        let mut ctx = Ctx {
-            chat: &mut w.chat,
-            store: &mut w.store,
-            cfg: &w.cfg,
-            now: w.now,
-            fx: &mut w.fx,
-            client: w.client,
-            metered: false,
-            limits: &mut w.limits,
-        };
-        match handle(&req, &mut ctx) {
-            Outcome::Respond(r) => r,
-            _ => panic!(),
-        }
+    let with_origin = |w: &mut World, method: &str, origin: &str| match w.call_with(
+        method,
+        "/api/login",
+        &[("Origin", origin)],
+        r#"{"key":"x"}"#,
+    ) {
+        Outcome::Respond(r) => r,
+        _ => panic!("no upgrade here"),
     };
     let r = with_origin(&mut w, "POST", "https://chat.example");
     assert_eq!(r.header_value("Access-Control-Allow-Origin"), None, "no CORS without --allowed-origin");
