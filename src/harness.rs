@@ -276,6 +276,8 @@ impl Stream for MockStream {
 /// What one scripted chat client knows.
 struct Client {
     key: usize,
+    /// The server-side generation of `key` when this client connected.
+    generation: u64,
     pipe: MockStream,
     user: usize,
     /// Bytes of `to_client` already decoded.
@@ -421,8 +423,10 @@ impl World {
         pipe.0.borrow_mut().room = usize::MAX;
         let peer = std::net::SocketAddr::from(([10, 0, 0, 1], 1000 + self.clients.len() as u16));
         let key = self.server.insert(pipe.clone(), peer, self.now);
+        let generation = self.server.generation(key).expect("just inserted");
         self.clients.push(Client {
             key,
+            generation,
             pipe,
             user,
             seen: 0,
@@ -546,7 +550,7 @@ impl World {
         // have had messages broadcast whose acks never reached it.
         let mut maybe: HashMap<u64, usize> = HashMap::new();
         for (i, c) in self.clients.iter().enumerate() {
-            if c.closed || c.kicked || !self.server.contains(c.key) {
+            if c.closed || c.kicked || self.server.generation(c.key) != Some(c.generation) {
                 for &id in &c.sent[c.acks.len().min(c.sent.len())..] {
                     maybe.insert(id, i);
                 }

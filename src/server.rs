@@ -154,6 +154,12 @@ impl<S: Stream> Server<S> {
         self.conns.contains(key)
     }
 
+    /// The generation of the connection now at `key`: a key alone may have been
+    /// reused by a newer connection.
+    pub fn generation(&self, key: usize) -> Option<u64> {
+        self.conns.get(key).map(|c| c.generation)
+    }
+
     /// The transport reported readiness for connection `key`.
     pub fn on_ready(&mut self, key: usize, readable: bool, writable: bool, now: Instant) {
         let Some(c) = self.conns.get_mut(key) else { return };
