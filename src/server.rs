@@ -12,7 +12,7 @@ use crate::conn::{
 };
 use crate::http::{Limits, Parsed, Request, Response};
 use crate::log;
-use crate::outq::{Chunk, Flush};
+use crate::outq::{BroadcastLog, Chunk, Flush};
 use crate::proxy;
 use crate::ratelimit::RateLimits;
 use crate::store::Store;
@@ -93,6 +93,8 @@ pub struct Server<S> {
     timer: Timer,
     /// Connections with bytes to write this turn (`handleClientsWithPendingWrites`).
     flush_list: std::collections::VecDeque<usize>,
+    /// Broadcast frames some connection has yet to write, each stored once.
+    log: BroadcastLog,
     /// Connections whose read budget ran out with input left.
     read_list: Vec<usize>,
     fx: Effects,
@@ -116,6 +118,7 @@ impl<S: Stream> Server<S> {
             rate_limits: RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute),
             timer: Timer::new(),
             flush_list: std::collections::VecDeque::new(),
+            log: BroadcastLog::new(),
             read_list: Vec::new(),
             fx: Vec::new(),
             next_generation: 1,
@@ -237,7 +240,7 @@ impl<S: Stream> Server<S> {
         let c = &mut self.conns[key];
         let Phase::Http(h) = &mut c.phase else { return true };
         let mut eof = false;
-        while c.readable && c.out.len() < OUT_HIGH && h.input.len() < IN_CAP {
+        while c.readable && c.out.len(&self.log) < OUT_HIGH && h.input.len() < IN_CAP {
             let room = IN_CAP - h.input.len();
             match c.sock.read(&mut self.scratch[..room]) {
                 Ok(0) => {
@@ -261,7 +264,7 @@ impl<S: Stream> Server<S> {
         }
         loop {
             let c = &mut self.conns[key];
-            if c.out.len() >= OUT_HIGH {
+            if c.out.len(&self.log) >= OUT_HIGH {
                 break;
             }
             let Phase::Http(h) = &mut c.phase else { return true };
@@ -400,13 +403,13 @@ impl<S: Stream> Server<S> {
     fn drive_ws(&mut self, key: usize, now: Instant) -> bool {
         for _ in 0..READ_BUDGET {
             let c = &mut self.conns[key];
-            if !c.readable || c.out.len() >= OUT_HIGH {
+            if !c.readable || c.out.len(&self.log) >= OUT_HIGH {
                 return false;
             }
             let Phase::Ws(w) = &mut c.phase else { return true };
-            let before = c.out.len();
+            let before = c.out.len(&self.log);
             let read = w.ws.read(&mut c.sock, &mut c.out);
-            if c.out.len() != before {
+            if c.out.len(&self.log) != before {
                 self.queue_flush(key);
             }
             let c = &mut self.conns[key];
@@ -512,35 +515,40 @@ impl<S: Stream> Server<S> {
                     Effect::Send { to, frame } => {
                         let Some(c) = self.conns.get_mut(to).filter(|c| c.is_ws()) else { continue };
                         c.out.push(frame);
-                        if c.out.len() > OUT_CAP {
+                        if c.out.len(&self.log) > OUT_CAP {
                             slow.push(to);
                         }
                         self.queue_flush(to);
                     }
                     Effect::Broadcast { except, frame } => {
-                        // The fan-out: a pointer copy and a list push per recipient.
+                        // The fan-out: the frame goes into the log once; each recipient
+                        // gets a sequence number and a place on the flush list.
+                        let seq = self.log.append(frame, except);
+                        let mut recipients = 0;
                         for &to in self.chat.members() {
                             if Some(to) == except {
                                 continue;
                             }
                             let c = &mut self.conns[to];
-                            c.out.push(Chunk::Shared(frame.clone()));
-                            if c.out.len() > OUT_CAP {
+                            c.out.deliver(seq);
+                            recipients += 1;
+                            if c.out.len(&self.log) > OUT_CAP {
                                 slow.push(to);
                             }
                             if !c.queued_for_flush {
                                 c.queued_for_flush = true;
                                 self.flush_list.push_back(to);
                             }
-                            self.stats.deliveries += 1;
                         }
+                        self.log.seal(seq, recipients);
+                        self.stats.deliveries += u64::from(recipients);
                     }
                     Effect::Close { conn, code } => self.close_ws(conn, Some(code), now),
                 }
             }
             for key in slow.drain(..) {
                 let Some(c) = self.conns.get_mut(key).filter(|c| c.is_ws()) else { continue };
-                c.out.drop_unstarted();
+                c.out.drop_unstarted(key, &mut self.log);
                 self.stats.slow_dropped += 1;
                 log::warn(format_args!("{}: too slow, dropped", c.peer));
                 self.close_ws(key, Some(close::POLICY), now);
@@ -568,9 +576,10 @@ impl<S: Stream> Server<S> {
             if !c.writable {
                 continue;
             }
-            let before = c.out.len();
-            let mut result = c.out.flush_to(&mut c.sock, WRITE_BUDGET);
-            self.stats.bytes_out += (before - c.out.len()) as u64;
+            let mut result = c.out.flush_to(key, &mut self.log, &mut c.sock, WRITE_BUDGET).map(|(flush, written)| {
+                self.stats.bytes_out += written as u64;
+                flush
+            });
             if let Ok(Flush::Done) = result {
                 // Bytes the transport still holds (TLS records) go out too.
                 result = match c.sock.flush() {
@@ -588,7 +597,7 @@ impl<S: Stream> Server<S> {
                 }
                 Err(_) => {
                     c.peer_gone = true;
-                    c.out.drop_unstarted();
+                    c.out.drop_unstarted(key, &mut self.log);
                     self.close_ws(key, None, now);
                     self.remove(key);
                     self.apply_effects(now);
@@ -681,19 +690,29 @@ impl<S: Stream> Server<S> {
         // A socket still in the room (write error, say) leaves it first.
         self.chat.leave(key, &mut self.fx);
         // Dropping the socket closes it, which also takes it out of epoll.
-        let c = self.conns.remove(key);
+        let mut c = self.conns.remove(key);
+        c.out.discard(key, &mut self.log);
         log::debug(format_args!("disconnect {}", c.peer));
     }
 
     /// Checks the invariants tying connections to the room (for tests and fuzzing):
-    /// the room's members are exactly the connections in the WebSocket phase, and
-    /// no session has outlived its TTL once `on_timeout(now)` ran.
+    /// the room's members are exactly the connections in the WebSocket phase, no
+    /// session has outlived its TTL once `on_timeout(now)` ran, and the broadcast log
+    /// holds exactly the frames some connection still owes, counted right.
     pub fn check_invariants(&self, now: Instant) {
         let mut members: Vec<usize> = self.chat.members().to_vec();
         members.sort_unstable();
         let ws: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_ws()).map(|(k, _)| k).collect();
         assert_eq!(members, ws, "online list != open WebSockets");
         assert!(self.chat.sessions_alive(now), "a session outlived its TTL");
+        for (seq, except, pending) in self.log.pending() {
+            let owing = self.conns.iter().filter(|(k, c)| c.out.owes(*k, seq, except)).count();
+            assert_eq!(pending as usize, owing, "broadcast {seq} is owed by {owing} connections, counted {pending}");
+        }
+        // Entries leave from the front only, so only the front must be owed.
+        if let Some((seq, _, pending)) = self.log.pending().next() {
+            assert!(pending > 0, "broadcast {seq} is held though nobody owes it");
+        }
     }
 
     /// `GET /metrics` in Prometheus text format: from loopback or a trusted proxy,

@@ -2,7 +2,7 @@
 //! replies collected from the OutQueue.
 
 use super::*;
-use crate::outq::Flush;
+use crate::outq::{BroadcastLog, Flush};
 
 fn req(headers: &[(&str, &str)]) -> Request {
     Request {
@@ -76,7 +76,7 @@ fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 fn drain(out: &mut OutQueue) -> Vec<u8> {
     let mut v = Vec::new();
-    assert_eq!(out.flush_to(&mut v, usize::MAX).unwrap(), Flush::Done);
+    assert_eq!(out.flush_to(0, &mut BroadcastLog::new(), &mut v, usize::MAX).unwrap().0, Flush::Done);
     v
 }
 
