@@ -768,6 +768,12 @@ impl<S: Stream> Server<S> {
         metric("messages_broadcast_total", "counter", "Chat messages accepted and broadcast.", &[("", cs.broadcasts)]);
         metric("deliveries_total", "counter", "Frames queued to recipients by broadcasts.", &[("", st.deliveries)]);
         metric(
+            "broadcast_backlog_bytes",
+            "gauge",
+            "Broadcast bytes some client has yet to be sent (each frame counted once).",
+            &[("", self.log.bytes())],
+        );
+        metric(
             "slow_clients_dropped_total",
             "counter",
             "WebSockets dropped for not reading.",

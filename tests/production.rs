@@ -163,6 +163,8 @@ fn metrics_counters_move() {
     assert_eq!(metric(&after, "skiff_connections{kind=\"websocket\"}"), 2);
     assert_eq!(metric(&after, "skiff_messages_broadcast_total"), 1);
     assert!(metric(&after, "skiff_deliveries_total") >= 2, "the join and the message");
+    // Everything broadcast has been received, so the log holds nothing.
+    assert_eq!(metric(&after, "skiff_broadcast_backlog_bytes"), 0);
     assert!(metric(&after, "skiff_http_responses_total{status=\"201\"}") >= 2);
     assert!(metric(&after, "skiff_bytes_sent_total") > metric(&before, "skiff_bytes_sent_total"));
     assert!(metric(&after, "skiff_sessions") >= 2);
