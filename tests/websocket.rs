@@ -313,4 +313,8 @@ fn a_client_that_never_reads_is_dropped_without_slowing_others() {
         assert_eq!(v["author"], "talker", "message {i}");
     }
     assert!(slow_left, "the slow client was never dropped");
+    // Dropping it released every broadcast it owed: the log keeps nothing for it.
+    let metrics = srv.get("/metrics", None).text();
+    let backlog = metrics.lines().find_map(|l| l.strip_prefix("skiff_broadcast_backlog_bytes "));
+    assert_eq!(backlog, Some("0"), "{metrics}");
 }
