@@ -156,8 +156,8 @@ enum Item {
 
 #[derive(Debug, Default)]
 pub struct OutQueue {
-    /// Frames for this connection alone, each tagged with the number of log
-    /// entries that must go before it: it follows every entry below the tag.
+    /// Frames for this connection alone, each tagged with a log sequence number:
+    /// it goes after every owed entry below the tag and before the rest.
     own: VecDeque<(u64, Chunk)>,
     own_bytes: usize,
     /// Bytes of the first item already written (Redis calls it `sentlen`).
