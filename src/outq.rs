@@ -86,7 +86,7 @@ impl BroadcastLog {
         self.pop_done();
     }
 
-    /// Frames held (for metrics and tests).
+    /// Frames held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -251,10 +251,7 @@ impl OutQueue {
         budget: usize,
     ) -> io::Result<(Flush, usize)> {
         let mut sent = 0usize;
-        while !self.is_empty() {
-            if sent >= budget {
-                return Ok((Flush::Budget, sent));
-            }
+        loop {
             let result = {
                 let mut slices: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
                 let mut n = 0;
@@ -266,9 +263,10 @@ impl OutQueue {
                     n += 1;
                 }
                 if n == 0 {
-                    // Only entries this connection is excepted from: nothing to write.
-                    self.log_next = self.log_end;
                     break;
+                }
+                if sent >= budget {
+                    return Ok((Flush::Budget, sent));
                 }
                 w.write_vectored(&slices[..n])
             };
