@@ -21,7 +21,9 @@ impl Response {
     }
 
     pub fn json<T: Serialize + ?Sized>(status: u16, value: &T) -> Self {
-        let body = serde_json::to_vec(value).expect("serializing into a Vec cannot fail");
+        let mut body = serde_json::to_vec(value).expect("serializing into a Vec cannot fail");
+        // A body that ends its line: `curl` output does not run into the prompt.
+        body.push(b'\n');
         Response::new(status).header("Content-Type", "application/json").with_body(body)
     }
 
@@ -116,11 +118,11 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("Content-Type: application/json\r\n"));
-        assert!(text.contains("Content-Length: 21\r\n"));
+        assert!(text.contains("Content-Length: 22\r\n"));
         assert!(text.contains("X-Content-Type-Options: nosniff\r\n"));
         assert!(text.contains("Cache-Control: no-store\r\n"));
         assert!(text.contains("Connection: keep-alive\r\n"));
-        assert!(text.ends_with("\r\n\r\n{\"error\":\"not_found\"}"));
+        assert!(text.ends_with("\r\n\r\n{\"error\":\"not_found\"}\n"));
     }
 
     #[test]
