@@ -164,6 +164,23 @@ fn pipelined_requests_are_answered_in_order() {
 }
 
 #[test]
+fn thousands_of_pipelined_requests_in_one_write_are_all_answered() {
+    // 64 KiB of output is ~331 answers: reading pauses there and must resume on the
+    // requests already buffered once the client has read the answers.
+    let srv = Server::start();
+    for n in [1000usize, 2000, 5000] {
+        let mut s = srv.connect();
+        let mut writer = s.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            writer.write_all("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n).as_bytes()).unwrap();
+        });
+        let answered = (0..n).take_while(|_| read_response(&mut s).is_some_and(|r| r.status == 200)).count();
+        sender.join().unwrap();
+        assert_eq!(answered, n, "{n} pipelined requests");
+    }
+}
+
+#[test]
 fn a_request_a_byte_at_a_time_is_answered_the_same() {
     let srv = Server::start();
     let body = r#"{"username": "slowpoke"}"#;
