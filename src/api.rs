@@ -5,6 +5,7 @@
 use crate::chat::session::SessionKey;
 use crate::chat::{Chat, Effects, JoinError, LoginError};
 use crate::http::{Request, Response};
+use crate::metrics::{self, Stats};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
 use crate::store::{Registered, Store};
@@ -32,6 +33,34 @@ pub struct ApiConfig {
     pub allowed_origins: Vec<String>,
     /// Serve this (canonical) directory instead of the built-in page.
     pub static_dir: Option<std::path::PathBuf>,
+    /// `/metrics` for anyone, not only local clients.
+    pub metrics_public: bool,
+}
+
+/// What `/metrics` reads from the connection layer.
+#[derive(Clone, Copy)]
+pub struct ServerState<'a> {
+    pub stats: &'a Stats,
+    pub open_connections: usize,
+    pub broadcast_backlog_bytes: u64,
+}
+
+impl ServerState<'static> {
+    /// A server with no connections and nothing counted (for tests and fuzzing).
+    pub fn empty() -> Self {
+        static NOTHING: Stats = Stats {
+            accepted: 0,
+            refused: 0,
+            ws_opened: 0,
+            deliveries: 0,
+            slow_dropped: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            closing: 0,
+            responses: std::collections::BTreeMap::new(),
+        };
+        ServerState { stats: &NOTHING, open_connections: 0, broadcast_backlog_bytes: 0 }
+    }
 }
 
 /// Everything a request may touch.
@@ -46,6 +75,7 @@ pub struct Ctx<'a> {
     /// Address-based limits apply to this client (it is not an exempt loopback peer).
     pub metered: bool,
     pub limits: &'a mut RateLimits,
+    pub server: ServerState<'a>,
 }
 
 impl Ctx<'_> {
@@ -122,6 +152,10 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
             "GET" => websocket(req, ctx),
             _ => respond(not_allowed("GET")),
         },
+        "/metrics" => match method {
+            "GET" => respond(metrics(ctx)),
+            _ => respond(not_allowed("GET")),
+        },
         "/healthz" => match method {
             "GET" => respond(Response::json(200, &serde_json::json!({"status": "ok"}))),
             _ => respond(not_allowed("GET")),
@@ -141,6 +175,27 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
             }),
         },
     }
+}
+
+/// Prometheus text for local clients: loopback, or a trusted proxy asking for itself.
+/// The forwarded address decides, not the TCP peer: behind nginx every peer is
+/// nginx, and a client on the internet must not read the server's internals.
+fn metrics(ctx: &Ctx) -> Response {
+    let c = ctx.client;
+    let local = c.ip.is_loopback() || (c.trusted_peer && !c.forwarded);
+    if !(ctx.cfg.metrics_public || local) {
+        return Response::error(403, "forbidden");
+    }
+    let text = metrics::render(&metrics::Snapshot {
+        stats: ctx.server.stats,
+        chat: &ctx.chat.stats,
+        open_connections: ctx.server.open_connections as u64,
+        online_users: ctx.chat.members().len() as u64,
+        sessions: ctx.chat.session_count() as u64,
+        http_rate_limited: ctx.limits.refused,
+        broadcast_backlog_bytes: ctx.server.broadcast_backlog_bytes,
+    });
+    Response::new(200).header("Content-Type", "text/plain; version=0.0.4").with_body(text.into_bytes())
 }
 
 fn not_allowed(allow: &'static str) -> Response {

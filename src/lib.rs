@@ -6,9 +6,11 @@ pub mod api;
 pub mod chat;
 pub mod config;
 pub mod conn;
+#[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod http;
 pub mod log;
+pub mod metrics;
 pub mod outq;
 pub mod proxy;
 pub mod ratelimit;

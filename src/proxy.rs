@@ -11,13 +11,16 @@ pub struct Client {
     pub forwarded: bool,
     /// The client used https: our own TLS, or a trusted proxy's `X-Forwarded-Proto`.
     pub https: bool,
+    /// The TCP peer is a `--trusted-proxy` (whether or not it forwarded an address).
+    pub trusted_peer: bool,
 }
 
 /// `X-Forwarded-For`'s rightmost entry that is not itself a trusted proxy, else
 /// `X-Real-IP`, else the peer.
 pub fn client(req: &Request, peer: IpAddr, tls: bool, trusted: &[IpAddr]) -> Client {
-    let direct = Client { ip: peer, forwarded: false, https: tls };
-    if !trusted.contains(&canonical(peer)) {
+    let trusted_peer = trusted.contains(&canonical(peer));
+    let direct = Client { ip: peer, forwarded: false, https: tls, trusted_peer };
+    if !trusted_peer {
         return direct;
     }
     let https = tls || req.header_str("x-forwarded-proto").is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
@@ -32,7 +35,7 @@ pub fn client(req: &Request, peer: IpAddr, tls: bool, trusted: &[IpAddr]) -> Cli
         .find(|ip| !trusted.contains(ip));
     let real_ip = || req.header_str("x-real-ip").and_then(|v| v.trim().parse::<IpAddr>().ok()).map(canonical);
     match from_xff.or_else(real_ip) {
-        Some(ip) => Client { ip, forwarded: true, https },
+        Some(ip) => Client { ip, forwarded: true, https, trusted_peer },
         None => Client { https, ..direct },
     }
 }
@@ -68,7 +71,7 @@ mod tests {
         let r = req(&[("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-Proto", "https")]);
         assert_eq!(
             client(&r, ip("10.0.0.9"), false, &[ip("127.0.0.1")]),
-            Client { ip: ip("10.0.0.9"), forwarded: false, https: false }
+            Client { ip: ip("10.0.0.9"), forwarded: false, https: false, trusted_peer: false }
         );
     }
 
@@ -80,7 +83,7 @@ mod tests {
         assert_eq!((c.ip, c.forwarded), (ip("203.0.113.7"), true));
         let r = req(&[("X-Real-IP", "198.51.100.4"), ("X-Forwarded-Proto", "https")]);
         let c = client(&r, ip("::ffff:127.0.0.1"), false, &trusted);
-        assert_eq!(c, Client { ip: ip("198.51.100.4"), forwarded: true, https: true });
+        assert_eq!(c, Client { ip: ip("198.51.100.4"), forwarded: true, https: true, trusted_peer: true });
         let c = client(&req(&[("X-Forwarded-For", "garbage")]), ip("127.0.0.1"), false, &trusted);
         assert_eq!((c.ip, c.forwarded), (ip("127.0.0.1"), false));
     }

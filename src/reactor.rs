@@ -151,7 +151,7 @@ impl Reactor {
             match listener.accept() {
                 Ok((sock, peer)) => {
                     if self.server.len() >= self.max_connections {
-                        self.server.stats.refused += 1;
+                        self.server.cx.stats.refused += 1;
                         continue; // dropping `sock` closes it at once
                     }
                     // Chat frames are small and latency matters more than packet count.

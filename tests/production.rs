@@ -171,11 +171,15 @@ fn metrics_counters_move() {
 }
 
 #[test]
-fn a_trusted_proxy_may_scrape_metrics_for_forwarded_clients() {
-    // A forwarded address is still the loopback *peer*: the proxy itself may scrape.
+fn metrics_behind_a_trusted_proxy_are_judged_by_the_forwarded_client() {
+    // Behind nginx every peer is nginx: the forwarded address is who is asking.
     let srv = Server::start_with(&["--trusted-proxy", "127.0.0.1"]);
-    let r = srv.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 6.6.6.6\r\nConnection: close\r\n\r\n");
-    assert_eq!(r.status, 200);
+    let r = srv.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.5\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 403, "a client on the internet, forwarded by the proxy");
+    let r = srv.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "the operator on the proxy host");
+    let r = srv.raw(b"GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200, "the proxy host itself, nothing forwarded");
 }
 
 #[test]

@@ -6,8 +6,12 @@ use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
 use std::time::Duration;
 
-const LOCAL: Client =
-    Client { ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), forwarded: false, https: false };
+const LOCAL: Client = Client {
+    ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+    forwarded: false,
+    https: false,
+    trusted_peer: false,
+};
 
 struct World {
     chat: Chat,
@@ -63,6 +67,7 @@ impl World {
             client: self.client,
             metered: self.metered,
             limits: &mut self.limits,
+            server: crate::api::ServerState::empty(),
         };
         handle(&req, &mut ctx)
     }
@@ -150,6 +155,7 @@ fn malformed_bodies_are_422() {
         client: LOCAL,
         metered: false,
         limits: &mut w.limits,
+        server: crate::api::ServerState::empty(),
     };
     match handle(&req, &mut ctx) {
         Outcome::Respond(r) => assert_eq!(r.status, 422),

@@ -6,6 +6,7 @@ pub mod room;
 pub mod session;
 
 use crate::outq::Chunk;
+use crate::ws::close;
 use crate::ws::frame::{self, TextFrame};
 use room::{Bucket, Member, RateLimit, Room};
 use serde::{Deserialize, Serialize};
@@ -21,17 +22,6 @@ pub use session::LoginError;
 pub type ConnId = usize;
 
 pub const MAX_MESSAGE_CHARS: usize = 300;
-
-/// WebSocket close codes the core asks for (RFC 6455 7.4.1).
-pub mod close {
-    pub const NORMAL: u16 = 1000;
-    pub const GOING_AWAY: u16 = 1001;
-    pub const PROTOCOL: u16 = 1002;
-    pub const UNSUPPORTED: u16 = 1003;
-    pub const INVALID_DATA: u16 = 1007;
-    pub const POLICY: u16 = 1008;
-    pub const TOO_BIG: u16 = 1009;
-}
 
 #[derive(Debug, Clone)]
 pub enum Effect {

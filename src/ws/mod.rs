@@ -1,24 +1,37 @@
-//! WebSocket: the RFC 6455 upgrade checks, and the glue that runs tungstenite's
-//! protocol state machine over the connection's bytes. tungstenite never sees the
-//! socket: it reads through whatever `Read` it is handed and writes into the
-//! connection's `OutQueue`.
+//! WebSocket: the RFC 6455 upgrade checks and 101 response, the close codes, and
+//! the glue that runs tungstenite's protocol state machine over the connection's
+//! input buffer. tungstenite never sees the socket: it is handed one whole frame at
+//! a time from that buffer and writes into the connection's `OutQueue`.
 
 pub mod frame;
 
-use crate::chat::close;
 use crate::http::Request;
 use crate::outq::{Chunk, OutQueue, QueueWriter};
 use std::io::{self, Read, Write};
 use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tungstenite::protocol::frame::coding::CloseCode;
-use tungstenite::protocol::{CloseFrame, Role, WebSocketConfig, WebSocketContext};
+use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
 use tungstenite::Message;
+
+/// Close codes (RFC 6455 7.4.1) that skiff sends.
+pub mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const UNSUPPORTED: u16 = 1003;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
 
 /// Frames and messages larger than this close the socket with 1009.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 
-/// tungstenite allocates its read buffer eagerly per socket (128 KiB by default);
-/// chat frames are small, so a small buffer keeps thousands of idle sockets cheap.
+/// The longest client frame: a 14-byte header (8-byte length and a mask) and the
+/// largest payload we accept. A connection's input buffer never needs more.
+pub const MAX_FRAME_BYTES: usize = MAX_MESSAGE_BYTES + 14;
+
+/// tungstenite allocates its read buffer eagerly (128 KiB by default). Frames reach
+/// it whole from our buffer, so it only ever holds the one frame being decoded.
 const READ_BUFFER: usize = 256;
 
 /// A server ping, pre-encoded (FIN | ping, no payload).
@@ -68,39 +81,111 @@ fn is_base64_of_16_bytes(key: &[u8]) -> bool {
         && b"AQgw".contains(&key[21])
 }
 
+/// The response that completes the upgrade; `accept` comes from `check_upgrade`.
+pub fn accept_response(accept: &str) -> Vec<u8> {
+    const HEAD: &[u8] =
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
+    let mut out = Vec::with_capacity(HEAD.len() + accept.len() + 4);
+    out.extend_from_slice(HEAD);
+    out.extend_from_slice(accept.as_bytes());
+    out.extend_from_slice(b"\r\n\r\n");
+    out
+}
+
+/// A server close frame carrying `code` (RFC 6455 5.5.1), unmasked.
+pub fn close_frame(code: u16) -> Chunk {
+    let [hi, lo] = code.to_be_bytes();
+    Chunk::Owned(vec![0x88, 0x02, hi, lo])
+}
+
 /// One thing read from the peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsRead {
     Text(String),
-    /// A ping, pong or continuation with no message yet: proof of life only.
+    /// A ping, pong or message fragment with no message yet: proof of life only.
     Control,
     /// A binary message: we speak text only (close 1003).
     Binary,
-    /// The peer closed (its close frame was answered) or the stream ended.
+    /// The peer closed; its close frame was answered.
     Closed,
     /// A protocol violation; close with this code.
     Fail(u16),
-    /// Nothing more to read now.
-    WouldBlock,
+    /// The buffer holds no whole frame yet.
+    NeedMore,
 }
 
-/// The WebSocket phase of a connection.
+/// The WebSocket state of one connection. Between messages (the usual idle state)
+/// it holds no tungstenite context at all: frames are decoded by a context borrowed
+/// from a `ContextPool`, and only a connection in the middle of a fragmented message
+/// keeps one of its own. That is what keeps an idle socket at a few bytes here.
+#[derive(Default)]
 pub struct WsConn {
-    ctx: WebSocketContext,
+    ctx: Option<Box<WebSocketContext>>,
+    /// A data frame without FIN was read; continuations follow.
+    fragmented: bool,
 }
 
-struct Io<'a, R: Read> {
-    input: &'a mut R,
+/// One spare decoding context, shared by every connection of the loop. A context
+/// is only returned here in its initial state (active, no partial message, empty
+/// buffers), so any connection may use it next.
+#[derive(Default)]
+pub struct ContextPool {
+    spare: Option<Box<WebSocketContext>>,
+}
+
+impl ContextPool {
+    fn take(&mut self) -> Box<WebSocketContext> {
+        self.spare.take().unwrap_or_else(|| Box::new(WebSocketContext::new(Role::Server, Some(config()))))
+    }
+
+    fn put(&mut self, ctx: Box<WebSocketContext>) {
+        if self.spare.is_none() {
+            self.spare = Some(ctx);
+        }
+    }
+}
+
+/// Where the frame at the front of `buf` ends, read from its header.
+struct FrameExtent {
+    len: usize,
+    fin: bool,
+    opcode: u8,
+}
+
+/// `Ok(None)` until the header is complete; a frame over the limit is refused from
+/// its header alone, before any of its payload is buffered.
+fn frame_extent(buf: &[u8]) -> Result<Option<FrameExtent>, u16> {
+    let [b0, b1, rest @ ..] = buf else { return Ok(None) };
+    let (payload, len_bytes) = match b1 & 0x7f {
+        126 if rest.len() >= 2 => (u64::from(u16::from_be_bytes([rest[0], rest[1]])), 2),
+        127 if rest.len() >= 8 => (u64::from_be_bytes(rest[..8].try_into().expect("8 bytes")), 8),
+        126 | 127 => return Ok(None),
+        n => (u64::from(n), 0),
+    };
+    if payload > MAX_MESSAGE_BYTES as u64 {
+        return Err(close::TOO_BIG);
+    }
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    Ok(Some(FrameExtent { len: 2 + len_bytes + mask + payload as usize, fin: b0 & 0x80 != 0, opcode: b0 & 0x0f }))
+}
+
+/// tungstenite's view of the connection: one frame's bytes in, the OutQueue out.
+struct Io<'a> {
+    input: &'a [u8],
     out: &'a mut OutQueue,
 }
 
-impl<R: Read> Read for Io<'_, R> {
+impl Read for Io<'_> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.input.is_empty() {
+            // Not EOF: the rest of the stream is simply not ours to hand over yet.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         self.input.read(buf)
     }
 }
 
-impl<R: Read> Write for Io<'_, R> {
+impl Write for Io<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         QueueWriter(self.out).write(buf)
     }
@@ -119,42 +204,54 @@ fn config() -> WebSocketConfig {
 }
 
 impl WsConn {
-    /// `leftover` is whatever arrived after the upgrade request's head.
-    pub fn new(leftover: Vec<u8>) -> Self {
-        let ctx = if leftover.is_empty() {
-            WebSocketContext::new(Role::Server, Some(config()))
-        } else {
-            WebSocketContext::from_partially_read(leftover, Role::Server, Some(config()))
-        };
-        WsConn { ctx }
+    pub fn new() -> Self {
+        Self::default()
     }
 
-    /// Reads one message or control frame through `input`. Replies tungstenite owes
-    /// (pongs, the close echo) land in `out`.
-    pub fn read<R: Read>(&mut self, input: &mut R, out: &mut OutQueue) -> WsRead {
-        let mut io = Io { input, out };
-        let result = self.ctx.read(&mut io);
+    /// True while this connection keeps a decoding context of its own (only in the
+    /// middle of a fragmented message).
+    pub fn holds_context(&self) -> bool {
+        self.ctx.is_some()
+    }
+
+    /// Decodes the frame at the front of `input`, if it is whole, and removes it.
+    /// Replies tungstenite owes (pongs, the close echo) land in `out`.
+    pub fn read(&mut self, input: &mut Vec<u8>, out: &mut OutQueue, pool: &mut ContextPool) -> WsRead {
+        let extent = match frame_extent(input) {
+            Err(code) => return WsRead::Fail(code),
+            Ok(Some(e)) if e.len <= input.len() => e,
+            Ok(_) => return WsRead::NeedMore,
+        };
+        let mut ctx = self.ctx.take().unwrap_or_else(|| pool.take());
+        let mut io = Io { input: &input[..extent.len], out };
+        let result = ctx.read(&mut io);
         // Pongs and close replies are queued inside tungstenite until flushed.
-        let _ = self.ctx.flush(&mut io);
-        match result {
+        let _ = ctx.flush(&mut io);
+        input.drain(..extent.len);
+        match extent.opcode {
+            0x1 | 0x2 => self.fragmented = !extent.fin,
+            0x0 if extent.fin => self.fragmented = false,
+            _ => {}
+        }
+        let read = match result {
             Ok(Message::Text(t)) => WsRead::Text(t.as_str().to_owned()),
             Ok(Message::Binary(_)) => WsRead::Binary,
             Ok(Message::Close(_)) => WsRead::Closed,
             Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => WsRead::Control,
+            // The frame was consumed but completes no message: a fragment.
+            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => WsRead::Control,
             Err(e) => map_error(e),
+        };
+        match read {
+            WsRead::Text(_) | WsRead::Control | WsRead::Binary if self.fragmented => self.ctx = Some(ctx),
+            WsRead::Text(_) | WsRead::Control | WsRead::Binary => pool.put(ctx),
+            // Closed or failed: the connection is leaving, and so does its context.
+            _ => {}
         }
+        read
     }
 
-    /// Queues a close frame with `code` (RFC 6455 5.5.1).
-    pub fn close(&mut self, code: u16, out: &mut OutQueue) {
-        let mut empty: &[u8] = &[];
-        let mut io = Io { input: &mut empty, out };
-        let frame = CloseFrame { code: CloseCode::from(code), reason: "".into() };
-        let _ = self.ctx.close(&mut io, Some(frame));
-        let _ = self.ctx.flush(&mut io);
-    }
-
-    /// Queues a ping.
+    /// Queues a server ping.
     pub fn ping(out: &mut OutQueue) {
         out.push(Chunk::Static(PING));
     }
@@ -162,7 +259,6 @@ impl WsConn {
 
 fn map_error(e: WsError) -> WsRead {
     match e {
-        WsError::Io(e) if e.kind() == io::ErrorKind::WouldBlock => WsRead::WouldBlock,
         WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => WsRead::Closed,
         WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => WsRead::Closed,
         WsError::Capacity(CapacityError::MessageTooLong { .. }) => WsRead::Fail(close::TOO_BIG),

@@ -50,26 +50,6 @@ fn rejects_bad_handshakes() {
     assert!(matches!(check_upgrade(&post), Err(UpgradeError::Bad(_))));
 }
 
-/// Bytes that arrive in pieces; `WouldBlock` when the current piece is used up.
-struct Feed {
-    data: Vec<u8>,
-    pos: usize,
-    limit: usize,
-}
-
-impl Read for Feed {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let end = self.limit.min(self.data.len());
-        if self.pos >= end {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        let n = buf.len().min(end - self.pos);
-        buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
-    }
-}
-
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
     crate::harness::mask_frame(opcode, payload, [9, 8, 7, 6])
 }
@@ -80,66 +60,108 @@ fn drain(out: &mut OutQueue) -> Vec<u8> {
     v
 }
 
-#[test]
-fn text_arrives_whole_even_when_split() {
-    let frame = client_frame(0x1, br#"{"message":"hi"}"#);
-    let mut feed = Feed { data: frame.clone(), pos: 0, limit: 3 };
-    let mut ws = WsConn::new(vec![]);
+/// Reads one frame from `input` with a fresh connection and pool.
+fn read_one(input: &[u8]) -> (WsRead, Vec<u8>) {
+    let mut input = input.to_vec();
     let mut out = OutQueue::new();
-    assert_eq!(ws.read(&mut feed, &mut out), WsRead::WouldBlock);
-    feed.limit = frame.len();
-    assert_eq!(ws.read(&mut feed, &mut out), WsRead::Text(r#"{"message":"hi"}"#.into()));
+    let read = WsConn::new().read(&mut input, &mut out, &mut ContextPool::default());
+    (read, drain(&mut out))
 }
 
 #[test]
-fn leftover_bytes_from_the_upgrade_are_read_first() {
-    let frame = client_frame(0x1, b"early");
-    let mut ws = WsConn::new(frame);
-    let mut nothing = Feed { data: vec![], pos: 0, limit: 0 };
-    assert_eq!(ws.read(&mut nothing, &mut OutQueue::new()), WsRead::Text("early".into()));
+fn text_arrives_whole_even_when_split_and_leaves_the_next_frame() {
+    let frame = client_frame(0x1, br#"{"message":"hi"}"#);
+    let mut ws = WsConn::new();
+    let mut pool = ContextPool::default();
+    let mut out = OutQueue::new();
+    let mut input = frame[..3].to_vec();
+    assert_eq!(ws.read(&mut input, &mut out, &mut pool), WsRead::NeedMore);
+    assert_eq!(input.len(), 3, "a partial frame stays in the buffer");
+    input.extend_from_slice(&frame[3..]);
+    input.extend_from_slice(&client_frame(0x1, b"next")[..4]);
+    assert_eq!(ws.read(&mut input, &mut out, &mut pool), WsRead::Text(r#"{"message":"hi"}"#.into()));
+    assert_eq!(input.len(), 4, "only the whole frame was consumed");
+    assert!(!ws.holds_context());
+}
+
+#[test]
+fn every_length_form_and_every_split_decodes_the_same() {
+    for len in [0usize, 125, 126, 300, MAX_MESSAGE_BYTES] {
+        let payload = "y".repeat(len);
+        let frame = client_frame(0x1, payload.as_bytes());
+        for split in [1, 2, 3, 5, 9, frame.len() - 1] {
+            let mut ws = WsConn::new();
+            let mut pool = ContextPool::default();
+            let mut out = OutQueue::new();
+            let mut input = frame[..split.min(frame.len())].to_vec();
+            let first = ws.read(&mut input, &mut out, &mut pool);
+            if split < frame.len() {
+                assert_eq!(first, WsRead::NeedMore, "len {len} split {split}");
+                input.extend_from_slice(&frame[split..]);
+                assert_eq!(ws.read(&mut input, &mut out, &mut pool), WsRead::Text(payload.clone()));
+            } else {
+                assert_eq!(first, WsRead::Text(payload.clone()));
+            }
+            assert!(input.is_empty());
+        }
+    }
 }
 
 #[test]
 fn ping_is_answered_with_pong() {
-    let mut feed = Feed { data: client_frame(0x9, b"p"), pos: 0, limit: usize::MAX };
-    let mut ws = WsConn::new(vec![]);
-    let mut out = OutQueue::new();
-    assert_eq!(ws.read(&mut feed, &mut out), WsRead::Control);
-    assert_eq!(drain(&mut out), vec![0x8a, 0x01, b'p']);
+    assert_eq!(read_one(&client_frame(0x9, b"p")), (WsRead::Control, vec![0x8a, 0x01, b'p']));
 }
 
 #[test]
 fn binary_oversize_and_bad_utf8_are_reported() {
-    let mut out = OutQueue::new();
-    let mut feed = Feed { data: client_frame(0x2, b"\x01"), pos: 0, limit: usize::MAX };
-    assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Binary);
+    assert_eq!(read_one(&client_frame(0x2, b"\x01")).0, WsRead::Binary);
     let big = vec![b'x'; MAX_MESSAGE_BYTES + 1];
-    let mut feed = Feed { data: client_frame(0x1, &big), pos: 0, limit: usize::MAX };
-    assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Fail(close::TOO_BIG));
-    let mut feed = Feed { data: client_frame(0x1, b"\xff\xfe"), pos: 0, limit: usize::MAX };
-    assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Fail(close::INVALID_DATA));
+    assert_eq!(read_one(&client_frame(0x1, &big)).0, WsRead::Fail(close::TOO_BIG));
+    // Refused from the header alone: the 2^40-byte payload is never waited for.
+    let header = [&[0x81u8, 0x80 | 127][..], &(1u64 << 40).to_be_bytes()[..]].concat();
+    assert_eq!(read_one(&header).0, WsRead::Fail(close::TOO_BIG));
+    assert_eq!(read_one(&client_frame(0x1, b"\xff\xfe")).0, WsRead::Fail(close::INVALID_DATA));
 }
 
 #[test]
 fn an_unmasked_client_frame_is_a_protocol_error() {
-    let mut feed = Feed { data: vec![0x81, 0x01, b'x'], pos: 0, limit: usize::MAX };
-    let mut out = OutQueue::new();
-    assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Fail(close::PROTOCOL));
+    assert_eq!(read_one(&[0x81, 0x01, b'x']).0, WsRead::Fail(close::PROTOCOL));
 }
 
 #[test]
 fn peer_close_is_echoed() {
-    let mut feed = Feed { data: client_frame(0x8, &1000u16.to_be_bytes()), pos: 0, limit: usize::MAX };
-    let mut ws = WsConn::new(vec![]);
-    let mut out = OutQueue::new();
-    assert_eq!(ws.read(&mut feed, &mut out), WsRead::Closed);
-    assert_eq!(drain(&mut out), vec![0x88, 0x02, 0x03, 0xe8]);
+    let frame = client_frame(0x8, &1000u16.to_be_bytes());
+    assert_eq!(read_one(&frame), (WsRead::Closed, vec![0x88, 0x02, 0x03, 0xe8]));
 }
 
 #[test]
 fn our_close_carries_the_code() {
-    let mut ws = WsConn::new(vec![]);
+    assert_eq!(close_frame(close::POLICY).as_slice(), &[0x88, 0x02, 0x03, 0xf0]);
+}
+
+#[test]
+fn a_fragmented_message_keeps_its_context_across_connections_sharing_the_pool() {
+    let mut pool = ContextPool::default();
     let mut out = OutQueue::new();
-    ws.close(close::POLICY, &mut out);
-    assert_eq!(drain(&mut out), vec![0x88, 0x02, 0x03, 0xf0]);
+    let (mut a, mut b) = (WsConn::new(), WsConn::new());
+    let mut first = crate::harness::mask_frame(0x1, b"hel", [1, 2, 3, 4]);
+    first[0] &= 0x7f; // no FIN: more fragments follow
+    let mut input = first;
+    assert_eq!(a.read(&mut input, &mut out, &mut pool), WsRead::Control);
+    assert!(a.holds_context());
+    // Another connection decodes a whole message meanwhile with the pooled context.
+    let mut other = client_frame(0x1, b"other");
+    assert_eq!(b.read(&mut other, &mut out, &mut pool), WsRead::Text("other".into()));
+    let mut rest = client_frame(0x0, b"lo");
+    assert_eq!(a.read(&mut rest, &mut out, &mut pool), WsRead::Text("hello".into()));
+    assert!(!a.holds_context() && !b.holds_context());
+}
+
+#[test]
+fn the_101_response_carries_the_accept_value() {
+    let head = String::from_utf8(accept_response("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")).unwrap();
+    assert_eq!(
+        head,
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+    );
 }

@@ -1,0 +1,186 @@
+//! The HTTP phase: parse requests out of the input buffer, run them through the
+//! routes, queue the responses in order (pipelining), and upgrade to WebSocket.
+
+use super::{Conn, Cx, Progress, Step, Stream, WsPhase, IN_CAP, KEEPALIVE_TIMEOUT, REQUEST_TIMEOUT};
+use crate::api::{self, Outcome, ServerState};
+use crate::chat::session::SessionKey;
+use crate::http::{Limits, Parsed, Request, RequestParser, Response};
+use crate::log;
+use crate::outq::Chunk;
+use crate::proxy;
+use crate::ws;
+use std::time::Instant;
+
+pub struct HttpPhase {
+    parser: RequestParser,
+    /// The request head must be in by then (or the idle keep-alive ends then).
+    pub deadline: Instant,
+}
+
+impl HttpPhase {
+    pub fn new(limits: Limits, now: Instant) -> Self {
+        HttpPhase { parser: RequestParser::new(limits), deadline: now + REQUEST_TIMEOUT }
+    }
+}
+
+/// Why serving requests from the buffer stopped.
+enum Served {
+    /// The buffer holds no whole request.
+    NeedMore,
+    /// The answers queued so far are over the high mark: the rest waits for the
+    /// queue to drain (`Conn::drained` brings the connection back).
+    OutHigh,
+    /// The connection left the HTTP phase.
+    PhaseChanged,
+}
+
+impl<S: Stream> Conn<S> {
+    pub(super) fn drive_http(&mut self, cx: &mut Cx, now: Instant) -> Progress {
+        loop {
+            let was_empty = self.input.is_empty();
+            if !self.out_high(&cx.log) {
+                self.fill(cx, IN_CAP);
+            }
+            if was_empty && !self.input.is_empty() {
+                self.http().deadline = now + REQUEST_TIMEOUT;
+            }
+            match self.serve_requests(cx, now) {
+                Served::PhaseChanged => return Progress::Again,
+                Served::OutHigh => return Progress::Done(Step::Wait),
+                Served::NeedMore => {}
+            }
+            if self.input.len() >= IN_CAP {
+                // Only chunked framing overhead can fill the buffer before the parser's
+                // own limits trip; the request is too large either way.
+                self.respond_error(413, "body_too_large", cx);
+                self.enter_closing(cx, now);
+                return Progress::Again;
+            }
+            if !self.readable {
+                break;
+            }
+        }
+        if self.peer_gone {
+            self.enter_closing(cx, now);
+            return Progress::Again;
+        }
+        self.release_input();
+        Progress::Done(Step::Wait)
+    }
+
+    fn http(&mut self) -> &mut HttpPhase {
+        match &mut self.phase {
+            super::Phase::Http(h) => h,
+            _ => unreachable!("only called in the HTTP phase"),
+        }
+    }
+
+    /// Answers every whole request in the buffer, in order.
+    fn serve_requests(&mut self, cx: &mut Cx, now: Instant) -> Served {
+        loop {
+            if self.out_high(&cx.log) {
+                return Served::OutHigh;
+            }
+            let super::Phase::Http(h) = &mut self.phase else { return Served::PhaseChanged };
+            match h.parser.parse(&self.input) {
+                Ok(None) => return Served::NeedMore,
+                Ok(Some(Parsed::Continue)) => self.out.push(Chunk::Static(b"HTTP/1.1 100 Continue\r\n\r\n")),
+                Ok(Some(Parsed::Request { request, consumed })) => {
+                    self.input.drain(..consumed);
+                    let idle = self.input.is_empty();
+                    self.http().deadline = now + if idle { KEEPALIVE_TIMEOUT } else { REQUEST_TIMEOUT };
+                    if self.on_request(request, cx, now) {
+                        return Served::PhaseChanged;
+                    }
+                }
+                Err(e) => {
+                    log::debug(format_args!("{}: bad request: {e}", self.peer));
+                    self.respond_error(e.status(), e.code(), cx);
+                    self.enter_closing(cx, now);
+                    return Served::PhaseChanged;
+                }
+            }
+        }
+    }
+
+    /// Runs one request through the routes. Returns true if the phase changed.
+    fn on_request(&mut self, req: Request, cx: &mut Cx, now: Instant) -> bool {
+        let started = log::enabled(log::Level::Debug).then(Instant::now);
+        let client = proxy::client(&req, self.peer.ip(), self.sock.is_secure(), &cx.cfg.trusted_proxies);
+        self.metered = cx.metered(&client);
+        let outcome = self.route(&req, client, cx, now);
+        if let Some(started) = started {
+            let status = match &outcome {
+                Outcome::Respond(resp) => resp.status,
+                Outcome::Upgrade { .. } => 101,
+            };
+            let took = started.elapsed();
+            log::debug(format_args!("{} {} {} {status} {took:.1?}", client.ip, req.method, req.path()));
+        }
+        match outcome {
+            Outcome::Respond(resp) => {
+                let keep_alive = req.keep_alive() && !cx.shutting_down && !resp.close;
+                self.respond(&resp, keep_alive, req.method == "HEAD", cx);
+                if !keep_alive {
+                    self.enter_closing(cx, now);
+                }
+                !keep_alive
+            }
+            Outcome::Upgrade { session, accept } => {
+                self.upgrade(session, &accept, cx, now);
+                true
+            }
+        }
+    }
+
+    fn route(&self, req: &Request, client: proxy::Client, cx: &mut Cx, now: Instant) -> Outcome {
+        let server = ServerState {
+            stats: &cx.stats,
+            open_connections: cx.open_connections,
+            broadcast_backlog_bytes: cx.log.bytes(),
+        };
+        let mut ctx = api::Ctx {
+            chat: &mut cx.chat,
+            store: &mut cx.store,
+            cfg: &cx.cfg.api,
+            now,
+            fx: &mut cx.fx,
+            client,
+            metered: self.metered,
+            limits: &mut cx.rate_limits,
+            server,
+        };
+        api::handle(req, &mut ctx)
+    }
+
+    fn respond(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx) {
+        *cx.stats.responses.entry(resp.status).or_default() += 1;
+        let mut buf = Vec::with_capacity(256 + resp.body.len());
+        resp.write_to(&mut buf, keep_alive, head);
+        self.out.push(Chunk::Owned(buf));
+    }
+
+    /// An error answer after which the connection closes.
+    pub(super) fn respond_error(&mut self, status: u16, code: &'static str, cx: &mut Cx) {
+        self.respond(&Response::error(status, code).closing(), false, false, cx);
+    }
+
+    /// 101, then the WebSocket phase on the same socket. Bytes that came after the
+    /// request head stay in the input buffer and are the first frames read.
+    fn upgrade(&mut self, session: SessionKey, accept: &str, cx: &mut Cx, now: Instant) {
+        self.out.push(Chunk::Owned(ws::accept_response(accept)));
+        self.phase = super::Phase::Ws(WsPhase::new(session, now));
+        cx.stats.ws_opened += 1;
+        match cx.chat.join(self.key, session, self.metered, now, &mut cx.fx) {
+            Ok(()) => {
+                let user = cx.chat.username(session).unwrap_or("?");
+                log::info(format_args!("{user} joined from {}", self.peer));
+            }
+            // The checks ran a moment ago on this same thread; only a bug gets here.
+            Err(e) => {
+                log::error(format_args!("join after upgrade failed: {e:?}"));
+                self.close_ws(Some(ws::close::POLICY), cx, now);
+            }
+        }
+    }
+}

@@ -1,0 +1,427 @@
+//! One client connection as a state machine: HTTP requests -> WebSocket -> closing.
+//! The socket, slab key, input buffer and write queue outlive every phase; each
+//! phase drives itself (`http.rs`, `websocket.rs`) from the bytes in the input
+//! buffer and reports what the server should do next as a `Step`. Whether the
+//! connection wants to read or write is derived from its state, never stored.
+//! Everything a connection may touch besides itself comes in through `Cx`.
+
+mod http;
+mod websocket;
+
+use crate::api::ApiConfig;
+use crate::chat::session::SessionKey;
+use crate::chat::{Chat, Effects};
+use crate::http::Limits;
+use crate::log;
+use crate::metrics::Stats;
+use crate::outq::{BroadcastLog, Flush, OutQueue};
+use crate::proxy::Client;
+use crate::ratelimit::RateLimits;
+use crate::store::Store;
+use crate::ws::{self, ContextPool};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+pub use http::HttpPhase;
+pub use websocket::WsPhase;
+
+/// A request head (and its body) must arrive within this (CONTRACT: 10 s).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// An idle keep-alive connection is closed after this (CONTRACT: 60 s).
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The server pings a WebSocket this often (CONTRACT: 30 s).
+pub const PING_INTERVAL: Duration = Duration::from_secs(30);
+/// A WebSocket peer silent this long is closed (CONTRACT: 75 s).
+pub const PEER_TIMEOUT: Duration = Duration::from_secs(75);
+/// How long a closing connection may take to flush its last bytes and hear the
+/// peer hang up before it is dropped.
+pub const LINGER: Duration = Duration::from_secs(2);
+
+/// Past this many unsent bytes a WebSocket client is too slow: it is dropped (1008)
+/// rather than let it grow the server's memory or slow anyone else.
+pub const OUT_CAP: usize = 1 << 20;
+/// Above this many unsent bytes we stop reading from the connection, so a client
+/// that writes without reading cannot make us queue answers without bound.
+pub const OUT_HIGH: usize = 64 * 1024;
+/// Bytes of unparsed input an HTTP connection may hold: a full head and body plus
+/// chunked framing overhead; the parser rejects anything larger long before.
+pub const IN_CAP: usize = 16 * 1024;
+/// Bytes written to one connection per turn (Redis uses 64 KiB for the same reason).
+const WRITE_BUDGET: usize = 256 * 1024;
+
+/// What a connection's transport must offer: bytes both ways and a half-close.
+/// A TCP socket, a TLS session over one, or a test double.
+pub trait Stream: Read + Write {
+    /// Sends FIN after the last queued byte (`shutdown(SHUT_WR)`).
+    fn shutdown_write(&mut self);
+
+    /// Bytes accepted earlier still wait below the write queue (TLS records): the
+    /// connection needs a `flush` when the socket is writable again.
+    fn wants_write(&self) -> bool {
+        false
+    }
+
+    /// The client reached us over TLS.
+    fn is_secure(&self) -> bool {
+        false
+    }
+}
+
+impl Stream for mio::net::TcpStream {
+    fn shutdown_write(&mut self) {
+        let _ = self.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// Configuration a connection consults.
+#[derive(Debug, Clone, Default)]
+pub struct ConnConfig {
+    pub api: ApiConfig,
+    pub limits: Limits,
+    pub limit_loopback: bool,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// Everything the server owns except the connections themselves: what a
+/// connection may touch while it is driven.
+pub struct Cx {
+    pub chat: Chat,
+    pub store: Store,
+    pub cfg: ConnConfig,
+    pub rate_limits: RateLimits,
+    /// Broadcast frames some connection has yet to write, each stored once.
+    pub log: BroadcastLog,
+    pub ws_pool: ContextPool,
+    /// Chat effects produced while driving, applied by the server afterwards.
+    pub fx: Effects,
+    pub stats: Stats,
+    /// Open connections, for `/metrics` (the slab's length, kept by the server).
+    pub open_connections: usize,
+    pub shutting_down: bool,
+    scratch: Box<[u8]>,
+}
+
+impl Cx {
+    pub fn new(chat: Chat, store: Store, cfg: ConnConfig, rate_limits: RateLimits) -> Self {
+        Cx {
+            chat,
+            store,
+            cfg,
+            rate_limits,
+            log: BroadcastLog::new(),
+            ws_pool: ContextPool::default(),
+            fx: Vec::new(),
+            stats: Stats::default(),
+            open_connections: 0,
+            shutting_down: false,
+            scratch: vec![0u8; ws::MAX_FRAME_BYTES.max(IN_CAP)].into_boxed_slice(),
+        }
+    }
+
+    /// Loopback is where the operator's own benchmarks and probes run; a proxy's
+    /// forwarded clients are limited like anyone else.
+    fn metered(&self, client: &Client) -> bool {
+        self.cfg.limit_loopback || client.forwarded || !client.ip.is_loopback()
+    }
+}
+
+pub enum Phase {
+    Http(Box<HttpPhase>),
+    Ws(WsPhase),
+    /// Flushing the last bytes, then waiting briefly for the peer to hang up.
+    Closing {
+        until: Instant,
+    },
+}
+
+/// What the server does with a connection after driving it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Nothing more until a readiness event, a drained queue or a deadline.
+    Wait,
+    /// Input is left over and the read budget ran out: drive again next turn.
+    Yield,
+    /// Finished: free the slot.
+    Remove,
+}
+
+/// A phase's answer: keep going in the new phase, or stop here.
+enum Progress {
+    Again,
+    Done(Step),
+}
+
+pub struct Conn<S> {
+    pub sock: S,
+    pub key: usize,
+    pub peer: SocketAddr,
+    pub generation: u64,
+    phase: Phase,
+    pub out: OutQueue,
+    /// Bytes read and not yet consumed by the phase (HTTP requests or WebSocket frames).
+    input: Vec<u8>,
+    /// Edge-triggered readiness, remembered until a syscall says WouldBlock.
+    readable: bool,
+    writable: bool,
+    /// Already on the server's list of connections to flush this turn.
+    pub queued_for_flush: bool,
+    /// Already on the server's list of connections to drive without an event.
+    pub queued_for_read: bool,
+    /// The earliest deadline this connection has in the timer heap.
+    pub armed: Option<Instant>,
+    /// Our write side is shut (after the last byte of a closing connection).
+    write_shut: bool,
+    /// The peer hung up (EOF or a reset) on its side.
+    peer_gone: bool,
+    /// Messages or requests are metered for this client (not loopback-exempt).
+    metered: bool,
+}
+
+impl<S: Stream> Conn<S> {
+    pub fn new(sock: S, key: usize, peer: SocketAddr, generation: u64, limits: Limits, now: Instant) -> Self {
+        Conn {
+            sock,
+            key,
+            peer,
+            generation,
+            phase: Phase::Http(Box::new(HttpPhase::new(limits, now))),
+            out: OutQueue::new(),
+            input: Vec::new(),
+            readable: false,
+            writable: true,
+            queued_for_flush: false,
+            queued_for_read: false,
+            armed: None,
+            write_shut: false,
+            peer_gone: false,
+            metered: false,
+        }
+    }
+
+    pub fn phase(&self) -> &Phase {
+        &self.phase
+    }
+
+    pub fn is_ws(&self) -> bool {
+        matches!(self.phase, Phase::Ws(_))
+    }
+
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing { .. })
+    }
+
+    /// Bytes held for the peer: the queue, or records below it in the transport.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() || self.sock.wants_write()
+    }
+
+    /// There is input to look at without waiting for an event: the socket has not
+    /// said WouldBlock yet, or bytes already read wait to be parsed.
+    pub fn wants_read(&self) -> bool {
+        self.readable || !self.input.is_empty()
+    }
+
+    pub fn set_readable(&mut self) {
+        self.readable = true;
+    }
+
+    pub fn set_writable(&mut self) {
+        self.writable = true;
+    }
+
+    /// Over the high mark: stop reading until the peer has taken some of it.
+    fn out_high(&self, log: &BroadcastLog) -> bool {
+        self.out.len(log) >= OUT_HIGH
+    }
+
+    /// When this connection next needs attention without any IO.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.phase {
+            Phase::Http(h) => Some(h.deadline),
+            Phase::Ws(w) => Some(w.deadline()),
+            Phase::Closing { until } => Some(*until),
+        }
+    }
+
+    /// Reads what the connection has and acts on it, following phase changes.
+    pub fn drive(&mut self, cx: &mut Cx, now: Instant) -> Step {
+        loop {
+            let progress = match self.phase {
+                Phase::Http(_) => self.drive_http(cx, now),
+                Phase::Ws(_) => self.drive_ws(cx, now),
+                Phase::Closing { .. } => Progress::Done(self.drive_closing(cx)),
+            };
+            if let Progress::Done(step) = progress {
+                return step;
+            }
+        }
+    }
+
+    /// Reads from the socket into the input buffer until it would block, the peer
+    /// hangs up, or the buffer holds `cap` bytes. The one read loop of every phase.
+    fn fill(&mut self, cx: &mut Cx, cap: usize) {
+        while self.readable && self.input.len() < cap {
+            let room = cap - self.input.len();
+            match self.sock.read(&mut cx.scratch[..room]) {
+                Ok(0) => self.hung_up(),
+                Ok(n) => {
+                    cx.stats.bytes_in += n as u64;
+                    self.input.extend_from_slice(&cx.scratch[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => self.hung_up(),
+            }
+        }
+    }
+
+    fn hung_up(&mut self) {
+        self.readable = false;
+        self.peer_gone = true;
+    }
+
+    /// Idle connections hold no input buffer.
+    fn release_input(&mut self) {
+        if self.input.is_empty() {
+            self.input = Vec::new();
+        }
+    }
+
+    /// A closing connection: discard input until the peer hangs up.
+    fn drive_closing(&mut self, cx: &mut Cx) -> Step {
+        self.input.clear();
+        while self.readable {
+            self.fill(cx, IN_CAP);
+            self.input.clear();
+        }
+        self.release_input();
+        if self.peer_gone && (self.out.is_empty() || !self.writable) {
+            return Step::Remove;
+        }
+        Step::Wait
+    }
+
+    /// Enters the closing phase; a WebSocket leaves the room first.
+    pub fn begin_closing(&mut self, cx: &mut Cx, now: Instant) {
+        match self.phase {
+            Phase::Ws(_) => self.close_ws(None, cx, now),
+            Phase::Http(_) => self.enter_closing(cx, now),
+            Phase::Closing { .. } => {}
+        }
+    }
+
+    fn enter_closing(&mut self, cx: &mut Cx, now: Instant) {
+        self.phase = Phase::Closing { until: now + LINGER };
+        cx.stats.closing += 1;
+    }
+
+    /// Leaves the WebSocket phase, optionally with a close frame, and the room.
+    pub fn close_ws(&mut self, code: Option<u16>, cx: &mut Cx, now: Instant) {
+        let Phase::Ws(w) = &self.phase else { return };
+        if let Some(code) = code {
+            self.out.push(ws::close_frame(code));
+        }
+        let session = w.session;
+        self.enter_closing(cx, now);
+        if log::enabled(log::Level::Info) {
+            let user = cx.chat.username(session).unwrap_or("?");
+            let why = code.map_or("peer closed".to_owned(), |c| format!("close {c}"));
+            log::info(format_args!("{user} left ({why})"));
+        }
+        cx.chat.leave(self.key, &mut cx.fx);
+    }
+
+    /// A deadline this connection armed has come.
+    pub fn on_timeout(&mut self, cx: &mut Cx, now: Instant) -> Step {
+        match &mut self.phase {
+            Phase::Http(h) if now >= h.deadline => {
+                if !self.input.is_empty() {
+                    self.respond_error(408, "request_timeout", cx);
+                }
+                self.enter_closing(cx, now);
+            }
+            Phase::Ws(w) => {
+                if w.silent_since(now) {
+                    self.close_ws(Some(ws::close::GOING_AWAY), cx, now);
+                } else if w.ping_due(now) {
+                    ws::WsConn::ping(&mut self.out);
+                }
+            }
+            Phase::Closing { until } if now >= *until => return Step::Remove,
+            _ => {}
+        }
+        Step::Wait
+    }
+
+    /// Writes what the queue holds, up to the per-turn budget.
+    pub fn flush(&mut self, cx: &mut Cx) -> io::Result<Flush> {
+        if !self.writable {
+            return Ok(Flush::Blocked);
+        }
+        let (mut flush, written) = self.out.flush_to(self.key, &mut cx.log, &mut self.sock, WRITE_BUDGET)?;
+        cx.stats.bytes_out += written as u64;
+        if flush == Flush::Done {
+            // Bytes the transport still holds (TLS records) go out too.
+            flush = match self.sock.flush() {
+                Ok(()) => Flush::Done,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Flush::Blocked,
+                Err(e) => return Err(e),
+            };
+        }
+        if flush == Flush::Blocked {
+            self.writable = false;
+        }
+        Ok(flush)
+    }
+
+    /// Everything queued was written: a closing connection half-closes (and goes
+    /// once the peer has too); a connection that stopped reading at the high mark
+    /// has input or a readable socket to go back to.
+    pub fn drained(&mut self) -> Step {
+        if self.is_closing() {
+            if !self.write_shut {
+                self.write_shut = true;
+                self.sock.shutdown_write();
+            }
+            return if self.peer_gone { Step::Remove } else { Step::Wait };
+        }
+        if self.wants_read() {
+            Step::Yield
+        } else {
+            Step::Wait
+        }
+    }
+
+    /// The socket failed under a write: nothing queued can reach the peer.
+    pub fn write_failed(&mut self, cx: &mut Cx, now: Instant) {
+        self.peer_gone = true;
+        self.out.drop_unstarted(self.key, &mut cx.log);
+        self.begin_closing(cx, now);
+    }
+
+    /// A WebSocket too slow to read: its unsent frames go, a 1008 close follows.
+    pub fn drop_slow(&mut self, cx: &mut Cx, now: Instant) {
+        self.out.drop_unstarted(self.key, &mut cx.log);
+        cx.stats.slow_dropped += 1;
+        log::warn(format_args!("{}: too slow, dropped", self.peer));
+        self.close_ws(Some(ws::close::POLICY), cx, now);
+    }
+
+    /// Frees what the connection still owes the broadcast log.
+    pub fn discard(mut self, cx: &mut Cx) {
+        self.out.discard(self.key, &mut cx.log);
+        if self.is_closing() {
+            cx.stats.closing -= 1;
+        }
+        log::debug(format_args!("disconnect {}", self.peer));
+    }
+
+    /// The session a WebSocket belongs to.
+    pub fn session(&self) -> Option<SessionKey> {
+        match &self.phase {
+            Phase::Ws(w) => Some(w.session),
+            _ => None,
+        }
+    }
+}

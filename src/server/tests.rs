@@ -1,0 +1,194 @@
+//! `Server` over mock sockets: what only a whole connection can show.
+
+use super::*;
+use crate::harness::{mask_frame, MockStream};
+use crate::ws::frame;
+
+fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
+    let chat = ChatConfig {
+        session_ttl: Duration::from_secs(60),
+        max_sessions_per_user: 4,
+        max_sessions: 16,
+        message_rate: None,
+    };
+    Server::new(ServerConfig::for_tests(chat, trusted, metrics_public), Store::open_in_memory().unwrap())
+}
+
+/// Sends `bytes` on a new connection from `peer`, lets the client read everything,
+/// and returns what the server wrote.
+fn exchange(srv: &mut Server<MockStream>, peer: &str, bytes: &[u8]) -> (usize, MockStream) {
+    let pipe = MockStream::default();
+    pipe.0.borrow_mut().room = usize::MAX;
+    pipe.0.borrow_mut().to_server.extend_from_slice(bytes);
+    let now = Instant::now();
+    let key = srv.insert(pipe.clone(), peer.parse().unwrap(), now);
+    srv.on_ready(key, true, true, now);
+    settle(srv, now);
+    (key, pipe)
+}
+
+/// Runs pending reads and flushes until the server has nothing left to do.
+fn settle(srv: &mut Server<MockStream>, now: Instant) {
+    for _ in 0..1000 {
+        srv.run_pending_reads(now);
+        srv.flush_all(now);
+        if !srv.has_pending_work() {
+            return;
+        }
+    }
+    panic!("the server kept finding work");
+}
+
+fn written(pipe: &MockStream) -> String {
+    String::from_utf8_lossy(&pipe.0.borrow().to_client).into_owned()
+}
+
+fn get_metrics(srv: &mut Server<MockStream>, peer: &str, forwarded_for: Option<&str>) -> String {
+    let xff = forwarded_for.map(|a| format!("X-Forwarded-For: {a}\r\n")).unwrap_or_default();
+    let (_, pipe) = exchange(srv, peer, format!("GET /metrics HTTP/1.1\r\nHost: x\r\n{xff}\r\n").as_bytes());
+    written(&pipe)
+}
+
+#[test]
+fn metrics_are_refused_to_remote_peers_unless_public() {
+    let mut srv = server(vec![], false);
+    assert!(get_metrics(&mut srv, "192.0.2.7:4000", None).starts_with("HTTP/1.1 403 "));
+    assert!(get_metrics(&mut srv, "127.0.0.1:4000", None).starts_with("HTTP/1.1 200 "));
+    let mut srv = server(vec![], true);
+    assert!(get_metrics(&mut srv, "192.0.2.7:4000", None).starts_with("HTTP/1.1 200 "));
+}
+
+#[test]
+fn metrics_judge_the_forwarded_client_not_the_proxy() {
+    let proxy: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut srv = server(vec![proxy], false);
+    // Through the proxy from the internet: the forwarded address decides.
+    assert!(get_metrics(&mut srv, "127.0.0.1:4000", Some("203.0.113.5")).starts_with("HTTP/1.1 403 "));
+    // The operator on the proxy host, through the proxy or straight to skiff.
+    assert!(get_metrics(&mut srv, "127.0.0.1:4000", Some("127.0.0.1")).starts_with("HTTP/1.1 200 "));
+    assert!(get_metrics(&mut srv, "127.0.0.1:4000", None).starts_with("HTTP/1.1 200 "));
+    // A remote trusted proxy scraping for itself, forwarding nothing.
+    let remote: IpAddr = "10.0.0.2".parse().unwrap();
+    let mut srv = server(vec![remote], false);
+    assert!(get_metrics(&mut srv, "10.0.0.2:4000", None).starts_with("HTTP/1.1 200 "));
+    assert!(get_metrics(&mut srv, "10.0.0.2:4000", Some("198.51.100.1")).starts_with("HTTP/1.1 403 "));
+}
+
+#[test]
+fn pipelined_requests_past_the_output_high_mark_are_all_answered() {
+    // 64 KiB of output holds ~331 of these answers: reading pauses there, and must
+    // resume on the requests already buffered once the queue drains.
+    for n in [1, 331, 332, 1000, 2000, 5000] {
+        let mut srv = server(vec![], false);
+        let req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
+        let (_, pipe) = exchange(&mut srv, "127.0.0.1:4000", req.as_bytes());
+        let answered = written(&pipe).matches("HTTP/1.1 200 OK").count();
+        assert_eq!(answered, n, "{n} pipelined requests");
+    }
+}
+
+#[test]
+fn json_bodies_end_with_a_newline() {
+    let mut srv = server(vec![], false);
+    let (_, pipe) = exchange(&mut srv, "127.0.0.1:4000", b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(written(&pipe).ends_with("{\"status\":\"ok\"}\n"), "{}", written(&pipe));
+}
+
+/// Registers, logs in and upgrades one user; returns the WebSocket's key and pipe.
+fn websocket(srv: &mut Server<MockStream>, name: &str) -> (usize, MockStream) {
+    let body = format!("{{\"username\":\"{name}\"}}");
+    let req = format!("POST /api/register HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let (_, pipe) = exchange(srv, "127.0.0.1:4000", req.as_bytes());
+    let out = written(&pipe);
+    let key = out.split("\"key\":\"").nth(1).unwrap().split('"').next().unwrap().to_owned();
+    let body = format!("{{\"key\":\"{key}\"}}");
+    let req = format!("POST /api/login HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let (_, pipe) = exchange(srv, "127.0.0.1:4000", req.as_bytes());
+    let out = written(&pipe);
+    let cookie = out.split("session=").nth(1).unwrap().split(';').next().unwrap().to_owned();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: x\r\nCookie: session={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    let (key, pipe) = exchange(srv, "127.0.0.1:4000", req.as_bytes());
+    assert!(written(&pipe).starts_with("HTTP/1.1 101 "));
+    (key, pipe)
+}
+
+fn send(srv: &mut Server<MockStream>, key: usize, pipe: &MockStream, bytes: &[u8]) {
+    pipe.0.borrow_mut().to_server.extend_from_slice(bytes);
+    let now = Instant::now();
+    srv.on_ready(key, true, false, now);
+    settle(srv, now);
+}
+
+fn ws_holds_context(srv: &Server<MockStream>, key: usize) -> bool {
+    match srv.conn(key).unwrap().phase() {
+        crate::conn::Phase::Ws(w) => w.holds_context(),
+        _ => panic!("not a WebSocket"),
+    }
+}
+
+#[test]
+fn an_idle_websocket_keeps_no_decoding_context_and_websocket_bytes_are_counted() {
+    let mut srv = server(vec![], false);
+    let (key, pipe) = websocket(&mut srv, "alice");
+    assert!(!ws_holds_context(&srv, key));
+    let before = srv.cx.stats.bytes_in;
+    let msg = mask_frame(0x1, br#"{"message":"hi"}"#, [1, 2, 3, 4]);
+    send(&mut srv, key, &pipe, &msg);
+    assert_eq!(srv.cx.stats.bytes_in - before, msg.len() as u64, "WebSocket bytes count as received");
+    assert!(written(&pipe).ends_with("{\"status\":true}"));
+    assert!(!ws_holds_context(&srv, key), "a whole message leaves no context behind");
+    // A fragmented message keeps its context until the last fragment.
+    let mut first = mask_frame(0x1, br#"{"message":"#, [5, 6, 7, 8]);
+    first[0] &= 0x7f; // no FIN: a continuation follows
+    send(&mut srv, key, &pipe, &first);
+    assert!(ws_holds_context(&srv, key));
+    send(&mut srv, key, &pipe, &mask_frame(0x0, br#""x"}"#, [1, 1, 1, 1]));
+    assert!(!ws_holds_context(&srv, key));
+    assert!(written(&pipe).matches("{\"status\":true}").count() == 2, "{}", written(&pipe));
+}
+
+#[test]
+fn a_frame_split_across_reads_is_one_message_and_leftovers_after_it_are_read() {
+    let mut srv = server(vec![], false);
+    let (key, pipe) = websocket(&mut srv, "bob");
+    let a = mask_frame(0x1, br#"{"message":"one"}"#, [9, 9, 9, 9]);
+    let b = mask_frame(0x1, br#"{"message":"two"}"#, [7, 7, 7, 7]);
+    let both = [&a[..], &b[..]].concat();
+    for chunk in both.chunks(5) {
+        send(&mut srv, key, &pipe, chunk);
+    }
+    assert_eq!(written(&pipe).matches("{\"status\":true}").count(), 2);
+    assert_eq!(srv.cx.chat.stats.broadcasts, 2);
+}
+
+#[test]
+fn oversized_and_binary_frames_close_with_their_codes() {
+    for (bytes, code) in [
+        (mask_frame(0x2, b"\x01", [1, 1, 1, 1]), 1003u16),
+        ([&[0x81u8, 0x80 | 127][..], &(1u64 << 40).to_be_bytes()[..]].concat(), 1009),
+        (mask_frame(0x1, b"\xff\xfe", [0, 0, 0, 0]), 1007),
+        (vec![0x81, 0x01, b'x'], 1002),
+    ] {
+        let mut srv = server(vec![], false);
+        let (key, pipe) = websocket(&mut srv, "carol");
+        send(&mut srv, key, &pipe, &bytes);
+        let out = pipe.0.borrow().to_client.clone();
+        let tail = &out[out.len() - 4..];
+        assert_eq!(tail, &[0x88, 0x02, (code >> 8) as u8, code as u8], "close {code}");
+        assert!(srv.cx.chat.members().is_empty(), "closed socket left the room");
+    }
+}
+
+#[test]
+fn the_broadcast_frame_is_shared_not_copied_per_recipient() {
+    let mut srv = server(vec![], false);
+    let (a, pa) = websocket(&mut srv, "dave");
+    let (_b, pb) = websocket(&mut srv, "erin");
+    send(&mut srv, a, &pa, &mask_frame(0x1, br#"{"message":"yo"}"#, [3, 3, 3, 3]));
+    let expected = frame::text(br#"{"message":"yo","author":"dave"}"#);
+    let got = pb.0.borrow().to_client.clone();
+    assert!(got.windows(expected.len()).any(|w| w == &expected[..]));
+    assert_eq!(srv.cx.log.bytes(), 0, "nothing left owed");
+}
