@@ -71,7 +71,7 @@ impl Read for Feed {
 }
 
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    crate::harness::mask_frame(opcode, payload, [9, 8, 7, 6])
+    frame::client_frame(opcode, payload, [9, 8, 7, 6])
 }
 
 fn drain(out: &mut OutQueue) -> Vec<u8> {
@@ -82,7 +82,7 @@ fn drain(out: &mut OutQueue) -> Vec<u8> {
 
 #[test]
 fn text_arrives_whole_even_when_split() {
-    let frame = client_frame(0x1, br#"{"message":"hi"}"#);
+    let frame = client_frame(frame::TEXT, br#"{"message":"hi"}"#);
     let mut feed = Feed { data: frame.clone(), pos: 0, limit: 3 };
     let mut ws = WsConn::new(vec![]);
     let mut out = OutQueue::new();
@@ -93,7 +93,7 @@ fn text_arrives_whole_even_when_split() {
 
 #[test]
 fn leftover_bytes_from_the_upgrade_are_read_first() {
-    let frame = client_frame(0x1, b"early");
+    let frame = client_frame(frame::TEXT, b"early");
     let mut ws = WsConn::new(frame);
     let mut nothing = Feed { data: vec![], pos: 0, limit: 0 };
     assert_eq!(ws.read(&mut nothing, &mut OutQueue::new()), WsRead::Text("early".into()));
@@ -101,7 +101,7 @@ fn leftover_bytes_from_the_upgrade_are_read_first() {
 
 #[test]
 fn ping_is_answered_with_pong() {
-    let mut feed = Feed { data: client_frame(0x9, b"p"), pos: 0, limit: usize::MAX };
+    let mut feed = Feed { data: client_frame(frame::PING, b"p"), pos: 0, limit: usize::MAX };
     let mut ws = WsConn::new(vec![]);
     let mut out = OutQueue::new();
     assert_eq!(ws.read(&mut feed, &mut out), WsRead::Control);
@@ -111,12 +111,12 @@ fn ping_is_answered_with_pong() {
 #[test]
 fn binary_oversize_and_bad_utf8_are_reported() {
     let mut out = OutQueue::new();
-    let mut feed = Feed { data: client_frame(0x2, b"\x01"), pos: 0, limit: usize::MAX };
+    let mut feed = Feed { data: client_frame(frame::BINARY, b"\x01"), pos: 0, limit: usize::MAX };
     assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Binary);
     let big = vec![b'x'; MAX_MESSAGE_BYTES + 1];
-    let mut feed = Feed { data: client_frame(0x1, &big), pos: 0, limit: usize::MAX };
+    let mut feed = Feed { data: client_frame(frame::TEXT, &big), pos: 0, limit: usize::MAX };
     assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Fail(close::TOO_BIG));
-    let mut feed = Feed { data: client_frame(0x1, b"\xff\xfe"), pos: 0, limit: usize::MAX };
+    let mut feed = Feed { data: client_frame(frame::TEXT, b"\xff\xfe"), pos: 0, limit: usize::MAX };
     assert_eq!(WsConn::new(vec![]).read(&mut feed, &mut out), WsRead::Fail(close::INVALID_DATA));
 }
 
@@ -129,7 +129,7 @@ fn an_unmasked_client_frame_is_a_protocol_error() {
 
 #[test]
 fn peer_close_is_echoed() {
-    let mut feed = Feed { data: client_frame(0x8, &1000u16.to_be_bytes()), pos: 0, limit: usize::MAX };
+    let mut feed = Feed { data: client_frame(frame::CLOSE, &1000u16.to_be_bytes()), pos: 0, limit: usize::MAX };
     let mut ws = WsConn::new(vec![]);
     let mut out = OutQueue::new();
     assert_eq!(ws.read(&mut feed, &mut out), WsRead::Closed);

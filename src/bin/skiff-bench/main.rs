@@ -8,6 +8,7 @@ mod hist;
 use hist::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use skiff::ws::frame;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::os::fd::FromRawFd;
@@ -333,20 +334,9 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
     }
 }
 
-/// A masked client text frame. The mask key is zero: masking is mandatory, but a
-/// benchmark has no cache to poison, and zero keeps the payload readable.
-fn text_frame(payload: &[u8], out: &mut Vec<u8>) {
-    out.push(0x81);
-    match payload.len() {
-        n if n < 126 => out.push(0x80 | n as u8),
-        n => {
-            out.push(0x80 | 126);
-            out.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-    }
-    out.extend_from_slice(&[0, 0, 0, 0]);
-    out.extend_from_slice(payload);
-}
+/// Client frames carry a zero mask key: masking is mandatory, but a benchmark has
+/// no proxy cache to poison, and a zero key spares the XOR.
+const MASK: [u8; 4] = [0; 4];
 
 impl Bench {
     fn new(raw: bool) -> io::Result<Bench> {
@@ -427,7 +417,7 @@ impl Bench {
         if c.state != State::Open {
             return;
         }
-        text_frame(payload, &mut c.out);
+        frame::encode_client(frame::TEXT, payload, MASK, &mut c.out);
         c.sent += 1;
         self.flush(i);
     }
@@ -496,32 +486,27 @@ impl Bench {
             self.open += 1;
             pos = end + 4;
         }
-        while data.len() - pos >= 2 {
-            let (op, b1) = (data[pos] & 0x0f, data[pos + 1] & 0x7f);
-            let (len, hdr) = match b1 {
-                126 if data.len() - pos >= 4 => (u16::from_be_bytes([data[pos + 2], data[pos + 3]]) as usize, 4),
-                127 if data.len() - pos >= 10 => {
-                    (u64::from_be_bytes(data[pos + 2..pos + 10].try_into().unwrap()) as usize, 10)
+        loop {
+            let f = match frame::decode_server(&data[pos..]) {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) => {
+                    eprintln!("client {i}: bad server frame: {e:?}");
+                    self.close(i);
+                    return data.len();
                 }
-                126 | 127 => break,
-                n => (n as usize, 2),
             };
-            if data.len() - pos < hdr + len {
-                break;
-            }
-            let payload = &data[pos + hdr..pos + hdr + len];
-            match op {
-                0x1 => self.on_text(i, payload, now),
-                0x8 => self.close(i),
-                0x9 => {
-                    let mut pong = vec![0x8a, 0x80 | payload.len() as u8, 0, 0, 0, 0];
-                    pong.extend_from_slice(payload);
-                    self.clients[i].out.extend_from_slice(&pong);
+            let payload = &data[pos + f.payload.start..pos + f.payload.end];
+            match f.opcode {
+                frame::TEXT => self.on_text(i, payload, now),
+                frame::CLOSE => self.close(i),
+                frame::PING => {
+                    frame::encode_client(frame::PONG, payload, MASK, &mut self.clients[i].out);
                     self.flush(i);
                 }
                 _ => {}
             }
-            pos += hdr + len;
+            pos += f.consumed;
         }
         pos
     }
@@ -712,8 +697,9 @@ fn run(a: Args) -> Result<(), String> {
 
     // Teardown.
     let t_down = Instant::now();
+    let bye = frame::client_frame(frame::CLOSE, &1000u16.to_be_bytes(), MASK);
     for c in &mut bench.clients {
-        let _ = c.sock.write(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+        let _ = c.sock.write(&bye);
     }
     let clients = std::mem::take(&mut bench.clients);
     drop(clients);
