@@ -144,3 +144,43 @@ fn host_port(url: &str, scheme: &str) -> Result<(SocketAddr, String), String> {
     let addr = host.parse().map_err(|_| format!("{url}: expected {scheme}IP:PORT"))?;
     Ok((addr, path))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Option<Args>, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn raw_takes_address_and_path_and_url_keeps_ws() {
+        let a = parse_strs(&["--raw", "ws://127.0.0.1:9/chat/room"]).unwrap().unwrap();
+        assert!(a.raw);
+        assert_eq!((a.target, a.path.as_str()), (SocketAddr::from(([127, 0, 0, 1], 9)), "/chat/room"));
+        let a = parse_strs(&["--url", "http://127.0.0.1:8"]).unwrap().unwrap();
+        assert!(!a.raw);
+        assert_eq!((a.target.port(), a.path.as_str()), (8, "/ws"));
+    }
+
+    #[test]
+    fn impossible_runs_are_refused_up_front() {
+        for (args, what) in [
+            (&["--clients", "0"][..], "--clients"),
+            (&["--clients", "5", "--senders", "6"], "--senders"),
+            (&["--sources", "251"], "--sources"),
+            (&["--duration", "-1"], "--duration"),
+            (&["--rate"], "missing value"),
+            (&["--bogus"], "unknown flag"),
+        ] {
+            let e = parse_strs(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.contains(what), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_stop_before_a_run() {
+        assert!(parse_strs(&["--version"]).unwrap().is_none());
+        assert!(parse_strs(&["-h", "--clients", "0"]).unwrap().is_none());
+    }
+}
