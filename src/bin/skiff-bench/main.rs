@@ -201,7 +201,7 @@ fn offer(a: &Args, bench: &mut Bench, t0: Instant, hard_stop: Instant) {
 /// expected: refused messages are not broadcast.
 fn drain(a: &Args, bench: &mut Bench, hard_stop: Instant) -> u64 {
     let others = a.clients as u64 - 1;
-    let expected = |b: &Bench| (b.sends.sent - b.sends.nacked) * others;
+    let expected = |b: &Bench| b.sends.sent.saturating_sub(b.sends.nacked) * others;
     let answered = |b: &Bench| a.raw || b.sends.acked + b.sends.nacked >= b.sends.sent;
     progress::show("drain", &format!("waiting up to {:.1} s for the last deliveries and acks", a.drain.as_secs_f64()));
     bench.run((Instant::now() + a.drain).min(hard_stop), |b| answered(b) && b.counts.messages >= expected(b));
