@@ -1,6 +1,6 @@
 //! A small run of skiff-bench against a real skiff: 20 clients for 2 s must lose
 //! nothing. Performance figures come from full runs by hand (README), never from
-//! timing assertions here.
+//! timing assertions here. Also the command line's own contract: errors and exits.
 
 mod common;
 
@@ -9,7 +9,9 @@ use std::process::Command;
 
 fn bench(args: &[&str]) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_skiff-bench")).args(args).output().expect("run skiff-bench");
-    assert!(out.status.success(), "skiff-bench failed: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "skiff-bench failed: {stderr}");
+    assert!(!stderr.contains('\x1b'), "no terminal escapes into a pipe: {stderr:?}");
     serde_json::from_slice(&out.stdout).expect("--json output")
 }
 
@@ -38,7 +40,8 @@ fn twenty_clients_two_seconds_lose_nothing() {
     let load = &r["load"];
     assert_eq!(r["setup"]["join_events_received"], 190, "the join storm: 20*19/2");
     assert!(load["sent"].as_u64().unwrap() >= 150, "{load}");
-    assert_eq!(load["acked"], load["sent"]);
+    assert_eq!(load["acked"], load["sent"], "every ack is waited for");
+    assert_eq!(load["unacked"], 0);
     assert_eq!(load["received"], load["expected_deliveries"]);
     assert_eq!(load["loss"], 0);
     assert!(load["latency_ms"]["samples"].as_u64().unwrap() > 0);
@@ -53,6 +56,48 @@ fn refuses_to_run_against_nothing() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(!String::from_utf8_lossy(&out.stderr).trim().is_empty());
+}
+
+#[test]
+fn version_names_the_crate_version() {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-bench")).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("skiff-bench {}\n", env!("CARGO_PKG_VERSION")));
+}
+
+/// Runs skiff-bench with its open-file limit (soft and hard) at `nofile`, so that it
+/// cannot raise it, against a listener that never accepts: sockets are all it needs.
+fn bench_with_nofile(nofile: u64, clients: usize) -> std::process::Output {
+    use std::os::unix::process::CommandExt;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff-bench"));
+    cmd.args(["--raw", &url, "--clients", &clients.to_string(), "--senders", "1", "--timeout", "10"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit { rlim_cur: nofile, rlim_max: nofile };
+            match libc::setrlimit(libc::RLIMIT_NOFILE, &lim) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn running_out_of_descriptors_says_which_limit_and_exits_cleanly() {
+    // 30 clients under a limit of 32 pass the up-front check and hit EMFILE while
+    // connecting; 100 are refused before any work.
+    for (clients, cause) in [(30, "EMFILE"), (100, "need about")] {
+        let out = bench_with_nofile(32, clients);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{clients} clients: {stderr}");
+        assert!(stderr.contains(cause), "{clients} clients: {stderr}");
+        assert!(stderr.contains("RLIMIT_NOFILE") && stderr.contains("ulimit -n"), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }
 
 /// A protocol-agnostic broadcast server (every text frame goes to every client,

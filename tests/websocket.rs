@@ -134,10 +134,7 @@ fn frames_sent_with_the_upgrade_request_are_not_lost() {
         "GET /ws HTTP/1.1\r\nHost: t\r\nCookie: {bob}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     )
     .into_bytes();
-    let mask = [1u8, 2, 3, 4];
-    req.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
-    req.extend_from_slice(&mask);
-    req.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    skiff::ws::frame::encode_client(skiff::ws::frame::TEXT, payload, [1, 2, 3, 4], &mut req);
     let mut s = srv.connect();
     s.write_all(&req).unwrap();
     assert_eq!(a.recv(), json!({"event": "join", "username": "bob"}));

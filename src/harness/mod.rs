@@ -7,7 +7,7 @@ mod mock;
 mod world;
 
 pub use mock::{MockStream, Pipe};
-pub use world::{connection, connection_run, mask_frame, Summary};
+pub use world::{connection, connection_run, Summary};
 
 use crate::api::{self, ApiConfig, Ctx, Outcome};
 use crate::chat::room::RateLimit;
@@ -210,12 +210,10 @@ pub fn ws_message(data: &[u8]) {
     }
 }
 
-/// The payload of an unmasked server frame.
-pub fn frame_payload(frame: &[u8]) -> &[u8] {
-    match frame.get(1) {
-        Some(126) => &frame[4..],
-        Some(127) => &frame[10..],
-        Some(_) => &frame[2..],
-        None => &[],
+/// The payload of a whole unmasked server frame.
+pub fn frame_payload(bytes: &[u8]) -> &[u8] {
+    match crate::ws::frame::decode_server(bytes) {
+        Ok(Some(f)) => &bytes[f.payload],
+        _ => &[],
     }
 }

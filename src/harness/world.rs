@@ -5,6 +5,7 @@ use super::{chat_config, counter_random, quiet, MockStream};
 use crate::chat::ChatConfig;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
+use crate::ws::frame;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -43,45 +44,13 @@ const USERS: usize = 4;
 const DOCUMENTED_CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1003, 1007, 1008, 1009];
 const TTL: Duration = Duration::from_secs(30);
 
-/// A masked client frame (RFC 6455 5.3), as a browser would send it.
-pub fn mask_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let mut f = vec![0x80 | opcode];
-    match payload.len() {
-        n if n < 126 => f.push(0x80 | n as u8),
-        n if n < 65536 => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
-}
-
 /// Splits a server byte stream into frames: (opcode, payload), leaving a partial tail.
 fn server_frames(buf: &[u8], mut pos: usize, out: &mut Vec<(u8, Vec<u8>)>) -> usize {
-    loop {
-        let rest = &buf[pos..];
-        if rest.len() < 2 {
-            return pos;
-        }
-        assert_eq!(rest[1] & 0x80, 0, "server frames are never masked");
-        let (len, off) = match rest[1] & 0x7f {
-            126 if rest.len() >= 4 => (u16::from_be_bytes([rest[2], rest[3]]) as usize, 4),
-            127 if rest.len() >= 10 => (u64::from_be_bytes(rest[2..10].try_into().unwrap()) as usize, 10),
-            126 | 127 => return pos,
-            n => (n as usize, 2),
-        };
-        if rest.len() < off + len {
-            return pos;
-        }
-        out.push((rest[0] & 0x0f, rest[off..off + len].to_vec()));
-        pos += off + len;
+    while let Some(f) = frame::decode_server(&buf[pos..]).expect("server frames are well-formed and unmasked") {
+        out.push((f.opcode, buf[pos..][f.payload].to_vec()));
+        pos += f.consumed;
     }
+    pos
 }
 
 /// Reads one HTTP response head+body off a client's stream, if whole.
@@ -230,7 +199,7 @@ impl World {
         self.next_msg += 1;
         cl.sent.push(id);
         let text = format!("{{\"message\":\"m{id} {}\"}}", "x".repeat(extra as usize));
-        let frame = mask_frame(0x1, text.as_bytes(), [extra, 1, 2, 3]);
+        let frame = frame::client_frame(frame::TEXT, text.as_bytes(), [extra, 1, 2, 3]);
         cl.pipe.0.borrow_mut().to_server.extend_from_slice(&frame);
         self.server.on_ready(cl.key, true, false, self.now);
     }

@@ -1,7 +1,7 @@
 //! `Server` over mock sockets: what only a whole connection can show.
 
 use super::*;
-use crate::harness::{mask_frame, MockStream};
+use crate::harness::MockStream;
 use crate::ws::frame;
 
 fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
@@ -134,17 +134,17 @@ fn an_idle_websocket_keeps_no_decoding_context_and_websocket_bytes_are_counted()
     let (key, pipe) = websocket(&mut srv, "alice");
     assert!(!ws_holds_context(&srv, key));
     let before = srv.cx.stats.bytes_in;
-    let msg = mask_frame(0x1, br#"{"message":"hi"}"#, [1, 2, 3, 4]);
+    let msg = frame::client_frame(0x1, br#"{"message":"hi"}"#, [1, 2, 3, 4]);
     send(&mut srv, key, &pipe, &msg);
     assert_eq!(srv.cx.stats.bytes_in - before, msg.len() as u64, "WebSocket bytes count as received");
     assert!(written(&pipe).ends_with("{\"status\":true}"));
     assert!(!ws_holds_context(&srv, key), "a whole message leaves no context behind");
     // A fragmented message keeps its context until the last fragment.
-    let mut first = mask_frame(0x1, br#"{"message":"#, [5, 6, 7, 8]);
+    let mut first = frame::client_frame(0x1, br#"{"message":"#, [5, 6, 7, 8]);
     first[0] &= 0x7f; // no FIN: a continuation follows
     send(&mut srv, key, &pipe, &first);
     assert!(ws_holds_context(&srv, key));
-    send(&mut srv, key, &pipe, &mask_frame(0x0, br#""x"}"#, [1, 1, 1, 1]));
+    send(&mut srv, key, &pipe, &frame::client_frame(0x0, br#""x"}"#, [1, 1, 1, 1]));
     assert!(!ws_holds_context(&srv, key));
     assert!(written(&pipe).matches("{\"status\":true}").count() == 2, "{}", written(&pipe));
 }
@@ -153,8 +153,8 @@ fn an_idle_websocket_keeps_no_decoding_context_and_websocket_bytes_are_counted()
 fn a_frame_split_across_reads_is_one_message_and_leftovers_after_it_are_read() {
     let mut srv = server(vec![], false);
     let (key, pipe) = websocket(&mut srv, "bob");
-    let a = mask_frame(0x1, br#"{"message":"one"}"#, [9, 9, 9, 9]);
-    let b = mask_frame(0x1, br#"{"message":"two"}"#, [7, 7, 7, 7]);
+    let a = frame::client_frame(0x1, br#"{"message":"one"}"#, [9, 9, 9, 9]);
+    let b = frame::client_frame(0x1, br#"{"message":"two"}"#, [7, 7, 7, 7]);
     let both = [&a[..], &b[..]].concat();
     for chunk in both.chunks(5) {
         send(&mut srv, key, &pipe, chunk);
@@ -166,9 +166,9 @@ fn a_frame_split_across_reads_is_one_message_and_leftovers_after_it_are_read() {
 #[test]
 fn oversized_and_binary_frames_close_with_their_codes() {
     for (bytes, code) in [
-        (mask_frame(0x2, b"\x01", [1, 1, 1, 1]), 1003u16),
+        (frame::client_frame(0x2, b"\x01", [1, 1, 1, 1]), 1003u16),
         ([&[0x81u8, 0x80 | 127][..], &(1u64 << 40).to_be_bytes()[..]].concat(), 1009),
-        (mask_frame(0x1, b"\xff\xfe", [0, 0, 0, 0]), 1007),
+        (frame::client_frame(0x1, b"\xff\xfe", [0, 0, 0, 0]), 1007),
         (vec![0x81, 0x01, b'x'], 1002),
     ] {
         let mut srv = server(vec![], false);
@@ -186,7 +186,7 @@ fn the_broadcast_frame_is_shared_not_copied_per_recipient() {
     let mut srv = server(vec![], false);
     let (a, pa) = websocket(&mut srv, "dave");
     let (_b, pb) = websocket(&mut srv, "erin");
-    send(&mut srv, a, &pa, &mask_frame(0x1, br#"{"message":"yo"}"#, [3, 3, 3, 3]));
+    send(&mut srv, a, &pa, &frame::client_frame(0x1, br#"{"message":"yo"}"#, [3, 3, 3, 3]));
     let expected = frame::text(br#"{"message":"yo","author":"dave"}"#);
     let got = pb.0.borrow().to_client.clone();
     assert!(got.windows(expected.len()).any(|w| w == &expected[..]));

@@ -51,7 +51,7 @@ fn rejects_bad_handshakes() {
 }
 
 fn client_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    crate::harness::mask_frame(opcode, payload, [9, 8, 7, 6])
+    frame::client_frame(opcode, payload, [9, 8, 7, 6])
 }
 
 fn drain(out: &mut OutQueue) -> Vec<u8> {
@@ -144,7 +144,7 @@ fn a_fragmented_message_keeps_its_context_across_connections_sharing_the_pool() 
     let mut pool = ContextPool::default();
     let mut out = OutQueue::new();
     let (mut a, mut b) = (WsConn::new(), WsConn::new());
-    let mut first = crate::harness::mask_frame(0x1, b"hel", [1, 2, 3, 4]);
+    let mut first = frame::client_frame(frame::TEXT, b"hel", [1, 2, 3, 4]);
     first[0] &= 0x7f; // no FIN: more fragments follow
     let mut input = first;
     assert_eq!(a.read(&mut input, &mut out, &mut pool), WsRead::Control);

@@ -1,0 +1,186 @@
+//! Command-line flags -> `Args`, validated; every error is one line.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+const USAGE: &str = "\
+skiff-bench: load-test a skiff server (or any WebSocket broadcast server with --raw)
+
+usage: skiff-bench [--url http://127.0.0.1:7777 | --raw ws://HOST:PORT/PATH] [options]
+
+  --clients N        WebSocket clients to connect [100]
+  --senders K        how many of them send during the load phase [10]
+  --rate R           messages per second per sender [10]
+  --duration D       load phase seconds [10]
+  --idle-secs S      idle phase seconds before measuring RSS [2]
+  --drain-secs S     max wait after the load for outstanding deliveries and acks [5]
+  --server-pid PID   read the server's RSS and CPU time from /proc
+  --prefix P         username prefix [random per run]
+  --sources K        local source addresses 127.0.0.2.. (default: 1 per 25,000 clients)
+  --setup-threads T  HTTP threads for register/login [8]
+  --timeout S        hard limit for the whole run [600]
+  --spin             busy-poll instead of sleeping in epoll: at low rates the client's own
+                     wake-ups (~10 us each) otherwise dominate the measured latency;
+                     costs a full core, so use it only where one is free
+  --json             print one JSON object instead of the table
+  -h, --help
+  -V, --version
+
+Every client holds one socket: N clients need an open-file limit above N (`ulimit -n`).
+";
+
+pub struct Args {
+    /// The WebSocket server and the path to upgrade on.
+    pub target: SocketAddr,
+    pub path: String,
+    /// `--raw`: no users, no acks or join events; any broadcast server.
+    pub raw: bool,
+    pub clients: usize,
+    pub senders: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub idle: Duration,
+    pub drain: Duration,
+    pub pid: Option<u32>,
+    pub prefix: String,
+    pub sources: usize,
+    pub setup_threads: usize,
+    pub timeout: Duration,
+    pub json: bool,
+    pub spin: bool,
+}
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            target: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            path: "/ws".into(),
+            raw: false,
+            clients: 100,
+            senders: 10,
+            rate: 10.0,
+            duration: Duration::from_secs(10),
+            idle: Duration::from_secs(2),
+            drain: Duration::from_secs(5),
+            pid: None,
+            prefix: String::new(),
+            sources: 0,
+            setup_threads: 8,
+            timeout: Duration::from_secs(600),
+            json: false,
+            spin: false,
+        }
+    }
+}
+
+/// `Ok(None)`: help or version was printed, exit 0.
+pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, String> {
+    let mut a = Args::default();
+    while let Some(flag) = it.next() {
+        let mut val = || it.next().ok_or_else(|| format!("{flag}: missing value"));
+        let num = |v: String| v.parse::<f64>().map_err(|_| format!("{flag}: not a number: {v}"));
+        let secs = |v: String| {
+            num(v).and_then(|s| Duration::try_from_secs_f64(s).map_err(|_| format!("{flag}: not a duration")))
+        };
+        match flag.as_str() {
+            "-h" | "--help" => {
+                print!("{USAGE}");
+                return Ok(None);
+            }
+            "-V" | "--version" => {
+                println!("skiff-bench {}", env!("CARGO_PKG_VERSION"));
+                return Ok(None);
+            }
+            "--url" => a.target = host_port(&val()?, "http://")?.0,
+            "--raw" => {
+                (a.target, a.path) = host_port(&val()?, "ws://")?;
+                a.raw = true;
+            }
+            "--clients" => a.clients = num(val()?)? as usize,
+            "--senders" => a.senders = num(val()?)? as usize,
+            "--rate" => a.rate = num(val()?)?,
+            "--duration" => a.duration = secs(val()?)?,
+            "--idle-secs" => a.idle = secs(val()?)?,
+            "--drain-secs" => a.drain = secs(val()?)?,
+            "--server-pid" => a.pid = Some(num(val()?)? as u32),
+            "--prefix" => a.prefix = val()?,
+            "--sources" => a.sources = num(val()?)? as usize,
+            "--setup-threads" => a.setup_threads = (num(val()?)? as usize).max(1),
+            "--timeout" => a.timeout = secs(val()?)?,
+            "--json" => a.json = true,
+            "--spin" => a.spin = true,
+            other => return Err(format!("unknown flag {other} (see --help)")),
+        }
+    }
+    validate(a).map(Some)
+}
+
+fn validate(mut a: Args) -> Result<Args, String> {
+    if a.clients == 0 {
+        return Err("--clients must be at least 1".into());
+    }
+    if a.sources > 250 {
+        return Err("--sources: at most 250 (127.0.0.2 to 127.0.0.251)".into());
+    }
+    if a.senders > a.clients {
+        return Err("--senders exceeds --clients".into());
+    }
+    if a.prefix.is_empty() {
+        let mut r = [0u8; 4];
+        getrandom::fill(&mut r).map_err(|e| e.to_string())?;
+        a.prefix = format!("b{:08x}x", u32::from_le_bytes(r));
+    }
+    if a.sources == 0 {
+        a.sources = a.clients.div_ceil(25_000).max(1);
+    }
+    Ok(a)
+}
+
+/// "scheme://host:port/path" -> (address, path). Only numeric IPv4 hosts: the bench
+/// only ever targets loopback.
+fn host_port(url: &str, scheme: &str) -> Result<(SocketAddr, String), String> {
+    let rest = url.strip_prefix(scheme).ok_or_else(|| format!("{url}: expected {scheme}..."))?;
+    let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addr = host.parse().map_err(|_| format!("{url}: expected {scheme}IP:PORT"))?;
+    Ok((addr, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Option<Args>, String> {
+        parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn raw_takes_address_and_path_and_url_keeps_ws() {
+        let a = parse_strs(&["--raw", "ws://127.0.0.1:9/chat/room"]).unwrap().unwrap();
+        assert!(a.raw);
+        assert_eq!((a.target, a.path.as_str()), (SocketAddr::from(([127, 0, 0, 1], 9)), "/chat/room"));
+        let a = parse_strs(&["--url", "http://127.0.0.1:8"]).unwrap().unwrap();
+        assert!(!a.raw);
+        assert_eq!((a.target.port(), a.path.as_str()), (8, "/ws"));
+    }
+
+    #[test]
+    fn impossible_runs_are_refused_up_front() {
+        for (args, what) in [
+            (&["--clients", "0"][..], "--clients"),
+            (&["--clients", "5", "--senders", "6"], "--senders"),
+            (&["--sources", "251"], "--sources"),
+            (&["--duration", "-1"], "--duration"),
+            (&["--rate"], "missing value"),
+            (&["--bogus"], "unknown flag"),
+        ] {
+            let e = parse_strs(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
+            assert!(e.contains(what), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_and_version_stop_before_a_run() {
+        assert!(parse_strs(&["--version"]).unwrap().is_none());
+        assert!(parse_strs(&["-h", "--clients", "0"]).unwrap().is_none());
+    }
+}

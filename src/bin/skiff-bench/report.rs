@@ -1,0 +1,176 @@
+//! What a run measured, one part per phase, printed as a table or as one JSON object
+//! (the shape scripts/bench and the smoke test read).
+
+use crate::args::Args;
+use crate::hist::Histogram;
+use serde_json::{json, Value};
+
+pub struct Setup {
+    pub users_s: f64,
+    pub connect_s: f64,
+    pub joins_expected: u64,
+    pub joins_received: u64,
+    pub total_s: f64,
+}
+
+pub struct Idle {
+    pub rss_before_kib: Option<u64>,
+    pub rss_idle_kib: Option<u64>,
+}
+
+pub struct Load {
+    pub sent: u64,
+    pub acked: u64,
+    pub nacked: u64,
+    /// Sent, but neither acked nor refused when the drain ended (None in raw mode,
+    /// where the server sends no acks).
+    pub unacked: Option<u64>,
+    pub expected: u64,
+    pub received: u64,
+    /// The load phase, and load start to the last delivery.
+    pub load_s: f64,
+    pub deliver_s: f64,
+    pub hist: Histogram,
+    pub server_cpu_s: Option<f64>,
+    pub bench_cpu_s: f64,
+}
+
+pub struct Report {
+    pub setup: Setup,
+    pub idle: Idle,
+    pub load: Load,
+    pub teardown_s: f64,
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+impl Idle {
+    fn per_client_kib(&self, clients: usize) -> Option<f64> {
+        Some(self.rss_idle_kib?.saturating_sub(self.rss_before_kib?) as f64 / clients as f64)
+    }
+}
+
+impl Load {
+    pub fn loss(&self) -> u64 {
+        self.expected.saturating_sub(self.received)
+    }
+
+    fn deliveries_per_s(&self) -> f64 {
+        if self.deliver_s > 0.0 {
+            self.received as f64 / self.deliver_s
+        } else {
+            0.0
+        }
+    }
+
+    fn per_delivery_us(&self, cpu_s: f64) -> f64 {
+        cpu_s * 1e6 / self.received.max(1) as f64
+    }
+
+    fn json(&self) -> Value {
+        let h = &self.hist;
+        json!({
+            "sent": self.sent,
+            "acked": self.acked,
+            "nacked": self.nacked,
+            "unacked": self.unacked,
+            "expected_deliveries": self.expected,
+            "received": self.received,
+            "loss": self.loss(),
+            "deliveries_per_s": self.deliveries_per_s(),
+            "offered_per_s": self.expected as f64 / self.load_s,
+            "latency_ms": {
+                "p50": ms(h.quantile(0.50)),
+                "p99": ms(h.quantile(0.99)),
+                "p999": ms(h.quantile(0.999)),
+                "max": ms(h.max()),
+                "samples": h.count(),
+            },
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_us_per_delivery": self.server_cpu_s.map(|c| self.per_delivery_us(c)),
+            "bench_cpu_s": self.bench_cpu_s,
+            "bench_cpu_us_per_frame": self.per_delivery_us(self.bench_cpu_s),
+        })
+    }
+}
+
+impl Report {
+    pub fn json(&self, a: &Args) -> Value {
+        let s = &self.setup;
+        json!({
+            "mode": if a.raw { "raw" } else { "skiff" },
+            "clients": a.clients,
+            "senders": a.senders,
+            "rate_per_sender": a.rate,
+            "duration_s": a.duration.as_secs_f64(),
+            "setup": {
+                "users_s": s.users_s,
+                "connect_s": s.connect_s,
+                "connects_per_s": a.clients as f64 / s.connect_s,
+                "join_events_expected": s.joins_expected,
+                "join_events_received": s.joins_received,
+                "total_s": s.total_s,
+            },
+            "idle": {
+                "server_rss_before_kib": self.idle.rss_before_kib,
+                "server_rss_idle_kib": self.idle.rss_idle_kib,
+                "server_rss_per_client_kib": self.idle.per_client_kib(a.clients),
+            },
+            "load": self.load.json(),
+            "teardown_s": self.teardown_s,
+        })
+    }
+
+    pub fn print_table(&self, a: &Args) {
+        let (s, l, h) = (&self.setup, &self.load, &self.load.hist);
+        let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        println!(
+            "skiff-bench: {} clients, {} senders x {} msg/s for {:.0} s",
+            a.clients,
+            a.senders,
+            a.rate,
+            a.duration.as_secs_f64()
+        );
+        println!(
+            "  setup      users {:.2} s, connect {:.2} s ({:.0} connects/s), joins {}/{}",
+            s.users_s,
+            s.connect_s,
+            a.clients as f64 / s.connect_s,
+            s.joins_received,
+            s.joins_expected
+        );
+        println!(
+            "  idle       server RSS {} KiB, {} KiB per client",
+            self.idle.rss_idle_kib.map_or("-".into(), |v| v.to_string()),
+            opt(self.idle.per_client_kib(a.clients))
+        );
+        println!(
+            "  load       sent {}, acked {}, refused {}, unacked {}, expected {}, received {}, loss {}",
+            l.sent,
+            l.acked,
+            l.nacked,
+            l.unacked.map_or("-".into(), |v| v.to_string()),
+            l.expected,
+            l.received,
+            l.loss()
+        );
+        println!(
+            "             {:.0} deliveries/s; latency p50 {:.3} ms, p99 {:.3} ms, p999 {:.3} ms, max {:.3} ms",
+            l.deliveries_per_s(),
+            ms(h.quantile(0.5)),
+            ms(h.quantile(0.99)),
+            ms(h.quantile(0.999)),
+            ms(h.max())
+        );
+        println!(
+            "  cpu        server {} s ({} us/delivery), bench {:.2} s ({:.2} us/frame)",
+            opt(l.server_cpu_s),
+            opt(l.server_cpu_s.map(|c| l.per_delivery_us(c))),
+            l.bench_cpu_s,
+            l.per_delivery_us(l.bench_cpu_s)
+        );
+        println!("  teardown   {:.2} s", self.teardown_s);
+    }
+}
