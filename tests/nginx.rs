@@ -24,8 +24,10 @@ use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
 const NGINX: &str = "/usr/sbin/nginx";
-const DOMAIN: &str = "chat.example.org";
-const LIVE: &str = "/etc/letsencrypt/live/chat.example.org";
+// Not the shipped placeholder: README's sed must carry the operator's domain everywhere.
+const DOMAIN: &str = "trial.example.net";
+const LIVE: &str = "/etc/letsencrypt/live/trial.example.net";
+const HSTS_MAX_AGE: &str = "300";
 
 /// nginx in its own process group, so that the master and every worker it forks can
 /// be found and stopped together: killing only the master orphans workers that keep
@@ -152,8 +154,23 @@ fn readme_deploy_commands() -> Vec<String> {
     commands
 }
 
-/// Makes the trial certificate exactly as README says, in `dir` instead of /etc.
-fn readme_self_signed_certificate(dir: &Path) {
+/// Runs a README command as a trial operator would (without sudo), returning stdout.
+fn sh(line: &str) -> String {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(line.replace("sudo ", ""))
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("DOMAIN", DOMAIN)
+        .env("HSTS_MAX_AGE", HSTS_MAX_AGE)
+        .output()
+        .expect("run sh");
+    assert!(out.status.success(), "README's `{line}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Follows README's trial path: the self-signed certificate (in `dir` instead of
+/// /etc), made before `nginx -t`, and the site as its sed writes it. Returns the site.
+fn readme_trial_site(dir: &Path) -> String {
     let commands = readme_deploy_commands();
     let at = |needle: &str| {
         commands
@@ -164,10 +181,11 @@ fn readme_self_signed_certificate(dir: &Path) {
     let nginx_t = at("nginx -t");
     assert!(at("certbot certonly") < nginx_t, "README gets the real certificate after `nginx -t`");
     assert!(at("openssl req") < nginx_t, "README makes the trial certificate after `nginx -t`");
-    let line = &commands[at("openssl req")];
-    let line = line.replace("sudo ", "").replace("/etc/letsencrypt/live/$DOMAIN", dir.to_str().unwrap());
-    let out = Command::new("sh").arg("-c").arg(&line).env("DOMAIN", DOMAIN).output().expect("run sh");
-    assert!(out.status.success(), "README's openssl one-liner failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(at("deploy/nginx.conf |") < nginx_t, "README checks the site before writing it");
+    sh(&commands[at("openssl req")].replace("/etc/letsencrypt/live/$DOMAIN", dir.to_str().unwrap()));
+    let site = sh(commands[at("deploy/nginx.conf |")].split(" | ").next().unwrap());
+    assert!(!site.contains("chat.example.org"), "README's sed leaves the placeholder domain in the site");
+    site
 }
 
 #[test]
@@ -195,10 +213,9 @@ fn chat_through_nginx_with_tls_termination() {
     let srv = Server::start_with(&["--trusted-proxy", "127.0.0.1"]);
     let prefix = tempfile::tempdir().unwrap();
     let p = prefix.path();
-    readme_self_signed_certificate(p);
+    let site = readme_trial_site(p);
     let (cert, key) = (p.join("fullchain.pem"), p.join("privkey.pem"));
     let (https, http) = (free_port_pair(), free_port_pair());
-    let site = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/nginx.conf")).unwrap();
     let site = render(&site, &srv.addr.to_string(), https, http, &cert, &key);
     // SAFETY: geteuid has no preconditions.
     let user = if unsafe { libc::geteuid() } == 0 { "user root;" } else { "" };
@@ -238,10 +255,11 @@ fn chat_through_nginx_with_tls_termination() {
     for addr in [v4(http), v6(http)] {
         let mut s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.write_all(b"GET /api/online HTTP/1.1\r\nHost: chat.example.org\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(format!("GET /api/online HTTP/1.1\r\nHost: {DOMAIN}\r\nConnection: close\r\n\r\n").as_bytes())
+            .unwrap();
         let r = read_response(&mut s).expect("redirect");
         assert_eq!(r.status, 301, "http on {addr}");
-        assert_eq!(r.header("location"), Some("https://chat.example.org/api/online"), "http on {addr}");
+        assert_eq!(r.header("location"), Some(format!("https://{DOMAIN}/api/online").as_str()), "http on {addr}");
     }
 
     let mut roots = RootCertStore::empty();
@@ -261,10 +279,8 @@ fn chat_through_nginx_with_tls_termination() {
     };
     let request = |addr: SocketAddr, head: &str, body: &str| {
         let mut s = tls_to(addr);
-        let req = format!(
-            "{head}\r\nHost: chat.example.org\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let req =
+            format!("{head}\r\nHost: {DOMAIN}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
         s.write_all(req.as_bytes()).unwrap();
         read_response(&mut s).expect("response through nginx")
     };
@@ -277,11 +293,12 @@ fn chat_through_nginx_with_tls_termination() {
         assert_eq!(r.status, 200);
         let set_cookie = r.header("set-cookie").unwrap().to_owned();
         assert!(set_cookie.ends_with("; Secure"), "X-Forwarded-Proto https from a trusted proxy: {set_cookie}");
-        assert!(r.header("strict-transport-security").is_some(), "HSTS from the shipped config");
+        let hsts = format!("max-age={HSTS_MAX_AGE}");
+        assert_eq!(r.header("strict-transport-security"), Some(hsts.as_str()), "HSTS as README's trial sets it");
         r.cookie().unwrap()
     };
     let wss = |addr: SocketAddr, cookie: &str| {
-        let mut req = format!("wss://chat.example.org:{https}/ws").into_client_request().unwrap();
+        let mut req = format!("wss://{DOMAIN}:{https}/ws").into_client_request().unwrap();
         req.headers_mut().insert("Cookie", cookie.parse().unwrap());
         tungstenite::client(req, tls_to(addr)).unwrap_or_else(|e| panic!("upgrade through nginx on {addr}: {e}")).0
     };
