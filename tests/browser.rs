@@ -1,7 +1,7 @@
 //! The built-in web client in a real browser: headless Chromium (Debian's package)
 //! driven by tests/browser/e2e.mjs through playwright-core, against a real skiff.
-//! Skips with a notice where Chromium or the npm packages are missing, unless
-//! SKIFF_REQUIRE_BROWSER=1 (CI sets it), where a missing browser is a failure.
+//! A missing prerequisite is a failure naming the command that installs it: a skip
+//! would pass silently in `cargo test` output. SKIFF_SKIP_BROWSER=1 opts out on purpose.
 
 mod common;
 
@@ -12,20 +12,28 @@ use std::time::{Duration, Instant};
 
 #[test]
 fn two_browsers_chat_through_the_built_in_page() {
+    if std::env::var("SKIFF_SKIP_BROWSER").is_ok_and(|v| v == "1") {
+        eprintln!("browser test not run: SKIFF_SKIP_BROWSER=1 opts out of it");
+        return;
+    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let script = root.join("tests/browser/e2e.mjs");
     let chromium = std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let ready = Path::new(&chromium).exists()
-        && root.join("tests/browser/node_modules/playwright-core").exists()
-        && Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success());
-    if !ready {
-        assert!(
-            std::env::var("SKIFF_REQUIRE_BROWSER").is_err(),
-            "SKIFF_REQUIRE_BROWSER is set but chromium, node or tests/browser/node_modules is missing"
-        );
-        eprintln!("skipping the browser test: needs {chromium}, node and `npm ci` in tests/browser");
-        return;
+    let mut missing = Vec::new();
+    if !Path::new(&chromium).exists() {
+        missing.push(format!("no browser at {chromium}: run `apt-get install chromium` (or set CHROMIUM_PATH)"));
     }
+    if !Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        missing.push("no node: run `apt-get install nodejs npm`".to_owned());
+    }
+    if !root.join("tests/browser/node_modules/playwright-core").exists() {
+        missing.push("no playwright-core: run `cd tests/browser && npm ci`".to_owned());
+    }
+    assert!(
+        missing.is_empty(),
+        "the browser test cannot run:\n  {}\nor set SKIFF_SKIP_BROWSER=1 to skip it on purpose",
+        missing.join("\n  ")
+    );
     let srv = Server::start();
     let shots = root.join("test-artifacts/browser");
     std::fs::create_dir_all(&shots).unwrap();

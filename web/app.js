@@ -13,6 +13,8 @@
  *   #me                             the logged-in username (chat screen)
  *   #logout                         log out button
  *   #auth-notice                    notice on the auth screen (role=alert), e.g. "session expired"
+ *   #register-form is hidden while #key-box is shown, so the key and its log-in button
+ *   fit on one screen
  *   #register-form, #register-username, #register-submit, #register-error
  *   #key-box                        shown after registering; #key-output (readonly input
  *                                   holding the key), #key-username, #key-copy,
@@ -42,6 +44,10 @@
 
   const MAX_CHARS = 300;
   const STORAGE_KEY = 'skiff.key';
+  // The session cookie is HttpOnly, so the page cannot see whether it has one. This
+  // flag records that a login happened in this browser; without it GET /api/user/@me
+  // could only answer 422, which the browser logs as an error on every first visit.
+  const SESSION_HINT_KEY = 'skiff.session';
   const BACKOFF_MIN_MS = 500;
   const BACKOFF_MAX_MS = 15000;
   const FETCH_TIMEOUT_MS = 15000;
@@ -95,6 +101,16 @@
   function forgetKey() {
     try { localStorage.removeItem(STORAGE_KEY); } catch { /* storage disabled */ }
   }
+  // True when a session may exist. Without storage nothing can be known, so probe.
+  function maybeSession() {
+    try { return localStorage.getItem(SESSION_HINT_KEY) === '1'; } catch { return true; }
+  }
+  function noteSession(on) {
+    try {
+      if (on) localStorage.setItem(SESSION_HINT_KEY, '1');
+      else localStorage.removeItem(SESSION_HINT_KEY);
+    } catch { /* storage disabled */ }
+  }
 
   class NetworkError extends Error {}
 
@@ -144,6 +160,22 @@
 
   function showFormError(node, text) {
     node.textContent = text || '';
+  }
+
+  // An error belongs to the attempt that caused it: once something else has happened
+  // (a registration, a login, a logout) it no longer describes the page.
+  function clearAuthMessages() {
+    showFormError(el.loginError, '');
+    showFormError(el.registerError, '');
+    el.authNotice.textContent = '';
+    el.authNotice.hidden = true;
+  }
+
+  function showKeyBox(on) {
+    el.keyBox.hidden = !on;
+    // The form is done once the key is shown; hiding it keeps the key, the warning
+    // and the log-in button together on one screen.
+    el.registerForm.hidden = on;
   }
 
   // ---------------------------------------------------------------- the stream
@@ -435,6 +467,7 @@
     if (gen !== state.gen || !state.wantConnected) return;
 
     if (r.status === 401 || r.status === 422) {
+      noteSession(false);
       const why = ev.code === 1000
         ? 'You were logged out (perhaps from another tab).'
         : 'Your session has expired. Please log in again.';
@@ -443,7 +476,11 @@
     }
     if (r.status === 200 && r.data) {
       if (!opened && r.data.online === true) {
-        scheduleReconnect('Already connected in another tab or window. Close it to chat here.');
+        // 409: this user already has a socket, from this browser or another device;
+        // the server does not say which. The session itself is fine, so the online
+        // list can still be shown (and is refreshed on every retry).
+        loadOnline(gen);
+        scheduleReconnect('You are connected in another window or on another device. Close that one to chat here.');
       } else if (!opened) {
         scheduleReconnect('The chat connection was refused.');
       } else {
@@ -505,6 +542,7 @@
     el.me.textContent = '';
     setView('auth');
     setStatus('idle', 'Not logged in.');
+    clearAuthMessages();
     el.authNotice.textContent = notice || '';
     el.authNotice.hidden = !notice;
     el.loginKey.focus();
@@ -545,7 +583,7 @@
   async function register(ev) {
     ev.preventDefault();
     const name = el.registerUsername.value.trim();
-    showFormError(el.registerError, '');
+    clearAuthMessages();
     if (!/^[A-Za-z0-9]{1,32}$/.test(name)) {
       showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
       el.registerUsername.focus();
@@ -558,7 +596,8 @@
         el.keyUsername.textContent = name;
         el.keyOutput.value = r.data.key;
         el.keyCopyStatus.textContent = '';
-        el.keyBox.hidden = false;
+        clearAuthMessages();
+        showKeyBox(true);
         el.registerUsername.value = '';
         el.keyOutput.focus();
         el.keyOutput.select();
@@ -582,17 +621,18 @@
 
   // Returns true when logged in. `auto` is a login with the remembered key.
   async function login(key, remember, { auto = false } = {}) {
-    showFormError(el.loginError, '');
+    clearAuthMessages();
     el.loginSubmit.disabled = true;
     el.keyLogin.disabled = true;
     try {
       const r = await api('POST', '/api/login', { key });
       if (r.status === 200 && r.data && typeof r.data.username === 'string') {
         if (remember) rememberKey(key); else forgetKey();
+        noteSession(true);
         el.loginKey.value = '';
         el.keyOutput.value = '';
-        el.keyBox.hidden = true;
-        showFormError(el.registerError, '');
+        showKeyBox(false);
+        clearAuthMessages();
         enterChat(r.data.username);
         return true;
       }
@@ -652,6 +692,7 @@
 
   async function logout() {
     forgetKey();          // logging out means "don't log me in again by yourself"
+    noteSession(false);
     disconnect();
     el.logout.disabled = true;
     try {
@@ -752,16 +793,20 @@
     setView('boot');
     updateCounter();
     setComposerEnabled(false);
-    setStatus('connecting', 'Checking your session…');
     let r = null;
-    try {
-      r = await api('GET', '/api/user/@me');
-    } catch {
-      r = null;
-    }
-    if (r && r.status === 200 && r.data && typeof r.data.username === 'string') {
-      enterChat(r.data.username);
-      return;
+    let unreachable = false;
+    if (maybeSession()) {
+      setStatus('connecting', 'Checking your session…');
+      try {
+        r = await api('GET', '/api/user/@me');
+      } catch {
+        unreachable = true;
+      }
+      if (r && r.status === 200 && r.data && typeof r.data.username === 'string') {
+        enterChat(r.data.username);
+        return;
+      }
+      if (r && (r.status === 401 || r.status === 422)) noteSession(false);
     }
     const key = storedKey();
     if (key) {
@@ -770,7 +815,7 @@
       if (await login(key, true, { auto: true })) return;
       if (document.body.dataset.view === 'auth') return;
     }
-    showAuth(r === null ? 'Cannot reach the server. Check your connection and reload.' : '');
+    showAuth(unreachable ? 'Cannot reach the server. Check your connection and reload.' : '');
   }
 
   boot();

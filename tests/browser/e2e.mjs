@@ -89,7 +89,16 @@ async function closeBrowser() {
 }
 
 function monitor(name, page) {
-  const m = { name, dialogs: [], pageErrors: [], cspViolations: [] };
+  // consoleErrors, failed requests and HTTP errors are not failures by themselves (a
+  // refused second socket logs one, as it should); steps check them where the page
+  // has no reason to produce any.
+  const m = { name, dialogs: [], pageErrors: [], cspViolations: [], consoleErrors: [], failedRequests: [],
+    httpErrors: [], requests: [] };
+  page.on('request', (req) => m.requests.push(`${req.method()} ${new URL(req.url()).pathname}`));
+  page.on('requestfailed', (req) => m.failedRequests.push(`${req.method()} ${req.url()}: ${req.failure() && req.failure().errorText}`));
+  page.on('response', (res) => {
+    if (res.status() >= 400) m.httpErrors.push(`${res.status()} ${res.request().method()} ${new URL(res.url()).pathname}`);
+  });
   page.on('dialog', (d) => {
     m.dialogs.push(`${d.type()}: ${d.message()}`);
     d.dismiss().catch(() => {});
@@ -97,6 +106,7 @@ function monitor(name, page) {
   page.on('pageerror', (err) => m.pageErrors.push(shortError(err)));
   page.on('console', (msg) => {
     const t = msg.text();
+    if (msg.type() === 'error') m.consoleErrors.push(t);
     if (msg.type() === 'error' && /Content Security Policy|Refused to (execute|load|apply|connect|frame)/i.test(t)) {
       m.cspViolations.push(t);
     }
@@ -104,6 +114,30 @@ function monitor(name, page) {
   monitors.push(m);
   pages[name] = page;
   return m;
+}
+
+// Empties a monitor's per-visit logs, so a step can check what one visit produced.
+function resetLogs(m) {
+  m.consoleErrors.length = 0;
+  m.failedRequests.length = 0;
+  m.httpErrors.length = 0;
+  m.requests.length = 0;
+}
+
+function assertQuiet(m, what) {
+  assert(m.consoleErrors.length === 0, `${what} on page ${m.name} logged a console error: ${m.consoleErrors[0]}`);
+  assert(m.failedRequests.length === 0, `${what} on page ${m.name}: request failed: ${m.failedRequests[0]}`);
+  assert(m.httpErrors.length === 0, `${what} on page ${m.name}: HTTP error ${m.httpErrors[0]}`);
+}
+
+// Whether a locator's box lies wholly inside the viewport with the page unscrolled.
+async function onFirstScreen(page, selector) {
+  const box = await page.locator(selector).boundingBox();
+  const vp = page.viewportSize();
+  const scrollY = await page.evaluate(() => window.scrollY);
+  const inside = !!box && scrollY === 0 && box.y >= 0 && box.x >= 0 &&
+    box.y + box.height <= vp.height && box.x + box.width <= vp.width;
+  return { inside, detail: `${selector} box ${JSON.stringify(box)}, viewport ${vp.width}x${vp.height}, scrollY ${scrollY}` };
 }
 
 async function shot(page, file, fullPage = false) {
@@ -190,15 +224,15 @@ try {
 }
 console.log(`# chromium ${browser.version()} against ${BASE}; users ${A}, ${B}`);
 
-const desktop = { viewport: { width: 1100, height: 720 }, deviceScaleFactor: 1 };
+const desktop = { viewport: { width: 1280, height: 800 }, deviceScaleFactor: 1 };
 // Separate contexts: separate cookie jars and localStorage. A renders the light
 // theme and B the dark one, so the screenshots show both.
 const ctxA = await browser.newContext({ ...desktop, colorScheme: 'light' });
 const ctxB = await browser.newContext({ ...desktop, colorScheme: 'dark' });
 const pageA = await ctxA.newPage();
 const pageB = await ctxB.newPage();
-monitor('A', pageA);
-monitor('B', pageB);
+const monA = monitor('A', pageA);
+const monB = monitor('B', pageB);
 
 await step('the page loads with a strict CSP and shows the auth screen', async () => {
   const resp = await pageA.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
@@ -208,6 +242,17 @@ await step('the page loads with a strict CSP and shows the auth screen', async (
   await waitView(pageA, 'auth');
   await pageB.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
   await waitView(pageB, 'auth');
+});
+
+await step('a first visit asks the API nothing and logs no console error or failed request', async () => {
+  // A request still in flight would show up after networkidle (500 ms without traffic).
+  await pageA.waitForLoadState('networkidle', { timeout: T });
+  await pageB.waitForLoadState('networkidle', { timeout: T });
+  for (const m of [monA, monB]) {
+    assertQuiet(m, 'a first visit');
+    const api = m.requests.filter((r) => r.includes(' /api/'));
+    assert(api.length === 0, `a first visit on page ${m.name} called the API: ${api.join(', ')}`);
+  }
 });
 
 await step('an invalid username is refused with a message', async () => {
@@ -225,22 +270,39 @@ await step('A registers and is shown the key once, with a save-it warning', asyn
   await shot(pageA, '00-registered-A.png', true);
 });
 
+await step('at 1280x800 the whole key box, "I saved it" button included, is on screen unscrolled', async () => {
+  const vp = pageA.viewportSize();
+  assert(vp.width === 1280 && vp.height === 800, `viewport is ${vp.width}x${vp.height}`);
+  for (const sel of ['#key-box .warning', '#key-output', '#key-login']) {
+    const r = await onFirstScreen(pageA, sel);
+    assert(r.inside, `below the fold or scrolled to: ${r.detail}`);
+  }
+  await shot(pageA, '00-registered-first-screen-A.png');
+});
+
 await step('a name taken in another case is refused (409)', async () => {
   await pageB.fill('#register-username', A.toUpperCase());
   await pageB.click('#register-submit');
   await wait(pageB, () => /taken/i.test(document.getElementById('register-error').textContent));
 });
 
-await step('B registers', async () => {
-  keyB = await register(pageB, B);
-  assert(keyB !== keyA, 'two users got the same key');
+await step('a wrong key is refused on the login form', async () => {
+  await pageB.fill('#login-key', 'not-a-real-key-' + tag);
+  await pageB.click('#login-submit');
+  await wait(pageB, () => /not valid/i.test(document.getElementById('login-error').textContent));
+  assert((await view(pageB)) === 'auth', 'left the auth screen on a bad key');
+  await shot(pageB, '00-wrong-key-B.png');
 });
 
-await step('a wrong key is refused on the login form', async () => {
-  await pageA.fill('#login-key', 'not-a-real-key-' + tag);
-  await pageA.click('#login-submit');
-  await wait(pageA, () => /not valid/i.test(document.getElementById('login-error').textContent));
-  assert((await view(pageA)) === 'auth', 'left the auth screen on a bad key');
+await step('B registers: the earlier "not valid" and "taken" errors are gone', async () => {
+  keyB = await register(pageB, B);
+  assert(keyB !== keyA, 'two users got the same key');
+  for (const sel of ['#login-error', '#register-error']) {
+    const t = (await pageB.textContent(sel)).trim();
+    assert(t === '', `stale ${sel} still shown after a successful registration: ${JSON.stringify(t)}`);
+  }
+  assert(await pageB.locator('#auth-notice').isHidden(), 'a stale notice is still shown');
+  await shot(pageB, '00-registered-B.png');
 });
 
 await step('A logs in with the key form, "remember" ticked, and connects', async () => {
@@ -353,16 +415,44 @@ await step('a draft too big for one frame (over 16 KiB) is refused locally; the 
   await compose(pageA, '');
 });
 
-await step('a second tab of the same session says "already connected in another tab"', async () => {
+const ELSEWHERE = /connected in another window or on another device/i;
+
+// The server refuses a user's second socket (409) whether it comes from the same
+// session or another one: the page says so and still lists who is online.
+async function checkRefusedSecondSocket(page, label, file) {
+  await waitView(page, 'chat');
+  await wait(page, (re) => new RegExp(re, 'i').test(document.getElementById('status').textContent), ELSEWHERE.source);
+  assert((await page.getAttribute('#status', 'data-state')) === 'waiting', `${label}: status is not "waiting"`);
+  assert(!/another tab/i.test(await page.textContent('#status')), `${label}: still blames "another tab"`);
+  await waitOnline(page, B);
+  await waitOnline(page, A);
+  await wait(page, () => document.getElementById('online-count').textContent === '2');
+  await shot(page, file);
+}
+
+await step('a second tab of the same session: "connected in another window", online list still shown', async () => {
   const tab = await ctxA.newPage();
   monitor('A2', tab);
   await tab.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
-  await waitView(tab, 'chat');
-  await wait(tab, () => /another tab/i.test(document.getElementById('status').textContent));
-  await shot(tab, '03-second-tab-A.png');
+  await checkRefusedSecondSocket(tab, 'second tab', '03-second-tab-A.png');
   await tab.close();
   delete pages.A2;
   assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'first tab lost its connection');
+});
+
+await step('a second device (own session, same user): "on another device", online list still shown', async () => {
+  const ctxDevice = await browser.newContext({ ...desktop, colorScheme: 'dark' });
+  const dev = await ctxDevice.newPage();
+  monitor('A-device', dev);
+  await dev.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await waitView(dev, 'auth');
+  await dev.fill('#login-key', keyA);
+  await dev.click('#login-submit');
+  await checkRefusedSecondSocket(dev, 'second device', '03-second-device-A.png');
+  assert((await dev.textContent('#online-count')) === '2', 'online count is not 2');
+  await ctxDevice.close();
+  delete pages['A-device'];
+  assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'the first device lost its connection');
 });
 
 await step('a reload with a live session goes straight to the chat', async () => {
@@ -392,16 +482,26 @@ await step('B logs out: back to login, and A sees B leave', async () => {
   await waitOnline(pageA, B, false);
   await wait(pageA, ([b]) => !!document.querySelector(`#messages li.evt[data-event="leave"][data-username="${b}"]`), [B]);
   assert((await pageB.$$('#messages li')).length === 0, 'B\'s stream not cleared on logout');
-  const me = await pageB.evaluate(async () => (await fetch('/api/user/@me')).status);
+  // The body is read too, so no response is still streaming when the page reloads.
+  const me = await pageB.evaluate(async () => {
+    const r = await fetch('/api/user/@me');
+    await r.text();
+    return r.status;
+  });
   assert(me === 401 || me === 422, `session still valid after logout (@me -> ${me})`);
   await shot(pageA, '04-after-leave-A.png');
   await shot(pageB, '04-logged-out-B.png');
 });
 
-await step('a reload after logout stays on the login screen', async () => {
+await step('a reload after logout stays on the login screen, without probing for a session', async () => {
+  resetLogs(monB);
   await pageB.reload({ timeout: T, waitUntil: 'load' });
   await wait(pageB, () => document.body.dataset.view !== 'boot');
   assert((await view(pageB)) === 'auth', `showed ${await view(pageB)} after logout`);
+  await pageB.waitForLoadState('networkidle', { timeout: T });
+  assertQuiet(monB, 'a reload after logout');
+  const probes = monB.requests.filter((r) => r.endsWith('/api/user/@me'));
+  assert(probes.length === 0, `probed for a session after logging out: ${probes.join(', ')}`);
 });
 
 await step('phone-sized viewport (390x844): no sideways scrolling, composer reachable', async () => {
