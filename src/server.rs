@@ -343,6 +343,19 @@ impl<S: Stream> Server<S> {
         self.conns.remove(key).discard(&mut self.cx);
         self.cx.open_connections = self.conns.len();
         self.apply_effects(now);
+        self.compact_timers();
+    }
+
+    /// The timer heap is lazy: a closed connection's entries stay until they fire
+    /// (a keep-alive's for a minute). After a burst of short connections (every
+    /// client's login) they would outnumber the live ones; only the entry each
+    /// connection has armed is ever acted on, so the rest can go.
+    fn compact_timers(&mut self) {
+        if self.timer.len() <= 2 * self.conns.len() + 1024 {
+            return;
+        }
+        let conns = &self.conns;
+        self.timer.retain(|e| conns.get(e.key).is_some_and(|c| c.generation == e.generation && c.armed == Some(e.at)));
     }
 
     /// Checks the invariants tying connections to the room (for tests and fuzzing):

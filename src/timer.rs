@@ -50,6 +50,16 @@ impl Timer {
     pub fn is_empty(&self) -> bool {
         self.heap.is_empty()
     }
+
+    /// Drops the entries `keep` rejects (stale ones, which would only be skipped
+    /// when they fire) and gives back the memory they held.
+    pub fn retain(&mut self, keep: impl FnMut(&Entry) -> bool) {
+        let mut keep = keep;
+        self.heap.retain(|Reverse(e)| keep(e));
+        if self.heap.capacity() > 2 * self.heap.len() + 64 {
+            self.heap.shrink_to_fit();
+        }
+    }
 }
 
 #[cfg(test)]
@@ -72,5 +82,18 @@ mod tests {
         assert_eq!((e.key, e.generation), (3, 7));
         assert_eq!(t.pop_due(now), None);
         assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn retain_keeps_order_and_drops_the_rest() {
+        let t0 = Instant::now();
+        let mut t = Timer::new();
+        for k in 0..100 {
+            t.schedule(t0 + Duration::from_secs(100 - k as u64), k, 0);
+        }
+        t.retain(|e| e.key % 10 == 0);
+        assert_eq!(t.len(), 10);
+        let due: Vec<usize> = std::iter::from_fn(|| t.pop_due(t0 + Duration::from_secs(200))).map(|e| e.key).collect();
+        assert_eq!(due, [90, 80, 70, 60, 50, 40, 30, 20, 10, 0]);
     }
 }

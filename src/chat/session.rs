@@ -25,6 +25,28 @@ pub struct Session {
     pub user: Rc<str>,
     pub last_active: Instant,
     pub generation: u64,
+    /// The same user's next-older and next-newer sessions (slab keys; `NONE` at
+    /// the ends): a list threaded through the slab instead of a vector per user.
+    older: u32,
+    newer: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// One user's sessions, oldest first, as the ends of the list in `Session`.
+#[derive(Debug, Clone, Copy)]
+struct UserSessions {
+    oldest: u32,
+    newest: u32,
+    count: u32,
+}
+
+/// The index key of a session id: its first 8 bytes. Ids are 190 bits from the
+/// CSPRNG, so a prefix names one session; a login whose prefix is taken draws
+/// again, and a lookup still compares the whole id. 8 bytes of key instead of 32
+/// keep the index at ~27 B per session instead of ~67 B.
+fn prefix(id: &SessionId) -> u64 {
+    u64::from_le_bytes(id[..8].try_into().expect("ids are 32 bytes"))
 }
 
 /// Why a session ended, for the caller to pick a close code.
@@ -37,9 +59,10 @@ pub enum EndReason {
 
 pub struct Sessions {
     slab: Slab<Session>,
-    by_id: HashMap<SessionId, usize>,
-    /// Session keys of each user (lowercased name), oldest first, for the per-user cap.
-    by_user: HashMap<Box<str>, Vec<usize>>,
+    /// Id prefix -> slab key.
+    by_id: HashMap<u64, usize>,
+    /// Each user's (lowercased name) sessions, for the per-user cap.
+    by_user: HashMap<Box<str>, UserSessions>,
     expiry: Timer,
     ttl: Duration,
     next_generation: u64,
@@ -95,9 +118,9 @@ impl Sessions {
         evicted: &mut Vec<(SessionKey, Session)>,
     ) -> Result<(SessionKey, SessionId), LoginError> {
         let lower: Box<str> = user.to_ascii_lowercase().into();
-        let own = self.by_user.get(&*lower).map_or(0, Vec::len);
-        if own >= self.max_per_user {
-            let oldest = self.by_user[&*lower][0];
+        let own = self.by_user.get(&*lower).copied();
+        if let Some(own) = own.filter(|o| o.count as usize >= self.max_per_user) {
+            let oldest = own.oldest as usize;
             let generation = self.slab[oldest].generation;
             let k = SessionKey { key: oldest, generation };
             if let Some(s) = self.remove(k) {
@@ -109,9 +132,21 @@ impl Sessions {
         let id = self.fresh_id();
         let generation = self.next_generation;
         self.next_generation += 1;
-        let key = self.slab.insert(Session { id, user, last_active: now, generation });
-        self.by_id.insert(id, key);
-        self.by_user.entry(lower).or_default().push(key);
+        let entry = self.slab.vacant_entry();
+        let key = entry.key();
+        let newest = key as u32;
+        let list = self.by_user.get(&*lower).copied();
+        let older = list.map_or(NONE, |l| l.newest);
+        entry.insert(Session { id, user, last_active: now, generation, older, newer: NONE });
+        if older != NONE {
+            self.slab[older as usize].newer = newest;
+        }
+        let list = match list {
+            Some(l) => UserSessions { newest, count: l.count + 1, ..l },
+            None => UserSessions { oldest: newest, newest, count: 1 },
+        };
+        self.by_user.insert(lower, list);
+        self.by_id.insert(prefix(&id), key);
         self.expiry.schedule(now + self.ttl, key, generation);
         Ok((SessionKey { key, generation }, id))
     }
@@ -119,8 +154,11 @@ impl Sessions {
     /// Looks up a live session by the cookie value and records activity.
     pub fn authenticate(&mut self, id: &[u8], now: Instant) -> Option<SessionKey> {
         let id: &SessionId = id.try_into().ok()?;
-        let &key = self.by_id.get(id)?;
+        let &key = self.by_id.get(&prefix(id))?;
         let s = &mut self.slab[key];
+        if !same_id(&s.id, id) {
+            return None;
+        }
         // A session whose deadline passed is dead even if its timer has not run yet
         // this turn: the contract says expired means 401.
         if s.last_active + self.ttl <= now {
@@ -142,12 +180,25 @@ impl Sessions {
     pub fn remove(&mut self, k: SessionKey) -> Option<Session> {
         self.get(k)?;
         let s = self.slab.remove(k.key);
-        self.by_id.remove(&s.id);
+        self.by_id.remove(&prefix(&s.id));
+        if s.older != NONE {
+            self.slab[s.older as usize].newer = s.newer;
+        }
+        if s.newer != NONE {
+            self.slab[s.newer as usize].older = s.older;
+        }
         let lower = s.user.to_ascii_lowercase();
-        if let Some(keys) = self.by_user.get_mut(lower.as_str()) {
-            keys.retain(|&x| x != k.key);
-            if keys.is_empty() {
+        if let Some(list) = self.by_user.get_mut(lower.as_str()) {
+            list.count -= 1;
+            if list.count == 0 {
                 self.by_user.remove(lower.as_str());
+            } else {
+                if list.oldest == k.key as u32 {
+                    list.oldest = s.newer;
+                }
+                if list.newest == k.key as u32 {
+                    list.newest = s.older;
+                }
             }
         }
         Some(s)
@@ -192,7 +243,7 @@ impl Sessions {
                     id[filled] = ALPHABET[(b % 62) as usize];
                     filled += 1;
                     if filled == SESSION_ID_LEN {
-                        if self.by_id.contains_key(&id) {
+                        if self.by_id.contains_key(&prefix(&id)) {
                             filled = 0;
                             continue;
                         }
@@ -202,6 +253,12 @@ impl Sessions {
             }
         }
     }
+}
+
+/// Compares ids without stopping at the first difference, so response timing tells
+/// an attacker nothing about how much of a guessed id was right.
+fn same_id(a: &SessionId, b: &SessionId) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn os_random(buf: &mut [u8]) {
@@ -301,5 +358,42 @@ mod tests {
     fn wrong_length_ids_are_rejected() {
         let mut s = Sessions::new(Duration::from_secs(10), 10, 100);
         assert!(s.authenticate(b"short", Instant::now()).is_none());
+    }
+}
+
+#[cfg(test)]
+mod per_user_list_tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_live_session_is_evicted_even_after_removals_in_the_middle() {
+        let mut s = Sessions::new(Duration::from_secs(60), 3, 1000);
+        let now = Instant::now();
+        let mut ev = vec![];
+        let mut login = |s: &mut Sessions, name: &str| s.login(Rc::from(name), now, &mut ev).unwrap().0;
+        let a1 = login(&mut s, "ann");
+        let a2 = login(&mut s, "Ann");
+        let a3 = login(&mut s, "ANN");
+        let b1 = login(&mut s, "bob");
+        assert!(s.remove(a2).is_some());
+        let a4 = login(&mut s, "ann");
+        let _a5 = login(&mut s, "ann");
+        let _a6 = login(&mut s, "ann");
+        drop(login);
+        let evicted: Vec<SessionKey> = ev.iter().map(|(k, _)| *k).collect();
+        assert_eq!(evicted, [a1, a3], "oldest first, skipping the one removed");
+        assert!(s.get(a4).is_some() && s.get(b1).is_some());
+        assert_eq!(s.len(), 4);
+    }
+
+    #[test]
+    fn a_cookie_sharing_only_the_prefix_of_an_id_is_refused() {
+        let mut s = Sessions::new(Duration::from_secs(60), 3, 1000);
+        let now = Instant::now();
+        let (_, id) = s.login(Rc::from("ann"), now, &mut vec![]).unwrap();
+        let mut forged = id;
+        forged[31] = if forged[31] == b'A' { b'B' } else { b'A' };
+        assert!(s.authenticate(&forged, now).is_none());
+        assert!(s.authenticate(&id, now).is_some());
     }
 }
