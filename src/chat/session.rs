@@ -379,7 +379,6 @@ mod per_user_list_tests {
         let a4 = login(&mut s, "ann");
         let _a5 = login(&mut s, "ann");
         let _a6 = login(&mut s, "ann");
-        drop(login);
         let evicted: Vec<SessionKey> = ev.iter().map(|(k, _)| *k).collect();
         assert_eq!(evicted, [a1, a3], "oldest first, skipping the one removed");
         assert!(s.get(a4).is_some() && s.get(b1).is_some());
