@@ -369,6 +369,7 @@ impl<S: Stream> Server<S> {
         let ws: Vec<usize> = self.conns.iter().filter(|(_, c)| c.is_ws()).map(|(k, _)| k).collect();
         assert_eq!(members, ws, "online list != open WebSockets");
         assert!(self.cx.chat.sessions_alive(now), "a session outlived its TTL");
+        assert!(self.cx.chat.members_have_sessions(), "a member without its live session");
         let closing = self.conns.iter().filter(|(_, c)| c.is_closing()).count() as u64;
         assert_eq!(self.cx.stats.closing, closing, "closing gauge is off");
         for (seq, except, pending) in self.cx.log.pending() {

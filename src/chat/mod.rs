@@ -120,10 +120,7 @@ impl Chat {
 
     /// Starts a session for a user the store has authenticated.
     pub fn login(&mut self, user: &str, now: Instant, fx: &mut Effects) -> Result<SessionId, LoginError> {
-        let name: Rc<str> = match self.room.conn_of_user(user).and_then(|c| self.room.get(c)) {
-            Some(m) => m.user.clone(),
-            None => Rc::from(user),
-        };
+        let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
         let mut evicted = Vec::new();
         let result = self.sessions.login(name, now, &mut evicted);
         for (k, s) in evicted {
@@ -151,11 +148,11 @@ impl Chat {
     }
 
     pub fn online(&self) -> impl Iterator<Item = &str> + '_ {
-        self.room.names()
+        self.room.iter().filter_map(|m| self.username(m.session))
     }
 
     pub fn is_online(&self, name: &str) -> bool {
-        self.room.conn_of_user(name).is_some()
+        self.sessions.socket_of_user(name).is_some()
     }
 
     /// Connections in the room, in connect order: the broadcast's recipients.
@@ -170,7 +167,7 @@ impl Chat {
     /// Whether this session's user may open a WebSocket now (the 409 check).
     pub fn can_join(&self, k: SessionKey) -> Result<(), JoinError> {
         let s = self.sessions.get(k).ok_or(JoinError::NoSession)?;
-        if self.room.conn_of_user(&s.user).is_some() {
+        if self.sessions.socket_of_user(&s.user).is_some() {
             return Err(JoinError::AlreadyConnected);
         }
         Ok(())
@@ -193,9 +190,10 @@ impl Chat {
             _ => None,
         };
         let frame = event_frame("join", &user);
-        if !self.room.insert(conn, Member { session: k, user, bucket }) {
+        if !self.room.insert(conn, Member { session: k, bucket }) {
             return Err(JoinError::AlreadyConnected);
         }
+        self.sessions.set_socket(k, Some(conn));
         self.sessions.touch(k, now);
         fx.push(Effect::Broadcast { except: Some(conn), frame });
         Ok(())
@@ -227,7 +225,7 @@ impl Chat {
             Some(msg) if msg.message.is_empty() => ACK_EMPTY,
             Some(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
             Some(msg) => {
-                let author = self.room.get(conn).map(|m| m.user.clone()).expect("member checked above");
+                let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
                 let mut f = TextFrame::with_capacity(msg.message.len() + author.len() + 32);
                 serde_json::to_writer(f.payload(), &Outgoing { message: &msg.message, author: &author })
                     .expect("serializing into a Vec cannot fail");
@@ -246,9 +244,11 @@ impl Chat {
     /// A WebSocket is gone, whatever the cause. Safe to call for a connection that was
     /// never in the room or already left.
     pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
-        if let Some(m) = self.room.remove(conn) {
-            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &m.user) });
-        }
+        let Some(m) = self.room.remove(conn) else { return };
+        // A member's session outlives it: `ended` takes the member out first.
+        let Some(user) = self.sessions.get(m.session).map(|s| s.user.clone()) else { return };
+        self.sessions.set_socket(m.session, None);
+        fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -258,6 +258,14 @@ impl Chat {
     /// True if no session has outlived its TTL at `now` (O(sessions); for checks).
     pub fn sessions_alive(&self, now: Instant) -> bool {
         self.sessions.all_alive(now)
+    }
+
+    /// True if every member's session is live and knows its socket (for checks).
+    pub fn members_have_sessions(&self) -> bool {
+        self.room.members().iter().all(|&c| {
+            let Some(m) = self.room.get(c) else { return false };
+            self.sessions.get(m.session).is_some_and(|s| s.socket() == Some(c))
+        })
     }
 
     /// Expires sessions due by `now`; their sockets are closed with 1008.
@@ -270,7 +278,7 @@ impl Chat {
     }
 
     fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {
-        let Some(conn) = self.room.conn_of_user(&s.user) else { return };
+        let Some(conn) = s.socket() else { return };
         if self.room.get(conn).map(|m| m.session) != Some(k) {
             return;
         }
@@ -278,7 +286,8 @@ impl Chat {
             EndReason::Logout => close::NORMAL,
             EndReason::Expired | EndReason::Evicted => close::POLICY,
         };
-        self.leave(conn, fx);
+        self.room.remove(conn);
+        fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &s.user) });
         fx.push(Effect::Close { conn, code });
     }
 }

@@ -3,8 +3,6 @@
 
 use super::session::SessionKey;
 use super::ConnId;
-use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::Instant;
 
 /// A token bucket: `rate` tokens a second up to `burst`. Time is passed in.
@@ -42,8 +40,8 @@ impl Bucket {
 
 #[derive(Debug)]
 pub struct Member {
+    /// The session the socket was opened with; the user's name lives there.
     pub session: SessionKey,
-    pub user: Rc<str>,
     /// `None` when this socket is exempt from the message rate limit.
     pub bucket: Option<Bucket>,
 }
@@ -56,8 +54,6 @@ pub struct Room {
     /// so a vector costs less per member than a hash map (measured: ~55 B vs ~105 B
     /// per member at 10,000).
     members: Vec<Option<Member>>,
-    /// Lowercased name -> the user's socket, for the one-socket-per-user rule.
-    by_user: HashMap<Box<str>, ConnId>,
 }
 
 impl Room {
@@ -81,21 +77,17 @@ impl Room {
         self.members.get_mut(conn)?.as_mut()
     }
 
-    pub fn conn_of_user(&self, name: &str) -> Option<ConnId> {
-        self.by_user.get(name.to_ascii_lowercase().as_str()).copied()
+    /// Members in connect order.
+    pub fn iter(&self) -> impl Iterator<Item = &Member> + '_ {
+        self.order.iter().filter_map(move |&c| self.get(c))
     }
 
-    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
-        self.order.iter().filter_map(move |&c| self.get(c)).map(|m| &*m.user)
-    }
-
-    /// Adds a member; false if the user or the connection is already in.
+    /// Adds a member; false if the connection is already in. One socket per user
+    /// is the caller's rule (the sessions know each user's socket).
     pub fn insert(&mut self, conn: ConnId, m: Member) -> bool {
-        let lower: Box<str> = m.user.to_ascii_lowercase().into();
-        if self.by_user.contains_key(&lower) || self.get(conn).is_some() {
+        if self.get(conn).is_some() {
             return false;
         }
-        self.by_user.insert(lower, conn);
         if self.members.len() <= conn {
             self.members.resize_with(conn + 1, || None);
         }
@@ -106,7 +98,6 @@ impl Room {
 
     pub fn remove(&mut self, conn: ConnId) -> Option<Member> {
         let m = self.members.get_mut(conn)?.take()?;
-        self.by_user.remove(m.user.to_ascii_lowercase().as_str());
         // O(members), like the leave broadcast that always follows a removal.
         if let Some(pos) = self.order.iter().position(|&c| c == conn) {
             self.order.remove(pos);
@@ -134,18 +125,17 @@ mod tests {
     }
 
     #[test]
-    fn order_is_connect_order_and_names_are_unique_ignoring_case() {
+    fn order_is_connect_order_and_a_connection_joins_once() {
         let mut r = Room::default();
         let k = SessionKey { key: 0, generation: 1 };
-        let m = |u: &str| Member { session: k, user: Rc::from(u), bucket: None };
-        assert!(r.insert(5, m("bob")));
-        assert!(r.insert(2, m("Amy")));
-        assert!(!r.insert(9, m("BOB")));
-        assert!(r.insert(7, m("cid")));
-        assert_eq!(r.names().collect::<Vec<_>>(), ["bob", "Amy", "cid"]);
-        r.remove(2);
+        let m = |generation: u64| Member { session: SessionKey { generation, ..k }, bucket: None };
+        assert!(r.insert(5, m(1)));
+        assert!(r.insert(2, m(2)));
+        assert!(!r.insert(5, m(9)));
+        assert!(r.insert(7, m(3)));
+        assert_eq!(r.iter().map(|m| m.session.generation).collect::<Vec<_>>(), [1, 2, 3]);
+        assert_eq!(r.remove(2).map(|m| m.session.generation), Some(2));
         assert_eq!(r.members(), &[5, 7]);
-        assert_eq!(r.conn_of_user("BOB"), Some(5));
-        assert_eq!(r.conn_of_user("amy"), None);
+        assert!(r.get(2).is_none() && r.get(5).is_some());
     }
 }

@@ -5,6 +5,7 @@
 use crate::timer::Timer;
 use slab::Slab;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,18 @@ pub struct Session {
     /// the ends): a list threaded through the slab instead of a vector per user.
     older: u32,
     newer: u32,
+    /// The WebSocket open on this session (a connection id; `NONE` if none).
+    socket: u32,
 }
 
 const NONE: u32 = u32::MAX;
+
+impl Session {
+    /// The connection of the WebSocket opened with this session, if one is open.
+    pub fn socket(&self) -> Option<usize> {
+        (self.socket != NONE).then_some(self.socket as usize)
+    }
+}
 
 /// One user's sessions, oldest first, as the ends of the list in `Session`.
 #[derive(Debug, Clone, Copy)]
@@ -61,8 +71,13 @@ pub struct Sessions {
     slab: Slab<Session>,
     /// Id prefix -> slab key.
     by_id: HashMap<u64, usize>,
-    /// Each user's (lowercased name) sessions, for the per-user cap.
-    by_user: HashMap<Box<str>, UserSessions>,
+    /// Each user's sessions, for the per-user cap and the user's socket, keyed by
+    /// a keyed hash of the lowercased name: no copy of the name per user. Two names
+    /// sharing a 64-bit SipHash under a random key is not a case anyone can make
+    /// happen; were it to, their sessions would share one cap, and lookups by name
+    /// still compare names.
+    by_user: HashMap<u64, UserSessions>,
+    name_hasher: RandomState,
     expiry: Timer,
     ttl: Duration,
     next_generation: u64,
@@ -83,6 +98,7 @@ impl Sessions {
             slab: Slab::new(),
             by_id: HashMap::new(),
             by_user: HashMap::new(),
+            name_hasher: RandomState::new(),
             expiry: Timer::new(),
             ttl,
             next_generation: 1,
@@ -117,8 +133,8 @@ impl Sessions {
         now: Instant,
         evicted: &mut Vec<(SessionKey, Session)>,
     ) -> Result<(SessionKey, SessionId), LoginError> {
-        let lower: Box<str> = user.to_ascii_lowercase().into();
-        let own = self.by_user.get(&*lower).copied();
+        let lower = self.name_key(&user);
+        let own = self.by_user.get(&lower).copied();
         if let Some(own) = own.filter(|o| o.count as usize >= self.max_per_user) {
             let oldest = own.oldest as usize;
             let generation = self.slab[oldest].generation;
@@ -135,9 +151,9 @@ impl Sessions {
         let entry = self.slab.vacant_entry();
         let key = entry.key();
         let newest = key as u32;
-        let list = self.by_user.get(&*lower).copied();
+        let list = self.by_user.get(&lower).copied();
         let older = list.map_or(NONE, |l| l.newest);
-        entry.insert(Session { id, user, last_active: now, generation, older, newer: NONE });
+        entry.insert(Session { id, user, last_active: now, generation, older, newer: NONE, socket: NONE });
         if older != NONE {
             self.slab[older as usize].newer = newest;
         }
@@ -187,11 +203,11 @@ impl Sessions {
         if s.newer != NONE {
             self.slab[s.newer as usize].older = s.older;
         }
-        let lower = s.user.to_ascii_lowercase();
-        if let Some(list) = self.by_user.get_mut(lower.as_str()) {
+        let lower = self.name_key(&s.user);
+        if let Some(list) = self.by_user.get_mut(&lower) {
             list.count -= 1;
             if list.count == 0 {
-                self.by_user.remove(lower.as_str());
+                self.by_user.remove(&lower);
             } else {
                 if list.oldest == k.key as u32 {
                     list.oldest = s.newer;
@@ -206,6 +222,41 @@ impl Sessions {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.expiry.next()
+    }
+
+    /// Records the WebSocket opened with session `k` (or its closing, with `None`).
+    pub fn set_socket(&mut self, k: SessionKey, conn: Option<usize>) {
+        if let Some(s) = self.slab.get_mut(k.key).filter(|s| s.generation == k.generation) {
+            s.socket = conn.map_or(NONE, |c| u32::try_from(c).expect("connection ids fit in u32"));
+        }
+    }
+
+    fn name_key(&self, name: &str) -> u64 {
+        let mut h = self.name_hasher.build_hasher();
+        for b in name.bytes() {
+            h.write_u8(b.to_ascii_lowercase());
+        }
+        h.finish()
+    }
+
+    /// The user's sessions (name ignoring case), newest first.
+    fn of_user<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Session> + 'a {
+        let newest = self.by_user.get(&self.name_key(name)).map_or(NONE, |l| l.newest);
+        std::iter::successors((newest != NONE).then(|| &self.slab[newest as usize]), move |s| {
+            (s.older != NONE).then(|| &self.slab[s.older as usize])
+        })
+        .filter(move |s| s.user.eq_ignore_ascii_case(name))
+    }
+
+    /// The user's open WebSocket, on whichever of their sessions (name ignoring case).
+    pub fn socket_of_user(&self, name: &str) -> Option<usize> {
+        self.of_user(name).find_map(Session::socket)
+    }
+
+    /// The spelling of a user's name that their sessions already share, so another
+    /// session adds no copy of it.
+    pub fn shared_name(&self, name: &str) -> Option<Rc<str>> {
+        self.of_user(name).next().map(|s| s.user.clone())
     }
 
     /// True if no session has outlived its TTL at `now` (O(sessions); for checks).

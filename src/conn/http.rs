@@ -94,7 +94,7 @@ impl<S: Stream> Conn<S> {
                     }
                 }
                 Err(e) => {
-                    log::debug(format_args!("{}: bad request: {e}", self.peer));
+                    log::debug(format_args!("{}: bad request: {e}", self.peer()));
                     self.respond_error(e.status(), e.code(), cx);
                     self.enter_closing(cx, now);
                     return Served::PhaseChanged;
@@ -106,7 +106,7 @@ impl<S: Stream> Conn<S> {
     /// Runs one request through the routes. Returns true if the phase changed.
     fn on_request(&mut self, req: Request, cx: &mut Cx, now: Instant) -> bool {
         let started = log::enabled(log::Level::Debug).then(Instant::now);
-        let client = proxy::client(&req, self.peer.ip(), self.sock.is_secure(), &cx.cfg.trusted_proxies);
+        let client = proxy::client(&req, self.peer_ip, self.sock.is_secure(), &cx.cfg.trusted_proxies);
         self.metered = cx.metered(&client);
         let outcome = self.route(&req, client, cx, now);
         if let Some(started) = started {
@@ -174,7 +174,7 @@ impl<S: Stream> Conn<S> {
         match cx.chat.join(self.key, session, self.metered, now, &mut cx.fx) {
             Ok(()) => {
                 let user = cx.chat.username(session).unwrap_or("?");
-                log::info(format_args!("{user} joined from {}", self.peer));
+                log::info(format_args!("{user} joined from {}", self.peer()));
             }
             // The checks ran a moment ago on this same thread; only a bug gets here.
             Err(e) => {

@@ -155,7 +155,10 @@ enum Progress {
 pub struct Conn<S> {
     pub sock: S,
     pub key: usize,
-    pub peer: SocketAddr,
+    /// The TCP peer, kept as address and port: a `SocketAddr` would carry IPv6 flow
+    /// and scope fields (12 more bytes per connection) that nothing here reads.
+    peer_ip: IpAddr,
+    peer_port: u16,
     pub generation: u64,
     phase: Phase,
     pub out: OutQueue,
@@ -183,7 +186,8 @@ impl<S: Stream> Conn<S> {
         Conn {
             sock,
             key,
-            peer,
+            peer_ip: peer.ip(),
+            peer_port: peer.port(),
             generation,
             phase: Phase::Http(Box::new(HttpPhase::new(limits, now))),
             out: OutQueue::new(),
@@ -197,6 +201,10 @@ impl<S: Stream> Conn<S> {
             peer_gone: false,
             metered: false,
         }
+    }
+
+    pub fn peer(&self) -> SocketAddr {
+        SocketAddr::new(self.peer_ip, self.peer_port)
     }
 
     pub fn phase(&self) -> &Phase {
@@ -404,7 +412,7 @@ impl<S: Stream> Conn<S> {
     pub fn drop_slow(&mut self, cx: &mut Cx, now: Instant) {
         self.out.drop_unstarted(self.key, &mut cx.log);
         cx.stats.slow_dropped += 1;
-        log::warn(format_args!("{}: too slow, dropped", self.peer));
+        log::warn(format_args!("{}: too slow, dropped", self.peer()));
         self.close_ws(Some(ws::close::POLICY), cx, now);
     }
 
@@ -414,7 +422,7 @@ impl<S: Stream> Conn<S> {
         if self.is_closing() {
             cx.stats.closing -= 1;
         }
-        log::debug(format_args!("disconnect {}", self.peer));
+        log::debug(format_args!("disconnect {}", self.peer()));
     }
 
     /// The session a WebSocket belongs to.

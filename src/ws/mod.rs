@@ -120,9 +120,8 @@ pub enum WsRead {
 /// keeps one of its own. That is what keeps an idle socket at a few bytes here.
 #[derive(Default)]
 pub struct WsConn {
+    /// Held exactly while a fragmented message is incomplete.
     ctx: Option<Box<WebSocketContext>>,
-    /// A data frame without FIN was read; continuations follow.
-    fragmented: bool,
 }
 
 /// One spare decoding context, shared by every connection of the loop. A context
@@ -222,17 +221,18 @@ impl WsConn {
             Ok(Some(e)) if e.len <= input.len() => e,
             Ok(_) => return WsRead::NeedMore,
         };
+        let was_fragmented = self.ctx.is_some();
         let mut ctx = self.ctx.take().unwrap_or_else(|| pool.take());
         let mut io = Io { input: &input[..extent.len], out };
         let result = ctx.read(&mut io);
         // Pongs and close replies are queued inside tungstenite until flushed.
         let _ = ctx.flush(&mut io);
         input.drain(..extent.len);
-        match extent.opcode {
-            0x1 | 0x2 => self.fragmented = !extent.fin,
-            0x0 if extent.fin => self.fragmented = false,
-            _ => {}
-        }
+        let fragmented = match extent.opcode {
+            0x0..=0x7 => !extent.fin,
+            // Control frames may come between fragments and change nothing.
+            _ => was_fragmented,
+        };
         let read = match result {
             Ok(Message::Text(t)) => WsRead::Text(t.as_str().to_owned()),
             Ok(Message::Binary(_)) => WsRead::Binary,
@@ -243,7 +243,7 @@ impl WsConn {
             Err(e) => map_error(e),
         };
         match read {
-            WsRead::Text(_) | WsRead::Control | WsRead::Binary if self.fragmented => self.ctx = Some(ctx),
+            WsRead::Text(_) | WsRead::Control | WsRead::Binary if fragmented => self.ctx = Some(ctx),
             WsRead::Text(_) | WsRead::Control | WsRead::Binary => pool.put(ctx),
             // Closed or failed: the connection is leaving, and so does its context.
             _ => {}
