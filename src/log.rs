@@ -14,8 +14,9 @@ pub fn set_level(level: Level) {
     LEVEL.store(level as u8, Ordering::Relaxed);
 }
 
+/// Whether a line at `level` would be written; lets a caller skip formatting.
 pub fn enabled(level: Level) -> bool {
-    level as u8 <= LEVEL.load(Ordering::Relaxed)
+    level != Level::Off && level as u8 <= LEVEL.load(Ordering::Relaxed)
 }
 
 fn emit(level: Level, tag: &str, args: Arguments) {

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let mut cfg = match config::parse(std::env::args().skip(1), &env) {
         Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Help) => {
-            print!("{}", config::USAGE);
+            print!("{}", config::usage());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {

@@ -2,7 +2,10 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{ChildStdout, Command, Stdio};
+use tempfile::TempDir;
 
 fn skiff(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_skiff")).args(args).stdin(Stdio::null()).output().expect("run skiff")
@@ -64,4 +67,80 @@ fn env_vars_configure_and_flags_win() {
     assert!(db.exists(), "SKIFF_DB was used");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Starts skiff with `args` (and a fresh database unless `--db` is among them),
+/// returns it with its stdout and the first line.
+fn start(args: &[&str], envs: &[(&str, &str)]) -> (std::process::Child, BufReader<ChildStdout>, String, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_skiff"));
+    if !args.contains(&"--db") {
+        cmd.arg("--db").arg(dir.path().join("chat.db"));
+    }
+    let mut child =
+        cmd.args(args).envs(envs.iter().copied()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    (child, out, line, dir)
+}
+
+/// SIGTERM, then everything left on stdout and stderr.
+fn stop(mut child: std::process::Child, mut out: BufReader<ChildStdout>) -> (String, String) {
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let mut rest = String::new();
+    out.read_to_string(&mut rest).unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(child.wait().unwrap().success(), "a SIGTERM'd skiff exits 0");
+    (rest, err)
+}
+
+#[test]
+fn listen_accepts_a_host_name() {
+    let (child, out, line, _dir) = start(&["--listen", "localhost:0"], &[]);
+    let port = line.trim().strip_prefix("listening on http://127.0.0.1:").unwrap_or_else(|| panic!("{line:?}"));
+    let mut s = TcpStream::connect(("127.0.0.1", port.parse::<u16>().unwrap())).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    stop(child, out);
+}
+
+#[test]
+fn an_unresolvable_listen_name_exits_2() {
+    // In a fresh network namespace no query leaves the machine: the lookup fails at once.
+    let out = Command::new("unshare")
+        .args(["--net", env!("CARGO_BIN_EXE_skiff"), "--db", "/nonexistent/never-opened.db", "--listen"])
+        .arg("no-such-host.invalid:7777")
+        .stdin(Stdio::null())
+        .output()
+        .expect("unshare (util-linux) runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.starts_with(
+            "skiff: --listen no-such-host.invalid:7777: cannot resolve host name \"no-such-host.invalid\""
+        ),
+        "{err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn a_bad_rust_log_exits_2_naming_the_directive() {
+    for (value, named) in [("verbose", "\"verbose\""), ("warn,skiff=chatty", "\"skiff=chatty\"")] {
+        let out = Command::new(env!("CARGO_BIN_EXE_skiff"))
+            .args(["--listen", "127.0.0.1:0", "--db", "/nonexistent/never-opened.db"])
+            .env("RUST_LOG", value)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "RUST_LOG={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with("skiff: RUST_LOG: ") && first.contains(named), "{err}");
+    }
 }
