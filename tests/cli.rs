@@ -144,3 +144,77 @@ fn a_bad_rust_log_exits_2_naming_the_directive() {
         assert!(first.starts_with("skiff: RUST_LOG: ") && first.contains(named), "{err}");
     }
 }
+
+fn get(port: u16, host: &str) -> String {
+    let mut s = TcpStream::connect((host, port)).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+#[test]
+fn a_wildcard_address_also_prints_a_url_to_open() {
+    for (listen, shown) in [("0.0.0.0:0", "0.0.0.0"), ("[::]:0", "[::]")] {
+        let (child, mut out, line, _dir) = start(&["--listen", listen], &[]);
+        let port =
+            line.trim().strip_prefix(&format!("listening on http://{shown}:")).unwrap_or_else(|| panic!("{line:?}"));
+        let mut second = String::new();
+        out.read_line(&mut second).unwrap();
+        assert_eq!(second, format!("open http://localhost:{port}/\n"));
+        assert!(get(port.parse().unwrap(), "localhost").starts_with("HTTP/1.1 200"), "the URL to open answers");
+        let (rest, _) = stop(child, out);
+        assert_eq!(rest, "", "two lines, nothing more");
+    }
+    let (child, out, line, _dir) = start(&["--listen", "127.0.0.1:0"], &[]);
+    assert!(line.starts_with("listening on http://127.0.0.1:"), "{line}");
+    let (rest, _) = stop(child, out);
+    assert_eq!(rest, "", "a specific address is already a URL to open: one line");
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ LEVEL ...`; returns (timestamp, level).
+fn log_line(line: &str) -> (&str, &str) {
+    let (ts, rest) = line.split_once(' ').unwrap_or_else(|| panic!("{line:?}"));
+    let shape = ts.bytes().enumerate().all(|(i, b)| match i {
+        4 | 7 => b == b'-',
+        10 => b == b'T',
+        13 | 16 => b == b':',
+        19 => b == b'.',
+        23 => b == b'Z',
+        _ => b.is_ascii_digit(),
+    });
+    assert!(ts.len() == 24 && shape, "RFC 3339 UTC with milliseconds: {line:?}");
+    (ts, rest.split(' ').next().unwrap())
+}
+
+#[test]
+fn log_lines_carry_rfc3339_utc_timestamps_and_follow_rust_log() {
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    let before = skiff::log::rfc3339(now() - std::time::Duration::from_secs(1));
+    let levels = |rust_log: &str| -> Vec<String> {
+        let (child, out, line, _dir) = start(&["--listen", "127.0.0.1:0"], &[("RUST_LOG", rust_log)]);
+        let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+        get(port, "127.0.0.1");
+        let (_, err) = stop(child, out);
+        let after = skiff::log::rfc3339(now() + std::time::Duration::from_secs(1));
+        err.lines()
+            .map(|l| {
+                let (ts, level) = log_line(l);
+                assert!(before.as_str() <= ts && ts <= after.as_str(), "{ts} is now ({before}..{after})");
+                level.to_owned()
+            })
+            .collect()
+    };
+    let info = levels("info");
+    assert!(info.contains(&"INFO".to_owned()) && !info.contains(&"DEBUG".to_owned()), "{info:?}");
+    // The connection is logged at debug; skiff's own directive wins in either order.
+    for rust_log in ["skiff=debug,warn", "warn,skiff=trace", "debug"] {
+        assert!(levels(rust_log).contains(&"DEBUG".to_owned()), "RUST_LOG={rust_log}");
+    }
+    for rust_log in ["skiff=info,debug", "other=debug"] {
+        let got = levels(rust_log);
+        assert!(got.contains(&"INFO".to_owned()) && !got.contains(&"DEBUG".to_owned()), "{rust_log}: {got:?}");
+    }
+    assert_eq!(levels("off"), Vec::<String>::new());
+    assert_eq!(levels("skiff=warn,info"), Vec::<String>::new(), "nothing goes wrong: no warn lines");
+}
