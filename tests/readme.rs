@@ -245,3 +245,35 @@ fn wildcard_matching() {
     assert!(!matches(r#"{"key":"..."}"#, r#"{"error":"x"}"#));
     assert!(matches("a...b...c", "a1b2c"));
 }
+
+/// The README's configuration table is a second copy of `--help`; it must list every
+/// flag with its env var and default.
+#[test]
+fn configuration_table_matches_help() {
+    let help = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let section = &README[README.find("\n## Configuration\n").expect("README has ## Configuration")..];
+    let rows: Vec<&str> =
+        section.lines().skip(2).take_while(|l| !l.starts_with("## ")).filter(|l| l.starts_with('|')).collect();
+    let mut seen = 0;
+    for line in help.lines().filter(|l| l.starts_with("  --")) {
+        let flag = line.split_whitespace().next().unwrap();
+        let env = line.split_whitespace().find(|w| w.starts_with("SKIFF_")).expect("an env var");
+        let row = rows
+            .iter()
+            .find(|r| {
+                [" ", "`"]
+                    .iter()
+                    .any(|end| r.contains(&format!("`{flag}{end}")) || r.contains(&format!(" {flag}{end}")))
+            })
+            .unwrap_or_else(|| panic!("README configuration table has a row for {flag}"));
+        assert!(row.contains(&format!("`{env}`")), "{flag}: README row names {env}: {row}");
+        if let Some(default) = line.strip_suffix(']').and_then(|l| l.rsplit_once('[')).map(|(_, d)| d) {
+            if !default.contains(' ') {
+                assert!(row.contains(&format!("`{default}`")), "{flag}: README row gives default {default}: {row}");
+            }
+        }
+        seen += 1;
+    }
+    assert!(seen >= 17, "--help listed {seen} flags");
+}
