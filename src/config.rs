@@ -1,8 +1,9 @@
 //! The command line and `SKIFF_*` environment variables, parsed into a validated
 //! `Config`, and `RUST_LOG` into a log level. Every flag is one row of `FLAGS`:
 //! `--help`, the env var name, the default and the parser all come from that row, so
-//! they cannot drift apart. The caller passes the arguments, an env lookup and a host
-//! name resolver in; nothing here touches files or sockets.
+//! they cannot drift apart. The caller passes the arguments and an env lookup in;
+//! nothing here touches files or sockets, and the only outside call is the resolver
+//! for a `--listen` host name (`parse_with` takes a stand-in).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

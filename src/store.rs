@@ -180,7 +180,11 @@ fn explain(path: &Path, existed: bool) -> Option<String> {
         _ => Path::new("."),
     };
     let dir_shown = dir.display();
-    match std::fs::metadata(dir) {
+    let meta = std::fs::metadata(dir);
+    // "directory . is not writable" would send the operator looking; name it.
+    let real = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let real_shown = real.display();
+    match meta {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             return Some(format!("cannot create database {shown}: no such directory {dir_shown}"));
         }
@@ -196,7 +200,7 @@ fn explain(path: &Path, existed: bool) -> Option<String> {
     if let Err(e) = can_write(dir) {
         let what = if existed { format!("database {shown}") } else { format!("cannot create database {shown}") };
         // SQLite creates the -wal and -shm files beside the database.
-        return Some(format!("{what}: directory {dir_shown} is not writable ({})", reason(e)));
+        return Some(format!("{what}: directory {real_shown} is not writable ({})", reason(e)));
     }
     None
 }

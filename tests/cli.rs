@@ -26,12 +26,23 @@ fn help_and_version() {
 
 #[test]
 fn bad_flags_exit_2_with_one_line() {
-    for args in [&["--bogus"][..], &["--session-ttl", "abc"], &["--listen", "nowhere"], &["--session-ttl"]] {
+    for (args, reason) in [
+        (&["--bogus"][..], "skiff: unknown flag --bogus"),
+        (&["--session-ttl", "abc"], "skiff: --session-ttl: expected a number >= 1, got \"abc\""),
+        (&["--listen", "nowhere"], "skiff: --listen: expected IP:PORT, [IPv6]:PORT or HOST:PORT"),
+        (&["--session-ttl"], "skiff: --session-ttl: missing value"),
+        (&["--metrics-public=yes"], "skiff: --metrics-public takes no value"),
+    ] {
         let out = skiff(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(!err.trim().is_empty(), "a reason for {args:?}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(first.starts_with(reason), "{args:?}: {err}");
+        assert!(out.stdout.is_empty());
     }
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).env("SKIFF_MAX_SESSIONS", "lots").output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a bad env value is a bad flag");
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("skiff: SKIFF_MAX_SESSIONS: expected a number >= 1"));
 }
 
 #[test]

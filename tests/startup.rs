@@ -23,15 +23,19 @@ fn locked_dir() -> (tempfile::TempDir, PathBuf) {
     (dir, bin)
 }
 
-/// Runs skiff as an unprivileged user (as is, when the tests are not root).
-fn run_unprivileged(bin: &Path, db: &Path) -> Output {
-    let mut cmd = if is_root() {
+/// `bin` as an unprivileged user (as is, when the tests are not root).
+fn unprivileged(bin: &Path) -> Command {
+    if is_root() {
         let mut c = Command::new("setpriv");
         c.args(["--reuid=65534", "--regid=65534", "--clear-groups"]).arg(bin);
         c
     } else {
         Command::new(bin)
-    };
+    }
+}
+
+fn run_unprivileged(bin: &Path, db: &Path) -> Output {
+    let mut cmd = unprivileged(bin);
     cmd.args(["--listen", "127.0.0.1:0", "--db"]).arg(db);
     output_within(cmd, Duration::from_secs(10))
 }
@@ -97,6 +101,18 @@ fn an_unwritable_directory_is_a_startup_error() {
         )
     );
     assert!(!db.exists());
+    // A relative path names the real directory, not ".".
+    let mut cmd = unprivileged(&bin);
+    cmd.args(["--listen", "127.0.0.1:0", "--db", "rel.db"]).current_dir(dir.path());
+    let err = refused(&output_within(cmd, Duration::from_secs(10)));
+    let real = dir.path().canonicalize().unwrap();
+    assert_eq!(
+        err,
+        format!(
+            "skiff: cannot create database rel.db: directory {} is not writable (permission denied)",
+            real.display()
+        )
+    );
     // A writable file in that directory is no better: SQLite needs the directory
     // for the -wal and -shm files.
     let db = dir.path().join("chat.db");
