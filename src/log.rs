@@ -51,9 +51,19 @@ pub fn debug(args: Arguments) {
 /// carry something private), status, time to answer. Formats nothing when debug is off.
 pub fn request(peer: &dyn std::fmt::Display, method: &str, path: &str, status: u16, took: std::time::Duration) {
     if enabled(Level::Debug) {
-        let path = path.split_once('?').map_or(path, |(p, _)| p);
-        debug(format_args!("{peer} {method} {path} {status} {}us", took.as_micros()));
+        debug(format_args!("{}", request_line(peer, method, path, status, took)));
     }
+}
+
+fn request_line(
+    peer: &dyn std::fmt::Display,
+    method: &str,
+    path: &str,
+    status: u16,
+    took: std::time::Duration,
+) -> String {
+    let path = path.split_once('?').map_or(path, |(p, _)| p);
+    format!("{peer} {method} {path} {status} {}us", took.as_micros())
 }
 
 /// `since_epoch` as `YYYY-MM-DDTHH:MM:SS.mmmZ`, proleptic Gregorian, UTC.
@@ -122,6 +132,12 @@ mod tests {
             last = civil_from_days(day);
             assert_eq!(last, want, "day {day}");
         }
+    }
+
+    #[test]
+    fn a_request_line_leaves_out_the_query() {
+        let line = request_line(&"127.0.0.1:5", "GET", "/api/history?limit=5&before=9", 200, Duration::from_micros(42));
+        assert_eq!(line, "127.0.0.1:5 GET /api/history 200 42us");
     }
 
     #[test]
