@@ -1,18 +1,24 @@
 //! The command line and `SKIFF_*` environment variables, parsed into a validated
-//! `Config`. Pure: the caller passes the arguments and an env lookup in; nothing
-//! here touches files or sockets.
+//! `Config`, and `RUST_LOG` into a log level. Every flag is one row of `FLAGS`:
+//! `--help`, the env var name, the default and the parser all come from that row, so
+//! they cannot drift apart. The caller passes the arguments and an env lookup in;
+//! nothing here touches files or sockets, and the only outside call is the resolver
+//! for a `--listen` host name (`parse_with` takes a stand-in).
 
-use std::net::{IpAddr, SocketAddr};
+use std::io;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// How much skiff logs. `Off` < `Error` < ... < `Debug`: a line is written when its
+/// level is at most the configured one (and the configured one is not `Off`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum LogLevel {
+    Off,
     Error,
     Warn,
     Info,
     Debug,
-    Trace,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -37,12 +43,13 @@ pub struct Config {
     pub log_level: LogLevel,
 }
 
-impl Default for Config {
-    fn default() -> Self {
+impl Config {
+    /// Every field at its zero; `FLAGS` defaults are applied on top by `parse`.
+    fn blank() -> Config {
         Config {
-            listen: SocketAddr::from(([0, 0, 0, 0], 7777)),
-            db: PathBuf::from("chat.db"),
-            session_ttl: Duration::from_secs(3600),
+            listen: SocketAddr::from(([0, 0, 0, 0], 0)),
+            db: PathBuf::new(),
+            session_ttl: Duration::ZERO,
             static_dir: None,
             tls_cert: None,
             tls_key: None,
@@ -50,12 +57,12 @@ impl Default for Config {
             trusted_proxies: Vec::new(),
             max_connections: None,
             limit_loopback: false,
-            register_per_minute: 10,
-            failed_logins_per_minute: 30,
-            messages_per_second: 100,
-            message_burst: 200,
-            max_sessions_per_user: 32,
-            max_sessions: 100_000,
+            register_per_minute: 0,
+            failed_logins_per_minute: 0,
+            messages_per_second: 0,
+            message_burst: 0,
+            max_sessions_per_user: 0,
+            max_sessions: 0,
             metrics_public: false,
             log_level: LogLevel::Info,
         }
@@ -80,68 +87,195 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-pub const USAGE: &str = "\
-skiff: a tiny real-time chat server (HTTP JSON API + one WebSocket room)
+/// Host name -> addresses; the system resolver in production, a table in tests.
+pub type Resolve<'a> = &'a dyn Fn(&str, u16) -> io::Result<Vec<SocketAddr>>;
 
-usage: skiff [--listen ADDR] [--db PATH] [--session-ttl SECS] [--static DIR]
-             [--tls-cert PEM --tls-key PEM] [--allowed-origin ORIGIN]...
-             [--trusted-proxy IP]... [--max-connections N]
+/// Turns one value into a change of `Config`.
+type Apply = fn(&mut Config, &str, Resolve) -> Result<(), Why>;
 
-  --listen ADDR               SKIFF_LISTEN                address to serve on [0.0.0.0:7777]
-  --db PATH                   SKIFF_DB                    SQLite file, created if missing [chat.db]
-  --session-ttl SECS          SKIFF_SESSION_TTL           idle seconds before a session ends [3600]
-  --static DIR                SKIFF_STATIC                serve this directory instead of the built-in page
-  --tls-cert PEM              SKIFF_TLS_CERT              certificate chain; serve HTTPS/WSS (needs --tls-key)
-  --tls-key PEM               SKIFF_TLS_KEY               private key for --tls-cert
-  --allowed-origin ORIGIN     SKIFF_ALLOWED_ORIGIN        repeatable (env: comma-separated); /ws from other origins -> 403
-  --trusted-proxy IP          SKIFF_TRUSTED_PROXY         repeatable (env: comma-separated); believe X-Forwarded-For from it
-  --max-connections N         SKIFF_MAX_CONNECTIONS       open connections at most [from RLIMIT_NOFILE]
-  --limit-loopback            SKIFF_LIMIT_LOOPBACK        apply rate limits to loopback clients too
-  --register-limit N          SKIFF_REGISTER_LIMIT        registrations per minute per address, 0 = off [10]
-  --login-fail-limit N        SKIFF_LOGIN_FAIL_LIMIT      failed logins per minute per address, 0 = off [30]
-  --message-rate N            SKIFF_MESSAGE_RATE          messages per second per socket, 0 = off [100]
-  --message-burst N           SKIFF_MESSAGE_BURST         message burst per socket [200]
-  --max-sessions-per-user N   SKIFF_MAX_SESSIONS_PER_USER oldest session evicted past it [32]
-  --max-sessions N            SKIFF_MAX_SESSIONS          sessions in all; login answers 503 past it [100000]
-  --metrics-public            SKIFF_METRICS_PUBLIC        serve /metrics to any client, not just loopback/proxies
-  -h, --help                                              this text
-  -V, --version                                           the version
-
-Logs go to stderr; RUST_LOG sets the level (error, warn, info, debug, trace) [info].
-";
-
-/// One flag: its name, its env var, and whether it takes a value.
-struct Flag {
-    name: &'static str,
-    env: &'static str,
-    takes_value: bool,
-    repeatable: bool,
+/// Why a value was refused; the caller adds the flag (or env var) and the value.
+enum Why {
+    /// What a good value looks like ("a number >= 1").
+    Expected(String),
+    /// The value is well-formed but unusable (a host name that does not resolve).
+    Failed(String),
 }
 
+impl From<&str> for Why {
+    fn from(expected: &str) -> Why {
+        Why::Expected(expected.to_owned())
+    }
+}
+
+impl From<String> for Why {
+    fn from(expected: String) -> Why {
+        Why::Expected(expected)
+    }
+}
+
+enum Preset {
+    /// Applied through the flag's own parser when neither flag nor env var is given.
+    Value(&'static str),
+    /// Computed elsewhere; shown in `--help` only.
+    Note(&'static str),
+    Absent,
+}
+
+struct Flag {
+    /// Without the leading `--`; the env var is `SKIFF_` + this, upper-cased, `-` -> `_`.
+    name: &'static str,
+    /// Placeholder in `--help`; `None` for a switch (present = on; env: 1/true/yes/on).
+    value: Option<&'static str>,
+    /// May be given several times; its env var is then a comma-separated list.
+    many: bool,
+    default: Preset,
+    help: &'static str,
+    apply: Apply,
+}
+
+const fn opt(name: &'static str, value: &'static str, default: Preset, help: &'static str, apply: Apply) -> Flag {
+    Flag { name, value: Some(value), many: false, default, help, apply }
+}
+
+const fn many(name: &'static str, value: &'static str, help: &'static str, apply: Apply) -> Flag {
+    Flag { name, value: Some(value), many: true, default: Preset::Absent, help, apply }
+}
+
+const fn switch(name: &'static str, help: &'static str, apply: Apply) -> Flag {
+    Flag { name, value: None, many: false, default: Preset::Absent, help, apply }
+}
+
+use Preset::{Note, Value};
+
 const FLAGS: &[Flag] = &[
-    Flag { name: "--listen", env: "SKIFF_LISTEN", takes_value: true, repeatable: false },
-    Flag { name: "--db", env: "SKIFF_DB", takes_value: true, repeatable: false },
-    Flag { name: "--session-ttl", env: "SKIFF_SESSION_TTL", takes_value: true, repeatable: false },
-    Flag { name: "--static", env: "SKIFF_STATIC", takes_value: true, repeatable: false },
-    Flag { name: "--tls-cert", env: "SKIFF_TLS_CERT", takes_value: true, repeatable: false },
-    Flag { name: "--tls-key", env: "SKIFF_TLS_KEY", takes_value: true, repeatable: false },
-    Flag { name: "--allowed-origin", env: "SKIFF_ALLOWED_ORIGIN", takes_value: true, repeatable: true },
-    Flag { name: "--trusted-proxy", env: "SKIFF_TRUSTED_PROXY", takes_value: true, repeatable: true },
-    Flag { name: "--max-connections", env: "SKIFF_MAX_CONNECTIONS", takes_value: true, repeatable: false },
-    Flag { name: "--limit-loopback", env: "SKIFF_LIMIT_LOOPBACK", takes_value: false, repeatable: false },
-    Flag { name: "--register-limit", env: "SKIFF_REGISTER_LIMIT", takes_value: true, repeatable: false },
-    Flag { name: "--login-fail-limit", env: "SKIFF_LOGIN_FAIL_LIMIT", takes_value: true, repeatable: false },
-    Flag { name: "--message-rate", env: "SKIFF_MESSAGE_RATE", takes_value: true, repeatable: false },
-    Flag { name: "--message-burst", env: "SKIFF_MESSAGE_BURST", takes_value: true, repeatable: false },
-    Flag { name: "--max-sessions-per-user", env: "SKIFF_MAX_SESSIONS_PER_USER", takes_value: true, repeatable: false },
-    Flag { name: "--max-sessions", env: "SKIFF_MAX_SESSIONS", takes_value: true, repeatable: false },
-    Flag { name: "--metrics-public", env: "SKIFF_METRICS_PUBLIC", takes_value: false, repeatable: false },
+    opt("listen", "ADDR", Value("0.0.0.0:7777"), "IP:PORT or HOST:PORT to serve on", |c, v, r| {
+        c.listen = listen(v, r)?;
+        Ok(())
+    }),
+    opt("db", "PATH", Value("chat.db"), "SQLite file, created if missing", |c, v, _| {
+        c.db = PathBuf::from(v);
+        Ok(())
+    }),
+    opt("session-ttl", "SECS", Value("3600"), "idle seconds before a session ends", |c, v, _| {
+        c.session_ttl = Duration::from_secs(number(v, 1)?);
+        Ok(())
+    }),
+    opt("static", "DIR", Preset::Absent, "serve this directory instead of the built-in page", |c, v, _| {
+        c.static_dir = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    opt("tls-cert", "PEM", Preset::Absent, "certificate chain; serve HTTPS/WSS (needs --tls-key)", |c, v, _| {
+        c.tls_cert = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    opt("tls-key", "PEM", Preset::Absent, "private key for --tls-cert", |c, v, _| {
+        c.tls_key = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    many("allowed-origin", "ORIGIN", "/ws and CORS only for these origins (others: 403)", |c, v, _| {
+        if !valid_origin(v) {
+            return Err("scheme://host[:port] without a path".into());
+        }
+        c.allowed_origins.push(v.to_owned());
+        Ok(())
+    }),
+    many("trusted-proxy", "IP", "trust X-Forwarded-For/X-Real-IP from this peer", |c, v, _| {
+        c.trusted_proxies.push(v.parse().map_err(|_| "an IP address")?);
+        Ok(())
+    }),
+    opt("max-connections", "N", Note("from RLIMIT_NOFILE"), "open connections at most", |c, v, _| {
+        c.max_connections = Some(number(v, 1)?);
+        Ok(())
+    }),
+    switch("limit-loopback", "apply rate limits to loopback clients too", |c, v, _| {
+        c.limit_loopback = truthy(v)?;
+        Ok(())
+    }),
+    opt("register-limit", "N", Value("10"), "registrations per minute per address, 0 = off", |c, v, _| {
+        c.register_per_minute = number(v, 0)?;
+        Ok(())
+    }),
+    opt("login-fail-limit", "N", Value("30"), "failed logins per minute per address, 0 = off", |c, v, _| {
+        c.failed_logins_per_minute = number(v, 0)?;
+        Ok(())
+    }),
+    opt("message-rate", "N", Value("100"), "messages per second per socket, 0 = off", |c, v, _| {
+        c.messages_per_second = number(v, 0)?;
+        Ok(())
+    }),
+    opt("message-burst", "N", Value("200"), "message burst per socket", |c, v, _| {
+        c.message_burst = number(v, 1)?;
+        Ok(())
+    }),
+    opt("max-sessions-per-user", "N", Value("32"), "the oldest session is evicted past it", |c, v, _| {
+        c.max_sessions_per_user = number(v, 1)?;
+        Ok(())
+    }),
+    opt("max-sessions", "N", Value("100000"), "sessions in all; login answers 503 past it", |c, v, _| {
+        c.max_sessions = number(v, 1)?;
+        Ok(())
+    }),
+    switch("metrics-public", "serve /metrics to any client, not just loopback/proxies", |c, v, _| {
+        c.metrics_public = truthy(v)?;
+        Ok(())
+    }),
 ];
 
-/// `args` excludes argv[0]; `env` looks up an environment variable. Flags win.
+fn env_name(flag: &Flag) -> String {
+    format!("SKIFF_{}", flag.name.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// The `--help` text, generated from `FLAGS`.
+pub fn usage() -> String {
+    let left = |f: &Flag| format!("--{}{}", f.name, f.value.map(|v| format!(" {v}")).unwrap_or_default());
+    let w1 = FLAGS.iter().map(|f| left(f).len()).max().unwrap_or(0);
+    let w2 = FLAGS.iter().map(|f| env_name(f).len()).max().unwrap_or(0);
+    let mut out = String::from(
+        "skiff: a tiny real-time chat server (HTTP JSON API + one WebSocket room)\n\n\
+         usage: skiff [--flag VALUE | --flag=VALUE | --switch]...\n\n\
+         Each flag also reads the environment variable beside it (a comma-separated list for a\n\
+         repeatable flag); the flag wins.\n\n",
+    );
+    for f in FLAGS {
+        let mut help = f.help.to_owned();
+        if f.many {
+            help.push_str(" (repeatable)");
+        }
+        match f.default {
+            Value(d) | Note(d) => help.push_str(&format!(" [{d}]")),
+            Preset::Absent => {}
+        }
+        out.push_str(&format!("  {:w1$}  {:w2$}  {help}\n", left(f), env_name(f)));
+    }
+    out.push_str(&format!("  {:w1$}  {:w2$}  this text\n", "-h, --help", ""));
+    out.push_str(&format!("  {:w1$}  {:w2$}  the version\n", "-V, --version", ""));
+    out.push_str(
+        "\nLogs go to stderr. RUST_LOG sets the level: off, error, warn, info (the default),\n\
+         debug or trace (= debug), alone or as skiff=LEVEL; LEVEL,skiff=LEVEL gives skiff the\n\
+         second; directives for other targets are ignored.\n",
+    );
+    out
+}
+
+/// The system resolver (`getaddrinfo`), for `--listen HOST:PORT`.
+pub fn system_resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+    Ok((host, port).to_socket_addrs()?.collect())
+}
+
+/// `args` excludes argv[0]; `env` looks up an environment variable. Flags win over
+/// env vars, env vars over defaults. Host names in `--listen` go to the system resolver.
 pub fn parse<I: IntoIterator<Item = String>>(
     args: I,
     env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Command, ConfigError> {
+    parse_with(args, env, &system_resolve)
+}
+
+/// `parse` with the resolver passed in.
+pub fn parse_with<I: IntoIterator<Item = String>>(
+    args: I,
+    env: &dyn Fn(&str) -> Option<String>,
+    resolve: Resolve,
 ) -> Result<Command, ConfigError> {
     // Values given on the command line, by flag index.
     let mut given: Vec<Vec<String>> = vec![Vec::new(); FLAGS.len()];
@@ -152,129 +286,80 @@ pub fn parse<I: IntoIterator<Item = String>>(
             "-V" | "--version" => return Ok(Command::Version),
             _ => {}
         }
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let Some(i) = FLAGS.iter().position(|f| f.name == name) else {
-            return Err(ConfigError(if name.starts_with('-') {
-                format!("unknown flag {name}")
+        let Some(long) = arg.strip_prefix("--") else {
+            return Err(ConfigError(if arg.starts_with('-') {
+                format!("unknown flag {arg}")
             } else {
-                format!("unexpected argument {name:?}")
+                format!("unexpected argument {arg:?}")
             }));
         };
-        let flag = &FLAGS[i];
-        let value = if flag.takes_value {
-            match inline {
-                Some(v) => v,
-                None => args.next().ok_or_else(|| ConfigError(format!("{name}: missing value")))?,
-            }
-        } else {
-            if inline.is_some() {
-                return Err(ConfigError(format!("{name} takes no value")));
-            }
-            "1".to_owned()
+        let (name, inline) = match long.split_once('=') {
+            Some((n, v)) => (n, Some(v.to_owned())),
+            None => (long, None),
         };
-        if !flag.repeatable && !given[i].is_empty() {
-            return Err(ConfigError(format!("{name} given twice")));
+        let Some(i) = FLAGS.iter().position(|f| f.name == name) else {
+            return Err(ConfigError(format!("unknown flag --{name}")));
+        };
+        let flag = &FLAGS[i];
+        let value = match (flag.value, inline) {
+            (Some(_), Some(v)) => v,
+            (Some(_), None) => args.next().ok_or_else(|| ConfigError(format!("--{name}: missing value")))?,
+            (None, Some(_)) => return Err(ConfigError(format!("--{name} takes no value"))),
+            (None, None) => "1".to_owned(),
+        };
+        if !flag.many && !given[i].is_empty() {
+            return Err(ConfigError(format!("--{name} given twice")));
         }
         given[i].push(value);
     }
-    // Fill what the command line left unset from the environment.
-    for (i, flag) in FLAGS.iter().enumerate() {
-        if given[i].is_empty() {
-            if let Some(v) = env(flag.env).filter(|v| !v.is_empty()) {
-                given[i] = if flag.repeatable {
-                    v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
-                } else {
-                    vec![v]
-                };
-            }
+    let mut cfg = Config::blank();
+    for (flag, given) in FLAGS.iter().zip(given) {
+        let env_var = env_name(flag);
+        let (source, values) = if !given.is_empty() {
+            (format!("--{}", flag.name), given)
+        } else if let Some(v) = env(&env_var).filter(|v| !v.is_empty()) {
+            let values = if flag.many {
+                v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect()
+            } else {
+                vec![v]
+            };
+            (env_var, values)
+        } else if let Value(d) = flag.default {
+            (format!("--{} (default)", flag.name), vec![d.to_owned()])
+        } else {
+            continue;
+        };
+        for v in values {
+            (flag.apply)(&mut cfg, &v, resolve).map_err(|why| bad(&source, &why, &v))?;
         }
     }
-    let value = |name: &str| -> Option<&str> {
-        let i = FLAGS.iter().position(|f| f.name == name).expect("known flag");
-        given[i].first().map(String::as_str)
-    };
-    let all = |name: &str| -> &[String] {
-        let i = FLAGS.iter().position(|f| f.name == name).expect("known flag");
-        &given[i]
-    };
-    let mut cfg = Config::default();
-    if let Some(v) = value("--listen") {
-        cfg.listen = v.parse().map_err(|_| bad("--listen", "an address like 0.0.0.0:7777 or [::]:7777", v))?;
-    }
-    if let Some(v) = value("--db") {
-        cfg.db = PathBuf::from(v);
-    }
-    if let Some(v) = value("--session-ttl") {
-        let secs: u64 = number("--session-ttl", v, 1, "a whole number of seconds >= 1")?;
-        cfg.session_ttl = Duration::from_secs(secs);
-    }
-    cfg.static_dir = value("--static").map(PathBuf::from);
-    cfg.tls_cert = value("--tls-cert").map(PathBuf::from);
-    cfg.tls_key = value("--tls-key").map(PathBuf::from);
     if cfg.tls_cert.is_some() != cfg.tls_key.is_some() {
         return Err(ConfigError("--tls-cert and --tls-key go together".into()));
     }
-    for origin in all("--allowed-origin") {
-        if !valid_origin(origin) {
-            return Err(bad("--allowed-origin", "scheme://host[:port] without a path", origin));
-        }
-        cfg.allowed_origins.push(origin.clone());
-    }
-    for ip in all("--trusted-proxy") {
-        cfg.trusted_proxies.push(ip.parse().map_err(|_| bad("--trusted-proxy", "an IP address", ip))?);
-    }
-    if let Some(v) = value("--max-connections") {
-        cfg.max_connections = Some(number("--max-connections", v, 1, "a number >= 1")?);
-    }
-    cfg.limit_loopback = truthy("--limit-loopback", value("--limit-loopback"))?;
-    cfg.metrics_public = truthy("--metrics-public", value("--metrics-public"))?;
-    if let Some(v) = value("--register-limit") {
-        cfg.register_per_minute = number("--register-limit", v, 0, "a number (0 = off)")?;
-    }
-    if let Some(v) = value("--login-fail-limit") {
-        cfg.failed_logins_per_minute = number("--login-fail-limit", v, 0, "a number (0 = off)")?;
-    }
-    if let Some(v) = value("--message-rate") {
-        cfg.messages_per_second = number("--message-rate", v, 0, "a number (0 = off)")?;
-    }
-    if let Some(v) = value("--message-burst") {
-        cfg.message_burst = number("--message-burst", v, 1, "a number >= 1")?;
-    }
-    if let Some(v) = value("--max-sessions-per-user") {
-        cfg.max_sessions_per_user = number("--max-sessions-per-user", v, 1, "a number >= 1")?;
-    }
-    if let Some(v) = value("--max-sessions") {
-        cfg.max_sessions = number("--max-sessions", v, 1, "a number >= 1")?;
-    }
-    cfg.log_level = log_level(env("RUST_LOG").as_deref());
+    cfg.log_level = log_level(env("RUST_LOG").as_deref())?;
     Ok(Command::Run(Box::new(cfg)))
 }
 
-fn bad(flag: &str, expected: &str, got: &str) -> ConfigError {
-    ConfigError(format!("{flag}: expected {expected}, got {got:?}"))
-}
-
-fn number<T: std::str::FromStr + PartialOrd + From<u8>>(
-    flag: &str,
-    v: &str,
-    min: u8,
-    expected: &str,
-) -> Result<T, ConfigError> {
-    match v.trim().parse::<T>() {
-        Ok(n) if n >= T::from(min) => Ok(n),
-        _ => Err(bad(flag, expected, v)),
+fn bad(source: &str, why: &Why, got: &str) -> ConfigError {
+    match why {
+        Why::Expected(expected) => ConfigError(format!("{source}: expected {expected}, got {got:?}")),
+        Why::Failed(reason) => ConfigError(format!("{source} {got}: {reason}")),
     }
 }
 
-fn truthy(flag: &str, v: Option<&str>) -> Result<bool, ConfigError> {
-    match v.map(|s| s.trim().to_ascii_lowercase()) {
-        None => Ok(false),
-        Some(s) if ["1", "true", "yes", "on"].contains(&s.as_str()) => Ok(true),
-        Some(s) if ["0", "false", "no", "off"].contains(&s.as_str()) => Ok(false),
-        Some(s) => Err(bad(flag, "1/true/yes or 0/false/no", &s)),
+fn number<T: std::str::FromStr + PartialOrd + From<u8>>(v: &str, min: u8) -> Result<T, String> {
+    match v.trim().parse::<T>() {
+        Ok(n) if n >= T::from(min) => Ok(n),
+        _ if min == 0 => Err("a number (0 = off)".into()),
+        _ => Err(format!("a number >= {min}")),
+    }
+}
+
+fn truthy(v: &str) -> Result<bool, String> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err("1/true/yes/on or 0/false/no/off".into()),
     }
 }
 
@@ -287,46 +372,154 @@ fn valid_origin(o: &str) -> bool {
         && rest.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// `RUST_LOG` as `level` or `skiff=level` (other crates' directives are ignored).
-fn log_level(v: Option<&str>) -> LogLevel {
-    let mut level = LogLevel::Info;
-    for directive in v.unwrap_or("").split(',') {
-        let spec = match directive.split_once('=') {
-            Some((target, l)) if target.trim() == "skiff" => l,
-            Some(_) => continue,
-            None => directive,
+/// `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. A host name is resolved once, here; of
+/// its addresses the first IPv4 one is taken (one listener; IPv4 is what `localhost`
+/// means to most clients), else the first.
+fn listen(v: &str, resolve: Resolve) -> Result<SocketAddr, Why> {
+    const EXPECTED: &str = "IP:PORT, [IPv6]:PORT or HOST:PORT, like 0.0.0.0:7777 or localhost:7777";
+    if let Ok(addr) = v.parse() {
+        return Ok(addr);
+    }
+    let (host, port) = v.rsplit_once(':').ok_or(EXPECTED)?;
+    let port: u16 = port.parse().map_err(|_| EXPECTED)?;
+    // RFC 1123 host names; anything else (brackets, spaces, a second colon) is a typo,
+    // not something to hand the resolver.
+    let name_ok = !host.is_empty()
+        && host.len() <= 253
+        && host
+            .split('.')
+            .all(|l| !l.is_empty() && !l.starts_with('-') && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+    if !name_ok {
+        return Err(EXPECTED.into());
+    }
+    let addrs = resolve(host, port).map_err(|e| Why::Failed(format!("cannot resolve host name {host:?} ({e})")))?;
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or(addrs.first())
+        .copied()
+        .ok_or_else(|| Why::Failed(format!("cannot resolve host name {host:?} (no addresses)")))
+}
+
+/// `RUST_LOG` in env-filter syntax: comma-separated directives, each `LEVEL` (every
+/// target) or `TARGET=LEVEL`. skiff logs as target `skiff`, so `skiff=LEVEL` beats a
+/// bare `LEVEL` whatever the order; other targets are ignored. A bare word that is not
+/// a level would be a target at full verbosity to env_logger, which for skiff only
+/// ever means a typo, so it is an error like any other bad directive.
+pub fn log_level(v: Option<&str>) -> Result<LogLevel, ConfigError> {
+    let mut global = None;
+    let mut ours = None;
+    for directive in v.unwrap_or("").split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bad = |why: &str| ConfigError(format!("RUST_LOG: {why} in directive {directive:?}"));
+        let (target, level) = match directive.split_once('=') {
+            Some((t, l)) => (Some(t.trim()), l.trim()),
+            None => (None, directive),
         };
-        level = match spec.trim().to_ascii_lowercase().as_str() {
+        let level = match level.to_ascii_lowercase().as_str() {
+            "off" => LogLevel::Off,
             "error" => LogLevel::Error,
             "warn" => LogLevel::Warn,
             "info" => LogLevel::Info,
-            "debug" => LogLevel::Debug,
-            "trace" => LogLevel::Trace,
-            _ => level,
+            // skiff has no trace lines; trace shows everything there is.
+            "debug" | "trace" => LogLevel::Debug,
+            _ if target.is_none() && level == "skiff" => LogLevel::Debug,
+            _ => return Err(bad("expected off, error, warn, info, debug or trace")),
         };
+        match target {
+            None if directive == "skiff" => ours = Some(level),
+            None => global = Some(level),
+            Some(t) if t.is_empty() || !t.bytes().all(|b| b.is_ascii_alphanumeric() || b"_:-".contains(&b)) => {
+                return Err(bad("bad target name"));
+            }
+            Some("skiff") => ours = Some(level),
+            Some(_) => {}
+        }
     }
-    level
+    Ok(ours.or(global).unwrap_or(LogLevel::Info))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn resolve(host: &str, port: u16) -> io::Result<Vec<SocketAddr>> {
+        match host {
+            "localhost" => {
+                Ok(vec![SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port)), ([127, 0, 0, 1], port).into()])
+            }
+            "v6only" => Ok(vec![SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], port))]),
+            _ => Err(io::Error::other("Name or service not known")),
+        }
+    }
+
     fn run(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
         let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let lookup = move |k: &str| env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
-        match parse(args.iter().map(|s| s.to_string()), &lookup)? {
+        match parse_with(args.iter().map(|s| s.to_string()), &lookup, &resolve)? {
             Command::Run(c) => Ok(*c),
             other => panic!("expected Run, got {other:?}"),
         }
     }
 
     #[test]
-    fn defaults() {
+    fn defaults_are_the_contracts() {
         let c = run(&[], &[]).unwrap();
-        assert_eq!(c, Config::default());
         assert_eq!(c.listen.to_string(), "0.0.0.0:7777");
+        assert_eq!(c.db, PathBuf::from("chat.db"));
         assert_eq!(c.session_ttl, Duration::from_secs(3600));
+        assert_eq!((c.register_per_minute, c.failed_logins_per_minute), (10, 30));
+        assert_eq!((c.messages_per_second, c.message_burst), (100, 200));
+        assert_eq!((c.max_sessions_per_user, c.max_sessions), (32, 100_000));
+        assert_eq!((c.max_connections, c.static_dir, c.tls_cert), (None, None, None));
+        assert!(!c.limit_loopback && !c.metrics_public);
+        assert_eq!(c.log_level, LogLevel::Info);
+    }
+
+    #[test]
+    fn every_default_is_accepted_by_its_own_parser() {
+        for f in FLAGS {
+            if let Value(d) = f.default {
+                let mut c = Config::blank();
+                assert!((f.apply)(&mut c, d, &resolve).is_ok(), "--{} default {d:?}", f.name);
+                assert_ne!(c, Config::blank(), "--{} default {d:?} changes the config", f.name);
+            }
+        }
+    }
+
+    #[test]
+    fn every_flag_reads_its_env_var_and_the_flag_wins() {
+        // One good value per kind of flag; each one must change the config, from the
+        // command line and from SKIFF_*, in the same way.
+        let sample = |f: &Flag| match f.value {
+            None => "1",
+            Some("ADDR") => "127.0.0.1:9",
+            Some("ORIGIN") => "https://a.example",
+            Some("IP") => "10.0.0.1",
+            Some("SECS" | "N") => "7",
+            Some(_) => "/some/path",
+        };
+        let base = run(&[], &[]).unwrap();
+        for f in FLAGS {
+            let flag = format!("--{}", f.name);
+            let env = env_name(f);
+            assert!(usage().contains(&flag) && usage().contains(&env), "--help lists {flag} and {env}");
+            // Each needs the other; both are checked together below.
+            if f.name == "tls-cert" || f.name == "tls-key" {
+                continue;
+            }
+            let by_flag = match f.value {
+                Some(_) => run(&[&flag, sample(f)], &[]).unwrap(),
+                None => run(&[&flag], &[]).unwrap(),
+            };
+            let by_env = run(&[], &[(&env, sample(f))]).unwrap();
+            assert_ne!(by_flag, base, "{flag} changes something");
+            assert_eq!(by_env, by_flag, "{env} does what {flag} does");
+        }
+        let by_flag = run(&["--tls-cert", "c.pem", "--tls-key", "k.pem"], &[]).unwrap();
+        let by_env = run(&[], &[("SKIFF_TLS_CERT", "c.pem"), ("SKIFF_TLS_KEY", "k.pem")]).unwrap();
+        assert_eq!(by_flag.tls_cert, Some(PathBuf::from("c.pem")));
+        assert_eq!(by_flag.tls_key, Some(PathBuf::from("k.pem")));
+        assert_eq!(by_env, by_flag);
     }
 
     #[test]
@@ -352,28 +545,51 @@ mod tests {
         assert_eq!(c.listen.to_string(), "[::1]:8080");
         assert_eq!(c.max_connections, Some(5));
         assert_eq!(c.messages_per_second, 0);
+        let c = run(&["--allowed-origin", "https://a.example", "--allowed-origin=https://b.example"], &[]).unwrap();
+        assert_eq!(c.allowed_origins, ["https://a.example", "https://b.example"]);
+    }
+
+    #[test]
+    fn listen_takes_host_names_and_prefers_ipv4() {
+        assert_eq!(run(&["--listen", "localhost:7777"], &[]).unwrap().listen.to_string(), "127.0.0.1:7777");
+        assert_eq!(run(&["--listen", "v6only:0"], &[]).unwrap().listen.to_string(), "[::1]:0");
+        assert_eq!(run(&["--listen", "127.0.0.1:0"], &[]).unwrap().listen.to_string(), "127.0.0.1:0");
+        let e = run(&["--listen", "nosuchhost:7777"], &[]).unwrap_err().0;
+        assert_eq!(e, r#"--listen nosuchhost:7777: cannot resolve host name "nosuchhost" (Name or service not known)"#);
+        let e = run(&[], &[("SKIFF_LISTEN", "nosuchhost:1")]).unwrap_err().0;
+        assert!(e.starts_with("SKIFF_LISTEN nosuchhost:1: cannot resolve"), "{e}");
+        // Malformed values never reach the resolver (it would fail them as "unknown host").
+        for v in ["localhost", "localhost:", "localhost:99999", "local host:1", "[localhost]:1", ":7777", "a..b:1"] {
+            let e = run(&["--listen", v], &[]).unwrap_err().0;
+            assert!(e.starts_with("--listen: expected IP:PORT"), "{v}: {e}");
+        }
     }
 
     #[test]
     fn errors_are_one_line() {
         for (args, needle) in [
             (&["--bogus"][..], "unknown flag --bogus"),
-            (&["--session-ttl", "0"], "--session-ttl"),
+            (&["-x"], "unknown flag -x"),
+            (&["--session-ttl", "0"], "--session-ttl: expected a number >= 1, got \"0\""),
             (&["--session-ttl", "abc"], "--session-ttl"),
             (&["--session-ttl"], "missing value"),
             (&["--listen", "nowhere"], "--listen"),
             (&["--db", "a", "--db", "b"], "given twice"),
             (&["--tls-cert", "c.pem"], "go together"),
             (&["--allowed-origin", "https://a.example/"], "--allowed-origin"),
-            (&["--trusted-proxy", "proxy"], "--trusted-proxy"),
+            (&["--trusted-proxy", "proxy"], "--trusted-proxy: expected an IP address"),
             (&["--limit-loopback=1"], "takes no value"),
+            (&["--register-limit", "-1"], "expected a number (0 = off)"),
             (&["positional"], "unexpected argument"),
         ] {
             let e = run(args, &[]).unwrap_err();
             assert!(e.0.contains(needle), "{args:?}: {e}");
             assert!(!e.0.contains('\n'));
         }
-        assert!(run(&[], &[("SKIFF_SESSION_TTL", "-5")]).is_err(), "bad env values are errors too");
+        let e = run(&[], &[("SKIFF_SESSION_TTL", "-5")]).unwrap_err().0;
+        assert_eq!(e, "SKIFF_SESSION_TTL: expected a number >= 1, got \"-5\"", "env errors name the variable");
+        let e = run(&[], &[("SKIFF_METRICS_PUBLIC", "maybe")]).unwrap_err().0;
+        assert!(e.starts_with("SKIFF_METRICS_PUBLIC: expected 1/true"), "{e}");
     }
 
     #[test]
@@ -381,16 +597,39 @@ mod tests {
         let none = |_: &str| None;
         assert!(matches!(parse(["--help".to_string()], &none), Ok(Command::Help)));
         assert!(matches!(parse(["-V".to_string()], &none), Ok(Command::Version)));
-        for f in FLAGS {
-            assert!(USAGE.contains(f.name) && USAGE.contains(f.env), "usage lists {}", f.name);
-        }
+        let help = usage();
+        assert!(help.contains("--listen ADDR") && help.contains("[0.0.0.0:7777]"), "{help}");
+        assert!(help.contains("[from RLIMIT_NOFILE]"));
+        assert!(help.lines().all(|l| l.len() <= 120), "{help}");
     }
 
     #[test]
-    fn rust_log_levels() {
-        assert_eq!(log_level(None), LogLevel::Info);
-        assert_eq!(log_level(Some("debug")), LogLevel::Debug);
-        assert_eq!(log_level(Some("hyper=trace,skiff=warn")), LogLevel::Warn);
-        assert_eq!(log_level(Some("nonsense")), LogLevel::Info);
+    fn rust_log_follows_env_filter_syntax() {
+        use LogLevel::*;
+        for (v, want) in [
+            ("", Info),
+            ("info", Info),
+            ("debug", Debug),
+            ("TRACE", Debug),
+            ("off", Off),
+            ("skiff", Debug),
+            ("skiff=debug", Debug),
+            ("skiff=debug,warn", Debug),
+            ("warn,skiff=trace", Debug),
+            ("skiff=error,debug", Error),
+            ("hyper=trace,skiff=warn", Warn),
+            ("hyper=trace", Info),
+            ("tokio::net=debug, error", Error),
+            ("warn,", Warn),
+            ("skiff=off,info", Off),
+        ] {
+            assert_eq!(log_level(Some(v)), Ok(want), "RUST_LOG={v}");
+        }
+        for (v, named) in [("verbose", "\"verbose\""), ("info,skiff=loud", "\"skiff=loud\""), ("=debug", "\"=debug\"")]
+        {
+            let e = log_level(Some(v)).unwrap_err().0;
+            assert!(e.starts_with("RUST_LOG: ") && e.contains(named), "{v}: {e}");
+        }
+        assert_eq!(log_level(None), Ok(Info));
     }
 }

@@ -12,7 +12,7 @@ fn main() -> ExitCode {
     let mut cfg = match config::parse(std::env::args().skip(1), &env) {
         Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Help) => {
-            print!("{}", config::USAGE);
+            print!("{}", config::usage());
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
@@ -66,9 +66,14 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let addr = reactor.local_addr();
-    // Scripts and tests read this first line to find an ephemeral port.
+    // Scripts and tests read this first line to find an ephemeral port: it stays
+    // exactly `listening on SCHEME://IP:PORT`.
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "listening on {scheme}://{addr}");
+    if addr.ip().is_unspecified() {
+        // 0.0.0.0 and [::] are not addresses a browser can open; name one that is.
+        let _ = writeln!(stdout, "open {scheme}://localhost:{}/", addr.port());
+    }
     let _ = stdout.flush();
     log::info(format_args!("skiff {} listening on {addr}, database {}", env!("CARGO_PKG_VERSION"), cfg.db.display()));
     match reactor.run() {

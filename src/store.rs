@@ -45,18 +45,34 @@ fn io(e: rusqlite::Error) -> StoreError {
 impl Store {
     /// Opens or creates the database file. A file that is not a skiff database (or
     /// is corrupt, unwritable, or from a newer skiff) is an error, never replaced.
+    /// Writability is proven here, by taking and releasing the write lock: SQLite
+    /// quietly opens a read-only file read-only, and every registration would fail.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let shown = path.display();
         if path.is_dir() {
             return Err(StoreError::Open(format!("cannot open database {shown}: it is a directory")));
         }
+        let existed = path.exists();
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let db = Connection::open_with_flags(path, flags)
-            .map_err(|e| StoreError::Open(format!("cannot open database {shown}: {e}")))?;
-        Store::init(db).map_err(|e| match e {
+        let opened = Connection::open_with_flags(path, flags)
+            .map_err(|e| StoreError::Open(e.to_string()))
+            .and_then(Store::init)
+            .and_then(|store| store.prove_writable().map(|()| store));
+        opened.map_err(|e| match e {
             StoreError::Corrupt(m) => StoreError::Corrupt(format!("database {shown} is unusable: {m}")),
-            StoreError::Open(m) | StoreError::Io(m) => StoreError::Open(format!("cannot open database {shown}: {m}")),
+            StoreError::Open(m) | StoreError::Io(m) => {
+                StoreError::Open(explain(path, existed).unwrap_or_else(|| format!("cannot open database {shown}: {m}")))
+            }
         })
+    }
+
+    /// `BEGIN IMMEDIATE` takes the write lock, which needs a writable file and, in WAL
+    /// mode, writable -wal and -shm files; the rollback leaves the file as it was.
+    fn prove_writable(&self) -> Result<(), StoreError> {
+        if self.db.is_readonly(rusqlite::MAIN_DB).map_err(classify)? {
+            return Err(StoreError::Open("attempt to write a readonly database".into()));
+        }
+        self.db.execute_batch("BEGIN IMMEDIATE; ROLLBACK;").map_err(classify)
     }
 
     pub fn open_in_memory() -> Result<Store, StoreError> {
@@ -151,6 +167,60 @@ fn classify(e: rusqlite::Error) -> StoreError {
             StoreError::Corrupt(e.to_string())
         }
         _ => StoreError::Open(e.to_string()),
+    }
+}
+
+/// Why `path` cannot be opened for writing, in the operator's words, when the file
+/// system can say: SQLite's own message ("unable to open database file", "attempt
+/// to write a readonly database") names neither the path nor the cause.
+fn explain(path: &Path, existed: bool) -> Option<String> {
+    let shown = path.display();
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let dir_shown = dir.display();
+    let meta = std::fs::metadata(dir);
+    // "directory . is not writable" would send the operator looking; name it.
+    let real = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
+    let real_shown = real.display();
+    match meta {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Some(format!("cannot create database {shown}: no such directory {dir_shown}"));
+        }
+        Err(e) => return Some(format!("cannot open database {shown}: directory {dir_shown}: {}", reason(e))),
+        Ok(m) if !m.is_dir() => return Some(format!("cannot create database {shown}: {dir_shown} is not a directory")),
+        Ok(_) => {}
+    }
+    if existed {
+        if let Err(e) = can_write(path) {
+            return Some(format!("database {shown} is read-only ({})", reason(e)));
+        }
+    }
+    if let Err(e) = can_write(dir) {
+        let what = if existed { format!("database {shown}") } else { format!("cannot create database {shown}") };
+        // SQLite creates the -wal and -shm files beside the database.
+        return Some(format!("{what}: directory {real_shown} is not writable ({})", reason(e)));
+    }
+    None
+}
+
+/// access(2) for writing with the effective ids, the ones every later write runs as.
+fn can_write(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    match unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) } {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+fn reason(e: std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::EACCES | libc::EPERM) => "permission denied".into(),
+        Some(libc::EROFS) => "read-only file system".into(),
+        _ => e.to_string(),
     }
 }
 

@@ -220,3 +220,19 @@ fn running_out_of_descriptors_does_not_spin_or_wedge() {
     );
     assert!(srv.stderr().contains("accept"), "the EMFILE was logged");
 }
+
+#[test]
+fn each_request_is_logged_at_debug_with_the_forwarded_client() {
+    // The harness runs skiff with RUST_LOG=debug.
+    let srv = Server::start_with(&["--trusted-proxy", "127.0.0.1"]);
+    let r = srv
+        .raw(b"GET /healthz?probe=1 HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 203.0.113.9\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 200);
+    let r = srv.raw(b"GET /nope HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    assert_eq!(r.status, 404);
+    assert!(wait_for(Duration::from_secs(5), || srv.stderr().contains("127.0.0.1 GET /nope 404 ")));
+    let log = srv.stderr();
+    let line = log.lines().find(|l| l.contains(" GET /healthz ")).expect("the request was logged");
+    assert!(line.contains(" DEBUG 203.0.113.9 GET /healthz 200 "), "{line}");
+    assert!(!line.contains("probe"), "no query strings in logs: {line}");
+}

@@ -114,8 +114,8 @@ impl<S: Stream> Conn<S> {
                 Outcome::Respond(resp) => resp.status,
                 Outcome::Upgrade { .. } => 101,
             };
-            let took = started.elapsed();
-            log::debug(format_args!("{} {} {} {status} {took:.1?}", client.ip, req.method, req.path()));
+            // The client's address: behind a trusted proxy, the one it forwarded.
+            log::request(&client.ip, &req.method, req.path(), status, started.elapsed());
         }
         match outcome {
             Outcome::Respond(resp) => {
