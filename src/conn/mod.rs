@@ -9,7 +9,6 @@ mod http;
 mod websocket;
 
 use crate::api::ApiConfig;
-use crate::chat::session::SessionKey;
 use crate::chat::{Chat, Effects};
 use crate::http::Limits;
 use crate::log;
@@ -423,13 +422,5 @@ impl<S: Stream> Conn<S> {
             cx.stats.closing -= 1;
         }
         log::debug(format_args!("disconnect {}", self.peer()));
-    }
-
-    /// The session a WebSocket belongs to.
-    pub fn session(&self) -> Option<SessionKey> {
-        match &self.phase {
-            Phase::Ws(w) => Some(w.session),
-            _ => None,
-        }
     }
 }
