@@ -1,4 +1,5 @@
-//! The routes: a parsed request, the chat core and the store in; a response (or a
+//! The routes: a parsed request and the chat core in; a response, a storage request to
+//! wait on (finished by `finish` when its reply comes), or a
 //! WebSocket upgrade) and chat effects out. No sockets here; the reactor decides what
 //! to do with an `Outcome`.
 
@@ -8,7 +9,8 @@ use crate::http::{Request, Response};
 use crate::metrics::{self, Stats};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
-use crate::store::{Registered, Store};
+use crate::storage::{self, Reply, Request as StorageRequest};
+use crate::store::{self, Store};
 use crate::ws::{self, UpgradeError};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -19,12 +21,37 @@ pub const SESSION_COOKIE: &str = "session";
 #[derive(Debug)]
 pub enum Outcome {
     Respond(Response),
+    /// Hand `request` to storage; when its reply comes, `finish(pending, reply)`
+    /// gives the response. The connection answers nothing else meanwhile.
+    Store {
+        request: StorageRequest,
+        pending: Pending,
+    },
     /// Answer 101 with this `Sec-WebSocket-Accept` and switch the connection to
     /// WebSocket for session `session`.
     Upgrade {
         session: SessionKey,
         accept: String,
     },
+}
+
+/// A request waiting on storage: what its answer still needs.
+#[derive(Debug)]
+pub struct Pending {
+    kind: PendingKind,
+    /// The allowed `Origin` to answer CORS for, decided when the request came.
+    cors: Option<String>,
+}
+
+#[derive(Debug)]
+enum PendingKind {
+    /// The key goes to the user only once the row is durable.
+    Register {
+        username: String,
+        key: String,
+    },
+    Login,
+    FindUser,
 }
 
 /// Policy the routes need from the configuration.
@@ -43,6 +70,8 @@ pub struct ServerState<'a> {
     pub stats: &'a Stats,
     pub open_connections: usize,
     pub broadcast_backlog_bytes: u64,
+    /// The storage threads are running (`/healthz` says 503 otherwise).
+    pub storage_healthy: bool,
 }
 
 impl ServerState<'static> {
@@ -59,14 +88,13 @@ impl ServerState<'static> {
             closing: 0,
             responses: std::collections::BTreeMap::new(),
         };
-        ServerState { stats: &NOTHING, open_connections: 0, broadcast_backlog_bytes: 0 }
+        ServerState { stats: &NOTHING, open_connections: 0, broadcast_backlog_bytes: 0, storage_healthy: true }
     }
 }
 
 /// Everything a request may touch.
 pub struct Ctx<'a> {
     pub chat: &'a mut Chat,
-    pub store: &'a mut Store,
     pub cfg: &'a ApiConfig,
     pub now: Instant,
     pub fx: &'a mut Effects,
@@ -102,13 +130,54 @@ pub fn handle(req: &Request, ctx: &mut Ctx) -> Outcome {
             None => Response::error(403, "origin_not_allowed"),
         });
     }
+    let api_cors = cors_origin.filter(|_| req.path().starts_with("/api/"));
     match route(req, ctx) {
-        Outcome::Respond(r) => Outcome::Respond(match cors_origin {
-            Some(origin) if req.path().starts_with("/api/") => with_cors(r, origin),
-            _ => r,
+        Outcome::Respond(r) => Outcome::Respond(match api_cors {
+            Some(origin) => with_cors(r, origin),
+            None => r,
         }),
+        Outcome::Store { request, pending } => {
+            Outcome::Store { request, pending: Pending { cors: api_cors, ..pending } }
+        }
         upgrade => upgrade,
     }
+}
+
+/// The response to a request that waited on storage.
+pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
+    let resp = match (pending.kind, reply) {
+        (_, Reply::Unavailable) => Response::error(503, "storage_unavailable"),
+        (PendingKind::Register { username, key }, Reply::Registered) => {
+            crate::log::info(format_args!("registered user {username}"));
+            Response::json(201, &serde_json::json!({ "key": key }))
+        }
+        (PendingKind::Register { .. }, _) => Response::error(409, "username_taken"),
+        (PendingKind::Login, Reply::User(Some(username))) => logged_in(username, ctx),
+        (PendingKind::Login, _) => {
+            if ctx.metered {
+                ctx.limits.failed_login.record(ctx.client.ip, ctx.now);
+            }
+            Response::error(401, "invalid_key")
+        }
+        (PendingKind::FindUser, Reply::User(Some(username))) => user_status(&username, ctx),
+        (PendingKind::FindUser, _) => Response::error(404, "user_not_found"),
+    };
+    match pending.cors {
+        Some(origin) => with_cors(resp, origin),
+        None => resp,
+    }
+}
+
+/// `handle`, with any storage request run at once on `store` (tests, fuzzing).
+pub fn handle_now(req: &Request, ctx: &mut Ctx, store: &mut Store) -> Outcome {
+    match handle(req, ctx) {
+        Outcome::Store { request, pending } => Outcome::Respond(finish(pending, storage::execute(store, request), ctx)),
+        other => other,
+    }
+}
+
+fn wait_on(request: StorageRequest, kind: PendingKind) -> Outcome {
+    Outcome::Store { request, pending: Pending { kind, cors: None } }
 }
 
 /// The request's `Origin` if it is one of the allowed origins.
@@ -133,11 +202,11 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
     let respond = Outcome::Respond;
     match path {
         "/api/register" => match method {
-            "POST" => respond(register(req, ctx)),
+            "POST" => register(req, ctx),
             _ => respond(not_allowed("POST")),
         },
         "/api/login" => match method {
-            "POST" => respond(login(req, ctx)),
+            "POST" => login(req, ctx),
             _ => respond(not_allowed("POST")),
         },
         "/api/logout" => match method {
@@ -157,12 +226,12 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
             _ => respond(not_allowed("GET")),
         },
         "/healthz" => match method {
-            "GET" => respond(Response::json(200, &serde_json::json!({"status": "ok"}))),
+            "GET" => respond(health(ctx)),
             _ => respond(not_allowed("GET")),
         },
         _ => match path.strip_prefix("/api/user/") {
             Some(name) if !name.is_empty() && !name.contains('/') => match method {
-                "GET" => respond(user(req, name, ctx)),
+                "GET" => user(req, name, ctx),
                 _ => respond(not_allowed("GET")),
             },
             _ if path.starts_with("/api/") => respond(Response::error(404, "not_found")),
@@ -174,6 +243,16 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
                 },
             }),
         },
+    }
+}
+
+/// 200 while the server can do all it promises; 503 once storage has stopped (a
+/// load balancer should send new users elsewhere; chat on open sockets goes on).
+fn health(ctx: &Ctx) -> Response {
+    if ctx.server.storage_healthy {
+        Response::json(200, &serde_json::json!({"status": "ok"}))
+    } else {
+        Response::json(503, &serde_json::json!({"status": "degraded"}))
     }
 }
 
@@ -202,11 +281,6 @@ fn not_allowed(allow: &'static str) -> Response {
     Response::error(405, "method_not_allowed").header("Allow", allow)
 }
 
-fn internal(e: crate::store::StoreError) -> Response {
-    crate::log::error(format_args!("store: {e}"));
-    Response::error(500, "internal_error")
-}
-
 /// The one field a body must carry, and nothing else (CONTRACT: "invalid format").
 fn single_field<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Option<T> {
     crate::chat::parse_object(std::str::from_utf8(body).ok()?)
@@ -228,50 +302,43 @@ pub fn valid_username(name: &str) -> bool {
     (1..=32).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric())
 }
 
-fn register(req: &Request, ctx: &mut Ctx) -> Response {
+fn register(req: &Request, ctx: &mut Ctx) -> Outcome {
     let Some(RegisterBody { username }) = single_field(&req.body) else {
-        return Response::error(422, "invalid_format");
+        return Outcome::Respond(Response::error(422, "invalid_format"));
     };
     if !valid_username(&username) {
-        return Response::error(400, "invalid_username");
+        return Outcome::Respond(Response::error(400, "invalid_username"));
     }
     if ctx.metered {
         if let Some(wait) = ctx.limits.register.blocked(ctx.client.ip, ctx.now) {
             ctx.limits.refused += 1;
-            return rate_limited(wait);
+            return Outcome::Respond(rate_limited(wait));
         }
         ctx.limits.register.record(ctx.client.ip, ctx.now);
     }
-    match ctx.store.register(&username) {
-        Ok(Registered::Created { key }) => {
-            crate::log::info(format_args!("registered user {username}"));
-            Response::json(201, &serde_json::json!({ "key": key }))
-        }
-        Ok(Registered::NameTaken) => Response::error(409, "username_taken"),
-        Err(e) => internal(e),
-    }
+    let (key, key_hash) = store::new_key_and_hash();
+    let request = StorageRequest::Register { username: username.clone(), key_hash };
+    wait_on(request, PendingKind::Register { username, key })
 }
 
-fn login(req: &Request, ctx: &mut Ctx) -> Response {
+fn login(req: &Request, ctx: &mut Ctx) -> Outcome {
     let Some(LoginBody { key }) = single_field(&req.body) else {
-        return Response::error(422, "invalid_format");
+        return Outcome::Respond(Response::error(422, "invalid_format"));
     };
     if ctx.metered {
         if let Some(wait) = ctx.limits.failed_login.blocked(ctx.client.ip, ctx.now) {
             ctx.limits.refused += 1;
-            return rate_limited(wait);
+            return Outcome::Respond(rate_limited(wait));
         }
     }
-    let username = match ctx.store.login(&key) {
-        Ok(Some(u)) => u,
-        Ok(None) => {
-            if ctx.metered {
-                ctx.limits.failed_login.record(ctx.client.ip, ctx.now);
-            }
-            return Response::error(401, "invalid_key");
-        }
-        Err(e) => return internal(e),
-    };
+    match store::key_hash(&key) {
+        Some(key_hash) => wait_on(StorageRequest::Login { key_hash }, PendingKind::Login),
+        None => Outcome::Respond(finish(Pending { kind: PendingKind::Login, cors: None }, Reply::User(None), ctx)),
+    }
+}
+
+/// A key was found: a new session and its cookie.
+fn logged_in(username: String, ctx: &mut Ctx) -> Response {
     match ctx.chat.login(&username, ctx.now, ctx.fx) {
         Ok(id) => {
             let id = std::str::from_utf8(&id).expect("session ids are ASCII");
@@ -321,24 +388,23 @@ fn online(req: &Request, ctx: &mut Ctx) -> Response {
     Response::json(200, &Online { online_clients: ctx.chat.online().collect() })
 }
 
-fn user(req: &Request, name: &str, ctx: &mut Ctx) -> Response {
+fn user(req: &Request, name: &str, ctx: &mut Ctx) -> Outcome {
     let me = match authenticate(req, ctx) {
         Ok(k) => k,
-        Err(r) => return r,
+        Err(r) => return Outcome::Respond(r),
     };
-    let username = if name == "@me" {
-        ctx.chat.username(me).expect("authenticated just now").to_owned()
-    } else {
-        if !valid_username(name) {
-            return Response::error(404, "user_not_found");
-        }
-        match ctx.store.find_user(name) {
-            Ok(Some(u)) => u,
-            Ok(None) => return Response::error(404, "user_not_found"),
-            Err(e) => return internal(e),
-        }
-    };
-    let online = ctx.chat.is_online(&username);
+    if name == "@me" {
+        let username = ctx.chat.username(me).expect("authenticated just now").to_owned();
+        return Outcome::Respond(user_status(&username, ctx));
+    }
+    if !valid_username(name) {
+        return Outcome::Respond(Response::error(404, "user_not_found"));
+    }
+    wait_on(StorageRequest::FindUser { name: name.to_owned() }, PendingKind::FindUser)
+}
+
+fn user_status(username: &str, ctx: &Ctx) -> Response {
+    let online = ctx.chat.is_online(username);
     Response::json(200, &serde_json::json!({ "username": username, "online": online }))
 }
 

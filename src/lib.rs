@@ -16,6 +16,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reactor;
 pub mod server;
+pub mod storage;
 pub mod store;
 pub mod timer;
 pub mod tls;

@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     let mut reactor = match Reactor::new(&cfg, store, tls) {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("skiff: cannot listen on {}: {e}", cfg.listen);
+            eprintln!("skiff: {e}");
             return ExitCode::from(1);
         }
     };

@@ -5,10 +5,11 @@
 use crate::config::Config;
 use crate::log;
 use crate::server::{Server, ServerConfig};
+use crate::storage::Storage;
 use crate::store::Store;
 use crate::tls::Transport;
 use mio::net::{TcpListener, UnixStream};
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, Read};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +17,8 @@ use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
+/// The storage threads have replies for the loop.
+const STORAGE: Token = Token(usize::MAX - 3);
 
 /// Connections flushed between two looks at new events: about a millisecond of
 /// loopback writes (~8 us each, measured with perf: almost all kernel TCP).
@@ -40,17 +43,28 @@ pub struct Reactor {
 
 impl Reactor {
     /// `tls`: serve HTTPS/WSS with this configuration instead of plain HTTP.
-    pub fn new(cfg: &Config, store: Store, tls: Option<Arc<rustls::ServerConfig>>) -> io::Result<Reactor> {
-        let poll = Poll::new()?;
-        let mut listener = TcpListener::bind(cfg.listen)?;
-        let local_addr = listener.local_addr()?;
-        poll.registry().register(&mut listener, LISTENER, Interest::READABLE)?;
+    /// `store` is the validated database; its sessions come back, then it moves to
+    /// the storage writer thread. Errors are one line for the operator.
+    pub fn new(cfg: &Config, mut store: Store, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Reactor, String> {
+        let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+        let listen_error = |e: io::Error| format!("cannot listen on {}: {e}", cfg.listen);
+        let mut listener = TcpListener::bind(cfg.listen).map_err(listen_error)?;
+        let local_addr = listener.local_addr().map_err(listen_error)?;
+        poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
+        let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
+        let waker = Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?;
+        let storage = Storage::spawn(store, &cfg.db, Arc::new(waker), Duration::ZERO).map_err(|e| e.to_string())?;
+        let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+        let restored = server.restore_sessions(saved, Instant::now());
+        if restored > 0 {
+            log::info(format_args!("{restored} sessions restored"));
+        }
         Ok(Reactor {
             poll,
             listener: Some(listener),
             local_addr,
             signals: None,
-            server: Server::new(ServerConfig::from_config(cfg), store),
+            server,
             tls,
             max_connections: cfg.max_connections.unwrap_or_else(default_max_connections),
             accept_retry: None,
@@ -114,6 +128,7 @@ impl Reactor {
             match ev.token() {
                 LISTENER => accept = true,
                 SIGNALS => self.on_signal(now),
+                STORAGE => self.server.on_storage(now),
                 Token(key) => {
                     let failed = ev.is_error();
                     let readable = ev.is_readable() || ev.is_read_closed() || failed;

@@ -7,19 +7,21 @@
 
 use crate::api::ApiConfig;
 use crate::chat::room::RateLimit;
+use crate::chat::session::SessionChange;
 use crate::chat::{Chat, ChatConfig, Effect};
 use crate::conn::{Conn, ConnConfig, Cx, Step, Stream, OUT_CAP};
 use crate::http::Limits;
 use crate::log;
 use crate::outq::Flush;
 use crate::ratelimit::RateLimits;
-use crate::store::Store;
+use crate::storage::Storage;
+use crate::store::{StoredSession, Write};
 use crate::timer::Timer;
 use crate::ws::close;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a graceful shutdown waits for sockets to flush and hang up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -84,19 +86,78 @@ pub struct Server<S> {
     read_list: Vec<usize>,
     next_generation: u64,
     shutdown: Option<Instant>,
+    /// One moment on both clocks, to write `Instant`s as Unix time.
+    epoch: (Instant, SystemTime),
 }
 
 impl<S: Stream> Server<S> {
-    pub fn new(cfg: ServerConfig, store: Store) -> Self {
+    pub fn new(cfg: ServerConfig, storage: Storage) -> Self {
         let rate_limits = RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute);
         Server {
             conns: Slab::new(),
-            cx: Cx::new(Chat::new(cfg.chat), store, cfg.conn, rate_limits),
+            cx: Cx::new(Chat::new(cfg.chat), storage, cfg.conn, rate_limits),
             timer: Timer::new(),
             flush_list: VecDeque::new(),
             read_list: Vec::new(),
             next_generation: 1,
             shutdown: None,
+            epoch: (Instant::now(), SystemTime::now()),
+        }
+    }
+
+    /// Sets the moment `now` stands for in Unix time (tests and restarts with a fake clock).
+    pub fn set_epoch(&mut self, now: Instant, wall: SystemTime) {
+        self.epoch = (now, wall);
+    }
+
+    fn unix_ms(&self, t: Instant) -> i64 {
+        let (at, wall) = self.epoch;
+        let wall = match t.checked_duration_since(at) {
+            Some(d) => wall + d,
+            None => wall - at.duration_since(t),
+        };
+        wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    }
+
+    /// Brings back the sessions saved before a restart; expired ones are deleted.
+    /// Returns how many were restored.
+    pub fn restore_sessions(&mut self, saved: Vec<StoredSession>, now: Instant) -> usize {
+        let now_ms = self.unix_ms(now);
+        let mut restored = 0;
+        for s in saved {
+            // Saved times run ahead of activity; a session is never younger than now.
+            let ago = Duration::from_millis(now_ms.saturating_sub(s.active_ms).max(0) as u64);
+            let active = now.checked_sub(ago).unwrap_or(now);
+            if active + self.cx.chat.session_ttl() > now && self.cx.chat.restore_session(s.id_hash, &s.username, active)
+            {
+                restored += 1;
+            } else {
+                self.cx.storage.persist(Write::DeleteSession { id_hash: s.id_hash });
+            }
+        }
+        restored
+    }
+
+    /// Hands the chat core's session changes to the writer (it batches them).
+    fn save_sessions(&mut self) {
+        for change in self.cx.chat.take_session_changes() {
+            let write = match change {
+                SessionChange::Saved { id_hash, user, active } => {
+                    Write::SaveSession { id_hash, username: user.to_string(), active_ms: self.unix_ms(active) }
+                }
+                SessionChange::Deleted { id_hash } => Write::DeleteSession { id_hash },
+            };
+            self.cx.storage.persist(write);
+        }
+    }
+
+    /// Routes storage replies to the connections waiting on them.
+    pub fn on_storage(&mut self, now: Instant) {
+        while let Some(done) = self.cx.storage.take_done() {
+            let key = done.origin.conn;
+            let Some(c) = self.conns.get_mut(key).filter(|c| c.generation == done.origin.generation) else { continue };
+            let step = c.on_reply(done.reply, &mut self.cx, now);
+            self.settle(key, step, now);
         }
     }
 
@@ -160,11 +221,13 @@ impl<S: Stream> Server<S> {
     /// Work that must not wait for the next readiness event: connections whose read
     /// budget ran out, queues not yet flushed. Poll with a zero timeout while true.
     pub fn has_pending_work(&self) -> bool {
-        !self.read_list.is_empty() || !self.flush_list.is_empty()
+        !self.read_list.is_empty() || !self.flush_list.is_empty() || self.cx.storage.has_done()
     }
 
-    /// Drives the connections that had input left over last turn.
+    /// Drives the connections that had input left over last turn (and takes in
+    /// replies inline storage has ready).
     pub fn run_pending_reads(&mut self, now: Instant) {
+        self.on_storage(now);
         for key in std::mem::take(&mut self.read_list) {
             if let Some(c) = self.conns.get_mut(key) {
                 c.queued_for_read = false;
@@ -192,6 +255,7 @@ impl<S: Stream> Server<S> {
     /// After a connection ran: apply what it caused, then act on its step.
     fn settle(&mut self, key: usize, step: Step, now: Instant) {
         self.apply_effects(now);
+        self.save_sessions();
         match step {
             Step::Remove => return self.remove(key, now),
             Step::Yield => self.queue_read(key),
@@ -325,6 +389,7 @@ impl<S: Stream> Server<S> {
         }
         self.cx.chat.on_timeout(now, &mut self.cx.fx);
         self.apply_effects(now);
+        self.save_sessions();
     }
 
     /// Drops a connection that never got going (the reactor could not register it).
@@ -383,7 +448,8 @@ impl<S: Stream> Server<S> {
     }
 
     /// Stops taking requests: every WebSocket gets close 1001, every other connection
-    /// is closed once its queue is flushed.
+    /// is closed once its queue is flushed. Storage is drained when the server is
+    /// dropped.
     pub fn begin_shutdown(&mut self, now: Instant) {
         if self.shutdown.is_some() {
             return;
@@ -396,9 +462,11 @@ impl<S: Stream> Server<S> {
             let c = &mut self.conns[key];
             if c.is_ws() {
                 c.close_ws(Some(close::GOING_AWAY), &mut self.cx, now);
-            } else {
+            } else if !c.is_waiting() {
                 c.begin_closing(&mut self.cx, now);
             }
+            // A request waiting on storage is answered (and its connection closed)
+            // when the reply comes: a 201 is never dropped on the way out.
             self.queue_flush(key);
             self.arm(key);
         }

@@ -1,13 +1,15 @@
-//! The user table in SQLite (rusqlite, bundled): migrations by `PRAGMA user_version`,
-//! registration, key lookup. Only SHA-256 of each key is stored. Nothing here knows
-//! about sessions, sockets or HTTP.
+//! The database in SQLite (rusqlite, bundled): migrations by `PRAGMA user_version`,
+//! users (only SHA-256 of each key), sessions (only SHA-256 of each id), writes
+//! applied in batches of one transaction each. Blocking calls: they run on the
+//! storage threads (`storage.rs`), never on the event loop. Nothing here knows
+//! about sockets or HTTP.
 
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// The schema version this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Keys longer than this cannot be ours; refuse them before hashing.
 const MAX_KEY_LEN: usize = 256;
@@ -32,6 +34,41 @@ impl std::error::Error for StoreError {}
 pub enum Registered {
     Created { key: String },
     NameTaken,
+}
+
+/// One change the writer applies inside a group commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    /// A new user; the name may turn out to be taken.
+    Register {
+        username: String,
+        key_hash: [u8; 32],
+    },
+    /// A session, new or seen active: `active_ms` (Unix ms) is at or after its
+    /// last activity, so a restart may lengthen a session, never shorten it.
+    SaveSession {
+        id_hash: [u8; 32],
+        username: String,
+        active_ms: i64,
+    },
+    DeleteSession {
+        id_hash: [u8; 32],
+    },
+}
+
+/// What one write did, once its transaction committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Done,
+    NameTaken,
+}
+
+/// A session read back at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredSession {
+    pub id_hash: [u8; 32],
+    pub username: String,
+    pub active_ms: i64,
 }
 
 pub struct Store {
@@ -124,32 +161,87 @@ impl Store {
             .map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
+        if from < 2 {
+            let tx = self.db.transaction().map_err(classify)?;
+            tx.execute_batch(
+                "CREATE TABLE sessions (
+                    id_hash BLOB PRIMARY KEY,
+                    username TEXT NOT NULL,
+                    active_ms INTEGER NOT NULL
+                 ) WITHOUT ROWID;
+                 PRAGMA user_version = 2;",
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
         Ok(())
     }
 
-    /// Registers `username` (already validated by the caller). Returns after the
-    /// row is committed.
+    /// A second connection to the same file for lookups: in WAL mode its reads see
+    /// the last commit and never wait for the writer's transaction or fsync.
+    pub fn open_reader(path: &Path) -> Result<Store, StoreError> {
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let db = Connection::open_with_flags(path, flags).map_err(|e| StoreError::Open(e.to_string()))?;
+        db.execute_batch("PRAGMA busy_timeout=1000; PRAGMA cache_size=-256;").map_err(classify)?;
+        Ok(Store { db })
+    }
+
+    /// Applies `writes` in one transaction, so one fsync makes all of them durable
+    /// (group commit). A taken name fails only its own write; any other error fails
+    /// the whole batch and nothing of it is applied.
+    pub fn apply(&mut self, writes: &[Write]) -> Result<Vec<Written>, StoreError> {
+        let tx = self.db.transaction().map_err(io)?;
+        let mut results = Vec::with_capacity(writes.len());
+        for w in writes {
+            results.push(apply_one(&tx, w)?);
+        }
+        tx.commit().map_err(io)?;
+        Ok(results)
+    }
+
+    /// The canonical username for a key's hash, if any.
+    pub fn user_by_key_hash(&mut self, hash: &[u8; 32]) -> Result<Option<String>, StoreError> {
+        let mut stmt = self.db.prepare_cached("SELECT username FROM users WHERE key_hash = ?1").map_err(io)?;
+        stmt.query_row(params![&hash[..]], |r| r.get(0)).optional().map_err(io)
+    }
+
+    /// Every stored session (expired ones included: the caller decides).
+    pub fn load_sessions(&mut self) -> Result<Vec<StoredSession>, StoreError> {
+        let mut stmt = self.db.prepare("SELECT id_hash, username, active_ms FROM sessions").map_err(io)?;
+        let rows = stmt
+            .query_map([], |r| {
+                let hash: Vec<u8> = r.get(0)?;
+                Ok((hash, r.get::<_, String>(1)?, r.get::<_, i64>(2)?))
+            })
+            .map_err(io)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (hash, username, active_ms) = row.map_err(io)?;
+            // A row that is not ours (a hand edit) is skipped, not fatal.
+            if let Ok(id_hash) = <[u8; 32]>::try_from(hash.as_slice()) {
+                out.push(StoredSession { id_hash, username, active_ms });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Registers `username` (already validated by the caller) in a transaction of
+    /// its own. Returns after the row is committed.
     pub fn register(&mut self, username: &str) -> Result<Registered, StoreError> {
         let key = new_key();
-        let hash = hash_key(&key);
-        let mut stmt = self.db.prepare_cached("INSERT INTO users (username, key_hash) VALUES (?1, ?2)").map_err(io)?;
-        match stmt.execute(params![username, &hash[..]]) {
-            Ok(_) => Ok(Registered::Created { key }),
-            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == ErrorCode::ConstraintViolation => {
-                Ok(Registered::NameTaken)
-            }
-            Err(e) => Err(io(e)),
+        let write = Write::Register { username: username.to_owned(), key_hash: hash_key(&key) };
+        match self.apply(std::slice::from_ref(&write))?[0] {
+            Written::Done => Ok(Registered::Created { key }),
+            Written::NameTaken => Ok(Registered::NameTaken),
         }
     }
 
     /// The canonical username for a key, if any.
     pub fn login(&mut self, key: &str) -> Result<Option<String>, StoreError> {
-        if key.is_empty() || key.len() > MAX_KEY_LEN {
-            return Ok(None);
+        match key_hash(key) {
+            Some(hash) => self.user_by_key_hash(&hash),
+            None => Ok(None),
         }
-        let hash = hash_key(key);
-        let mut stmt = self.db.prepare_cached("SELECT username FROM users WHERE key_hash = ?1").map_err(io)?;
-        stmt.query_row(params![&hash[..]], |r| r.get(0)).optional().map_err(io)
     }
 
     /// The canonical spelling of a name, matched ignoring ASCII case.
@@ -224,8 +316,47 @@ fn reason(e: std::io::Error) -> String {
     }
 }
 
+fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreError> {
+    match w {
+        Write::Register { username, key_hash } => {
+            let mut stmt = tx
+                .prepare_cached("INSERT INTO users (username, key_hash) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+                .map_err(io)?;
+            let inserted = stmt.execute(params![username, &key_hash[..]]).map_err(io)?;
+            Ok(if inserted == 1 { Written::Done } else { Written::NameTaken })
+        }
+        Write::SaveSession { id_hash, username, active_ms } => {
+            let mut stmt = tx
+                .prepare_cached(
+                    "INSERT INTO sessions (id_hash, username, active_ms) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (id_hash) DO UPDATE SET active_ms = max(active_ms, excluded.active_ms)",
+                )
+                .map_err(io)?;
+            stmt.execute(params![&id_hash[..], username, active_ms]).map_err(io)?;
+            Ok(Written::Done)
+        }
+        Write::DeleteSession { id_hash } => {
+            let mut stmt = tx.prepare_cached("DELETE FROM sessions WHERE id_hash = ?1").map_err(io)?;
+            stmt.execute(params![&id_hash[..]]).map_err(io)?;
+            Ok(Written::Done)
+        }
+    }
+}
+
+/// SHA-256 of a key, or `None` for a string that cannot be a key of ours.
+pub fn key_hash(key: &str) -> Option<[u8; 32]> {
+    (!key.is_empty() && key.len() <= MAX_KEY_LEN).then(|| hash_key(key))
+}
+
 fn hash_key(key: &str) -> [u8; 32] {
     Sha256::digest(key.as_bytes()).into()
+}
+
+/// A new key and its hash: the key goes to the user once, the hash to the disk.
+pub fn new_key_and_hash() -> (String, [u8; 32]) {
+    let key = new_key();
+    let hash = hash_key(&key);
+    (key, hash)
 }
 
 /// 32 bytes (256 bits) from the OS CSPRNG as 43 characters of unpadded base64url.

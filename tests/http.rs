@@ -248,17 +248,31 @@ fn keep_alive_serves_several_requests_on_one_connection() {
 }
 
 #[test]
-fn restart_keeps_users_and_keys() {
+fn restart_keeps_users_keys_and_sessions() {
     let srv = Server::start();
     let key = srv.register("survivor");
     let cookie = srv.login(&key);
+    let ended = srv.login(&key);
+    assert_eq!(srv.get("/api/logout", Some(&ended)).status, 200);
+    let mut ws = srv.ws(&cookie);
+    ws.say("before the deploy");
+    assert_eq!(ws.recv(), serde_json::json!({"status": true}));
     let dir = srv.stop();
     let srv = Server::start_in(dir, &[]);
-    // Sessions are in memory: the old cookie is gone, the key still works.
-    assert_eq!(srv.get("/api/user/@me", Some(&cookie)).status, 401);
-    let cookie = srv.login(&key);
+    // A deploy logs nobody out: the same cookie works and its WebSocket reconnects.
     assert_eq!(srv.get("/api/user/@me", Some(&cookie)).json()["username"], "survivor");
+    let mut ws = srv.ws(&cookie);
+    ws.say("after the deploy");
+    assert_eq!(ws.recv(), serde_json::json!({"status": true}));
+    assert_eq!(srv.get("/api/online", Some(&cookie)).json()["online_clients"], serde_json::json!(["survivor"]));
+    // A session that was logged out stays logged out.
+    assert_eq!(srv.get("/api/user/@me", Some(&ended)).status, 401);
     assert_eq!(srv.post("/api/register", r#"{"username": "SURVIVOR"}"#, None).status, 409);
+    drop(ws);
+    assert_eq!(srv.get("/api/logout", Some(&cookie)).status, 200);
+    let srv = Server::start_in(srv.stop(), &[]);
+    assert_eq!(srv.get("/api/user/@me", Some(&cookie)).status, 401, "logout is remembered across a restart");
+    assert_eq!(srv.get("/api/user/@me", Some(&srv.login(&key))).status, 200);
 }
 
 #[test]

@@ -60,7 +60,6 @@ impl World {
         };
         let mut ctx = Ctx {
             chat: &mut self.chat,
-            store: &mut self.store,
             cfg: &self.cfg,
             now: self.now,
             fx: &mut self.fx,
@@ -69,13 +68,13 @@ impl World {
             limits: &mut self.limits,
             server: crate::api::ServerState::empty(),
         };
-        handle(&req, &mut ctx)
+        handle_now(&req, &mut ctx, &mut self.store)
     }
 
     fn resp(&mut self, method: &str, target: &str, cookie: Option<&str>, body: &str) -> Response {
         match self.call(method, target, cookie, body) {
             Outcome::Respond(r) => r,
-            Outcome::Upgrade { .. } => panic!("unexpected upgrade"),
+            other => panic!("unexpected {other:?}"),
         }
     }
 
@@ -148,7 +147,6 @@ fn malformed_bodies_are_422() {
     };
     let mut ctx = Ctx {
         chat: &mut w.chat,
-        store: &mut w.store,
         cfg: &w.cfg,
         now: w.now,
         fx: &mut w.fx,
@@ -157,7 +155,7 @@ fn malformed_bodies_are_422() {
         limits: &mut w.limits,
         server: crate::api::ServerState::empty(),
     };
-    match handle(&req, &mut ctx) {
+    match handle_now(&req, &mut ctx, &mut w.store) {
         Outcome::Respond(r) => assert_eq!(r.status, 422),
         _ => panic!(),
     }

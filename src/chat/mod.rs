@@ -113,6 +113,22 @@ impl Chat {
         }
     }
 
+    pub fn session_ttl(&self) -> Duration {
+        self.sessions.ttl()
+    }
+
+    /// Session changes to write to disk since the last call.
+    pub fn take_session_changes(&mut self) -> Vec<session::SessionChange> {
+        self.sessions.take_changes()
+    }
+
+    /// A session saved before a restart, active at `active`; false if it does not
+    /// fit the caps any more.
+    pub fn restore_session(&mut self, id_hash: [u8; 32], user: &str, active: Instant) -> bool {
+        let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
+        self.sessions.restore(id_hash, name, active)
+    }
+
     /// Replaces the CSPRNG behind session ids (fuzzing, tests).
     pub fn set_random(&mut self, fill: fn(&mut [u8])) {
         self.sessions.set_random(fill);

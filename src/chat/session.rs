@@ -1,6 +1,8 @@
-//! Sessions: a slab of logged-in sessions, an index by session id, and sliding expiry
-//! driven by deadlines the caller feeds in. No clock is read here; `now` is passed in,
-//! so tests jump an hour in one line.
+//! Sessions: a slab of logged-in sessions, an index by the hash of their id, and
+//! sliding expiry driven by deadlines the caller feeds in. Changes worth keeping across
+//! a restart queue up as `SessionChange`s for the caller to write (lazily: activity at
+//! most once a minute per session). No clock is read here; `now` is passed in, so
+//! tests jump an hour in one line.
 
 use crate::timer::Timer;
 use slab::Slab;
@@ -20,9 +22,34 @@ pub struct SessionKey {
     pub generation: u64,
 }
 
+/// How far ahead of a session's activity its saved time runs: activity is written
+/// at most once per this, and a restart may lengthen a session by up to this much,
+/// never shorten it (CONTRACT, Sessions).
+pub const SAVE_SLACK: Duration = Duration::from_secs(60);
+
+/// A change to write to disk, in the order it happened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// A session exists and was active no later than `active`.
+    Saved {
+        id_hash: [u8; 32],
+        user: Rc<str>,
+        active: Instant,
+    },
+    Deleted {
+        id_hash: [u8; 32],
+    },
+}
+
+/// SHA-256 of a session id: what the index and the disk hold, never the id itself.
+pub fn id_hash(id: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(id).into()
+}
+
 #[derive(Debug)]
 pub struct Session {
-    pub id: SessionId,
+    pub id_hash: [u8; 32],
     pub user: Rc<str>,
     pub last_active: Instant,
     pub generation: u64,
@@ -32,6 +59,8 @@ pub struct Session {
     newer: u32,
     /// The WebSocket open on this session (a connection id; `NONE` if none).
     socket: u32,
+    /// The activity time last written to disk.
+    saved: Instant,
 }
 
 const NONE: u32 = u32::MAX;
@@ -51,12 +80,12 @@ struct UserSessions {
     count: u32,
 }
 
-/// The index key of a session id: its first 8 bytes. Ids are 190 bits from the
-/// CSPRNG, so a prefix names one session; a login whose prefix is taken draws
-/// again, and a lookup still compares the whole id. 8 bytes of key instead of 32
-/// keep the index at ~27 B per session instead of ~67 B.
-fn prefix(id: &SessionId) -> u64 {
-    u64::from_le_bytes(id[..8].try_into().expect("ids are 32 bytes"))
+/// The index key of a session: the first 8 bytes of its id's hash. Ids are 190 bits
+/// from the CSPRNG, so a prefix names one session; a login whose prefix is taken
+/// draws again, and a lookup still compares the whole hash. 8 bytes of key instead
+/// of 32 keep the index at ~27 B per session instead of ~67 B.
+fn prefix(hash: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(hash[..8].try_into().expect("hashes are 32 bytes"))
 }
 
 /// Why a session ended, for the caller to pick a close code.
@@ -78,6 +107,7 @@ pub struct Sessions {
     /// still compare names.
     by_user: HashMap<u64, UserSessions>,
     name_hasher: RandomState,
+    changes: Vec<SessionChange>,
     expiry: Timer,
     ttl: Duration,
     next_generation: u64,
@@ -99,6 +129,7 @@ impl Sessions {
             by_id: HashMap::new(),
             by_user: HashMap::new(),
             name_hasher: RandomState::new(),
+            changes: Vec::new(),
             expiry: Timer::new(),
             ttl,
             next_generation: 1,
@@ -145,7 +176,32 @@ impl Sessions {
         } else if self.slab.len() >= self.max_total {
             return Err(LoginError::Full);
         }
-        let id = self.fresh_id();
+        let (id, hash) = self.fresh_id();
+        let key = self.insert(hash, user, now, now + SAVE_SLACK);
+        self.changes.push(SessionChange::Saved {
+            id_hash: hash,
+            user: self.slab[key].user.clone(),
+            active: now + SAVE_SLACK,
+        });
+        let generation = self.slab[key].generation;
+        Ok((SessionKey { key, generation }, id))
+    }
+
+    /// Brings back a session saved before a restart, active at `active` (already
+    /// capped at now by the caller). Over the caps, it is not restored.
+    pub fn restore(&mut self, id_hash: [u8; 32], user: Rc<str>, active: Instant) -> bool {
+        let lower = self.name_key(&user);
+        let own = self.by_user.get(&lower).map_or(0, |l| l.count as usize);
+        if own >= self.max_per_user || self.slab.len() >= self.max_total || self.by_id.contains_key(&prefix(&id_hash)) {
+            return false;
+        }
+        self.insert(id_hash, user, active, active);
+        true
+    }
+
+    /// Adds a session to the slab, its user's list and the indexes; returns its key.
+    fn insert(&mut self, hash: [u8; 32], user: Rc<str>, now: Instant, saved: Instant) -> usize {
+        let lower = self.name_key(&user);
         let generation = self.next_generation;
         self.next_generation += 1;
         let entry = self.slab.vacant_entry();
@@ -153,7 +209,16 @@ impl Sessions {
         let newest = key as u32;
         let list = self.by_user.get(&lower).copied();
         let older = list.map_or(NONE, |l| l.newest);
-        entry.insert(Session { id, user, last_active: now, generation, older, newer: NONE, socket: NONE });
+        entry.insert(Session {
+            id_hash: hash,
+            user,
+            last_active: now,
+            generation,
+            older,
+            newer: NONE,
+            socket: NONE,
+            saved,
+        });
         if older != NONE {
             self.slab[older as usize].newer = newest;
         }
@@ -162,17 +227,20 @@ impl Sessions {
             None => UserSessions { oldest: newest, newest, count: 1 },
         };
         self.by_user.insert(lower, list);
-        self.by_id.insert(prefix(&id), key);
+        self.by_id.insert(prefix(&hash), key);
         self.expiry.schedule(now + self.ttl, key, generation);
-        Ok((SessionKey { key, generation }, id))
+        key
     }
 
     /// Looks up a live session by the cookie value and records activity.
     pub fn authenticate(&mut self, id: &[u8], now: Instant) -> Option<SessionKey> {
-        let id: &SessionId = id.try_into().ok()?;
-        let &key = self.by_id.get(&prefix(id))?;
+        if id.len() != SESSION_ID_LEN {
+            return None;
+        }
+        let hash = id_hash(id);
+        let &key = self.by_id.get(&prefix(&hash))?;
         let s = &mut self.slab[key];
-        if !same_id(&s.id, id) {
+        if !same_hash(&s.id_hash, &hash) {
             return None;
         }
         // A session whose deadline passed is dead even if its timer has not run yet
@@ -180,13 +248,20 @@ impl Sessions {
         if s.last_active + self.ttl <= now {
             return None;
         }
-        s.last_active = now;
-        Some(SessionKey { key, generation: s.generation })
+        let k = SessionKey { key, generation: s.generation };
+        self.touch(k, now);
+        Some(k)
     }
 
-    /// Records activity (a WebSocket frame) on a session.
+    /// Records activity (a request, a WebSocket frame) on a session; past the time
+    /// last saved, saves it again, `SAVE_SLACK` ahead.
     pub fn touch(&mut self, k: SessionKey, now: Instant) {
         if let Some(s) = self.slab.get_mut(k.key).filter(|s| s.generation == k.generation) {
+            if now > s.saved {
+                s.saved = now + SAVE_SLACK;
+                let (id_hash, user, active) = (s.id_hash, s.user.clone(), s.saved);
+                self.changes.push(SessionChange::Saved { id_hash, user, active });
+            }
             if now > s.last_active {
                 s.last_active = now;
             }
@@ -196,7 +271,8 @@ impl Sessions {
     pub fn remove(&mut self, k: SessionKey) -> Option<Session> {
         self.get(k)?;
         let s = self.slab.remove(k.key);
-        self.by_id.remove(&prefix(&s.id));
+        self.by_id.remove(&prefix(&s.id_hash));
+        self.changes.push(SessionChange::Deleted { id_hash: s.id_hash });
         if s.older != NONE {
             self.slab[s.older as usize].newer = s.newer;
         }
@@ -222,6 +298,10 @@ impl Sessions {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         self.expiry.next()
+    }
+
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Records the WebSocket opened with session `k` (or its closing, with `None`).
@@ -281,7 +361,12 @@ impl Sessions {
         }
     }
 
-    fn fresh_id(&mut self) -> SessionId {
+    /// Changes to write since the last call, oldest first.
+    pub fn take_changes(&mut self) -> Vec<SessionChange> {
+        std::mem::take(&mut self.changes)
+    }
+
+    fn fresh_id(&mut self) -> (SessionId, [u8; 32]) {
         const ALPHABET: &[u8; 62] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
         let mut id = [0u8; SESSION_ID_LEN];
         let mut filled = 0;
@@ -294,11 +379,12 @@ impl Sessions {
                     id[filled] = ALPHABET[(b % 62) as usize];
                     filled += 1;
                     if filled == SESSION_ID_LEN {
-                        if self.by_id.contains_key(&prefix(&id)) {
+                        let hash = id_hash(&id);
+                        if self.by_id.contains_key(&prefix(&hash)) {
                             filled = 0;
                             continue;
                         }
-                        return id;
+                        return (id, hash);
                     }
                 }
             }
@@ -306,9 +392,9 @@ impl Sessions {
     }
 }
 
-/// Compares ids without stopping at the first difference, so response timing tells
-/// an attacker nothing about how much of a guessed id was right.
-fn same_id(a: &SessionId, b: &SessionId) -> bool {
+/// Compares hashes without stopping at the first difference, so response timing tells
+/// an attacker nothing about how much of a guess was right.
+fn same_hash(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -8,18 +8,43 @@ use crate::http::{Limits, Parsed, Request, RequestParser, Response};
 use crate::log;
 use crate::outq::Chunk;
 use crate::proxy;
+use crate::storage::{Origin, Reply};
 use crate::ws;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// How long a request may wait on storage before it is answered 503 (a disk that
+/// stopped answering; a slow one commits in milliseconds).
+const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct HttpPhase {
     parser: RequestParser,
     /// The request head must be in by then (or the idle keep-alive ends then).
     pub deadline: Instant,
+    /// A request handed to storage; nothing after it is answered until it is.
+    waiting: Option<Box<Waiting>>,
+}
+
+/// What answering a request that waits on storage still needs.
+struct Waiting {
+    pending: api::Pending,
+    client: proxy::Client,
+    keep_alive: bool,
+    until: Instant,
+    /// Method and path, kept only when requests are logged.
+    logged: Option<(Instant, String, String)>,
 }
 
 impl HttpPhase {
     pub fn new(limits: Limits, now: Instant) -> Self {
-        HttpPhase { parser: RequestParser::new(limits), deadline: now + REQUEST_TIMEOUT }
+        HttpPhase { parser: RequestParser::new(limits), deadline: now + REQUEST_TIMEOUT, waiting: None }
+    }
+
+    pub fn deadline(&self) -> Instant {
+        self.waiting.as_ref().map_or(self.deadline, |w| w.until)
+    }
+
+    pub fn is_waiting(&self) -> bool {
+        self.waiting.is_some()
     }
 }
 
@@ -37,6 +62,11 @@ enum Served {
 impl<S: Stream> Conn<S> {
     pub(super) fn drive_http(&mut self, cx: &mut Cx, now: Instant) -> Progress {
         loop {
+            if self.http().is_waiting() {
+                // Unread input stays in the socket meanwhile: TCP holds back a
+                // pipelining client, and no half-parsed request needs a buffer.
+                return Progress::Done(Step::Wait);
+            }
             let was_empty = self.input.is_empty();
             if !self.out_high(&cx.log) {
                 self.fill(cx, IN_CAP);
@@ -82,6 +112,9 @@ impl<S: Stream> Conn<S> {
                 return Served::OutHigh;
             }
             let super::Phase::Http(h) = &mut self.phase else { return Served::PhaseChanged };
+            if h.waiting.is_some() {
+                return Served::NeedMore;
+            }
             match h.parser.parse(&self.input) {
                 Ok(None) => return Served::NeedMore,
                 Ok(Some(Parsed::Continue)) => self.out.push(Chunk::Static(b"HTTP/1.1 100 Continue\r\n\r\n")),
@@ -108,29 +141,67 @@ impl<S: Stream> Conn<S> {
         let started = log::enabled(log::Level::Debug).then(Instant::now);
         let client = proxy::client(&req, self.peer_ip, self.sock.is_secure(), &cx.cfg.trusted_proxies);
         self.metered = cx.metered(&client);
-        let outcome = self.route(&req, client, cx, now);
-        if let Some(started) = started {
-            let status = match &outcome {
-                Outcome::Respond(resp) => resp.status,
-                Outcome::Upgrade { .. } => 101,
-            };
-            // The client's address: behind a trusted proxy, the one it forwarded.
-            log::request(&client.ip, &req.method, req.path(), status, started.elapsed());
-        }
-        match outcome {
+        let keep_alive = req.keep_alive() && !cx.shutting_down;
+        match self.route(&req, client, cx, now) {
             Outcome::Respond(resp) => {
-                let keep_alive = req.keep_alive() && !cx.shutting_down && !resp.close;
-                self.respond(&resp, keep_alive, req.method == "HEAD", cx);
-                if !keep_alive {
-                    self.enter_closing(cx, now);
+                if let Some(started) = started {
+                    log::request(&client.ip, &req.method, req.path(), resp.status, started.elapsed());
                 }
-                !keep_alive
+                self.answer(&resp, keep_alive, req.method == "HEAD", cx, now)
+            }
+            Outcome::Store { request, pending } => {
+                cx.storage.submit(Origin { conn: self.key, generation: self.generation }, request);
+                let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
+                let until = now + STORAGE_TIMEOUT;
+                self.http().waiting = Some(Box::new(Waiting { pending, client, keep_alive, until, logged }));
+                false
             }
             Outcome::Upgrade { session, accept } => {
+                if let Some(started) = started {
+                    log::request(&client.ip, &req.method, req.path(), 101, started.elapsed());
+                }
                 self.upgrade(session, &accept, cx, now);
                 true
             }
         }
+    }
+
+    /// Queues `resp`; closes after it unless the connection stays open. Returns true
+    /// if the phase changed.
+    fn answer(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx, now: Instant) -> bool {
+        let keep_alive = keep_alive && !resp.close;
+        self.respond(resp, keep_alive, head, cx);
+        if !keep_alive {
+            self.enter_closing(cx, now);
+        }
+        !keep_alive
+    }
+
+    /// Storage answered the request this connection waits on: answer it, then go on
+    /// with whatever the client pipelined behind it.
+    pub fn on_reply(&mut self, reply: Reply, cx: &mut Cx, now: Instant) -> Step {
+        let super::Phase::Http(h) = &mut self.phase else { return Step::Wait };
+        // Gone after a storage timeout: its 503 has been sent.
+        let Some(w) = h.waiting.take() else { return Step::Wait };
+        h.deadline = now + if self.input.is_empty() { KEEPALIVE_TIMEOUT } else { REQUEST_TIMEOUT };
+        let mut ctx = api::Ctx {
+            chat: &mut cx.chat,
+            cfg: &cx.cfg.api,
+            now,
+            fx: &mut cx.fx,
+            client: w.client,
+            metered: self.metered,
+            limits: &mut cx.rate_limits,
+            server: ServerState::empty(),
+        };
+        let resp = api::finish(w.pending, reply, &mut ctx);
+        if let Some((started, method, path)) = &w.logged {
+            log::request(&w.client.ip, method, path, resp.status, started.elapsed());
+        }
+        self.answer(&resp, w.keep_alive, false, cx, now);
+        // Requests pipelined behind this one, and the socket's unread bytes.
+        self.readable = true;
+        Step::Yield
     }
 
     fn route(&self, req: &Request, client: proxy::Client, cx: &mut Cx, now: Instant) -> Outcome {
@@ -138,10 +209,10 @@ impl<S: Stream> Conn<S> {
             stats: &cx.stats,
             open_connections: cx.open_connections,
             broadcast_backlog_bytes: cx.log.bytes(),
+            storage_healthy: cx.storage.is_healthy(),
         };
         let mut ctx = api::Ctx {
             chat: &mut cx.chat,
-            store: &mut cx.store,
             cfg: &cx.cfg.api,
             now,
             fx: &mut cx.fx,

@@ -16,7 +16,7 @@ use crate::metrics::Stats;
 use crate::outq::{BroadcastLog, Flush, OutQueue};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
-use crate::store::Store;
+use crate::storage::Storage;
 use crate::ws::{self, ContextPool};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -86,7 +86,7 @@ pub struct ConnConfig {
 /// connection may touch while it is driven.
 pub struct Cx {
     pub chat: Chat,
-    pub store: Store,
+    pub storage: Storage,
     pub cfg: ConnConfig,
     pub rate_limits: RateLimits,
     /// Broadcast frames some connection has yet to write, each stored once.
@@ -102,10 +102,10 @@ pub struct Cx {
 }
 
 impl Cx {
-    pub fn new(chat: Chat, store: Store, cfg: ConnConfig, rate_limits: RateLimits) -> Self {
+    pub fn new(chat: Chat, storage: Storage, cfg: ConnConfig, rate_limits: RateLimits) -> Self {
         Cx {
             chat,
-            store,
+            storage,
             cfg,
             rate_limits,
             log: BroadcastLog::new(),
@@ -218,6 +218,11 @@ impl<S: Stream> Conn<S> {
         matches!(self.phase, Phase::Closing { .. })
     }
 
+    /// An HTTP request of this connection waits on storage.
+    pub fn is_waiting(&self) -> bool {
+        matches!(&self.phase, Phase::Http(h) if h.is_waiting())
+    }
+
     /// Bytes held for the peer: the queue, or records below it in the transport.
     pub fn wants_write(&self) -> bool {
         !self.out.is_empty() || self.sock.wants_write()
@@ -245,7 +250,7 @@ impl<S: Stream> Conn<S> {
     /// When this connection next needs attention without any IO.
     pub fn deadline(&self) -> Option<Instant> {
         match &self.phase {
-            Phase::Http(h) => Some(h.deadline),
+            Phase::Http(h) => Some(h.deadline()),
             Phase::Ws(w) => Some(w.deadline()),
             Phase::Closing { until } => Some(*until),
         }
@@ -342,8 +347,11 @@ impl<S: Stream> Conn<S> {
     /// A deadline this connection armed has come.
     pub fn on_timeout(&mut self, cx: &mut Cx, now: Instant) -> Step {
         match &mut self.phase {
-            Phase::Http(h) if now >= h.deadline => {
-                if !self.input.is_empty() {
+            Phase::Http(h) if now >= h.deadline() => {
+                if h.is_waiting() {
+                    // Storage never answered (a stopped thread): say so, and go.
+                    self.respond_error(503, "storage_unavailable", cx);
+                } else if !self.input.is_empty() {
                     self.respond_error(408, "request_timeout", cx);
                 }
                 self.enter_closing(cx, now);

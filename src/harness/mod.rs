@@ -97,7 +97,6 @@ pub fn api_body(data: &[u8]) {
     let mut fx = Vec::new();
     let mut ctx = Ctx {
         chat: &mut chat,
-        store: &mut store,
         cfg: &cfg,
         now: Instant::now(),
         fx: &mut fx,
@@ -106,7 +105,9 @@ pub fn api_body(data: &[u8]) {
         limits: &mut RateLimits::new(0, 0),
         server: crate::api::ServerState::empty(),
     };
-    let Outcome::Respond(resp) = api::handle(&req, &mut ctx) else { panic!("register/login never upgrade") };
+    let Outcome::Respond(resp) = api::handle_now(&req, &mut ctx, &mut store) else {
+        panic!("register/login never upgrade")
+    };
     let allowed: &[u16] = if which & 1 == 0 { &[201, 400, 409, 422] } else { &[200, 401, 422] };
     assert!(allowed.contains(&resp.status), "{path} answered {}", resp.status);
     assert_eq!(resp.header_value("Content-Type"), Some("application/json"));
@@ -147,7 +148,6 @@ pub fn cookie_header(data: &[u8]) {
     let cfg = ApiConfig { allowed_origins, ..ApiConfig::default() };
     let mut ctx = Ctx {
         chat: &mut chat,
-        store: &mut store,
         cfg: &cfg,
         now,
         fx: &mut fx,
@@ -156,11 +156,12 @@ pub fn cookie_header(data: &[u8]) {
         limits: &mut RateLimits::new(0, 0),
         server: crate::api::ServerState::empty(),
     };
-    match api::handle(&req, &mut ctx) {
+    match api::handle_now(&req, &mut ctx, &mut store) {
         Outcome::Upgrade { accept, .. } => assert_eq!(accept.len(), 28, "base64 of a SHA-1"),
         Outcome::Respond(r) => {
             assert!([400, 401, 403, 409, 422, 426].contains(&r.status), "GET /ws answered {}", r.status)
         }
+        Outcome::Store { .. } => panic!("handle_now answers storage requests itself"),
     }
 }
 

@@ -101,7 +101,7 @@ struct World {
 impl World {
     fn new() -> World {
         let cfg = ServerConfig::for_tests(ChatConfig { session_ttl: TTL, ..chat_config() }, vec![], false);
-        let mut server = Server::new(cfg, Store::open_in_memory().expect("store"));
+        let mut server = Server::new(cfg, crate::storage::Storage::inline(Store::open_in_memory().expect("store")));
         server.cx.chat.set_random(counter_random);
         let mut w = World {
             server,
@@ -163,6 +163,8 @@ impl World {
     fn http(&mut self, c: usize, req: &str) {
         self.clients[c].pipe.0.borrow_mut().to_server.extend_from_slice(req.as_bytes());
         self.server.on_ready(self.clients[c].key, true, true, self.now);
+        // Storage runs inline here: its replies are ready at once.
+        self.server.run_pending_reads(self.now);
         self.server.flush_all(self.now);
     }
 

@@ -11,7 +11,10 @@ fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
         max_sessions: 16,
         message_rate: None,
     };
-    Server::new(ServerConfig::for_tests(chat, trusted, metrics_public), Store::open_in_memory().unwrap())
+    Server::new(
+        ServerConfig::for_tests(chat, trusted, metrics_public),
+        crate::storage::Storage::inline(crate::store::Store::open_in_memory().unwrap()),
+    )
 }
 
 /// Sends `bytes` on a new connection from `peer`, lets the client read everything,

@@ -1,0 +1,316 @@
+//! The disk, off the event loop. A writer thread applies writes in group commits
+//! (every write waiting when a transaction starts goes into it: one fsync for all);
+//! a reader thread answers lookups from its own connection, which in WAL mode never
+//! waits for the writer. Both report back through one channel and wake the loop with
+//! a `mio::Waker`. The loop alone owns chat, session and connection state; these
+//! threads own nothing but their SQLite connections.
+//!
+//! `Storage::inline` runs the same requests synchronously on the caller's thread, for
+//! tests and fuzz targets that want determinism more than a second thread.
+
+use crate::log;
+use crate::store::{Store, StoreError, Write, Written};
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// The largest group commit: bounds one transaction's size and the replies it owes.
+const MAX_BATCH: usize = 4096;
+
+/// Who asked: a connection (slab key and generation), to route the reply back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub conn: usize,
+    pub generation: u64,
+}
+
+/// A request a connection waits on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Register {
+        username: String,
+        key_hash: [u8; 32],
+    },
+    /// The username behind a key's hash.
+    Login {
+        key_hash: [u8; 32],
+    },
+    /// A name's canonical spelling, matched ignoring case.
+    FindUser {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// The registration is committed and durable.
+    Registered,
+    NameTaken,
+    User(Option<String>),
+    /// The disk failed (full, read-only, I/O error): nothing was applied.
+    Unavailable,
+}
+
+/// A reply on its way back to the connection that asked.
+#[derive(Debug)]
+pub struct Done {
+    pub origin: Origin,
+    pub reply: Reply,
+}
+
+enum WriterJob {
+    Write { origin: Option<Origin>, write: Write },
+}
+
+struct ReaderJob {
+    origin: Origin,
+    request: Request,
+}
+
+pub struct Storage {
+    mode: Mode,
+}
+
+enum Mode {
+    Threads(Threads),
+    Inline { store: Store, done: VecDeque<Done>, failing: bool },
+}
+
+struct Threads {
+    writes: Option<Sender<WriterJob>>,
+    reads: Option<Sender<ReaderJob>>,
+    done: Receiver<Done>,
+    writer: Option<JoinHandle<()>>,
+    reader: Option<JoinHandle<()>>,
+    /// Handing a job to a storage thread failed: it has stopped for good.
+    dead: AtomicBool,
+    /// The stop was logged.
+    reported: AtomicBool,
+}
+
+/// How the storage threads wake the event loop.
+pub trait Wake: Send + Sync + 'static {
+    fn wake(&self);
+}
+
+impl Wake for mio::Waker {
+    fn wake(&self) {
+        // A wake that fails leaves the replies queued; the next event collects them.
+        let _ = mio::Waker::wake(self);
+    }
+}
+
+impl Storage {
+    /// Starts the writer (on `writer`, the connection start-up validated) and a
+    /// reader on the same file. `commit_delay` is added to every commit (tests of a
+    /// slow disk); zero in production.
+    pub fn spawn(
+        writer: Store,
+        path: &Path,
+        waker: Arc<dyn Wake>,
+        commit_delay: Duration,
+    ) -> Result<Storage, StoreError> {
+        let reader = Store::open_reader(path)?;
+        let (writes, write_rx) = mpsc::channel();
+        let (reads, read_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let writer = spawn_named("skiff-writer", {
+            let (done_tx, waker) = (done_tx.clone(), waker.clone());
+            move || run_writer(writer, write_rx, done_tx, waker, commit_delay)
+        })?;
+        let reader = spawn_named("skiff-reader", move || run_reader(reader, read_rx, done_tx, waker))?;
+        Ok(Storage {
+            mode: Mode::Threads(Threads {
+                writes: Some(writes),
+                reads: Some(reads),
+                done,
+                writer: Some(writer),
+                reader: Some(reader),
+                dead: AtomicBool::new(false),
+                reported: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Runs requests on the caller's thread, replies queued for `take_done`.
+    pub fn inline(store: Store) -> Storage {
+        Storage { mode: Mode::Inline { store, done: VecDeque::new(), failing: false } }
+    }
+
+    /// Inline mode only: make every write fail as a full disk would (tests).
+    pub fn set_failing(&mut self, fail: bool) {
+        if let Mode::Inline { failing, .. } = &mut self.mode {
+            *failing = fail;
+        }
+    }
+
+    /// Asks for `request` on behalf of `origin`; the reply comes from `take_done`.
+    pub fn submit(&mut self, origin: Origin, request: Request) {
+        match &mut self.mode {
+            Mode::Threads(t) => {
+                let sent = match request {
+                    Request::Register { username, key_hash } => {
+                        let write = Write::Register { username, key_hash };
+                        send(&t.writes, WriterJob::Write { origin: Some(origin), write })
+                    }
+                    request => send(&t.reads, ReaderJob { origin, request }),
+                };
+                if !sent {
+                    t.dead.store(true, Ordering::Relaxed);
+                }
+            }
+            Mode::Inline { store, done, failing } => {
+                let reply = if *failing { Reply::Unavailable } else { execute(store, request) };
+                done.push_back(Done { origin, reply });
+            }
+        }
+    }
+
+    /// A write nobody waits on (sessions): it joins the next group commit.
+    pub fn persist(&mut self, write: Write) {
+        match &mut self.mode {
+            Mode::Threads(t) => {
+                if !send(&t.writes, WriterJob::Write { origin: None, write }) {
+                    t.dead.store(true, Ordering::Relaxed);
+                }
+            }
+            Mode::Inline { store, failing, .. } => {
+                if !*failing {
+                    if let Err(e) = store.apply(std::slice::from_ref(&write)) {
+                        log::warn(format_args!("storage: session not saved: {e}"));
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next reply, if one has arrived.
+    pub fn take_done(&mut self) -> Option<Done> {
+        match &mut self.mode {
+            Mode::Threads(t) => t.done.try_recv().ok(),
+            Mode::Inline { done, .. } => done.pop_front(),
+        }
+    }
+
+    /// Replies are waiting (inline mode; threads announce theirs with the waker).
+    pub fn has_done(&self) -> bool {
+        matches!(&self.mode, Mode::Inline { done, .. } if !done.is_empty())
+    }
+
+    /// False once a storage thread has stopped: nothing more will be written. Said
+    /// once in the log when first seen.
+    pub fn is_healthy(&self) -> bool {
+        let Mode::Threads(t) = &self.mode else { return true };
+        let stopped = |h: &Option<JoinHandle<()>>| h.as_ref().is_some_and(|h| h.is_finished());
+        let healthy = !t.dead.load(Ordering::Relaxed) && !stopped(&t.writer) && !stopped(&t.reader);
+        if !healthy && !t.reported.swap(true, Ordering::Relaxed) {
+            log::error(format_args!("storage: a storage thread has stopped; registrations and logins will fail"));
+        }
+        healthy
+    }
+
+    /// Stops taking work and waits until every write already handed over is
+    /// committed (or has failed): a graceful shutdown loses nothing acknowledged.
+    pub fn drain(&mut self) {
+        if let Mode::Threads(t) = &mut self.mode {
+            t.writes = None;
+            t.reads = None;
+            for handle in [t.writer.take(), t.reader.take()].into_iter().flatten() {
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        self.drain();
+    }
+}
+
+fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| StoreError::Open(format!("cannot start the {name} thread: {e}")))
+}
+
+fn send<T>(tx: &Option<Sender<T>>, job: T) -> bool {
+    tx.as_ref().is_some_and(|tx| tx.send(job).is_ok())
+}
+
+/// A request run to completion on `store` (inline mode, the reader thread, tests).
+pub fn execute(store: &mut Store, request: Request) -> Reply {
+    let result = match request {
+        Request::Register { username, key_hash } => {
+            store.apply(&[Write::Register { username, key_hash }]).map(|r| match r[0] {
+                Written::Done => Reply::Registered,
+                Written::NameTaken => Reply::NameTaken,
+            })
+        }
+        Request::Login { key_hash } => store.user_by_key_hash(&key_hash).map(Reply::User),
+        Request::FindUser { name } => store.find_user(&name).map(Reply::User),
+    };
+    result.unwrap_or_else(|e| {
+        log::warn(format_args!("storage: {e}"));
+        Reply::Unavailable
+    })
+}
+
+fn run_writer(
+    mut store: Store,
+    jobs: Receiver<WriterJob>,
+    done: Sender<Done>,
+    waker: Arc<dyn Wake>,
+    commit_delay: Duration,
+) {
+    let mut batch = Vec::new();
+    // Blocks for the first job, then takes everything already queued behind it:
+    // whatever arrived during the last commit shares the next one.
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (origins, writes): (Vec<Option<Origin>>, Vec<Write>) =
+            batch.drain(..).map(|WriterJob::Write { origin, write }| (origin, write)).unzip();
+        if !commit_delay.is_zero() {
+            std::thread::sleep(commit_delay);
+        }
+        let results = store.apply(&writes);
+        if let Err(e) = &results {
+            log::warn(format_args!("storage: a batch of {} writes failed: {e}", writes.len()));
+        }
+        let mut replied = false;
+        for (i, origin) in origins.into_iter().enumerate() {
+            let Some(origin) = origin else { continue };
+            let reply = match &results {
+                Ok(r) if r[i] == Written::NameTaken => Reply::NameTaken,
+                Ok(_) => Reply::Registered,
+                Err(_) => Reply::Unavailable,
+            };
+            replied |= done.send(Done { origin, reply }).is_ok();
+        }
+        if replied {
+            waker.wake();
+        }
+    }
+    log::debug(format_args!("storage writer stopped: every write handed over is applied"));
+}
+
+fn run_reader(mut store: Store, jobs: Receiver<ReaderJob>, done: Sender<Done>, waker: Arc<dyn Wake>) {
+    while let Ok(ReaderJob { origin, request }) = jobs.recv() {
+        let reply = execute(&mut store, request);
+        if done.send(Done { origin, reply }).is_err() {
+            break;
+        }
+        waker.wake();
+    }
+}
