@@ -46,6 +46,10 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
+    // A file-size limit (RLIMIT_FSIZE) is a full disk, not a reason to die: with
+    // SIGXFSZ ignored the write fails with EFBIG and the request gets a 503.
+    // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
+    unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let store = match Store::open(&cfg.db) {
         Ok(s) => s,
         Err(e) => {

@@ -40,21 +40,32 @@ impl Server {
 
     /// Starts skiff with its open-file limit lowered to `nofile` (EMFILE tests).
     pub fn start_with_nofile(nofile: u32, args: &[&str]) -> Server {
-        Server::spawn(tempfile::tempdir().expect("tempdir"), args, Some(nofile))
+        Server::start_under(tempfile::tempdir().expect("tempdir"), &[&format!("ulimit -n {nofile}")], &[], args)
+    }
+
+    /// Starts skiff after the shell commands in `setup` (limits) and behind the
+    /// command `wrapper` (strace, say), in a process group of its own that is killed
+    /// whole when the server is dropped.
+    pub fn start_under(dir: tempfile::TempDir, setup: &[&str], wrapper: &[&str], args: &[&str]) -> Server {
+        let mut script = setup.iter().map(|c| format!("{c} && ")).collect::<String>();
+        script.push_str("exec \"$@\"");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script).arg("sh").args(wrapper).arg(env!("CARGO_BIN_EXE_skiff"));
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        Server::spawn_cmd(dir, cmd, args)
     }
 
     fn spawn(dir: tempfile::TempDir, args: &[&str], nofile: Option<u32>) -> Server {
+        match nofile {
+            None => Server::spawn_cmd(dir, Command::new(env!("CARGO_BIN_EXE_skiff")), args),
+            Some(n) => Server::start_under(dir, &[&format!("ulimit -n {n}")], &[], args),
+        }
+    }
+
+    fn spawn_cmd(dir: tempfile::TempDir, mut cmd: Command, args: &[&str]) -> Server {
         let db = dir.path().join("chat.db");
         let stderr_path = dir.path().join(format!("stderr-{}.log", Instant::now().elapsed().as_nanos()));
         let stderr = std::fs::File::create(&stderr_path).expect("stderr log");
-        let mut cmd = match nofile {
-            None => Command::new(env!("CARGO_BIN_EXE_skiff")),
-            Some(n) => {
-                let mut c = Command::new("sh");
-                c.arg("-c").arg(format!("ulimit -n {n} && exec \"$0\" \"$@\"")).arg(env!("CARGO_BIN_EXE_skiff"));
-                c
-            }
-        };
         let mut child = cmd
             .arg("--listen")
             .arg("127.0.0.1:0")
@@ -119,9 +130,23 @@ impl Server {
         None
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Stops the server, keeping its directory for a restart.
     pub fn stop(mut self) -> tempfile::TempDir {
         self.signal(libc::SIGTERM);
+        self.take_dir()
+    }
+
+    /// The directory of a server that has already exited (killed), for a restart.
+    pub fn stop_killed(mut self) -> tempfile::TempDir {
+        self.wait_exit(Duration::from_secs(10)).expect("skiff exited");
+        self.take_dir()
+    }
+
+    fn take_dir(&mut self) -> tempfile::TempDir {
         let dir = tempfile::tempdir().expect("tempdir");
         std::mem::replace(&mut self.dir, dir)
     }
@@ -198,6 +223,15 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The whole group: a wrapper's child (skiff under strace) goes too. Servers
+        // started directly are their own only member of our group; kill them alone.
+        // SAFETY: kill(2) on our child's process group, or on our child.
+        unsafe {
+            let pid = self.child.id() as i32;
+            if libc::getpgid(pid) == pid {
+                libc::kill(-pid, libc::SIGKILL);
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
