@@ -12,7 +12,7 @@ use crate::log;
 use crate::store::{Store, StoreError, Write, Written};
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -86,6 +86,8 @@ struct Threads {
     done: Receiver<Done>,
     writer: Option<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
+    /// Transactions the writer has committed (or tried to).
+    commits: Arc<AtomicU64>,
     /// Handing a job to a storage thread failed: it has stopped for good.
     dead: AtomicBool,
     /// The stop was logged.
@@ -118,9 +120,10 @@ impl Storage {
         let (writes, write_rx) = mpsc::channel();
         let (reads, read_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
         let writer = spawn_named("skiff-writer", {
-            let (done_tx, waker) = (done_tx.clone(), waker.clone());
-            move || run_writer(writer, write_rx, done_tx, waker, commit_delay)
+            let (done_tx, waker, commits) = (done_tx.clone(), waker.clone(), commits.clone());
+            move || run_writer(writer, write_rx, done_tx, waker, commits, commit_delay)
         })?;
         let reader = spawn_named("skiff-reader", move || run_reader(reader, read_rx, done_tx, waker))?;
         Ok(Storage {
@@ -130,6 +133,7 @@ impl Storage {
                 done,
                 writer: Some(writer),
                 reader: Some(reader),
+                commits,
                 dead: AtomicBool::new(false),
                 reported: AtomicBool::new(false),
             }),
@@ -201,6 +205,14 @@ impl Storage {
         matches!(&self.mode, Mode::Inline { done, .. } if !done.is_empty())
     }
 
+    /// Group commits so far (each one transaction, one fsync).
+    pub fn commits(&self) -> u64 {
+        match &self.mode {
+            Mode::Threads(t) => t.commits.load(Ordering::Relaxed),
+            Mode::Inline { .. } => 0,
+        }
+    }
+
     /// False once a storage thread has stopped: nothing more will be written. Said
     /// once in the log when first seen.
     pub fn is_healthy(&self) -> bool {
@@ -266,6 +278,7 @@ fn run_writer(
     jobs: Receiver<WriterJob>,
     done: Sender<Done>,
     waker: Arc<dyn Wake>,
+    commits: Arc<AtomicU64>,
     commit_delay: Duration,
 ) {
     let mut batch = Vec::new();
@@ -285,6 +298,7 @@ fn run_writer(
             std::thread::sleep(commit_delay);
         }
         let results = store.apply(&writes);
+        commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &results {
             log::warn(format_args!("storage: a batch of {} writes failed: {e}", writes.len()));
         }
@@ -312,5 +326,88 @@ fn run_reader(mut store: Store, jobs: Receiver<ReaderJob>, done: Sender<Done>, w
             break;
         }
         waker.wake();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Condvar;
+
+    /// Counts wake-ups; a test waits on it instead of an event loop.
+    #[derive(Default)]
+    struct Bell {
+        rung: Mutex<u64>,
+        cv: Condvar,
+    }
+    use std::sync::Mutex;
+
+    impl Wake for Bell {
+        fn wake(&self) {
+            *self.rung.lock().unwrap() += 1;
+            self.cv.notify_all();
+        }
+    }
+
+    fn spawn(dir: &tempfile::TempDir, delay: Duration) -> (Storage, Arc<Bell>) {
+        let path = dir.path().join("s.db");
+        let bell = Arc::new(Bell::default());
+        let storage = Storage::spawn(Store::open(&path).unwrap(), &path, bell.clone(), delay).unwrap();
+        (storage, bell)
+    }
+
+    /// Collects `n` replies, waiting on the bell (bounded).
+    fn replies(storage: &mut Storage, bell: &Bell, n: usize) -> Vec<Done> {
+        let mut out = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while out.len() < n {
+            while let Some(d) = storage.take_done() {
+                out.push(d);
+            }
+            let rung = bell.rung.lock().unwrap();
+            assert!(std::time::Instant::now() < deadline, "only {} of {n} replies", out.len());
+            let _ = bell.cv.wait_timeout(rung, Duration::from_millis(50)).unwrap();
+        }
+        out
+    }
+
+    fn origin(conn: usize) -> Origin {
+        Origin { conn, generation: 1 }
+    }
+
+    #[test]
+    fn registrations_waiting_together_share_one_commit_and_names_stay_unique() {
+        let dir = tempfile::tempdir().unwrap();
+        // Every commit takes 100 ms: whatever queues meanwhile joins the next one.
+        let (mut storage, bell) = spawn(&dir, Duration::from_millis(100));
+        for i in 0..60 {
+            let username = if i == 59 { "NAME0".to_owned() } else { format!("name{i}") };
+            storage.submit(origin(i), Request::Register { username, key_hash: [i as u8; 32] });
+        }
+        let done = replies(&mut storage, &bell, 60);
+        let taken: Vec<usize> = done.iter().filter(|d| d.reply == Reply::NameTaken).map(|d| d.origin.conn).collect();
+        assert_eq!(taken, [59], "the second spelling of name0 is taken, in the same batch");
+        assert_eq!(done.iter().filter(|d| d.reply == Reply::Registered).count(), 59);
+        assert!(storage.commits() <= 3, "{} commits for 60 registrations", storage.commits());
+        // A lookup is answered by the reader, and sees what was committed.
+        storage.submit(origin(99), Request::Login { key_hash: [7; 32] });
+        let done = replies(&mut storage, &bell, 1);
+        assert_eq!(done[0].reply, Reply::User(Some("name7".into())));
+    }
+
+    #[test]
+    fn a_drained_storage_has_written_everything_and_a_stopped_one_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut storage, _bell) = spawn(&dir, Duration::from_millis(20));
+        for i in 0..20u8 {
+            storage.persist(Write::SaveSession { id_hash: [i; 32], username: "a".into(), active_ms: 1 });
+        }
+        assert!(storage.is_healthy());
+        storage.drain();
+        let mut store = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(store.load_sessions().unwrap().len(), 20, "drain waited for every write");
+        // The threads are gone: the next request cannot be handed over.
+        storage.submit(origin(1), Request::FindUser { name: "a".into() });
+        assert!(!storage.is_healthy());
     }
 }
