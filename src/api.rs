@@ -52,6 +52,8 @@ enum PendingKind {
     },
     Login,
     FindUser,
+    /// A file from `--static`, read off the loop.
+    File,
 }
 
 /// Policy the routes need from the configuration.
@@ -161,6 +163,8 @@ pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
         }
         (PendingKind::FindUser, Reply::User(Some(username))) => user_status(&username, ctx),
         (PendingKind::FindUser, _) => Response::error(404, "user_not_found"),
+        (PendingKind::File, Reply::File(resp)) => *resp,
+        (PendingKind::File, _) => Response::error(404, "not_found"),
     };
     match pending.cors {
         Some(origin) => with_cors(resp, origin),
@@ -235,13 +239,10 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
                 _ => respond(not_allowed("GET")),
             },
             _ if path.starts_with("/api/") => respond(Response::error(404, "not_found")),
-            _ => respond(match method {
-                "GET" | "HEAD" => crate::web::serve(req, ctx.cfg.static_dir.as_deref()),
-                _ => match crate::web::serve(req, ctx.cfg.static_dir.as_deref()).status {
-                    404 => Response::error(404, "not_found"),
-                    _ => not_allowed("GET, HEAD"),
-                },
-            }),
+            _ => match ctx.cfg.static_dir.as_deref() {
+                Some(dir) => wait_on(StorageRequest::File(crate::web::FileRequest::new(req, dir)), PendingKind::File),
+                None => respond(crate::web::builtin(req)),
+            },
         },
     }
 }

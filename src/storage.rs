@@ -43,6 +43,8 @@ pub enum Request {
     FindUser {
         name: String,
     },
+    /// A file under `--static` (the loop reads no files either).
+    File(crate::web::FileRequest),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +53,7 @@ pub enum Reply {
     Registered,
     NameTaken,
     User(Option<String>),
+    File(Box<crate::http::Response>),
     /// The disk failed (full, read-only, I/O error): nothing was applied.
     Unavailable,
 }
@@ -266,6 +269,7 @@ pub fn execute(store: &mut Store, request: Request) -> Reply {
         }
         Request::Login { key_hash } => store.user_by_key_hash(&key_hash).map(Reply::User),
         Request::FindUser { name } => store.find_user(&name).map(Reply::User),
+        Request::File(f) => Ok(Reply::File(Box::new(crate::web::serve_file(&f)))),
     };
     result.unwrap_or_else(|e| {
         log::warn(format_args!("storage: {e}"));

@@ -1,7 +1,8 @@
 //! The web client: the built-in chat page embedded in the binary, or a user's own
 //! directory of files (`--static DIR`). GET and HEAD only, ETags, and no path ever
 //! leaves the directory (no `..`, no encoded dots, no symlinks pointing out).
-//! Reads files on the loop thread: they are small, and the page is fetched rarely.
+//! Files from `--static` are read on the storage reader thread (`serve_file`), never
+//! on the event loop; the built-in page is in memory.
 
 use crate::http::{Request, Response};
 use std::borrow::Cow;
@@ -28,32 +29,67 @@ const BUILTIN: &[Asset] = &[
     Asset { path: "/style.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../web/style.css") },
 ];
 
-/// Answers a GET/HEAD for a non-API path, from `dir` when given, else the built-in page.
-pub fn serve(req: &Request, dir: Option<&Path>) -> Response {
-    match dir {
-        Some(dir) => from_dir(req, dir),
-        None => builtin(req),
+/// A request for a file under `--static`, everything the reader thread needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRequest {
+    pub root: PathBuf,
+    pub path: String,
+    pub method: String,
+    pub if_none_match: Option<String>,
+}
+
+impl FileRequest {
+    pub fn new(req: &Request, root: &Path) -> Self {
+        FileRequest {
+            root: root.to_path_buf(),
+            path: req.path().to_owned(),
+            method: req.method.clone(),
+            if_none_match: req.header_str("if-none-match").map(str::to_owned),
+        }
     }
 }
 
-fn builtin(req: &Request) -> Response {
+/// The built-in page: GET/HEAD of a known path; other methods 405, unknown paths 404.
+pub fn builtin(req: &Request) -> Response {
     let Some(asset) = BUILTIN.iter().find(|a| a.path == req.path()) else {
         return Response::error(404, "not_found");
     };
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return not_allowed();
+    }
     let etag = format!("\"{:016x}\"", fnv1a(asset.body));
-    respond(req, asset.content_type, Cow::Borrowed(asset.body), etag).header("Content-Security-Policy", CSP)
+    respond(req.header_str("if-none-match"), asset.content_type, Cow::Borrowed(asset.body), etag)
+        .header("Content-Security-Policy", CSP)
 }
 
-fn respond(req: &Request, content_type: &'static str, body: Cow<'static, [u8]>, etag: String) -> Response {
-    let fresh =
-        req.header_str("if-none-match").is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
+/// A file from the `--static` directory (blocking: runs on the reader thread).
+pub fn serve_file(f: &FileRequest) -> Response {
+    let resp = from_dir(&f.path, f.if_none_match.as_deref(), &f.root);
+    match f.method.as_str() {
+        "GET" | "HEAD" => resp,
+        _ if resp.status == 404 => resp,
+        _ => not_allowed(),
+    }
+}
+
+fn not_allowed() -> Response {
+    Response::error(405, "method_not_allowed").header("Allow", "GET, HEAD")
+}
+
+fn respond(
+    if_none_match: Option<&str>,
+    content_type: &'static str,
+    body: Cow<'static, [u8]>,
+    etag: String,
+) -> Response {
+    let fresh = if_none_match.is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"));
     let r = if fresh { Response::new(304) } else { Response::new(200).with_body(body) };
     r.header("Content-Type", content_type).header("ETag", etag).header("Cache-Control", "no-cache")
 }
 
-fn from_dir(req: &Request, root: &Path) -> Response {
+fn from_dir(req_path: &str, if_none_match: Option<&str>, root: &Path) -> Response {
     let not_found = || Response::error(404, "not_found");
-    let Some(rel) = safe_relative(req.path()) else { return not_found() };
+    let Some(rel) = safe_relative(req_path) else { return not_found() };
     let mut path = root.join(rel);
     // Resolve symlinks and make sure the result is still inside the root.
     let Ok(mut real) = path.canonicalize() else { return not_found() };
@@ -72,7 +108,7 @@ fn from_dir(req: &Request, root: &Path) -> Response {
     let Ok(body) = std::fs::read(&real) else { return not_found() };
     let mtime = meta.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok()).unwrap_or_default();
     let etag = format!("\"{:x}-{:x}\"", meta.len(), mtime.as_nanos());
-    respond(req, content_type(&real), Cow::Owned(body), etag)
+    respond(if_none_match, content_type(&real), Cow::Owned(body), etag)
 }
 
 /// The request path as a relative path of plain components, percent-decoded; None

@@ -53,6 +53,15 @@ fn static_dir_serves_files_and_refuses_traversal() {
     let etag = r.header("etag").unwrap().to_owned();
     let r = srv.raw(format!("GET /sub/app.js HTTP/1.1\r\nHost: t\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes());
     assert_eq!(r.status, 304);
+    // Files are read off the loop: HEAD keeps the length and drops the body, other
+    // methods are 405 (404 where nothing is), and pipelined requests keep their order.
+    let mut s = srv.connect();
+    s.write_all(b"HEAD /sub/app.js HTTP/1.1\r\nHost: t\r\n\r\nPOST /sub/app.js HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\nPUT /missing HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\nGET /healthz HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    let answers = String::from_utf8_lossy(&read_to_close(&mut s)).into_owned();
+    let statuses: Vec<&str> = answers.match_indices("HTTP/1.1 ").map(|(i, _)| &answers[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["200", "405", "404", "200"], "{answers}");
+    assert!(answers.contains("Content-Length: 10\r\n"), "HEAD keeps the length");
+    assert!(!answers.contains("let x = 1;"), "HEAD has no body");
     assert_eq!(srv.get("/empty/", None).status, 404, "no directory listing");
     assert_eq!(srv.get("/nope.html", None).status, 404);
     let secret = outside.path().join("secret.txt");

@@ -29,6 +29,7 @@ struct Waiting {
     pending: api::Pending,
     client: proxy::Client,
     keep_alive: bool,
+    head: bool,
     until: Instant,
     /// Method and path, kept only when requests are logged.
     logged: Option<(Instant, String, String)>,
@@ -153,7 +154,8 @@ impl<S: Stream> Conn<S> {
                 cx.storage.submit(Origin { conn: self.key, generation: self.generation }, request);
                 let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
                 let until = now + STORAGE_TIMEOUT;
-                self.http().waiting = Some(Box::new(Waiting { pending, client, keep_alive, until, logged }));
+                let head = req.method == "HEAD";
+                self.http().waiting = Some(Box::new(Waiting { pending, client, keep_alive, head, until, logged }));
                 false
             }
             Outcome::Upgrade { session, accept } => {
@@ -198,7 +200,7 @@ impl<S: Stream> Conn<S> {
         if let Some((started, method, path)) = &w.logged {
             log::request(&w.client.ip, method, path, resp.status, started.elapsed());
         }
-        self.answer(&resp, w.keep_alive, false, cx, now);
+        self.answer(&resp, w.keep_alive, w.head, cx, now);
         // Requests pipelined behind this one, and the socket's unread bytes.
         self.readable = true;
         Step::Yield
