@@ -1,7 +1,7 @@
 //! A slow disk must not stall the room. skiff runs under strace with every fsync and
 //! fdatasync made 200 ms slower; a registration flood runs while two users chat.
-//! Chat frames must keep flowing in well under 50 ms, registrations must each wait
-//! for a (slow) durable commit, and group commit must put many in each one.
+//! Chat frames and logins must keep flowing in well under 50 ms, registrations must
+//! each wait for a (slow) durable commit, and group commit must put many in each one.
 //! Needs strace (`apt-get install strace`); `SKIFF_SKIP_STRACE=1` leaves it out.
 
 mod common;
@@ -36,6 +36,7 @@ fn chat_flows_while_registrations_wait_on_a_slow_disk() {
         "the slow-disk test needs strace: apt-get install strace (or SKIFF_SKIP_STRACE=1)"
     );
     let srv = Server::start_under(tempfile::tempdir().unwrap(), &[], STRACE, &[]);
+    let key = srv.register("carol");
     let (a, b) = (srv.user("alice"), srv.user("bob"));
     let mut wa = srv.ws(&a);
     let mut wb = srv.ws(&b);
@@ -79,6 +80,14 @@ fn chat_flows_while_registrations_wait_on_a_slow_disk() {
         assert_eq!(wa.recv(), serde_json::json!({"status": true}));
         std::thread::sleep(Duration::from_millis(50));
     }
+    // Logins look the key up on the reader thread: no commit to wait for.
+    let mut worst_login = Duration::ZERO;
+    for _ in 0..10 {
+        let sent = Instant::now();
+        let r = srv.post("/api/login", &format!(r#"{{"key": "{key}"}}"#), None);
+        assert_eq!(r.status, 200);
+        worst_login = worst_login.max(sent.elapsed());
+    }
     stop.store(true, Ordering::Relaxed);
     for t in flood {
         t.join().unwrap();
@@ -88,6 +97,7 @@ fn chat_flows_while_registrations_wait_on_a_slow_disk() {
     let registered = lat.len();
     let median = lat[registered / 2];
     assert!(worst < Duration::from_millis(50), "a chat message took {worst:?} during the flood");
+    assert!(worst_login < Duration::from_millis(50), "a login took {worst_login:?} during the flood");
     // Each 201 waited for a commit with its 200 ms fsync: the injection was in force.
     assert!(median >= Duration::from_millis(190), "median registration {median:?}: was the disk slow?");
     // ~2 s of flood at one commit per >= 200 ms: without group commit at most ~10.
