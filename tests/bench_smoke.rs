@@ -1,5 +1,5 @@
 //! A small run of skiff-bench against a real skiff: 20 clients for 2 s must lose
-//! nothing. Performance figures come from full runs by hand (README), never from
+//! nothing, and a registration flood beside 10 clients gets nothing but 201s. Performance figures come from full runs by hand (README), never from
 //! timing assertions here. Also the command line's own contract: errors and exits.
 
 mod common;
@@ -46,6 +46,49 @@ fn twenty_clients_two_seconds_lose_nothing() {
     assert_eq!(load["loss"], 0);
     assert!(load["latency_ms"]["samples"].as_u64().unwrap() > 0);
     assert!(load["server_cpu_s"].is_number(), "CPU read from /proc");
+}
+
+#[test]
+fn a_registration_flood_beside_the_chat_creates_users_and_loses_nothing() {
+    let srv = Server::start();
+    let url = format!("http://{}", srv.addr);
+    let r = bench(&[
+        "--url",
+        &url,
+        "--clients",
+        "10",
+        "--senders",
+        "2",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--idle-secs",
+        "0.2",
+        "--register-flood",
+        "4",
+        "--json",
+    ]);
+    let (load, flood) = (&r["load"], &r["register_flood"]);
+    assert_eq!(load["loss"], 0, "{load}");
+    assert_eq!(load["unacked"], 0, "{load}");
+    assert_eq!(flood["clients"], 4, "{flood}");
+    let created = flood["created"].as_u64().unwrap();
+    assert!(created > 0, "{flood}");
+    assert_eq!(flood["sent"].as_u64(), Some(created), "every request answered 201: {flood}");
+    assert_eq!(flood["non_201"], 0, "{flood}");
+    assert_eq!(flood["statuses"], serde_json::json!({ "201": created }), "{flood}");
+    assert_eq!(flood["latency_ms"]["samples"].as_u64(), Some(created), "{flood}");
+    assert!(flood["per_s"].as_f64().unwrap() > 0.0, "{flood}");
+}
+
+#[test]
+fn without_a_flood_the_report_says_so() {
+    let srv = Server::start();
+    let url = format!("http://{}", srv.addr);
+    let r =
+        bench(&["--url", &url, "--clients", "2", "--senders", "1", "--duration", "0.2", "--idle-secs", "0", "--json"]);
+    assert!(r["register_flood"].is_null(), "{r}");
 }
 
 #[test]

@@ -19,6 +19,11 @@ usage: skiff-bench [--url http://127.0.0.1:7777 | --raw ws://HOST:PORT/PATH] [op
   --sources K        local source addresses 127.0.0.2.. (default: 1 per 25,000 clients)
   --setup-threads T  HTTP threads for register/login [8]
   --timeout S        hard limit for the whole run [600]
+  --register-flood C during the load phase, C more keep-alive HTTP connections each
+                     POST /api/register with fresh usernames back to back [0: off];
+                     reports registrations/s, their latency and every non-201 answer
+  --register-secs S  how long the flood runs, from the start of the load phase
+                     [--duration]; --senders 0 gives a flood with no chat load
   --spin             busy-poll instead of sleeping in epoll: at low rates the client's own
                      wake-ups (~10 us each) otherwise dominate the measured latency;
                      costs a full core, so use it only where one is free
@@ -46,6 +51,10 @@ pub struct Args {
     pub sources: usize,
     pub setup_threads: usize,
     pub timeout: Duration,
+    /// `--register-flood`: registration connections during the load (0: none).
+    pub flood_clients: usize,
+    /// `--register-secs`; None: as long as the load phase.
+    pub flood_secs: Option<Duration>,
     pub json: bool,
     pub spin: bool,
 }
@@ -67,6 +76,8 @@ impl Default for Args {
             sources: 0,
             setup_threads: 8,
             timeout: Duration::from_secs(600),
+            flood_clients: 0,
+            flood_secs: None,
             json: false,
             spin: false,
         }
@@ -107,12 +118,25 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Strin
             "--sources" => a.sources = num(val()?)? as usize,
             "--setup-threads" => a.setup_threads = (num(val()?)? as usize).max(1),
             "--timeout" => a.timeout = secs(val()?)?,
+            "--register-flood" => a.flood_clients = num(val()?)? as usize,
+            "--register-secs" => a.flood_secs = Some(secs(val()?)?),
             "--json" => a.json = true,
             "--spin" => a.spin = true,
             other => return Err(format!("unknown flag {other} (see --help)")),
         }
     }
     validate(a).map(Some)
+}
+
+/// The flood runs on one thread and one loop; past this the generator, not the
+/// server, would be what is measured.
+const MAX_FLOOD_CLIENTS: usize = 1024;
+
+impl Args {
+    /// How long the registration flood runs.
+    pub fn flood_duration(&self) -> Duration {
+        self.flood_secs.unwrap_or(self.duration)
+    }
 }
 
 fn validate(mut a: Args) -> Result<Args, String> {
@@ -124,6 +148,15 @@ fn validate(mut a: Args) -> Result<Args, String> {
     }
     if a.senders > a.clients {
         return Err("--senders exceeds --clients".into());
+    }
+    if a.flood_clients > MAX_FLOOD_CLIENTS {
+        return Err(format!("--register-flood: at most {MAX_FLOOD_CLIENTS} connections"));
+    }
+    if a.flood_clients > 0 && a.raw {
+        return Err("--register-flood needs a skiff server, not --raw".into());
+    }
+    if a.flood_secs.is_some() && a.flood_clients == 0 {
+        return Err("--register-secs without --register-flood".into());
     }
     if a.prefix.is_empty() {
         let mut r = [0u8; 4];
@@ -172,10 +205,21 @@ mod tests {
             (&["--duration", "-1"], "--duration"),
             (&["--rate"], "missing value"),
             (&["--bogus"], "unknown flag"),
+            (&["--register-flood", "5000"], "--register-flood"),
+            (&["--register-secs", "3"], "--register-secs"),
+            (&["--raw", "ws://127.0.0.1:9/", "--register-flood", "4"], "--raw"),
         ] {
             let e = parse_strs(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
             assert!(e.contains(what), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn the_flood_lasts_as_long_as_the_load_unless_told() {
+        let a = parse_strs(&["--register-flood", "64", "--duration", "7"]).unwrap().unwrap();
+        assert_eq!((a.flood_clients, a.flood_duration()), (64, Duration::from_secs(7)));
+        let a = parse_strs(&["--register-flood", "4", "--register-secs", "2.5", "--senders", "0"]).unwrap().unwrap();
+        assert_eq!((a.senders, a.flood_duration()), (0, Duration::from_millis(2500)));
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! broadcast server). A run is four phases, each filling its part of the report:
 //! setup (users, connections, the join storm), idle (the server's RSS), load (senders
 //! at a fixed rate, then a bounded wait for every delivery and ack), and teardown.
+//! With `--register-flood` a registration flood runs on its own thread alongside the
+//! load phase (flood.rs), so one run shows what sign-ups do to chat latency.
 //! Every phase has a deadline; the whole run stops by itself.
 
 mod args;
 mod client;
+mod flood;
 mod hist;
 mod http;
 mod progress;
@@ -53,10 +56,11 @@ fn run(a: &Args) -> Result<Report, String> {
     let mut bench = Bench::new(a.raw, a.spin).map_err(|e| format!("epoll: {e}"))?;
     let setup = setup(a, &mut bench, hard_stop)?;
     let idle = idle(a, &mut bench, rss_before, hard_stop);
-    let load = load(a, &mut bench, hard_stop);
+    let flood = prepare_flood(a)?;
+    let (load, flood) = load(a, &mut bench, flood, hard_stop);
     let teardown_s = teardown(&mut bench);
     progress::clear();
-    Ok(Report { setup, idle, load, teardown_s })
+    Ok(Report { setup, idle, load, flood, teardown_s })
 }
 
 // --- setup -----------------------------------------------------------------------
@@ -142,20 +146,43 @@ fn idle(a: &Args, bench: &mut Bench, rss_before: Option<u64>, hard_stop: Instant
     report::Idle { rss_before_kib: rss_before, rss_idle_kib: a.pid.and_then(sys::server_rss_kib) }
 }
 
-fn load(a: &Args, bench: &mut Bench, hard_stop: Instant) -> report::Load {
+/// Opens the flood's connections (if any) before the load phase, so their setup is
+/// not part of what the chat clients measure.
+fn prepare_flood(a: &Args) -> Result<Option<flood::Flood>, String> {
+    if a.flood_clients == 0 {
+        return Ok(None);
+    }
+    progress::show("flood", &format!("opening {} registration connections", a.flood_clients));
+    let plan =
+        flood::Plan { target: a.target, prefix: a.prefix.clone(), clients: a.flood_clients, secs: a.flood_duration() };
+    flood::prepare(plan).map(Some)
+}
+
+fn load(
+    a: &Args,
+    bench: &mut Bench,
+    flood: Option<flood::Flood>,
+    hard_stop: Instant,
+) -> (report::Load, Option<flood::Outcome>) {
     let cpu_server0 = a.pid.and_then(sys::server_cpu_seconds);
     let cpu_self0 = sys::own_cpu_seconds();
     bench.reset_load();
     let (t0, t0_ns) = (Instant::now(), sys::now_ns());
+    let flood = flood.map(flood::Flood::start);
     offer(a, bench, t0, hard_stop);
     let load_s = t0.elapsed().as_secs_f64();
     let expected = drain(a, bench, hard_stop);
+    // The flood thread stops by itself (its window plus a bounded drain).
+    let flood = flood.map(|h| {
+        progress::show("flood", "waiting for the registration flood to end");
+        h.join().expect("flood thread panicked")
+    });
     let server_cpu_s = match (cpu_server0, a.pid.and_then(sys::server_cpu_seconds)) {
         (Some(x), Some(y)) => Some(y - x),
         _ => None,
     };
     let s = bench.sends;
-    report::Load {
+    let load = report::Load {
         sent: s.sent,
         acked: s.acked,
         nacked: s.nacked,
@@ -167,7 +194,8 @@ fn load(a: &Args, bench: &mut Bench, hard_stop: Instant) -> report::Load {
         hist: std::mem::replace(&mut bench.hist, hist::Histogram::new()),
         server_cpu_s,
         bench_cpu_s: sys::own_cpu_seconds() - cpu_self0,
-    }
+    };
+    (load, flood)
 }
 
 /// The load itself: `--senders` clients send at `--rate` each, spread evenly over

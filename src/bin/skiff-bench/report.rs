@@ -2,6 +2,7 @@
 //! (the shape scripts/bench and the smoke test read).
 
 use crate::args::Args;
+use crate::flood::Outcome;
 use crate::hist::Histogram;
 use serde_json::{json, Value};
 
@@ -39,6 +40,8 @@ pub struct Report {
     pub setup: Setup,
     pub idle: Idle,
     pub load: Load,
+    /// The registration flood, when `--register-flood` asked for one.
+    pub flood: Option<Outcome>,
     pub teardown_s: f64,
 }
 
@@ -96,6 +99,39 @@ impl Load {
     }
 }
 
+impl Outcome {
+    /// Answers by status, as {"201": n, "503": m}: every status that occurred.
+    fn statuses_json(&self) -> Value {
+        let m: serde_json::Map<String, Value> = (0..self.statuses.len())
+            .filter(|&s| self.statuses[s] > 0)
+            .map(|s| (s.to_string(), json!(self.statuses[s])))
+            .collect();
+        Value::Object(m)
+    }
+
+    fn json(&self, a: &Args) -> Value {
+        let h = &self.latency;
+        json!({
+            "clients": a.flood_clients,
+            "secs": a.flood_duration().as_secs_f64(),
+            "sent": self.sent,
+            "created": self.ok(),
+            "non_201": self.non_201(),
+            "statuses": self.statuses_json(),
+            "conn_errors": self.conn_errors,
+            "unanswered": self.unanswered,
+            "flood_s": self.flood_s,
+            "per_s": self.per_s(),
+            "latency_ms": {
+                "p50": ms(h.quantile(0.50)),
+                "p99": ms(h.quantile(0.99)),
+                "max": ms(h.max()),
+                "samples": h.count(),
+            },
+        })
+    }
+}
+
 impl Report {
     pub fn json(&self, a: &Args) -> Value {
         let s = &self.setup;
@@ -119,6 +155,7 @@ impl Report {
                 "server_rss_per_client_kib": self.idle.per_client_kib(a.clients),
             },
             "load": self.load.json(),
+            "register_flood": self.flood.as_ref().map(|f| f.json(a)),
             "teardown_s": self.teardown_s,
         })
     }
@@ -171,6 +208,27 @@ impl Report {
             l.bench_cpu_s,
             l.per_delivery_us(l.bench_cpu_s)
         );
+        if let Some(f) = &self.flood {
+            let h = &f.latency;
+            println!(
+                "  flood      {} connections for {:.1} s: {} registrations ({:.0}/s), non-201 {} \
+                 (statuses {}, broken {}, unanswered {})",
+                a.flood_clients,
+                a.flood_duration().as_secs_f64(),
+                f.ok(),
+                f.per_s(),
+                f.non_201(),
+                f.statuses_json(),
+                f.conn_errors,
+                f.unanswered
+            );
+            println!(
+                "             latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                ms(h.quantile(0.5)),
+                ms(h.quantile(0.99)),
+                ms(h.max())
+            );
+        }
         println!("  teardown   {:.2} s", self.teardown_s);
     }
 }
