@@ -122,6 +122,8 @@ impl Outcome {
             "unanswered": self.unanswered,
             "flood_s": self.flood_s,
             "per_s": self.per_s(),
+            "bench_cpu_s": self.cpu_s,
+            "bench_cpu_us_per_request": self.cpu_s * 1e6 / self.sent.max(1) as f64,
             "latency_ms": {
                 "p50": ms(h.quantile(0.50)),
                 "p99": ms(h.quantile(0.99)),
@@ -223,10 +225,12 @@ impl Report {
                 f.unanswered
             );
             println!(
-                "             latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                "             latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms; bench {:.2} s ({:.2} us/request)",
                 ms(h.quantile(0.5)),
                 ms(h.quantile(0.99)),
-                ms(h.max())
+                ms(h.max()),
+                f.cpu_s,
+                f.cpu_s * 1e6 / f.sent.max(1) as f64
             );
         }
         println!("  teardown   {:.2} s", self.teardown_s);

@@ -10,8 +10,8 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// CPU time of the calling thread: the chat clients' loop. The registration flood
-/// has its own thread, and its cost is not the chat clients' cost per frame.
+/// CPU time of the calling thread, so the chat loop and the registration flood (its
+/// own thread) each report their own cost.
 pub fn own_cpu_seconds() -> f64 {
     // SAFETY: getrusage writes the struct we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
