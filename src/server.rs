@@ -105,11 +105,6 @@ impl<S: Stream> Server<S> {
         }
     }
 
-    /// Sets the moment `now` stands for in Unix time (tests and restarts with a fake clock).
-    pub fn set_epoch(&mut self, now: Instant, wall: SystemTime) {
-        self.epoch = (now, wall);
-    }
-
     fn unix_ms(&self, t: Instant) -> i64 {
         let (at, wall) = self.epoch;
         let wall = match t.checked_duration_since(at) {

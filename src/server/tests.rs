@@ -195,3 +195,35 @@ fn the_broadcast_frame_is_shared_not_copied_per_recipient() {
     assert!(got.windows(expected.len()).any(|w| w == &expected[..]));
     assert_eq!(srv.cx.log.bytes(), 0, "nothing left owed");
 }
+
+fn register(srv: &mut Server<MockStream>, name: &str) -> String {
+    let body = format!("{{\"username\":\"{name}\"}}");
+    let req = format!("POST /api/register HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    written(&exchange(srv, "127.0.0.1:4000", req.as_bytes()).1)
+}
+
+#[test]
+fn a_failing_disk_answers_503_while_chat_goes_on_and_heals() {
+    let mut srv = server(vec![], false);
+    let (a, pa) = websocket(&mut srv, "alice");
+    srv.cx.storage.set_failing(true);
+    let answer = register(&mut srv, "bob");
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.ends_with("{\"error\":\"storage_unavailable\"}\n"), "{answer}");
+    send(&mut srv, a, &pa, &frame::client_frame(frame::TEXT, br#"{"message":"still"}"#, [1, 2, 3, 4]));
+    assert!(written(&pa).ends_with("{\"status\":true}"), "chat goes on");
+    srv.cx.storage.set_failing(false);
+    assert!(register(&mut srv, "bob").starts_with("HTTP/1.1 201 "), "the disk is back");
+}
+
+#[test]
+fn requests_pipelined_behind_a_storage_wait_are_answered_after_it_in_order() {
+    let mut srv = server(vec![], false);
+    let body = r#"{"username":"carol"}"#;
+    let reg = format!("POST /api/register HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let req = format!("{reg}GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n{reg}GET /nope HTTP/1.1\r\nHost: x\r\n\r\n");
+    let (_, pipe) = exchange(&mut srv, "127.0.0.1:4000", req.as_bytes());
+    let out = written(&pipe);
+    let statuses: Vec<&str> = out.match_indices("HTTP/1.1 ").map(|(i, _)| &out[i + 9..i + 12]).collect();
+    assert_eq!(statuses, ["201", "200", "409", "404"], "{out}");
+}
