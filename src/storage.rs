@@ -167,7 +167,7 @@ impl Storage {
                     request => send(&t.reads, ReaderJob { origin, request }),
                 };
                 if !sent {
-                    t.dead.store(true, Ordering::Relaxed);
+                    t.mark_dead();
                 }
             }
             Mode::Inline { store, done, failing } => {
@@ -182,7 +182,7 @@ impl Storage {
         match &mut self.mode {
             Mode::Threads(t) => {
                 if !send(&t.writes, WriterJob::Write { origin: None, write }) {
-                    t.dead.store(true, Ordering::Relaxed);
+                    t.mark_dead();
                 }
             }
             Mode::Inline { store, failing, .. } => {
@@ -222,8 +222,8 @@ impl Storage {
         let Mode::Threads(t) = &self.mode else { return true };
         let stopped = |h: &Option<JoinHandle<()>>| h.as_ref().is_some_and(|h| h.is_finished());
         let healthy = !t.dead.load(Ordering::Relaxed) && !stopped(&t.writer) && !stopped(&t.reader);
-        if !healthy && !t.reported.swap(true, Ordering::Relaxed) {
-            log::error(format_args!("storage: a storage thread has stopped; registrations and logins will fail"));
+        if !healthy {
+            t.mark_dead();
         }
         healthy
     }
@@ -244,6 +244,16 @@ impl Storage {
 impl Drop for Storage {
     fn drop(&mut self) {
         self.drain();
+    }
+}
+
+impl Threads {
+    /// A storage thread has stopped for good: said once, loudly.
+    fn mark_dead(&self) {
+        self.dead.store(true, Ordering::Relaxed);
+        if !self.reported.swap(true, Ordering::Relaxed) {
+            log::error(format_args!("storage: a storage thread has stopped; registrations and logins will fail"));
+        }
     }
 }
 
