@@ -28,12 +28,24 @@ pub enum Outcome {
         pending: Pending,
     },
     /// Answer 101 with this `Sec-WebSocket-Accept` and switch the connection to
-    /// WebSocket for session `session`.
+    /// WebSocket for session `session`; `resume` is set for protocol v2.
     Upgrade {
         session: SessionKey,
         accept: String,
+        resume: Option<Resume>,
     },
 }
+
+/// `/ws?v=2[&since=N&epoch=E]`: what a v2 client already has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    pub since: Option<u64>,
+    pub epoch: Option<String>,
+}
+
+/// The most messages one `/api/history` page gives.
+pub const HISTORY_MAX_LIMIT: usize = 500;
+const HISTORY_DEFAULT_LIMIT: usize = 50;
 
 /// A request waiting on storage: what its answer still needs.
 #[derive(Debug)]
@@ -216,6 +228,10 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
         "/api/logout" => match method {
             "GET" | "POST" => respond(logout(req, ctx)),
             _ => respond(not_allowed("GET, POST")),
+        },
+        "/api/history" => match method {
+            "GET" => respond(history(req, ctx)),
+            _ => respond(not_allowed("GET")),
         },
         "/api/online" => match method {
             "GET" => respond(online(req, ctx)),
@@ -409,6 +425,50 @@ fn user_status(username: &str, ctx: &Ctx) -> Response {
     Response::json(200, &serde_json::json!({ "username": username, "online": online }))
 }
 
+/// `GET /api/history?limit=K&before=N`: the K newest retained messages below N.
+fn history(req: &Request, ctx: &mut Ctx) -> Response {
+    if let Err(r) = authenticate(req, ctx) {
+        return r;
+    }
+    let bad = || Response::error(400, "invalid_query");
+    let limit = match req.query("limit").map(str::parse::<usize>) {
+        None => HISTORY_DEFAULT_LIMIT,
+        Some(Ok(k)) if (1..=HISTORY_MAX_LIMIT).contains(&k) => k,
+        Some(_) => return bad(),
+    };
+    let before = match req.query("before").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return bad(),
+    };
+    #[derive(Serialize)]
+    struct Page<'a> {
+        epoch: &'a str,
+        messages: Vec<crate::chat::HistoryItem<'a>>,
+    }
+    let h = ctx.chat.history();
+    let messages = h
+        .page(before, limit)
+        .map(|e| crate::chat::HistoryItem { id: e.id, ts: e.ts, message: &e.message, author: &e.author })
+        .collect();
+    Response::json(200, &Page { epoch: h.epoch(), messages })
+}
+
+/// `v` and `since`/`epoch` of a `/ws` request: `Ok(None)` for plain v1.
+fn resume(req: &Request) -> Result<Option<Resume>, Response> {
+    match req.query("v") {
+        None => return Ok(None),
+        Some("2") => {}
+        Some(_) => return Err(Response::error(400, "unsupported_version")),
+    }
+    let since = match req.query("since").map(str::parse::<u64>) {
+        None => None,
+        Some(Ok(n)) => Some(n),
+        Some(Err(_)) => return Err(Response::error(400, "invalid_query")),
+    };
+    Ok(Some(Resume { since, epoch: req.query("epoch").map(str::to_owned) }))
+}
+
 fn websocket(req: &Request, ctx: &mut Ctx) -> Outcome {
     let session = match authenticate(req, ctx) {
         Ok(k) => k,
@@ -425,8 +485,12 @@ fn websocket(req: &Request, ctx: &mut Ctx) -> Outcome {
             return Outcome::Respond(Response::error(403, "origin_not_allowed"));
         }
     }
+    let resume = match resume(req) {
+        Ok(r) => r,
+        Err(resp) => return Outcome::Respond(resp),
+    };
     match ws::check_upgrade(req) {
-        Ok(accept) => Outcome::Upgrade { session, accept },
+        Ok(accept) => Outcome::Upgrade { session, accept, resume },
         Err(UpgradeError::UpgradeRequired) => {
             Outcome::Respond(Response::error(426, "upgrade_required").header("Upgrade", "websocket"))
         }

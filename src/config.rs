@@ -39,6 +39,7 @@ pub struct Config {
     pub message_burst: u32,
     pub max_sessions_per_user: usize,
     pub max_sessions: usize,
+    pub history: usize,
     pub metrics_public: bool,
     pub log_level: LogLevel,
 }
@@ -63,6 +64,7 @@ impl Config {
             message_burst: 0,
             max_sessions_per_user: 0,
             max_sessions: 0,
+            history: 0,
             metrics_public: false,
             log_level: LogLevel::Info,
         }
@@ -215,11 +217,21 @@ const FLAGS: &[Flag] = &[
         c.max_sessions = number(v, 1)?;
         Ok(())
     }),
+    opt("history", "N", Value("1000"), "messages kept for v2 resume and /api/history, 0 = off", |c, v, _| {
+        c.history = number(v, 0)?;
+        if c.history > MAX_HISTORY {
+            return Err(Why::Expected(format!("a number from 0 to {MAX_HISTORY}")));
+        }
+        Ok(())
+    }),
     switch("metrics-public", "serve /metrics to any client, not just loopback/proxies", |c, v, _| {
         c.metrics_public = truthy(v)?;
         Ok(())
     }),
 ];
+
+/// The history ring lives in memory (~0.3 KiB a message): bound what a flag can ask.
+const MAX_HISTORY: usize = 100_000;
 
 fn env_name(flag: &Flag) -> String {
     format!("SKIFF_{}", flag.name.to_ascii_uppercase().replace('-', "_"))

@@ -17,6 +17,8 @@ use std::rc::Rc;
 pub enum Chunk {
     Static(&'static [u8]),
     Owned(Vec<u8>),
+    /// A frame several connections get (v2 messages, replays): counted, not copied.
+    Shared(Rc<[u8]>),
 }
 
 impl Chunk {
@@ -24,6 +26,7 @@ impl Chunk {
         match self {
             Chunk::Static(s) => s,
             Chunk::Owned(v) => v,
+            Chunk::Shared(f) => f,
         }
     }
 }

@@ -52,9 +52,12 @@ impl Reactor {
         let local_addr = listener.local_addr().map_err(listen_error)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
         let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
+        let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
+        let (messages, last_id) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
         let waker = Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?;
         let storage = Storage::spawn(store, &cfg.db, Arc::new(waker), Duration::ZERO).map_err(|e| e.to_string())?;
         let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+        server.restore_history(&epoch, last_id, messages);
         let restored = server.restore_sessions(saved, Instant::now());
         if restored > 0 {
             log::info(format_args!("{restored} sessions restored"));

@@ -12,15 +12,16 @@ use crate::chat::{Chat, ChatConfig, Effect};
 use crate::conn::{Conn, ConnConfig, Cx, Step, Stream, OUT_CAP};
 use crate::http::Limits;
 use crate::log;
-use crate::outq::Flush;
+use crate::outq::{Chunk, Flush};
 use crate::ratelimit::RateLimits;
 use crate::storage::Storage;
-use crate::store::{StoredSession, Write};
+use crate::store::{StoredMessage, StoredSession, Write};
 use crate::timer::Timer;
 use crate::ws::close;
 use slab::Slab;
 use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a graceful shutdown waits for sockets to flush and hang up.
@@ -45,6 +46,7 @@ impl ServerConfig {
                 max_sessions_per_user: cfg.max_sessions_per_user,
                 max_sessions: cfg.max_sessions,
                 message_rate,
+                history: cfg.history,
             },
             conn: ConnConfig {
                 api: ApiConfig {
@@ -93,7 +95,7 @@ pub struct Server<S> {
 impl<S: Stream> Server<S> {
     pub fn new(cfg: ServerConfig, storage: Storage) -> Self {
         let rate_limits = RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute);
-        Server {
+        let mut server = Server {
             conns: Slab::new(),
             cx: Cx::new(Chat::new(cfg.chat), storage, cfg.conn, rate_limits),
             timer: Timer::new(),
@@ -102,7 +104,19 @@ impl<S: Stream> Server<S> {
             next_generation: 1,
             shutdown: None,
             epoch: (Instant::now(), SystemTime::now()),
-        }
+        };
+        let (at, _) = server.epoch;
+        let ms = server.unix_ms(at);
+        server.cx.chat.set_wall_clock(at, ms);
+        server
+    }
+
+    /// Brings back the message history kept on disk (epoch, last id, messages).
+    pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: Vec<StoredMessage>) {
+        let entries = messages
+            .into_iter()
+            .map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), m.message.into_boxed_str()));
+        self.cx.chat.restore_history(epoch, last_id, entries);
     }
 
     fn unix_ms(&self, t: Instant) -> i64 {
@@ -133,8 +147,15 @@ impl<S: Stream> Server<S> {
         restored
     }
 
-    /// Hands the chat core's session changes to the writer (it batches them).
+    /// Hands the chat core's session changes and new messages to the writer (it
+    /// batches them into its next commit).
     fn save_sessions(&mut self) {
+        let keep = self.cx.chat.history().cap() as u64;
+        for m in self.cx.chat.take_new_messages() {
+            let write =
+                Write::Message { id: m.id, ts: m.ts, author: m.author.to_string(), message: m.message.into(), keep };
+            self.cx.storage.persist(write);
+        }
         for change in self.cx.chat.take_session_changes() {
             let write = match change {
                 SessionChange::Saved { id_hash, user, active } => {
@@ -287,7 +308,8 @@ impl<S: Stream> Server<S> {
                         c.out.push(frame);
                         self.delivered(to, &mut slow);
                     }
-                    Effect::Broadcast { except, frame } => self.broadcast(except, frame, &mut slow),
+                    Effect::Broadcast { except, frame } => self.broadcast(except, frame, None, &mut slow),
+                    Effect::Message { except, v1, v2 } => self.broadcast(except, v1, Some(v2), &mut slow),
                     Effect::Close { conn, code } => {
                         let Some(c) = self.conns.get_mut(conn) else { continue };
                         c.close_ws(Some(code), &mut self.cx, now);
@@ -305,21 +327,30 @@ impl<S: Stream> Server<S> {
     }
 
     /// The fan-out: the frame goes into the log once; each recipient gets a
-    /// sequence number and a place on the flush list.
-    fn broadcast(&mut self, except: Option<usize>, frame: std::rc::Rc<[u8]>, slow: &mut Vec<usize>) {
-        let seq = self.cx.log.append(frame, except);
+    /// sequence number and a place on the flush list. v2 clients get `v2` (when the
+    /// frame has a v2 form) as one shared chunk each, in order with the log.
+    fn broadcast(&mut self, except: Option<usize>, frame: Rc<[u8]>, v2: Option<Rc<[u8]>>, slow: &mut Vec<usize>) {
+        let mut seq = None;
         let mut recipients = 0;
         for i in 0..self.cx.chat.members().len() {
             let to = self.cx.chat.members()[i];
             if Some(to) == except {
                 continue;
             }
-            self.conns[to].out.deliver(seq);
-            recipients += 1;
+            match &v2 {
+                Some(v2) if self.cx.chat.is_v2(to) => self.conns[to].out.push(Chunk::Shared(v2.clone())),
+                _ => {
+                    let seq = *seq.get_or_insert_with(|| self.cx.log.append(frame.clone(), except));
+                    self.conns[to].out.deliver(seq);
+                    recipients += 1;
+                }
+            }
+            self.cx.stats.deliveries += 1;
             self.delivered(to, slow);
         }
-        self.cx.log.seal(seq, recipients);
-        self.cx.stats.deliveries += u64::from(recipients);
+        if let Some(seq) = seq {
+            self.cx.log.seal(seq, recipients);
+        }
     }
 
     /// A frame was queued for `to`: flush it this turn, or drop it if over the cap.

@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// The schema version this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Keys longer than this cannot be ours; refuse them before hashing.
 const MAX_KEY_LEN: usize = 256;
@@ -54,6 +54,23 @@ pub enum Write {
     DeleteSession {
         id_hash: [u8; 32],
     },
+    /// A broadcast chat message; rows older than the newest `keep` go.
+    Message {
+        id: u64,
+        ts: i64,
+        author: String,
+        message: String,
+        keep: u64,
+    },
+}
+
+/// A chat message read back at start-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    pub id: u64,
+    pub ts: i64,
+    pub author: String,
+    pub message: String,
 }
 
 /// What one write did, once its transaction committed.
@@ -174,7 +191,53 @@ impl Store {
             .map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
+        if from < 3 {
+            // The epoch names this history: a new one only with a new database.
+            let mut raw = [0u8; 6];
+            getrandom::fill(&mut raw).expect("the OS random number generator failed");
+            let tx = self.db.transaction().map_err(classify)?;
+            tx.execute_batch(
+                "CREATE TABLE messages (
+                    id INTEGER PRIMARY KEY,
+                    ts INTEGER NOT NULL,
+                    author TEXT NOT NULL,
+                    message TEXT NOT NULL
+                 );
+                 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+                 PRAGMA user_version = 3;",
+            )
+            .map_err(classify)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", params![base64url(&raw)])
+                .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
         Ok(())
+    }
+
+    /// The name of this database's message history.
+    pub fn epoch(&mut self) -> Result<String, StoreError> {
+        self.db.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0)).map_err(io)
+    }
+
+    /// The newest `limit` messages, oldest first, and the highest id ever given
+    /// (kept even when `limit` is 0).
+    pub fn load_messages(&mut self, limit: usize) -> Result<(Vec<StoredMessage>, u64), StoreError> {
+        let last: i64 = self.db.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0)).map_err(io)?;
+        let mut stmt =
+            self.db.prepare("SELECT id, ts, author, message FROM messages ORDER BY id DESC LIMIT ?1").map_err(io)?;
+        let rows = stmt
+            .query_map(params![limit as i64], |r| {
+                Ok(StoredMessage {
+                    id: r.get::<_, i64>(0)? as u64,
+                    ts: r.get(1)?,
+                    author: r.get(2)?,
+                    message: r.get(3)?,
+                })
+            })
+            .map_err(io)?;
+        let mut out = rows.collect::<Result<Vec<_>, _>>().map_err(io)?;
+        out.reverse();
+        Ok((out, last.max(0) as u64))
     }
 
     /// A second connection to the same file for lookups: in WAL mode its reads see
@@ -338,6 +401,17 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
         Write::DeleteSession { id_hash } => {
             let mut stmt = tx.prepare_cached("DELETE FROM sessions WHERE id_hash = ?1").map_err(io)?;
             stmt.execute(params![&id_hash[..]]).map_err(io)?;
+            Ok(Written::Done)
+        }
+        Write::Message { id, ts, author, message, keep } => {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR REPLACE INTO messages (id, ts, author, message) VALUES (?1, ?2, ?3, ?4)")
+                .map_err(io)?;
+            stmt.execute(params![*id as i64, ts, author, message]).map_err(io)?;
+            // The newest row always stays: it carries the last id across a restart.
+            let oldest_kept = id.saturating_sub((*keep).max(1)) as i64;
+            let mut trim = tx.prepare_cached("DELETE FROM messages WHERE id <= ?1").map_err(io)?;
+            trim.execute(params![oldest_kept]).map_err(io)?;
             Ok(Written::Done)
         }
     }

@@ -32,6 +32,7 @@ impl World {
                 max_sessions_per_user: 8,
                 max_sessions: 100,
                 message_rate: None,
+                history: 10,
             }),
             store: Store::open_in_memory().unwrap(),
             cfg: ApiConfig::default(),

@@ -2,12 +2,14 @@
 //! of effects (frames to send, broadcasts, sockets to close) for the reactor to apply.
 //! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
 
+pub mod history;
 pub mod room;
 pub mod session;
 
 use crate::outq::Chunk;
 use crate::ws::close;
 use crate::ws::frame::{self, TextFrame};
+use history::History;
 use room::{Bucket, Member, RateLimit, Room};
 use serde::{Deserialize, Serialize};
 use session::{EndReason, Session, SessionId, SessionKey, Sessions};
@@ -34,6 +36,13 @@ pub enum Effect {
         except: Option<ConnId>,
         frame: Rc<[u8]>,
     },
+    /// A chat message for every member except `except`: `v1` for plain `/ws` clients,
+    /// `v2` (with id and time) for `/ws?v=2` ones. Each encoded once.
+    Message {
+        except: Option<ConnId>,
+        v1: Rc<[u8]>,
+        v2: Rc<[u8]>,
+    },
     /// Close this WebSocket with `code`; the core has already removed it from the room.
     Close {
         conn: ConnId,
@@ -57,6 +66,8 @@ pub struct ChatConfig {
     pub max_sessions: usize,
     /// `None` turns the per-socket message limit off.
     pub message_rate: Option<RateLimit>,
+    /// Messages kept for v2 resume and `/api/history` (0 = none).
+    pub history: usize,
 }
 
 #[derive(Deserialize)]
@@ -70,6 +81,40 @@ struct Incoming<'a> {
 struct Outgoing<'a> {
     message: &'a str,
     author: &'a str,
+}
+
+#[derive(Serialize)]
+struct OutgoingV2<'a> {
+    id: u64,
+    ts: i64,
+    message: &'a str,
+    author: &'a str,
+}
+
+/// A message as `/api/history` lists it.
+#[derive(Serialize, Debug, PartialEq, Eq)]
+pub struct HistoryItem<'a> {
+    pub id: u64,
+    pub ts: i64,
+    pub message: &'a str,
+    pub author: &'a str,
+}
+
+#[derive(Serialize)]
+struct Hello<'a> {
+    event: &'static str,
+    epoch: &'a str,
+    last_id: u64,
+    online: Vec<&'a str>,
+}
+
+/// A message to write to disk, in id order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewMessage {
+    pub id: u64,
+    pub ts: i64,
+    pub author: Rc<str>,
+    pub message: Box<str>,
 }
 
 #[derive(Serialize)]
@@ -99,6 +144,11 @@ pub struct ChatStats {
 pub struct Chat {
     sessions: Sessions,
     room: Room,
+    history: History,
+    /// Messages accepted since the caller last took them, to persist.
+    new_messages: Vec<NewMessage>,
+    /// One moment as an `Instant` and as Unix ms: message times without a clock read.
+    wall: (Instant, i64),
     message_rate: Option<RateLimit>,
     pub stats: ChatStats,
 }
@@ -108,9 +158,67 @@ impl Chat {
         Chat {
             sessions: Sessions::new(cfg.session_ttl, cfg.max_sessions_per_user, cfg.max_sessions),
             room: Room::default(),
+            history: History::new("", 0, cfg.history),
+            new_messages: Vec::new(),
+            wall: (Instant::now(), 0),
             message_rate: cfg.message_rate,
             stats: ChatStats::default(),
         }
+    }
+
+    /// The history restored from disk: its epoch, the last id given, and the
+    /// retained messages oldest first (the newest `history` of them are kept).
+    pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: impl IntoIterator<Item = history::Entry>) {
+        self.history = History::new(epoch, last_id, self.history.cap());
+        for entry in messages {
+            self.history.push(entry);
+        }
+    }
+
+    /// Which Unix time (ms) the `Instant` `at` stands for: message timestamps.
+    pub fn set_wall_clock(&mut self, at: Instant, unix_ms: i64) {
+        self.wall = (at, unix_ms);
+    }
+
+    fn unix_ms(&self, now: Instant) -> i64 {
+        let (at, ms) = self.wall;
+        match now.checked_duration_since(at) {
+            Some(d) => ms + d.as_millis() as i64,
+            None => ms - at.duration_since(now).as_millis() as i64,
+        }
+    }
+
+    /// The member on `conn` speaks protocol v2.
+    pub fn is_v2(&self, conn: ConnId) -> bool {
+        self.room.get(conn).is_some_and(|m| m.v2)
+    }
+
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    /// Messages accepted since the last call, oldest first, to persist.
+    pub fn take_new_messages(&mut self) -> Vec<NewMessage> {
+        std::mem::take(&mut self.new_messages)
+    }
+
+    /// The first frame a v2 client gets: epoch, last id, who is online (itself too).
+    pub fn hello(&self) -> Rc<[u8]> {
+        let hello = Hello {
+            event: "hello",
+            epoch: self.history.epoch(),
+            last_id: self.history.last_id(),
+            online: self.online().collect(),
+        };
+        frame::text(&serde_json::to_vec(&hello).expect("serializing into a Vec cannot fail"))
+    }
+
+    /// A message with the v2 fields, the way a restored history entry is framed.
+    pub fn history_entry(id: u64, ts: i64, author: Rc<str>, message: Box<str>) -> history::Entry {
+        let mut f = TextFrame::with_capacity(message.len() + author.len() + 48);
+        serde_json::to_writer(f.payload(), &OutgoingV2 { id, ts, message: &message, author: &author })
+            .expect("serializing into a Vec cannot fail");
+        history::Entry { id, ts, author, message, frame: f.finish() }
     }
 
     pub fn session_ttl(&self) -> Duration {
@@ -196,6 +304,7 @@ impl Chat {
         conn: ConnId,
         k: SessionKey,
         rate_limited: bool,
+        v2: bool,
         now: Instant,
         fx: &mut Effects,
     ) -> Result<(), JoinError> {
@@ -206,7 +315,7 @@ impl Chat {
             _ => None,
         };
         let frame = event_frame("join", &user);
-        if !self.room.insert(conn, Member { session: k, bucket }) {
+        if !self.room.insert(conn, Member { session: k, bucket, v2 }) {
             return Err(JoinError::AlreadyConnected);
         }
         self.sessions.set_socket(k, Some(conn));
@@ -242,11 +351,24 @@ impl Chat {
             Some(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
             Some(msg) => {
                 let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
+                let v2 = self.room.get(conn).is_some_and(|m| m.v2);
+                let id = self.history.next_id();
+                let ts = self.unix_ms(now);
                 let mut f = TextFrame::with_capacity(msg.message.len() + author.len() + 32);
                 serde_json::to_writer(f.payload(), &Outgoing { message: &msg.message, author: &author })
                     .expect("serializing into a Vec cannot fail");
+                let entry = Self::history_entry(id, ts, author.clone(), msg.message.as_ref().into());
+                let v2_frame = entry.frame.clone();
+                self.new_messages.push(NewMessage { id, ts, author, message: msg.message.as_ref().into() });
+                self.history.push(entry);
                 self.stats.broadcasts += 1;
-                fx.push(Effect::Broadcast { except: Some(conn), frame: f.finish() });
+                fx.push(Effect::Message { except: Some(conn), v1: f.finish(), v2: v2_frame });
+                if v2 {
+                    self.sessions.touch(session, now);
+                    let ack = format!("{{\"status\":true,\"id\":{id}}}");
+                    fx.push(Effect::Send { to: conn, frame: Chunk::Shared(frame::text(ack.as_bytes())) });
+                    return;
+                }
                 ACK_OK
             }
         };

@@ -44,6 +44,8 @@ pub struct Member {
     pub session: SessionKey,
     /// `None` when this socket is exempt from the message rate limit.
     pub bucket: Option<Bucket>,
+    /// Speaks protocol v2 (message ids, history).
+    pub v2: bool,
 }
 
 #[derive(Default)]
@@ -128,7 +130,7 @@ mod tests {
     fn order_is_connect_order_and_a_connection_joins_once() {
         let mut r = Room::default();
         let k = SessionKey { key: 0, generation: 1 };
-        let m = |generation: u64| Member { session: SessionKey { generation, ..k }, bucket: None };
+        let m = |generation: u64| Member { session: SessionKey { generation, ..k }, bucket: None, v2: false };
         assert!(r.insert(5, m(1)));
         assert!(r.insert(2, m(2)));
         assert!(!r.insert(5, m(9)));

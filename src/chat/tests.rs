@@ -8,6 +8,7 @@ fn cfg(ttl: u64) -> ChatConfig {
         max_sessions_per_user: 4,
         max_sessions: 100,
         message_rate: Some(RateLimit { per_second: 2, burst: 2 }),
+        history: 10,
     }
 }
 
@@ -26,7 +27,7 @@ fn json(frame: &[u8]) -> serde_json::Value {
 fn join(chat: &mut Chat, user: &str, conn: ConnId, now: Instant, fx: &mut Effects) -> SessionId {
     let id = chat.login(user, now, fx).unwrap();
     let k = chat.authenticate(&id, now).unwrap();
-    chat.join(conn, k, true, now, fx).unwrap();
+    chat.join(conn, k, true, false, now, fx).unwrap();
     id
 }
 
@@ -76,7 +77,7 @@ fn a_second_socket_for_the_same_user_is_refused() {
     let id = chat.login("bob", t0, &mut fx).unwrap();
     let k = chat.authenticate(&id, t0).unwrap();
     assert_eq!(chat.can_join(k), Err(JoinError::AlreadyConnected));
-    assert_eq!(chat.join(2, k, true, t0, &mut fx), Err(JoinError::AlreadyConnected));
+    assert_eq!(chat.join(2, k, true, false, t0, &mut fx), Err(JoinError::AlreadyConnected));
 }
 
 #[test]
@@ -90,8 +91,14 @@ fn messages_are_acked_and_broadcast_once_encoded() {
     chat.on_text(1, r#"{"message": "hi \"there\" <b>"}"#, t0, &mut fx);
     assert_eq!(fx.len(), 2);
     match &fx[0] {
-        Effect::Broadcast { except: Some(1), frame } => {
-            assert_eq!(json(frame), serde_json::json!({"message": "hi \"there\" <b>", "author": "bob"}))
+        Effect::Message { except: Some(1), v1, v2 } => {
+            assert_eq!(json(v1), serde_json::json!({"message": "hi \"there\" <b>", "author": "bob"}));
+            let v2 = json(v2);
+            assert_eq!(
+                (v2["id"].as_u64(), v2["message"].as_str(), v2["author"].as_str()),
+                (Some(1), Some("hi \"there\" <b>"), Some("bob"))
+            );
+            assert!(v2["ts"].is_i64());
         }
         other => panic!("{other:?}"),
     }
@@ -153,7 +160,7 @@ fn unmetered_sockets_are_not_limited() {
     let mut chat = Chat::new(cfg(60));
     let id = chat.login("bob", t0, &mut vec![]).unwrap();
     let k = chat.authenticate(&id, t0).unwrap();
-    chat.join(1, k, false, t0, &mut vec![]).unwrap();
+    chat.join(1, k, false, false, t0, &mut vec![]).unwrap();
     for _ in 0..50 {
         assert_eq!(ack_of(&mut chat, r#"{"message": "x"}"#, t0), ACK_OK);
     }

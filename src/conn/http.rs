@@ -2,7 +2,7 @@
 //! routes, queue the responses in order (pipelining), and upgrade to WebSocket.
 
 use super::{Conn, Cx, Progress, Step, Stream, WsPhase, IN_CAP, KEEPALIVE_TIMEOUT, REQUEST_TIMEOUT};
-use crate::api::{self, Outcome, ServerState};
+use crate::api::{self, Outcome, Resume, ServerState};
 use crate::chat::session::SessionKey;
 use crate::http::{Limits, Parsed, Request, RequestParser, Response};
 use crate::log;
@@ -11,6 +11,9 @@ use crate::proxy;
 use crate::storage::{Origin, Reply};
 use crate::ws;
 use std::time::{Duration, Instant};
+
+/// `{"event": "resync"}`: the client's history cannot be completed.
+const RESYNC: &[u8] = b"\x81\x12{\"event\":\"resync\"}";
 
 /// How long a request may wait on storage before it is answered 503 (a disk that
 /// stopped answering; a slow one commits in milliseconds).
@@ -158,11 +161,11 @@ impl<S: Stream> Conn<S> {
                 self.http().waiting = Some(Box::new(Waiting { pending, client, keep_alive, head, until, logged }));
                 false
             }
-            Outcome::Upgrade { session, accept } => {
+            Outcome::Upgrade { session, accept, resume } => {
                 if let Some(started) = started {
                     log::request(&client.ip, &req.method, req.path(), 101, started.elapsed());
                 }
-                self.upgrade(session, &accept, cx, now);
+                self.upgrade(session, &accept, resume, cx, now);
                 true
             }
         }
@@ -238,16 +241,32 @@ impl<S: Stream> Conn<S> {
         self.respond(&Response::error(status, code).closing(), false, false, cx);
     }
 
+    /// A v2 client's first frames: the hello, then what it missed or a resync. They
+    /// go into this connection's queue now, ahead of any broadcast still to come: the
+    /// loop is single-threaded, so nothing can slip between replay and live traffic.
+    fn greet(&mut self, resume: &Resume, cx: &mut Cx) {
+        self.out.push(Chunk::Shared(cx.chat.hello()));
+        let Some(since) = resume.since else { return };
+        let epoch = resume.epoch.as_deref().unwrap_or("");
+        match cx.chat.history().since(since, epoch) {
+            Some(missed) => missed.for_each(|e| self.out.push(Chunk::Shared(e.frame.clone()))),
+            None => self.out.push(Chunk::Static(RESYNC)),
+        }
+    }
+
     /// 101, then the WebSocket phase on the same socket. Bytes that came after the
     /// request head stay in the input buffer and are the first frames read.
-    fn upgrade(&mut self, session: SessionKey, accept: &str, cx: &mut Cx, now: Instant) {
+    fn upgrade(&mut self, session: SessionKey, accept: &str, resume: Option<Resume>, cx: &mut Cx, now: Instant) {
         self.out.push(Chunk::Owned(ws::accept_response(accept)));
         self.phase = super::Phase::Ws(WsPhase::new(session, now));
         cx.stats.ws_opened += 1;
-        match cx.chat.join(self.key, session, self.metered, now, &mut cx.fx) {
+        match cx.chat.join(self.key, session, self.metered, resume.is_some(), now, &mut cx.fx) {
             Ok(()) => {
                 let user = cx.chat.username(session).unwrap_or("?");
                 log::info(format_args!("{user} joined from {}", self.peer()));
+                if let Some(resume) = resume {
+                    self.greet(&resume, cx);
+                }
             }
             // The checks ran a moment ago on this same thread; only a bug gets here.
             Err(e) => {

@@ -53,6 +53,7 @@ pub(crate) fn chat_config() -> ChatConfig {
         max_sessions_per_user: 4,
         max_sessions: 64,
         message_rate: Some(RateLimit { per_second: 100, burst: 200 }),
+        history: 16,
     }
 }
 
@@ -178,7 +179,7 @@ pub fn ws_message(data: &[u8]) {
     for (conn, name) in [(1, "sender"), (2, "reader")] {
         let id = chat.login(name, now, &mut fx).expect("session");
         let k = chat.authenticate(&id, now).expect("live");
-        chat.join(conn, k, true, now, &mut fx).expect("join");
+        chat.join(conn, k, true, false, now, &mut fx).expect("join");
     }
     fx.clear();
     chat.on_text(1, &text, now, &mut fx);
@@ -195,6 +196,7 @@ pub fn ws_message(data: &[u8]) {
     let broadcasts: Vec<&[u8]> = fx
         .iter()
         .filter_map(|e| match e {
+            Effect::Message { except: Some(1), v1, .. } => Some(&v1[..]),
             Effect::Broadcast { except: Some(1), frame } => Some(&frame[..]),
             _ => None,
         })

@@ -85,6 +85,16 @@ impl Request {
         self.target.split('?').next().unwrap_or("")
     }
 
+    /// The value of query parameter `name` (the first, undecoded: skiff's own
+    /// parameters are numbers and base64url), `Some("")` for a bare `name`.
+    pub fn query(&self, name: &str) -> Option<&str> {
+        let (_, query) = self.target.split_once('?')?;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then_some(v)
+        })
+    }
+
     pub fn connection_has(&self, token: &str) -> bool {
         self.headers_named("connection")
             .flat_map(|v| v.split(|&b| b == b','))

@@ -10,6 +10,7 @@ fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
         max_sessions_per_user: 4,
         max_sessions: 16,
         message_rate: None,
+        history: 100,
     };
     Server::new(
         ServerConfig::for_tests(chat, trusted, metrics_public),

@@ -210,7 +210,12 @@ impl Server {
     }
 
     pub fn try_ws(&self, cookie: &str) -> Result<Ws, tungstenite::Error> {
-        let mut req = format!("ws://{}/ws", self.addr).into_client_request().unwrap();
+        self.try_ws_at("/ws", cookie)
+    }
+
+    /// A WebSocket on `path` (with its query: `/ws?v=2&since=...`).
+    pub fn try_ws_at(&self, path: &str, cookie: &str) -> Result<Ws, tungstenite::Error> {
+        let mut req = format!("ws://{}{path}", self.addr).into_client_request().unwrap();
         req.headers_mut().insert("Cookie", cookie.parse().unwrap());
         let stream = self.connect();
         match tungstenite::client(req, MaybeTlsStream::Plain(stream)) {

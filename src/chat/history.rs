@@ -1,0 +1,142 @@
+//! The room's history (protocol v2): message ids, the epoch that names this history,
+//! and a bounded ring of the newest messages, each with its v2 frame encoded once, for
+//! replays after a reconnect and for `/api/history`. No IO: the caller persists what
+//! `History::push` is given and restores the ring at start.
+
+use std::collections::VecDeque;
+use std::rc::Rc;
+
+#[derive(Debug)]
+pub struct Entry {
+    pub id: u64,
+    /// Server time, Unix milliseconds.
+    pub ts: i64,
+    pub author: Rc<str>,
+    pub message: Box<str>,
+    /// `{"id","ts","message","author"}` as a server text frame, shared by every v2
+    /// recipient and every replay.
+    pub frame: Rc<[u8]>,
+}
+
+pub struct History {
+    epoch: Box<str>,
+    last_id: u64,
+    ring: VecDeque<Entry>,
+    cap: usize,
+}
+
+impl History {
+    /// `last_id`: the highest id ever given in this epoch; `cap`: messages kept (0 =
+    /// none, and every resume is a resync).
+    pub fn new(epoch: &str, last_id: u64, cap: usize) -> Self {
+        History { epoch: epoch.into(), last_id, ring: VecDeque::new(), cap }
+    }
+
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    pub fn cap(&self) -> usize {
+        self.cap
+    }
+
+    /// The id the next message gets.
+    pub fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    /// Keeps a message (the newest `cap` stay).
+    pub fn push(&mut self, entry: Entry) {
+        self.last_id = self.last_id.max(entry.id);
+        if self.cap == 0 {
+            return;
+        }
+        if self.ring.len() == self.cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(entry);
+    }
+
+    /// Every message after `since`, if the client's history is this one and nothing
+    /// after `since` has been dropped; `None` means the client must resync.
+    pub fn since(&self, since: u64, epoch: &str) -> Option<impl Iterator<Item = &Entry> + '_> {
+        if epoch != &*self.epoch || since > self.last_id {
+            return None;
+        }
+        let complete = since == self.last_id || self.ring.front().is_some_and(|first| first.id <= since + 1);
+        complete.then(|| self.ring.iter().filter(move |e| e.id > since))
+    }
+
+    /// The newest `limit` messages with an id below `before` (all when `None`),
+    /// oldest first.
+    pub fn page(&self, before: Option<u64>, limit: usize) -> impl Iterator<Item = &Entry> + '_ {
+        let end = match before {
+            Some(b) => self.ring.partition_point(|e| e.id < b),
+            None => self.ring.len(),
+        };
+        self.ring.range(end.saturating_sub(limit)..end)
+    }
+
+    /// Bytes the ring holds (frames and texts), for the operator's arithmetic.
+    pub fn bytes(&self) -> usize {
+        self.ring.iter().map(|e| e.frame.len() + e.message.len() + std::mem::size_of::<Entry>()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: u64) -> Entry {
+        Entry { id, ts: id as i64, author: Rc::from("a"), message: "m".into(), frame: Rc::from(&b"f"[..]) }
+    }
+
+    fn ids<'a>(it: impl Iterator<Item = &'a Entry>) -> Vec<u64> {
+        it.map(|e| e.id).collect()
+    }
+
+    #[test]
+    fn resume_replays_exactly_what_was_missed_or_asks_for_a_resync() {
+        let mut h = History::new("E", 0, 3);
+        for _ in 0..5 {
+            let id = h.next_id();
+            h.push(entry(id));
+        }
+        // Ring holds 3, 4, 5.
+        assert_eq!(ids(h.since(2, "E").unwrap()), [3, 4, 5]);
+        assert_eq!(ids(h.since(4, "E").unwrap()), [5]);
+        assert_eq!(ids(h.since(5, "E").unwrap()), Vec::<u64>::new());
+        assert!(h.since(1, "E").is_none(), "message 2 is gone: resync");
+        assert!(h.since(3, "other").is_none(), "another history: resync");
+        assert!(h.since(9, "E").is_none(), "an id from the future: resync");
+    }
+
+    #[test]
+    fn pages_are_the_newest_before_an_id_oldest_first() {
+        let mut h = History::new("E", 10, 100);
+        for _ in 0..20 {
+            let id = h.next_id();
+            h.push(entry(id));
+        }
+        assert_eq!(ids(h.page(None, 3)), [28, 29, 30]);
+        assert_eq!(ids(h.page(Some(15), 2)), [13, 14]);
+        assert_eq!(ids(h.page(Some(12), 50)), [11]);
+        assert!(h.page(Some(11), 5).next().is_none());
+    }
+
+    #[test]
+    fn with_history_off_ids_still_count_and_every_resume_resyncs_but_the_current() {
+        let mut h = History::new("E", 41, 0);
+        let id = h.next_id();
+        h.push(entry(id));
+        assert_eq!(h.last_id(), 42);
+        assert!(h.since(41, "E").is_none());
+        assert_eq!(ids(h.since(42, "E").unwrap()), Vec::<u64>::new());
+        assert!(h.page(None, 50).next().is_none());
+    }
+}
