@@ -37,6 +37,11 @@ fn ws_message_corpus() {
 }
 
 #[test]
+fn resume_corpus() {
+    replay("resume", skiff::harness::resume);
+}
+
+#[test]
 fn connection_corpus() {
     replay("connection", skiff::harness::connection);
 }

@@ -4,9 +4,11 @@
 //! Built only for tests and with the `harness` feature: never in the shipped binary.
 
 mod mock;
+mod resume;
 mod world;
 
 pub use mock::{MockStream, Pipe};
+pub use resume::resume;
 pub use world::{connection, connection_run, Summary};
 
 use crate::api::{self, ApiConfig, Ctx, Outcome};
