@@ -569,6 +569,47 @@ await step('v2 page (scripted server): history, resume with since/epoch, duplica
   delete pages['D-scripted'];
 });
 
+// The page against servers without v2, played by the test: one without /api/history
+// (404), and one that ignores ?v=2 (no hello first). Both must get a working v1 page,
+// with the online list from GET /api/online.
+await step('v1 fallback (scripted server): no /api/history means plain /ws; no hello means /api/online', async () => {
+  const E = `eve${tag}`;
+  const ctxE = await browser.newContext({ ...desktop, colorScheme: 'light' });
+  const pageE = await ctxE.newPage();
+  const monE = monitor('E-scripted', pageE);
+  let oldServer = true;
+  const urls = [];
+  await ctxE.route('**/api/history**', (route) => (oldServer
+    ? route.fulfill({ status: 404, contentType: 'application/json', body: '{"error":"not_found"}' })
+    : route.fulfill({ status: 200, contentType: 'application/json', body: '{"epoch":"e9","messages":[]}' })));
+  await ctxE.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    urls.push(ws.url());
+    ws.send(JSON.stringify({ message: `v1 frame ${urls.length}`, author: 'zed' }));
+  });
+  await pageE.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await register(pageE, E);
+  await pageE.click('#key-login');
+  await waitView(pageE, 'chat');
+  await waitMessage(pageE, 'zed', 'v1 frame 1');
+  await waitOnline(pageE, A);                  // only the real /api/online knows A
+  const first = new URL(urls[0]);
+  assert(first.pathname === '/ws' && first.search === '', `a server without /api/history got ${urls[0]}`);
+  assert((await messageLines(pageE)).every((l) => l.id === null), 'a v1 message got an id');
+  oldServer = false;
+  resetLogs(monE);
+  await pageE.reload({ timeout: T, waitUntil: 'load' });
+  await waitView(pageE, 'chat');
+  await waitMessage(pageE, 'zed', 'v1 frame 2');
+  const second = new URL(urls[1]);
+  assert(second.searchParams.get('v') === '2' && second.searchParams.get('since') === '0' && second.searchParams.get('epoch') === 'e9',
+    `after an empty history the socket URL is ${urls[1]}`);
+  await waitOnline(pageE, A);
+  assert(monE.requests.some((r) => r.endsWith('/api/online')), 'no hello, yet the page did not ask /api/online');
+  assert((await pageE.$$('#messages li.note[data-kind="resync"]')).length === 0, 'a resync line from a v1 server');
+  await ctxE.close();
+  delete pages['E-scripted'];
+});
+
 if (V2) {
   // C reaches the server through a relay, so the test can cut its connection.
   const relay = await startRelay(BASE);
