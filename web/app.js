@@ -427,6 +427,9 @@
 
   function onHello(m) {
     clearHelloTimer();
+    // Only a v2 server sends a hello: one later than HELLO_WAIT_MS (a loaded server)
+    // undoes the fallback, so the next reconnect still resumes.
+    state.proto = 2;
     state.helloSeen = true;
     state.onlineSyncing = false;
     state.onlineBuffer = [];
