@@ -24,13 +24,17 @@
  *   #online-count                   number of online users
  *   #messages                       the stream (ol, role=log, aria-live=polite); entries:
  *     li.msg[data-author]           a chat message; .msg-own for your own (shown when the
- *                                   server acks it); .msg-unconfirmed if the socket dropped
- *                                   before the ack; children .msg-time (time element,
- *                                   local time of receipt), .msg-author, .msg-text
+ *                                   server acks it, or from the history/replay when the
+ *                                   author is you); .msg-unconfirmed if the socket dropped
+ *                                   before the ack; data-id = the server's message id
+ *                                   (protocol v2); children .msg-time (time element: the
+ *                                   server's time when it sent one, else time of receipt),
+ *                                   .msg-author, .msg-text
  *     li.evt[data-event][data-username]   join / leave line
  *     li.err[data-code]             an error ack (message_too_long, message_empty,
  *                                   invalid_message, rate_limited, or any other code)
- *     li.note                       client notices (connected, disconnected, ...)
+ *     li.note[data-kind]            client notices: "connected", "disconnected", "info",
+ *                                   "resync" (messages missed while away are lost)
  *   #composer, #composer-input (textarea), #composer-send, #composer-error (role=alert)
  *   #char-count[data-over]          live "N/300" counter, counting Unicode code points
  *   #char-warning                   live text shown while the draft is over 300
@@ -38,6 +42,14 @@
  * Protocol notes: see shared/CONTRACT.md. The server does not echo your own message;
  * it acks each one in order ({"status":true} or {"status":false,"code":...}), so sent
  * texts wait in a FIFO and are shown (or reported as refused) when their ack arrives.
+ *
+ * Protocol v2 ("Protocol v2 (opt-in)" in the contract): the page first shows the last 50
+ * messages (GET /api/history), then opens /ws?v=2&since=<last id>&epoch=<epoch> so that
+ * nothing between the two is lost; a dropped socket reconnects the same way and the
+ * server replays what was missed. Every message carries an id that only grows within an
+ * epoch, so "id <= the last id shown" is a duplicate. The online list comes from the
+ * hello frame. A server without v2 (no /api/history, no hello, or 400
+ * unsupported_version) gets the v1 page: plain /ws and GET /api/online.
  */
 (() => {
   'use strict';
@@ -53,6 +65,10 @@
   const FETCH_TIMEOUT_MS = 15000;
   const MAX_STREAM_ENTRIES = 1000;
   const MAX_FRAME_BYTES = 16 * 1024;   // the server closes the socket (1009) past this
+  const HISTORY_LIMIT = 50;
+  // A v2 server sends the hello as the very first frame; a v1 server ignores ?v=2 and
+  // sends nothing until someone talks, so silence this long after the open means v1.
+  const HELLO_WAIT_MS = 3000;
   const encoder = new TextEncoder();
 
   const $ = (id) => document.getElementById(id);
@@ -85,6 +101,16 @@
     onlineBuffer: [],       // join/leave events seen while /api/online is in flight
     storedKeyTried: false,  // auto-login with the remembered key at most once per loss
     lastRetryReason: null,  // last reconnect reason noted in the stream
+    proto: 2,               // 1 once the server turned out not to speak v2
+    epoch: null,            // v2: the history the ids below belong to
+    lastId: null,           // v2: highest message id shown (or known to be past)
+    helloLastId: null,      // v2: last_id of the current socket's hello
+    helloSeen: false,       // v2: the current socket sent its hello
+    helloTimer: null,
+    historyTried: false,    // the recent history is fetched once per login
+    historyLoad: null,      // the history request in flight, shared by concurrent connects
+    quietResync: false,     // a resync that cannot mean "missed while away" (see loadHistory)
+    unconfirmed: [],        // li of own messages whose ack was lost with the socket
     unread: 0,
   };
 
@@ -180,14 +206,13 @@
 
   // ---------------------------------------------------------------- the stream
 
-  function timeNode() {
-    const now = new Date();
+  // `when` is the server's time for messages that carry one (v2), else now.
+  function timeNode(when = new Date()) {
     const t = document.createElement('time');
     t.className = 'msg-time';
-    t.dateTime = now.toISOString();
-    t.title = now.toLocaleString();
-    const pad = (n) => String(n).padStart(2, '0');
-    t.textContent = `${pad(now.getHours())}:${pad(now.getMinutes())}`;   // local time, 24 h
+    t.dateTime = when.toISOString();
+    t.title = when.toLocaleString();
+    t.textContent = when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
     return t;
   }
 
@@ -217,18 +242,50 @@
     }
   }
 
-  function addMessage(author, text, { own = false, unconfirmed = false } = {}) {
+  function addMessage(author, text, { own = false, unconfirmed = false, id = null, ts = null } = {}) {
     const li = document.createElement('li');
     li.className = 'msg';
     if (own) li.classList.add('msg-own');
     if (unconfirmed) li.classList.add('msg-unconfirmed');
     li.dataset.author = author;
+    if (id !== null) li.dataset.id = String(id);
     const a = span(`msg-author ${own ? 'self' : authorColour(author)}`, author);
     const body = span('msg-text', text);   // textContent: never parsed as HTML
-    li.append(timeNode(), ' ', a, ' ', body);
-    if (unconfirmed) li.append(' ', span('msg-flag', '(not confirmed: the connection dropped before the server acknowledged it)'));
+    const when = typeof ts === 'number' && Number.isFinite(ts) ? new Date(ts) : new Date();
+    li.append(timeNode(when), ' ', a, ' ', body);
+    if (unconfirmed) {
+      li.append(' ', span('msg-flag', '(not confirmed: the connection dropped before the server acknowledged it)'));
+      state.unconfirmed.push(li);
+    }
     appendEntry(li, { forceScroll: own });
   }
+
+  // A message with a v2 id, live, replayed or from the history. Ids only grow within an
+  // epoch and arrive in order, so one at or below the last id shown is a duplicate.
+  function addIdMessage(m) {
+    if (state.lastId !== null && m.id <= state.lastId) return;
+    state.lastId = m.id;
+    const own = state.me !== null && sameName(m.author, state.me);
+    if (own && confirmOwn(m.message, m.id)) return;
+    addMessage(m.author, m.message, { own, id: m.id, ts: m.ts });
+  }
+
+  // A replayed own message that was shown as unconfirmed (its ack was lost with the
+  // socket) did reach the room: mark that line confirmed instead of showing it twice.
+  function confirmOwn(text, id) {
+    const i = state.unconfirmed.findIndex((li) => li.isConnected &&
+      li.querySelector('.msg-text').textContent === text);
+    if (i < 0) return false;
+    const [li] = state.unconfirmed.splice(0, i + 1).slice(-1);
+    li.classList.remove('msg-unconfirmed');
+    const flag = li.querySelector('.msg-flag');
+    if (flag) flag.remove();
+    li.dataset.id = String(id);
+    return true;
+  }
+
+  const isIdMessage = (m) => Number.isSafeInteger(m.id) && typeof m.message === 'string' &&
+    typeof m.author === 'string';
 
   function addEvent(kind, username) {
     const li = document.createElement('li');
@@ -310,10 +367,90 @@
     }
   }
 
+  // ---------------------------------------------------------------- history (v2)
+
+  // Once per login, before the first socket: the last messages, so a new tab does not
+  // start on an empty room. Their last id becomes the socket's `since`, which makes the
+  // server replay anything sent between this answer and the socket's open.
+  async function loadHistory() {
+    const me = state.me;
+    state.historyTried = true;
+    let r;
+    try {
+      r = await api('GET', `/api/history?limit=${HISTORY_LIMIT}`);
+    } catch {
+      return;   // the socket will meet the same trouble and explain it
+    }
+    if (state.me !== me) return;
+    if (r.status === 404) {
+      state.proto = 1;   // a server from before protocol v2
+      return;
+    }
+    const d = r.data;
+    if (r.status !== 200 || !d || typeof d.epoch !== 'string' || !Array.isArray(d.messages)) return;
+    if (state.epoch !== null && state.epoch !== d.epoch) state.lastId = null;
+    state.epoch = d.epoch;
+    for (const m of d.messages) if (m && typeof m === 'object' && isIdMessage(m)) addIdMessage(m);
+    if (state.lastId === null) {
+      // An empty history: since=0 still closes the gap up to the socket. If the server
+      // keeps no history it answers resync, which then does not mean "missed while away".
+      state.lastId = 0;
+      state.quietResync = true;
+    }
+  }
+
   // ---------------------------------------------------------------- WebSocket
 
   function wsUrl() {
-    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws`;
+    let path = '/ws';
+    if (state.proto === 2) {
+      path = '/ws?v=2';
+      if (state.epoch !== null && state.lastId !== null) {
+        path += `&since=${state.lastId}&epoch=${encodeURIComponent(state.epoch)}`;
+      }
+    }
+    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
+  }
+
+  function clearHelloTimer() {
+    if (state.helloTimer !== null) clearTimeout(state.helloTimer);
+    state.helloTimer = null;
+  }
+
+  // The server did not answer ?v=2 with a hello: it is a v1 server. This socket already
+  // works as a v1 one; only the online list has to come from GET /api/online instead.
+  function fallBackToV1(gen) {
+    clearHelloTimer();
+    state.proto = 1;
+    loadOnline(gen);
+  }
+
+  function onHello(m) {
+    clearHelloTimer();
+    // Only a v2 server sends a hello: one later than HELLO_WAIT_MS (a loaded server)
+    // undoes the fallback, so the next reconnect still resumes.
+    state.proto = 2;
+    state.helloSeen = true;
+    state.onlineSyncing = false;
+    state.onlineBuffer = [];
+    state.online = m.online.filter((n) => typeof n === 'string');
+    ensureSelfOnline();
+    renderOnline();
+    // A new epoch means the history was lost and ids start over: the ids shown so far
+    // say nothing about the new ones (the server follows with a resync).
+    if (state.epoch !== null && state.epoch !== m.epoch) state.lastId = null;
+    state.epoch = m.epoch;
+    state.helloLastId = Number.isSafeInteger(m.last_id) ? m.last_id : null;
+    // Without a `since` there is no replay: live messages start after last_id.
+    if (state.lastId === null && state.helloLastId !== null) state.lastId = state.helloLastId;
+  }
+
+  function onResync() {
+    // Live messages follow with ids above the hello's last_id; what lies between the
+    // last id shown and that is gone.
+    if (state.helloLastId !== null) state.lastId = Math.max(state.lastId ?? 0, state.helloLastId);
+    if (state.quietResync) return;
+    addNote('Some messages while you were away could not be recovered.', 'resync');
   }
 
   function setComposerEnabled(on) {
@@ -327,11 +464,20 @@
     el.reconnectNow.hidden = true;
   }
 
-  function connect() {
+  async function connect() {
     clearRetry();
     if (!state.wantConnected || state.ws) return;
     const gen = ++state.gen;
     setStatus('connecting', 'Connecting…');
+    if (state.proto === 2 && !state.historyTried) {
+      if (!state.historyLoad) state.historyLoad = loadHistory().finally(() => { state.historyLoad = null; });
+      await state.historyLoad;
+      if (gen !== state.gen || !state.wantConnected || state.ws) return;
+    }
+    openSocket(gen);
+  }
+
+  function openSocket(gen) {
     let ws;
     try {
       ws = new WebSocket(wsUrl());
@@ -354,31 +500,55 @@
       setStatus('open', `Connected as ${state.me}`);
       setComposerEnabled(true);
       addNote('Connected.', 'connected');
-      loadOnline(gen);
+      state.helloSeen = false;
+      state.helloLastId = null;
+      if (state.proto === 2) {
+        state.helloTimer = setTimeout(() => {
+          state.helloTimer = null;
+          if (state.ws === ws && !state.helloSeen) fallBackToV1(gen);
+        }, HELLO_WAIT_MS);
+      } else {
+        loadOnline(gen);
+      }
     });
 
     ws.addEventListener('message', (ev) => {
       if (state.ws !== ws || typeof ev.data !== 'string') return;
-      handleFrame(ev.data);
+      handleFrame(ev.data, gen);
     });
 
     ws.addEventListener('close', (ev) => {
       if (state.ws !== ws) return;
       state.ws = null;
+      clearHelloTimer();
+      // Only the first socket after an empty history may resync quietly (see loadHistory).
+      if (opened) state.quietResync = false;
       onSocketClosed(ev, opened, gen);
     });
     // 'error' is always followed by 'close'; all handling happens there.
   }
 
-  function handleFrame(text) {
+  function handleFrame(text, gen) {
     let m;
     try { m = JSON.parse(text); } catch { return; }
     if (!m || typeof m !== 'object') return;
 
+    if (m.event === 'hello' && typeof m.epoch === 'string' && Array.isArray(m.online)) {
+      onHello(m);
+      return;
+    }
+    // A v2 server's first frame is the hello; anything else first means ?v=2 was ignored.
+    if (state.proto === 2 && !state.helloSeen) fallBackToV1(gen);
+    if (m.event === 'resync') {
+      onResync();
+      return;
+    }
+
     if (typeof m.status === 'boolean') {
       const sent = state.pending.shift();
       if (m.status) {
-        if (sent !== undefined) addMessage(state.me, sent, { own: true });
+        if (Number.isSafeInteger(m.id)) state.lastId = Math.max(state.lastId ?? 0, m.id);
+        if (sent !== undefined) addMessage(state.me, sent, { own: true, id: Number.isSafeInteger(m.id) ? m.id : null });
       } else {
         ackError(typeof m.code === 'string' ? m.code : 'unknown', sent);
       }
@@ -389,6 +559,10 @@
       if (state.onlineSyncing) state.onlineBuffer.push([m.event, m.username]);
       renderOnline();
       addEvent(m.event, m.username);
+      return;
+    }
+    if (isIdMessage(m)) {
+      addIdMessage(m);
       return;
     }
     if (typeof m.message === 'string' && typeof m.author === 'string') {
@@ -482,6 +656,13 @@
         loadOnline(gen);
         scheduleReconnect('You are connected in another window or on another device. Close that one to chat here.');
       } else if (!opened) {
+        if (state.proto === 2 && await refusesV2()) {
+          if (gen !== state.gen || !state.wantConnected) return;
+          state.proto = 1;
+          connect();
+          return;
+        }
+        if (gen !== state.gen || !state.wantConnected) return;
         scheduleReconnect('The chat connection was refused.');
       } else {
         scheduleReconnect(CLOSE_REASONS[ev.code] || 'The connection was lost.');
@@ -489,6 +670,17 @@
       return;
     }
     scheduleReconnect(`The server answered HTTP ${r.status}.`);
+  }
+
+  // A refused handshake shows the page no status code. Asking again without the
+  // upgrade tells whether this server refuses ?v=2 itself (400 unsupported_version).
+  async function refusesV2() {
+    try {
+      const r = await api('GET', '/ws?v=2');
+      return r.status === 400 && !!r.data && r.data.error === 'unsupported_version';
+    } catch {
+      return false;
+    }
   }
 
   function scheduleReconnect(reason) {
@@ -527,6 +719,11 @@
   // ---------------------------------------------------------------- screens
 
   function resetChat() {
+    state.epoch = null;
+    state.lastId = null;
+    state.historyTried = false;
+    state.quietResync = false;
+    state.unconfirmed = [];
     state.online = [];
     renderOnline();
     el.messages.replaceChildren();

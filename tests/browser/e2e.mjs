@@ -6,6 +6,10 @@
 //      SKIFF_SCREENSHOTS  directory for screenshots (default: test-artifacts/)
 //      CHROMIUM_PATH      browser binary (default: /usr/bin/chromium, Debian's package)
 //      SKIFF_E2E_TIMEOUT_MS  per-wait timeout (default 10000)
+//      SKIFF_E2E_V2=1     also run the checks that need a server speaking protocol v2
+//                         (history on a fresh page; resume after the page's connection
+//                         is cut). The page's own v2 handling is checked in every run
+//                         against a scripted socket, whatever the server speaks.
 //
 // Needs `npm ci` (or `npm install`) in tests/browser for playwright-core; Playwright
 // never downloads a browser here, it drives the system Chromium. Every wait is bounded;
@@ -13,6 +17,7 @@
 // Prints one "ok N - ..." line per check and ends with "N passed, M failed".
 
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 
 const BASE = (process.env.SKIFF_URL || '').replace(/\/+$/, '');
@@ -20,6 +25,7 @@ const SHOTS = process.env.SKIFF_SCREENSHOTS || 'test-artifacts';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const T = Number(process.env.SKIFF_E2E_TIMEOUT_MS || 10000);
 const WATCHDOG_MS = Math.max(120000, T * 12);
+const V2 = process.env.SKIFF_E2E_V2 === '1';
 
 let passed = 0;
 let browser = null;
@@ -177,6 +183,69 @@ async function waitMessage(page, author, text, own = false) {
 
 async function messageTexts(page) {
   return page.$$eval('#messages li.msg .msg-text', (els) => els.map((e) => e.textContent));
+}
+
+// Every chat line as {id, author, text, own}, in stream order.
+async function messageLines(page) {
+  return page.$$eval('#messages li.msg', (lis) => lis.map((li) => ({
+    id: li.dataset.id === undefined ? null : Number(li.dataset.id),
+    author: li.dataset.author,
+    text: li.querySelector('.msg-text').textContent,
+    own: li.classList.contains('msg-own'),
+    unconfirmed: li.classList.contains('msg-unconfirmed'),
+  })));
+}
+
+// Fails unless each of `texts` is shown exactly once and in this order.
+function assertOnceInOrder(lines, texts, what) {
+  const shown = lines.map((l) => l.text);
+  let last = -1;
+  for (const t of texts) {
+    const n = shown.filter((s) => s === t).length;
+    assert(n === 1, `${what}: ${JSON.stringify(t)} shown ${n} times; stream: ${JSON.stringify(shown.slice(-15))}`);
+    const i = shown.indexOf(t);
+    assert(i > last, `${what}: ${JSON.stringify(t)} out of order; stream: ${JSON.stringify(shown.slice(-15))}`);
+    last = i;
+  }
+}
+
+function assertIdsUnique(lines, what) {
+  const ids = lines.map((l) => l.id).filter((id) => id !== null);
+  assert(new Set(ids).size === ids.length, `${what}: an id is shown twice: ${JSON.stringify(ids)}`);
+  for (let i = 1; i < ids.length; i += 1) {
+    assert(ids[i] > ids[i - 1], `${what}: ids not increasing: ${JSON.stringify(ids)}`);
+  }
+}
+
+// A TCP relay in front of the server, so a test can cut a page's connections the way a
+// network does (no close frame, no FIN from the server) and refuse new ones for a while.
+// Chromium's offline emulation (context.setOffline) leaves open WebSockets alone.
+async function startRelay(target) {
+  const { hostname, port } = new URL(target);
+  const open = new Set();
+  let refusing = false;
+  const server = net.createServer((client) => {
+    if (refusing) { client.destroy(); return; }
+    const upstream = net.connect(Number(port), hostname);
+    const pair = [client, upstream];
+    open.add(pair);
+    const drop = () => { open.delete(pair); client.destroy(); upstream.destroy(); };
+    client.on('error', drop).on('close', drop);
+    upstream.on('error', drop).on('close', drop);
+    client.pipe(upstream);
+    upstream.pipe(client);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    cut() {
+      refusing = true;
+      for (const [c, u] of open) { c.resetAndDestroy(); u.destroy(); }
+      open.clear();
+    },
+    heal() { refusing = false; },
+    close() { this.cut(); server.close(); },
+  };
 }
 
 async function storedKey(page) {
@@ -414,6 +483,210 @@ await step('a draft too big for one frame (over 16 KiB) is refused locally; the 
   assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'socket dropped');
   await compose(pageA, '');
 });
+
+// The page against a scripted v2 server: the history answer and every socket are played
+// by the test (the rest of the API is the real server's), so this runs whatever protocol
+// the server speaks. It checks what the page asks for (since/epoch) and what it shows.
+await step('v2 page (scripted server): history, resume with since/epoch, duplicates dropped, resync line', async () => {
+  const D = `dan${tag}`;
+  const ctxD = await browser.newContext({ ...desktop, colorScheme: 'dark' });
+  const pageD = await ctxD.newPage();
+  const monD = monitor('D-scripted', pageD);
+  const ts = Date.UTC(2020, 0, 2, 3, 4, 5);
+  const msg = (id, author, message) => JSON.stringify({ id, ts: ts + id * 60000, message, author });
+  const urls = [];
+  await ctxD.route('**/api/history**', (route) => route.fulfill({
+    status: 200,
+    contentType: 'application/json',
+    body: JSON.stringify({ epoch: 'ep1', messages: [JSON.parse(msg(7, 'zed', 'old one')), JSON.parse(msg(8, D, 'mine from before'))] }),
+  }));
+  await ctxD.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    const n = urls.push(ws.url());
+    const hello = (lastId) => JSON.stringify({ event: 'hello', epoch: 'ep1', last_id: lastId, online: ['zed', D] });
+    if (n === 1) {
+      // replay of what came between the history answer and the socket, then a drop
+      ws.send(hello(9));
+      ws.send(msg(8, D, 'mine from before'));       // a duplicate: must not show again
+      ws.send(msg(9, 'zed', 'while loading'));
+      ws.onMessage((m) => {
+        const { message } = JSON.parse(String(m));
+        if (message === 'lost ack') ws.close({ code: 1001, reason: 'restart' });
+        else ws.send(JSON.stringify({ status: true, id: 10 }));
+      });
+    } else if (n === 2) {
+      ws.send(hello(12));
+      ws.send(msg(11, D, 'lost ack'));              // confirms the line shown unconfirmed
+      ws.send(msg(12, 'zed', 'while away'));
+      setTimeout(() => ws.close({ code: 1011, reason: 'boom' }), 300);
+    } else {
+      ws.send(hello(40));
+      ws.send(JSON.stringify({ event: 'resync' }));
+      ws.send(msg(41, 'zed', 'after the resync'));
+    }
+  });
+  await pageD.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await register(pageD, D);
+  await pageD.click('#key-login');
+  await waitView(pageD, 'chat');
+  await waitMessage(pageD, 'zed', 'while loading');
+  await waitMessage(pageD, D, 'mine from before', true);
+  await wait(pageD, () => document.getElementById('online-count').textContent === '2');
+  assert(JSON.stringify(await onlineNames(pageD)) === JSON.stringify(['zed', D]), `online list is not the hello's: ${await onlineNames(pageD)}`);
+  assert(!monD.requests.some((r) => r.includes('/api/online')), 'the page asked /api/online although the hello carried the list');
+  const first = new URL(urls[0]);
+  assert(first.pathname === '/ws' && first.searchParams.get('v') === '2' && first.searchParams.get('since') === '8' &&
+    first.searchParams.get('epoch') === 'ep1', `first socket URL ${urls[0]}`);
+  const want = await pageD.evaluate((t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }), ts + 7 * 60000);
+  const shown = await pageD.textContent('#messages li.msg[data-id="7"] .msg-time');
+  assert(shown === want, `message 7 shows time ${JSON.stringify(shown)}, not its ts ${JSON.stringify(want)}`);
+  await compose(pageD, 'acked');
+  await pageD.press('#composer-input', 'Enter');
+  await wait(pageD, () => !!document.querySelector('#messages li.msg-own[data-id="10"]'));
+  // This send drops the socket before its ack: shown unconfirmed, then confirmed by the replay.
+  await compose(pageD, 'lost ack');
+  await pageD.press('#composer-input', 'Enter');
+  await waitMessage(pageD, 'zed', 'while away');
+  await wait(pageD, () => !!document.querySelector('#messages li.note[data-kind="resync"]'));
+  await waitMessage(pageD, 'zed', 'after the resync');
+  assert(urls.length === 3, `${urls.length} sockets opened`);
+  for (const [i, since] of [[1, '10'], [2, '12']]) {
+    const u = new URL(urls[i]);
+    assert(u.searchParams.get('v') === '2' && u.searchParams.get('since') === since && u.searchParams.get('epoch') === 'ep1',
+      `reconnect ${i} URL ${urls[i]} (wanted since=${since}&epoch=ep1)`);
+  }
+  const lines = await messageLines(pageD);
+  assertIdsUnique(lines, 'scripted');
+  const ids = JSON.stringify(lines.map((l) => l.id));
+  assert(ids === '[7,8,9,10,11,12,41]', `ids shown: ${ids}`);
+  assertOnceInOrder(lines, ['old one', 'mine from before', 'while loading', 'acked', 'lost ack', 'while away', 'after the resync'], 'scripted');
+  const own = lines.filter((l) => l.own).map((l) => l.id);
+  assert(JSON.stringify(own) === '[8,10,11]', `own lines: ${JSON.stringify(own)}`);
+  assert(!lines.some((l) => l.unconfirmed), 'a replayed own message is still marked unconfirmed');
+  const notes = await pageD.$$eval('#messages li.note[data-kind="resync"]', (l) => l.map((e) => e.textContent));
+  assert(notes.length === 1 && /could not be recovered/i.test(notes[0]), `resync notes: ${JSON.stringify(notes)}`);
+  await shot(pageD, '02-v2-scripted-resync-D.png');
+  await ctxD.close();
+  delete pages['D-scripted'];
+});
+
+// The page against servers without v2, played by the test: one without /api/history
+// (404), and one that ignores ?v=2 (no hello first). Both must get a working v1 page,
+// with the online list from GET /api/online.
+await step('v1 fallback (scripted server): no /api/history means plain /ws; no hello means /api/online', async () => {
+  const E = `eve${tag}`;
+  const ctxE = await browser.newContext({ ...desktop, colorScheme: 'light' });
+  const pageE = await ctxE.newPage();
+  const monE = monitor('E-scripted', pageE);
+  let oldServer = true;
+  const urls = [];
+  await ctxE.route('**/api/history**', (route) => (oldServer
+    ? route.fulfill({ status: 404, contentType: 'application/json', body: '{"error":"not_found"}' })
+    : route.fulfill({ status: 200, contentType: 'application/json', body: '{"epoch":"e9","messages":[]}' })));
+  await ctxE.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    urls.push(ws.url());
+    ws.send(JSON.stringify({ message: `v1 frame ${urls.length}`, author: 'zed' }));
+  });
+  await pageE.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await register(pageE, E);
+  await pageE.click('#key-login');
+  await waitView(pageE, 'chat');
+  await waitMessage(pageE, 'zed', 'v1 frame 1');
+  await waitOnline(pageE, A);                  // only the real /api/online knows A
+  const first = new URL(urls[0]);
+  assert(first.pathname === '/ws' && first.search === '', `a server without /api/history got ${urls[0]}`);
+  assert((await messageLines(pageE)).every((l) => l.id === null), 'a v1 message got an id');
+  oldServer = false;
+  resetLogs(monE);
+  await pageE.reload({ timeout: T, waitUntil: 'load' });
+  await waitView(pageE, 'chat');
+  await waitMessage(pageE, 'zed', 'v1 frame 2');
+  const second = new URL(urls[1]);
+  assert(second.searchParams.get('v') === '2' && second.searchParams.get('since') === '0' && second.searchParams.get('epoch') === 'e9',
+    `after an empty history the socket URL is ${urls[1]}`);
+  await waitOnline(pageE, A);
+  assert(monE.requests.some((r) => r.endsWith('/api/online')), 'no hello, yet the page did not ask /api/online');
+  assert((await pageE.$$('#messages li.note[data-kind="resync"]')).length === 0, 'a resync line from a v1 server');
+  await ctxE.close();
+  delete pages['E-scripted'];
+});
+
+if (V2) {
+  // C reaches the server through a relay, so the test can cut its connection.
+  const relay = await startRelay(BASE);
+  const C = `cat${tag}`;
+  const ctxC = await browser.newContext({ ...desktop, colorScheme: 'light' });
+  const pageC = await ctxC.newPage();
+  const monC = monitor('C', pageC);
+  const hist = [1, 2, 3].map((i) => `history ${tag} #${i}`);
+
+  await step('v2: a freshly opened page shows the recent history, each message once, then goes live', async () => {
+    for (const text of hist) {
+      await compose(pageA, text);
+      await pageA.press('#composer-input', 'Enter');
+      await waitMessage(pageA, A, text, true);
+    }
+    await waitMessage(pageB, A, hist[2]);
+    await pageC.goto(relay.url + '/', { timeout: T, waitUntil: 'load' });
+    await register(pageC, C);
+    await pageC.click('#key-login');
+    await waitView(pageC, 'chat');
+    await waitConnected(pageC);
+    for (const text of hist) await waitMessage(pageC, A, text);
+    await waitOnline(pageC, A);
+    await waitOnline(pageC, B);
+    assert(!monC.requests.some((r) => r.includes('/api/online')), 'the page asked /api/online although the hello carried the list');
+    await pageC.waitForTimeout(300);     // room for a duplicate from the socket's replay
+    const lines = await messageLines(pageC);
+    assertOnceInOrder(lines, hist, 'history');
+    assertIdsUnique(lines, 'history');
+    assert(lines.every((l) => l.id !== null && !l.own), `history lines without ids or styled as own: ${JSON.stringify(lines)}`);
+    await compose(pageB, `live ${tag}`);
+    await pageB.press('#composer-input', 'Enter');
+    await waitMessage(pageC, B, `live ${tag}`);
+    await shot(pageC, '02-v2-history-C.png');
+  });
+
+  await step('v2: own messages in the history are styled as own', async () => {
+    const tab = await ctxA.newPage();     // refused by the server (409), but shows the history
+    monitor('A-history', tab);
+    await tab.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+    await waitView(tab, 'chat');
+    for (const text of hist) await waitMessage(tab, A, text, true);
+    await tab.close();
+    delete pages['A-history'];
+  });
+
+  await step('v2: after the connection is cut, the page resumes: every missed message once, in order', async () => {
+    relay.cut();
+    await wait(pageC, () => document.getElementById('status').dataset.state !== 'open');
+    await waitOnline(pageB, C, false);
+    const missed = [1, 2, 3, 4, 5].map((i) => `missed ${tag} #${i}`);
+    for (const text of missed) {
+      await compose(pageB, text);
+      await pageB.press('#composer-input', 'Enter');
+      await waitMessage(pageB, B, text, true);
+    }
+    relay.heal();
+    await waitConnected(pageC);
+    for (const text of missed) await waitMessage(pageC, B, text);
+    await compose(pageA, `back live ${tag}`);
+    await pageA.press('#composer-input', 'Enter');
+    await waitMessage(pageC, A, `back live ${tag}`);
+    const lines = await messageLines(pageC);
+    assertOnceInOrder(lines, [...hist, `live ${tag}`, ...missed, `back live ${tag}`], 'resume');
+    assertIdsUnique(lines, 'resume');
+    assert((await pageC.$$('#messages li.note[data-kind="resync"]')).length === 0, 'a resync line although nothing was lost');
+    await shot(pageC, '02-v2-resumed-C.png');
+  });
+
+  await step('v2: C leaves; A and B see it go', async () => {
+    await ctxC.close();
+    delete pages.C;
+    relay.close();
+    await waitOnline(pageA, C, false);
+    await waitOnline(pageB, C, false);
+  });
+}
 
 const ELSEWHERE = /connected in another window or on another device/i;
 
