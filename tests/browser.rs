@@ -2,8 +2,8 @@
 //! driven by tests/browser/e2e.mjs through playwright-core, against a real skiff.
 //! A missing prerequisite is a failure naming the command that installs it: a skip
 //! would pass silently in `cargo test` output. SKIFF_SKIP_BROWSER=1 opts out on purpose.
-//! SKIFF_E2E_V2=1 (passed through to the script) adds the checks that need a server
-//! speaking protocol v2: history on a fresh page and resume after a cut connection.
+//! The script covers protocol v2 too: history on a fresh page and resume after the
+//! page's connection is cut.
 
 mod common;
 

@@ -6,10 +6,10 @@
 //      SKIFF_SCREENSHOTS  directory for screenshots (default: test-artifacts/)
 //      CHROMIUM_PATH      browser binary (default: /usr/bin/chromium, Debian's package)
 //      SKIFF_E2E_TIMEOUT_MS  per-wait timeout (default 10000)
-//      SKIFF_E2E_V2=1     also run the checks that need a server speaking protocol v2
-//                         (history on a fresh page; resume after the page's connection
-//                         is cut). The page's own v2 handling is checked in every run
-//                         against a scripted socket, whatever the server speaks.
+//
+// Protocol v2 is checked against the real server (history on a fresh page; resume
+// after the page's connection is cut) and, for the cases a real server cannot be made
+// to produce on demand (resync, a v1 server), against a scripted socket.
 //
 // Needs `npm ci` (or `npm install`) in tests/browser for playwright-core; Playwright
 // never downloads a browser here, it drives the system Chromium. Every wait is bounded;
@@ -25,7 +25,6 @@ const SHOTS = process.env.SKIFF_SCREENSHOTS || 'test-artifacts';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const T = Number(process.env.SKIFF_E2E_TIMEOUT_MS || 10000);
 const WATCHDOG_MS = Math.max(120000, T * 12);
-const V2 = process.env.SKIFF_E2E_V2 === '1';
 
 let passed = 0;
 let browser = null;
@@ -610,8 +609,8 @@ await step('v1 fallback (scripted server): no /api/history means plain /ws; no h
   delete pages['E-scripted'];
 });
 
-if (V2) {
-  // C reaches the server through a relay, so the test can cut its connection.
+{
+  // Protocol v2 against the real server. C reaches the server through a relay, so the test can cut its connection.
   const relay = await startRelay(BASE);
   const C = `cat${tag}`;
   const ctxC = await browser.newContext({ ...desktop, colorScheme: 'light' });
