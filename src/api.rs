@@ -290,6 +290,8 @@ fn metrics(ctx: &Ctx) -> Response {
         sessions: ctx.chat.session_count() as u64,
         http_rate_limited: ctx.limits.refused,
         broadcast_backlog_bytes: ctx.server.broadcast_backlog_bytes,
+        history_messages: ctx.chat.history().len() as u64,
+        history_bytes: ctx.chat.history().bytes() as u64,
     });
     Response::new(200).header("Content-Type", "text/plain; version=0.0.4").with_body(text.into_bytes())
 }

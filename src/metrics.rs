@@ -31,6 +31,9 @@ pub struct Snapshot<'a> {
     pub sessions: u64,
     pub http_rate_limited: u64,
     pub broadcast_backlog_bytes: u64,
+    /// Messages the history ring keeps, and the bytes they take.
+    pub history_messages: u64,
+    pub history_bytes: u64,
 }
 
 struct Page(String);
@@ -76,6 +79,8 @@ pub fn render(s: &Snapshot) -> String {
         "Broadcast bytes some client has yet to be sent (each frame counted once).",
         s.broadcast_backlog_bytes,
     );
+    p.one("history_messages", "gauge", "Messages kept for v2 resume and /api/history.", s.history_messages);
+    p.one("history_bytes", "gauge", "Memory the kept messages take (entries, frames, texts).", s.history_bytes);
     p.one("slow_clients_dropped_total", "counter", "WebSockets dropped for not reading.", st.slow_dropped);
     p.metric(
         "rate_limited_total",
@@ -108,6 +113,8 @@ mod tests {
             sessions: 6,
             http_rate_limited: 0,
             broadcast_backlog_bytes: 0,
+            history_messages: 0,
+            history_bytes: 0,
         });
         assert!(text.contains("skiff_connections{kind=\"http\"} 3\n"));
         assert!(text.contains("skiff_connections{kind=\"websocket\"} 5\n"));

@@ -120,6 +120,8 @@ fn history_pages_survive_a_restart_with_their_ids_and_epoch() {
         wa.say(&format!("h{i}"));
         assert_eq!(wa.recv(), json!({"status": true}));
     }
+    let metrics = srv.get("/metrics", None).text();
+    assert!(metrics.contains("\nskiff_history_messages 7\n"), "{metrics}");
     let page = srv.get("/api/history?limit=3", Some(&a)).json();
     let texts: Vec<&str> =
         page["messages"].as_array().unwrap().iter().map(|m| m["message"].as_str().unwrap()).collect();

@@ -82,6 +82,15 @@ impl History {
         self.ring.range(end.saturating_sub(limit)..end)
     }
 
+    /// Messages kept.
+    pub fn len(&self) -> usize {
+        self.ring.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
     /// Bytes the ring holds (frames and texts), for the operator's arithmetic.
     pub fn bytes(&self) -> usize {
         self.ring.iter().map(|e| e.frame.len() + e.message.len() + std::mem::size_of::<Entry>()).sum()
