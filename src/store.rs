@@ -517,3 +517,36 @@ mod tests {
         assert!(err.to_string().contains("newer"), "{err}");
     }
 }
+
+#[cfg(test)]
+mod migration_tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_database_is_migrated_keeping_its_users() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let key = "k".repeat(43);
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE users (id INTEGER PRIMARY KEY, username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+                    key_hash BLOB NOT NULL UNIQUE, created_at INTEGER NOT NULL DEFAULT (unixepoch()));
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+            db.execute("INSERT INTO users (username, key_hash) VALUES ('Old', ?1)", params![&hash_key(&key)[..]])
+                .unwrap();
+        }
+        let mut s = Store::open(&path).unwrap();
+        let version: i64 = s.db.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        assert_eq!(s.login(&key).unwrap().as_deref(), Some("Old"));
+        assert!(s.load_sessions().unwrap().is_empty());
+        assert_eq!(s.load_messages(10).unwrap(), (vec![], 0));
+        let epoch = s.epoch().unwrap();
+        assert_eq!(epoch.len(), 8);
+        drop(s);
+        assert_eq!(Store::open(&path).unwrap().epoch().unwrap(), epoch, "the epoch stays with the database");
+    }
+}
