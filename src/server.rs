@@ -326,9 +326,11 @@ impl<S: Stream> Server<S> {
         }
     }
 
-    /// The fan-out: the frame goes into the log once; each recipient gets a
-    /// sequence number and a place on the flush list. v2 clients get `v2` (when the
-    /// frame has a v2 form) as one shared chunk each, in order with the log.
+    /// The fan-out: the frame goes into the log once; each v1 recipient gets a
+    /// sequence number and a place on the flush list. v2 clients never use the log:
+    /// every frame they get (the `v2` form of a message, or the common frame of an
+    /// event) is a shared chunk in their own queue, so a log range of theirs can
+    /// never span an entry meant for the other protocol.
     fn broadcast(&mut self, except: Option<usize>, frame: Rc<[u8]>, v2: Option<Rc<[u8]>>, slow: &mut Vec<usize>) {
         let mut seq = None;
         let mut recipients = 0;
@@ -337,13 +339,13 @@ impl<S: Stream> Server<S> {
             if Some(to) == except {
                 continue;
             }
-            match &v2 {
-                Some(v2) if self.cx.chat.is_v2(to) => self.conns[to].out.push(Chunk::Shared(v2.clone())),
-                _ => {
-                    let seq = *seq.get_or_insert_with(|| self.cx.log.append(frame.clone(), except));
-                    self.conns[to].out.deliver(seq);
-                    recipients += 1;
-                }
+            if self.cx.chat.is_v2(to) {
+                let shared = v2.as_ref().unwrap_or(&frame).clone();
+                self.conns[to].out.push(Chunk::Shared(shared));
+            } else {
+                let seq = *seq.get_or_insert_with(|| self.cx.log.append(frame.clone(), except));
+                self.conns[to].out.deliver(seq);
+                recipients += 1;
             }
             self.cx.stats.deliveries += 1;
             self.delivered(to, slow);

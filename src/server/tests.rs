@@ -100,6 +100,10 @@ fn json_bodies_end_with_a_newline() {
 
 /// Registers, logs in and upgrades one user; returns the WebSocket's key and pipe.
 fn websocket(srv: &mut Server<MockStream>, name: &str) -> (usize, MockStream) {
+    websocket_at(srv, name, "/ws")
+}
+
+fn websocket_at(srv: &mut Server<MockStream>, name: &str, target: &str) -> (usize, MockStream) {
     let body = format!("{{\"username\":\"{name}\"}}");
     let req = format!("POST /api/register HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let (_, pipe) = exchange(srv, "127.0.0.1:4000", req.as_bytes());
@@ -111,7 +115,7 @@ fn websocket(srv: &mut Server<MockStream>, name: &str) -> (usize, MockStream) {
     let out = written(&pipe);
     let cookie = out.split("session=").nth(1).unwrap().split(';').next().unwrap().to_owned();
     let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: x\r\nCookie: session={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        "GET {target} HTTP/1.1\r\nHost: x\r\nCookie: session={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
     );
     let (key, pipe) = exchange(srv, "127.0.0.1:4000", req.as_bytes());
     assert!(written(&pipe).starts_with("HTTP/1.1 101 "));
@@ -227,4 +231,41 @@ fn requests_pipelined_behind_a_storage_wait_are_answered_after_it_in_order() {
     let out = written(&pipe);
     let statuses: Vec<&str> = out.match_indices("HTTP/1.1 ").map(|(i, _)| &out[i + 9..i + 12]).collect();
     assert_eq!(statuses, ["201", "200", "409", "404"], "{out}");
+}
+
+fn texts(pipe: &MockStream) -> Vec<serde_json::Value> {
+    let out = pipe.0.borrow().to_client.clone();
+    let start = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let mut pos = start;
+    let mut frames = Vec::new();
+    while let Some(f) = frame::decode_server(&out[pos..]).unwrap() {
+        if f.opcode == frame::TEXT {
+            frames.push(serde_json::from_slice(&out[pos..][f.payload]).unwrap());
+        }
+        pos += f.consumed;
+    }
+    frames
+}
+
+#[test]
+fn a_v2_client_behind_on_its_queue_gets_each_message_once_in_its_own_form() {
+    let mut srv = server(vec![], false);
+    let (_a, pa) = websocket(&mut srv, "amy");
+    let (_c, pc) = websocket_at(&mut srv, "cid", "/ws?v=2");
+    pc.0.borrow_mut().room = 0; // cid stops reading: what it is owed piles up
+    let (b, pb) = websocket(&mut srv, "bob");
+    send(&mut srv, b, &pb, &frame::client_frame(frame::TEXT, br#"{"message":"m1"}"#, [1, 2, 3, 4]));
+    let _ = websocket(&mut srv, "dan");
+    srv.check_invariants(Instant::now());
+    pc.0.borrow_mut().room = usize::MAX;
+    srv.on_ready(_c, false, true, Instant::now());
+    settle(&mut srv, Instant::now());
+    let got = texts(&pc);
+    let m1: Vec<&serde_json::Value> = got.iter().filter(|v| v["message"] == "m1").collect();
+    assert_eq!(m1.len(), 1, "exactly one copy: {got:?}");
+    assert!(m1[0]["id"].is_u64(), "in the v2 form: {got:?}");
+    let events: Vec<&str> = got.iter().filter_map(|v| v["username"].as_str()).collect();
+    assert_eq!(events, ["bob", "dan"], "joins in order around the message: {got:?}");
+    assert!(texts(&pa).iter().any(|v| v == &serde_json::json!({"message": "m1", "author": "bob"})));
+    assert_eq!(srv.cx.log.bytes(), 0, "nothing left owed");
 }
