@@ -182,10 +182,12 @@ impl World {
     fn upgrade(&mut self, user: usize) {
         let Some(cookie) = self.cookies[user].clone() else { return };
         let c = self.connect(user);
+        // Odd users speak protocol v2: both kinds share one room and one order.
+        let target = if user % 2 == 1 { "/ws?v=2" } else { "/ws" };
         self.http(
             c,
             &format!(
-                "GET /ws HTTP/1.1\r\nHost: f\r\nCookie: session={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+                "GET {target} HTTP/1.1\r\nHost: f\r\nCookie: session={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             ),
         );
         match take_response(&mut self.clients[c]) {
