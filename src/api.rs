@@ -9,8 +9,8 @@ use crate::http::{Request, Response};
 use crate::metrics::{self, Stats};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
-use crate::storage::{self, Reply, Request as StorageRequest};
-use crate::store::{self, Store};
+use crate::storage::{Reply, Request as StorageRequest};
+use crate::store;
 use crate::ws::{self, UpgradeError};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -185,9 +185,12 @@ pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
 }
 
 /// `handle`, with any storage request run at once on `store` (tests, fuzzing).
-pub fn handle_now(req: &Request, ctx: &mut Ctx, store: &mut Store) -> Outcome {
+#[cfg(any(test, feature = "harness"))]
+pub fn handle_now(req: &Request, ctx: &mut Ctx, store: &mut store::Store) -> Outcome {
     match handle(req, ctx) {
-        Outcome::Store { request, pending } => Outcome::Respond(finish(pending, storage::execute(store, request), ctx)),
+        Outcome::Store { request, pending } => {
+            Outcome::Respond(finish(pending, crate::storage::execute(store, request), ctx))
+        }
         other => other,
     }
 }

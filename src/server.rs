@@ -88,8 +88,6 @@ pub struct Server<S> {
     read_list: Vec<usize>,
     next_generation: u64,
     shutdown: Option<Instant>,
-    /// One moment on both clocks, to write `Instant`s as Unix time.
-    epoch: (Instant, SystemTime),
 }
 
 impl<S: Stream> Server<S> {
@@ -103,11 +101,11 @@ impl<S: Stream> Server<S> {
             read_list: Vec::new(),
             next_generation: 1,
             shutdown: None,
-            epoch: (Instant::now(), SystemTime::now()),
         };
-        let (at, _) = server.epoch;
-        let ms = server.unix_ms(at);
-        server.cx.chat.set_wall_clock(at, ms);
+        // One moment on both clocks: the chat core turns `Instant`s into Unix time
+        // (message times, session activity) without reading a clock itself.
+        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+        server.cx.chat.set_wall_clock(Instant::now(), wall);
         server
     }
 
@@ -119,19 +117,10 @@ impl<S: Stream> Server<S> {
         self.cx.chat.restore_history(epoch, last_id, entries);
     }
 
-    fn unix_ms(&self, t: Instant) -> i64 {
-        let (at, wall) = self.epoch;
-        let wall = match t.checked_duration_since(at) {
-            Some(d) => wall + d,
-            None => wall - at.duration_since(t),
-        };
-        wall.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-    }
-
     /// Brings back the sessions saved before a restart; expired ones are deleted.
     /// Returns how many were restored.
     pub fn restore_sessions(&mut self, saved: Vec<StoredSession>, now: Instant) -> usize {
-        let now_ms = self.unix_ms(now);
+        let now_ms = self.cx.chat.unix_ms(now);
         let mut restored = 0;
         for s in saved {
             // Saved times run ahead of activity; a session is never younger than now.
@@ -149,7 +138,7 @@ impl<S: Stream> Server<S> {
 
     /// Hands the chat core's session changes and new messages to the writer (it
     /// batches them into its next commit).
-    fn save_sessions(&mut self) {
+    fn persist_changes(&mut self) {
         let keep = self.cx.chat.history().cap() as u64;
         for m in self.cx.chat.take_new_messages() {
             let write =
@@ -159,7 +148,7 @@ impl<S: Stream> Server<S> {
         for change in self.cx.chat.take_session_changes() {
             let write = match change {
                 SessionChange::Saved { id_hash, user, active } => {
-                    Write::SaveSession { id_hash, username: user.to_string(), active_ms: self.unix_ms(active) }
+                    Write::SaveSession { id_hash, username: user.to_string(), active_ms: self.cx.chat.unix_ms(active) }
                 }
                 SessionChange::Deleted { id_hash } => Write::DeleteSession { id_hash },
             };
@@ -271,7 +260,7 @@ impl<S: Stream> Server<S> {
     /// After a connection ran: apply what it caused, then act on its step.
     fn settle(&mut self, key: usize, step: Step, now: Instant) {
         self.apply_effects(now);
-        self.save_sessions();
+        self.persist_changes();
         match step {
             Step::Remove => return self.remove(key, now),
             Step::Yield => self.queue_read(key),
@@ -417,7 +406,7 @@ impl<S: Stream> Server<S> {
         }
         self.cx.chat.on_timeout(now, &mut self.cx.fx);
         self.apply_effects(now);
-        self.save_sessions();
+        self.persist_changes();
     }
 
     /// Drops a connection that never got going (the reactor could not register it).

@@ -149,6 +149,7 @@ impl Storage {
     }
 
     /// Inline mode only: make every write fail as a full disk would (tests).
+    #[cfg(any(test, feature = "harness"))]
     pub fn set_failing(&mut self, fail: bool) {
         if let Mode::Inline { failing, .. } = &mut self.mode {
             *failing = fail;

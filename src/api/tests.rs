@@ -1,6 +1,7 @@
 //! The routes driven directly: an in-memory store, a fake clock, no sockets.
 
 use super::*;
+use crate::store::Store;
 use crate::chat::ChatConfig;
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;

@@ -180,7 +180,8 @@ impl Chat {
         self.wall = (at, unix_ms);
     }
 
-    fn unix_ms(&self, now: Instant) -> i64 {
+    /// The Unix time (ms) `now` stands for, by the clock set with `set_wall_clock`.
+    pub fn unix_ms(&self, now: Instant) -> i64 {
         let (at, ms) = self.wall;
         match now.checked_duration_since(at) {
             Some(d) => ms + d.as_millis() as i64,
