@@ -485,6 +485,15 @@ mod tests {
         assert_eq!((c.max_connections, c.static_dir, c.tls_cert), (None, None, None));
         assert!(!c.limit_loopback && !c.metrics_public);
         assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.history, 1000);
+    }
+
+    #[test]
+    fn history_is_bounded_and_zero_turns_it_off() {
+        assert_eq!(run(&["--history", "0"], &[]).unwrap().history, 0);
+        assert_eq!(run(&[], &[("SKIFF_HISTORY", "100000")]).unwrap().history, 100_000);
+        let err = run(&["--history", "100001"], &[]).unwrap_err().to_string();
+        assert!(err.contains("--history") && err.contains("100000"), "{err}");
     }
 
     #[test]

@@ -1,10 +1,10 @@
 //! The routes driven directly: an in-memory store, a fake clock, no sockets.
 
 use super::*;
-use crate::store::Store;
 use crate::chat::ChatConfig;
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
+use crate::store::Store;
 use std::time::Duration;
 
 const LOCAL: Client = Client {
@@ -345,4 +345,26 @@ fn cors_only_for_allowed_origins() {
     assert_eq!(r.status, 403);
     let r = with_origin(&mut w, "POST", "https://evil.example");
     assert_eq!(r.header_value("Access-Control-Allow-Origin"), None);
+}
+
+#[test]
+fn healthz_is_degraded_once_storage_has_stopped() {
+    let mut w = World::new();
+    let req =
+        Request { method: "GET".into(), target: "/healthz".into(), minor_version: 1, headers: vec![], body: vec![] };
+    for (healthy, status, body) in [(true, 200, "ok"), (false, 503, "degraded")] {
+        let mut ctx = Ctx {
+            chat: &mut w.chat,
+            cfg: &w.cfg,
+            now: w.now,
+            fx: &mut w.fx,
+            client: LOCAL,
+            metered: false,
+            limits: &mut w.limits,
+            server: ServerState { storage_healthy: healthy, ..ServerState::empty() },
+        };
+        let Outcome::Respond(r) = handle(&req, &mut ctx) else { panic!("healthz answers") };
+        assert_eq!(r.status, status);
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["status"], body);
+    }
 }
