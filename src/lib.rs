@@ -12,6 +12,7 @@ pub mod http;
 pub mod log;
 pub mod metrics;
 pub mod outq;
+pub mod persist;
 pub mod proxy;
 pub mod ratelimit;
 pub mod reactor;

@@ -57,8 +57,8 @@ impl Reactor {
         let waker = Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?;
         let storage = Storage::spawn(store, &cfg.db, Arc::new(waker), Duration::ZERO).map_err(|e| e.to_string())?;
         let mut server = Server::new(ServerConfig::from_config(cfg), storage);
-        server.restore_history(&epoch, last_id, messages);
-        let restored = server.restore_sessions(saved, Instant::now());
+        server.cx.restore_history(&epoch, last_id, messages);
+        let restored = server.cx.restore_sessions(saved, Instant::now());
         if restored > 0 {
             log::info(format_args!("{restored} sessions restored"));
         }

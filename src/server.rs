@@ -5,78 +5,25 @@
 //! test, or a fuzz target) feeds it readiness and time; it never polls or reads a
 //! clock itself.
 
-use crate::api::ApiConfig;
-use crate::chat::room::RateLimit;
-use crate::chat::session::SessionChange;
-use crate::chat::{Chat, ChatConfig, Effect};
-use crate::conn::{Conn, ConnConfig, Cx, Step, Stream, OUT_CAP};
-use crate::http::Limits;
+use crate::chat::{Chat, Effect};
+use crate::conn::{Conn, Cx, Step, Stream, OUT_CAP};
 use crate::log;
 use crate::outq::{Chunk, Flush};
 use crate::ratelimit::RateLimits;
 use crate::storage::Storage;
-use crate::store::{StoredMessage, StoredSession, Write};
 use crate::timer::Timer;
 use crate::ws::close;
 use slab::Slab;
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// How long a graceful shutdown waits for sockets to flush and hang up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// What the server needs from the configuration.
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub chat: ChatConfig,
-    pub conn: ConnConfig,
-    pub register_per_minute: u32,
-    pub failed_logins_per_minute: u32,
-}
-
-impl ServerConfig {
-    pub fn from_config(cfg: &crate::config::Config) -> Self {
-        let message_rate = (cfg.messages_per_second > 0)
-            .then_some(RateLimit { per_second: cfg.messages_per_second, burst: cfg.message_burst });
-        ServerConfig {
-            chat: ChatConfig {
-                session_ttl: cfg.session_ttl,
-                max_sessions_per_user: cfg.max_sessions_per_user,
-                max_sessions: cfg.max_sessions,
-                message_rate,
-                history: cfg.history,
-            },
-            conn: ConnConfig {
-                api: ApiConfig {
-                    allowed_origins: cfg.allowed_origins.clone(),
-                    static_dir: cfg.static_dir.clone(),
-                    metrics_public: cfg.metrics_public,
-                },
-                limits: Limits::default(),
-                limit_loopback: cfg.limit_loopback,
-                trusted_proxies: cfg.trusted_proxies.clone(),
-            },
-            register_per_minute: cfg.register_per_minute,
-            failed_logins_per_minute: cfg.failed_logins_per_minute,
-        }
-    }
-
-    /// Defaults for tests and fuzzing: no limits, nothing public.
-    pub fn for_tests(chat: ChatConfig, trusted_proxies: Vec<IpAddr>, metrics_public: bool) -> Self {
-        ServerConfig {
-            chat,
-            conn: ConnConfig {
-                api: ApiConfig { metrics_public, ..ApiConfig::default() },
-                trusted_proxies,
-                ..ConnConfig::default()
-            },
-            register_per_minute: 0,
-            failed_logins_per_minute: 0,
-        }
-    }
-}
+mod config;
+pub use config::ServerConfig;
 
 pub struct Server<S> {
     conns: Slab<Conn<S>>,
@@ -107,53 +54,6 @@ impl<S: Stream> Server<S> {
         let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
         server.cx.chat.set_wall_clock(Instant::now(), wall);
         server
-    }
-
-    /// Brings back the message history kept on disk (epoch, last id, messages).
-    pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: Vec<StoredMessage>) {
-        let entries = messages
-            .into_iter()
-            .map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), m.message.into_boxed_str()));
-        self.cx.chat.restore_history(epoch, last_id, entries);
-    }
-
-    /// Brings back the sessions saved before a restart; expired ones are deleted.
-    /// Returns how many were restored.
-    pub fn restore_sessions(&mut self, saved: Vec<StoredSession>, now: Instant) -> usize {
-        let now_ms = self.cx.chat.unix_ms(now);
-        let mut restored = 0;
-        for s in saved {
-            // Saved times run ahead of activity; a session is never younger than now.
-            let ago = Duration::from_millis(now_ms.saturating_sub(s.active_ms).max(0) as u64);
-            let active = now.checked_sub(ago).unwrap_or(now);
-            if active + self.cx.chat.session_ttl() > now && self.cx.chat.restore_session(s.id_hash, &s.username, active)
-            {
-                restored += 1;
-            } else {
-                self.cx.storage.persist(Write::DeleteSession { id_hash: s.id_hash });
-            }
-        }
-        restored
-    }
-
-    /// Hands the chat core's session changes and new messages to the writer (it
-    /// batches them into its next commit).
-    fn persist_changes(&mut self) {
-        let keep = self.cx.chat.history().cap() as u64;
-        for m in self.cx.chat.take_new_messages() {
-            let write =
-                Write::Message { id: m.id, ts: m.ts, author: m.author.to_string(), message: m.message.into(), keep };
-            self.cx.storage.persist(write);
-        }
-        for change in self.cx.chat.take_session_changes() {
-            let write = match change {
-                SessionChange::Saved { id_hash, user, active } => {
-                    Write::SaveSession { id_hash, username: user.to_string(), active_ms: self.cx.chat.unix_ms(active) }
-                }
-                SessionChange::Deleted { id_hash } => Write::DeleteSession { id_hash },
-            };
-            self.cx.storage.persist(write);
-        }
     }
 
     /// Routes storage replies to the connections waiting on them.
@@ -260,7 +160,7 @@ impl<S: Stream> Server<S> {
     /// After a connection ran: apply what it caused, then act on its step.
     fn settle(&mut self, key: usize, step: Step, now: Instant) {
         self.apply_effects(now);
-        self.persist_changes();
+        self.cx.persist_changes();
         match step {
             Step::Remove => return self.remove(key, now),
             Step::Yield => self.queue_read(key),
@@ -406,7 +306,7 @@ impl<S: Stream> Server<S> {
         }
         self.cx.chat.on_timeout(now, &mut self.cx.fx);
         self.apply_effects(now);
-        self.persist_changes();
+        self.cx.persist_changes();
     }
 
     /// Drops a connection that never got going (the reactor could not register it).

@@ -1,8 +1,10 @@
 //! `Server` over mock sockets: what only a whole connection can show.
 
 use super::*;
+use crate::chat::ChatConfig;
 use crate::harness::MockStream;
 use crate::ws::frame;
+use std::net::IpAddr;
 
 fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
     let chat = ChatConfig {

@@ -1,0 +1,58 @@
+//! Between the chat core and the disk: the sessions and messages restored at start,
+//! and the core's changes handed to the storage writer as they happen. No IO here;
+//! `Storage` does that on its threads.
+
+use crate::chat::session::SessionChange;
+use crate::chat::Chat;
+use crate::conn::Cx;
+use crate::store::{StoredMessage, StoredSession, Write};
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+impl Cx {
+    /// Brings back the message history kept on disk (epoch, last id, messages).
+    pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: Vec<StoredMessage>) {
+        let entries = messages
+            .into_iter()
+            .map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), m.message.into_boxed_str()));
+        self.chat.restore_history(epoch, last_id, entries);
+    }
+
+    /// Brings back the sessions saved before a restart; expired ones are deleted.
+    /// Returns how many were restored.
+    pub fn restore_sessions(&mut self, saved: Vec<StoredSession>, now: Instant) -> usize {
+        let now_ms = self.chat.unix_ms(now);
+        let mut restored = 0;
+        for s in saved {
+            // Saved times run ahead of activity; a session is never younger than now.
+            let ago = Duration::from_millis(now_ms.saturating_sub(s.active_ms).max(0) as u64);
+            let active = now.checked_sub(ago).unwrap_or(now);
+            if active + self.chat.session_ttl() > now && self.chat.restore_session(s.id_hash, &s.username, active) {
+                restored += 1;
+            } else {
+                self.storage.persist(Write::DeleteSession { id_hash: s.id_hash });
+            }
+        }
+        restored
+    }
+
+    /// Hands the chat core's session changes and new messages to the writer (it
+    /// batches them into its next commit).
+    pub fn persist_changes(&mut self) {
+        let keep = self.chat.history().cap() as u64;
+        for m in self.chat.take_new_messages() {
+            let write =
+                Write::Message { id: m.id, ts: m.ts, author: m.author.to_string(), message: m.message.into(), keep };
+            self.storage.persist(write);
+        }
+        for change in self.chat.take_session_changes() {
+            let write = match change {
+                SessionChange::Saved { id_hash, user, active } => {
+                    Write::SaveSession { id_hash, username: user.to_string(), active_ms: self.chat.unix_ms(active) }
+                }
+                SessionChange::Deleted { id_hash } => Write::DeleteSession { id_hash },
+            };
+            self.storage.persist(write);
+        }
+    }
+}

@@ -1,0 +1,60 @@
+//! What the server takes from the command line (and what tests and fuzz targets give
+//! it instead).
+
+use crate::api::ApiConfig;
+use crate::chat::room::RateLimit;
+use crate::chat::ChatConfig;
+use crate::conn::ConnConfig;
+use crate::http::Limits;
+use std::net::IpAddr;
+
+/// What the server needs from the configuration.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub chat: ChatConfig,
+    pub conn: ConnConfig,
+    pub register_per_minute: u32,
+    pub failed_logins_per_minute: u32,
+}
+
+impl ServerConfig {
+    pub fn from_config(cfg: &crate::config::Config) -> Self {
+        let message_rate = (cfg.messages_per_second > 0)
+            .then_some(RateLimit { per_second: cfg.messages_per_second, burst: cfg.message_burst });
+        ServerConfig {
+            chat: ChatConfig {
+                session_ttl: cfg.session_ttl,
+                max_sessions_per_user: cfg.max_sessions_per_user,
+                max_sessions: cfg.max_sessions,
+                message_rate,
+                history: cfg.history,
+            },
+            conn: ConnConfig {
+                api: ApiConfig {
+                    allowed_origins: cfg.allowed_origins.clone(),
+                    static_dir: cfg.static_dir.clone(),
+                    metrics_public: cfg.metrics_public,
+                },
+                limits: Limits::default(),
+                limit_loopback: cfg.limit_loopback,
+                trusted_proxies: cfg.trusted_proxies.clone(),
+            },
+            register_per_minute: cfg.register_per_minute,
+            failed_logins_per_minute: cfg.failed_logins_per_minute,
+        }
+    }
+
+    /// Defaults for tests and fuzzing: no limits, nothing public.
+    pub fn for_tests(chat: ChatConfig, trusted_proxies: Vec<IpAddr>, metrics_public: bool) -> Self {
+        ServerConfig {
+            chat,
+            conn: ConnConfig {
+                api: ApiConfig { metrics_public, ..ApiConfig::default() },
+                trusted_proxies,
+                ..ConnConfig::default()
+            },
+            register_per_minute: 0,
+            failed_logins_per_minute: 0,
+        }
+    }
+}
