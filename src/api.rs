@@ -3,7 +3,7 @@
 //! WebSocket upgrade) and chat effects out. No sockets here; the reactor decides what
 //! to do with an `Outcome`.
 
-use crate::chat::session::SessionKey;
+use crate::chat::session::{id_hash, SessionId, SessionKey, SESSION_ID_LEN};
 use crate::chat::{Chat, Effects, JoinError, LoginError};
 use crate::http::{Request, Response};
 use crate::metrics::{self, Stats};
@@ -62,10 +62,13 @@ enum PendingKind {
         username: String,
         key: String,
     },
-    Login,
+    /// In cluster mode, with the session id Redis stores with the login.
+    Login(Option<(SessionId, [u8; 32])>),
     FindUser,
     /// A file from `--static`, read off the loop.
     File,
+    /// Cluster mode: the session is ended in Redis (and wherever its socket is).
+    Logout,
 }
 
 /// Policy the routes need from the configuration.
@@ -76,6 +79,8 @@ pub struct ApiConfig {
     pub static_dir: Option<std::path::PathBuf>,
     /// `/metrics` for anyone, not only local clients.
     pub metrics_public: bool,
+    /// Cluster mode: logins and logouts go through Redis.
+    pub cluster: bool,
 }
 
 /// What `/metrics` reads from the connection layer.
@@ -160,14 +165,16 @@ pub fn handle(req: &Request, ctx: &mut Ctx) -> Outcome {
 /// The response to a request that waited on storage.
 pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
     let resp = match (pending.kind, reply) {
+        // Always 200 (CONTRACT); with Redis down the cluster logs out once it is back.
+        (PendingKind::Logout, _) => logged_out(ctx),
         (_, Reply::Unavailable) => Response::error(503, "storage_unavailable"),
         (PendingKind::Register { username, key }, Reply::Registered) => {
             crate::log::info(format_args!("registered user {username}"));
             Response::json(201, &serde_json::json!({ "key": key }))
         }
         (PendingKind::Register { .. }, _) => Response::error(409, "username_taken"),
-        (PendingKind::Login, Reply::User(Some(username))) => logged_in(username, ctx),
-        (PendingKind::Login, _) => {
+        (PendingKind::Login(id), Reply::User(Some(username))) => logged_in(username, id, ctx),
+        (PendingKind::Login(_), _) => {
             if ctx.metered {
                 ctx.limits.failed_login.record(ctx.client.ip, ctx.now);
             }
@@ -229,7 +236,7 @@ fn route(req: &Request, ctx: &mut Ctx) -> Outcome {
             _ => respond(not_allowed("POST")),
         },
         "/api/logout" => match method {
-            "GET" | "POST" => respond(logout(req, ctx)),
+            "GET" | "POST" => logout(req, ctx),
             _ => respond(not_allowed("GET, POST")),
         },
         "/api/history" => match method {
@@ -354,14 +361,25 @@ fn login(req: &Request, ctx: &mut Ctx) -> Outcome {
         }
     }
     match store::key_hash(&key) {
-        Some(key_hash) => wait_on(StorageRequest::Login { key_hash }, PendingKind::Login),
-        None => Outcome::Respond(finish(Pending { kind: PendingKind::Login, cors: None }, Reply::User(None), ctx)),
+        Some(key_hash) => {
+            // Redis stores the session with the login, so the id is drawn first.
+            let id = ctx.cfg.cluster.then(|| ctx.chat.new_session_id());
+            let session = id.map(|(_, hash)| hash);
+            wait_on(StorageRequest::Login { key_hash, session }, PendingKind::Login(id))
+        }
+        None => {
+            Outcome::Respond(finish(Pending { kind: PendingKind::Login(None), cors: None }, Reply::User(None), ctx))
+        }
     }
 }
 
 /// A key was found: a new session and its cookie.
-fn logged_in(username: String, ctx: &mut Ctx) -> Response {
-    match ctx.chat.login(&username, ctx.now, ctx.fx) {
+fn logged_in(username: String, id: Option<(SessionId, [u8; 32])>, ctx: &mut Ctx) -> Response {
+    let session = match id {
+        Some(id) => ctx.chat.login_as(&username, id, ctx.now),
+        None => ctx.chat.login(&username, ctx.now, ctx.fx),
+    };
+    match session {
         Ok(id) => {
             let id = std::str::from_utf8(&id).expect("session ids are ASCII");
             Response::json(200, &serde_json::json!({ "username": username }))
@@ -371,10 +389,17 @@ fn logged_in(username: String, ctx: &mut Ctx) -> Response {
     }
 }
 
-fn logout(req: &Request, ctx: &mut Ctx) -> Response {
+fn logout(req: &Request, ctx: &mut Ctx) -> Outcome {
     if let Some(id) = session_cookie(req) {
         ctx.chat.logout(id, ctx.now, ctx.fx);
+        if ctx.cfg.cluster && id.len() == SESSION_ID_LEN {
+            return wait_on(StorageRequest::Logout { id_hash: id_hash(id) }, PendingKind::Logout);
+        }
     }
+    Outcome::Respond(logged_out(ctx))
+}
+
+fn logged_out(ctx: &Ctx) -> Response {
     Response::json(200, &serde_json::json!({ "status": "ok" }))
         .header("Set-Cookie", format!("{SESSION_COOKIE}={}; Max-Age=0", ctx.cookie_attrs()))
 }

@@ -41,7 +41,31 @@ pub struct Config {
     pub max_sessions: usize,
     pub history: usize,
     pub metrics_public: bool,
+    /// Cluster mode: the Redis every node shares (`None`: one process, SQLite).
+    pub redis: Option<RedisUrl>,
+    pub reuse_port: bool,
     pub log_level: LogLevel,
+}
+
+/// `redis://[:PASSWORD@]HOST:PORT[/DB]`, its host resolved once at start.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisUrl {
+    pub addr: SocketAddr,
+    pub password: Option<String>,
+    pub db: u32,
+}
+
+// Never print the password: logs and panics see the address only.
+impl std::fmt::Debug for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "redis://{}/{}", self.addr, self.db)
+    }
+}
+
+impl std::fmt::Display for RedisUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
 }
 
 impl Config {
@@ -66,6 +90,8 @@ impl Config {
             max_sessions: 0,
             history: 0,
             metrics_public: false,
+            redis: None,
+            reuse_port: false,
             log_level: LogLevel::Info,
         }
     }
@@ -226,6 +252,20 @@ const FLAGS: &[Flag] = &[
     }),
     switch("metrics-public", "serve /metrics to any client, not just loopback/proxies", |c, v, _| {
         c.metrics_public = truthy(v)?;
+        Ok(())
+    }),
+    opt(
+        "redis",
+        "URL",
+        Preset::Absent,
+        "cluster mode: share everything through this Redis 7 (no SQLite)",
+        |c, v, r| {
+            c.redis = Some(redis_url(v, r)?);
+            Ok(())
+        },
+    ),
+    switch("reuse-port", "SO_REUSEPORT: several nodes on one host may share the port", |c, v, _| {
+        c.reuse_port = truthy(v)?;
         Ok(())
     }),
 ];
@@ -411,6 +451,34 @@ fn listen(v: &str, resolve: Resolve) -> Result<SocketAddr, Why> {
         .or(addrs.first())
         .copied()
         .ok_or_else(|| Why::Failed(format!("cannot resolve host name {host:?} (no addresses)")))
+}
+
+/// `redis://[:PASSWORD@]HOST:PORT[/DB]` (a `USER:` before the password is accepted and
+/// ignored only if it is empty: Redis ACL users are not supported).
+fn redis_url(v: &str, resolve: Resolve) -> Result<RedisUrl, Why> {
+    const EXPECTED: &str = "redis://[:PASSWORD@]HOST:PORT[/DB], like redis://127.0.0.1:6379";
+    let rest = v.strip_prefix("redis://").ok_or(EXPECTED)?;
+    let (auth, rest) = match rest.rsplit_once('@') {
+        Some((auth, rest)) => (Some(auth), rest),
+        None => (None, rest),
+    };
+    let password = match auth {
+        None => None,
+        Some(a) => match a.strip_prefix(':') {
+            Some(p) if !p.is_empty() => Some(p.to_owned()),
+            _ => return Err(EXPECTED.into()),
+        },
+    };
+    let (hostport, db) = match rest.split_once('/') {
+        Some((hp, "")) => (hp, 0),
+        Some((hp, db)) => (hp, db.parse::<u32>().map_err(|_| EXPECTED)?),
+        None => (rest, 0),
+    };
+    let addr = listen(hostport, resolve).map_err(|why| match why {
+        Why::Expected(_) => Why::Expected(EXPECTED.into()),
+        failed => failed,
+    })?;
+    Ok(RedisUrl { addr, password, db })
 }
 
 /// `RUST_LOG` in env-filter syntax: comma-separated directives, each `LEVEL` (every

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod chat;
+pub mod cluster;
 pub mod config;
 pub mod conn;
 #[cfg(any(test, feature = "harness"))]

@@ -50,12 +50,16 @@ fn main() -> ExitCode {
     // SIGXFSZ ignored the write fails with EFBIG and the request gets a 503.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    let store = match Store::open(&cfg.db) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("skiff: {e}");
-            return ExitCode::from(1);
-        }
+    // Cluster mode keeps everything in Redis: no database file is opened or made.
+    let store = match cfg.redis {
+        Some(_) => None,
+        None => match Store::open(&cfg.db) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("skiff: {e}");
+                return ExitCode::from(1);
+            }
+        },
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let mut reactor = match Reactor::new(&cfg, store, tls) {
@@ -79,7 +83,11 @@ fn main() -> ExitCode {
         let _ = writeln!(stdout, "open {scheme}://localhost:{}/", addr.port());
     }
     let _ = stdout.flush();
-    log::info(format_args!("skiff {} listening on {addr}, database {}", env!("CARGO_PKG_VERSION"), cfg.db.display()));
+    let data = match &cfg.redis {
+        Some(url) => format!("cluster node on {url}"),
+        None => format!("database {}", cfg.db.display()),
+    };
+    log::info(format_args!("skiff {} listening on {addr}, {data}", env!("CARGO_PKG_VERSION")));
     match reactor.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

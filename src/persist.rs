@@ -1,6 +1,7 @@
 //! Between the chat core and the disk: the sessions and messages restored at start,
 //! and the core's changes handed to the storage writer as they happen. No IO here;
-//! `Storage` does that on its threads.
+//! `Storage` does that on its threads. In cluster mode Redis has the data, and only
+//! session activity is handed on, to `Cluster`.
 
 use crate::chat::session::SessionChange;
 use crate::chat::Chat;
@@ -39,6 +40,17 @@ impl Cx {
     /// Hands the chat core's session changes and new messages to the writer (it
     /// batches them into its next commit).
     pub fn persist_changes(&mut self) {
+        if let Some(cluster) = self.cluster.as_mut() {
+            // Messages are in Redis already. Sessions end there by their own TTL, a
+            // logout or an eviction; a replica dropping one from its cache ends
+            // nothing. Only activity is written, as a renewal.
+            for change in self.chat.take_session_changes() {
+                if let SessionChange::Saved { id_hash, .. } = change {
+                    cluster.renew(&id_hash);
+                }
+            }
+            return;
+        }
         let keep = self.chat.history().cap() as u64;
         for m in self.chat.take_new_messages() {
             let write =

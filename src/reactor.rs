@@ -2,6 +2,7 @@
 //! events and the clock into calls on `Server`, flushes once per turn, and sleeps
 //! until the next event or deadline. It decides nothing about any protocol.
 
+use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::log;
 use crate::server::{Server, ServerConfig};
@@ -45,23 +46,33 @@ impl Reactor {
     /// `tls`: serve HTTPS/WSS with this configuration instead of plain HTTP.
     /// `store` is the validated database; its sessions come back, then it moves to
     /// the storage writer thread. Errors are one line for the operator.
-    pub fn new(cfg: &Config, mut store: Store, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Reactor, String> {
+    /// `store` is `None` in cluster mode (`--redis`): Redis holds everything.
+    pub fn new(cfg: &Config, store: Option<Store>, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Reactor, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
         let listen_error = |e: io::Error| format!("cannot listen on {}: {e}", cfg.listen);
-        let mut listener = TcpListener::bind(cfg.listen).map_err(listen_error)?;
+        let mut listener = bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
-        let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
-        let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
-        let (messages, last_id) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
-        let waker = Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?;
-        let storage = Storage::spawn(store, &cfg.db, Arc::new(waker), Duration::ZERO).map_err(|e| e.to_string())?;
-        let mut server = Server::new(ServerConfig::from_config(cfg), storage);
-        server.cx.restore_history(&epoch, last_id, messages);
-        let restored = server.cx.restore_sessions(saved, Instant::now());
-        if restored > 0 {
-            log::info(format_args!("{restored} sessions restored"));
-        }
+        let waker = Arc::new(Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?);
+        let server = match store {
+            Some(store) => single_node(cfg, store, waker)?,
+            None => {
+                let storage = Storage::files_only(waker).map_err(|e| e.to_string())?;
+                let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+                let url = cfg.redis.clone().ok_or("cluster mode without --redis")?;
+                let registry =
+                    poll.registry().try_clone().map_err(|e| format!("cannot clone the epoll registry: {e}"))?;
+                let cluster_cfg = ClusterConfig {
+                    url,
+                    session_ttl: cfg.session_ttl,
+                    max_sessions_per_user: cfg.max_sessions_per_user,
+                    history: cfg.history,
+                };
+                server.cx.chat.set_replicated();
+                server.cx.cluster = Some(Cluster::new(cluster_cfg, registry, Instant::now()));
+                server
+            }
+        };
         Ok(Reactor {
             poll,
             listener: Some(listener),
@@ -132,6 +143,7 @@ impl Reactor {
                 LISTENER => accept = true,
                 SIGNALS => self.on_signal(now),
                 STORAGE => self.server.on_storage(now),
+                token @ (cluster::CMD | cluster::SUB) => self.server.on_cluster_ready(token, now),
                 Token(key) => {
                     let failed = ev.is_error();
                     let readable = ev.is_readable() || ev.is_read_closed() || failed;
@@ -145,6 +157,7 @@ impl Reactor {
         }
         self.server.run_pending_reads(now);
         self.server.on_timeout(now);
+        self.server.flush_cluster(now);
         Ok(())
     }
 
@@ -231,6 +244,41 @@ impl Reactor {
         self.accept_retry = None;
         self.server.begin_shutdown(now);
     }
+}
+
+/// One process, one SQLite file: its sessions and history come back, then it moves
+/// to the storage writer thread.
+fn single_node(cfg: &Config, mut store: Store, waker: Arc<Waker>) -> Result<Server<Transport>, String> {
+    let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
+    let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
+    let (messages, last_id) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
+    let storage = Storage::spawn(store, &cfg.db, waker, Duration::ZERO).map_err(|e| e.to_string())?;
+    let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+    server.cx.restore_history(&epoch, last_id, messages);
+    let restored = server.cx.restore_sessions(saved, Instant::now());
+    if restored > 0 {
+        log::info(format_args!("{restored} sessions restored"));
+    }
+    Ok(server)
+}
+
+/// The listening socket; with `reuse_port`, SO_REUSEPORT lets several skiff nodes
+/// on one host share the port (the kernel spreads connections over them).
+fn bind(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std and mio do: a restart may bind while old connections sit in TIME_WAIT.
+    sock.set_reuse_address(true)?;
+    if reuse_port {
+        sock.set_reuse_port(true)?;
+    }
+    if addr.is_ipv6() {
+        sock.set_only_v6(false).ok();
+    }
+    sock.bind(&addr.into())?;
+    sock.listen(1024)?;
+    sock.set_nonblocking(true)?;
+    Ok(TcpListener::from_std(sock.into()))
 }
 
 /// Without a flag, hold as many connections as the descriptor limit allows,

@@ -6,6 +6,7 @@
 //! clock itself.
 
 use crate::chat::{Chat, Effect};
+use crate::cluster::Cluster;
 use crate::conn::{Conn, Cx, Step, Stream, OUT_CAP};
 use crate::log;
 use crate::outq::{Chunk, Flush};
@@ -22,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// How long a graceful shutdown waits for sockets to flush and hang up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
+mod cluster;
 mod config;
 pub use config::ServerConfig;
 
@@ -59,11 +61,17 @@ impl<S: Stream> Server<S> {
     /// Routes storage replies to the connections waiting on them.
     pub fn on_storage(&mut self, now: Instant) {
         while let Some(done) = self.cx.storage.take_done() {
-            let key = done.origin.conn;
-            let Some(c) = self.conns.get_mut(key).filter(|c| c.generation == done.origin.generation) else { continue };
-            let step = c.on_reply(done.reply, &mut self.cx, now);
-            self.settle(key, step, now);
+            self.reply(done, now);
         }
+    }
+
+    /// Hands a storage (or Redis) reply to the connection waiting on it, if it is
+    /// still there.
+    fn reply(&mut self, done: crate::storage::Done, now: Instant) {
+        let key = done.origin.conn;
+        let Some(c) = self.conns.get_mut(key).filter(|c| c.generation == done.origin.generation) else { return };
+        let step = c.on_reply(done.reply, &mut self.cx, now);
+        self.settle(key, step, now);
     }
 
     /// Open connections.
@@ -126,7 +134,10 @@ impl<S: Stream> Server<S> {
     /// Work that must not wait for the next readiness event: connections whose read
     /// budget ran out, queues not yet flushed. Poll with a zero timeout while true.
     pub fn has_pending_work(&self) -> bool {
-        !self.read_list.is_empty() || !self.flush_list.is_empty() || self.cx.storage.has_done()
+        !self.read_list.is_empty()
+            || !self.flush_list.is_empty()
+            || self.cx.storage.has_done()
+            || self.cx.cluster.as_ref().is_some_and(Cluster::has_events)
     }
 
     /// Drives the connections that had input left over last turn (and takes in
@@ -143,7 +154,8 @@ impl<S: Stream> Server<S> {
 
     /// The earliest moment something is due without any IO.
     pub fn next_deadline(&self) -> Option<Instant> {
-        [self.timer.next(), self.cx.chat.next_deadline(), self.shutdown].into_iter().flatten().min()
+        let cluster = self.cx.cluster.as_ref().and_then(Cluster::next_deadline);
+        [self.timer.next(), self.cx.chat.next_deadline(), self.shutdown, cluster].into_iter().flatten().min()
     }
 
     /// True once a shutdown has finished (every connection gone or the grace over).
@@ -204,6 +216,12 @@ impl<S: Stream> Server<S> {
                         c.close_ws(Some(code), &mut self.cx, now);
                         self.queue_flush(conn);
                         self.arm(conn);
+                    }
+                    Effect::Publish { conn, author, message } => self.publish(conn, &author, &message),
+                    Effect::Left { user } => {
+                        if let Some(cluster) = self.cx.cluster.as_mut() {
+                            cluster.left(&user);
+                        }
                     }
                 }
             }
@@ -307,6 +325,10 @@ impl<S: Stream> Server<S> {
         self.cx.chat.on_timeout(now, &mut self.cx.fx);
         self.apply_effects(now);
         self.cx.persist_changes();
+        if let Some(cluster) = self.cx.cluster.as_mut() {
+            cluster.on_timeout(now);
+            self.run_cluster_events(now);
+        }
     }
 
     /// Drops a connection that never got going (the reactor could not register it).

@@ -35,9 +35,11 @@ pub enum Request {
         username: String,
         key_hash: [u8; 32],
     },
-    /// The username behind a key's hash.
+    /// The username behind a key's hash. In cluster mode the session (its id's
+    /// hash) is stored with it, atomically.
     Login {
         key_hash: [u8; 32],
+        session: Option<[u8; 32]>,
     },
     /// A name's canonical spelling, matched ignoring case.
     FindUser {
@@ -45,6 +47,18 @@ pub enum Request {
     },
     /// A file under `--static` (the loop reads no files either).
     File(crate::web::FileRequest),
+    /// Cluster mode: a session another node started (by its id's hash).
+    Session {
+        id_hash: [u8; 32],
+    },
+    /// Cluster mode: end a session wherever its socket is.
+    Logout {
+        id_hash: [u8; 32],
+    },
+    /// Cluster mode: claim the user's one WebSocket in the cluster.
+    Join {
+        name: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +69,13 @@ pub enum Reply {
     User(Option<String>),
     File(Box<crate::http::Response>),
     /// The disk failed (full, read-only, I/O error): nothing was applied.
+    /// In cluster mode: Redis is unreachable.
     Unavailable,
+    /// Cluster mode: the user, and how many ms the session has left.
+    Session(Option<(String, u64)>),
+    LoggedOut,
+    /// Cluster mode: the WebSocket may open; every node has heard the join.
+    Joined,
 }
 
 /// A reply on its way back to the connection that asked.
@@ -128,7 +148,7 @@ impl Storage {
             let (done_tx, waker, commits) = (done_tx.clone(), waker.clone(), commits.clone());
             move || run_writer(writer, write_rx, done_tx, waker, commits, commit_delay)
         })?;
-        let reader = spawn_named("skiff-reader", move || run_reader(reader, read_rx, done_tx, waker))?;
+        let reader = spawn_named("skiff-reader", move || run_reader(Some(reader), read_rx, done_tx, waker))?;
         Ok(Storage {
             mode: Mode::Threads(Threads {
                 writes: Some(writes),
@@ -137,6 +157,25 @@ impl Storage {
                 writer: Some(writer),
                 reader: Some(reader),
                 commits,
+                dead: AtomicBool::new(false),
+                reported: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// Cluster mode keeps no database: one thread reads `--static` files, nothing else.
+    pub fn files_only(waker: Arc<dyn Wake>) -> Result<Storage, StoreError> {
+        let (reads, read_rx) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let reader = spawn_named("skiff-reader", move || run_reader(None, read_rx, done_tx, waker))?;
+        Ok(Storage {
+            mode: Mode::Threads(Threads {
+                writes: None,
+                reads: Some(reads),
+                done,
+                writer: None,
+                reader: Some(reader),
+                commits: Arc::new(AtomicU64::new(0)),
                 dead: AtomicBool::new(false),
                 reported: AtomicBool::new(false),
             }),
@@ -278,9 +317,11 @@ pub fn execute(store: &mut Store, request: Request) -> Reply {
                 Written::NameTaken => Reply::NameTaken,
             })
         }
-        Request::Login { key_hash } => store.user_by_key_hash(&key_hash).map(Reply::User),
+        Request::Login { key_hash, .. } => store.user_by_key_hash(&key_hash).map(Reply::User),
         Request::FindUser { name } => store.find_user(&name).map(Reply::User),
         Request::File(f) => Ok(Reply::File(Box::new(crate::web::serve_file(&f)))),
+        // Sessions and presence live in memory on a single node; only Redis is asked.
+        Request::Session { .. } | Request::Logout { .. } | Request::Join { .. } => Ok(Reply::Unavailable),
     };
     result.unwrap_or_else(|e| {
         log::warn(format_args!("storage: {e}"));
@@ -334,9 +375,13 @@ fn run_writer(
     log::debug(format_args!("storage writer stopped: every write handed over is applied"));
 }
 
-fn run_reader(mut store: Store, jobs: Receiver<ReaderJob>, done: Sender<Done>, waker: Arc<dyn Wake>) {
+fn run_reader(mut store: Option<Store>, jobs: Receiver<ReaderJob>, done: Sender<Done>, waker: Arc<dyn Wake>) {
     while let Ok(ReaderJob { origin, request }) = jobs.recv() {
-        let reply = execute(&mut store, request);
+        let reply = match (&mut store, request) {
+            (Some(store), request) => execute(store, request),
+            (None, Request::File(f)) => Reply::File(Box::new(crate::web::serve_file(&f))),
+            (None, _) => Reply::Unavailable,
+        };
         if done.send(Done { origin, reply }).is_err() {
             break;
         }
@@ -405,7 +450,7 @@ mod tests {
         assert_eq!(done.iter().filter(|d| d.reply == Reply::Registered).count(), 59);
         assert!(storage.commits() <= 3, "{} commits for 60 registrations", storage.commits());
         // A lookup is answered by the reader, and sees what was committed.
-        storage.submit(origin(99), Request::Login { key_hash: [7; 32] });
+        storage.submit(origin(99), Request::Login { key_hash: [7; 32], session: None });
         let done = replies(&mut storage, &bell, 1);
         assert_eq!(done[0].reply, Reply::User(Some("name7".into())));
     }

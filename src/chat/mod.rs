@@ -3,6 +3,8 @@
 //! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
 
 pub mod history;
+pub mod replica;
+pub mod replicated;
 pub mod room;
 pub mod session;
 
@@ -10,6 +12,7 @@ use crate::outq::Chunk;
 use crate::ws::close;
 use crate::ws::frame::{self, TextFrame};
 use history::History;
+use replica::Replica;
 use room::{Bucket, Member, RateLimit, Room};
 use serde::{Deserialize, Serialize};
 use session::{EndReason, Session, SessionId, SessionKey, Sessions};
@@ -48,6 +51,17 @@ pub enum Effect {
         conn: ConnId,
         code: u16,
     },
+    /// Cluster mode: a member's valid message, to publish on the room's channel. It
+    /// is delivered (and acked) when it comes back from there, in the global order.
+    Publish {
+        conn: ConnId,
+        author: Rc<str>,
+        message: Box<str>,
+    },
+    /// Cluster mode: `user`'s WebSocket here is gone; the cluster must hear it left.
+    Left {
+        user: Rc<str>,
+    },
 }
 
 pub type Effects = Vec<Effect>;
@@ -58,6 +72,8 @@ pub const ACK_TOO_LONG: &[u8] = b"\x81\x2a{\"status\":false,\"code\":\"message_t
 pub const ACK_EMPTY: &[u8] = b"\x81\x27{\"status\":false,\"code\":\"message_empty\"}";
 pub const ACK_INVALID: &[u8] = b"\x81\x29{\"status\":false,\"code\":\"invalid_message\"}";
 pub const ACK_RATE_LIMITED: &[u8] = b"\x81\x26{\"status\":false,\"code\":\"rate_limited\"}";
+/// Cluster mode, Redis unreachable: the message went nowhere.
+pub const ACK_UNAVAILABLE: &[u8] = b"\x81\x25{\"status\":false,\"code\":\"unavailable\"}";
 
 #[derive(Debug, Clone, Copy)]
 pub struct ChatConfig {
@@ -150,6 +166,10 @@ pub struct Chat {
     /// One moment as an `Instant` and as Unix ms: message times without a clock read.
     wall: (Instant, i64),
     message_rate: Option<RateLimit>,
+    /// Cluster mode: who is online on every node. Set, this core is a replica: joins,
+    /// leaves and messages take effect when they come back from the room's channel
+    /// (`apply_*`), and local events become `Publish`/`Left` effects instead.
+    replica: Option<Replica>,
     pub stats: ChatStats,
 }
 
@@ -162,8 +182,18 @@ impl Chat {
             new_messages: Vec::new(),
             wall: (Instant::now(), 0),
             message_rate: cfg.message_rate,
+            replica: None,
             stats: ChatStats::default(),
         }
+    }
+
+    /// Cluster mode: this core becomes a replica of the room Redis orders.
+    pub fn set_replicated(&mut self) {
+        self.replica = Some(Replica::default());
+    }
+
+    pub fn is_replicated(&self) -> bool {
+        self.replica.is_some()
     }
 
     /// The history restored from disk: its epoch, the last id given, and the
@@ -272,12 +302,23 @@ impl Chat {
         }
     }
 
-    pub fn online(&self) -> impl Iterator<Item = &str> + '_ {
-        self.room.iter().filter_map(|m| self.username(m.session))
+    pub fn online(&self) -> Box<dyn Iterator<Item = &str> + '_> {
+        match &self.replica {
+            Some(r) => Box::new(r.names()),
+            None => Box::new(self.room.iter().filter_map(|m| self.username(m.session))),
+        }
     }
 
     pub fn is_online(&self, name: &str) -> bool {
-        self.sessions.socket_of_user(name).is_some()
+        match &self.replica {
+            Some(r) => r.contains(name),
+            None => self.sessions.socket_of_user(name).is_some(),
+        }
+    }
+
+    /// Users online (cluster-wide in cluster mode).
+    pub fn online_count(&self) -> usize {
+        self.replica.as_ref().map_or(self.room.len(), Replica::len)
     }
 
     /// Connections in the room, in connect order: the broadcast's recipients.
@@ -321,7 +362,10 @@ impl Chat {
         }
         self.sessions.set_socket(k, Some(conn));
         self.sessions.touch(k, now);
-        fx.push(Effect::Broadcast { except: Some(conn), frame });
+        // Replicated, everyone (here too) heard this join from the channel already.
+        if self.replica.is_none() {
+            fx.push(Effect::Broadcast { except: Some(conn), frame });
+        }
         Ok(())
     }
 
@@ -350,6 +394,12 @@ impl Chat {
             None => ACK_INVALID,
             Some(msg) if msg.message.is_empty() => ACK_EMPTY,
             Some(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
+            Some(msg) if self.replica.is_some() => {
+                let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
+                self.sessions.touch(session, now);
+                fx.push(Effect::Publish { conn, author, message: msg.message.as_ref().into() });
+                return;
+            }
             Some(msg) => {
                 let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
                 let v2 = self.room.get(conn).is_some_and(|m| m.v2);
@@ -387,7 +437,16 @@ impl Chat {
         // A member's session outlives it: `ended` takes the member out first.
         let Some(user) = self.sessions.get(m.session).map(|s| s.user.clone()) else { return };
         self.sessions.set_socket(m.session, None);
-        fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
+        self.left(user, fx);
+    }
+
+    /// A member here is gone: tell the room, or (replicated) the cluster.
+    fn left(&mut self, user: Rc<str>, fx: &mut Effects) {
+        if self.replica.is_some() {
+            fx.push(Effect::Left { user });
+        } else {
+            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
+        }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -426,7 +485,7 @@ impl Chat {
             EndReason::Expired | EndReason::Evicted => close::POLICY,
         };
         self.room.remove(conn);
-        fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &s.user) });
+        self.left(s.user, fx);
         fx.push(Effect::Close { conn, code });
     }
 }

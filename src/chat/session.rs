@@ -164,6 +164,24 @@ impl Sessions {
         now: Instant,
         evicted: &mut Vec<(SessionKey, Session)>,
     ) -> Result<(SessionKey, SessionId), LoginError> {
+        let fresh = self.fresh_id();
+        self.login_with(user, fresh, now, evicted)
+    }
+
+    /// A new session id and its hash, not yet in use here (cluster mode draws the
+    /// id before Redis stores the session).
+    pub fn new_id(&mut self) -> (SessionId, [u8; 32]) {
+        self.fresh_id()
+    }
+
+    /// `login` with an id drawn earlier by `new_id`.
+    pub fn login_with(
+        &mut self,
+        user: Rc<str>,
+        (id, hash): (SessionId, [u8; 32]),
+        now: Instant,
+        evicted: &mut Vec<(SessionKey, Session)>,
+    ) -> Result<(SessionKey, SessionId), LoginError> {
         let lower = self.name_key(&user);
         let own = self.by_user.get(&lower).copied();
         if let Some(own) = own.filter(|o| o.count as usize >= self.max_per_user) {
@@ -176,7 +194,10 @@ impl Sessions {
         } else if self.slab.len() >= self.max_total {
             return Err(LoginError::Full);
         }
-        let (id, hash) = self.fresh_id();
+        if self.by_id.contains_key(&prefix(&hash)) {
+            // Drawn a while ago (cluster mode): a session adopted since took the prefix.
+            return Err(LoginError::Full);
+        }
         let key = self.insert(hash, user, now, now + SAVE_SLACK);
         self.changes.push(SessionChange::Saved {
             id_hash: hash,
@@ -230,6 +251,13 @@ impl Sessions {
         self.by_id.insert(prefix(&hash), key);
         self.expiry.schedule(now + self.ttl, key, generation);
         key
+    }
+
+    /// The session with this id hash, live or not yet expired by the timer.
+    pub fn find_hash(&self, hash: &[u8; 32]) -> Option<SessionKey> {
+        let &key = self.by_id.get(&prefix(hash))?;
+        let s = &self.slab[key];
+        same_hash(&s.id_hash, hash).then_some(SessionKey { key, generation: s.generation })
     }
 
     /// Looks up a live session by the cookie value and records activity.

@@ -3,12 +3,13 @@
 
 use super::{Conn, Cx, Progress, Step, Stream, WsPhase, IN_CAP, KEEPALIVE_TIMEOUT, REQUEST_TIMEOUT};
 use crate::api::{self, Outcome, Resume, ServerState};
+use crate::chat::session::id_hash as session_id_hash;
 use crate::chat::session::SessionKey;
 use crate::http::{Limits, Parsed, Request, RequestParser, Response};
 use crate::log;
 use crate::outq::Chunk;
 use crate::proxy;
-use crate::storage::{Origin, Reply};
+use crate::storage::{Origin, Reply, Request as Request2};
 use crate::ws;
 use std::time::{Duration, Instant};
 
@@ -29,13 +30,24 @@ pub struct HttpPhase {
 
 /// What answering a request that waits on storage still needs.
 struct Waiting {
-    pending: api::Pending,
+    awaiting: Awaiting,
     client: proxy::Client,
     keep_alive: bool,
     head: bool,
     until: Instant,
     /// Method and path, kept only when requests are logged.
     logged: Option<(Instant, String, String)>,
+}
+
+/// What a reply is awaited for.
+enum Awaiting {
+    /// A route's storage request: `api::finish` gives the response.
+    Api(api::Pending),
+    /// Cluster mode: the cluster must accept this user's WebSocket first.
+    Upgrade { session: SessionKey, accept: String, resume: Option<Resume>, user: String },
+    /// Cluster mode: the session behind the request's cookie, from Redis, before
+    /// the request is routed.
+    Session(Box<Request>),
 }
 
 impl HttpPhase {
@@ -142,10 +154,22 @@ impl<S: Stream> Conn<S> {
 
     /// Runs one request through the routes. Returns true if the phase changed.
     fn on_request(&mut self, req: Request, cx: &mut Cx, now: Instant) -> bool {
+        self.handle_request(req, cx, now, true)
+    }
+
+    /// `on_request`; `fetch_session`: in cluster mode, a session cookie unknown here
+    /// is looked up in Redis first.
+    fn handle_request(&mut self, req: Request, cx: &mut Cx, now: Instant, fetch_session: bool) -> bool {
         let started = log::enabled(log::Level::Debug).then(Instant::now);
         let client = proxy::client(&req, self.peer_ip, self.sock.is_secure(), &cx.cfg.trusted_proxies);
         self.metered = cx.metered(&client);
         let keep_alive = req.keep_alive() && !cx.shutting_down;
+        if let Some(id_hash) = session_to_fetch(&req, cx).filter(|_| fetch_session) {
+            let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
+            let awaiting = Awaiting::Session(Box::new(req));
+            self.wait(cx, Request2::Session { id_hash }, awaiting, client, keep_alive, false, logged, now);
+            return false;
+        }
         match self.route(&req, client, cx, now) {
             Outcome::Respond(resp) => {
                 if let Some(started) = started {
@@ -154,11 +178,18 @@ impl<S: Stream> Conn<S> {
                 self.answer(&resp, keep_alive, req.method == "HEAD", cx, now)
             }
             Outcome::Store { request, pending } => {
-                cx.storage.submit(Origin { conn: self.key, generation: self.generation }, request);
                 let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
-                let until = now + STORAGE_TIMEOUT;
                 let head = req.method == "HEAD";
-                self.http().waiting = Some(Box::new(Waiting { pending, client, keep_alive, head, until, logged }));
+                self.wait(cx, request, Awaiting::Api(pending), client, keep_alive, head, logged, now);
+                false
+            }
+            Outcome::Upgrade { session, accept, resume } if cx.cluster.is_some() => {
+                // One WebSocket per user in the whole cluster: Redis decides, and the
+                // socket opens when every node has heard the join.
+                let user = cx.chat.username(session).unwrap_or_default().to_owned();
+                let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
+                let awaiting = Awaiting::Upgrade { session, accept, resume, user: user.clone() };
+                self.wait(cx, Request2::Join { name: user }, awaiting, client, keep_alive, false, logged, now);
                 false
             }
             Outcome::Upgrade { session, accept, resume } => {
@@ -169,6 +200,24 @@ impl<S: Stream> Conn<S> {
                 true
             }
         }
+    }
+
+    /// Hands `request` on and answers nothing more until its reply comes.
+    #[allow(clippy::too_many_arguments)]
+    fn wait(
+        &mut self,
+        cx: &mut Cx,
+        request: Request2,
+        awaiting: Awaiting,
+        client: proxy::Client,
+        keep_alive: bool,
+        head: bool,
+        logged: Option<(Instant, String, String)>,
+        now: Instant,
+    ) {
+        cx.submit(Origin { conn: self.key, generation: self.generation }, request);
+        let until = now + STORAGE_TIMEOUT;
+        self.http().waiting = Some(Box::new(Waiting { awaiting, client, keep_alive, head, until, logged }));
     }
 
     /// Queues `resp`; closes after it unless the connection stays open. Returns true
@@ -189,6 +238,34 @@ impl<S: Stream> Conn<S> {
         // Gone after a storage timeout: its 503 has been sent.
         let Some(w) = h.waiting.take() else { return Step::Wait };
         h.deadline = now + if self.input.is_empty() { KEEPALIVE_TIMEOUT } else { REQUEST_TIMEOUT };
+        let pending = match w.awaiting {
+            Awaiting::Api(pending) => pending,
+            Awaiting::Session(req) => return self.on_session(*req, reply, w.keep_alive, cx, now),
+            Awaiting::Upgrade { session, accept, resume, user } => {
+                let resp = match reply {
+                    Reply::Joined => {
+                        if let Some((started, method, path)) = &w.logged {
+                            log::request(&w.client.ip, method, path, 101, started.elapsed());
+                        }
+                        self.upgrade(session, &accept, resume, cx, now);
+                        if !self.is_ws() {
+                            // The session ended while the join went round: give the
+                            // presence back.
+                            cx.fx.push(crate::chat::Effect::Left { user: user.into() });
+                        }
+                        return Step::Yield;
+                    }
+                    Reply::NameTaken => Response::error(409, "already_connected"),
+                    _ => Response::error(503, "storage_unavailable"),
+                };
+                if let Some((started, method, path)) = &w.logged {
+                    log::request(&w.client.ip, method, path, resp.status, started.elapsed());
+                }
+                self.answer(&resp, w.keep_alive, false, cx, now);
+                self.readable = true;
+                return Step::Yield;
+            }
+        };
         let mut ctx = api::Ctx {
             chat: &mut cx.chat,
             cfg: &cx.cfg.api,
@@ -199,7 +276,7 @@ impl<S: Stream> Conn<S> {
             limits: &mut cx.rate_limits,
             server: ServerState::empty(),
         };
-        let resp = api::finish(w.pending, reply, &mut ctx);
+        let resp = api::finish(pending, reply, &mut ctx);
         if let Some((started, method, path)) = &w.logged {
             log::request(&w.client.ip, method, path, resp.status, started.elapsed());
         }
@@ -209,12 +286,35 @@ impl<S: Stream> Conn<S> {
         Step::Yield
     }
 
+    /// Cluster mode: Redis said whose the request's session is; now route it.
+    fn on_session(&mut self, req: Request, reply: Reply, keep_alive: bool, cx: &mut Cx, now: Instant) -> Step {
+        match reply {
+            Reply::Session(Some((user, ms_left))) => {
+                if let Some(cookie) = api::session_cookie(&req) {
+                    let left = Duration::from_millis(ms_left.min(u64::from(u32::MAX)));
+                    cx.chat.adopt_session(session_id_hash(cookie), &user, left, now);
+                }
+            }
+            Reply::Session(None) => {}
+            _ => {
+                let resp = Response::error(503, "storage_unavailable");
+                self.answer(&resp, keep_alive, req.method == "HEAD", cx, now);
+                self.readable = true;
+                return Step::Yield;
+            }
+        }
+        // Known now (or unknown to Redis too: the route answers 401).
+        self.handle_request(req, cx, now, false);
+        self.readable = true;
+        Step::Yield
+    }
+
     fn route(&self, req: &Request, client: proxy::Client, cx: &mut Cx, now: Instant) -> Outcome {
         let server = ServerState {
             stats: &cx.stats,
             open_connections: cx.open_connections,
             broadcast_backlog_bytes: cx.log.bytes(),
-            storage_healthy: cx.storage.is_healthy(),
+            storage_healthy: cx.backend_healthy(),
         };
         let mut ctx = api::Ctx {
             chat: &mut cx.chat,
@@ -275,4 +375,15 @@ impl<S: Stream> Conn<S> {
             }
         }
     }
+}
+
+/// Cluster mode: the hash of a session cookie this node has not seen, on a route
+/// that authenticates (a replica caches only the sessions it has met).
+fn session_to_fetch(req: &Request, cx: &Cx) -> Option<[u8; 32]> {
+    cx.cluster.as_ref()?;
+    let path = req.path();
+    let authenticated = matches!(path, "/ws" | "/api/online" | "/api/history") || path.starts_with("/api/user/");
+    let cookie = api::session_cookie(req).filter(|_| authenticated)?;
+    (cookie.len() == crate::chat::session::SESSION_ID_LEN && !cx.chat.knows_session(cookie))
+        .then(|| session_id_hash(cookie))
 }

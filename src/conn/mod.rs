@@ -10,13 +10,14 @@ mod websocket;
 
 use crate::api::ApiConfig;
 use crate::chat::{Chat, Effects};
+use crate::cluster::Cluster;
 use crate::http::Limits;
 use crate::log;
 use crate::metrics::Stats;
 use crate::outq::{BroadcastLog, Flush, OutQueue};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
-use crate::storage::Storage;
+use crate::storage::{Origin, Request, Storage};
 use crate::ws::{self, ContextPool};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -87,6 +88,8 @@ pub struct ConnConfig {
 pub struct Cx {
     pub chat: Chat,
     pub storage: Storage,
+    /// Cluster mode: Redis instead of SQLite for users, sessions and the room.
+    pub cluster: Option<Cluster>,
     pub cfg: ConnConfig,
     pub rate_limits: RateLimits,
     /// Broadcast frames some connection has yet to write, each stored once.
@@ -106,6 +109,7 @@ impl Cx {
         Cx {
             chat,
             storage,
+            cluster: None,
             cfg,
             rate_limits,
             log: BroadcastLog::new(),
@@ -116,6 +120,20 @@ impl Cx {
             shutting_down: false,
             scratch: vec![0u8; ws::MAX_FRAME_BYTES.max(IN_CAP)].into_boxed_slice(),
         }
+    }
+
+    /// Hands a request to whoever answers it: Redis in cluster mode (files still
+    /// come from the storage thread), else the storage threads.
+    pub fn submit(&mut self, origin: Origin, request: Request) {
+        match self.cluster.as_mut() {
+            Some(c) if !matches!(request, Request::File(_)) => c.submit(origin, request),
+            _ => self.storage.submit(origin, request),
+        }
+    }
+
+    /// Storage (or, in cluster mode, Redis) can do all it promises.
+    pub fn backend_healthy(&self) -> bool {
+        self.storage.is_healthy() && self.cluster.as_ref().is_none_or(Cluster::is_up)
     }
 
     /// Loopback is where the operator's own benchmarks and probes run; a proxy's

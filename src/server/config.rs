@@ -24,7 +24,9 @@ impl ServerConfig {
         ServerConfig {
             chat: ChatConfig {
                 session_ttl: cfg.session_ttl,
-                max_sessions_per_user: cfg.max_sessions_per_user,
+                // In cluster mode Redis keeps the per-user cap; a node's own cache of
+                // sessions must never evict one on its own.
+                max_sessions_per_user: if cfg.redis.is_some() { u32::MAX as usize } else { cfg.max_sessions_per_user },
                 max_sessions: cfg.max_sessions,
                 message_rate,
                 history: cfg.history,
@@ -34,6 +36,7 @@ impl ServerConfig {
                     allowed_origins: cfg.allowed_origins.clone(),
                     static_dir: cfg.static_dir.clone(),
                     metrics_public: cfg.metrics_public,
+                    cluster: cfg.redis.is_some(),
                 },
                 limits: Limits::default(),
                 limit_loopback: cfg.limit_loopback,

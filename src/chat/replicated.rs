@@ -1,0 +1,164 @@
+//! The chat core as a cluster node's replica: events that come off the room's Redis
+//! channel, in the one order every node sees, applied to this node's members. A
+//! node's own clients take effect here too, only once their event comes back, so
+//! every node shows the same sequence.
+
+use super::session::{EndReason, SessionId, SessionKey};
+use super::{event_frame, frame, history, Chat, ConnId, Effect, Effects, LoginError, Outgoing, ACK_OK};
+use crate::outq::Chunk;
+use crate::ws::close;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+/// The replica as Redis has it at one point of the channel.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub epoch: String,
+    pub last_id: u64,
+    /// In join order.
+    pub online: Vec<String>,
+    /// Oldest first.
+    pub messages: Vec<(u64, i64, String, String)>,
+}
+
+impl Chat {
+    /// A session id for a login that Redis must store before it is used.
+    pub fn new_session_id(&mut self) -> (SessionId, [u8; 32]) {
+        self.sessions.new_id()
+    }
+
+    /// The user's session with an id drawn by `new_session_id`, once Redis has it.
+    pub fn login_as(&mut self, user: &str, id: (SessionId, [u8; 32]), now: Instant) -> Result<SessionId, LoginError> {
+        let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
+        let mut evicted = Vec::new();
+        let result = self.sessions.login_with(name, id, now, &mut evicted);
+        // The cluster evicts in Redis; a replica's own cap is never reached.
+        debug_assert!(evicted.is_empty());
+        result.map(|(_, id)| id)
+    }
+
+    /// True if the session behind this cookie is known here (a replica caches the
+    /// sessions it has seen; others are fetched from Redis first).
+    pub fn knows_session(&self, cookie: &[u8]) -> bool {
+        cookie.len() == super::session::SESSION_ID_LEN
+            && self.sessions.find_hash(&super::session::id_hash(cookie)).is_some()
+    }
+
+    /// A session fetched from Redis, which ends it `remaining` from `now` unless it
+    /// sees activity. False if it does not fit here.
+    pub fn adopt_session(&mut self, id_hash: [u8; 32], user: &str, remaining: Duration, now: Instant) -> bool {
+        if self.sessions.find_hash(&id_hash).is_some() {
+            return true;
+        }
+        // Here a session ends at its last activity + TTL; make that Redis's end.
+        let ttl = self.sessions.ttl();
+        let active = (now + remaining).checked_sub(ttl).map_or(now, |a| a.min(now));
+        let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
+        self.sessions.restore(id_hash, name, active)
+    }
+
+    /// Someone joined, on any node. The joiner (if it is ours) is not a member yet:
+    /// it hears no join of its own.
+    pub fn apply_join(&mut self, name: &str, fx: &mut Effects) {
+        let Some(r) = self.replica.as_mut() else { return };
+        if r.insert(name) {
+            fx.push(Effect::Broadcast { except: None, frame: event_frame("join", name) });
+        }
+    }
+
+    pub fn apply_leave(&mut self, name: &str, fx: &mut Effects) {
+        let Some(r) = self.replica.as_mut() else { return };
+        if r.remove(name) {
+            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", name) });
+        }
+    }
+
+    /// A message in the global order; `sender` is the member here that sent it, if
+    /// any: it gets the ack instead of the message.
+    pub fn apply_message(
+        &mut self,
+        id: u64,
+        ts: i64,
+        author: &str,
+        text: &str,
+        sender: Option<ConnId>,
+        fx: &mut Effects,
+    ) {
+        let author: Rc<str> = self.sessions.shared_name(author).unwrap_or_else(|| Rc::from(author));
+        let entry = Self::history_entry(id, ts, author.clone(), text.into());
+        let v2 = entry.frame.clone();
+        let mut v1 = frame::TextFrame::with_capacity(text.len() + author.len() + 32);
+        serde_json::to_writer(v1.payload(), &Outgoing { message: text, author: &author })
+            .expect("serializing into a Vec cannot fail");
+        self.history.push(entry);
+        self.stats.broadcasts += 1;
+        let sender = sender.filter(|&c| self.room.get(c).is_some());
+        fx.push(Effect::Message { except: sender, v1: v1.finish(), v2 });
+        if let Some(conn) = sender {
+            let ack = if self.is_v2(conn) {
+                Chunk::Shared(frame::text(format!("{{\"status\":true,\"id\":{id}}}").as_bytes()))
+            } else {
+                Chunk::Static(ACK_OK)
+            };
+            fx.push(Effect::Send { to: conn, frame: ack });
+        }
+    }
+
+    /// A session ended somewhere in the cluster (logout: 1000; evicted: 1008). Its
+    /// socket here, if any, closes.
+    pub fn apply_session_end(&mut self, id_hash: &[u8; 32], code: u16, fx: &mut Effects) {
+        let Some(k) = self.sessions.find_hash(id_hash) else { return };
+        let Some(s) = self.sessions.remove(k) else { return };
+        let why = if code == close::NORMAL { EndReason::Logout } else { EndReason::Evicted };
+        self.ended(k, s, why, fx);
+    }
+
+    /// The member on `conn` must go: Redis gave its user's presence to another node
+    /// (only after Redis lost data).
+    pub fn evict_member(&mut self, conn: ConnId, fx: &mut Effects) {
+        if let Some(m) = self.room.remove(conn) {
+            self.sessions.set_socket(m.session, None);
+            fx.push(Effect::Close { conn, code: close::POLICY });
+        }
+    }
+
+    /// The member here of user `name`, if any.
+    pub fn member_of_user(&self, name: &str) -> Option<ConnId> {
+        self.sessions.socket_of_user(name).filter(|&c| self.room.get(c).is_some())
+    }
+
+    /// The members here, with their session's user (for the cluster's sync).
+    pub fn local_users(&self) -> impl Iterator<Item = (ConnId, &str)> + '_ {
+        self.room.members().iter().filter_map(|&c| Some((c, self.username(self.room.get(c)?.session)?)))
+    }
+
+    /// After (re)connecting to Redis: the replica becomes `snap`. Local clients hear
+    /// of every join and leave they missed meanwhile, and get the messages they
+    /// missed, in order.
+    pub fn apply_snapshot(&mut self, snap: Snapshot, fx: &mut Effects) {
+        let Some(r) = self.replica.as_mut() else { return };
+        let (left, joined) = r.replace(&snap.online);
+        for name in left {
+            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &name) });
+        }
+        for name in joined {
+            fx.push(Effect::Broadcast { except: None, frame: event_frame("join", &name) });
+        }
+        let same_epoch = snap.epoch == self.history.epoch();
+        let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
+        self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
+        for (id, ts, author, text) in snap.messages {
+            if id > seen {
+                self.apply_message(id, ts, &author, &text, None, fx);
+            } else {
+                let author = self.sessions.shared_name(&author).unwrap_or_else(|| Rc::from(author.as_str()));
+                self.history.push(Self::history_entry(id, ts, author, text.into()));
+            }
+        }
+    }
+
+    /// Which session key a member uses (tests).
+    pub fn member_session(&self, conn: ConnId) -> Option<SessionKey> {
+        self.room.get(conn).map(|m| m.session)
+    }
+}

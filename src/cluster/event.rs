@@ -1,0 +1,123 @@
+//! The room channel's events, as `library.lua` publishes them: `KIND SEQ FIELDS...`,
+//! space-separated, the message text last (it may hold spaces). Names and node ids
+//! never hold spaces: names are `[A-Za-z0-9]`, node ids hex.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    Join {
+        seq: u64,
+        node: String,
+        token: String,
+        name: String,
+    },
+    Leave {
+        seq: u64,
+        node: String,
+        name: String,
+    },
+    Message {
+        seq: u64,
+        id: u64,
+        ts: i64,
+        node: String,
+        token: String,
+        author: String,
+        text: String,
+    },
+    /// A session ended: `code` 1000 (logout) or 1008 (evicted); `hash` is hex.
+    SessionEnd {
+        seq: u64,
+        code: u16,
+        hash: String,
+    },
+}
+
+impl RoomEvent {
+    pub fn seq(&self) -> u64 {
+        match self {
+            RoomEvent::Join { seq, .. }
+            | RoomEvent::Leave { seq, .. }
+            | RoomEvent::Message { seq, .. }
+            | RoomEvent::SessionEnd { seq, .. } => *seq,
+        }
+    }
+
+    /// `None` for anything malformed (another program publishing on our channel).
+    pub fn parse(payload: &[u8]) -> Option<RoomEvent> {
+        let text = std::str::from_utf8(payload).ok()?;
+        let (kind, rest) = text.split_once(' ')?;
+        let (seq, rest) = rest.split_once(' ')?;
+        let seq = seq.parse().ok()?;
+        let word = |s: &str| (!s.is_empty() && !s.contains(' ')).then(|| s.to_owned());
+        Some(match kind {
+            "J" => {
+                let mut f = rest.splitn(3, ' ');
+                let (node, token, name) = (f.next()?, f.next()?, f.next()?);
+                RoomEvent::Join { seq, node: word(node)?, token: word(token)?, name: word(name)? }
+            }
+            "L" => {
+                let (node, name) = rest.split_once(' ')?;
+                RoomEvent::Leave { seq, node: word(node)?, name: word(name)? }
+            }
+            "M" => {
+                let mut f = rest.splitn(6, ' ');
+                let (id, ts, node, token, author) = (f.next()?, f.next()?, f.next()?, f.next()?, f.next()?);
+                RoomEvent::Message {
+                    seq,
+                    id: id.parse().ok()?,
+                    ts: ts.parse().ok()?,
+                    node: word(node)?,
+                    token: word(token)?,
+                    author: word(author)?,
+                    text: f.next()?.to_owned(),
+                }
+            }
+            "E" => {
+                let (code, hash) = rest.split_once(' ')?;
+                RoomEvent::SessionEnd { seq, code: code.parse().ok()?, hash: word(hash)? }
+            }
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_library_publishes() {
+        assert_eq!(
+            RoomEvent::parse(b"J 7 ab12 3.9 Alice"),
+            Some(RoomEvent::Join { seq: 7, node: "ab12".into(), token: "3.9".into(), name: "Alice".into() })
+        );
+        assert_eq!(
+            RoomEvent::parse(b"L 8 ab12 Alice"),
+            Some(RoomEvent::Leave { seq: 8, node: "ab12".into(), name: "Alice".into() })
+        );
+        assert_eq!(
+            RoomEvent::parse("M 9 41 1764480000123 ab12 3.9 Alice hi  there, ünïcode ".as_bytes()),
+            Some(RoomEvent::Message {
+                seq: 9,
+                id: 41,
+                ts: 1764480000123,
+                node: "ab12".into(),
+                token: "3.9".into(),
+                author: "Alice".into(),
+                text: "hi  there, ünïcode ".into(),
+            })
+        );
+        assert_eq!(
+            RoomEvent::parse(b"E 10 1000 00ff"),
+            Some(RoomEvent::SessionEnd { seq: 10, code: 1000, hash: "00ff".into() })
+        );
+        assert_eq!(RoomEvent::parse(b"M 9 41 1 ab12 3.9 Alice ").unwrap().seq(), 9);
+    }
+
+    #[test]
+    fn malformed_events_are_none() {
+        for bad in [&b""[..], b"J", b"J x a b c", b"Q 1 a", b"L 1 node", b"M 1 x 1 n t a m", b"E 1 1000", b"\xff 1"] {
+            assert_eq!(RoomEvent::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

@@ -1,0 +1,193 @@
+#!lua name=skiff
+-- skiff's cluster state, loaded by every node with FUNCTION LOAD REPLACE on connect.
+-- Each function runs atomically: uniqueness and the room's order cannot race.
+-- ARGV[1] is the key prefix. Every event goes out on PREFIX..'room' as
+-- "KIND SEQ ...", SEQ from one counter, so a node can tell which events a snapshot
+-- already holds.
+
+local function publish(p, kind, rest)
+  local seq = redis.call('INCR', p .. 'seq')
+  redis.call('PUBLISH', p .. 'room', kind .. ' ' .. seq .. ' ' .. rest)
+  return seq
+end
+
+-- A user's WebSocket on `node` is gone: presence, the node's set and the online
+-- order lose it, and everyone hears it left. Only the node holding the presence
+-- may end it (a late leave must not end a newer socket elsewhere).
+local function leave(p, lower, name, node)
+  if redis.call('HGET', p .. 'presence', lower) ~= node then
+    return 0
+  end
+  redis.call('HDEL', p .. 'presence', lower)
+  redis.call('SREM', p .. 'nodeusers:' .. node, lower)
+  redis.call('ZREM', p .. 'online', name)
+  publish(p, 'L', node .. ' ' .. name)
+  return 1
+end
+
+local function join(p, lower, name, node, token)
+  if redis.call('HSETNX', p .. 'presence', lower, node) == 0 then
+    return 0
+  end
+  redis.call('SADD', p .. 'nodeusers:' .. node, lower)
+  local seq = publish(p, 'J', node .. ' ' .. token .. ' ' .. name)
+  redis.call('ZADD', p .. 'online', seq, name)
+  return seq
+end
+
+-- (p, lower, name, keyhash) -> 1, or 0 if the name is taken (ignoring case)
+redis.register_function('skiff_register', function(_, a)
+  if redis.call('HSETNX', a[1] .. 'users', a[2], a[3]) == 0 then
+    return 0
+  end
+  redis.call('HSET', a[1] .. 'keys', a[4], a[3])
+  return 1
+end)
+
+-- (p, keyhash, sesshash, ttl_ms, cap) -> the user's name, or nil for an unknown key.
+-- Past `cap` live sessions the user's oldest are ended (event E, code 1008).
+redis.register_function('skiff_login', function(_, a)
+  local p, keyhash, sess, ttl, cap = a[1], a[2], a[3], a[4], tonumber(a[5])
+  local name = redis.call('HGET', p .. 'keys', keyhash)
+  if not name then
+    return false
+  end
+  local list = p .. 'usess:' .. string.lower(name)
+  local t = redis.call('TIME')
+  redis.call('SET', p .. 'sess:' .. sess, name, 'PX', ttl)
+  redis.call('ZADD', list, tonumber(t[1]) * 1000000 + tonumber(t[2]), sess)
+  if redis.call('ZCARD', list) > cap then
+    for _, h in ipairs(redis.call('ZRANGE', list, 0, -1)) do
+      if redis.call('EXISTS', p .. 'sess:' .. h) == 0 then
+        redis.call('ZREM', list, h)
+      end
+    end
+    while redis.call('ZCARD', list) > cap do
+      local oldest = redis.call('ZPOPMIN', list)[1]
+      redis.call('DEL', p .. 'sess:' .. oldest)
+      publish(p, 'E', '1008 ' .. oldest)
+    end
+  end
+  redis.call('PEXPIRE', list, ttl)
+  return name
+end)
+
+-- (p, sesshash) -> {name, ms left} or nil
+redis.register_function { function_name = 'skiff_session', flags = { 'no-writes' }, callback = function(_, a)
+  local k = a[1] .. 'sess:' .. a[2]
+  local name = redis.call('GET', k)
+  if not name then
+    return false
+  end
+  return { name, redis.call('PTTL', k) }
+end }
+
+-- (p, sesshash, ttl_ms): activity; the session lives ttl_ms from now.
+redis.register_function('skiff_renew', function(_, a)
+  return redis.call('PEXPIRE', a[1] .. 'sess:' .. a[2], a[3])
+end)
+
+-- (p, sesshash) -> 1 if it was live; its socket, wherever it is, closes with 1000.
+redis.register_function('skiff_logout', function(_, a)
+  local p, sess = a[1], a[2]
+  local k = p .. 'sess:' .. sess
+  local name = redis.call('GET', k)
+  if not name then
+    return 0
+  end
+  redis.call('DEL', k)
+  redis.call('ZREM', p .. 'usess:' .. string.lower(name), sess)
+  publish(p, 'E', '1000 ' .. sess)
+  return 1
+end)
+
+-- (p, lower, name, node, token) -> seq of the join event, or 0 if the user is
+-- online already (on any node)
+redis.register_function('skiff_join', function(_, a)
+  return join(a[1], a[2], a[3], a[4], a[5])
+end)
+
+-- (p, lower, name, node) -> 1 if the user was online on that node
+redis.register_function('skiff_leave', function(_, a)
+  return leave(a[1], a[2], a[3], a[4])
+end)
+
+-- (p, node, token, author, text, keep) -> the message's id. Kept in the stream
+-- PREFIX..'history' under the id N-0, the newest `keep` of them.
+redis.register_function('skiff_message', function(_, a)
+  local p, node, token, author, text, keep = a[1], a[2], a[3], a[4], a[5], tonumber(a[6])
+  local id = redis.call('INCR', p .. 'msgid')
+  local t = redis.call('TIME')
+  local ts = string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+  if keep > 0 then
+    redis.call('XADD', p .. 'history', 'MAXLEN', keep, id .. '-0', 'ts', ts, 'author', author, 'message', text)
+  end
+  publish(p, 'M', id .. ' ' .. ts .. ' ' .. node .. ' ' .. token .. ' ' .. author .. ' ' .. text)
+  return id
+end)
+
+-- (p, node, ttl_ms): this node is alive for ttl_ms more.
+redis.register_function('skiff_heartbeat', function(_, a)
+  redis.call('SET', a[1] .. 'node:' .. a[2], '1', 'PX', a[3])
+  redis.call('SADD', a[1] .. 'nodes', a[2])
+  return 1
+end)
+
+-- (p) -> users removed: every user of a node whose heartbeat ran out leaves.
+redis.register_function('skiff_reap', function(_, a)
+  local p = a[1]
+  local gone = 0
+  for _, node in ipairs(redis.call('SMEMBERS', p .. 'nodes')) do
+    if redis.call('EXISTS', p .. 'node:' .. node) == 0 then
+      for _, lower in ipairs(redis.call('SMEMBERS', p .. 'nodeusers:' .. node)) do
+        local name = redis.call('HGET', p .. 'users', lower) or lower
+        gone = gone + leave(p, lower, name, node)
+      end
+      redis.call('DEL', p .. 'nodeusers:' .. node)
+      redis.call('SREM', p .. 'nodes', node)
+    end
+  end
+  return gone
+end)
+
+-- (p, node, ttl_ms, epoch, keep, lower1, name1, token1, ...): the node (re)connected
+-- and its open WebSockets are exactly the users given. Presence is made so (users
+-- it no longer has leave; users Redis lost join again) and the node gets a snapshot:
+-- {seq, epoch, last id, online names in join order, newest `keep` messages newest
+-- first, lowercased names another node holds now}.
+redis.register_function('skiff_sync', function(_, a)
+  local p, node, ttl, keep = a[1], a[2], a[3], tonumber(a[5])
+  redis.call('SET', p .. 'node:' .. node, '1', 'PX', ttl)
+  redis.call('SADD', p .. 'nodes', node)
+  redis.call('SET', p .. 'epoch', a[4], 'NX')
+  local mine = {}
+  for i = 6, #a, 3 do
+    mine[a[i]] = true
+  end
+  for _, lower in ipairs(redis.call('SMEMBERS', p .. 'nodeusers:' .. node)) do
+    if not mine[lower] then
+      leave(p, lower, redis.call('HGET', p .. 'users', lower) or lower, node)
+    end
+  end
+  local taken = {}
+  for i = 6, #a, 3 do
+    local holder = redis.call('HGET', p .. 'presence', a[i])
+    if not holder then
+      join(p, a[i], a[i + 1], node, a[i + 2])
+    elseif holder ~= node then
+      table.insert(taken, a[i])
+    end
+  end
+  local history = {}
+  if keep > 0 then
+    history = redis.call('XREVRANGE', p .. 'history', '+', '-', 'COUNT', keep)
+  end
+  return {
+    tonumber(redis.call('GET', p .. 'seq') or '0'),
+    redis.call('GET', p .. 'epoch'),
+    tonumber(redis.call('GET', p .. 'msgid') or '0'),
+    redis.call('ZRANGE', p .. 'online', 0, -1),
+    history,
+    taken,
+  }
+end)

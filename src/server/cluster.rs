@@ -1,0 +1,100 @@
+//! Cluster mode in the server: Redis's events applied to the chat replica and to the
+//! connections here, one at a time, in channel order. A join that opens a socket
+//! here is applied to everyone else first, so the new member hears exactly what
+//! came after its own join, as on a single node.
+
+use super::Server;
+use crate::chat::{Effect, ACK_UNAVAILABLE};
+use crate::cluster::{Event, CMD, SUB};
+use crate::conn::Stream;
+use crate::log;
+use crate::outq::Chunk;
+use crate::storage::{Done, Origin, Reply};
+use std::time::Instant;
+
+impl<S: Stream> Server<S> {
+    /// Readiness on a Redis link.
+    pub fn on_cluster_ready(&mut self, token: mio::Token, now: Instant) {
+        if token != CMD && token != SUB {
+            return;
+        }
+        if let Some(cluster) = self.cx.cluster.as_mut() {
+            cluster.on_ready(token, now);
+        }
+        self.run_cluster_events(now);
+    }
+
+    /// Writes the commands queued this turn to Redis (pipelined: one write each).
+    pub fn flush_cluster(&mut self, now: Instant) {
+        if let Some(cluster) = self.cx.cluster.as_mut() {
+            cluster.flush(now);
+        }
+        self.run_cluster_events(now);
+    }
+
+    pub(super) fn run_cluster_events(&mut self, now: Instant) {
+        loop {
+            let Some(cluster) = self.cx.cluster.as_mut() else { return };
+            if cluster.wants_sync() {
+                let users: Vec<(String, Origin)> = self
+                    .cx
+                    .chat
+                    .local_users()
+                    .map(|(conn, user)| (user.to_owned(), Origin { conn, generation: self.conns[conn].generation }))
+                    .collect();
+                cluster.sync(&users, now);
+            }
+            let Some(event) = cluster.next_event() else { return };
+            self.on_cluster_event(event, now);
+        }
+    }
+
+    fn on_cluster_event(&mut self, event: Event, now: Instant) {
+        match event {
+            Event::Reply(done) => return self.reply(done, now),
+            Event::Join { name, mine } => {
+                self.cx.chat.apply_join(&name, &mut self.cx.fx);
+                self.apply_effects(now);
+                if let Some(origin) = mine {
+                    self.reply(Done { origin, reply: Reply::Joined }, now);
+                }
+                return;
+            }
+            Event::Leave { name } => self.cx.chat.apply_leave(&name, &mut self.cx.fx),
+            Event::Message { id, ts, author, text, mine } => {
+                let sender = mine.and_then(|o| self.local(o));
+                self.cx.chat.apply_message(id, ts, &author, &text, sender, &mut self.cx.fx);
+            }
+            Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
+            Event::Unavailable(origin) => {
+                if let Some(conn) = self.local(origin) {
+                    self.cx.fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_UNAVAILABLE) });
+                }
+            }
+            Event::Synced { snapshot, taken } => {
+                self.cx.chat.apply_snapshot(snapshot, &mut self.cx.fx);
+                for user in taken {
+                    if let Some(conn) = self.cx.chat.member_of_user(&user) {
+                        log::warn(format_args!("{user} is online on another node now; closing the socket here"));
+                        self.cx.chat.evict_member(conn, &mut self.cx.fx);
+                    }
+                }
+            }
+        }
+        self.apply_effects(now);
+        self.cx.persist_changes();
+    }
+
+    /// The connection `origin` names, if it is still that one.
+    fn local(&self, origin: Origin) -> Option<usize> {
+        self.conns.get(origin.conn).filter(|c| c.generation == origin.generation).map(|_| origin.conn)
+    }
+
+    /// A member's message goes to Redis; it comes back as an event to deliver.
+    pub(super) fn publish(&mut self, conn: usize, author: &str, message: &str) {
+        let Some(generation) = self.generation(conn) else { return };
+        if let Some(cluster) = self.cx.cluster.as_mut() {
+            cluster.publish(Origin { conn, generation }, author, message);
+        }
+    }
+}
