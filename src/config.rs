@@ -254,17 +254,11 @@ const FLAGS: &[Flag] = &[
         c.metrics_public = truthy(v)?;
         Ok(())
     }),
-    opt(
-        "redis",
-        "URL",
-        Preset::Absent,
-        "cluster mode: share everything through this Redis 7 (no SQLite)",
-        |c, v, r| {
-            c.redis = Some(redis_url(v, r)?);
-            Ok(())
-        },
-    ),
-    switch("reuse-port", "SO_REUSEPORT: several nodes on one host may share the port", |c, v, _| {
+    opt("redis", "URL", Preset::Absent, "cluster mode: share all state through this Redis 7", |c, v, r| {
+        c.redis = Some(redis_url(v, r)?);
+        Ok(())
+    }),
+    switch("reuse-port", "SO_REUSEPORT: several nodes on one host share the port", |c, v, _| {
         c.reuse_port = truthy(v)?;
         Ok(())
     }),
@@ -393,6 +387,15 @@ pub fn parse_with<I: IntoIterator<Item = String>>(
 }
 
 fn bad(source: &str, why: &Why, got: &str) -> ConfigError {
+    // A Redis URL may carry a password: the error names everything but that.
+    let redacted;
+    let got = match got.split_once('@') {
+        Some((auth, host)) if got.starts_with("redis://") && auth.contains(':') => {
+            redacted = format!("redis://:***@{host}");
+            redacted.as_str()
+        }
+        _ => got,
+    };
     match why {
         Why::Expected(expected) => ConfigError(format!("{source}: expected {expected}, got {got:?}")),
         Why::Failed(reason) => ConfigError(format!("{source} {got}: {reason}")),
@@ -585,6 +588,7 @@ mod tests {
             Some("ORIGIN") => "https://a.example",
             Some("IP") => "10.0.0.1",
             Some("SECS" | "N") => "7",
+            Some("URL") => "redis://10.0.0.1:6379/2",
             Some(_) => "/some/path",
         };
         let base = run(&[], &[]).unwrap();
@@ -679,6 +683,34 @@ mod tests {
         assert_eq!(e, "SKIFF_SESSION_TTL: expected a number >= 1, got \"-5\"", "env errors name the variable");
         let e = run(&[], &[("SKIFF_METRICS_PUBLIC", "maybe")]).unwrap_err().0;
         assert!(e.starts_with("SKIFF_METRICS_PUBLIC: expected 1/true"), "{e}");
+    }
+
+    #[test]
+    fn redis_urls_are_checked_and_never_echo_the_password() {
+        let url = |v: &str| run(&["--redis", v], &[]).map(|c| c.redis.unwrap());
+        let u = url("redis://:s3cret@localhost:6390/3").unwrap();
+        assert_eq!(
+            (u.addr, u.password.as_deref(), u.db),
+            (SocketAddr::from(([127, 0, 0, 1], 6390)), Some("s3cret"), 3)
+        );
+        assert!(!format!("{u:?} {u}").contains("s3cret"), "the password stays out of logs");
+        let u = url("redis://10.1.2.3:6379").unwrap();
+        assert_eq!((u.password, u.db), (None, 0));
+        assert_eq!(url("redis://[::1]:6379/").unwrap().addr, SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 6379)));
+        for bad in [
+            "http://x:1",
+            "redis://",
+            "redis://h",
+            "redis://h:x",
+            "redis://h:1/x",
+            "redis://user:pw@h:1",
+            "redis://@h:1",
+        ] {
+            let e = url(bad).unwrap_err().0;
+            assert!(e.starts_with("--redis: expected redis://"), "{bad}: {e}");
+        }
+        let e = url("redis://:pw@nowhere:1").unwrap_err().0;
+        assert!(e.contains("cannot resolve") && !e.contains("pw@"), "{e}");
     }
 
     #[test]

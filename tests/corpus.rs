@@ -42,6 +42,11 @@ fn resume_corpus() {
 }
 
 #[test]
+fn redis_reply_corpus() {
+    replay("redis_reply", skiff::harness::redis_reply);
+}
+
+#[test]
 fn connection_corpus() {
     replay("connection", skiff::harness::connection);
 }

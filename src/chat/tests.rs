@@ -39,6 +39,7 @@ fn ack_constants_are_well_formed_frames() {
         (ACK_EMPTY, Some("message_empty")),
         (ACK_INVALID, Some("invalid_message")),
         (ACK_RATE_LIMITED, Some("rate_limited")),
+        (ACK_UNAVAILABLE, Some("unavailable")),
     ] {
         // `json` decodes the frame and checks that its length field covers it exactly.
         let v = json(ack);
@@ -225,4 +226,158 @@ fn text_from_a_non_member_is_ignored() {
     let mut fx = vec![];
     chat.on_text(9, r#"{"message": "x"}"#, Instant::now(), &mut fx);
     assert!(fx.is_empty());
+}
+
+mod replicated {
+    //! Cluster mode: the core as a replica of the room Redis orders.
+    use super::*;
+    use crate::chat::replicated::Snapshot;
+
+    fn replica() -> Chat {
+        let mut chat = Chat::new(cfg(60));
+        chat.set_replicated();
+        chat
+    }
+
+    /// A member on `conn`, joined the way a node does it: the join event first.
+    fn member(chat: &mut Chat, user: &str, conn: ConnId, v2: bool, now: Instant, fx: &mut Effects) -> SessionId {
+        let id = chat.login(user, now, fx).unwrap();
+        let k = chat.authenticate(&id, now).unwrap();
+        chat.apply_join(user, fx);
+        chat.join(conn, k, false, v2, now, fx).unwrap();
+        id
+    }
+
+    #[test]
+    fn a_member_s_message_is_published_and_delivered_only_when_it_comes_back() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (replica(), vec![]);
+        member(&mut chat, "al", 1, false, t0, &mut fx);
+        member(&mut chat, "bo", 2, true, t0, &mut fx);
+        fx.clear();
+        chat.on_text(1, r#"{"message":"hi"}"#, t0, &mut fx);
+        assert!(
+            matches!(&fx[..], [Effect::Publish { conn: 1, author, message }] if &**author == "al" && &**message == "hi")
+        );
+        assert_eq!(chat.history().last_id(), 0, "nothing delivered before the channel says so");
+        fx.clear();
+        chat.apply_message(41, 5, "al", "hi", Some(1), &mut fx);
+        match &fx[..] {
+            [Effect::Message { except: Some(1), v1, v2 }, Effect::Send { to: 1, frame: Chunk::Static(ack) }] => {
+                assert_eq!(json(v1), serde_json::json!({"message": "hi", "author": "al"}));
+                assert_eq!(json(v2), serde_json::json!({"id": 41, "ts": 5, "message": "hi", "author": "al"}));
+                assert_eq!(*ack, ACK_OK);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(chat.history().last_id(), 41);
+        // A v2 sender's ack carries the id Redis gave.
+        fx.clear();
+        chat.apply_message(42, 6, "bo", "yo", Some(2), &mut fx);
+        match &fx[1] {
+            Effect::Send { to: 2, frame: Chunk::Shared(f) } => {
+                assert_eq!(json(f), serde_json::json!({"status": true, "id": 42}))
+            }
+            other => panic!("{other:?}"),
+        }
+        // Invalid messages are refused here, never published.
+        fx.clear();
+        chat.on_text(1, r#"{"message":""}"#, t0, &mut fx);
+        assert!(matches!(&fx[..], [Effect::Send { to: 1, frame: Chunk::Static(ACK_EMPTY) }]));
+    }
+
+    #[test]
+    fn joins_and_leaves_come_from_the_channel_and_online_is_cluster_wide() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (replica(), vec![]);
+        chat.apply_join("far", &mut fx);
+        member(&mut chat, "al", 1, false, t0, &mut fx);
+        assert_eq!(chat.online().collect::<Vec<_>>(), ["far", "al"]);
+        assert!(chat.is_online("FAR"));
+        assert_eq!(chat.online_count(), 2);
+        fx.clear();
+        chat.apply_join("far", &mut fx);
+        assert!(fx.is_empty(), "a repeated join is not announced twice");
+        chat.apply_leave("far", &mut fx);
+        assert!(matches!(&fx[..], [Effect::Broadcast { except: None, frame }] if json(frame)["event"] == "leave"));
+        // The local socket closing is told to the cluster, not broadcast here.
+        fx.clear();
+        chat.leave(1, &mut fx);
+        assert!(matches!(&fx[..], [Effect::Left { user }] if &**user == "al"));
+        assert!(chat.is_online("al"), "online until the leave comes back");
+        chat.apply_leave("al", &mut fx);
+        assert!(!chat.is_online("al"));
+    }
+
+    #[test]
+    fn a_session_ended_elsewhere_closes_its_socket_here() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (replica(), vec![]);
+        let id = member(&mut chat, "al", 1, false, t0, &mut fx);
+        let id2 = member(&mut chat, "bo", 2, false, t0, &mut fx);
+        fx.clear();
+        chat.apply_session_end(&session::id_hash(&id), close::NORMAL, &mut fx);
+        assert!(matches!(&fx[..], [Effect::Left { .. }, Effect::Close { conn: 1, code: close::NORMAL }]), "{fx:?}");
+        assert!(chat.authenticate(&id, t0).is_none());
+        fx.clear();
+        chat.apply_session_end(&session::id_hash(&id2), close::POLICY, &mut fx);
+        assert!(matches!(&fx[..], [Effect::Left { .. }, Effect::Close { conn: 2, code: close::POLICY }]));
+        fx.clear();
+        chat.apply_session_end(&[9; 32], close::NORMAL, &mut fx);
+        assert!(fx.is_empty(), "an unknown session ends nothing here");
+    }
+
+    #[test]
+    fn an_adopted_session_ends_when_redis_would_end_it() {
+        let t0 = Instant::now();
+        let mut chat = replica();
+        let (id, hash) = chat.new_session_id();
+        assert!(!chat.knows_session(&id));
+        assert!(chat.adopt_session(hash, "al", Duration::from_secs(20), t0));
+        assert!(chat.knows_session(&id));
+        // Read-only checks here; authenticate would count as activity.
+        let mut fx = vec![];
+        chat.on_timeout(t0 + Duration::from_secs(19), &mut fx);
+        assert!(chat.knows_session(&id));
+        chat.on_timeout(t0 + Duration::from_secs(21), &mut fx);
+        assert!(!chat.knows_session(&id), "gone 20 s after adoption without activity");
+        // A login with a pre-drawn id takes exactly that id.
+        let drawn = chat.new_session_id();
+        let got = chat.login_as("al", drawn, t0).unwrap();
+        assert_eq!(got, drawn.0);
+        assert!(chat.authenticate(&got, t0).is_some());
+    }
+
+    #[test]
+    fn a_snapshot_tells_local_members_what_they_missed() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (replica(), vec![]);
+        chat.apply_join("gone", &mut fx);
+        member(&mut chat, "al", 1, false, t0, &mut fx);
+        chat.apply_message(1, 1, "al", "one", None, &mut fx);
+        let epoch = chat.history().epoch().to_owned();
+        fx.clear();
+        let messages = vec![(1, 1, "al".into(), "one".into()), (2, 2, "new".into(), "two".into())];
+        let online = vec!["al".into(), "new".into()];
+        chat.apply_snapshot(Snapshot { epoch, last_id: 2, online, messages }, &mut fx);
+        let frames: Vec<serde_json::Value> = fx
+            .iter()
+            .map(|e| match e {
+                Effect::Broadcast { frame, .. } => json(frame),
+                Effect::Message { v1, .. } => json(v1),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            frames,
+            [
+                serde_json::json!({"event": "leave", "username": "gone"}),
+                serde_json::json!({"event": "join", "username": "new"}),
+                serde_json::json!({"message": "two", "author": "new"}),
+            ]
+        );
+        assert_eq!(chat.online().collect::<Vec<_>>(), ["al", "new"]);
+        assert_eq!(chat.history().last_id(), 2);
+        assert_eq!(chat.history().len(), 2);
+    }
 }

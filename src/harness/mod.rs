@@ -222,3 +222,32 @@ pub fn frame_payload(bytes: &[u8]) -> &[u8] {
         _ => &[],
     }
 }
+
+/// Bytes from a Redis link (cluster mode): the RESP parser must never panic, take
+/// more than it was given, or answer differently for the same bytes; a whole reply
+/// cut anywhere must ask for more; a room-channel payload must parse or be refused.
+/// Commands we encode must read back as exactly the arguments given.
+pub fn redis_reply(data: &[u8]) {
+    use crate::cluster::{event::RoomEvent, resp};
+    let mut at = 0;
+    // Replies back to back, as a pipelined link reads them.
+    while let Ok(Some((value, used))) = resp::parse(&data[at..]) {
+        assert!(used > 0 && at + used <= data.len(), "parse took {used} of {}", data.len() - at);
+        assert_eq!(resp::parse(&data[at..at + used]), Ok(Some((value, used))), "not deterministic");
+        if used <= 512 {
+            for cut in 0..used {
+                assert_eq!(resp::parse(&data[at..at + cut]), Ok(None), "a cut reply was not incomplete");
+            }
+        }
+        at += used;
+    }
+    let _ = RoomEvent::parse(data);
+    let args: Vec<&[u8]> = data.split(|&b| b == 0).collect();
+    let mut encoded = Vec::new();
+    resp::encode(&mut encoded, &args);
+    let (value, used) = resp::parse(&encoded).expect("our own encoding parses").expect("whole");
+    assert_eq!(used, encoded.len());
+    let back: Vec<Vec<u8>> =
+        value.as_array().expect("an array").iter().map(|v| v.as_bytes().unwrap().to_vec()).collect();
+    assert_eq!(back, args.iter().map(|a| a.to_vec()).collect::<Vec<_>>());
+}
