@@ -91,6 +91,8 @@ pub struct ServerState<'a> {
     pub broadcast_backlog_bytes: u64,
     /// The storage threads are running (`/healthz` says 503 otherwise).
     pub storage_healthy: bool,
+    /// Cluster mode: the Redis link.
+    pub cluster: Option<metrics::ClusterGauges>,
 }
 
 impl ServerState<'static> {
@@ -107,7 +109,13 @@ impl ServerState<'static> {
             closing: 0,
             responses: std::collections::BTreeMap::new(),
         };
-        ServerState { stats: &NOTHING, open_connections: 0, broadcast_backlog_bytes: 0, storage_healthy: true }
+        ServerState {
+            stats: &NOTHING,
+            open_connections: 0,
+            broadcast_backlog_bytes: 0,
+            storage_healthy: true,
+            cluster: None,
+        }
     }
 }
 
@@ -302,6 +310,10 @@ fn metrics(ctx: &Ctx) -> Response {
         broadcast_backlog_bytes: ctx.server.broadcast_backlog_bytes,
         history_messages: ctx.chat.history().len() as u64,
         history_bytes: ctx.chat.history().bytes() as u64,
+        cluster: ctx
+            .server
+            .cluster
+            .map(|g| metrics::ClusterGauges { online_users: ctx.chat.online_count() as u64, ..g }),
     });
     Response::new(200).header("Content-Type", "text/plain; version=0.0.4").with_body(text.into_bytes())
 }

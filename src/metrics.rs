@@ -34,6 +34,21 @@ pub struct Snapshot<'a> {
     /// Messages the history ring keeps, and the bytes they take.
     pub history_messages: u64,
     pub history_bytes: u64,
+    /// Cluster mode only.
+    pub cluster: Option<ClusterGauges>,
+}
+
+/// A cluster node's link to Redis, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ClusterGauges {
+    /// Connected and in sync.
+    pub up: bool,
+    /// Users online on every node.
+    pub online_users: u64,
+    /// Commands sent and not yet answered.
+    pub pending_commands: u64,
+    /// Times the node got in sync with Redis (1 + reconnects).
+    pub syncs: u64,
 }
 
 struct Page(String);
@@ -93,6 +108,12 @@ pub fn render(s: &Snapshot) -> String {
     p.metric("http_responses_total", "counter", "HTTP responses by status.", &statuses);
     p.one("bytes_received_total", "counter", "Bytes read from clients.", st.bytes_in);
     p.one("bytes_sent_total", "counter", "Bytes written to clients.", st.bytes_out);
+    if let Some(c) = s.cluster {
+        p.one("cluster_up", "gauge", "1 while connected to Redis and in sync.", u64::from(c.up));
+        p.one("cluster_online_users", "gauge", "Users with an open WebSocket on any node.", c.online_users);
+        p.one("cluster_pending_commands", "gauge", "Redis commands sent and not yet answered.", c.pending_commands);
+        p.one("cluster_syncs_total", "counter", "Times this node got in sync with Redis.", c.syncs);
+    }
     p.0
 }
 
@@ -115,7 +136,9 @@ mod tests {
             broadcast_backlog_bytes: 0,
             history_messages: 0,
             history_bytes: 0,
+            cluster: Some(ClusterGauges { up: true, online_users: 9, pending_commands: 0, syncs: 1 }),
         });
+        assert!(text.contains("skiff_cluster_up 1\n") && text.contains("skiff_cluster_online_users 9\n"));
         assert!(text.contains("skiff_connections{kind=\"http\"} 3\n"));
         assert!(text.contains("skiff_connections{kind=\"websocket\"} 5\n"));
         assert!(text.contains("skiff_http_responses_total{status=\"404\"} 3\n"));

@@ -1030,6 +1030,11 @@ fn a_node_that_cannot_reach_redis_starts_degraded_and_heals() {
     let r = node.post("/api/register", r#"{"username": "early"}"#, None);
     assert_eq!((r.status, r.error().as_str()), (503, "storage_unavailable"));
     assert!(node.alive());
+    let metrics = node.get("/metrics", None).text();
+    assert!(
+        metrics.contains("\nskiff_cluster_up 0\n") && metrics.contains("\nskiff_cluster_syncs_total 0\n"),
+        "{metrics}"
+    );
 
     redis.restart();
     let back = Instant::now();
@@ -1040,4 +1045,35 @@ fn a_node_that_cannot_reach_redis_starts_degraded_and_heals() {
     let mut ws = node.ws(&cookie);
     ws.say("first words");
     assert_eq!(next_ack(&mut ws), json!({"status": true}));
+    let metrics = node.get("/metrics", None).text();
+    for line in ["skiff_cluster_up 1", "skiff_cluster_online_users 1", "skiff_cluster_syncs_total 1"] {
+        assert!(metrics.contains(&format!("\n{line}\n")), "{line} in {metrics}");
+    }
+}
+
+/// The per-user session cap is the cluster's: a login on one node past it ends the
+/// oldest session, and that session's socket on another node closes with 1008.
+#[test]
+fn an_eviction_on_one_node_closes_the_socket_on_another() {
+    let Some((_redis, nodes)) =
+        cluster("an_eviction_on_one_node_closes_the_socket_on_another", 2, &["--max-sessions-per-user", "2"])
+    else {
+        return;
+    };
+    let key = nodes[0].register("evictee");
+    let oldest = nodes[0].login(&key);
+    let watcher = nodes[0].login(&nodes[0].register("watcher"));
+    let mut w = nodes[0].ws(&watcher);
+    let mut s = nodes[1].ws(&oldest);
+    assert_eq!(w.recv(), json!({"event": "join", "username": "evictee"}));
+    let second = nodes[1].login(&key);
+    // A third login, on the other node, is past the cap of two: the oldest goes.
+    let third = nodes[0].login(&key);
+    assert_eq!(s.close_code(), Some(1008), "the evicted session's socket on node 2");
+    assert_eq!(w.recv_until(|v| v.get("event").is_some()), leave("evictee"));
+    for n in &nodes {
+        assert_eq!(n.get("/api/online", Some(&oldest)).status, 401, "evicted session on node {}", n.name);
+        assert_eq!(n.get("/api/online", Some(&second)).status, 200);
+        assert_eq!(n.get("/api/online", Some(&third)).status, 200);
+    }
 }

@@ -3,7 +3,7 @@
 //! node's own clients take effect here too, only once their event comes back, so
 //! every node shows the same sequence.
 
-use super::session::{EndReason, SessionId, SessionKey};
+use super::session::{EndReason, SessionId};
 use super::{event_frame, frame, history, Chat, ConnId, Effect, Effects, LoginError, Outgoing, ACK_OK};
 use crate::outq::Chunk;
 use crate::ws::close;
@@ -155,10 +155,5 @@ impl Chat {
                 self.history.push(Self::history_entry(id, ts, author, text.into()));
             }
         }
-    }
-
-    /// Which session key a member uses (tests).
-    pub fn member_session(&self, conn: ConnId) -> Option<SessionKey> {
-        self.room.get(conn).map(|m| m.session)
     }
 }

@@ -160,6 +160,7 @@ pub struct Cluster {
     outage_logged: bool,
     /// The epoch to use if Redis has none (a new history).
     epoch_candidate: String,
+    syncs: u64,
 }
 
 impl Cluster {
@@ -189,6 +190,16 @@ impl Cluster {
             reap_at: now,
             outage_logged: false,
             epoch_candidate,
+            syncs: 0,
+        }
+    }
+
+    pub fn gauges(&self) -> crate::metrics::ClusterGauges {
+        crate::metrics::ClusterGauges {
+            up: self.is_up(),
+            online_users: 0,
+            pending_commands: self.pending.len() as u64,
+            syncs: self.syncs,
         }
     }
 
@@ -573,6 +584,7 @@ impl Cluster {
                     }
                 }
                 self.state = State::Up;
+                self.syncs += 1;
                 self.since = Instant::now();
                 self.backoff = BACKOFF_MIN;
                 self.outage_logged = false;
