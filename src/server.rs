@@ -160,7 +160,8 @@ impl<S: Stream> Server<S> {
 
     /// True once a shutdown has finished (every connection gone or the grace over).
     pub fn is_shut_down(&self, now: Instant) -> bool {
-        self.shutdown.is_some_and(|deadline| self.conns.is_empty() || now >= deadline)
+        let cluster_idle = self.cx.cluster.as_ref().is_none_or(Cluster::is_idle);
+        self.shutdown.is_some_and(|deadline| (self.conns.is_empty() && cluster_idle) || now >= deadline)
     }
 
     fn drive(&mut self, key: usize, now: Instant) {
@@ -396,6 +397,10 @@ impl<S: Stream> Server<S> {
         log::info(format_args!("shutting down: closing {} connections", self.conns.len()));
         self.shutdown = Some(now + SHUTDOWN_GRACE);
         self.cx.shutting_down = true;
+        if let Some(cluster) = self.cx.cluster.as_mut() {
+            // One command for all of this node's users, instead of a leave each.
+            cluster.stop(now);
+        }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let c = &mut self.conns[key];

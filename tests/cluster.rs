@@ -1077,3 +1077,31 @@ fn an_eviction_on_one_node_closes_the_socket_on_another() {
         assert_eq!(n.get("/api/online", Some(&third)).status, 200);
     }
 }
+
+/// A node stopped with SIGTERM (a deploy) hands its users back at once: the others
+/// hear them leave well before a dead node's 6 s, and they reconnect elsewhere
+/// without a 409.
+#[test]
+fn a_node_stopped_gracefully_lets_its_users_reconnect_elsewhere_at_once() {
+    let Some((_redis, mut nodes)) = cluster("a_node_stopped_gracefully", 2, &[]) else { return };
+    let watcher = nodes[0].login(&nodes[0].register("watcher"));
+    let mover = nodes[1].login(&nodes[1].register("mover"));
+    let mut w = nodes[0].ws(&watcher);
+    let mut m = nodes[1].ws(&mover);
+    assert_eq!(w.recv(), json!({"event": "join", "username": "mover"}));
+    let stopped = Instant::now();
+    let pid = nodes[1].child.id() as i32;
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(m.close_code(), Some(1001), "the stopping node says going away");
+    assert_eq!(w.recv_until(|v| v.get("event").is_some()), leave("mover"));
+    let heard = stopped.elapsed();
+    eprintln!("graceful stop: leave heard on the other node after {heard:?}");
+    assert!(heard < Duration::from_secs(3), "leave after {heard:?}: the stop did not hand the user back");
+    let status = wait_exit(&mut nodes[1].child, Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "a graceful stop exits 0");
+    let mut again = nodes[0].ws(&mover);
+    assert_eq!(w.recv(), json!({"event": "join", "username": "mover"}));
+    again.say("back");
+    assert_eq!(next_ack(&mut again), json!({"status": true}));
+}

@@ -150,6 +150,18 @@ redis.register_function('skiff_reap', function(_, a)
   return gone
 end)
 
+-- (p, node): the node is stopping: its users leave now, not when its heartbeat
+-- runs out, so they can reconnect to another node at once.
+redis.register_function('skiff_stop', function(_, a)
+  local p, node = a[1], a[2]
+  for _, lower in ipairs(redis.call('SMEMBERS', p .. 'nodeusers:' .. node)) do
+    leave(p, lower, redis.call('HGET', p .. 'users', lower) or lower, node)
+  end
+  redis.call('DEL', p .. 'nodeusers:' .. node, p .. 'node:' .. node)
+  redis.call('SREM', p .. 'nodes', node)
+  return 1
+end)
+
 -- (p, node, ttl_ms, epoch, keep, lower1, name1, token1, ...): the node (re)connected
 -- and its open WebSockets are exactly the users given. Presence is made so (users
 -- it no longer has leave; users Redis lost join again) and the node gets a snapshot:

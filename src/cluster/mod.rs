@@ -161,6 +161,8 @@ pub struct Cluster {
     /// The epoch to use if Redis has none (a new history).
     epoch_candidate: String,
     syncs: u64,
+    /// `stop` was called: no more leaves, no reconnects.
+    stopping: bool,
 }
 
 impl Cluster {
@@ -191,6 +193,7 @@ impl Cluster {
             outage_logged: false,
             epoch_candidate,
             syncs: 0,
+            stopping: false,
         }
     }
 
@@ -293,10 +296,25 @@ impl Cluster {
     /// A WebSocket here closed. Lost while Redis is down: the sync on reconnect
     /// tells Redis which users this node still has.
     pub fn left(&mut self, user: &str) {
-        if self.accepting() {
+        if self.accepting() && !self.stopping {
             let lower = user.to_ascii_lowercase();
             self.send(&fcall("skiff_leave", &[PREFIX, &lower, user, &self.node]), Pending::Ignore);
         }
+    }
+
+    /// A graceful stop: this node's users leave the cluster now. Nothing is sent
+    /// after it; `is_idle` says when Redis has answered.
+    pub fn stop(&mut self, now: Instant) {
+        if self.accepting() {
+            self.send(&fcall("skiff_stop", &[PREFIX, &self.node]), Pending::Ignore);
+            self.flush(now);
+        }
+        self.stopping = true;
+    }
+
+    /// Every command sent has been answered (or the link is gone).
+    pub fn is_idle(&self) -> bool {
+        self.pending.is_empty()
     }
 
     /// Activity on a session: Redis keeps it a full TTL (+ the save slack) from now.
@@ -354,13 +372,16 @@ impl Cluster {
 
     pub fn on_timeout(&mut self, now: Instant) {
         match self.state {
-            State::Down if now >= self.retry_at => self.connect(now),
+            State::Down if now >= self.retry_at && !self.stopping => self.connect(now),
             State::Connecting | State::Subscribed if now >= self.since + CONNECT_TIMEOUT => {
                 self.lost("connecting timed out", now);
             }
             State::Syncing | State::Up => {
                 if self.pending.front().is_some_and(|(at, _)| now >= *at + REPLY_TIMEOUT) {
                     return self.lost("a reply took over 5 s", now);
+                }
+                if self.stopping {
+                    return self.flush(now);
                 }
                 if now >= self.heartbeat_at {
                     self.heartbeat_at = now + HEARTBEAT_EVERY;
