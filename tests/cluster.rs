@@ -1105,3 +1105,34 @@ fn a_node_stopped_gracefully_lets_its_users_reconnect_elsewhere_at_once() {
     again.say("back");
     assert_eq!(next_ack(&mut again), json!({"status": true}));
 }
+
+/// A socket whose session ends while its join is on the way to Redis must not leave
+/// the user online in the cluster (they could never connect again: 409).
+#[test]
+fn a_join_that_cannot_open_does_not_leave_the_user_online() {
+    let Some((redis, nodes)) = cluster("a_join_that_cannot_open", 2, &[]) else { return };
+    let key = nodes[0].register("quitter");
+    let cookie = nodes[0].login(&key);
+    // Writes wait while Redis is paused: the join is sent and hangs there, and the
+    // logout, on the same node, goes out after it.
+    redis.cmd(&["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let raw = |req: String| {
+        let mut s = TcpStream::connect(nodes[0].addr).unwrap();
+        s.write_all(req.as_bytes()).unwrap();
+        s
+    };
+    let upgrade = raw(format!(
+        "GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n"
+    ));
+    std::thread::sleep(Duration::from_millis(100));
+    let logout = raw(format!("GET /api/logout HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\n\r\n"));
+    let fresh = nodes[1].login(&key);
+    let mut status = 0;
+    let free = wait_for(Duration::from_secs(5), || {
+        status = ws_status(nodes[1].try_ws_at("/ws", &fresh));
+        status == 101
+    });
+    assert!(free, "the user is still held online by a socket that never opened: /ws answers {status}");
+    drop((upgrade, logout));
+}

@@ -45,7 +45,7 @@ enum Awaiting {
     /// A route's storage request: `api::finish` gives the response.
     Api(api::Pending),
     /// Cluster mode: the cluster must accept this user's WebSocket first.
-    Upgrade { session: SessionKey, accept: String, resume: Option<Resume>, user: String },
+    Upgrade { session: SessionKey, accept: String, resume: Option<Resume> },
     /// Cluster mode: the session behind the request's cookie, from Redis, before
     /// the request is routed.
     Session(Box<Request>),
@@ -189,7 +189,7 @@ impl<S: Stream> Conn<S> {
                 // socket opens when every node has heard the join.
                 let user = cx.chat.username(session).unwrap_or_default().to_owned();
                 let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
-                let awaiting = Awaiting::Upgrade { session, accept, resume, user: user.clone() };
+                let awaiting = Awaiting::Upgrade { session, accept, resume };
                 self.wait(cx, Request2::Join { name: user }, awaiting, client, keep_alive, false, logged, now);
                 false
             }
@@ -242,18 +242,13 @@ impl<S: Stream> Conn<S> {
         let pending = match w.awaiting {
             Awaiting::Api(pending) => pending,
             Awaiting::Session(req) => return self.on_session(*req, reply, w.keep_alive, cx, now),
-            Awaiting::Upgrade { session, accept, resume, user } => {
+            Awaiting::Upgrade { session, accept, resume } => {
                 let resp = match reply {
                     Reply::Joined => {
                         if let Some((started, method, path)) = &w.logged {
                             log::request(&w.client.ip, method, path, 101, started.elapsed());
                         }
                         self.upgrade(session, &accept, resume, cx, now);
-                        if !self.is_ws() {
-                            // The session ended while the join went round: give the
-                            // presence back.
-                            cx.fx.push(crate::chat::Effect::Left { user: user.into() });
-                        }
                         return Step::Yield;
                     }
                     Reply::NameTaken => Response::error(409, "already_connected"),

@@ -57,6 +57,14 @@ impl<S: Stream> Server<S> {
                 self.apply_effects(now);
                 if let Some(origin) = mine {
                     self.reply(Done { origin, reply: Reply::Joined }, now);
+                    // The client gave up meanwhile (hung up, timed out) or its session
+                    // ended: Redis must not keep it online.
+                    let opened = self.local(origin).is_some_and(|c| self.cx.chat.member_of_user(&name) == Some(c));
+                    if !opened {
+                        if let Some(cluster) = self.cx.cluster.as_mut() {
+                            cluster.left(&name);
+                        }
+                    }
                 }
                 return;
             }
