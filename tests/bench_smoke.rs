@@ -210,3 +210,75 @@ fn raw_mode_counts_frames_from_any_broadcast_server() {
     assert_eq!(load["loss"], 0, "{load}");
     assert_eq!(load["received"], load["expected_deliveries"], "self-deliveries are not counted");
 }
+
+/// One run spread over two processes, as for more clients than one process can hold:
+/// listeners connect first and only count; the sending run starts once they are in,
+/// and tells them, through the stop file, how many messages to wait for. Against one
+/// skiff named twice in `--url`, so the round-robin over nodes is exercised too.
+#[test]
+fn listeners_in_another_process_complete_the_run() {
+    let srv = Server::start();
+    let url = format!("http://{0},http://{0}", srv.addr);
+    let pid = srv.child.id().to_string();
+    let pids = format!("{pid},{pid}");
+    let dir = tempfile::tempdir().unwrap();
+    let (ready, stop) = (dir.path().join("ready"), dir.path().join("stop"));
+    let listeners = Command::new(env!("CARGO_BIN_EXE_skiff-bench"))
+        .args(["--role", "listeners", "--url", &url, "--server-pid", &pids, "--clients", "8", "--json"])
+        .args(["--timeout", "60", "--ready-file", ready.to_str().unwrap(), "--stop-file", stop.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let all = bench(&[
+        "--url",
+        &url,
+        "--server-pid",
+        &pids,
+        "--clients",
+        "6",
+        "--senders",
+        "3",
+        "--rate",
+        "10",
+        "--duration",
+        "1",
+        "--idle-secs",
+        "0.2",
+        "--timeout",
+        "60",
+        "--start-after",
+        ready.to_str().unwrap(),
+        "--done-file",
+        stop.to_str().unwrap(),
+        "--json",
+    ]);
+    let out = listeners.wait_with_output().unwrap();
+    assert!(out.status.success(), "listeners: {}", String::from_utf8_lossy(&out.stderr));
+    let l: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    assert_eq!((l["role"].as_str(), all["role"].as_str()), (Some("listeners"), Some("all")));
+    let accepted = all["load"]["accepted"].as_u64().unwrap();
+    assert!(accepted >= 20, "{all}");
+    assert_eq!(l["load"]["accepted"].as_u64(), Some(accepted), "the stop file carries the count");
+    assert_eq!(l["load"]["sent"], 0);
+    // Every accepted message reaches the 5 other senders' peers here and all 8 there.
+    assert_eq!(all["load"]["expected_deliveries"].as_u64(), Some(accepted * 5));
+    assert_eq!(l["load"]["expected_deliveries"].as_u64(), Some(accepted * 8));
+    assert_eq!((all["load"]["loss"].as_u64(), l["load"]["loss"].as_u64()), (Some(0), Some(0)));
+    // The join storm of 14 clients, 14*13/2, split between the processes.
+    assert_eq!(l["setup"]["join_events_expected"], 28, "8*7/2 before the others came");
+    let joins = l["setup"]["join_events_total"].as_u64().unwrap() + all["setup"]["join_events_total"].as_u64().unwrap();
+    assert_eq!(joins, 91, "{l} {all}");
+    // Round-robin: clients alternate between the two listed nodes.
+    for (r, clients) in [(&l, [4, 4]), (&all, [3, 3])] {
+        let nodes = r["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 2);
+        let per_node: Vec<u64> = nodes.iter().map(|n| n["clients"].as_u64().unwrap()).collect();
+        assert_eq!(per_node, clients);
+        let received: u64 = nodes.iter().map(|n| n["received"].as_u64().unwrap()).sum();
+        assert_eq!(Some(received), r["load"]["received"].as_u64());
+    }
+    assert!(all["nodes"][0]["server_cpu_s"].is_number(), "{all}");
+    assert!(all["redis"].is_null());
+}

@@ -1,12 +1,13 @@
 //! Command-line flags -> `Args`, validated; every error is one line.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 const USAGE: &str = "\
 skiff-bench: load-test a skiff server (or any WebSocket broadcast server with --raw)
 
-usage: skiff-bench [--url http://127.0.0.1:7777 | --raw ws://HOST:PORT/PATH] [options]
+usage: skiff-bench [--url http://127.0.0.1:7777[,http://...] | --raw ws://HOST:PORT/PATH] [options]
 
   --clients N        WebSocket clients to connect [100]
   --senders K        how many of them send during the load phase [10]
@@ -15,6 +16,8 @@ usage: skiff-bench [--url http://127.0.0.1:7777 | --raw ws://HOST:PORT/PATH] [op
   --idle-secs S      idle phase seconds before measuring RSS [2]
   --drain-secs S     max wait after the load for outstanding deliveries and acks [5]
   --server-pid PID   read the server's RSS and CPU time from /proc
+                     (a comma-separated list, one per --url node, in the same order)
+  --redis-pid PID    also report this Redis's CPU time (cluster mode)
   --prefix P         username prefix [random per run]
   --sources K        local source addresses 127.0.0.2.. (default: 1 per 25,000 clients)
   --setup-threads T  HTTP threads for register/login [8]
@@ -27,16 +30,38 @@ usage: skiff-bench [--url http://127.0.0.1:7777 | --raw ws://HOST:PORT/PATH] [op
   --spin             busy-poll instead of sleeping in epoll: at low rates the client's own
                      wake-ups (~10 us each) otherwise dominate the measured latency;
                      costs a full core, so use it only where one is free
+  --join-secs S      max wait for the join storm after connecting [60]
   --json             print one JSON object instead of the table
+
+Cluster (several --url nodes sharing one room): client i registers on node i%n, logs in
+on node (i+1)%n and opens its WebSocket on node i%n; senders are clients 0..K-1.
+One run may span processes (each holds at most its open-file limit of sockets):
+  --role R           all: the normal run [all]; listeners: only connects --clients
+                     receivers, counts joins and deliveries, never sends
+  --ready-file F     (listeners) created once every client is connected and joined
+  --stop-file F      (listeners) stop when F appears; it holds the number of accepted
+                     messages, and deliveries are awaited (--drain-secs) for that many
+  --start-after F    (all) wait for F (e.g. the listeners' --ready-file) before setup
+  --done-file F      (all) after the drain, write the accepted count to F (atomically)
   -h, --help
   -V, --version
 
 Every client holds one socket: N clients need an open-file limit above N (`ulimit -n`).
 ";
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Role {
+    /// Setup, idle, load, drain: the whole run.
+    All,
+    /// Receivers only, for a run spread over processes (see the usage).
+    Listeners,
+}
+
 pub struct Args {
-    /// The WebSocket server and the path to upgrade on.
+    /// The WebSocket server and the path to upgrade on (the first node).
     pub target: SocketAddr,
+    /// Every node (`--url` list), `target` first; one entry for a single node.
+    pub targets: Vec<SocketAddr>,
     pub path: String,
     /// `--raw`: no users, no acks or join events; any broadcast server.
     pub raw: bool,
@@ -46,7 +71,9 @@ pub struct Args {
     pub duration: Duration,
     pub idle: Duration,
     pub drain: Duration,
-    pub pid: Option<u32>,
+    /// `--server-pid`: none, or one per node.
+    pub pids: Vec<u32>,
+    pub redis_pid: Option<u32>,
     pub prefix: String,
     pub sources: usize,
     pub setup_threads: usize,
@@ -57,12 +84,21 @@ pub struct Args {
     pub flood_secs: Option<Duration>,
     pub json: bool,
     pub spin: bool,
+    pub join_wait: Duration,
+    pub role: Role,
+    pub ready_file: Option<PathBuf>,
+    pub stop_file: Option<PathBuf>,
+    pub start_after: Option<PathBuf>,
+    pub done_file: Option<PathBuf>,
+    /// `--senders` was given (listeners refuse senders rather than ignore them).
+    senders_given: bool,
 }
 
 impl Default for Args {
     fn default() -> Args {
         Args {
             target: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            targets: vec![SocketAddr::from(([127, 0, 0, 1], 7777))],
             path: "/ws".into(),
             raw: false,
             clients: 100,
@@ -71,7 +107,8 @@ impl Default for Args {
             duration: Duration::from_secs(10),
             idle: Duration::from_secs(2),
             drain: Duration::from_secs(5),
-            pid: None,
+            pids: Vec::new(),
+            redis_pid: None,
             prefix: String::new(),
             sources: 0,
             setup_threads: 8,
@@ -80,6 +117,13 @@ impl Default for Args {
             flood_secs: None,
             json: false,
             spin: false,
+            join_wait: Duration::from_secs(60),
+            role: Role::All,
+            ready_file: None,
+            stop_file: None,
+            start_after: None,
+            done_file: None,
+            senders_given: false,
         }
     }
 }
@@ -102,18 +146,38 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Strin
                 println!("skiff-bench {}", env!("CARGO_PKG_VERSION"));
                 return Ok(None);
             }
-            "--url" => a.target = host_port(&val()?, "http://")?.0,
+            "--url" => {
+                a.targets = list(&val()?, |u| host_port(u, "http://").map(|t| t.0))?;
+                a.target = a.targets[0];
+            }
             "--raw" => {
                 (a.target, a.path) = host_port(&val()?, "ws://")?;
+                a.targets = vec![a.target];
                 a.raw = true;
             }
             "--clients" => a.clients = num(val()?)? as usize,
-            "--senders" => a.senders = num(val()?)? as usize,
+            "--senders" => {
+                a.senders = num(val()?)? as usize;
+                a.senders_given = true;
+            }
             "--rate" => a.rate = num(val()?)?,
             "--duration" => a.duration = secs(val()?)?,
             "--idle-secs" => a.idle = secs(val()?)?,
             "--drain-secs" => a.drain = secs(val()?)?,
-            "--server-pid" => a.pid = Some(num(val()?)? as u32),
+            "--server-pid" => a.pids = list(&val()?, |p| pid(&flag, p))?,
+            "--redis-pid" => a.redis_pid = Some(pid(&flag, &val()?)?),
+            "--join-secs" => a.join_wait = secs(val()?)?,
+            "--role" => {
+                a.role = match val()?.as_str() {
+                    "all" => Role::All,
+                    "listeners" => Role::Listeners,
+                    r => return Err(format!("--role: all or listeners, not {r}")),
+                }
+            }
+            "--ready-file" => a.ready_file = Some(val()?.into()),
+            "--stop-file" => a.stop_file = Some(val()?.into()),
+            "--start-after" => a.start_after = Some(val()?.into()),
+            "--done-file" => a.done_file = Some(val()?.into()),
             "--prefix" => a.prefix = val()?,
             "--sources" => a.sources = num(val()?)? as usize,
             "--setup-threads" => a.setup_threads = (num(val()?)? as usize).max(1),
@@ -139,9 +203,48 @@ impl Args {
     }
 }
 
+/// A comma-separated list, each item parsed by `item`; empty items are errors.
+fn list<T>(v: &str, item: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
+    v.split(',')
+        .map(|s| if s.trim().is_empty() { Err(format!("{v}: empty list item")) } else { item(s.trim()) })
+        .collect()
+}
+
+fn pid(flag: &str, v: &str) -> Result<u32, String> {
+    v.parse().map_err(|_| format!("{flag}: not a process id: {v}"))
+}
+
 fn validate(mut a: Args) -> Result<Args, String> {
     if a.clients == 0 {
         return Err("--clients must be at least 1".into());
+    }
+    if !a.pids.is_empty() && a.pids.len() != a.targets.len() {
+        return Err(format!("--server-pid: {} pids for {} --url nodes (one per node)", a.pids.len(), a.targets.len()));
+    }
+    if a.targets.len() > 1 && a.flood_clients > 0 {
+        return Err("--register-flood: one --url node only".into());
+    }
+    match a.role {
+        Role::Listeners => {
+            if a.senders_given && a.senders > 0 {
+                return Err("--role listeners never sends: no --senders".into());
+            }
+            a.senders = 0;
+            if a.raw || a.flood_clients > 0 {
+                return Err("--role listeners: not with --raw or --register-flood".into());
+            }
+            if a.stop_file.is_none() {
+                return Err("--role listeners needs --stop-file (the run that sends writes it)".into());
+            }
+            if a.start_after.is_some() || a.done_file.is_some() {
+                return Err("--start-after and --done-file are for --role all".into());
+            }
+        }
+        Role::All => {
+            if a.ready_file.is_some() || a.stop_file.is_some() {
+                return Err("--ready-file and --stop-file are for --role listeners".into());
+            }
+        }
     }
     if a.sources > 250 {
         return Err("--sources: at most 250 (127.0.0.2 to 127.0.0.251)".into());
@@ -208,6 +311,17 @@ mod tests {
             (&["--register-flood", "5000"], "--register-flood"),
             (&["--register-secs", "3"], "--register-secs"),
             (&["--raw", "ws://127.0.0.1:9/", "--register-flood", "4"], "--raw"),
+            (&["--url", "http://127.0.0.1:1,http://127.0.0.1:2", "--server-pid", "5"], "one per node"),
+            (&["--url", "http://127.0.0.1:1,", "--clients", "2"], "empty list item"),
+            (&["--url", "http://127.0.0.1:1,127.0.0.1:2"], "expected http://"),
+            (&["--server-pid", "12,x"], "not a process id"),
+            (&["--redis-pid", "-3"], "not a process id"),
+            (&["--role", "senders"], "--role"),
+            (&["--role", "listeners"], "--stop-file"),
+            (&["--role", "listeners", "--stop-file", "s", "--senders", "2"], "never sends"),
+            (&["--role", "listeners", "--stop-file", "s", "--done-file", "d"], "--role all"),
+            (&["--ready-file", "r"], "--role listeners"),
+            (&["--url", "http://127.0.0.1:1,http://127.0.0.1:2", "--register-flood", "2"], "one --url"),
         ] {
             let e = parse_strs(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
             assert!(e.contains(what), "{args:?}: {e}");
@@ -220,6 +334,45 @@ mod tests {
         assert_eq!((a.flood_clients, a.flood_duration()), (64, Duration::from_secs(7)));
         let a = parse_strs(&["--register-flood", "4", "--register-secs", "2.5", "--senders", "0"]).unwrap().unwrap();
         assert_eq!((a.senders, a.flood_duration()), (0, Duration::from_millis(2500)));
+    }
+
+    #[test]
+    fn url_and_server_pid_take_lists_one_per_node() {
+        let a = parse_strs(&[
+            "--url",
+            "http://127.0.0.1:7001,http://127.0.0.1:7002, http://127.0.0.1:7003",
+            "--server-pid",
+            "11,12,13",
+            "--redis-pid",
+            "10",
+        ])
+        .unwrap()
+        .unwrap();
+        let ports: Vec<u16> = a.targets.iter().map(|t| t.port()).collect();
+        assert_eq!((ports, a.target.port(), a.path.as_str()), (vec![7001, 7002, 7003], 7001, "/ws"));
+        assert_eq!((a.pids, a.redis_pid, a.role), (vec![11, 12, 13], Some(10), Role::All));
+        // One node: as before.
+        let a = parse_strs(&["--url", "http://127.0.0.1:8", "--server-pid", "42"]).unwrap().unwrap();
+        assert_eq!((a.targets.len(), a.pids, a.redis_pid), (1, vec![42], None));
+        let a = parse_strs(&[]).unwrap().unwrap();
+        assert_eq!((a.targets, a.pids.len()), (vec![a.target], 0));
+    }
+
+    #[test]
+    fn listeners_send_nothing_and_pair_with_a_sending_run() {
+        let a =
+            parse_strs(&["--role", "listeners", "--stop-file", "/tmp/s", "--ready-file", "/tmp/r"]).unwrap().unwrap();
+        assert_eq!((a.role, a.senders), (Role::Listeners, 0));
+        assert_eq!(a.stop_file.as_deref(), Some(std::path::Path::new("/tmp/s")));
+        assert_eq!(a.ready_file.as_deref(), Some(std::path::Path::new("/tmp/r")));
+        let a = parse_strs(&["--role", "listeners", "--stop-file", "s", "--senders", "0"]).unwrap().unwrap();
+        assert_eq!(a.senders, 0);
+        let a =
+            parse_strs(&["--role", "all", "--start-after", "/tmp/r", "--done-file", "/tmp/s", "--join-secs", "300"])
+                .unwrap()
+                .unwrap();
+        assert_eq!((a.role, a.senders, a.join_wait), (Role::All, 10, Duration::from_secs(300)));
+        assert!(a.start_after.is_some() && a.done_file.is_some());
     }
 
     #[test]

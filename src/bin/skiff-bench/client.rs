@@ -34,6 +34,8 @@ struct Client {
     out: Vec<u8>,
     writable: bool,
     sent: u64,
+    /// Which `--url` node it is connected to.
+    node: usize,
 }
 
 #[derive(Default, Clone, Copy)]
@@ -61,6 +63,8 @@ pub struct Bench {
     pub sends: Sends,
     /// When the last chat message arrived (ns, `now_ns`), for the delivery rate.
     pub last_delivery_ns: u64,
+    /// Chat messages received by the clients of each node (`counts.messages` split).
+    pub node_messages: Vec<u64>,
     pub open: usize,
     pub failed: usize,
     raw: bool,
@@ -117,6 +121,7 @@ impl Bench {
             counts: Counts::default(),
             sends: Sends::default(),
             last_delivery_ns: 0,
+            node_messages: Vec::new(),
             open: 0,
             failed: 0,
             raw,
@@ -125,10 +130,10 @@ impl Bench {
         })
     }
 
-    /// Starts one more client from `source`; `request` is its upgrade request. An
-    /// error here (EMFILE, ...) is synchronous; a refused connection shows up later
-    /// as a failed client.
-    pub fn connect(&mut self, source: Ipv4Addr, to: SocketAddr, request: Vec<u8>) -> io::Result<()> {
+    /// Starts one more client from `source` to node number `node` at `to`; `request`
+    /// is its upgrade request. An error here (EMFILE, ...) is synchronous; a refused
+    /// connection shows up later as a failed client.
+    pub fn connect(&mut self, source: Ipv4Addr, node: usize, to: SocketAddr, request: Vec<u8>) -> io::Result<()> {
         let mut sock = connect_from(source, to)?;
         let token = Token(self.clients.len());
         self.poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
@@ -139,7 +144,11 @@ impl Bench {
             out: request,
             writable: false,
             sent: 0,
+            node,
         });
+        if self.node_messages.len() <= node {
+            self.node_messages.resize(node + 1, 0);
+        }
         Ok(())
     }
 
@@ -160,6 +169,7 @@ impl Bench {
     pub fn reset_load(&mut self) {
         self.hist = Histogram::new();
         self.counts.messages = 0;
+        self.node_messages.iter_mut().for_each(|m| *m = 0);
         self.last_delivery_ns = 0;
     }
 
@@ -348,6 +358,7 @@ impl Bench {
             return;
         }
         self.counts.messages += 1;
+        self.node_messages[self.clients[i].node] += 1;
         self.last_delivery_ns = now;
         if let Some(sent) = sent {
             self.hist.record(now.saturating_sub(sent));

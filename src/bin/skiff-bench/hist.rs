@@ -48,6 +48,12 @@ impl Histogram {
         self.max
     }
 
+    /// The non-empty buckets as (lower bound, count), so that runs in several
+    /// processes can be merged (scripts/bench does, for `--role listeners`).
+    pub fn buckets(&self) -> Vec<(u64, u64)> {
+        self.counts.iter().enumerate().filter(|(_, &c)| c > 0).map(|(i, &c)| (Self::value(i), c)).collect()
+    }
+
     /// The value at quantile `q` (0..=1), as the bucket's lower bound.
     pub fn quantile(&self, q: f64) -> u64 {
         if self.total == 0 {

@@ -7,23 +7,28 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Registers and logs in users `prefix0..prefixN` over keep-alive connections from
-/// several threads; returns their cookies in order.
-pub fn setup_users(base: SocketAddr, prefix: &str, n: usize, threads: usize) -> Result<Vec<String>, String> {
+/// several threads; returns their cookies in order. With several nodes, user `i`
+/// registers on node `i % n` and logs in on node `(i + 1) % n`: a cluster must accept
+/// a session begun anywhere.
+pub fn setup_users(nodes: &[SocketAddr], prefix: &str, n: usize, threads: usize) -> Result<Vec<String>, String> {
     let chunks: Vec<Vec<usize>> = (0..threads).map(|t| (t..n).step_by(threads).collect()).collect();
     let handles: Vec<_> = chunks
         .into_iter()
         .map(|ids| {
             let prefix = prefix.to_owned();
+            let nodes = nodes.to_vec();
             std::thread::spawn(move || -> Result<Vec<(usize, String)>, String> {
-                let mut http = Http::connect(base)?;
+                let mut conns: Vec<Option<Http>> = nodes.iter().map(|_| None).collect();
                 let mut out = Vec::with_capacity(ids.len());
                 for i in ids {
-                    let (status, body, _) = http.post("/api/register", &format!(r#"{{"username":"{prefix}{i}"}}"#))?;
+                    let (status, body, _) = conn(&mut conns, &nodes, i)?
+                        .post("/api/register", &format!(r#"{{"username":"{prefix}{i}"}}"#))?;
                     if status != 201 {
                         return Err(format!("register {prefix}{i}: HTTP {status} {}", String::from_utf8_lossy(&body)));
                     }
                     let key = json_str(&body, "key").ok_or("register: no key")?;
-                    let (status, _, cookie) = http.post("/api/login", &format!(r#"{{"key":"{key}"}}"#))?;
+                    let (status, _, cookie) =
+                        conn(&mut conns, &nodes, i + 1)?.post("/api/login", &format!(r#"{{"key":"{key}"}}"#))?;
                     if status != 200 {
                         return Err(format!("login {prefix}{i}: HTTP {status}"));
                     }
@@ -40,6 +45,15 @@ pub fn setup_users(base: SocketAddr, prefix: &str, n: usize, threads: usize) -> 
         }
     }
     Ok(cookies)
+}
+
+/// The keep-alive connection to node `i % n`, opened when first needed.
+fn conn<'a>(conns: &'a mut [Option<Http>], nodes: &[SocketAddr], i: usize) -> Result<&'a mut Http, String> {
+    let c = &mut conns[i % nodes.len()];
+    if c.is_none() {
+        *c = Some(Http::connect(nodes[i % nodes.len()])?);
+    }
+    Ok(c.as_mut().expect("just opened"))
 }
 
 struct Http {

@@ -5,6 +5,10 @@
 //! With `--register-flood` a registration flood runs on its own thread alongside the
 //! load phase (flood.rs), so one run shows what sign-ups do to chat latency.
 //! Every phase has a deadline; the whole run stops by itself.
+//!
+//! Several `--url` nodes (a cluster sharing one room) get the clients round-robin, and
+//! one run may span processes: `--role listeners` only connects and counts (setup,
+//! then `listen`), beside a normal run that sends; files order the two (see args.rs).
 
 mod args;
 mod client;
@@ -15,18 +19,19 @@ mod progress;
 mod report;
 mod sys;
 
-use args::Args;
+use args::{Args, Role};
 use client::Bench;
 use report::Report;
 use std::io::Write;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Handshakes under way at once: enough to keep the server's accept loop busy, few
 /// enough to stay inside its listen backlog.
 const MAX_IN_FLIGHT: usize = 256;
-/// The join storm takes ~37 s at N=19,000 (README, Performance).
-const JOIN_LIMIT: Duration = Duration::from_secs(60);
+/// How often the file handshakes between processes look for their file.
+const FILE_POLL: Duration = Duration::from_millis(50);
 const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 fn main() {
@@ -52,15 +57,62 @@ fn run(a: &Args) -> Result<Report, String> {
     sys::raise_nofile();
     sys::check_nofile(a.clients)?;
     let hard_stop = Instant::now() + a.timeout;
-    let rss_before = a.pid.and_then(sys::server_rss_kib);
+    if let Some(f) = &a.start_after {
+        progress::show("wait", &format!("waiting for {}", f.display()));
+        wait_for_file(f, hard_stop)?;
+    }
+    let rss_before = rss_of(a);
     let mut bench = Bench::new(a.raw, a.spin).map_err(|e| format!("epoll: {e}"))?;
     let setup = setup(a, &mut bench, hard_stop)?;
-    let idle = idle(a, &mut bench, rss_before, hard_stop);
-    let flood = prepare_flood(a)?;
-    let (load, flood) = load(a, &mut bench, flood, hard_stop);
+    let (idle, load, flood) = if a.role == Role::Listeners {
+        let idle = report::Idle { node_rss_before_kib: rss_before, node_rss_idle_kib: rss_of(a) };
+        if let Some(f) = &a.ready_file {
+            write_file(f, "ready\n")?;
+        }
+        (idle, listen(a, &mut bench, hard_stop)?, None)
+    } else {
+        let idle = idle(a, &mut bench, rss_before, hard_stop);
+        let flood = prepare_flood(a)?;
+        let (load, flood) = load(a, &mut bench, flood, hard_stop);
+        if let Some(f) = &a.done_file {
+            write_file(f, &format!("{}\n", load.accepted))?;
+        }
+        (idle, load, flood)
+    };
+    let joins_total = bench.counts.joins;
     let teardown_s = teardown(&mut bench);
     progress::clear();
-    Ok(Report { setup, idle, load, flood, teardown_s })
+    Ok(Report { setup, idle, load, flood, joins_total, teardown_s })
+}
+
+fn rss_of(a: &Args) -> Vec<Option<u64>> {
+    a.pids.iter().map(|&p| sys::server_rss_kib(p)).collect()
+}
+
+fn redis_cpu(a: &Args) -> Option<f64> {
+    a.redis_pid.and_then(sys::server_cpu_seconds)
+}
+
+fn spent(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
+}
+
+/// Waits (bounded) until `f` exists: the other process's signal.
+fn wait_for_file(f: &Path, until: Instant) -> Result<(), String> {
+    while !f.exists() {
+        if Instant::now() >= until {
+            return Err(format!("{} did not appear before the --timeout", f.display()));
+        }
+        std::thread::sleep(FILE_POLL);
+    }
+    Ok(())
+}
+
+/// Writes `text` to `f` at once (a temporary file, renamed), so a reader polling for
+/// `f` never sees it half written.
+fn write_file(f: &Path, text: &str) -> Result<(), String> {
+    let tmp = f.with_extension("tmp");
+    std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, f)).map_err(|e| format!("{}: {e}", f.display()))
 }
 
 // --- setup -----------------------------------------------------------------------
@@ -71,20 +123,31 @@ fn setup(a: &Args, bench: &mut Bench, hard_stop: Instant) -> Result<report::Setu
         vec![String::new(); a.clients]
     } else {
         progress::show("setup", &format!("registering {} users", a.clients));
-        http::setup_users(a.target, &a.prefix, a.clients, a.setup_threads)?
+        http::setup_users(&a.targets, &a.prefix, a.clients, a.setup_threads)?
     };
     let users_s = t0.elapsed().as_secs_f64();
+    // The join storm's cost: the servers' CPU from the first connect to the last join.
+    let (cpu0, redis0, t1) = (sys::cpu_of(&a.pids), redis_cpu(a), Instant::now());
     let connect_s = connect(a, bench, &cookies, hard_stop)?;
     let (joins_expected, joins_received) = join_storm(a, bench, hard_stop);
-    Ok(report::Setup { users_s, connect_s, joins_expected, joins_received, total_s: t0.elapsed().as_secs_f64() })
+    Ok(report::Setup {
+        users_s,
+        connect_s,
+        joins_expected,
+        joins_received,
+        joins_s: t1.elapsed().as_secs_f64(),
+        node_cpu_s: sys::cpu_spent(&cpu0, &sys::cpu_of(&a.pids)),
+        redis_cpu_s: spent(redis0, redis_cpu(a)),
+        total_s: t0.elapsed().as_secs_f64(),
+    })
 }
 
-fn upgrade_request(a: &Args, cookie: &str) -> Vec<u8> {
+fn upgrade_request(a: &Args, to: SocketAddr, cookie: &str) -> Vec<u8> {
     let cookie = if cookie.is_empty() { String::new() } else { format!("Cookie: {cookie}\r\n") };
     format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: c2tpZmYtYmVuY2gta2V5IQ==\r\n{cookie}\r\n",
-        a.path, a.target
+        a.path, to
     )
     .into_bytes()
 }
@@ -107,7 +170,8 @@ fn connect(a: &Args, bench: &mut Bench, cookies: &[String], hard_stop: Instant) 
     progress::show("connect", &format!("opening {} WebSockets", a.clients));
     bench.run(hard_stop, |b| {
         while next < a.clients && b.in_flight() < MAX_IN_FLIGHT {
-            if let Err(e) = b.connect(source(a, next), a.target, upgrade_request(a, &cookies[next])) {
+            let (node, to) = (next % a.targets.len(), a.targets[next % a.targets.len()]);
+            if let Err(e) = b.connect(source(a, next), node, to, upgrade_request(a, to, &cookies[next])) {
                 error = Some(sys::connect_error(next, a.clients, &e));
                 return true;
             }
@@ -129,21 +193,69 @@ fn connect(a: &Args, bench: &mut Bench, cookies: &[String], hard_stop: Instant) 
 }
 
 /// Waits for the join storm: each client sees everyone who connected after it,
-/// N(N-1)/2 events. Returns (expected, received).
+/// N(N-1)/2 events (clients of other processes that connect later add theirs, which
+/// the listeners' report counts but does not wait for). Returns (expected, received).
 fn join_storm(a: &Args, bench: &mut Bench, hard_stop: Instant) -> (u64, u64) {
     let n = a.clients as u64;
     let expected = if a.raw { 0 } else { n * (n - 1) / 2 };
     progress::show("joins", &format!("waiting for {expected} join events"));
-    bench.run((Instant::now() + JOIN_LIMIT).min(hard_stop), |b| b.counts.joins >= expected);
+    bench.run((Instant::now() + a.join_wait).min(hard_stop), |b| b.counts.joins >= expected);
     (expected, bench.counts.joins)
 }
 
 // --- idle, load, teardown --------------------------------------------------------
 
-fn idle(a: &Args, bench: &mut Bench, rss_before: Option<u64>, hard_stop: Instant) -> report::Idle {
+fn idle(a: &Args, bench: &mut Bench, rss_before: Vec<Option<u64>>, hard_stop: Instant) -> report::Idle {
     progress::show("idle", &format!("{} clients connected, waiting {:.1} s", bench.open, a.idle.as_secs_f64()));
     bench.run((Instant::now() + a.idle).min(hard_stop), |_| false);
-    report::Idle { rss_before_kib: rss_before, rss_idle_kib: a.pid.and_then(sys::server_rss_kib) }
+    report::Idle { node_rss_before_kib: rss_before, node_rss_idle_kib: rss_of(a) }
+}
+
+/// `--role listeners` after setup: counts deliveries until the sending run's
+/// `--done-file` (our `--stop-file`) appears with the number of accepted messages,
+/// then waits (at most `--drain-secs`) for each of them on every client.
+fn listen(a: &Args, bench: &mut Bench, hard_stop: Instant) -> Result<report::Load, String> {
+    let stop = a.stop_file.as_deref().expect("validated: listeners have a --stop-file");
+    bench.reset_load();
+    let (t0, t0_ns, cpu_self0) = (Instant::now(), sys::now_ns(), sys::own_cpu_seconds());
+    let (mut looked, mut shown) = (t0, t0);
+    progress::show("listen", &format!("{} clients listening until {} appears", bench.open, stop.display()));
+    bench.run(hard_stop, |b| {
+        if shown.elapsed() >= PROGRESS_EVERY {
+            shown = Instant::now();
+            progress::show("listen", &format!("received {}, joins {}", b.counts.messages, b.counts.joins));
+        }
+        looked.elapsed() >= FILE_POLL && {
+            looked = Instant::now();
+            stop.exists()
+        }
+    });
+    let load_s = t0.elapsed().as_secs_f64();
+    let text =
+        std::fs::read_to_string(stop).map_err(|_| format!("{} did not appear before the --timeout", stop.display()))?;
+    let accepted: u64 = text.trim().parse().map_err(|_| format!("{}: not a count: {text:?}", stop.display()))?;
+    let expected = accepted * a.clients as u64;
+    progress::show("drain", &format!("waiting up to {:.1} s for {expected} deliveries", a.drain.as_secs_f64()));
+    bench.run((Instant::now() + a.drain).min(hard_stop), |b| b.counts.messages >= expected);
+    Ok(report::Load {
+        sent: 0,
+        acked: 0,
+        nacked: 0,
+        unacked: None,
+        accepted,
+        expected,
+        received: bench.counts.messages,
+        load_s,
+        deliver_s: bench.last_delivery_ns.saturating_sub(t0_ns) as f64 / 1e9,
+        start_ns: t0_ns,
+        last_delivery_ns: bench.last_delivery_ns,
+        hist: std::mem::replace(&mut bench.hist, hist::Histogram::new()),
+        server_cpu_s: None,
+        node_cpu_s: vec![None; a.pids.len()],
+        node_received: bench.node_messages.clone(),
+        redis_cpu_s: None,
+        bench_cpu_s: sys::own_cpu_seconds() - cpu_self0,
+    })
 }
 
 /// Opens the flood's connections (if any) before the load phase, so their setup is
@@ -164,7 +276,7 @@ fn load(
     flood: Option<flood::Flood>,
     hard_stop: Instant,
 ) -> (report::Load, Option<flood::Outcome>) {
-    let cpu_server0 = a.pid.and_then(sys::server_cpu_seconds);
+    let (cpu_server0, redis0) = (sys::cpu_of(&a.pids), redis_cpu(a));
     let cpu_self0 = sys::own_cpu_seconds();
     bench.reset_load();
     let (t0, t0_ns) = (Instant::now(), sys::now_ns());
@@ -177,22 +289,28 @@ fn load(
         progress::show("flood", "waiting for the registration flood to end");
         h.join().expect("flood thread panicked")
     });
-    let server_cpu_s = match (cpu_server0, a.pid.and_then(sys::server_cpu_seconds)) {
-        (Some(x), Some(y)) => Some(y - x),
-        _ => None,
-    };
+    let node_cpu_s = sys::cpu_spent(&cpu_server0, &sys::cpu_of(&a.pids));
+    let redis_cpu_s = spent(redis0, redis_cpu(a));
+    // All nodes together (one node: that node), None unless every node was read.
+    let server_cpu_s = if node_cpu_s.is_empty() { None } else { node_cpu_s.iter().copied().sum() };
     let s = bench.sends;
     let load = report::Load {
         sent: s.sent,
         acked: s.acked,
         nacked: s.nacked,
         unacked: (!a.raw).then(|| s.sent.saturating_sub(s.acked + s.nacked)),
+        accepted: s.sent.saturating_sub(s.nacked),
         expected,
         received: bench.counts.messages,
         load_s,
         deliver_s: bench.last_delivery_ns.saturating_sub(t0_ns) as f64 / 1e9,
+        start_ns: t0_ns,
+        last_delivery_ns: bench.last_delivery_ns,
         hist: std::mem::replace(&mut bench.hist, hist::Histogram::new()),
         server_cpu_s,
+        node_cpu_s,
+        node_received: bench.node_messages.clone(),
+        redis_cpu_s,
         bench_cpu_s: sys::own_cpu_seconds() - cpu_self0,
     };
     (load, flood)

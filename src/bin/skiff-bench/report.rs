@@ -1,7 +1,7 @@
 //! What a run measured, one part per phase, printed as a table or as one JSON object
 //! (the shape scripts/bench and the smoke test read).
 
-use crate::args::Args;
+use crate::args::{Args, Role};
 use crate::flood::Outcome;
 use crate::hist::Histogram;
 use serde_json::{json, Value};
@@ -11,12 +11,18 @@ pub struct Setup {
     pub connect_s: f64,
     pub joins_expected: u64,
     pub joins_received: u64,
+    /// First connect to the last join event awaited (or the `--join-secs` limit).
+    pub joins_s: f64,
+    /// Each node's CPU seconds over `joins_s`: what the join storm cost (`--server-pid`).
+    pub node_cpu_s: Vec<Option<f64>>,
+    pub redis_cpu_s: Option<f64>,
     pub total_s: f64,
 }
 
+/// The servers' RSS before setup and when idle, per `--server-pid`.
 pub struct Idle {
-    pub rss_before_kib: Option<u64>,
-    pub rss_idle_kib: Option<u64>,
+    pub node_rss_before_kib: Vec<Option<u64>>,
+    pub node_rss_idle_kib: Vec<Option<u64>>,
 }
 
 pub struct Load {
@@ -26,13 +32,25 @@ pub struct Load {
     /// Sent, but neither acked nor refused when the drain ended (None in raw mode,
     /// where the server sends no acks).
     pub unacked: Option<u64>,
+    /// Messages the server accepted (sent - refused): each must reach every other
+    /// client. For listeners, the count the sending run wrote to the stop file.
+    pub accepted: u64,
     pub expected: u64,
     pub received: u64,
     /// The load phase, and load start to the last delivery.
     pub load_s: f64,
     pub deliver_s: f64,
+    /// Load start and the last delivery, CLOCK_MONOTONIC ns: comparable between
+    /// processes on one host, so several processes' deliveries/s can be combined.
+    pub start_ns: u64,
+    pub last_delivery_ns: u64,
     pub hist: Histogram,
+    /// All nodes' CPU over the load phase (None unless every node was read).
     pub server_cpu_s: Option<f64>,
+    pub node_cpu_s: Vec<Option<f64>>,
+    /// Deliveries to the clients of each node.
+    pub node_received: Vec<u64>,
+    pub redis_cpu_s: Option<f64>,
     pub bench_cpu_s: f64,
 }
 
@@ -42,16 +60,46 @@ pub struct Report {
     pub load: Load,
     /// The registration flood, when `--register-flood` asked for one.
     pub flood: Option<Outcome>,
+    /// Join events seen by the end of the run: for listeners, also those of the
+    /// clients other processes connected later (N(N-1)/2 summed over processes).
+    pub joins_total: u64,
     pub teardown_s: f64,
+}
+
+/// The sum over nodes, None unless every node (at least one) was read.
+fn total_f(v: &[Option<f64>]) -> Option<f64> {
+    if v.is_empty() {
+        None
+    } else {
+        v.iter().copied().sum()
+    }
 }
 
 fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
+/// The sum over nodes, None unless every node (at least one) was read.
+fn total(v: &[Option<u64>]) -> Option<u64> {
+    if v.is_empty() {
+        None
+    } else {
+        v.iter().copied().sum()
+    }
+}
+
 impl Idle {
+    /// All nodes together (one node: that node).
+    fn rss_before_kib(&self) -> Option<u64> {
+        total(&self.node_rss_before_kib)
+    }
+
+    fn rss_idle_kib(&self) -> Option<u64> {
+        total(&self.node_rss_idle_kib)
+    }
+
     fn per_client_kib(&self, clients: usize) -> Option<f64> {
-        Some(self.rss_idle_kib?.saturating_sub(self.rss_before_kib?) as f64 / clients as f64)
+        Some(self.rss_idle_kib()?.saturating_sub(self.rss_before_kib()?) as f64 / clients as f64)
     }
 }
 
@@ -70,6 +118,15 @@ impl Load {
 
     fn per_delivery_us(&self, cpu_s: f64) -> f64 {
         cpu_s * 1e6 / self.received.max(1) as f64
+    }
+
+    fn node_received(&self, node: usize) -> u64 {
+        self.node_received.get(node).copied().unwrap_or(0)
+    }
+
+    /// A node's CPU per delivery to that node's clients.
+    fn node_per_delivery_us(&self, node: usize) -> Option<f64> {
+        Some(self.node_cpu_s.get(node).copied()?? * 1e6 / self.node_received(node).max(1) as f64)
     }
 
     fn json(&self) -> Value {
@@ -93,6 +150,10 @@ impl Load {
             },
             "server_cpu_s": self.server_cpu_s,
             "server_cpu_us_per_delivery": self.server_cpu_s.map(|c| self.per_delivery_us(c)),
+            "accepted": self.accepted,
+            "start_ns": self.start_ns,
+            "last_delivery_ns": self.last_delivery_ns,
+            "latency_buckets_ns": h.buckets(),
             "bench_cpu_s": self.bench_cpu_s,
             "bench_cpu_us_per_frame": self.per_delivery_us(self.bench_cpu_s),
         })
@@ -135,10 +196,46 @@ impl Outcome {
 }
 
 impl Report {
+    /// Per node: where, how many of this process's clients, what it delivered to
+    /// them and what that cost it.
+    fn nodes_json(&self, a: &Args) -> Value {
+        let (l, s, i) = (&self.load, &self.setup, &self.idle);
+        let nodes: Vec<Value> = (0..a.targets.len())
+            .map(|n| {
+                json!({
+                    "url": format!("http://{}", a.targets[n]),
+                    "pid": a.pids.get(n),
+                    "clients": (n..a.clients).step_by(a.targets.len()).count(),
+                    "received": l.node_received(n),
+                    "server_cpu_s": l.node_cpu_s.get(n).copied().flatten(),
+                    "server_cpu_us_per_delivery": l.node_per_delivery_us(n),
+                    "join_cpu_s": s.node_cpu_s.get(n).copied().flatten(),
+                    "rss_before_kib": i.node_rss_before_kib.get(n).copied().flatten(),
+                    "rss_idle_kib": i.node_rss_idle_kib.get(n).copied().flatten(),
+                })
+            })
+            .collect();
+        Value::Array(nodes)
+    }
+
+    fn redis_json(&self, a: &Args) -> Value {
+        let Some(pid) = a.redis_pid else { return Value::Null };
+        let l = &self.load;
+        json!({
+            "pid": pid,
+            "cpu_s": l.redis_cpu_s,
+            "cpu_us_per_delivery": l.redis_cpu_s.map(|c| l.per_delivery_us(c)),
+            "join_cpu_s": self.setup.redis_cpu_s,
+        })
+    }
+
     pub fn json(&self, a: &Args) -> Value {
         let s = &self.setup;
         json!({
             "mode": if a.raw { "raw" } else { "skiff" },
+            "role": if a.role == Role::Listeners { "listeners" } else { "all" },
+            "nodes": self.nodes_json(a),
+            "redis": self.redis_json(a),
             "clients": a.clients,
             "senders": a.senders,
             "rate_per_sender": a.rate,
@@ -149,11 +246,14 @@ impl Report {
                 "connects_per_s": a.clients as f64 / s.connect_s,
                 "join_events_expected": s.joins_expected,
                 "join_events_received": s.joins_received,
+                "joins_s": s.joins_s,
+                "join_events_total": self.joins_total,
+                "join_server_cpu_s": total_f(&s.node_cpu_s),
                 "total_s": s.total_s,
             },
             "idle": {
-                "server_rss_before_kib": self.idle.rss_before_kib,
-                "server_rss_idle_kib": self.idle.rss_idle_kib,
+                "server_rss_before_kib": self.idle.rss_before_kib(),
+                "server_rss_idle_kib": self.idle.rss_idle_kib(),
                 "server_rss_per_client_kib": self.idle.per_client_kib(a.clients),
             },
             "load": self.load.json(),
@@ -165,13 +265,17 @@ impl Report {
     pub fn print_table(&self, a: &Args) {
         let (s, l, h) = (&self.setup, &self.load, &self.load.hist);
         let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
-        println!(
-            "skiff-bench: {} clients, {} senders x {} msg/s for {:.0} s",
-            a.clients,
-            a.senders,
-            a.rate,
-            a.duration.as_secs_f64()
-        );
+        if a.role == Role::Listeners {
+            println!("skiff-bench: {} clients listening (--role listeners)", a.clients);
+        } else {
+            println!(
+                "skiff-bench: {} clients, {} senders x {} msg/s for {:.0} s",
+                a.clients,
+                a.senders,
+                a.rate,
+                a.duration.as_secs_f64()
+            );
+        }
         println!(
             "  setup      users {:.2} s, connect {:.2} s ({:.0} connects/s), joins {}/{}",
             s.users_s,
@@ -182,7 +286,7 @@ impl Report {
         );
         println!(
             "  idle       server RSS {} KiB, {} KiB per client",
-            self.idle.rss_idle_kib.map_or("-".into(), |v| v.to_string()),
+            self.idle.rss_idle_kib().map_or("-".into(), |v| v.to_string()),
             opt(self.idle.per_client_kib(a.clients))
         );
         println!(
@@ -233,6 +337,52 @@ impl Report {
                 f.cpu_s * 1e6 / f.sent.max(1) as f64
             );
         }
+        if a.targets.len() > 1 || a.redis_pid.is_some() || a.role == Role::Listeners {
+            self.print_cluster(a);
+        }
         println!("  teardown   {:.2} s", self.teardown_s);
+    }
+
+    /// Lines for several nodes, Redis or a listeners run; a single-node table has none.
+    fn print_cluster(&self, a: &Args) {
+        let (s, l, i) = (&self.setup, &self.load, &self.idle);
+        let opt = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.2}"));
+        let kib = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+        if a.role == Role::Listeners {
+            println!(
+                "  listeners  no senders; {} messages accepted by the sending run, each for all {} clients here",
+                l.accepted, a.clients
+            );
+        }
+        println!(
+            "  join storm {} joins in {:.2} s from the first connect ({} by the end); server CPU {} s{}",
+            s.joins_received,
+            s.joins_s,
+            self.joins_total,
+            opt(total_f(&s.node_cpu_s)),
+            a.redis_pid.map_or(String::new(), |_| format!(", redis {} s", opt(s.redis_cpu_s)))
+        );
+        for n in 0..a.targets.len() {
+            println!(
+                "  node {:<5} {} pid {}: {} clients, received {}, CPU {} s ({} us/delivery), joins {} s, RSS {} KiB",
+                n + 1,
+                a.targets[n],
+                a.pids.get(n).map_or("-".into(), |p| p.to_string()),
+                (n..a.clients).step_by(a.targets.len()).count(),
+                l.node_received(n),
+                opt(l.node_cpu_s.get(n).copied().flatten()),
+                opt(l.node_per_delivery_us(n)),
+                opt(s.node_cpu_s.get(n).copied().flatten()),
+                kib(i.node_rss_idle_kib.get(n).copied().flatten())
+            );
+        }
+        if let Some(pid) = a.redis_pid {
+            println!(
+                "  redis      pid {pid}: CPU {} s ({} us/delivery), joins {} s",
+                opt(l.redis_cpu_s),
+                opt(l.redis_cpu_s.map(|c| l.per_delivery_us(c))),
+                opt(s.redis_cpu_s)
+            );
+        }
     }
 }

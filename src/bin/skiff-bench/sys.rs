@@ -28,6 +28,16 @@ pub fn server_cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64)
 }
 
+/// `server_cpu_seconds` of each pid, in order.
+pub fn cpu_of(pids: &[u32]) -> Vec<Option<f64>> {
+    pids.iter().map(|&p| server_cpu_seconds(p)).collect()
+}
+
+/// CPU seconds spent between two `cpu_of` readings, per process.
+pub fn cpu_spent(before: &[Option<f64>], after: &[Option<f64>]) -> Vec<Option<f64>> {
+    before.iter().zip(after).map(|(b, a)| Some(a.as_ref()? - b.as_ref()?)).collect()
+}
+
 pub fn server_rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()
