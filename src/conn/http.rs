@@ -29,13 +29,18 @@ pub struct HttpPhase {
     waiting: Option<Box<Waiting>>,
 }
 
-/// What answering a request that waits on storage still needs.
+/// A request handed on, and what answering it still needs.
 struct Waiting {
     awaiting: Awaiting,
+    asked: Asked,
+    until: Instant,
+}
+
+/// How the request that waits was asked.
+struct Asked {
     client: proxy::Client,
     keep_alive: bool,
     head: bool,
-    until: Instant,
     /// Method and path, kept only when requests are logged.
     logged: Option<(Instant, String, String)>,
 }
@@ -165,10 +170,15 @@ impl<S: Stream> Conn<S> {
         let client = proxy::client(&req, self.peer_ip, self.sock.is_secure(), &cx.cfg.trusted_proxies);
         self.metered = cx.metered(&client);
         let keep_alive = req.keep_alive() && !cx.shutting_down;
+        let asked = |head| Asked {
+            client,
+            keep_alive,
+            head,
+            logged: started.map(|t| (t, req.method.clone(), req.path().to_owned())),
+        };
         if let Some(id_hash) = session_to_fetch(&req, cx).filter(|_| fetch_session) {
-            let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
-            let awaiting = Awaiting::Session(Box::new(req));
-            self.wait(cx, Request2::Session { id_hash }, awaiting, client, keep_alive, false, logged, now);
+            let asked = asked(false);
+            self.wait(cx, Request2::Session { id_hash }, Awaiting::Session(Box::new(req)), asked, now);
             return false;
         }
         match self.route(&req, client, cx, now) {
@@ -179,18 +189,15 @@ impl<S: Stream> Conn<S> {
                 self.answer(&resp, keep_alive, req.method == "HEAD", cx, now)
             }
             Outcome::Store { request, pending } => {
-                let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
-                let head = req.method == "HEAD";
-                self.wait(cx, request, Awaiting::Api(pending), client, keep_alive, head, logged, now);
+                self.wait(cx, request, Awaiting::Api(pending), asked(req.method == "HEAD"), now);
                 false
             }
             Outcome::Upgrade { session, accept, resume } if cx.cluster.is_some() => {
                 // One WebSocket per user in the whole cluster: Redis decides, and the
                 // socket opens when every node has heard the join.
-                let user = cx.chat.username(session).unwrap_or_default().to_owned();
-                let logged = started.map(|t| (t, req.method.clone(), req.path().to_owned()));
+                let name = cx.chat.username(session).unwrap_or_default().to_owned();
                 let awaiting = Awaiting::Upgrade { session, accept, resume };
-                self.wait(cx, Request2::Join { name: user }, awaiting, client, keep_alive, false, logged, now);
+                self.wait(cx, Request2::Join { name }, awaiting, asked(false), now);
                 false
             }
             Outcome::Upgrade { session, accept, resume } => {
@@ -204,21 +211,10 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Hands `request` on and answers nothing more until its reply comes.
-    #[allow(clippy::too_many_arguments)]
-    fn wait(
-        &mut self,
-        cx: &mut Cx,
-        request: Request2,
-        awaiting: Awaiting,
-        client: proxy::Client,
-        keep_alive: bool,
-        head: bool,
-        logged: Option<(Instant, String, String)>,
-        now: Instant,
-    ) {
+    fn wait(&mut self, cx: &mut Cx, request: Request2, awaiting: Awaiting, asked: Asked, now: Instant) {
         cx.submit(Origin { conn: self.key, generation: self.generation }, request);
         let until = now + STORAGE_TIMEOUT;
-        self.http().waiting = Some(Box::new(Waiting { awaiting, client, keep_alive, head, until, logged }));
+        self.http().waiting = Some(Box::new(Waiting { awaiting, asked, until }));
     }
 
     /// Queues `resp`; closes after it unless the connection stays open. Returns true
@@ -239,27 +235,21 @@ impl<S: Stream> Conn<S> {
         // Gone after a storage timeout: its 503 has been sent.
         let Some(w) = h.waiting.take() else { return Step::Wait };
         h.deadline = now + if self.input.is_empty() { KEEPALIVE_TIMEOUT } else { REQUEST_TIMEOUT };
-        let pending = match w.awaiting {
+        let Waiting { awaiting, asked, .. } = *w;
+        let pending = match awaiting {
             Awaiting::Api(pending) => pending,
-            Awaiting::Session(req) => return self.on_session(*req, reply, w.keep_alive, cx, now),
+            Awaiting::Session(req) => return self.on_session(*req, reply, &asked, cx, now),
             Awaiting::Upgrade { session, accept, resume } => {
                 let resp = match reply {
                     Reply::Joined => {
-                        if let Some((started, method, path)) = &w.logged {
-                            log::request(&w.client.ip, method, path, 101, started.elapsed());
-                        }
+                        asked.log(101);
                         self.upgrade(session, &accept, resume, cx, now);
                         return Step::Yield;
                     }
                     Reply::NameTaken => Response::error(409, "already_connected"),
                     _ => Response::error(503, "storage_unavailable"),
                 };
-                if let Some((started, method, path)) = &w.logged {
-                    log::request(&w.client.ip, method, path, resp.status, started.elapsed());
-                }
-                self.answer(&resp, w.keep_alive, false, cx, now);
-                self.readable = true;
-                return Step::Yield;
+                return self.answer_waited(&asked, &resp, cx, now);
             }
         };
         let mut ctx = api::Ctx {
@@ -267,23 +257,26 @@ impl<S: Stream> Conn<S> {
             cfg: &cx.cfg.api,
             now,
             fx: &mut cx.fx,
-            client: w.client,
+            client: asked.client,
             metered: self.metered,
             limits: &mut cx.rate_limits,
             server: ServerState::empty(),
         };
         let resp = api::finish(pending, reply, &mut ctx);
-        if let Some((started, method, path)) = &w.logged {
-            log::request(&w.client.ip, method, path, resp.status, started.elapsed());
-        }
-        self.answer(&resp, w.keep_alive, w.head, cx, now);
+        self.answer_waited(&asked, &resp, cx, now)
+    }
+
+    /// The answer to a request that waited, then whatever was pipelined behind it.
+    fn answer_waited(&mut self, asked: &Asked, resp: &Response, cx: &mut Cx, now: Instant) -> Step {
+        asked.log(resp.status);
+        self.answer(resp, asked.keep_alive, asked.head, cx, now);
         // Requests pipelined behind this one, and the socket's unread bytes.
         self.readable = true;
         Step::Yield
     }
 
     /// Cluster mode: Redis said whose the request's session is; now route it.
-    fn on_session(&mut self, req: Request, reply: Reply, keep_alive: bool, cx: &mut Cx, now: Instant) -> Step {
+    fn on_session(&mut self, req: Request, reply: Reply, asked: &Asked, cx: &mut Cx, now: Instant) -> Step {
         match reply {
             Reply::Session(Some((user, ms_left))) => {
                 if let Some(cookie) = api::session_cookie(&req) {
@@ -292,12 +285,7 @@ impl<S: Stream> Conn<S> {
                 }
             }
             Reply::Session(None) => {}
-            _ => {
-                let resp = Response::error(503, "storage_unavailable");
-                self.answer(&resp, keep_alive, req.method == "HEAD", cx, now);
-                self.readable = true;
-                return Step::Yield;
-            }
+            _ => return self.answer_waited(asked, &Response::error(503, "storage_unavailable"), cx, now),
         }
         // Known now (or unknown to Redis too: the route answers 401).
         self.handle_request(req, cx, now, false);
@@ -383,4 +371,13 @@ fn session_to_fetch(req: &Request, cx: &Cx) -> Option<[u8; 32]> {
     let cookie = api::session_cookie(req).filter(|_| authenticated)?;
     (cookie.len() == crate::chat::session::SESSION_ID_LEN && !cx.chat.knows_session(cookie))
         .then(|| session_id_hash(cookie))
+}
+
+impl Asked {
+    /// The request's log line, once its status is known.
+    fn log(&self, status: u16) {
+        if let Some((started, method, path)) = &self.logged {
+            log::request(&self.client.ip, method, path, status, started.elapsed());
+        }
+    }
 }
