@@ -1136,3 +1136,34 @@ fn a_join_that_cannot_open_does_not_leave_the_user_online() {
     assert!(free, "the user is still held online by a socket that never opened: /ws answers {status}");
     drop((upgrade, logout));
 }
+
+/// A Redis with a password, and a database other than 0: the URL's password and
+/// DB are used on both links; a wrong password leaves the node degraded, not down.
+#[test]
+fn a_password_and_a_database_number_from_the_url_are_used() {
+    let Some(redis) = Redis::start_or_skip("a_password_and_a_database_number_from_the_url_are_used") else {
+        return;
+    };
+    redis.cmd(&["CONFIG", "SET", "requirepass", "s3cret"]);
+    let port = redis.url().rsplit(':').next().unwrap().to_owned();
+    let good = format!("redis://:s3cret@127.0.0.1:{port}/2");
+    let node = Node::spawn("n1", "127.0.0.1:0", &["--redis".into(), good]).unwrap_or_else(|e| panic!("{e}"));
+    let healthy = wait_for(Duration::from_secs(5), || node.health().is_some_and(|(s, _)| s == 200));
+    assert!(healthy, "/healthz with the right password: {:?}\n{}", node.health(), node.stderr());
+    let cookie = node.login(&node.register("guarded"));
+    let mut ws = node.ws(&cookie);
+    ws.say("behind a password");
+    assert_eq!(next_ack(&mut ws), json!({"status": true}));
+    assert!(!node.stderr().contains("s3cret"), "the password never reaches the log");
+
+    let bad = format!("redis://:wrong@127.0.0.1:{port}");
+    let other = Node::spawn("n2", "127.0.0.1:0", &["--redis".into(), bad]).unwrap_or_else(|e| panic!("{e}"));
+    let degraded = wait_for(Duration::from_secs(5), || other.health().is_some_and(|(s, _)| s == 503));
+    assert!(degraded, "/healthz with a wrong password: {:?}", other.health());
+    let said = wait_for(Duration::from_secs(5), || other.stderr().contains("WRONGPASS"));
+    assert!(said, "the log names the refusal: {}", other.stderr());
+    std::thread::sleep(Duration::from_millis(2500));
+    let times = other.stderr().matches("WRONGPASS").count();
+    assert_eq!(times, 1, "said once per outage, not once per retry: {}", other.stderr());
+    assert_eq!(other.post("/api/register", r#"{"username": "nope"}"#, None).status, 503);
+}

@@ -563,7 +563,11 @@ impl Cluster {
 
     fn on_reply(&mut self, why: Pending, v: Value) -> Result<(), String> {
         if let Value::Error(e) = &v {
-            log::warn(format_args!("redis: command failed: {e}"));
+            // While connecting, a failure (a wrong password) is said once, when the
+            // link is given up, not again on every retry.
+            if self.accepting() {
+                log::warn(format_args!("redis: command failed: {e}"));
+            }
         }
         match why {
             Pending::Ignore => {}
