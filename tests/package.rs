@@ -1,8 +1,10 @@
-//! The arm64 Debian package's binary, run under qemu user emulation: health, register,
-//! login, a chat message from one WebSocket client to another, and a clean SIGTERM.
+//! The Debian packaging: the settings file and the unit agree with `skiff --help`
+//! (always), and the arm64 package's binary, run under qemu user emulation: health,
+//! register, login, a chat message from one WebSocket client to another, and a clean
+//! SIGTERM.
 //!
-//! Runs only when `SKIFF_DEB_DIR` names the directory `scripts/package` filled
-//! (`SKIFF_DEB_DIR=target/debian cargo test --test package`; `scripts/package-smoke`
+//! The qemu test runs only when `SKIFF_DEB_DIR` names the directory `scripts/package`
+//! filled (`SKIFF_DEB_DIR=target/debian cargo test --test package`; `scripts/package-smoke`
 //! and CI do so): building the packages takes minutes, too long for every `cargo test`.
 //! Once it is set, a missing package or tool fails the test, never skips it.
 //! Needs dpkg-deb, qemu-aarch64-static and Debian's arm64 C library (qemu-user-static,
@@ -100,4 +102,39 @@ fn arm64_package_chats_under_qemu() {
     let status = srv.signal(libc::SIGTERM);
     assert!(status.success(), "SIGTERM: skiff under qemu exited {status:?}\n{}", srv.stderr());
     assert_eq!(b.close_code(), Some(1001), "every WebSocket gets 1001 on shutdown");
+}
+
+/// /etc/default/skiff documents every `SKIFF_*` variable `skiff --help` lists, each
+/// commented out, so the packaged defaults are the unit's and skiff's own.
+#[test]
+fn settings_file_names_every_variable_commented() {
+    let help = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("--help").output().unwrap();
+    let help = String::from_utf8(help.stdout).unwrap();
+    let mut from_help: Vec<&str> = help.split_whitespace().filter(|w| w.starts_with("SKIFF_")).collect();
+    from_help.sort();
+    from_help.dedup();
+    assert!(from_help.len() >= 17, "--help lists the env vars: {from_help:?}");
+
+    let file = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/skiff.default")).unwrap();
+    let active: Vec<&str> = file.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')).collect();
+    assert!(active.is_empty(), "deploy/skiff.default sets {active:?}; every line is to be commented");
+    let mut in_file: Vec<&str> = file
+        .lines()
+        .filter_map(|l| l.strip_prefix('#')?.split_once('=').map(|(name, _)| name))
+        .filter(|name| name.starts_with("SKIFF_"))
+        .collect();
+    in_file.sort();
+    assert_eq!(in_file, from_help, "deploy/skiff.default has one commented line per variable of --help");
+}
+
+/// One unit for the package and the manual install: no flags to edit, settings from
+/// /etc/default/skiff, the binary where both put it.
+#[test]
+fn unit_takes_its_settings_from_the_environment_file() {
+    let unit = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/skiff.service")).unwrap();
+    let lines: Vec<&str> = unit.lines().collect();
+    assert!(lines.contains(&"ExecStart=/usr/bin/skiff"), "ExecStart is the bare /usr/bin/skiff");
+    // Required, not `-/etc/default/skiff`: a missing file fails the start instead of
+    // running without the operator's settings.
+    assert!(lines.contains(&"EnvironmentFile=/etc/default/skiff"), "the unit reads /etc/default/skiff");
 }
