@@ -136,8 +136,10 @@ fn percent_decode(s: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            // Exactly two hex digits: `u8::from_str_radix` would also take a sign
+            // (`%+f` -> 0x0F), so each digit is checked on its own.
+            let (hi, lo) = (bytes.get(i + 1)?, bytes.get(i + 2)?);
+            out.push(hex_digit(*hi)? << 4 | hex_digit(*lo)?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -145,6 +147,10 @@ fn percent_decode(s: &str) -> Option<String> {
         }
     }
     String::from_utf8(out).ok()
+}
+
+fn hex_digit(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 fn content_type(path: &Path) -> &'static str {
@@ -191,6 +197,16 @@ mod tests {
         }
         assert_eq!(safe_relative("/"), Some(PathBuf::new()));
         assert_eq!(safe_relative("/a/./b%20c.js"), Some(PathBuf::from("a/b c.js")));
+    }
+
+    #[test]
+    fn percent_escapes_take_exactly_two_hex_digits() {
+        assert_eq!(percent_decode("a%41%7e%7E"), Some("aA~~".to_owned()));
+        // A sign, a space or a missing digit is no escape at all.
+        for bad in ["%+f", "%-1", "% f", "%f", "%", "%0g", "%+0"] {
+            assert_eq!(percent_decode(bad), None, "{bad}");
+        }
+        assert_eq!(safe_relative("/a%+fb"), None);
     }
 
     #[test]

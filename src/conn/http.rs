@@ -104,7 +104,7 @@ impl<S: Stream> Conn<S> {
             if self.input.len() >= IN_CAP {
                 // Only chunked framing overhead can fill the buffer before the parser's
                 // own limits trip; the request is too large either way.
-                self.respond_error(413, "body_too_large", cx);
+                self.respond_error(413, "body_too_large", cx, now);
                 self.enter_closing(cx, now);
                 return Progress::Again;
             }
@@ -150,7 +150,7 @@ impl<S: Stream> Conn<S> {
                 }
                 Err(e) => {
                     log::debug(format_args!("{}: bad request: {e}", self.peer()));
-                    self.respond_error(e.status(), e.code(), cx);
+                    self.respond_error(e.status(), e.code(), cx, now);
                     self.enter_closing(cx, now);
                     return Served::PhaseChanged;
                 }
@@ -221,7 +221,7 @@ impl<S: Stream> Conn<S> {
     /// if the phase changed.
     fn answer(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx, now: Instant) -> bool {
         let keep_alive = keep_alive && !resp.close;
-        self.respond(resp, keep_alive, head, cx);
+        self.respond(resp, keep_alive, head, cx, now);
         if !keep_alive {
             self.enter_closing(cx, now);
         }
@@ -314,16 +314,18 @@ impl<S: Stream> Conn<S> {
         api::handle(req, &mut ctx)
     }
 
-    fn respond(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx) {
+    fn respond(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx, now: Instant) {
         *cx.stats.responses.entry(resp.status).or_default() += 1;
         let mut buf = Vec::with_capacity(256 + resp.body.len());
-        resp.write_to(&mut buf, keep_alive, head);
+        // The chat core's wall clock: the same time message timestamps carry.
+        let date = cx.date.at(cx.chat.unix_ms(now));
+        resp.write_to(&mut buf, keep_alive, head, date);
         self.out.push(Chunk::Owned(buf));
     }
 
     /// An error answer after which the connection closes.
-    pub(super) fn respond_error(&mut self, status: u16, code: &'static str, cx: &mut Cx) {
-        self.respond(&Response::error(status, code).closing(), false, false, cx);
+    pub(super) fn respond_error(&mut self, status: u16, code: &'static str, cx: &mut Cx, now: Instant) {
+        self.respond(&Response::error(status, code).closing(), false, false, cx, now);
     }
 
     /// A v2 client's first frames: the hello, then what it missed or a resync. They

@@ -11,6 +11,7 @@ mod websocket;
 use crate::api::ApiConfig;
 use crate::chat::{Chat, Effects};
 use crate::cluster::Cluster;
+use crate::http::response::DateCache;
 use crate::http::Limits;
 use crate::log;
 use crate::metrics::Stats;
@@ -101,6 +102,7 @@ pub struct Cx {
     /// Open connections, for `/metrics` (the slab's length, kept by the server).
     pub open_connections: usize,
     pub shutting_down: bool,
+    pub date: DateCache,
     scratch: Box<[u8]>,
 }
 
@@ -118,6 +120,7 @@ impl Cx {
             stats: Stats::default(),
             open_connections: 0,
             shutting_down: false,
+            date: DateCache::default(),
             scratch: vec![0u8; ws::MAX_FRAME_BYTES.max(IN_CAP)].into_boxed_slice(),
         }
     }
@@ -368,9 +371,9 @@ impl<S: Stream> Conn<S> {
             Phase::Http(h) if now >= h.deadline() => {
                 if h.is_waiting() {
                     // Storage never answered (a stopped thread): say so, and go.
-                    self.respond_error(503, "storage_unavailable", cx);
+                    self.respond_error(503, "storage_unavailable", cx, now);
                 } else if !self.input.is_empty() {
-                    self.respond_error(408, "request_timeout", cx);
+                    self.respond_error(408, "request_timeout", cx, now);
                 }
                 self.enter_closing(cx, now);
             }

@@ -5,6 +5,29 @@
 use serde::Serialize;
 use std::borrow::Cow;
 use std::io::Write;
+use std::time::{Duration, UNIX_EPOCH};
+
+/// The `Date` header's value (RFC 9110 6.6.1: an origin server with a clock sends it),
+/// formatted once per Unix second however many responses that second sees.
+#[derive(Debug, Default)]
+pub struct DateCache {
+    second: Option<i64>,
+    value: String,
+}
+
+impl DateCache {
+    /// The IMF-fixdate for the Unix time `unix_ms` (milliseconds).
+    pub fn at(&mut self, unix_ms: i64) -> &str {
+        let second = unix_ms.div_euclid(1000);
+        if self.second != Some(second) {
+            // Before 1970 only with a broken clock; the epoch is the nearest honest answer.
+            let t = UNIX_EPOCH + Duration::from_secs(second.max(0) as u64);
+            self.value = httpdate::fmt_http_date(t);
+            self.second = Some(second);
+        }
+        &self.value
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -56,15 +79,16 @@ impl Response {
     }
 
     /// Serialises the response. `keep_alive` is the connection's decision after this
-    /// response; `head` omits the body (HEAD requests) but keeps its length.
-    pub fn write_to(&self, out: &mut Vec<u8>, keep_alive: bool, head: bool) {
+    /// response; `head` omits the body (HEAD requests) but keeps its length; `date` is
+    /// the `Date` value (from a [`DateCache`]), sent on every final response.
+    pub fn write_to(&self, out: &mut Vec<u8>, keep_alive: bool, head: bool, date: &str) {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (name, value) in &self.headers {
             let _ = write!(out, "{name}: {value}\r\n");
         }
         if self.status != 101 && self.status != 100 {
-            let _ = write!(out, "Content-Length: {}\r\n", self.body.len());
+            let _ = write!(out, "Date: {date}\r\nContent-Length: {}\r\n", self.body.len());
             out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n");
             if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("Cache-Control")) {
                 out.extend_from_slice(b"Cache-Control: no-store\r\n");
@@ -114,10 +138,11 @@ mod tests {
     fn error_responses_carry_json_and_safety_headers() {
         let r = Response::error(404, "not_found");
         let mut out = Vec::new();
-        r.write_to(&mut out, true, false);
+        r.write_to(&mut out, true, false, "Sun, 06 Nov 1994 08:49:37 GMT");
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("Content-Type: application/json\r\n"));
+        assert!(text.contains("Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"));
         assert!(text.contains("Content-Length: 22\r\n"));
         assert!(text.contains("X-Content-Type-Options: nosniff\r\n"));
         assert!(text.contains("Cache-Control: no-store\r\n"));
@@ -129,10 +154,25 @@ mod tests {
     fn head_keeps_the_length_but_not_the_body() {
         let r = Response::new(200).with_body(&b"hello"[..]);
         let mut out = Vec::new();
-        r.write_to(&mut out, false, true);
+        r.write_to(&mut out, false, true, "Sun, 06 Nov 1994 08:49:37 GMT");
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn date_is_imf_fixdate_and_formatted_once_per_second() {
+        let mut dates = DateCache::default();
+        // RFC 9110's own example: 784111777 is Sun, 06 Nov 1994 08:49:37 GMT.
+        assert_eq!(dates.at(784_111_777_000), "Sun, 06 Nov 1994 08:49:37 GMT");
+        // A new format would be a new allocation while the old string is still alive,
+        // so an unchanged address means no formatting happened.
+        let first = dates.at(784_111_777_999).as_ptr();
+        assert_eq!(dates.at(784_111_777_500).as_ptr(), first, "same second: the cached string");
+        assert_eq!(dates.second, Some(784_111_777));
+        assert_eq!(dates.at(784_111_778_000), "Sun, 06 Nov 1994 08:49:38 GMT");
+        assert_eq!(dates.at(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(dates.at(-1), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 }
