@@ -9,7 +9,7 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis;
 
-use common::{read_response, wait_for, Resp, Ws, IO_TIMEOUT};
+use common::{group_members, read_response, wait_for, Resp, Ws, IO_TIMEOUT};
 use redis::Redis;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
@@ -783,21 +783,6 @@ impl Drop for Nginx {
         let _ = self.master.wait();
         wait_for(Duration::from_secs(3), || group_members(pgid).is_empty());
     }
-}
-
-/// Live (not zombie) processes in a process group, from /proc.
-fn group_members(pgid: i32) -> Vec<String> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
-    for entry in dir.flatten() {
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
-        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
-            found.push(head.replace(" (", " "));
-        }
-    }
-    found
 }
 
 /// A port free on both 127.0.0.1 and ::1, since the site listens on both.

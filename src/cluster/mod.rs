@@ -501,14 +501,7 @@ impl Cluster {
 
     fn read_cmd(&mut self) -> Result<(), String> {
         let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
-        let eof = cmd.fill()?;
-        let mut replies = Vec::new();
-        let mut used = 0;
-        while let Some((v, n)) = resp::parse(&cmd.input[used..]).map_err(|e| e.to_string())? {
-            used += n;
-            replies.push(v);
-        }
-        cmd.input.drain(..used);
+        let (replies, eof) = cmd.read_values()?;
         for v in replies {
             let (_, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
             self.on_reply(why, v)?;
@@ -521,14 +514,7 @@ impl Cluster {
 
     fn read_sub(&mut self, now: Instant) -> Result<(), String> {
         let Some(sub) = self.sub.as_mut() else { return Ok(()) };
-        let eof = sub.fill()?;
-        let mut values = Vec::new();
-        let mut used = 0;
-        while let Some((v, n)) = resp::parse(&sub.input[used..]).map_err(|e| e.to_string())? {
-            used += n;
-            values.push(v);
-        }
-        sub.input.drain(..used);
+        let (values, eof) = sub.read_values()?;
         for v in values {
             let Some(items) = v.as_array() else {
                 if let Value::Error(e) = &v {
@@ -642,6 +628,19 @@ impl Cluster {
 }
 
 impl Link {
+    /// Every whole value the socket has brought so far, and whether it has ended.
+    fn read_values(&mut self) -> Result<(Vec<Value>, bool), String> {
+        let eof = self.fill()?;
+        let mut values = Vec::new();
+        let mut used = 0;
+        while let Some((v, n)) = resp::parse(&self.input[used..]).map_err(|e| e.to_string())? {
+            used += n;
+            values.push(v);
+        }
+        self.input.drain(..used);
+        Ok((values, eof))
+    }
+
     /// Reads what the socket has; true at end of stream.
     fn fill(&mut self) -> Result<bool, String> {
         let mut chunk = [0u8; READ_CHUNK];

@@ -379,3 +379,20 @@ pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 pub fn path_exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Live (not zombie) processes in a process group, as "pid comm", from /proc: what a
+/// test that killed a group checks is gone.
+pub fn group_members(pgid: i32) -> Vec<String> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else { return found };
+    for entry in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+        // pid (comm) state ppid pgrp ...: comm may hold spaces, so split after its ')'.
+        let Some((head, rest)) = stat.rsplit_once(") ") else { continue };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[2] == pgid.to_string() {
+            found.push(head.replace(" (", " "));
+        }
+    }
+    found
+}
