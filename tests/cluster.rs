@@ -1152,3 +1152,34 @@ fn a_password_and_a_database_number_from_the_url_are_used() {
     assert_eq!(times, 1, "said once per outage, not once per retry: {}", other.stderr());
     assert_eq!(other.post("/api/register", r#"{"username": "nope"}"#, None).status, 503);
 }
+
+/// How often the process's main thread has gone to sleep and woken, from /proc.
+fn wakeups(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).expect("the node is running");
+    let line = status.lines().find(|l| l.starts_with("voluntary_ctxt_switches:")).expect("a switch count");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Stopping while Redis is down: nothing to hand back and no reconnects, so the loop
+/// sleeps while the last socket lingers, instead of waking every millisecond for a
+/// retry time that has passed.
+#[test]
+fn a_node_stopped_while_redis_is_down_sleeps_until_it_exits() {
+    let Some((mut redis, mut nodes)) = cluster("a_node_stopped_while_redis_is_down", 1, &[]) else { return };
+    let cookie = nodes[0].login(&nodes[0].register("lingerer"));
+    // This client never answers the close: the node waits out its linger for it.
+    let _ws = nodes[0].ws(&cookie);
+    redis.kill9();
+    let degraded = wait_for(Duration::from_secs(5), || nodes[0].health().is_some_and(|(s, _)| s == 503));
+    assert!(degraded, "degraded once Redis is gone");
+    let pid = nodes[0].child.id();
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    std::thread::sleep(Duration::from_millis(200));
+    let before = wakeups(pid);
+    std::thread::sleep(Duration::from_millis(1000));
+    let woke = wakeups(pid) - before;
+    assert!(woke < 50, "the loop woke {woke} times in a second of shutdown with nothing to do");
+    let status = wait_exit(&mut nodes[0].child, Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}

@@ -192,10 +192,6 @@ impl Chat {
         self.replica = Some(Replica::default());
     }
 
-    pub fn is_replicated(&self) -> bool {
-        self.replica.is_some()
-    }
-
     /// The history restored from disk: its epoch, the last id given, and the
     /// retained messages oldest first (the newest `history` of them are kept).
     pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: impl IntoIterator<Item = history::Entry>) {
@@ -356,7 +352,6 @@ impl Chat {
             Some(limit) if rate_limited => Some(Bucket::full(limit, now)),
             _ => None,
         };
-        let frame = event_frame("join", &user);
         if !self.room.insert(conn, Member { session: k, bucket, v2 }) {
             return Err(JoinError::AlreadyConnected);
         }
@@ -364,7 +359,7 @@ impl Chat {
         self.sessions.touch(k, now);
         // Replicated, everyone (here too) heard this join from the channel already.
         if self.replica.is_none() {
-            fx.push(Effect::Broadcast { except: Some(conn), frame });
+            fx.push(Effect::Broadcast { except: Some(conn), frame: event_frame("join", &user) });
         }
         Ok(())
     }

@@ -360,6 +360,10 @@ impl Cluster {
 
     /// The earliest moment `on_timeout` has work.
     pub fn next_deadline(&self) -> Option<Instant> {
+        if self.stopping {
+            // No heartbeats or retries any more: only an answer that never comes.
+            return self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
+        }
         match self.state {
             State::Down => Some(self.retry_at),
             State::Connecting | State::Subscribed => Some(self.since + CONNECT_TIMEOUT),
