@@ -1183,3 +1183,23 @@ fn a_node_stopped_while_redis_is_down_sleeps_until_it_exits() {
     let status = wait_exit(&mut nodes[0].child, Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }
+
+/// A logout while Redis is down still answers 200, and is carried out once Redis is
+/// back: the session no longer works on any node.
+#[test]
+fn a_logout_while_redis_is_down_takes_effect_when_it_is_back() {
+    let Some((mut redis, nodes)) = cluster("a_logout_while_redis_is_down", 2, &[]) else { return };
+    let cookie = nodes[0].login(&nodes[0].register("leaver"));
+    assert_eq!(nodes[1].get("/api/online", Some(&cookie)).status, 200, "the session works on node 2");
+    redis.kill9();
+    let degraded = wait_for(Duration::from_secs(5), || nodes[0].health().is_some_and(|(s, _)| s == 503));
+    assert!(degraded, "degraded once Redis is gone");
+    assert_eq!(nodes[0].get("/api/logout", Some(&cookie)).status, 200, "logout always answers 200");
+    redis.restart();
+    let healthy = wait_for(RECOVERY_LIMIT, || nodes.iter().all(|n| n.health().is_some_and(|(s, _)| s == 200)));
+    assert!(healthy, "both nodes back in sync");
+    for n in &nodes {
+        let status = n.get("/api/online", Some(&cookie)).status;
+        assert_eq!(status, 401, "the session logged out during the outage, on node {}", n.name);
+    }
+}

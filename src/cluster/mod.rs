@@ -55,6 +55,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bytes of commands queued for a Redis that does not read: past this it is down.
 const OUT_LIMIT: usize = 64 << 20;
 const READ_CHUNK: usize = 64 * 1024;
+/// Logouts kept while Redis is down (32 bytes each).
+const MAX_DEFERRED_LOGOUTS: usize = 65_536;
 
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
@@ -206,10 +208,6 @@ impl Cluster {
         }
     }
 
-    pub fn node_id(&self) -> &str {
-        &self.node
-    }
-
     /// Connected and in sync: `/healthz` says ok.
     pub fn is_up(&self) -> bool {
         self.state == State::Up
@@ -239,7 +237,10 @@ impl Cluster {
         if !self.accepting() {
             let reply = match request {
                 Request::Logout { id_hash } => {
-                    self.deferred_logouts.push(id_hash);
+                    // Bounded: past this an outage's logouts are left to the sessions' TTL.
+                    if self.deferred_logouts.len() < MAX_DEFERRED_LOGOUTS {
+                        self.deferred_logouts.push(id_hash);
+                    }
                     Reply::LoggedOut
                 }
                 _ => Reply::Unavailable,
