@@ -310,10 +310,7 @@ fn metrics(ctx: &Ctx) -> Response {
         broadcast_backlog_bytes: ctx.server.broadcast_backlog_bytes,
         history_messages: ctx.chat.history().len() as u64,
         history_bytes: ctx.chat.history().bytes() as u64,
-        cluster: ctx
-            .server
-            .cluster
-            .map(|g| metrics::ClusterGauges { online_users: ctx.chat.online_count() as u64, ..g }),
+        cluster: ctx.server.cluster,
     });
     Response::new(200).header("Content-Type", "text/plain; version=0.0.4").with_body(text.into_bytes())
 }

@@ -399,7 +399,7 @@ impl<S: Stream> Server<S> {
         self.cx.shutting_down = true;
         if let Some(cluster) = self.cx.cluster.as_mut() {
             // One command for all of this node's users, instead of a leave each.
-            cluster.stop(now);
+            cluster.stop();
         }
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {

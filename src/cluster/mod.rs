@@ -199,10 +199,11 @@ impl Cluster {
         }
     }
 
-    pub fn gauges(&self) -> crate::metrics::ClusterGauges {
+    /// For `/metrics`; `online_users` is the replica's count.
+    pub fn gauges(&self, online_users: u64) -> crate::metrics::ClusterGauges {
         crate::metrics::ClusterGauges {
             up: self.is_up(),
-            online_users: 0,
+            online_users,
             pending_commands: self.pending.len() as u64,
             syncs: self.syncs,
         }
@@ -305,10 +306,9 @@ impl Cluster {
 
     /// A graceful stop: this node's users leave the cluster now. Nothing is sent
     /// after it; `is_idle` says when Redis has answered.
-    pub fn stop(&mut self, now: Instant) {
+    pub fn stop(&mut self) {
         if self.accepting() {
             self.send(&fcall("skiff_stop", &[PREFIX, &self.node]), Pending::Ignore);
-            self.flush(now);
         }
         self.stopping = true;
     }
@@ -386,7 +386,7 @@ impl Cluster {
                     return self.lost("a reply took over 5 s", now);
                 }
                 if self.stopping {
-                    return self.flush(now);
+                    return;
                 }
                 if now >= self.heartbeat_at {
                     self.heartbeat_at = now + HEARTBEAT_EVERY;
@@ -402,7 +402,6 @@ impl Cluster {
             }
             _ => {}
         }
-        self.flush(now);
     }
 
     fn connect(&mut self, now: Instant) {
@@ -443,7 +442,6 @@ impl Cluster {
         }
         let sub = self.sub.as_mut().expect("just set");
         resp::encode(&mut sub.out, &["SUBSCRIBE", &format!("{PREFIX}room")]);
-        self.flush(now);
     }
 
     /// Both links go; everything waiting fails; the next attempt is scheduled.
@@ -484,12 +482,12 @@ impl Cluster {
             _ => Ok(()),
         };
         if let Err(e) = result {
-            return self.lost(&e, now);
+            self.lost(&e, now);
         }
-        self.flush(now);
     }
 
-    /// Writes what the links have queued; call once per loop turn.
+    /// Writes what the links have queued: the loop calls it once per turn, so every
+    /// command of a turn goes out in one write (pipelining).
     pub fn flush(&mut self, now: Instant) {
         let mut failed = None;
         for link in [self.cmd.as_mut(), self.sub.as_mut()].into_iter().flatten() {
@@ -696,18 +694,11 @@ fn parse_token(t: &str) -> Option<Origin> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    data_encoding::HEXLOWER.encode(bytes)
 }
 
 fn unhex32(s: &str) -> Option<[u8; 32]> {
-    if s.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (i, pair) in s.as_bytes().chunks(2).enumerate() {
-        out[i] = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
-    }
-    Some(out)
+    data_encoding::HEXLOWER.decode(s.as_bytes()).ok()?.try_into().ok()
 }
 
 fn session_reply(v: &Value) -> Option<(String, u64)> {

@@ -44,10 +44,6 @@ impl Value {
             _ => None,
         }
     }
-
-    pub fn is_nil(&self) -> bool {
-        matches!(self, Value::Bulk(None) | Value::Array(None))
-    }
 }
 
 /// The input is not RESP: the connection must be dropped.

@@ -5,7 +5,6 @@ use super::{Conn, Cx, Progress, Step, Stream, WsPhase, IN_CAP, KEEPALIVE_TIMEOUT
 use crate::api::{self, Outcome, Resume, ServerState};
 use crate::chat::session::id_hash as session_id_hash;
 use crate::chat::session::SessionKey;
-use crate::cluster::Cluster;
 use crate::http::{Limits, Parsed, Request, RequestParser, Response};
 use crate::log;
 use crate::outq::Chunk;
@@ -299,7 +298,7 @@ impl<S: Stream> Conn<S> {
             open_connections: cx.open_connections,
             broadcast_backlog_bytes: cx.log.bytes(),
             storage_healthy: cx.backend_healthy(),
-            cluster: cx.cluster.as_ref().map(Cluster::gauges),
+            cluster: cx.cluster.as_ref().map(|c| c.gauges(cx.chat.online_count() as u64)),
         };
         let mut ctx = api::Ctx {
             chat: &mut cx.chat,

@@ -24,8 +24,10 @@ impl<S: Stream> Server<S> {
         self.run_cluster_events(now);
     }
 
-    /// Writes the commands queued this turn to Redis (pipelined: one write each).
+    /// The end of every loop turn: whatever the turn queued for Redis (a sync
+    /// included) goes out in one write per link; a link that fails is handled now.
     pub fn flush_cluster(&mut self, now: Instant) {
+        self.run_cluster_events(now);
         if let Some(cluster) = self.cx.cluster.as_mut() {
             cluster.flush(now);
         }
