@@ -1188,18 +1188,71 @@ fn a_node_stopped_while_redis_is_down_sleeps_until_it_exits() {
 /// back: the session no longer works on any node.
 #[test]
 fn a_logout_while_redis_is_down_takes_effect_when_it_is_back() {
-    let Some((mut redis, nodes)) = cluster("a_logout_while_redis_is_down", 2, &[]) else { return };
-    let cookie = nodes[0].login(&nodes[0].register("leaver"));
+    // --static too: files come from the node's own reader thread, Redis or not.
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "<p>cluster page</p>").unwrap();
+    let static_dir = site.path().to_str().unwrap();
+    let Some((mut redis, nodes)) = cluster("a_logout_while_redis_is_down", 2, &["--static", static_dir]) else {
+        return;
+    };
+    let key = nodes[0].register("leaver");
+    let cookie = nodes[0].login(&key);
+    let unseen = nodes[0].login(&key);
     assert_eq!(nodes[1].get("/api/online", Some(&cookie)).status, 200, "the session works on node 2");
+    let mut socket = nodes[1].ws(&cookie);
     redis.kill9();
     let degraded = wait_for(Duration::from_secs(5), || nodes[0].health().is_some_and(|(s, _)| s == 503));
     assert!(degraded, "degraded once Redis is gone");
+    let page = nodes[1].get("/index.html", None);
+    assert_eq!((page.status, page.text().as_str()), (200, "<p>cluster page</p>"), "--static without Redis");
+    // Node 2 has never seen this session and cannot ask: not a 401 that logs the
+    // user out, but 503.
+    let r = nodes[1].get("/api/online", Some(&unseen));
+    assert_eq!((r.status, r.error().as_str()), (503, "storage_unavailable"));
     assert_eq!(nodes[0].get("/api/logout", Some(&cookie)).status, 200, "logout always answers 200");
     redis.restart();
     let healthy = wait_for(RECOVERY_LIMIT, || nodes.iter().all(|n| n.health().is_some_and(|(s, _)| s == 200)));
     assert!(healthy, "both nodes back in sync");
+    assert_eq!(socket.close_code(), Some(1000), "the logged-out session's socket on node 2");
     for n in &nodes {
         let status = n.get("/api/online", Some(&cookie)).status;
         assert_eq!(status, 401, "the session logged out during the outage, on node {}", n.name);
     }
+}
+
+/// Redis loses its data (a FLUSHALL here; no AOF would do the same). On their next
+/// sync the nodes notice: a user another node now holds is closed where it was before
+/// (1008), a socket whose session Redis no longer knows is closed (1000: register
+/// again), and a new epoch names the new history.
+#[test]
+fn after_redis_loses_its_data_the_nodes_close_what_it_no_longer_knows() {
+    let Some((redis, nodes)) = cluster("after_redis_loses_its_data", 2, &[]) else { return };
+    let keep = nodes[0].login(&nodes[0].register("keep"));
+    let twin = nodes[0].login(&nodes[0].register("twin"));
+    let mut k = nodes[0].ws(&keep);
+    let mut t = nodes[0].ws(&twin);
+    assert_eq!(k.recv(), json!({"event": "join", "username": "twin"}));
+    let old_epoch = nodes[0].get("/api/history", Some(&keep)).json()["epoch"].as_str().unwrap().to_owned();
+
+    redis.cmd(&["FLUSHALL"]);
+    // "twin" is gone from Redis: registered again on node 2, it can connect there.
+    let twin2 = nodes[1].login(&nodes[1].register("twin"));
+    let mut t2 = nodes[1].ws(&twin2);
+    // Every node's subscriber link drops; they reconnect and sync.
+    redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+    assert_eq!(t.close_code(), Some(1008), "node 1 closes the twin socket node 2 now holds");
+    assert_eq!(k.close_code(), Some(1000), "a socket whose session Redis lost is closed");
+    let synced = |n: &Node| n.get("/metrics", None).text().contains("\nskiff_cluster_syncs_total 2\n");
+    assert!(wait_for(RECOVERY_LIMIT, || nodes.iter().all(synced)), "both nodes resynced");
+    let mut online = Value::Null;
+    let settled = wait_for(RECOVERY_LIMIT, || {
+        online = nodes[1].online(&twin2);
+        online == json!(["twin"])
+    });
+    assert!(settled, "only the socket Redis knows is online: {online}");
+    assert_eq!(nodes[0].get("/api/online", Some(&keep)).status, 401, "the lost session is gone on node 1 too");
+    let new_epoch = nodes[1].get("/api/history", Some(&twin2)).json()["epoch"].as_str().unwrap().to_owned();
+    assert_ne!(new_epoch, old_epoch, "a lost history gets a new epoch");
+    t2.say("after the loss");
+    assert_eq!(next_ack(&mut t2), json!({"status": true}));
 }

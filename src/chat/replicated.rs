@@ -57,6 +57,12 @@ impl Chat {
         self.sessions.restore(id_hash, name, active)
     }
 
+    /// After a sync: drops every cached session without a socket here (Redis is
+    /// asked again when one is next used); returns the id hashes of the others.
+    pub fn forget_sessions_without_socket(&mut self) -> Vec<[u8; 32]> {
+        self.sessions.retain_with_socket()
+    }
+
     /// Someone joined, on any node. The joiner (if it is ours) is not a member yet:
     /// it hears no join of its own.
     pub fn apply_join(&mut self, name: &str, fx: &mut Effects) {

@@ -389,6 +389,20 @@ impl Sessions {
         }
     }
 
+    /// Removes every session without a socket; returns the id hashes of those kept.
+    pub fn retain_with_socket(&mut self) -> Vec<[u8; 32]> {
+        let idle: Vec<SessionKey> = self
+            .slab
+            .iter()
+            .filter(|(_, s)| s.socket == NONE)
+            .map(|(key, s)| SessionKey { key, generation: s.generation })
+            .collect();
+        for k in idle {
+            self.remove(k);
+        }
+        self.slab.iter().map(|(_, s)| s.id_hash).collect()
+    }
+
     /// Changes to write since the last call, oldest first.
     pub fn take_changes(&mut self) -> Vec<SessionChange> {
         std::mem::take(&mut self.changes)

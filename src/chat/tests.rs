@@ -349,6 +349,23 @@ mod replicated {
     }
 
     #[test]
+    fn after_a_sync_only_sessions_with_a_socket_here_stay_cached() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (replica(), vec![]);
+        let with_socket = member(&mut chat, "al", 1, false, t0, &mut fx);
+        let idle = chat.login("al", t0, &mut fx).unwrap();
+        let (_, hash) = chat.new_session_id();
+        assert!(chat.adopt_session(hash, "bo", Duration::from_secs(30), t0));
+        fx.clear();
+        let kept = chat.forget_sessions_without_socket();
+        assert_eq!(kept, [session::id_hash(&with_socket)], "only the member's session is asked about");
+        assert!(chat.knows_session(&with_socket));
+        assert!(!chat.knows_session(&idle), "fetched from Redis again when next used");
+        assert!(fx.is_empty(), "forgetting a cached session ends nothing");
+        assert!(chat.members_have_sessions());
+    }
+
+    #[test]
     fn a_snapshot_tells_local_members_what_they_missed() {
         let t0 = Instant::now();
         let (mut chat, mut fx) = (replica(), vec![]);

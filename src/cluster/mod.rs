@@ -105,6 +105,9 @@ pub enum Event {
 enum Pending {
     Conn(Origin, Expect),
     Publish(Origin),
+    /// A session with a socket here, checked after a sync: it may have ended while
+    /// this node was not listening.
+    Check([u8; 32]),
     Sync,
     Ignore,
 }
@@ -160,8 +163,6 @@ pub struct Cluster {
     reap_at: Instant,
     /// The outage was logged (once per outage, not per retry).
     outage_logged: bool,
-    /// The epoch to use if Redis has none (a new history).
-    epoch_candidate: String,
     syncs: u64,
     /// `stop` was called: no more leaves, no reconnects.
     stopping: bool,
@@ -173,8 +174,6 @@ impl Cluster {
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw).expect("the OS CSPRNG is available");
         let node = hex(&raw);
-        getrandom::fill(&mut raw).expect("the OS CSPRNG is available");
-        let epoch_candidate = hex(&raw[..6]);
         Cluster {
             cfg,
             node,
@@ -193,7 +192,6 @@ impl Cluster {
             heartbeat_at: now,
             reap_at: now,
             outage_logged: false,
-            epoch_candidate,
             syncs: 0,
             stopping: false,
         }
@@ -318,6 +316,14 @@ impl Cluster {
         self.pending.is_empty()
     }
 
+    /// After a sync: is this session (one with a socket here) still in Redis? An
+    /// end this node missed while away comes back as `Event::SessionEnded`.
+    pub fn check_session(&mut self, id_hash: &[u8; 32]) {
+        if self.accepting() {
+            self.send(&fcall("skiff_session", &[PREFIX, &hex(id_hash)]), Pending::Check(*id_hash));
+        }
+    }
+
     /// Activity on a session: Redis keeps it a full TTL (+ the save slack) from now.
     pub fn renew(&mut self, id_hash: &[u8; 32]) {
         if self.accepting() {
@@ -340,7 +346,12 @@ impl Cluster {
         }
         let ttl = NODE_TTL.as_millis().to_string();
         let keep = self.cfg.history.to_string();
-        let mut args: Vec<String> = vec![PREFIX.into(), self.node.clone(), ttl, self.epoch_candidate.clone(), keep];
+        // Drawn anew each time: if Redis lost its data since the last sync, the
+        // history is a new one and must not get the old epoch back.
+        let mut fresh = [0u8; 6];
+        getrandom::fill(&mut fresh).expect("the OS CSPRNG is available");
+        let epoch = hex(&fresh);
+        let mut args: Vec<String> = vec![PREFIX.into(), self.node.clone(), ttl, epoch, keep];
         for (name, origin) in users {
             args.extend([name.to_ascii_lowercase(), name.clone(), token(*origin)]);
         }
@@ -470,7 +481,7 @@ impl Cluster {
         match p {
             Pending::Conn(origin, _) => self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable })),
             Pending::Publish(origin) => self.events.push_back(Event::Unavailable(origin)),
-            Pending::Sync | Pending::Ignore => {}
+            Pending::Check(_) | Pending::Sync | Pending::Ignore => {}
         }
     }
 
@@ -560,6 +571,12 @@ impl Cluster {
         }
         match why {
             Pending::Ignore => {}
+            Pending::Check(id_hash) => {
+                if matches!(v, Value::Bulk(None)) {
+                    // Logged out (or evicted) elsewhere while this node was away.
+                    self.events.push_back(Event::SessionEnded { id_hash, code: crate::ws::close::NORMAL });
+                }
+            }
             Pending::Publish(origin) => {
                 if !matches!(v, Value::Int(_)) {
                     self.events.push_back(Event::Unavailable(origin));

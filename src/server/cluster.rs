@@ -83,6 +83,15 @@ impl<S: Stream> Server<S> {
             }
             Event::Synced { snapshot, taken } => {
                 self.cx.chat.apply_snapshot(snapshot, &mut self.cx.fx);
+                // Session ends published while this node was away were missed: cached
+                // sessions are fetched again when next used, and those with a socket
+                // here are asked after now.
+                let with_socket = self.cx.chat.forget_sessions_without_socket();
+                if let Some(cluster) = self.cx.cluster.as_mut() {
+                    for id_hash in &with_socket {
+                        cluster.check_session(id_hash);
+                    }
+                }
                 for user in taken {
                     if let Some(conn) = self.cx.chat.member_of_user(&user) {
                         log::warn(format_args!("{user} is online on another node now; closing the socket here"));
