@@ -288,9 +288,16 @@ impl Cluster {
             self.events.push_back(Event::Unavailable(origin));
             return;
         }
-        let keep = self.cfg.history.to_string();
-        let args = fcall("skiff_message", &[PREFIX, &self.node, &token(origin), author, text, &keep]);
-        self.send(&args, Pending::Publish(origin));
+        let (token, keep) = (token(origin), self.cfg.history.to_string());
+        // Encoded straight from the borrowed text: this runs for every message.
+        let args = ["FCALL", "skiff_message", "0", PREFIX, &self.node, &token, author, text, &keep];
+        match self.cmd.as_mut() {
+            Some(cmd) => {
+                resp::encode(&mut cmd.out, &args);
+                self.pending.push_back((Instant::now(), Pending::Publish(origin)));
+            }
+            None => self.events.push_back(Event::Unavailable(origin)),
+        }
     }
 
     /// A WebSocket here closed. Lost while Redis is down: the sync on reconnect
