@@ -37,6 +37,28 @@ impl Cx {
         restored
     }
 
+    /// A clean stop: the unused part of the id reservation is given back, so the next
+    /// start continues right after the last message and no resume has to resync.
+    /// Queued behind every message write, so it never commits before them.
+    pub fn release_ids(&mut self) {
+        if self.cluster.is_none() && self.chat.history().reserved() != u64::MAX {
+            self.storage.persist(Write::ReserveIds { through: self.chat.history().last_id() });
+        }
+    }
+
+    /// Takes in what the storage writer committed: held acks go to their senders,
+    /// durable reservations free more ids.
+    pub fn on_commits(&mut self) {
+        while let Some(c) = self.storage.take_commit() {
+            if let Some(through) = c.reserved_through {
+                self.chat.on_reserved(through, c.ok);
+            }
+            if let Some(through) = c.messages_through {
+                self.chat.on_committed(through, c.ok, &mut self.fx);
+            }
+        }
+    }
+
     /// Hands the chat core's session changes and new messages to the writer (it
     /// batches them into its next commit).
     pub fn persist_changes(&mut self) {
@@ -50,6 +72,9 @@ impl Cx {
                 }
             }
             return;
+        }
+        if let Some(through) = self.chat.wants_reservation() {
+            self.storage.persist(Write::ReserveIds { through });
         }
         let keep = self.chat.history().cap() as u64;
         for m in self.chat.take_new_messages() {

@@ -2,6 +2,7 @@
 //! events and the clock into calls on `Server`, flushes once per turn, and sleeps
 //! until the next event or deadline. It decides nothing about any protocol.
 
+use crate::chat::history::RESERVE_BLOCK;
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::log;
@@ -251,10 +252,24 @@ impl Reactor {
 fn single_node(cfg: &Config, mut store: Store, waker: Arc<Waker>) -> Result<Server<Transport>, String> {
     let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
     let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
-    let (messages, last_id) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
+    let (messages, last_stored) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
+    // After a crash the reservation runs past the last stored message: ids up to it
+    // may have been seen live, so the next one follows it.
+    let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
+    let last_id = last_stored.max(reserved);
+    let first_block = last_id + RESERVE_BLOCK;
+    Storage::reserve_now(&mut store, first_block).map_err(|e| format!("cannot reserve message ids: {e}"))?;
     let storage = Storage::spawn(store, &cfg.db, waker, Duration::ZERO).map_err(|e| e.to_string())?;
     let mut server = Server::new(ServerConfig::from_config(cfg), storage);
     server.cx.restore_history(&epoch, last_id, messages);
+    server.cx.chat.set_reserved_ids(first_block);
+    // With history off no message is stored and the reservation alone carries the id.
+    if reserved > last_stored && cfg.history > 0 {
+        log::warn(format_args!(
+            "the last stop was not clean: message ids {}..={reserved} are skipped, resumes from before them resync",
+            last_stored + 1
+        ));
+    }
     let restored = server.cx.restore_sessions(saved, Instant::now());
     if restored > 0 {
         log::info(format_args!("{restored} sessions restored"));

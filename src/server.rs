@@ -63,6 +63,8 @@ impl<S: Stream> Server<S> {
         while let Some(done) = self.cx.storage.take_done() {
             self.reply(done, now);
         }
+        self.cx.on_commits();
+        self.apply_effects(now);
     }
 
     /// Hands a storage (or Redis) reply to the connection waiting on it, if it is
@@ -397,6 +399,7 @@ impl<S: Stream> Server<S> {
         log::info(format_args!("shutting down: closing {} connections", self.conns.len()));
         self.shutdown = Some(now + SHUTDOWN_GRACE);
         self.cx.shutting_down = true;
+        self.cx.release_ids();
         if let Some(cluster) = self.cx.cluster.as_mut() {
             // One command for all of this node's users, instead of a leave each.
             cluster.stop();

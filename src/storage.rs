@@ -78,6 +78,33 @@ pub enum Reply {
     Joined,
 }
 
+/// What one group commit made durable (or failed to), reported to the loop so the
+/// senders' acks and the id reservation can follow the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Commit {
+    /// The highest chat message id in the batch.
+    pub messages_through: Option<u64>,
+    /// The id reservation the batch wrote.
+    pub reserved_through: Option<u64>,
+    /// The transaction committed; false: nothing of it was applied.
+    pub ok: bool,
+}
+
+impl Commit {
+    /// What a batch of writes reports, if it carried messages or a reservation.
+    fn of(writes: &[Write], ok: bool) -> Option<Commit> {
+        let mut c = Commit { messages_through: None, reserved_through: None, ok };
+        for w in writes {
+            match w {
+                Write::Message { id, .. } => c.messages_through = Some(c.messages_through.map_or(*id, |m| m.max(*id))),
+                Write::ReserveIds { through } => c.reserved_through = Some(*through),
+                _ => {}
+            }
+        }
+        (c.messages_through.is_some() || c.reserved_through.is_some()).then_some(c)
+    }
+}
+
 /// A reply on its way back to the connection that asked.
 #[derive(Debug)]
 pub struct Done {
@@ -100,13 +127,14 @@ pub struct Storage {
 
 enum Mode {
     Threads(Threads),
-    Inline { store: Store, done: VecDeque<Done>, failing: bool },
+    Inline { store: Store, done: VecDeque<Done>, commits: VecDeque<Commit>, failing: bool },
 }
 
 struct Threads {
     writes: Option<Sender<WriterJob>>,
     reads: Option<Sender<ReaderJob>>,
     done: Receiver<Done>,
+    committed: Receiver<Commit>,
     writer: Option<JoinHandle<()>>,
     reader: Option<JoinHandle<()>>,
     /// Transactions the writer has committed (or tried to).
@@ -143,10 +171,12 @@ impl Storage {
         let (writes, write_rx) = mpsc::channel();
         let (reads, read_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
+        let (committed_tx, committed) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let writer = spawn_named("skiff-writer", {
             let (done_tx, waker, commits) = (done_tx.clone(), waker.clone(), commits.clone());
-            move || run_writer(writer, write_rx, done_tx, waker, commits, commit_delay)
+            let reports = Reports { done: done_tx, committed: committed_tx, waker };
+            move || run_writer(writer, write_rx, reports, commits, commit_delay)
         })?;
         let reader = spawn_named("skiff-reader", move || run_reader(Some(reader), read_rx, done_tx, waker))?;
         Ok(Storage {
@@ -154,6 +184,7 @@ impl Storage {
                 writes: Some(writes),
                 reads: Some(reads),
                 done,
+                committed,
                 writer: Some(writer),
                 reader: Some(reader),
                 commits,
@@ -167,12 +198,14 @@ impl Storage {
     pub fn files_only(waker: Arc<dyn Wake>) -> Result<Storage, StoreError> {
         let (reads, read_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
+        let (_, committed) = mpsc::channel();
         let reader = spawn_named("skiff-reader", move || run_reader(None, read_rx, done_tx, waker))?;
         Ok(Storage {
             mode: Mode::Threads(Threads {
                 writes: None,
                 reads: Some(reads),
                 done,
+                committed,
                 writer: None,
                 reader: Some(reader),
                 commits: Arc::new(AtomicU64::new(0)),
@@ -184,7 +217,7 @@ impl Storage {
 
     /// Runs requests on the caller's thread, replies queued for `take_done`.
     pub fn inline(store: Store) -> Storage {
-        Storage { mode: Mode::Inline { store, done: VecDeque::new(), failing: false } }
+        Storage { mode: Mode::Inline { store, done: VecDeque::new(), commits: VecDeque::new(), failing: false } }
     }
 
     /// Inline mode only: make every write fail as a full disk would (tests).
@@ -210,7 +243,7 @@ impl Storage {
                     t.mark_dead();
                 }
             }
-            Mode::Inline { store, done, failing } => {
+            Mode::Inline { store, done, failing, .. } => {
                 let reply = if *failing { Reply::Unavailable } else { execute(store, request) };
                 done.push_back(Done { origin, reply });
             }
@@ -225,12 +258,10 @@ impl Storage {
                     t.mark_dead();
                 }
             }
-            Mode::Inline { store, failing, .. } => {
-                if !*failing {
-                    if let Err(e) = store.apply(std::slice::from_ref(&write)) {
-                        log::warn(format_args!("storage: session not saved: {e}"));
-                    }
-                }
+            Mode::Inline { store, failing, commits, .. } => {
+                let writes = std::slice::from_ref(&write);
+                let ok = !*failing && store.apply(writes).map_err(|e| log::warn(format_args!("storage: {e}"))).is_ok();
+                commits.extend(Commit::of(writes, ok));
             }
         }
     }
@@ -243,9 +274,23 @@ impl Storage {
         }
     }
 
+    /// The next commit report, if one has arrived.
+    pub fn take_commit(&mut self) -> Option<Commit> {
+        match &mut self.mode {
+            Mode::Threads(t) => t.committed.try_recv().ok(),
+            Mode::Inline { commits, .. } => commits.pop_front(),
+        }
+    }
+
     /// Replies are waiting (inline mode; threads announce theirs with the waker).
     pub fn has_done(&self) -> bool {
-        matches!(&self.mode, Mode::Inline { done, .. } if !done.is_empty())
+        matches!(&self.mode, Mode::Inline { done, commits, .. } if !done.is_empty() || !commits.is_empty())
+    }
+
+    /// Writes a reservation of ids on the caller's thread before the writer starts
+    /// (start-up: no id may be given before one is durable).
+    pub fn reserve_now(store: &mut Store, through: u64) -> Result<(), StoreError> {
+        store.apply(&[Write::ReserveIds { through }]).map(|_| ())
     }
 
     /// Group commits so far (each one transaction, one fsync).
@@ -329,11 +374,18 @@ pub fn execute(store: &mut Store, request: Request) -> Reply {
     })
 }
 
+/// Where the writer reports: replies to waiting requests, commit reports, and the
+/// loop's waker.
+struct Reports {
+    done: Sender<Done>,
+    committed: Sender<Commit>,
+    waker: Arc<dyn Wake>,
+}
+
 fn run_writer(
     mut store: Store,
     jobs: Receiver<WriterJob>,
-    done: Sender<Done>,
-    waker: Arc<dyn Wake>,
+    reports: Reports,
     commits: Arc<AtomicU64>,
     commit_delay: Duration,
 ) {
@@ -358,7 +410,10 @@ fn run_writer(
         if let Err(e) = &results {
             log::warn(format_args!("storage: a batch of {} writes failed: {e}", writes.len()));
         }
-        let mut replied = false;
+        let mut wake = false;
+        if let Some(c) = Commit::of(&writes, results.is_ok()) {
+            wake |= reports.committed.send(c).is_ok();
+        }
         for (i, origin) in origins.into_iter().enumerate() {
             let Some(origin) = origin else { continue };
             let reply = match &results {
@@ -366,10 +421,12 @@ fn run_writer(
                 Ok(_) => Reply::Registered,
                 Err(_) => Reply::Unavailable,
             };
-            replied |= done.send(Done { origin, reply }).is_ok();
+            wake |= reports.done.send(Done { origin, reply }).is_ok();
         }
-        if replied {
-            waker.wake();
+        // One wake-up per commit, whatever it carried: the loop's round trip per
+        // batch, never per message.
+        if wake {
+            reports.waker.wake();
         }
     }
     log::debug(format_args!("storage writer stopped: every write handed over is applied"));

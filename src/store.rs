@@ -54,6 +54,12 @@ pub enum Write {
     DeleteSession {
         id_hash: [u8; 32],
     },
+    /// The highest message id that may be given (`History::wants_reservation`); a
+    /// restart continues after it. Written exactly, so a clean stop can give back
+    /// the unused part of a block.
+    ReserveIds {
+        through: u64,
+    },
     /// A broadcast chat message; rows older than the newest `keep` go.
     Message {
         id: u64,
@@ -217,6 +223,19 @@ impl Store {
     /// The name of this database's message history.
     pub fn epoch(&mut self) -> Result<String, StoreError> {
         self.db.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get(0)).map_err(io)
+    }
+
+    /// The id reservation on disk: no id above it was ever given (0 if none yet).
+    pub fn reserved_ids(&mut self) -> Result<u64, StoreError> {
+        let v: Option<String> = self
+            .db
+            .query_row("SELECT value FROM meta WHERE key = 'reserved_ids'", [], |r| r.get(0))
+            .optional()
+            .map_err(io)?;
+        match v {
+            None => Ok(0),
+            Some(v) => v.parse().map_err(|_| StoreError::Corrupt(format!("bad id reservation {v:?} in meta"))),
+        }
     }
 
     /// The newest `limit` messages, oldest first, and the highest id ever given
@@ -401,6 +420,13 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
         Write::DeleteSession { id_hash } => {
             let mut stmt = tx.prepare_cached("DELETE FROM sessions WHERE id_hash = ?1").map_err(io)?;
             stmt.execute(params![&id_hash[..]]).map_err(io)?;
+            Ok(Written::Done)
+        }
+        Write::ReserveIds { through } => {
+            let mut stmt = tx
+                .prepare_cached("INSERT OR REPLACE INTO meta (key, value) VALUES ('reserved_ids', ?1)")
+                .map_err(io)?;
+            stmt.execute(params![through.to_string()]).map_err(io)?;
             Ok(Written::Done)
         }
         Write::Message { id, ts, author, message, keep } => {

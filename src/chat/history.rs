@@ -2,6 +2,12 @@
 //! and a bounded ring of the newest messages, each with its v2 frame encoded once, for
 //! replays after a reconnect and for `/api/history`. No IO: the caller persists what
 //! `History::push` is given and restores the ring at start.
+//!
+//! Ids are handed out only below a durable reservation (`reserved`): the caller
+//! writes a high-water mark ahead of use (`wants_reservation`) and reports it back
+//! once fsynced (`reserved_through`). After a crash the next id follows the whole
+//! reserved block, so an id some client saw live is never given to another message;
+//! the skipped ids are a gap, and a resume that would cross it gets a resync.
 
 use std::collections::VecDeque;
 use std::rc::Rc;
@@ -18,18 +24,68 @@ pub struct Entry {
     pub frame: Rc<[u8]>,
 }
 
+/// Ids reserved per durable write: one fsync per this many messages when history is
+/// off, and the widest gap a crash leaves.
+pub const RESERVE_BLOCK: u64 = 8192;
+
 pub struct History {
     epoch: Box<str>,
     last_id: u64,
     ring: VecDeque<Entry>,
     cap: usize,
+    /// The highest id that may be given: durable on disk. `u64::MAX` where ids need
+    /// no reservation (cluster mode, where Redis gives them; unit tests).
+    reserved: u64,
+    /// The highest reservation asked for (it may not be durable yet).
+    requested: u64,
+    /// Resumes from below this id resync: messages just under it may have been seen
+    /// live and then lost in a crash, or the ring jumps over a gap there.
+    floor: u64,
 }
 
 impl History {
     /// `last_id`: the highest id ever given in this epoch; `cap`: messages kept (0 =
     /// none, and every resume is a resync).
     pub fn new(epoch: &str, last_id: u64, cap: usize) -> Self {
-        History { epoch: epoch.into(), last_id, ring: VecDeque::new(), cap }
+        History {
+            epoch: epoch.into(),
+            last_id,
+            ring: VecDeque::new(),
+            cap,
+            reserved: u64::MAX,
+            requested: u64::MAX,
+            floor: 0,
+        }
+    }
+
+    /// Ids from now on come from durable reservations; `reserved` is the one on disk.
+    /// Restored messages end below `last_id` after a crash: the ids in between may
+    /// have been seen, so resumes from below it resync.
+    pub fn set_reserved(&mut self, reserved: u64) {
+        if self.ring.back().is_some_and(|e| e.id < self.last_id) || (self.ring.is_empty() && self.last_id > 0) {
+            self.floor = self.floor.max(self.last_id);
+        }
+        self.reserved = reserved.max(self.last_id);
+        self.requested = self.reserved;
+    }
+
+    /// A reservation to make durable now (the new high-water mark), when the ids left
+    /// run low: asked half a block ahead, so a commit's latency never stalls ids.
+    pub fn wants_reservation(&mut self) -> Option<u64> {
+        if self.reserved == u64::MAX || self.last_id + RESERVE_BLOCK / 2 <= self.requested {
+            return None;
+        }
+        self.requested = self.last_id + RESERVE_BLOCK;
+        Some(self.requested)
+    }
+
+    /// A reservation is durable (`ok`), or failed and must be asked again.
+    pub fn reserved_through(&mut self, through: u64, ok: bool) {
+        if ok {
+            self.reserved = self.reserved.max(through);
+        } else if self.requested == through {
+            self.requested = self.reserved;
+        }
     }
 
     pub fn epoch(&self) -> &str {
@@ -44,14 +100,29 @@ impl History {
         self.cap
     }
 
-    /// The id the next message gets.
-    pub fn next_id(&mut self) -> u64 {
-        self.last_id += 1;
-        self.last_id
+    /// The highest id that may be given now (`u64::MAX`: no reservation needed).
+    pub fn reserved(&self) -> u64 {
+        self.reserved
     }
 
-    /// Keeps a message (the newest `cap` stay).
+    /// The id the next message gets, or `None` while no durable reservation covers
+    /// it (the disk has failed to take the last one).
+    pub fn next_id(&mut self) -> Option<u64> {
+        if self.last_id >= self.reserved {
+            return None;
+        }
+        self.last_id += 1;
+        Some(self.last_id)
+    }
+
+    /// Keeps a message (the newest `cap` stay). An id past the one before it (ids
+    /// skipped by a crash, restored from disk) raises the resume floor.
     pub fn push(&mut self, entry: Entry) {
+        if let Some(back) = self.ring.back() {
+            if entry.id > back.id + 1 {
+                self.floor = self.floor.max(entry.id - 1);
+            }
+        }
         self.last_id = self.last_id.max(entry.id);
         if self.cap == 0 {
             return;
@@ -66,6 +137,9 @@ impl History {
     /// after `since` has been dropped; `None` means the client must resync.
     pub fn since(&self, since: u64, epoch: &str) -> Option<impl Iterator<Item = &Entry> + '_> {
         if epoch != &*self.epoch || since > self.last_id {
+            return None;
+        }
+        if since < self.floor && since != self.last_id {
             return None;
         }
         let complete = since == self.last_id || self.ring.front().is_some_and(|first| first.id <= since + 1);
@@ -113,7 +187,7 @@ mod tests {
     fn resume_replays_exactly_what_was_missed_or_asks_for_a_resync() {
         let mut h = History::new("E", 0, 3);
         for _ in 0..5 {
-            let id = h.next_id();
+            let id = h.next_id().unwrap();
             h.push(entry(id));
         }
         // Ring holds 3, 4, 5.
@@ -129,7 +203,7 @@ mod tests {
     fn pages_are_the_newest_before_an_id_oldest_first() {
         let mut h = History::new("E", 10, 100);
         for _ in 0..20 {
-            let id = h.next_id();
+            let id = h.next_id().unwrap();
             h.push(entry(id));
         }
         assert_eq!(ids(h.page(None, 3)), [28, 29, 30]);
@@ -141,11 +215,60 @@ mod tests {
     #[test]
     fn with_history_off_ids_still_count_and_every_resume_resyncs_but_the_current() {
         let mut h = History::new("E", 41, 0);
-        let id = h.next_id();
+        let id = h.next_id().unwrap();
         h.push(entry(id));
         assert_eq!(h.last_id(), 42);
         assert!(h.since(41, "E").is_none());
         assert_eq!(ids(h.since(42, "E").unwrap()), Vec::<u64>::new());
         assert!(h.page(None, 50).next().is_none());
+    }
+
+    #[test]
+    fn ids_are_given_only_below_a_durable_reservation_asked_half_a_block_ahead() {
+        let mut h = History::new("E", 0, 100);
+        h.set_reserved(3);
+        assert_eq!(h.wants_reservation(), Some(RESERVE_BLOCK), "fewer than half a block left");
+        assert_eq!(h.wants_reservation(), None, "asked already");
+        for want in 1..=3 {
+            assert_eq!(h.next_id(), Some(want));
+        }
+        assert_eq!(h.next_id(), None, "the reservation is not durable yet");
+        h.reserved_through(RESERVE_BLOCK, true);
+        assert_eq!(h.next_id(), Some(4));
+        // A failed reservation is asked again by the next message that needs one.
+        let mut h = History::new("E", 0, 100);
+        h.set_reserved(1);
+        let asked = h.wants_reservation().unwrap();
+        h.reserved_through(asked, false);
+        assert_eq!(h.wants_reservation(), Some(asked));
+        assert_eq!(h.reserved(), 1);
+    }
+
+    #[test]
+    fn after_a_crash_resumes_that_would_cross_the_lost_ids_resync() {
+        // On disk: messages 1..=10; reserved before the crash: 20. Ids 11..=20 may
+        // have been seen live, and are gone.
+        let mut h = History::new("E", 20, 100);
+        for id in 1..=10 {
+            h.push(entry(id));
+        }
+        h.set_reserved(20 + RESERVE_BLOCK);
+        assert!(h.since(5, "E").is_none(), "5 -> 6..10 would skip 11..");
+        assert!(h.since(10, "E").is_none(), "the client may have seen 11..");
+        assert!(h.since(15, "E").is_none());
+        assert_eq!(ids(h.since(20, "E").unwrap()), Vec::<u64>::new(), "up to date");
+        let id = h.next_id().unwrap();
+        assert_eq!(id, 21, "the next id follows the whole lost block");
+        h.push(entry(id));
+        assert_eq!(ids(h.since(20, "E").unwrap()), [21]);
+        // Restored again later, the gap inside the ring still says so.
+        let mut h = History::new("E", 21, 100);
+        for id in (1..=10).chain([21]) {
+            h.push(entry(id));
+        }
+        h.set_reserved(21);
+        assert!(h.since(8, "E").is_none());
+        assert_eq!(ids(h.since(20, "E").unwrap()), [21]);
+        assert_eq!(ids(h.page(None, 3)), [9, 10, 21]);
     }
 }

@@ -2,6 +2,7 @@
 //! of effects (frames to send, broadcasts, sockets to close) for the reactor to apply.
 //! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
 
+pub mod acks;
 pub mod history;
 pub mod replica;
 pub mod replicated;
@@ -11,6 +12,7 @@ pub mod session;
 use crate::outq::Chunk;
 use crate::ws::close;
 use crate::ws::frame::{self, TextFrame};
+use acks::{Acks, Release, MAX_UNACKED};
 use history::History;
 use replica::Replica;
 use room::{Bucket, Member, RateLimit, Room};
@@ -163,6 +165,8 @@ pub struct Chat {
     history: History,
     /// Messages accepted since the caller last took them, to persist.
     new_messages: Vec<NewMessage>,
+    /// Senders' acks waiting for their message's commit.
+    acks: Acks,
     /// One moment as an `Instant` and as Unix ms: message times without a clock read.
     wall: (Instant, i64),
     message_rate: Option<RateLimit>,
@@ -180,6 +184,7 @@ impl Chat {
             room: Room::default(),
             history: History::new("", 0, cfg.history),
             new_messages: Vec::new(),
+            acks: Acks::default(),
             wall: (Instant::now(), 0),
             message_rate: cfg.message_rate,
             replica: None,
@@ -352,7 +357,7 @@ impl Chat {
             Some(limit) if rate_limited => Some(Bucket::full(limit, now)),
             _ => None,
         };
-        if !self.room.insert(conn, Member { session: k, bucket, v2 }) {
+        if !self.room.insert(conn, Member { session: k, bucket, v2, unacked: 0 }) {
             return Err(JoinError::AlreadyConnected);
         }
         self.sessions.set_socket(k, Some(conn));
@@ -372,7 +377,8 @@ impl Chat {
         }
     }
 
-    /// A text message from a member.
+    /// A text message from a member. A valid one is broadcast at once; its sender's
+    /// ack waits for the commit when messages are kept on disk (`on_committed`).
     pub fn on_text(&mut self, conn: ConnId, text: &str, now: Instant, fx: &mut Effects) {
         let limit = self.message_rate;
         let Some(m) = self.room.get_mut(conn) else { return };
@@ -381,7 +387,7 @@ impl Chat {
         if let (Some(bucket), Some(limit)) = (m.bucket.as_mut(), limit) {
             if !bucket.take(limit, now) {
                 self.stats.rate_limited += 1;
-                fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_RATE_LIMITED) });
+                self.ack(conn, Chunk::Static(ACK_RATE_LIMITED), None, fx);
                 return;
             }
         }
@@ -395,40 +401,108 @@ impl Chat {
                 fx.push(Effect::Publish { conn, author, message: msg.message.as_ref().into() });
                 return;
             }
+            // No durable reservation covers another id (the disk refuses writes):
+            // the message goes nowhere rather than under an id a crash could reuse.
+            Some(_) if self.history.last_id() >= self.history.reserved() => ACK_UNAVAILABLE,
             Some(msg) => {
                 let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
                 let v2 = self.room.get(conn).is_some_and(|m| m.v2);
-                let id = self.history.next_id();
+                let id = self.history.next_id().expect("an id is reserved");
                 let ts = self.unix_ms(now);
                 let mut f = TextFrame::with_capacity(msg.message.len() + author.len() + 32);
                 serde_json::to_writer(f.payload(), &Outgoing { message: &msg.message, author: &author })
                     .expect("serializing into a Vec cannot fail");
                 let entry = Self::history_entry(id, ts, author.clone(), msg.message.as_ref().into());
                 let v2_frame = entry.frame.clone();
-                self.new_messages.push(NewMessage { id, ts, author, message: msg.message.as_ref().into() });
+                let kept = self.history.cap() > 0;
+                if kept {
+                    self.new_messages.push(NewMessage { id, ts, author, message: msg.message.as_ref().into() });
+                }
                 self.history.push(entry);
                 self.stats.broadcasts += 1;
                 fx.push(Effect::Message { except: Some(conn), v1: f.finish(), v2: v2_frame });
-                if v2 {
-                    self.sessions.touch(session, now);
-                    let ack = format!("{{\"status\":true,\"id\":{id}}}");
-                    fx.push(Effect::Send { to: conn, frame: Chunk::Shared(frame::text(ack.as_bytes())) });
-                    return;
-                }
-                ACK_OK
+                self.sessions.touch(session, now);
+                let ack = if v2 { v2_ack(id) } else { Chunk::Static(ACK_OK) };
+                // With history off nothing is written: the reserved id is all a
+                // crash could break, and it is durable already.
+                self.ack(conn, ack, kept.then_some(id), fx);
+                return;
             }
         };
         if ack != ACK_OK {
             self.stats.messages_rejected += 1;
         }
         self.sessions.touch(session, now);
-        fx.push(Effect::Send { to: conn, frame: Chunk::Static(ack) });
+        self.ack(conn, Chunk::Static(ack), None, fx);
+    }
+
+    /// Sends `frame` to the sender `conn`, or holds it: until message `durable` is
+    /// committed, or behind the socket's acks already held.
+    fn ack(&mut self, conn: ConnId, frame: Chunk, durable: Option<u64>, fx: &mut Effects) {
+        let Some(m) = self.room.get_mut(conn) else { return };
+        if durable.is_none() && m.unacked == 0 {
+            fx.push(Effect::Send { to: conn, frame });
+            return;
+        }
+        m.unacked += 1;
+        self.acks.hold(conn, durable, frame);
+    }
+
+    /// The storage writer committed every message up to `through` (`stored`), or
+    /// failed to: their senders hear the ack, or `unavailable`.
+    pub fn on_committed(&mut self, through: u64, stored: bool, fx: &mut Effects) {
+        let room = &mut self.room;
+        self.acks.release(through, stored, |r| {
+            let (conn, frame) = match r {
+                Release::Send(conn, frame) => (conn, frame),
+                Release::Failed(conn) => (conn, Chunk::Static(ACK_UNAVAILABLE)),
+            };
+            if let Some(m) = room.get_mut(conn) {
+                m.unacked -= 1;
+                fx.push(Effect::Send { to: conn, frame });
+            }
+        });
+    }
+
+    /// A reservation of ids is durable (`ok`), or the writer failed to make it.
+    pub fn on_reserved(&mut self, through: u64, ok: bool) {
+        self.history.reserved_through(through, ok);
+    }
+
+    /// A new high-water mark of ids to make durable, when the reserved ones run low.
+    pub fn wants_reservation(&mut self) -> Option<u64> {
+        self.history.wants_reservation()
+    }
+
+    /// Ids from now on only below durable reservations, `reserved` being on disk.
+    pub fn set_reserved_ids(&mut self, reserved: u64) {
+        self.history.set_reserved(reserved);
+    }
+
+    /// This socket has as many acks waiting on the disk as it may: read no more
+    /// from it until some are released.
+    pub fn holds_too_many_acks(&self, conn: ConnId) -> bool {
+        self.room.get(conn).is_some_and(|m| m.unacked >= MAX_UNACKED)
+    }
+
+    /// Acks waiting on the disk, over all sockets.
+    pub fn held_acks(&self) -> usize {
+        self.acks.len()
+    }
+
+    /// Takes a member out of the room; its held acks go with it.
+    fn remove_member(&mut self, conn: ConnId) -> Option<Member> {
+        let m = self.room.remove(conn)?;
+        if m.unacked > 0 {
+            self.acks.forget(conn);
+        }
+        Some(m)
     }
 
     /// A WebSocket is gone, whatever the cause. Safe to call for a connection that was
     /// never in the room or already left.
     pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
-        let Some(m) = self.room.remove(conn) else { return };
+        let Some(m) = self.remove_member(conn) else { return };
         // A member's session outlives it: `ended` takes the member out first.
         let Some(user) = self.sessions.get(m.session).map(|s| s.user.clone()) else { return };
         self.sessions.set_socket(m.session, None);
@@ -479,7 +553,7 @@ impl Chat {
             EndReason::Logout => close::NORMAL,
             EndReason::Expired | EndReason::Evicted => close::POLICY,
         };
-        self.room.remove(conn);
+        self.remove_member(conn);
         self.left(s.user, fx);
         fx.push(Effect::Close { conn, code });
     }
@@ -492,6 +566,11 @@ pub fn parse_object<'a, T: Deserialize<'a>>(text: &'a str) -> Option<T> {
         return None;
     }
     serde_json::from_str(text).ok()
+}
+
+/// A v2 sender's ack: `{"status":true,"id":N}`.
+fn v2_ack(id: u64) -> Chunk {
+    Chunk::Shared(frame::text(format!("{{\"status\":true,\"id\":{id}}}").as_bytes()))
 }
 
 fn event_frame(event: &str, user: &str) -> Rc<[u8]> {

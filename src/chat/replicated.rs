@@ -101,11 +101,7 @@ impl Chat {
         let sender = sender.filter(|&c| self.room.get(c).is_some());
         fx.push(Effect::Message { except: sender, v1: v1.finish(), v2 });
         if let Some(conn) = sender {
-            let ack = if self.is_v2(conn) {
-                Chunk::Shared(frame::text(format!("{{\"status\":true,\"id\":{id}}}").as_bytes()))
-            } else {
-                Chunk::Static(ACK_OK)
-            };
+            let ack = if self.is_v2(conn) { super::v2_ack(id) } else { Chunk::Static(ACK_OK) };
             fx.push(Effect::Send { to: conn, frame: ack });
         }
     }
@@ -122,7 +118,7 @@ impl Chat {
     /// The member on `conn` must go: Redis gave its user's presence to another node
     /// (only after Redis lost data).
     pub fn evict_member(&mut self, conn: ConnId, fx: &mut Effects) {
-        if let Some(m) = self.room.remove(conn) {
+        if let Some(m) = self.remove_member(conn) {
             self.sessions.set_socket(m.session, None);
             fx.push(Effect::Close { conn, code: close::POLICY });
         }

@@ -46,6 +46,8 @@ pub struct Member {
     pub bucket: Option<Bucket>,
     /// Speaks protocol v2 (message ids, history).
     pub v2: bool,
+    /// Acks of this socket held until their messages are durable (`acks.rs`).
+    pub unacked: u32,
 }
 
 #[derive(Default)]
@@ -130,7 +132,8 @@ mod tests {
     fn order_is_connect_order_and_a_connection_joins_once() {
         let mut r = Room::default();
         let k = SessionKey { key: 0, generation: 1 };
-        let m = |generation: u64| Member { session: SessionKey { generation, ..k }, bucket: None, v2: false };
+        let m =
+            |generation: u64| Member { session: SessionKey { generation, ..k }, bucket: None, v2: false, unacked: 0 };
         assert!(r.insert(5, m(1)));
         assert!(r.insert(2, m(2)));
         assert!(!r.insert(5, m(9)));

@@ -90,6 +90,9 @@ fn messages_are_acked_and_broadcast_once_encoded() {
     join(&mut chat, "amy", 2, t0, &mut fx);
     fx.clear();
     chat.on_text(1, r#"{"message": "hi \"there\" <b>"}"#, t0, &mut fx);
+    assert_eq!(fx.len(), 1, "broadcast at once; the ack waits for the commit");
+    assert_eq!(chat.take_new_messages().len(), 1, "handed on to be written");
+    chat.on_committed(1, true, &mut fx);
     assert_eq!(fx.len(), 2);
     match &fx[0] {
         Effect::Message { except: Some(1), v1, v2 } => {
@@ -109,9 +112,12 @@ fn messages_are_acked_and_broadcast_once_encoded() {
     }
 }
 
+/// The ack of one message, once everything written so far is committed.
 fn ack_of(chat: &mut Chat, text: &str, now: Instant) -> &'static [u8] {
     let mut fx = vec![];
     chat.on_text(1, text, now, &mut fx);
+    let through = chat.history().last_id();
+    chat.on_committed(through, true, &mut fx);
     match fx.last() {
         Some(Effect::Send { frame: Chunk::Static(s), .. }) => s,
         other => panic!("{other:?}"),
@@ -397,4 +403,69 @@ mod replicated {
         assert_eq!(chat.history().last_id(), 2);
         assert_eq!(chat.history().len(), 2);
     }
+}
+
+#[test]
+fn acks_wait_for_the_commit_keep_each_sockets_order_and_a_failed_commit_says_unavailable() {
+    let t0 = Instant::now();
+    let mut chat = Chat::new(ChatConfig { message_rate: None, ..cfg(60) });
+    let mut fx = vec![];
+    join(&mut chat, "bob", 1, t0, &mut fx);
+    join(&mut chat, "amy", 2, t0, &mut fx);
+    fx.clear();
+    let acks = |fx: &mut Effects| -> Vec<(ConnId, Vec<u8>)> {
+        fx.drain(..)
+            .filter_map(|e| match e {
+                Effect::Send { to, frame } => Some((to, frame.as_slice().to_vec())),
+                _ => None,
+            })
+            .collect()
+    };
+    chat.on_text(1, r#"{"message": "one"}"#, t0, &mut fx);
+    chat.on_text(1, r#"{"message": ""}"#, t0, &mut fx);
+    chat.on_text(2, r#"{"message": ""}"#, t0, &mut fx);
+    chat.on_text(1, r#"{"message": "two"}"#, t0, &mut fx);
+    // Amy has nothing held: her refusal goes at once; Bob's waits behind "one".
+    assert_eq!(acks(&mut fx), [(2, ACK_EMPTY.to_vec())]);
+    chat.on_committed(1, true, &mut fx);
+    assert_eq!(acks(&mut fx), [(1, ACK_OK.to_vec()), (1, ACK_EMPTY.to_vec())]);
+    chat.on_committed(2, false, &mut fx);
+    assert_eq!(acks(&mut fx), [(1, ACK_UNAVAILABLE.to_vec())], "not stored: no promise");
+    assert_eq!(chat.held_acks(), 0);
+    // A sender that leaves takes its held acks with it.
+    chat.on_text(1, r#"{"message": "three"}"#, t0, &mut fx);
+    chat.leave(1, &mut fx);
+    fx.clear();
+    chat.on_committed(3, true, &mut fx);
+    assert!(acks(&mut fx).is_empty());
+}
+
+#[test]
+fn with_history_off_acks_go_at_once_and_nothing_is_written() {
+    let t0 = Instant::now();
+    let mut chat = Chat::new(ChatConfig { history: 0, ..cfg(60) });
+    let mut fx = vec![];
+    join(&mut chat, "bob", 1, t0, &mut fx);
+    fx.clear();
+    chat.on_text(1, r#"{"message": "hi"}"#, t0, &mut fx);
+    assert!(matches!(fx.last(), Some(Effect::Send { to: 1, frame }) if frame.as_slice() == ACK_OK));
+    assert!(chat.take_new_messages().is_empty());
+}
+
+#[test]
+fn without_a_durable_reservation_a_message_goes_nowhere() {
+    let t0 = Instant::now();
+    let mut chat = Chat::new(ChatConfig { message_rate: None, ..cfg(60) });
+    chat.restore_history("E", 0, []);
+    chat.set_reserved_ids(1);
+    let mut fx = vec![];
+    join(&mut chat, "bob", 1, t0, &mut fx);
+    join(&mut chat, "amy", 2, t0, &mut fx);
+    assert_eq!(ack_of(&mut chat, r#"{"message": "a"}"#, t0), ACK_OK);
+    let asked = chat.wants_reservation().expect("ids run low");
+    assert_eq!(ack_of(&mut chat, r#"{"message": "b"}"#, t0), ACK_UNAVAILABLE, "id 2 is not durable");
+    assert_eq!(chat.history().last_id(), 1);
+    chat.on_reserved(asked, true);
+    assert_eq!(ack_of(&mut chat, r#"{"message": "c"}"#, t0), ACK_OK);
+    assert_eq!(chat.history().last_id(), 2);
 }

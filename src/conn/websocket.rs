@@ -49,7 +49,8 @@ impl<S: Stream> Conn<S> {
     pub(super) fn drive_ws(&mut self, cx: &mut Cx, now: Instant) -> Progress {
         let mut budget = READ_BUDGET;
         loop {
-            if self.out_high(&cx.log) {
+            // Its acks wait on the disk: resumed when they go out (`drained`).
+            if self.out_high(&cx.log) || cx.chat.holds_too_many_acks(self.key) {
                 return Progress::Done(Step::Wait);
             }
             let super::Phase::Ws(w) = &mut self.phase else { return Progress::Again };

@@ -213,13 +213,21 @@ fn register(srv: &mut Server<MockStream>, name: &str) -> String {
 fn a_failing_disk_answers_503_while_chat_goes_on_and_heals() {
     let mut srv = server(vec![], false);
     let (a, pa) = websocket(&mut srv, "alice");
+    let (_b, pb) = websocket(&mut srv, "carol");
     srv.cx.storage.set_failing(true);
     let answer = register(&mut srv, "bob");
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
     assert!(answer.ends_with("{\"error\":\"storage_unavailable\"}\n"), "{answer}");
     send(&mut srv, a, &pa, &frame::client_frame(frame::TEXT, br#"{"message":"still"}"#, [1, 2, 3, 4]));
-    assert!(written(&pa).ends_with("{\"status\":true}"), "chat goes on");
+    srv.run_pending_reads(Instant::now());
+    srv.flush_all(Instant::now());
+    assert!(written(&pb).ends_with("{\"message\":\"still\",\"author\":\"alice\"}"), "chat goes on");
+    assert!(written(&pa).ends_with("{\"status\":false,\"code\":\"unavailable\"}"), "not stored, so not acked as safe");
     srv.cx.storage.set_failing(false);
+    send(&mut srv, a, &pa, &frame::client_frame(frame::TEXT, br#"{"message":"back"}"#, [1, 2, 3, 4]));
+    srv.run_pending_reads(Instant::now());
+    srv.flush_all(Instant::now());
+    assert!(written(&pa).ends_with("{\"status\":true}"), "stored again: acked");
     assert!(register(&mut srv, "bob").starts_with("HTTP/1.1 201 "), "the disk is back");
 }
 
