@@ -110,6 +110,7 @@
     historyTried: false,    // the recent history is fetched once per login
     historyLoad: null,      // the history request in flight, shared by concurrent connects
     quietResync: false,     // a resync that cannot mean "missed while away" (see loadHistory)
+    reloading: null,        // live id messages held while the history reloads after a resync
     unconfirmed: [],        // li of own messages whose ack was lost with the socket
     unread: 0,
   };
@@ -451,6 +452,30 @@
     if (state.helloLastId !== null) state.lastId = Math.max(state.lastId ?? 0, state.helloLastId);
     if (state.quietResync) return;
     addNote('Some messages while you were away could not be recovered.', 'resync');
+    reloadHistory();
+  }
+
+  // After a resync what the page shows may not be the server's history any more (lost
+  // in a crash, or a new epoch whose ids start over): drop the messages shown and show
+  // the history afresh, so that no new message is taken for a duplicate of an old one
+  // with the same id. Live messages arriving meanwhile wait and follow it, deduped.
+  async function reloadHistory() {
+    const me = state.me;
+    state.reloading = [];
+    for (const li of [...el.messages.querySelectorAll('li.msg:not(.msg-unconfirmed)')]) li.remove();
+    state.lastId = null;
+    let d = null;
+    try {
+      const r = await api('GET', `/api/history?limit=${HISTORY_LIMIT}`);
+      if (r.status === 200 && r.data && Array.isArray(r.data.messages)) d = r.data;
+    } catch { /* the held live messages still show */ }
+    const held = state.reloading || [];
+    state.reloading = null;
+    if (state.me !== me) return;
+    if (d !== null && typeof d.epoch === 'string') state.epoch = d.epoch;
+    if (d !== null) for (const m of d.messages) if (m && typeof m === 'object' && isIdMessage(m)) addIdMessage(m);
+    for (const m of held) addIdMessage(m);
+    if (state.lastId === null) state.lastId = state.helloLastId ?? 0;
   }
 
   function setComposerEnabled(on) {
@@ -562,7 +587,8 @@
       return;
     }
     if (isIdMessage(m)) {
-      addIdMessage(m);
+      if (state.reloading) state.reloading.push(m);
+      else addIdMessage(m);
       return;
     }
     if (typeof m.message === 'string' && typeof m.author === 'string') {

@@ -74,6 +74,8 @@ pub const ACK_TOO_LONG: &[u8] = b"\x81\x2a{\"status\":false,\"code\":\"message_t
 pub const ACK_EMPTY: &[u8] = b"\x81\x27{\"status\":false,\"code\":\"message_empty\"}";
 pub const ACK_INVALID: &[u8] = b"\x81\x29{\"status\":false,\"code\":\"invalid_message\"}";
 pub const ACK_RATE_LIMITED: &[u8] = b"\x81\x26{\"status\":false,\"code\":\"rate_limited\"}";
+/// `{"event": "resync"}`: the client's history cannot be completed.
+pub const RESYNC: &[u8] = b"\x81\x12{\"event\":\"resync\"}";
 /// Cluster mode, Redis unreachable: the message went nowhere.
 pub const ACK_UNAVAILABLE: &[u8] = b"\x81\x25{\"status\":false,\"code\":\"unavailable\"}";
 

@@ -147,6 +147,7 @@ impl Chat {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("join", &name) });
         }
         let same_epoch = snap.epoch == self.history.epoch();
+        let lost = !same_epoch && !self.history.epoch().is_empty();
         let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
         self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
         for (id, ts, author, text) in snap.messages {
@@ -155,6 +156,19 @@ impl Chat {
             } else {
                 let author = self.sessions.shared_name(&author).unwrap_or_else(|| Rc::from(author.as_str()));
                 self.history.push(Self::history_entry(id, ts, author, text.into()));
+            }
+        }
+        if lost {
+            // Redis lost the history (or came back from an older snapshot) while
+            // these clients were connected: the ids they hold name nothing now. A
+            // new hello says which history this is, and the resync tells them to
+            // drop what they hold and fetch it again.
+            let hello = Chunk::Shared(self.hello());
+            for &conn in self.room.members() {
+                if self.room.get(conn).is_some_and(|m| m.v2) {
+                    fx.push(Effect::Send { to: conn, frame: hello.clone() });
+                    fx.push(Effect::Send { to: conn, frame: Chunk::Static(super::RESYNC) });
+                }
             }
         }
     }

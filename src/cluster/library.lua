@@ -162,18 +162,30 @@ redis.register_function('skiff_stop', function(_, a)
   return 1
 end)
 
--- (p, node, ttl_ms, epoch, keep, lower1, name1, token1, ...): the node (re)connected
--- and its open WebSockets are exactly the users given. Presence is made so (users
--- it no longer has leave; users Redis lost join again) and the node gets a snapshot:
--- {seq, epoch, last id, online names in join order, newest `keep` messages newest
--- first, lowercased names another node holds now}.
+-- (p, node, ttl_ms, epoch, keep, seen_epoch, seen_id, lower1, name1, token1, ...):
+-- the node (re)connected and its open WebSockets are exactly the users given.
+-- Presence is made so (users it no longer has leave; users Redis lost join again)
+-- and the node gets a snapshot: {seq, epoch, last id, online names in join order,
+-- newest `keep` messages newest first, lowercased names another node holds now}.
+-- `epoch` is a fresh candidate; `seen_epoch`/`seen_id` the history the node had.
 redis.register_function('skiff_sync', function(_, a)
   local p, node, ttl, keep = a[1], a[2], a[3], tonumber(a[5])
+  local seen_epoch, seen_id = a[6], tonumber(a[7])
   redis.call('SET', p .. 'node:' .. node, '1', 'PX', ttl)
   redis.call('SADD', p .. 'nodes', node)
   redis.call('SET', p .. 'epoch', a[4], 'NX')
+  -- Redis came back from an older snapshot (RDB, an AOF without fsync): this node
+  -- has seen ids the counter has not reached, so the next ids would name other
+  -- messages. The history is declared new, here, once: the first node to sync
+  -- after the rollback moves the epoch, and the others see it already moved. The
+  -- counter goes past every id seen, so ids never repeat even across epochs.
+  local msgid = tonumber(redis.call('GET', p .. 'msgid') or '0')
+  if seen_epoch == redis.call('GET', p .. 'epoch') and msgid < seen_id then
+    redis.call('SET', p .. 'epoch', a[4])
+    redis.call('SET', p .. 'msgid', seen_id)
+  end
   local mine = {}
-  for i = 6, #a, 3 do
+  for i = 8, #a, 3 do
     mine[a[i]] = true
   end
   for _, lower in ipairs(redis.call('SMEMBERS', p .. 'nodeusers:' .. node)) do
@@ -182,7 +194,7 @@ redis.register_function('skiff_sync', function(_, a)
     end
   end
   local taken = {}
-  for i = 6, #a, 3 do
+  for i = 8, #a, 3 do
     local holder = redis.call('HGET', p .. 'presence', a[i])
     if not holder then
       join(p, a[i], a[i + 1], node, a[i + 2])

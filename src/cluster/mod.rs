@@ -343,8 +343,10 @@ impl Cluster {
         (self.cfg.session_ttl + crate::chat::session::SAVE_SLACK).as_millis()
     }
 
-    /// Sends the sync: `users` are this node's open WebSockets (name, connection).
-    pub fn sync(&mut self, users: &[(String, Origin)], now: Instant) {
+    /// Sends the sync: `users` are this node's open WebSockets (name, connection);
+    /// `seen` the history this node holds (epoch, last id), so that Redis come back
+    /// with an older counter gets a new epoch instead of reusing ids.
+    pub fn sync(&mut self, users: &[(String, Origin)], seen: (&str, u64), now: Instant) {
         if self.state != State::Subscribed {
             return;
         }
@@ -358,7 +360,8 @@ impl Cluster {
         let mut fresh = [0u8; 6];
         getrandom::fill(&mut fresh).expect("the OS CSPRNG is available");
         let epoch = hex(&fresh);
-        let mut args: Vec<String> = vec![PREFIX.into(), self.node.clone(), ttl, epoch, keep];
+        let mut args: Vec<String> =
+            vec![PREFIX.into(), self.node.clone(), ttl, epoch, keep, seen.0.into(), seen.1.to_string()];
         for (name, origin) in users {
             args.extend([name.to_ascii_lowercase(), name.clone(), token(*origin)]);
         }

@@ -13,9 +13,6 @@ use crate::storage::{Origin, Reply, Request as Request2};
 use crate::ws;
 use std::time::{Duration, Instant};
 
-/// `{"event": "resync"}`: the client's history cannot be completed.
-const RESYNC: &[u8] = b"\x81\x12{\"event\":\"resync\"}";
-
 /// How long a request may wait on storage before it is answered 503 (a disk that
 /// stopped answering; a slow one commits in milliseconds).
 const STORAGE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -336,7 +333,7 @@ impl<S: Stream> Conn<S> {
         let epoch = resume.epoch.as_deref().unwrap_or("");
         match cx.chat.history().since(since, epoch) {
             Some(missed) => missed.for_each(|e| self.out.push(Chunk::Shared(e.frame.clone()))),
-            None => self.out.push(Chunk::Static(RESYNC)),
+            None => self.out.push(Chunk::Static(crate::chat::RESYNC)),
         }
     }
 

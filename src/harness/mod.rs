@@ -185,6 +185,13 @@ pub fn ws_message(data: &[u8]) {
     }
     fx.clear();
     chat.on_text(1, &text, now, &mut fx);
+    // A kept message's ack waits for its commit: none before it, exactly one after.
+    let written = chat.take_new_messages();
+    assert!(written.len() <= 1, "one message written at most");
+    if let Some(m) = written.first() {
+        assert!(!fx.iter().any(|e| matches!(e, Effect::Send { to: 1, .. })), "acked before it was durable");
+        chat.on_committed(m.id, true, &mut fx);
+    }
     let acks: Vec<&[u8]> = fx
         .iter()
         .filter_map(|e| match e {

@@ -44,7 +44,8 @@ impl<S: Stream> Server<S> {
                     .local_users()
                     .map(|(conn, user)| (user.to_owned(), Origin { conn, generation: self.conns[conn].generation }))
                     .collect();
-                cluster.sync(&users, now);
+                let history = self.cx.chat.history();
+                cluster.sync(&users, (history.epoch(), history.last_id()), now);
             }
             let Some(event) = cluster.next_event() else { return };
             self.on_cluster_event(event, now);
