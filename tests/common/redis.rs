@@ -18,6 +18,8 @@ pub struct Redis {
     pub port: u16,
     dir: tempfile::TempDir,
     starts: u32,
+    /// redis-server's persistence flags, the same at every (re)start.
+    persistence: Vec<String>,
 }
 
 /// One RESP reply.
@@ -78,8 +80,22 @@ impl Redis {
         Some(Redis::start())
     }
 
+    /// A fresh Redis with these persistence settings instead of AOF with
+    /// `appendfsync always`, or None when SKIFF_SKIP_REDIS=1.
+    pub fn start_or_skip_with(test: &str, persistence: &[&str]) -> Option<Redis> {
+        if !available(test) {
+            return None;
+        }
+        Some(Redis::start_persisting(persistence))
+    }
+
     pub fn start() -> Redis {
-        let mut r = Redis { child: None, port: 0, dir: tempfile::tempdir().expect("tempdir"), starts: 0 };
+        Redis::start_persisting(&["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+    }
+
+    fn start_persisting(persistence: &[&str]) -> Redis {
+        let persistence = persistence.iter().map(|s| s.to_string()).collect();
+        let mut r = Redis { child: None, port: 0, dir: tempfile::tempdir().expect("tempdir"), starts: 0, persistence };
         let mut last = String::new();
         // Another process may take the port between our probe and redis's bind.
         for _ in 0..5 {
@@ -119,7 +135,7 @@ impl Redis {
         let log = std::fs::File::create(self.log_path()).expect("redis log");
         let mut child = Command::new(REDIS_SERVER)
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--daemonize", "no"])
-            .args(["--appendonly", "yes", "--appendfsync", "always", "--save", ""])
+            .args(&self.persistence)
             .arg("--dir")
             .arg(self.dir.path())
             .stdin(Stdio::null())
