@@ -34,6 +34,9 @@ struct Client {
     out: Vec<u8>,
     writable: bool,
     sent: u64,
+    /// When each message still waiting for its ack was sent (`now_ns`), oldest
+    /// first: the server acks each socket's messages in order.
+    unacked_since: std::collections::VecDeque<u64>,
     /// Which `--url` node it is connected to.
     node: usize,
 }
@@ -59,6 +62,8 @@ pub struct Bench {
     clients: Vec<Client>,
     scratch: Vec<u8>,
     pub hist: Histogram,
+    /// Send -> the sender's own ack: what a durable ack costs.
+    pub ack_hist: Histogram,
     pub counts: Counts,
     pub sends: Sends,
     /// When the last chat message arrived (ns, `now_ns`), for the delivery rate.
@@ -118,6 +123,7 @@ impl Bench {
             clients: Vec::new(),
             scratch: vec![0; 256 * 1024],
             hist: Histogram::new(),
+            ack_hist: Histogram::new(),
             counts: Counts::default(),
             sends: Sends::default(),
             last_delivery_ns: 0,
@@ -144,6 +150,7 @@ impl Bench {
             out: request,
             writable: false,
             sent: 0,
+            unacked_since: std::collections::VecDeque::new(),
             node,
         });
         if self.node_messages.len() <= node {
@@ -168,6 +175,7 @@ impl Bench {
     /// Forgets what the earlier phases measured.
     pub fn reset_load(&mut self) {
         self.hist = Histogram::new();
+        self.ack_hist = Histogram::new();
         self.counts.messages = 0;
         self.node_messages.iter_mut().for_each(|m| *m = 0);
         self.last_delivery_ns = 0;
@@ -232,6 +240,7 @@ impl Bench {
             return;
         }
         frame::encode_client(frame::TEXT, payload, MASK, &mut c.out);
+        c.unacked_since.push_back(now_ns());
         c.sent += 1;
         self.sends.sent += 1;
         self.flush(i);
@@ -329,6 +338,9 @@ impl Bench {
     fn on_text(&mut self, i: usize, p: &[u8], now: u64) {
         const MSG: &[u8] = b"{\"message\":\"";
         if !self.raw && p.starts_with(b"{\"status\":") {
+            if let Some(sent) = self.clients[i].unacked_since.pop_front() {
+                self.ack_hist.record(now.saturating_sub(sent));
+            }
             if p.starts_with(b"{\"status\":true") {
                 self.sends.acked += 1;
             } else {

@@ -45,6 +45,8 @@ pub struct Load {
     pub start_ns: u64,
     pub last_delivery_ns: u64,
     pub hist: Histogram,
+    /// Send -> own ack, over every sender.
+    pub ack_hist: Histogram,
     /// All nodes' CPU over the load phase (None unless every node was read).
     pub server_cpu_s: Option<f64>,
     pub node_cpu_s: Vec<Option<f64>>,
@@ -147,6 +149,12 @@ impl Load {
                 "p999": ms(h.quantile(0.999)),
                 "max": ms(h.max()),
                 "samples": h.count(),
+            },
+            "ack_latency_ms": {
+                "p50": ms(self.ack_hist.quantile(0.50)),
+                "p99": ms(self.ack_hist.quantile(0.99)),
+                "max": ms(self.ack_hist.max()),
+                "samples": self.ack_hist.count(),
             },
             "server_cpu_s": self.server_cpu_s,
             "server_cpu_us_per_delivery": self.server_cpu_s.map(|c| self.per_delivery_us(c)),
@@ -307,6 +315,14 @@ impl Report {
             ms(h.quantile(0.999)),
             ms(h.max())
         );
+        if l.ack_hist.count() > 0 {
+            println!(
+                "             sender's ack p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+                ms(l.ack_hist.quantile(0.5)),
+                ms(l.ack_hist.quantile(0.99)),
+                ms(l.ack_hist.max())
+            );
+        }
         println!(
             "  cpu        server {} s ({} us/delivery), bench {:.2} s ({:.2} us/frame)",
             opt(l.server_cpu_s),
