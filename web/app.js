@@ -608,6 +608,8 @@
         return 'Not sent: the server could not read the message.';
       case 'rate_limited':
         return 'Not sent: you are sending messages too fast. Wait a moment and try again.';
+      case 'unavailable':
+        return 'Not saved: the server could not store this message right now. Try again in a moment.';
       default:
         return `Not sent: the server refused the message (${code}).`;
     }
