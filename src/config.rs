@@ -389,9 +389,11 @@ pub fn parse_with<I: IntoIterator<Item = String>>(
 fn bad(source: &str, why: &Why, got: &str) -> ConfigError {
     // A Redis URL may carry a password: the error names everything but that.
     let redacted;
-    let got = match got.split_once('@') {
-        Some((auth, host)) if got.starts_with("redis://") && auth.contains(':') => {
-            redacted = format!("redis://:***@{host}");
+    // The URL parser takes everything up to the last `@` as the credentials (a
+    // password may hold `@`), so the redaction must cut at the same place.
+    let got = match (got.split_once("://"), got.rsplit_once('@')) {
+        (Some((scheme, _)), Some((_, host))) if scheme.starts_with("redis") => {
+            redacted = format!("{scheme}://***@{host}");
             redacted.as_str()
         }
         _ => got,
@@ -711,6 +713,13 @@ mod tests {
         }
         let e = url("redis://:pw@nowhere:1").unwrap_err().0;
         assert!(e.contains("cannot resolve") && !e.contains("pw@"), "{e}");
+        // A password with `@` in it: nothing of it may show, its tail included.
+        let u = url("redis://:p@ss@w0rd@localhost:6390").unwrap();
+        assert_eq!(u.password.as_deref(), Some("p@ss@w0rd"));
+        for bad in ["redis://:p@ss@w0rd@localhost:x", "redis://:p@ss@w0rd@nowhere:1", "redis://u:p@ss@h:1"] {
+            let e = url(bad).unwrap_err().0;
+            assert!(!e.contains("ss") && !e.contains("w0rd") && !e.contains(":p"), "{bad}: {e}");
+        }
     }
 
     #[test]
