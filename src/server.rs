@@ -211,6 +211,7 @@ impl<S: Stream> Server<S> {
                         self.delivered(to, &mut slow);
                     }
                     Effect::Broadcast { except, frame } => self.broadcast(except, frame, None, &mut slow),
+                    Effect::BroadcastV2 { frame } => self.broadcast_v2(frame, &mut slow),
                     Effect::Message { except, v1, v2 } => self.broadcast(except, v1, Some(v2), &mut slow),
                     Effect::Close { conn, code } => {
                         let Some(c) = self.conns.get_mut(conn) else { continue };
@@ -260,6 +261,18 @@ impl<S: Stream> Server<S> {
         }
         if let Some(seq) = seq {
             self.cx.log.seal(seq, recipients);
+        }
+    }
+
+    /// A frame only protocol v2 members get (plain `/ws` stays as it was).
+    fn broadcast_v2(&mut self, frame: Rc<[u8]>, slow: &mut Vec<usize>) {
+        for i in 0..self.cx.chat.members().len() {
+            let to = self.cx.chat.members()[i];
+            if self.cx.chat.is_v2(to) {
+                self.conns[to].out.push(Chunk::Shared(frame.clone()));
+                self.cx.stats.deliveries += 1;
+                self.delivered(to, slow);
+            }
         }
     }
 

@@ -273,8 +273,9 @@ impl Cluster {
                 let lower = name.to_ascii_lowercase();
                 (Expect::Join, fcall("skiff_join", &[p, &lower, &name, &self.node, &token]))
             }
-            // Files are read by the storage thread; nothing else reaches here.
-            Request::File(_) => {
+            // Files are read by the storage thread; `skiff ctl` calls Redis through
+            // `control`; nothing else reaches here.
+            Request::File(_) | Request::Control(_) => {
                 self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
                 return;
             }
