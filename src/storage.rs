@@ -366,16 +366,18 @@ fn written_reply(w: Written) -> Reply {
 
 /// `skiff ctl backup`: a thread of its own copies and checks the database (see
 /// `store::admin::backup`), so neither chat nor the storage threads wait for it.
-/// The result comes back on `done`, and `waker` wakes the loop for it.
+/// The result (the copy's size) comes back on `done` tagged with `id`, and `waker`
+/// wakes the loop for it.
 pub fn spawn_backup(
+    id: u64,
     db: std::path::PathBuf,
     dest: std::path::PathBuf,
-    done: Sender<Result<u64, String>>,
+    done: Sender<(u64, Result<u64, String>)>,
     waker: Arc<dyn Wake>,
 ) -> Result<(), String> {
     spawn_named("skiff-backup", move || {
         let result = crate::store::admin::backup(&db, &dest).map_err(|e| e.to_string());
-        if done.send(result).is_ok() {
+        if done.send((id, result)).is_ok() {
             waker.wake();
         }
     })

@@ -98,6 +98,19 @@ pub enum Event {
         snapshot: Snapshot,
         taken: Vec<String>,
     },
+    /// `skiff ctl`: Redis answered the function called for `origin`.
+    Control {
+        origin: Origin,
+        value: Value,
+    },
+    /// `skiff ctl kick`: close this user's socket here (1000).
+    Kick {
+        name: String,
+    },
+    /// `skiff ctl delete-message` (or `delete-user --messages`): out of the history.
+    Deleted {
+        id: u64,
+    },
 }
 
 /// What a command's reply is for.
@@ -108,6 +121,7 @@ enum Pending {
     /// A session with a socket here, checked after a sync: it may have ended while
     /// this node was not listening.
     Check([u8; 32]),
+    Control(Origin),
     Sync,
     Ignore,
 }
@@ -281,6 +295,17 @@ impl Cluster {
             }
         };
         self.send(&args, Pending::Conn(origin, expect));
+    }
+
+    /// `skiff ctl`: one call (`args`: FCALL and its arguments) for `origin`; Redis's
+    /// reply comes back as `Event::Control`, or as an `Unavailable` reply.
+    pub fn control(&mut self, origin: Origin, args: &[String]) {
+        if !self.accepting() {
+            self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
+            return;
+        }
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.send(&args, Pending::Control(origin));
     }
 
     /// A member's message, to publish; `Event::Message` delivers it (and its ack).
@@ -487,7 +512,9 @@ impl Cluster {
 
     fn fail_pending(&mut self, p: Pending) {
         match p {
-            Pending::Conn(origin, _) => self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable })),
+            Pending::Conn(origin, _) | Pending::Control(origin) => {
+                self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }))
+            }
             Pending::Publish(origin) => self.events.push_back(Event::Unavailable(origin)),
             Pending::Check(_) | Pending::Sync | Pending::Ignore => {}
         }
@@ -579,6 +606,7 @@ impl Cluster {
         }
         match why {
             Pending::Ignore => {}
+            Pending::Control(origin) => self.events.push_back(Event::Control { origin, value: v }),
             Pending::Check(id_hash) => {
                 if matches!(v, Value::Bulk(None)) {
                     // Logged out (or evicted) elsewhere while this node was away.
@@ -650,6 +678,9 @@ impl Cluster {
                 let Some(id_hash) = unhex32(&hash) else { return };
                 Event::SessionEnded { id_hash, code }
             }
+            RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
+            RoomEvent::Kick { .. } => return,
+            RoomEvent::Delete { id, .. } => Event::Deleted { id },
         };
         self.events.push_back(event);
     }
