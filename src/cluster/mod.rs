@@ -623,6 +623,8 @@ impl Cluster {
                     (_, Value::Error(_)) => Reply::Unavailable,
                     (Expect::Register, Value::Int(1)) => Reply::Registered,
                     (Expect::Register, _) => Reply::NameTaken,
+                    // skiff_login's answer for a banned user (a name is a bulk string).
+                    (Expect::Login, Value::Array(_)) => Reply::Banned,
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(session_reply(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,

@@ -388,7 +388,6 @@ fn cluster_answer(req: &Request, key: Option<&str>, v: &Value) -> Option<Answer>
             "online": n(1),
             "banned": n(2),
             "history": n(3),
-            "sessions": n(4),
             "database_bytes": Json::Null,
         })),
         Request::Users { online, limit, .. } => {
