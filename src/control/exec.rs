@@ -34,7 +34,10 @@ enum Op {
         name: String,
     },
     /// The canonical name first, then the write.
-    Find(Moderation),
+    Find {
+        asked: String,
+        what: Moderation,
+    },
     Commit {
         name: String,
         what: Moderation,
@@ -148,8 +151,8 @@ impl Ops {
     }
 
     fn find(&mut self, origin: Origin, name: String, what: Moderation, cx: &mut Cx) -> Op {
-        cx.submit(origin, StorageRequest::FindUser { name });
-        Op::Find(what)
+        cx.submit(origin, StorageRequest::FindUser { name: name.clone() });
+        Op::Find { asked: name, what }
     }
 
     fn backup(&mut self, id: u64, file: String) {
@@ -215,7 +218,7 @@ impl Ops {
                 Answer::error("not_online", &format!("{name} has no open WebSocket"))
             }
             (Op::Kick { name }, _) => unknown_user(&name),
-            (Op::Find(what), Reply::User(Some(name))) => {
+            (Op::Find { what, .. }, Reply::User(Some(name))) => {
                 let (write, what) = match what {
                     Moderation::Ban { reason } => {
                         let at_ms = unix_ms();
@@ -240,7 +243,7 @@ impl Ops {
                 self.pending.insert(id, Op::Commit { name, what });
                 return;
             }
-            (Op::Find(_), _) => Answer::error("unknown_user", "no user by that name"),
+            (Op::Find { asked, .. }, _) => unknown_user(&asked),
             (Op::Commit { name, what }, Reply::Registered) => self.committed(name, what, cx),
             (Op::Commit { name, .. }, _) => unknown_user(&name),
             (Op::DeleteMessage { id: msg }, Reply::Registered) => {
