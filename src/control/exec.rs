@@ -112,6 +112,9 @@ impl Ops {
             return self.start_cluster(id, origin, req, cx);
         }
         let op = match req {
+            // A failing disk is when the operator most needs a status: what memory
+            // knows, with the database's counts left out.
+            Request::Status if !cx.storage.is_healthy() => return self.answer(id, self.status(cx)),
             Request::Status => {
                 cx.submit(origin, StorageRequest::Control(Query::Status));
                 Op::Status
