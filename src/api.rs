@@ -182,6 +182,7 @@ pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
         }
         (PendingKind::Register { .. }, _) => Response::error(409, "username_taken"),
         (PendingKind::Login(id), Reply::User(Some(username))) => logged_in(username, id, ctx),
+        (PendingKind::Login(_), Reply::Banned) => Response::error(403, "banned"),
         (PendingKind::Login(_), _) => {
             if ctx.metered {
                 ctx.limits.failed_login.record(ctx.client.ip, ctx.now);
@@ -395,6 +396,7 @@ fn logged_in(username: String, id: Option<(SessionId, [u8; 32])>, ctx: &mut Ctx)
                 .header("Set-Cookie", format!("{SESSION_COOKIE}={id}{}", ctx.cookie_attrs()))
         }
         Err(LoginError::Full) => Response::error(503, "too_many_sessions"),
+        Err(LoginError::Banned) => Response::error(403, "banned"),
     }
 }
 

@@ -44,6 +44,8 @@ pub struct Config {
     /// Cluster mode: the Redis every node shares (`None`: one process, SQLite).
     pub redis: Option<RedisUrl>,
     pub reuse_port: bool,
+    /// `skiff ctl`'s socket; `None`: the database path + ".ctl".
+    pub control: Option<PathBuf>,
     pub log_level: LogLevel,
 }
 
@@ -92,6 +94,7 @@ impl Config {
             metrics_public: false,
             redis: None,
             reuse_port: false,
+            control: None,
             log_level: LogLevel::Info,
         }
     }
@@ -260,6 +263,10 @@ const FLAGS: &[Flag] = &[
     }),
     switch("reuse-port", "SO_REUSEPORT: several nodes on one host share the port", |c, v, _| {
         c.reuse_port = truthy(v)?;
+        Ok(())
+    }),
+    opt("control", "PATH", Note("the --db path + .ctl"), "Unix socket for `skiff ctl` (mode 0600)", |c, v, _| {
+        c.control = Some(PathBuf::from(v));
         Ok(())
     }),
 ];

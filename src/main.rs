@@ -8,8 +8,13 @@ use std::io::Write;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    // `skiff ctl ...` is the operator's client, not a server: its own flags.
+    if args.first().map(String::as_str) == Some("ctl") {
+        return ExitCode::from(skiff::control::cli::main(&args[1..]));
+    }
     let env = |name: &str| std::env::var(name).ok();
-    let mut cfg = match config::parse(std::env::args().skip(1), &env) {
+    let mut cfg = match config::parse(args, &env) {
         Ok(Command::Run(cfg)) => *cfg,
         Ok(Command::Help) => {
             print!("{}", config::usage());

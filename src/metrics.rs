@@ -106,6 +106,12 @@ pub fn render(s: &Snapshot) -> String {
     let statuses: Vec<(String, u64)> = st.responses.iter().map(|(s, n)| (format!("{{status=\"{s}\"}}"), *n)).collect();
     let statuses: Vec<(&str, u64)> = statuses.iter().map(|(l, n)| (l.as_str(), *n)).collect();
     p.metric("http_responses_total", "counter", "HTTP responses by status.", &statuses);
+    let actions: Vec<(String, u64)> = crate::chat::moderation::Action::ALL
+        .iter()
+        .map(|a| (format!("{{action=\"{}\"}}", a.label()), cs.moderation[*a as usize]))
+        .collect();
+    let actions: Vec<(&str, u64)> = actions.iter().map(|(l, n)| (l.as_str(), *n)).collect();
+    p.metric("moderation_total", "counter", "Operator actions taken with skiff ctl.", &actions);
     p.one("bytes_received_total", "counter", "Bytes read from clients.", st.bytes_in);
     p.one("bytes_sent_total", "counter", "Bytes written to clients.", st.bytes_out);
     if let Some(c) = s.cluster {

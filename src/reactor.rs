@@ -5,6 +5,7 @@
 use crate::chat::history::RESERVE_BLOCK;
 use crate::cluster::{self, Cluster, ClusterConfig};
 use crate::config::Config;
+use crate::control::{self, listener::Listener};
 use crate::log;
 use crate::server::{Server, ServerConfig};
 use crate::storage::Storage;
@@ -43,6 +44,9 @@ pub struct Reactor {
     tls: Option<Arc<rustls::ServerConfig>>,
     max_connections: usize,
     accept_retry: Option<Instant>,
+    /// `skiff ctl`'s socket, and the requests read from it this turn.
+    control: Listener,
+    control_requests: Vec<(u64, control::Request)>,
     /// Memory was freed since the last trim (see `trim_heap`).
     heap_dirty: bool,
     last_trim: Instant,
@@ -55,13 +59,21 @@ impl Reactor {
     /// `store` is `None` in cluster mode (`--redis`): Redis holds everything.
     pub fn new(cfg: &Config, store: Option<Store>, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Reactor, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+        // First, while this is the only thread: binding sets the process's umask.
+        let control_path = cfg.control.clone().unwrap_or_else(|| control::cli::beside(&cfg.db));
+        let mut control = control::listener::bind(&control_path)?;
+        control.register(poll.registry()).map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
         let listen_error = |e: io::Error| format!("cannot listen on {}: {e}", cfg.listen);
         let mut listener = bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?;
         let local_addr = listener.local_addr().map_err(listen_error)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
         let waker = Arc::new(Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?);
         let server = match store {
-            Some(store) => single_node(cfg, store, waker)?,
+            Some(store) => {
+                let mut server = single_node(cfg, store, waker.clone())?;
+                server.control.set_database(cfg.db.clone(), waker);
+                server
+            }
             None => {
                 let storage = Storage::files_only(waker).map_err(|e| e.to_string())?;
                 let mut server = Server::new(ServerConfig::from_config(cfg), storage);
@@ -88,6 +100,8 @@ impl Reactor {
             tls,
             max_connections: cfg.max_connections.unwrap_or_else(default_max_connections),
             accept_retry: None,
+            control,
+            control_requests: Vec::new(),
             heap_dirty: false,
             last_trim: Instant::now(),
         })
@@ -152,7 +166,15 @@ impl Reactor {
             match ev.token() {
                 LISTENER => accept = true,
                 SIGNALS => self.on_signal(now),
-                STORAGE => self.server.on_storage(now),
+                STORAGE => {
+                    self.server.on_storage(now);
+                    self.server.on_backups();
+                }
+                control::listener::LISTENER => self.control.accept(self.poll.registry()),
+                token if control::listener::is_client(token) => {
+                    let requests = self.control.on_ready(token, self.poll.registry());
+                    self.control_requests.extend(requests);
+                }
                 token @ (cluster::CMD | cluster::SUB) => self.server.on_cluster_ready(token, now),
                 Token(key) => {
                     let failed = ev.is_error();
@@ -167,8 +189,35 @@ impl Reactor {
         }
         self.server.run_pending_reads(now);
         self.server.on_timeout(now);
-        self.server.flush_cluster(now);
+        loop {
+            let started = self.run_control(now);
+            // Redis commands the requests queued go out now; its replies already in
+            // may finish requests, whose answers go out before the loop sleeps.
+            self.server.flush_cluster(now);
+            if !started && !self.server.control.has_answers() {
+                break;
+            }
+        }
         Ok(())
+    }
+
+    /// Starts the control requests read this turn and sends the answers that are
+    /// ready (a client's next request starts once it has its answer). True if a
+    /// request was started.
+    fn run_control(&mut self, now: Instant) -> bool {
+        let mut started = false;
+        loop {
+            for (id, req) in std::mem::take(&mut self.control_requests) {
+                self.server.on_control(id, req, now);
+                started = true;
+            }
+            let answers = self.server.control.take_answers();
+            if answers.is_empty() {
+                return started;
+            }
+            let next = self.control.deliver(answers, self.poll.registry());
+            self.control_requests.extend(next);
+        }
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -264,6 +313,7 @@ fn single_node(cfg: &Config, mut store: Store, waker: Arc<Waker>) -> Result<Serv
     let (messages, last_stored) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
     // After a crash the reservation runs past the last stored message: ids up to it
     // may have been seen live, so the next one follows it.
+    let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
     let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
     let last_id = last_stored.max(reserved);
     let first_block = last_id + RESERVE_BLOCK;
@@ -272,6 +322,7 @@ fn single_node(cfg: &Config, mut store: Store, waker: Arc<Waker>) -> Result<Serv
     let mut server = Server::new(ServerConfig::from_config(cfg), storage);
     server.cx.restore_history(&epoch, last_id, messages);
     server.cx.chat.set_reserved_ids(first_block);
+    server.cx.chat.set_banned(banned);
     // With history off no message is stored and the reservation alone carries the id.
     if reserved > last_stored && cfg.history > 0 {
         log::warn(format_args!(

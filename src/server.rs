@@ -25,6 +25,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 mod cluster;
 mod config;
+mod control;
 pub use config::ServerConfig;
 
 pub struct Server<S> {
@@ -37,6 +38,8 @@ pub struct Server<S> {
     read_list: Vec<usize>,
     next_generation: u64,
     shutdown: Option<Instant>,
+    /// `skiff ctl` requests under way.
+    pub control: crate::control::Ops,
 }
 
 impl<S: Stream> Server<S> {
@@ -50,6 +53,7 @@ impl<S: Stream> Server<S> {
             read_list: Vec::new(),
             next_generation: 1,
             shutdown: None,
+            control: crate::control::Ops::new(Instant::now()),
         };
         // One moment on both clocks: the chat core turns `Instant`s into Unix time
         // (message times, session activity) without reading a clock itself.
@@ -70,6 +74,9 @@ impl<S: Stream> Server<S> {
     /// Hands a storage (or Redis) reply to the connection waiting on it, if it is
     /// still there.
     fn reply(&mut self, done: crate::storage::Done, now: Instant) {
+        if done.origin.conn == crate::control::ORIGIN_CONN {
+            return self.control_reply(done, now);
+        }
         let key = done.origin.conn;
         let Some(c) = self.conns.get_mut(key).filter(|c| c.generation == done.origin.generation) else { return };
         let step = c.on_reply(done.reply, &mut self.cx, now);
@@ -213,6 +220,7 @@ impl<S: Stream> Server<S> {
                         self.delivered(to, &mut slow);
                     }
                     Effect::Broadcast { except, frame } => self.broadcast(except, frame, None, &mut slow),
+                    Effect::BroadcastV2 { frame } => self.broadcast_v2(frame, &mut slow),
                     Effect::Message { except, v1, v2 } => self.broadcast(except, v1, Some(v2), &mut slow),
                     Effect::Close { conn, code } => {
                         let Some(c) = self.conns.get_mut(conn) else { continue };
@@ -262,6 +270,18 @@ impl<S: Stream> Server<S> {
         }
         if let Some(seq) = seq {
             self.cx.log.seal(seq, recipients);
+        }
+    }
+
+    /// A frame only protocol v2 members get (plain `/ws` stays as it was).
+    fn broadcast_v2(&mut self, frame: Rc<[u8]>, slow: &mut Vec<usize>) {
+        for i in 0..self.cx.chat.members().len() {
+            let to = self.cx.chat.members()[i];
+            if self.cx.chat.is_v2(to) {
+                self.conns[to].out.push(Chunk::Shared(frame.clone()));
+                self.cx.stats.deliveries += 1;
+                self.delivered(to, slow);
+            }
         }
     }
 

@@ -59,6 +59,8 @@ pub enum Request {
     Join {
         name: String,
     },
+    /// A read for `skiff ctl`.
+    Control(crate::store::admin::Query),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,9 @@ pub enum Reply {
     LoggedOut,
     /// Cluster mode: the WebSocket may open; every node has heard the join.
     Joined,
+    /// The key is right but its user is banned (`skiff ctl ban`).
+    Banned,
+    Control(crate::store::admin::QueryResult),
 }
 
 /// What one group commit made durable (or failed to), reported to the loop so the
@@ -250,6 +255,24 @@ impl Storage {
         }
     }
 
+    /// A write whose commit `origin` waits on (`skiff ctl`): it joins the next group
+    /// commit, and its reply is `Registered` (done), `User(None)` (nothing by that
+    /// name) or `Unavailable`.
+    pub fn apply(&mut self, origin: Origin, write: Write) {
+        match &mut self.mode {
+            Mode::Threads(t) => {
+                if !send(&t.writes, WriterJob::Write { origin: Some(origin), write }) {
+                    t.mark_dead();
+                }
+            }
+            Mode::Inline { store, done, failing, .. } => {
+                let applied = if *failing { None } else { store.apply(std::slice::from_ref(&write)).ok() };
+                let reply = applied.map_or(Reply::Unavailable, |r| written_reply(r[0]));
+                done.push_back(Done { origin, reply });
+            }
+        }
+    }
+
     /// A write nobody waits on (sessions): it joins the next group commit.
     pub fn persist(&mut self, write: Write) {
         match &mut self.mode {
@@ -359,12 +382,13 @@ pub fn execute(store: &mut Store, request: Request) -> Reply {
         Request::Register { username, key_hash } => {
             store.apply(&[Write::Register { username, key_hash }]).map(|r| match r[0] {
                 Written::Done => Reply::Registered,
-                Written::NameTaken => Reply::NameTaken,
+                Written::NameTaken | Written::NotFound => Reply::NameTaken,
             })
         }
         Request::Login { key_hash, .. } => store.user_by_key_hash(&key_hash).map(Reply::User),
         Request::FindUser { name } => store.find_user(&name).map(Reply::User),
         Request::File(f) => Ok(Reply::File(Box::new(crate::web::serve_file(&f)))),
+        Request::Control(q) => store.query(q).map(Reply::Control),
         // Sessions and presence live in memory on a single node; only Redis is asked.
         Request::Session { .. } | Request::Logout { .. } | Request::Join { .. } => Ok(Reply::Unavailable),
     };
@@ -380,6 +404,35 @@ struct Reports {
     done: Sender<Done>,
     committed: Sender<Commit>,
     waker: Arc<dyn Wake>,
+}
+
+fn written_reply(w: Written) -> Reply {
+    match w {
+        Written::Done => Reply::Registered,
+        Written::NameTaken => Reply::NameTaken,
+        Written::NotFound => Reply::User(None),
+    }
+}
+
+/// `skiff ctl backup`: a thread of its own copies and checks the database (see
+/// `store::admin::backup`), so neither chat nor the storage threads wait for it.
+/// The result (the copy's size) comes back on `done` tagged with `id`, and `waker`
+/// wakes the loop for it.
+pub fn spawn_backup(
+    id: u64,
+    db: std::path::PathBuf,
+    dest: std::path::PathBuf,
+    done: Sender<(u64, Result<u64, String>)>,
+    waker: Arc<dyn Wake>,
+) -> Result<(), String> {
+    spawn_named("skiff-backup", move || {
+        let result = crate::store::admin::backup(&db, &dest).map_err(|e| e.to_string());
+        if done.send((id, result)).is_ok() {
+            waker.wake();
+        }
+    })
+    .map(drop)
+    .map_err(|e| e.to_string())
 }
 
 fn run_writer(
@@ -417,8 +470,7 @@ fn run_writer(
         for (i, origin) in origins.into_iter().enumerate() {
             let Some(origin) = origin else { continue };
             let reply = match &results {
-                Ok(r) if r[i] == Written::NameTaken => Reply::NameTaken,
-                Ok(_) => Reply::Registered,
+                Ok(r) => written_reply(r[i]),
                 Err(_) => Reply::Unavailable,
             };
             wake |= reports.done.send(Done { origin, reply }).is_ok();

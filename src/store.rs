@@ -8,8 +8,10 @@ use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
+pub mod admin;
+
 /// The schema version this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Keys longer than this cannot be ours; refuse them before hashing.
 const MAX_KEY_LEN: usize = 256;
@@ -60,6 +62,29 @@ pub enum Write {
     ReserveIds {
         through: u64,
     },
+    /// `skiff ctl ban`: the user's sessions go with it. `NotFound` for no such user.
+    Ban {
+        username: String,
+        reason: Option<String>,
+        at_ms: i64,
+    },
+    Unban {
+        username: String,
+    },
+    /// A new key (the old one stops working) and no sessions.
+    ResetKey {
+        username: String,
+        key_hash: [u8; 32],
+    },
+    /// The name becomes free; with `messages`, the user's messages go too.
+    DeleteUser {
+        username: String,
+        messages: bool,
+    },
+    /// One message out of the history. `NotFound` if it is not kept.
+    DeleteMessage {
+        id: u64,
+    },
     /// A broadcast chat message; rows older than the newest `keep` go.
     Message {
         id: u64,
@@ -84,6 +109,8 @@ pub struct StoredMessage {
 pub enum Written {
     Done,
     NameTaken,
+    /// The user or message a moderation write names does not exist.
+    NotFound,
 }
 
 /// A session read back at start-up.
@@ -217,6 +244,17 @@ impl Store {
                 .map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
+        if from < 4 {
+            // Bans (`skiff ctl ban`): the row stays, so the name stays taken.
+            let tx = self.db.transaction().map_err(classify)?;
+            tx.execute_batch(
+                "ALTER TABLE users ADD COLUMN banned_at INTEGER;
+                 ALTER TABLE users ADD COLUMN ban_reason TEXT;
+                 PRAGMA user_version = 4;",
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
         Ok(())
     }
 
@@ -241,7 +279,16 @@ impl Store {
     /// The newest `limit` messages, oldest first, and the highest id ever given
     /// (kept even when `limit` is 0).
     pub fn load_messages(&mut self, limit: usize) -> Result<(Vec<StoredMessage>, u64), StoreError> {
-        let last: i64 = self.db.query_row("SELECT coalesce(max(id), 0) FROM messages", [], |r| r.get(0)).map_err(io)?;
+        // A deleted newest message leaves its id in meta (`skiff ctl delete-message`).
+        let last: i64 = self
+            .db
+            .query_row(
+                "SELECT max(coalesce((SELECT max(id) FROM messages), 0),
+                            coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_id'), 0))",
+                [],
+                |r| r.get(0),
+            )
+            .map_err(io)?;
         let mut stmt =
             self.db.prepare("SELECT id, ts, author, message FROM messages ORDER BY id DESC LIMIT ?1").map_err(io)?;
         let rows = stmt
@@ -314,7 +361,7 @@ impl Store {
         let write = Write::Register { username: username.to_owned(), key_hash: hash_key(&key) };
         match self.apply(std::slice::from_ref(&write))?[0] {
             Written::Done => Ok(Registered::Created { key }),
-            Written::NameTaken => Ok(Registered::NameTaken),
+            Written::NameTaken | Written::NotFound => Ok(Registered::NameTaken),
         }
     }
 
@@ -429,6 +476,54 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             stmt.execute(params![through.to_string()]).map_err(io)?;
             Ok(Written::Done)
         }
+        Write::Ban { username, reason, at_ms } => {
+            let n = tx
+                .execute(
+                    "UPDATE users SET banned_at = ?2, ban_reason = ?3 WHERE username = ?1",
+                    params![username, at_ms, reason],
+                )
+                .map_err(io)?;
+            if n == 0 {
+                return Ok(Written::NotFound);
+            }
+            tx.execute("DELETE FROM sessions WHERE username = ?1 COLLATE NOCASE", params![username]).map_err(io)?;
+            Ok(Written::Done)
+        }
+        Write::Unban { username } => {
+            let n = tx
+                .execute("UPDATE users SET banned_at = NULL, ban_reason = NULL WHERE username = ?1", params![username])
+                .map_err(io)?;
+            Ok(if n == 0 { Written::NotFound } else { Written::Done })
+        }
+        Write::ResetKey { username, key_hash } => {
+            let n = tx
+                .execute("UPDATE users SET key_hash = ?2 WHERE username = ?1", params![username, &key_hash[..]])
+                .map_err(io)?;
+            if n == 0 {
+                return Ok(Written::NotFound);
+            }
+            tx.execute("DELETE FROM sessions WHERE username = ?1 COLLATE NOCASE", params![username]).map_err(io)?;
+            Ok(Written::Done)
+        }
+        Write::DeleteUser { username, messages } => {
+            let author: Option<String> = tx
+                .query_row("SELECT username FROM users WHERE username = ?1", params![username], |r| r.get(0))
+                .optional()
+                .map_err(io)?;
+            let Some(author) = author else { return Ok(Written::NotFound) };
+            if *messages {
+                keep_last_id(tx)?;
+                tx.execute("DELETE FROM messages WHERE author = ?1", params![author]).map_err(io)?;
+            }
+            tx.execute("DELETE FROM sessions WHERE username = ?1 COLLATE NOCASE", params![author]).map_err(io)?;
+            tx.execute("DELETE FROM users WHERE username = ?1", params![author]).map_err(io)?;
+            Ok(Written::Done)
+        }
+        Write::DeleteMessage { id } => {
+            keep_last_id(tx)?;
+            let n = tx.execute("DELETE FROM messages WHERE id = ?1", params![*id as i64]).map_err(io)?;
+            Ok(if n == 0 { Written::NotFound } else { Written::Done })
+        }
         Write::Message { id, ts, author, message, keep } => {
             let mut stmt = tx
                 .prepare_cached("INSERT OR REPLACE INTO messages (id, ts, author, message) VALUES (?1, ?2, ?3, ?4)")
@@ -441,6 +536,22 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             Ok(Written::Done)
         }
     }
+}
+
+/// Before a message row is deleted: the highest id given goes into meta, so a
+/// restart never hands out a deleted newest message's id again.
+fn keep_last_id(tx: &rusqlite::Transaction) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta (key, value)
+         SELECT 'last_id', CAST(max(coalesce((SELECT max(id) FROM messages), 0),
+                                    coalesce((SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'last_id'), 0))
+                                AS TEXT)
+         WHERE true
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        [],
+    )
+    .map_err(io)?;
+    Ok(())
 }
 
 /// SHA-256 of a key, or `None` for a string that cannot be a key of ours.

@@ -27,7 +27,7 @@
  *                                   server acks it, or from the history/replay when the
  *                                   author is you); .msg-unconfirmed if the socket dropped
  *                                   before the ack; data-id = the server's message id
- *                                   (protocol v2); children .msg-time (time element: the
+ *                                   (protocol v2; removed on a "delete" event); children .msg-time (time element: the
  *                                   server's time when it sent one, else time of receipt),
  *                                   .msg-author, .msg-text
  *     li.evt[data-event][data-username]   join / leave line
@@ -295,6 +295,13 @@
     li.dataset.username = username;
     li.append(timeNode(), ' ', span('evt-text', kind === 'join' ? `${username} joined` : `${username} left`));
     appendEntry(li);
+  }
+
+  // {"event":"delete","id":N} (protocol v2): an operator removed message N (`skiff ctl
+  // delete-message`); it leaves the page as it left the server's history.
+  function removeMessage(id) {
+    const li = el.messages.querySelector(`li.msg[data-id="${id}"]`);
+    if (li) li.remove();
   }
 
   function addNote(text, kind = 'info') {
@@ -566,6 +573,10 @@
     if (state.proto === 2 && !state.helloSeen) fallBackToV1(gen);
     if (m.event === 'resync') {
       onResync();
+      return;
+    }
+    if (m.event === 'delete' && Number.isSafeInteger(m.id)) {
+      removeMessage(m.id);
       return;
     }
 

@@ -156,6 +156,33 @@ impl History {
         self.ring.range(end.saturating_sub(limit)..end)
     }
 
+    /// Message `id` is kept.
+    pub fn contains(&self, id: u64) -> bool {
+        self.position(id).is_some()
+    }
+
+    /// Drops message `id` (`skiff ctl delete-message`); false if it is not kept. The
+    /// ids after it stay as they are: a resume past it simply does not replay it.
+    pub fn remove(&mut self, id: u64) -> bool {
+        match self.position(id) {
+            Some(at) => self.ring.remove(at).is_some(),
+            None => false,
+        }
+    }
+
+    /// Drops every kept message by `author` (exact spelling); returns their ids.
+    pub fn remove_by(&mut self, author: &str) -> Vec<u64> {
+        let ids: Vec<u64> = self.ring.iter().filter(|e| &*e.author == author).map(|e| e.id).collect();
+        self.ring.retain(|e| &*e.author != author);
+        ids
+    }
+
+    fn position(&self, id: u64) -> Option<usize> {
+        // Ids only grow along the ring (gaps where messages were deleted).
+        let at = self.ring.partition_point(|e| e.id < id);
+        self.ring.get(at).filter(|e| e.id == id).map(|_| at)
+    }
+
     /// Messages kept.
     pub fn len(&self) -> usize {
         self.ring.len()

@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod history;
+pub mod moderation;
 pub mod replica;
 pub mod replicated;
 pub mod room;
@@ -63,6 +64,11 @@ pub enum Effect {
     /// Cluster mode: `user`'s WebSocket here is gone; the cluster must hear it left.
     Left {
         user: Rc<str>,
+    },
+    /// One encoded frame for every protocol v2 member, none for plain `/ws` ones
+    /// (the `delete` event).
+    BroadcastV2 {
+        frame: Rc<[u8]>,
     },
 }
 
@@ -159,6 +165,8 @@ pub struct ChatStats {
     pub messages_rejected: u64,
     pub rate_limited: u64,
     pub broadcasts: u64,
+    /// `skiff ctl` actions done, by `moderation::Action`.
+    pub moderation: [u64; moderation::Action::ALL.len()],
 }
 
 pub struct Chat {
@@ -176,6 +184,8 @@ pub struct Chat {
     /// leaves and messages take effect when they come back from the room's channel
     /// (`apply_*`), and local events become `Publish`/`Left` effects instead.
     replica: Option<Replica>,
+    /// Banned users, lowercased: a login for them gets no session.
+    banned: std::collections::HashSet<Box<str>>,
     pub stats: ChatStats,
 }
 
@@ -190,6 +200,7 @@ impl Chat {
             wall: (Instant::now(), 0),
             message_rate: cfg.message_rate,
             replica: None,
+            banned: Default::default(),
             stats: ChatStats::default(),
         }
     }
@@ -278,6 +289,9 @@ impl Chat {
 
     /// Starts a session for a user the store has authenticated.
     pub fn login(&mut self, user: &str, now: Instant, fx: &mut Effects) -> Result<SessionId, LoginError> {
+        if self.is_banned(user) {
+            return Err(LoginError::Banned);
+        }
         let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
         let mut evicted = Vec::new();
         let result = self.sessions.login(name, now, &mut evicted);

@@ -29,6 +29,9 @@ impl Chat {
 
     /// The user's session with an id drawn by `new_session_id`, once Redis has it.
     pub fn login_as(&mut self, user: &str, id: (SessionId, [u8; 32]), now: Instant) -> Result<SessionId, LoginError> {
+        if self.is_banned(user) {
+            return Err(LoginError::Banned);
+        }
         let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
         let mut evicted = Vec::new();
         let result = self.sessions.login_with(name, id, now, &mut evicted);

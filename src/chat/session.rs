@@ -120,6 +120,8 @@ pub struct Sessions {
 pub enum LoginError {
     /// The global session cap is reached and nothing may be evicted for it.
     Full,
+    /// The user is banned (`skiff ctl ban`).
+    Banned,
 }
 
 impl Sessions {
@@ -354,6 +356,20 @@ impl Sessions {
             (s.older != NONE).then(|| &self.slab[s.older as usize])
         })
         .filter(move |s| s.user.eq_ignore_ascii_case(name))
+    }
+
+    /// The keys of the user's sessions (name ignoring case), newest first.
+    pub fn keys_of_user(&self, name: &str) -> Vec<SessionKey> {
+        let mut out = Vec::new();
+        let mut at = self.by_user.get(&self.name_key(name)).map_or(NONE, |l| l.newest);
+        while at != NONE {
+            let s = &self.slab[at as usize];
+            if s.user.eq_ignore_ascii_case(name) {
+                out.push(SessionKey { key: at as usize, generation: s.generation });
+            }
+            at = s.older;
+        }
+        out
     }
 
     /// The user's open WebSocket, on whichever of their sessions (name ignoring case).

@@ -30,6 +30,17 @@ pub enum RoomEvent {
         code: u16,
         hash: String,
     },
+    /// `skiff ctl kick`: the node holding `name`'s socket closes it (1000).
+    Kick {
+        seq: u64,
+        node: String,
+        name: String,
+    },
+    /// `skiff ctl`: message `id` left the history.
+    Delete {
+        seq: u64,
+        id: u64,
+    },
 }
 
 impl RoomEvent {
@@ -38,7 +49,9 @@ impl RoomEvent {
             RoomEvent::Join { seq, .. }
             | RoomEvent::Leave { seq, .. }
             | RoomEvent::Message { seq, .. }
-            | RoomEvent::SessionEnd { seq, .. } => *seq,
+            | RoomEvent::SessionEnd { seq, .. }
+            | RoomEvent::Kick { seq, .. }
+            | RoomEvent::Delete { seq, .. } => *seq,
         }
     }
 
@@ -76,6 +89,11 @@ impl RoomEvent {
                 let (code, hash) = rest.split_once(' ')?;
                 RoomEvent::SessionEnd { seq, code: code.parse().ok()?, hash: word(hash)? }
             }
+            "K" => {
+                let (node, name) = rest.split_once(' ')?;
+                RoomEvent::Kick { seq, node: word(node)?, name: word(name)? }
+            }
+            "D" => RoomEvent::Delete { seq, id: rest.parse().ok()? },
             _ => return None,
         })
     }
@@ -112,6 +130,12 @@ mod tests {
             Some(RoomEvent::SessionEnd { seq: 10, code: 1000, hash: "00ff".into() })
         );
         assert_eq!(RoomEvent::parse(b"M 9 41 1 ab12 3.9 Alice ").unwrap().seq(), 9);
+        assert_eq!(
+            RoomEvent::parse(b"K 11 ab12 Alice"),
+            Some(RoomEvent::Kick { seq: 11, node: "ab12".into(), name: "Alice".into() })
+        );
+        assert_eq!(RoomEvent::parse(b"D 12 41"), Some(RoomEvent::Delete { seq: 12, id: 41 }));
+        assert_eq!(RoomEvent::parse(b"D 12 x"), None);
     }
 
     #[test]

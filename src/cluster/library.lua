@@ -35,12 +35,19 @@ local function join(p, lower, name, node, token)
   return seq
 end
 
+local function now_ms()
+  local t = redis.call('TIME')
+  return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
+end
+
 -- (p, lower, name, keyhash) -> 1, or 0 if the name is taken (ignoring case)
 redis.register_function('skiff_register', function(_, a)
   if redis.call('HSETNX', a[1] .. 'users', a[2], a[3]) == 0 then
     return 0
   end
   redis.call('HSET', a[1] .. 'keys', a[4], a[3])
+  redis.call('HSET', a[1] .. 'keyof', a[2], a[4])
+  redis.call('HSET', a[1] .. 'created', a[2], now_ms())
   return 1
 end)
 
@@ -51,6 +58,9 @@ redis.register_function('skiff_login', function(_, a)
   local name = redis.call('HGET', p .. 'keys', keyhash)
   if not name then
     return false
+  end
+  if redis.call('HEXISTS', p .. 'banned', string.lower(name)) == 1 then
+    return { 'banned' }
   end
   local list = p .. 'usess:' .. string.lower(name)
   local t = redis.call('TIME')
@@ -214,4 +224,180 @@ redis.register_function('skiff_sync', function(_, a)
     history,
     taken,
   }
+end)
+
+-- skiff ctl: the operator's commands, each as atomic as the rest. Sockets close
+-- through the room's events: E (a session ended, 1008) on the node holding the
+-- socket, K (a kick, 1000) on the node named, D (a message left the history) on all.
+
+-- Ends every session of a user; returns how many were live.
+local function end_sessions(p, lower)
+  local list = p .. 'usess:' .. lower
+  local ended = 0
+  for _, h in ipairs(redis.call('ZRANGE', list, 0, -1)) do
+    if redis.call('DEL', p .. 'sess:' .. h) == 1 then
+      publish(p, 'E', '1008 ' .. h)
+      ended = ended + 1
+    end
+  end
+  redis.call('DEL', list)
+  return ended
+end
+
+-- The user's key hash. Users registered before 'keyof' existed are found by a scan
+-- of 'keys', once: a reset or a deletion then writes 'keyof' or removes the user.
+local function key_of(p, lower, name)
+  local k = redis.call('HGET', p .. 'keyof', lower)
+  if k then
+    return k
+  end
+  local cursor = '0'
+  repeat
+    local r = redis.call('HSCAN', p .. 'keys', cursor, 'COUNT', 1000)
+    cursor = r[1]
+    for i = 1, #r[2], 2 do
+      if r[2][i + 1] == name then
+        return r[2][i]
+      end
+    end
+  until cursor == '0'
+  return false
+end
+
+local function live_sessions(p, lower)
+  local n = 0
+  for _, h in ipairs(redis.call('ZRANGE', p .. 'usess:' .. lower, 0, -1)) do
+    n = n + redis.call('EXISTS', p .. 'sess:' .. h)
+  end
+  return n
+end
+
+-- (p) -> {users, online, banned, history}
+redis.register_function { function_name = 'skiff_status', flags = { 'no-writes' }, callback = function(_, a)
+  local p = a[1]
+  return { redis.call('HLEN', p .. 'users'), redis.call('ZCARD', p .. 'online'), redis.call('HLEN', p .. 'banned'),
+    redis.call('XLEN', p .. 'history') }
+end }
+
+-- (p, after, limit, online_only) -> {{name, registered_ms, online, sessions, banned}, ...}
+-- by lowercased name after `after`. Sorting every name costs O(n log n) per page: an
+-- operator's command, not a per-message path.
+redis.register_function { function_name = 'skiff_users', flags = { 'no-writes' }, callback = function(_, a)
+  local p, after, limit, online_only = a[1], a[2], tonumber(a[3]), a[4] == '1'
+  local lowers = {}
+  if online_only then
+    for _, name in ipairs(redis.call('ZRANGE', p .. 'online', 0, -1)) do
+      table.insert(lowers, string.lower(name))
+    end
+  else
+    lowers = redis.call('HKEYS', p .. 'users')
+  end
+  table.sort(lowers)
+  local out = {}
+  for _, lower in ipairs(lowers) do
+    if #out >= limit then
+      break
+    end
+    local name = redis.call('HGET', p .. 'users', lower)
+    if lower > after and name then
+      table.insert(out, { name, redis.call('HGET', p .. 'created', lower), redis.call('HEXISTS', p .. 'presence', lower),
+        live_sessions(p, lower), redis.call('HEXISTS', p .. 'banned', lower) })
+    end
+  end
+  return out
+end }
+
+-- (p, lower) -> 1 (the K event went out), 0 if the user is not online, -1 if unknown
+redis.register_function('skiff_kick', function(_, a)
+  local p, lower = a[1], a[2]
+  local name = redis.call('HGET', p .. 'users', lower)
+  if not name then
+    return -1
+  end
+  local node = redis.call('HGET', p .. 'presence', lower)
+  if not node then
+    return 0
+  end
+  publish(p, 'K', node .. ' ' .. name)
+  return 1
+end)
+
+-- (p, lower, reason, at_ms) -> {name, sessions ended}, or nil for an unknown user.
+-- The name stays taken; a login answers banned until skiff_unban.
+redis.register_function('skiff_ban', function(_, a)
+  local p, lower = a[1], a[2]
+  local name = redis.call('HGET', p .. 'users', lower)
+  if not name then
+    return false
+  end
+  redis.call('HSET', p .. 'banned', lower, a[4] .. ' ' .. a[3])
+  return { name, end_sessions(p, lower) }
+end)
+
+-- (p, lower) -> {name, 1 if it was banned}, or nil for an unknown user
+redis.register_function('skiff_unban', function(_, a)
+  local p, lower = a[1], a[2]
+  local name = redis.call('HGET', p .. 'users', lower)
+  if not name then
+    return false
+  end
+  return { name, redis.call('HDEL', p .. 'banned', lower) }
+end)
+
+-- (p, lower, new keyhash) -> {name, sessions ended}, or nil for an unknown user
+redis.register_function('skiff_reset_key', function(_, a)
+  local p, lower, new = a[1], a[2], a[3]
+  local name = redis.call('HGET', p .. 'users', lower)
+  if not name then
+    return false
+  end
+  local old = key_of(p, lower, name)
+  if old then
+    redis.call('HDEL', p .. 'keys', old)
+  end
+  redis.call('HSET', p .. 'keys', new, name)
+  redis.call('HSET', p .. 'keyof', lower, new)
+  return { name, end_sessions(p, lower) }
+end)
+
+-- (p, lower, with_messages) -> {name, sessions ended, messages deleted}, or nil for
+-- an unknown user. The name is free again at once.
+redis.register_function('skiff_delete_user', function(_, a)
+  local p, lower = a[1], a[2]
+  local name = redis.call('HGET', p .. 'users', lower)
+  if not name then
+    return false
+  end
+  local old = key_of(p, lower, name)
+  if old then
+    redis.call('HDEL', p .. 'keys', old)
+  end
+  for _, h in ipairs({ 'users', 'keyof', 'banned', 'created' }) do
+    redis.call('HDEL', p .. h, lower)
+  end
+  local ended = end_sessions(p, lower)
+  local deleted = 0
+  if a[3] == '1' then
+    for _, e in ipairs(redis.call('XRANGE', p .. 'history', '-', '+')) do
+      local f = e[2]
+      for i = 1, #f, 2 do
+        if f[i] == 'author' and f[i + 1] == name then
+          redis.call('XDEL', p .. 'history', e[1])
+          publish(p, 'D', string.match(e[1], '^(%d+)'))
+          deleted = deleted + 1
+        end
+      end
+    end
+  end
+  return { name, ended, deleted }
+end)
+
+-- (p, id) -> 1 if message id was kept (it is gone now, event D), else 0
+redis.register_function('skiff_delete_message', function(_, a)
+  local p, id = a[1], a[2]
+  if redis.call('XDEL', p .. 'history', id .. '-0') == 0 then
+    return 0
+  end
+  publish(p, 'D', id)
+  return 1
 end)

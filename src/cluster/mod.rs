@@ -98,6 +98,19 @@ pub enum Event {
         snapshot: Snapshot,
         taken: Vec<String>,
     },
+    /// `skiff ctl`: Redis answered the function called for `origin`.
+    Control {
+        origin: Origin,
+        value: Value,
+    },
+    /// `skiff ctl kick`: close this user's socket here (1000).
+    Kick {
+        name: String,
+    },
+    /// `skiff ctl delete-message` (or `delete-user --messages`): out of the history.
+    Deleted {
+        id: u64,
+    },
 }
 
 /// What a command's reply is for.
@@ -108,6 +121,7 @@ enum Pending {
     /// A session with a socket here, checked after a sync: it may have ended while
     /// this node was not listening.
     Check([u8; 32]),
+    Control(Origin),
     Sync,
     Ignore,
 }
@@ -273,13 +287,25 @@ impl Cluster {
                 let lower = name.to_ascii_lowercase();
                 (Expect::Join, fcall("skiff_join", &[p, &lower, &name, &self.node, &token]))
             }
-            // Files are read by the storage thread; nothing else reaches here.
-            Request::File(_) => {
+            // Files are read by the storage thread; `skiff ctl` calls Redis through
+            // `control`; nothing else reaches here.
+            Request::File(_) | Request::Control(_) => {
                 self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
                 return;
             }
         };
         self.send(&args, Pending::Conn(origin, expect));
+    }
+
+    /// `skiff ctl`: one call (`args`: FCALL and its arguments) for `origin`; Redis's
+    /// reply comes back as `Event::Control`, or as an `Unavailable` reply.
+    pub fn control(&mut self, origin: Origin, args: &[String]) {
+        if !self.accepting() {
+            self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
+            return;
+        }
+        let args: Vec<Vec<u8>> = args.iter().map(|a| a.as_bytes().to_vec()).collect();
+        self.send(&args, Pending::Control(origin));
     }
 
     /// A member's message, to publish; `Event::Message` delivers it (and its ack).
@@ -489,7 +515,9 @@ impl Cluster {
 
     fn fail_pending(&mut self, p: Pending) {
         match p {
-            Pending::Conn(origin, _) => self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable })),
+            Pending::Conn(origin, _) | Pending::Control(origin) => {
+                self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }))
+            }
             Pending::Publish(origin) => self.events.push_back(Event::Unavailable(origin)),
             Pending::Check(_) | Pending::Sync | Pending::Ignore => {}
         }
@@ -581,6 +609,7 @@ impl Cluster {
         }
         match why {
             Pending::Ignore => {}
+            Pending::Control(origin) => self.events.push_back(Event::Control { origin, value: v }),
             Pending::Check(id_hash) => {
                 if matches!(v, Value::Bulk(None)) {
                     // Logged out (or evicted) elsewhere while this node was away.
@@ -597,6 +626,8 @@ impl Cluster {
                     (_, Value::Error(_)) => Reply::Unavailable,
                     (Expect::Register, Value::Int(1)) => Reply::Registered,
                     (Expect::Register, _) => Reply::NameTaken,
+                    // skiff_login's answer for a banned user (a name is a bulk string).
+                    (Expect::Login, Value::Array(_)) => Reply::Banned,
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(session_reply(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
@@ -652,6 +683,9 @@ impl Cluster {
                 let Some(id_hash) = unhex32(&hash) else { return };
                 Event::SessionEnded { id_hash, code }
             }
+            RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
+            RoomEvent::Kick { .. } => return,
+            RoomEvent::Delete { id, .. } => Event::Deleted { id },
         };
         self.events.push_back(event);
     }

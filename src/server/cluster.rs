@@ -77,6 +77,13 @@ impl<S: Stream> Server<S> {
                 self.cx.chat.apply_message(id, ts, &author, &text, sender, &mut self.cx.fx);
             }
             Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
+            Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
+            Event::Kick { name } => {
+                self.cx.chat.kick(&name, &mut self.cx.fx);
+            }
+            Event::Deleted { id } => {
+                self.cx.chat.delete_message(id, &mut self.cx.fx);
+            }
             Event::Unavailable(origin) => {
                 if let Some(conn) = self.local(origin) {
                     self.cx.fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_UNAVAILABLE) });
