@@ -7,6 +7,7 @@ pub mod chat;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod handover;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod http;
