@@ -25,6 +25,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 mod cluster;
 mod config;
+mod handover;
 pub use config::ServerConfig;
 
 pub struct Server<S> {

@@ -2,6 +2,7 @@
 //! of effects (frames to send, broadcasts, sockets to close) for the reactor to apply.
 //! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
 
+mod handover;
 pub mod history;
 pub mod replica;
 pub mod replicated;
