@@ -25,3 +25,6 @@ pub mod timer;
 pub mod tls;
 pub mod web;
 pub mod ws;
+
+/// The version this binary reports (`--version`, `/metrics`, the start-up log).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -13,13 +13,19 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod handover;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The storage threads have replies for the loop.
 const STORAGE: Token = Token(usize::MAX - 3);
+/// SIGUSR2: hand everything over to the binary at our own path. Clear of the
+/// cluster's tokens (MAX - 4, MAX - 5) and a few more.
+const UPGRADE: Token = Token(usize::MAX - 9);
 
 /// Connections flushed between two looks at new events: about a millisecond of
 /// loopback writes (~8 us each, measured with perf: almost all kernel TCP).
@@ -40,6 +46,14 @@ pub struct Reactor {
     /// Memory was freed since the last trim (see `trim_heap`).
     heap_dirty: bool,
     last_trim: Instant,
+    /// SIGUSR2 arrives here.
+    upgrade: Option<UnixStream>,
+    /// What storage needs to start again after a hand-over that failed.
+    db: PathBuf,
+    waker: Arc<Waker>,
+    /// Taken over from a previous process and not yet through the first loop turn:
+    /// when the hand-over began (`handover::os::monotonic_ns`) and the connections.
+    took_over: Option<(u64, usize)>,
 }
 
 impl Reactor {
@@ -48,16 +62,31 @@ impl Reactor {
     /// the storage writer thread. Errors are one line for the operator.
     /// `store` is `None` in cluster mode (`--redis`): Redis holds everything.
     pub fn new(cfg: &Config, store: Option<Store>, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Reactor, String> {
+        Reactor::build(cfg, store, tls, None, true)
+    }
+
+    /// `new`, on `listener` if given (a hand-over's), with the sessions and history
+    /// saved on disk if `load_saved`.
+    fn build(
+        cfg: &Config,
+        store: Option<Store>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        listener: Option<TcpListener>,
+        load_saved: bool,
+    ) -> Result<Reactor, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
         let listen_error = |e: io::Error| format!("cannot listen on {}: {e}", cfg.listen);
-        let mut listener = bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?;
+        let mut listener = match listener {
+            Some(l) => l,
+            None => bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?,
+        };
         let local_addr = listener.local_addr().map_err(listen_error)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
         let waker = Arc::new(Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?);
         let server = match store {
-            Some(store) => single_node(cfg, store, waker)?,
+            Some(store) => single_node(cfg, store, waker.clone(), load_saved)?,
             None => {
-                let storage = Storage::files_only(waker).map_err(|e| e.to_string())?;
+                let storage = Storage::files_only(waker.clone()).map_err(|e| e.to_string())?;
                 let mut server = Server::new(ServerConfig::from_config(cfg), storage);
                 let url = cfg.redis.clone().ok_or("cluster mode without --redis")?;
                 let registry =
@@ -84,6 +113,10 @@ impl Reactor {
             accept_retry: None,
             heap_dirty: false,
             last_trim: Instant::now(),
+            upgrade: None,
+            db: cfg.db.clone(),
+            waker,
+            took_over: None,
         })
     }
 
@@ -102,12 +135,27 @@ impl Reactor {
         let mut rx = UnixStream::from_std(rx);
         self.poll.registry().register(&mut rx, SIGNALS, Interest::READABLE)?;
         self.signals = Some(rx);
+        let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR2, tx)?;
+        let mut rx = UnixStream::from_std(rx);
+        self.poll.registry().register(&mut rx, UPGRADE, Interest::READABLE)?;
+        self.upgrade = Some(rx);
+        // A hand-over held these across the exec; with handlers in place they may come.
+        crate::handover::os::hold_signals(false);
         Ok(())
     }
 
     /// Runs until a signal's graceful shutdown completes.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        if let Some((since, conns)) = self.took_over.take() {
+            // From the signal to the first wait for events, which the taken sockets
+            // (registered, their bytes queued) answer at once.
+            let pause = crate::handover::os::monotonic_ns().saturating_sub(since);
+            log::info(format_args!("hand-over done: {conns} connections, paused {:.1} ms", pause as f64 / 1e6));
+        }
         loop {
             // Flush in slices, taking in new events between them (see `flush_some`).
             while self.server.flush_some(Instant::now(), FLUSH_SLICE) {
@@ -142,6 +190,7 @@ impl Reactor {
             match ev.token() {
                 LISTENER => accept = true,
                 SIGNALS => self.on_signal(now),
+                UPGRADE => self.on_upgrade(now),
                 STORAGE => self.server.on_storage(now),
                 token @ (cluster::CMD | cluster::SUB) => self.server.on_cluster_ready(token, now),
                 Token(key) => {
@@ -248,18 +297,38 @@ impl Reactor {
 
 /// One process, one SQLite file: its sessions and history come back, then it moves
 /// to the storage writer thread.
-fn single_node(cfg: &Config, mut store: Store, waker: Arc<Waker>) -> Result<Server<Transport>, String> {
-    let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
-    let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
-    let (messages, last_id) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
+/// A hand-over brings its own sessions and history (`load_saved` false).
+fn single_node(
+    cfg: &Config,
+    mut store: Store,
+    waker: Arc<Waker>,
+    load_saved: bool,
+) -> Result<Server<Transport>, String> {
+    let saved = if load_saved { Some(load_saved_state(cfg, &mut store)?) } else { None };
     let storage = Storage::spawn(store, &cfg.db, waker, Duration::ZERO).map_err(|e| e.to_string())?;
     let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+    if let Some(saved) = saved {
+        restore_saved(&mut server, saved);
+    }
+    Ok(server)
+}
+
+/// Sessions, the history's epoch, its messages and last id, as saved on disk.
+type Saved = (Vec<crate::store::StoredSession>, String, Vec<crate::store::StoredMessage>, u64);
+
+fn load_saved_state(cfg: &Config, store: &mut Store) -> Result<Saved, String> {
+    let sessions = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
+    let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
+    let (messages, last_id) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
+    Ok((sessions, epoch, messages, last_id))
+}
+
+fn restore_saved(server: &mut Server<Transport>, (sessions, epoch, messages, last_id): Saved) {
     server.cx.restore_history(&epoch, last_id, messages);
-    let restored = server.cx.restore_sessions(saved, Instant::now());
+    let restored = server.cx.restore_sessions(sessions, Instant::now());
     if restored > 0 {
         log::info(format_args!("{restored} sessions restored"));
     }
-    Ok(server)
 }
 
 /// The listening socket; with `reuse_port`, SO_REUSEPORT lets several skiff nodes

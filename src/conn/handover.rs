@@ -84,4 +84,21 @@ impl<S: Stream> Conn<S> {
         c.metered = state.metered;
         c
     }
+
+    /// A socket handed over without a state to go with it: `last` (a close frame,
+    /// or nothing) is flushed, then the connection closes as any closing one does.
+    pub fn closing(
+        sock: S,
+        key: usize,
+        peer: std::net::SocketAddr,
+        generation: u64,
+        last: &[u8],
+        now: Instant,
+    ) -> Conn<S> {
+        let mut c = Conn::new(sock, key, peer, generation, Limits::default(), now);
+        c.phase = Phase::Closing { until: now + super::LINGER };
+        c.out.push(Chunk::Owned(last.to_vec()));
+        c.readable = true;
+        c
+    }
 }

@@ -130,4 +130,48 @@ impl<S: Stream> Server<S> {
         }
         Ok(())
     }
+
+    /// Takes a handed-over socket whose state could not be read: it gets `last` (a
+    /// close frame for a WebSocket) and closes. Returns its key.
+    pub fn insert_closing(&mut self, sock: S, peer: std::net::SocketAddr, last: &[u8], now: Instant) -> usize {
+        let generation = self.next_generation;
+        self.next_generation += 1;
+        let slot = self.conns.vacant_entry();
+        let key = slot.key();
+        slot.insert(Conn::closing(sock, key, peer, generation, last, now));
+        self.cx.stats.closing += 1;
+        self.cx.open_connections = self.conns.len();
+        self.arm(key);
+        self.queue_flush(key);
+        self.queue_read(key);
+        key
+    }
+
+    /// Drops connection `key` at once (its socket could not be watched).
+    pub fn close_now(&mut self, key: usize, now: Instant) {
+        self.remove(key, now);
+    }
+
+    /// Closes every connection now, WebSockets with 1001 and a best-effort flush:
+    /// what cannot cross an exec (TLS sessions) goes before it. Nobody hears the
+    /// leaves, as in a shutdown. Returns how many were closed.
+    pub fn close_all_now(&mut self, now: Instant) -> usize {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for &key in &keys {
+            let c = &mut self.conns[key];
+            if c.is_ws() {
+                c.close_ws(Some(crate::ws::close::GOING_AWAY), &mut self.cx, now);
+            } else {
+                c.begin_closing(&mut self.cx, now);
+            }
+            self.queue_flush(key);
+        }
+        self.cx.fx.clear();
+        self.flush_all(now);
+        for &key in &keys {
+            self.remove(key, now);
+        }
+        self.cx.fx.clear();
+        keys.len()
+    }
 }
