@@ -102,7 +102,10 @@ struct Raw {
 
 impl Raw {
     fn open(srv: &Server, cookie: &str, path: &str) -> Raw {
-        let mut s = srv.connect();
+        Raw::open_on(srv.connect(), cookie, path)
+    }
+
+    fn open_on(mut s: TcpStream, cookie: &str, path: &str) -> Raw {
         let head = format!(
             "GET {path} HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
         );
@@ -160,7 +163,7 @@ impl Raw {
                     self.closed.get_or_insert(0);
                     return;
                 }
-                Ok(n) => self.feed(&chunk[..n].to_vec()),
+                Ok(n) => self.feed(&chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(_) => {
@@ -313,4 +316,236 @@ fn a_hand_over_under_load_drops_nothing_and_runs_the_new_binary() {
     let image = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(image, exe, "the running image is the file now at the path");
     assert!(srv.stderr().contains(&format!("skiff {NEW_VERSION} took over")));
+}
+
+/// A socket whose receive buffer is tiny, so what the server owes it stays in the
+/// server's own queue instead of the kernel's.
+fn stalled_socket(srv: &Server) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&srv.addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+fn pipelined(reqs: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (method, path, body) in reqs {
+        out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n").as_bytes());
+        match body {
+            Some(b) => out.extend_from_slice(format!("Content-Length: {}\r\n\r\n{b}", b.len()).as_bytes()),
+            None => out.extend_from_slice(b"\r\n"),
+        }
+    }
+    out
+}
+
+fn statuses(s: &mut TcpStream, n: usize) -> Vec<u16> {
+    (0..n).map(|_| read_response(s).map_or(0, |r| r.status)).collect()
+}
+
+/// What is in flight at the exec crosses it: pipelined requests (one waiting on
+/// storage), a request half received, a reader that stopped reading with the
+/// server's queue full for it, a fragmented message, a v2 client's ids.
+#[test]
+fn requests_a_half_request_a_stalled_reader_and_a_fragment_cross_the_exec() {
+    let (srv, exe) = start_copy(&[]);
+    let ann = srv.user("ann");
+    let mut ann_ws = Raw::open(&srv, &ann, "/ws");
+    let mut slow = Raw::open_on(stalled_socket(&srv), &srv.user("slow"), "/ws");
+    let mut cid = Raw::open(&srv, &srv.user("cid"), "/ws?v=2");
+    let mut fr = Raw::open(&srv, &srv.user("fr"), "/ws");
+    let online_before = srv.get("/api/online", Some(&ann)).json();
+
+    // The stalled reader falls behind by far more than the kernel holds for it.
+    // The kernel's buffers for it grow as they fill: send until the server's own
+    // queue holds a good part (well below the 1 MiB at which it would be dropped).
+    // 4-byte characters: the longest message the server takes, in bytes.
+    let big = "\u{1F600}".repeat(290);
+    let backlog = |m: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with("skiff_broadcast_backlog_bytes ")).unwrap();
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let mut sent = 0;
+    while backlog(&metrics(&srv)) < 100_000 {
+        assert!(sent < 8000, "the server never held a backlog for the stalled reader");
+        for _ in 0..50 {
+            ann_ws.say(&format!("{sent} {big}"));
+            sent += 1;
+        }
+        assert!(ann_ws.poll_until(Duration::from_secs(20), |c| c.acks() >= sent));
+        for c in [&mut cid, &mut fr] {
+            assert!(c.poll_until(Duration::from_secs(10), |c| c.messages().len() >= sent));
+        }
+    }
+    eprintln!("{sent} messages sent, {} bytes queued in skiff for the stalled reader", backlog(&metrics(&srv)));
+    let last_id = cid.texts.iter().filter_map(|v| v["id"].as_u64()).max().unwrap();
+
+    // A message in two fragments, the first before the exec.
+    let mut first = frame::client_frame(frame::TEXT, br#"{"message":"frag"#, [9, 9, 9, 9]);
+    first[0] &= 0x7f;
+    fr.send_frame(&first);
+    // A request cut in the middle of its head.
+    let mut half = srv.connect();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    // Pipelined, the first one waiting on the disk while the signal comes.
+    let mut before = srv.connect();
+    let body = r#"{"username":"pip1"}"#;
+    before
+        .write_all(&pipelined(&[
+            ("POST", "/api/register", Some(body)),
+            ("GET", "/healthz", None),
+            ("GET", "/nope", None),
+        ]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    install(&copy_binary(srv.dir.path(), "skiff.new", Some(NEW_VERSION)), &exe);
+    usr2(&srv);
+    // Pipelined into the exec itself.
+    let mut during = srv.connect();
+    let body = r#"{"username":"pip2"}"#;
+    during
+        .write_all(&pipelined(&[
+            ("GET", "/healthz", None),
+            ("POST", "/api/register", Some(body)),
+            ("GET", "/healthz", None),
+        ]))
+        .unwrap();
+    let pause = pause_ms(&srv, 1);
+    eprintln!("pause {pause:.1} ms");
+
+    assert_eq!(statuses(&mut before, 3), [201, 200, 404]);
+    assert_eq!(statuses(&mut during, 3), [200, 201, 200]);
+    half.write_all(b"st: t\r\n\r\n").unwrap();
+    assert_eq!(statuses(&mut half, 1), [200]);
+    fr.send_frame(&frame::client_frame(0x0, br#"ment"}"#, [3, 3, 3, 3]));
+    assert!(ann_ws.poll_until(Duration::from_secs(10), |c| c.messages().last().map(String::as_str) == Some("fragment")));
+
+    // Everything the stalled reader was owed arrives now, once, in order, then the rest.
+    ann_ws.say("after");
+    let want: Vec<String> =
+        (0..sent).map(|i| format!("{i} {big}")).chain(["fragment".into(), "after".into()]).collect();
+    assert!(
+        slow.poll_until(Duration::from_secs(20), |c| c.messages().len() >= want.len()),
+        "{}",
+        slow.messages().len()
+    );
+    assert_eq!(slow.messages(), want);
+    assert!(cid.poll_until(Duration::from_secs(10), |c| c.messages().len() >= sent + 2));
+    let ids: Vec<u64> = cid.texts.iter().filter_map(|v| v["id"].as_u64()).filter(|&id| id > last_id).collect();
+    assert_eq!(ids, [last_id + 1, last_id + 2], "the next ids follow on");
+    for c in [&ann_ws, &slow, &cid, &fr] {
+        assert_eq!(c.closed, None);
+        assert_eq!((c.events("leave"), c.events("join")), (0, c.events("join")));
+    }
+    assert_eq!(fr.events("leave"), 0);
+    assert_eq!(srv.get("/api/online", Some(&ann)).json(), online_before, "the room, in connect order");
+    assert_eq!(srv.get("/healthz", None).status, 200);
+    assert!(metrics(&srv).contains(&format!("skiff_build_info{{version=\"{NEW_VERSION}\"}} 1")));
+}
+
+/// The new binary is missing, or is no binary at all: the exec fails, the old
+/// process logs why and serves on, storage included; the next hand-over works.
+#[test]
+fn a_missing_or_broken_binary_leaves_the_old_process_serving() {
+    let (srv, exe) = start_copy(&[]);
+    let cookie = srv.user("ann");
+    let mut ws = Raw::open(&srv, &cookie, "/ws");
+    let kept = srv.dir.path().join("skiff.kept");
+    std::fs::rename(&exe, &kept).unwrap();
+    usr2(&srv);
+    wait_log(&srv, "hand-over not done");
+    let junk = srv.dir.path().join("skiff.junk");
+    std::fs::write(&junk, b"not an executable").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install(&junk, &exe);
+    usr2(&srv);
+    assert!(wait_for(Duration::from_secs(10), || log_count(&srv, "hand-over not done") == 2), "{}", srv.stderr());
+    assert!(srv.stderr().contains("exec "), "the failed exec is named: {}", srv.stderr());
+    ws.say("still here");
+    assert!(ws.poll_until(Duration::from_secs(10), |c| c.acks() == 1));
+    assert_eq!(ws.closed, None);
+    // Storage was drained for the exec; it writes again.
+    srv.user("bob");
+    install(&kept, &exe);
+    usr2(&srv);
+    pause_ms(&srv, 1);
+    ws.say("moved");
+    assert!(ws.poll_until(Duration::from_secs(10), |c| c.acks() == 2));
+    assert_eq!(ws.closed, None);
+}
+
+/// A wrapper at skiff's path that spoils the hand-over on its way (a byte of
+/// the state, or its format version) and then runs the real binary: that one closes
+/// the WebSockets with 1001 and serves on, with the sessions saved on disk.
+fn spoiled_hand_over(spoil: &str) {
+    let (srv, exe) = start_copy(&[]);
+    let cookie = srv.user("ann");
+    let mut ws = Raw::open(&srv, &cookie, "/ws");
+    let real = copy_binary(srv.dir.path(), "skiff.real", None);
+    let script = format!(
+        "#!/bin/sh\nfd=${{SKIFF_HANDOVER#*memfd=}}; fd=${{fd%%,*}}; f=/proc/self/fd/$fd\n{spoil}\nexec {} \"$@\"\n",
+        real.display()
+    );
+    let wrapper = srv.dir.path().join("skiff.wrapper");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install(&wrapper, &exe);
+    usr2(&srv);
+    assert!(ws.poll_until(Duration::from_secs(20), |c| c.closed.is_some()));
+    assert_eq!(ws.closed, Some(1001));
+    wait_log(&srv, "hand-over state unreadable");
+    // The listener never closed, and the session still opens a WebSocket.
+    assert_eq!(srv.get("/healthz", None).status, 200);
+    let mut again = Raw::open(&srv, &cookie, "/ws");
+    again.say("back");
+    assert!(again.poll_until(Duration::from_secs(10), |c| c.acks() == 1));
+}
+
+#[test]
+fn a_corrupt_state_closes_websockets_1001_and_serves_on() {
+    spoiled_hand_over(
+        "size=$(stat -L -c %s $f); printf '\\377' | dd of=$f bs=1 seek=$((size - 9)) conv=notrunc 2>/dev/null",
+    );
+}
+
+#[test]
+fn another_state_version_closes_websockets_1001_and_serves_on() {
+    spoiled_hand_over(
+        "n=$(od -An -tu4 -j16 -N4 $f | tr -d ' '); printf '\\002' | dd of=$f bs=1 seek=$((28 + 5 * n)) conv=notrunc 2>/dev/null",
+    );
+}
+
+/// Twenty hand-overs in a row leak no descriptor and no memory.
+#[test]
+fn twenty_hand_overs_leak_no_descriptor_and_no_memory() {
+    let (srv, _exe) = start_copy(&[]);
+    let pid = srv.pid();
+    let mut ws = clients(&srv, "t", 10);
+    let mut first = None;
+    let mut sent = [0; 10];
+    for n in 1..=20 {
+        usr2(&srv);
+        pause_ms(&srv, n);
+        let c = &mut ws[n % 10];
+        c.say(&format!("m{n}"));
+        sent[n % 10] += 1;
+        let want = sent[n % 10];
+        assert!(c.poll_until(Duration::from_secs(10), |c| c.acks() == want), "hand-over {n}");
+        let now = (fd_count(pid), rss_kib(pid));
+        first.get_or_insert(now);
+    }
+    let (fds, rss) = (fd_count(pid), rss_kib(pid));
+    let (fds1, rss1) = first.unwrap();
+    eprintln!("after 1 hand-over: {fds1} fds, {rss1} KiB; after 20: {fds} fds, {rss} KiB");
+    assert_eq!(fds, fds1, "descriptors leaked");
+    assert!(rss < rss1 + 8 * 1024, "memory grew from {rss1} to {rss} KiB");
+    for c in ws.iter_mut() {
+        c.poll();
+        assert_eq!(c.closed, None);
+        assert_eq!(c.events("leave"), 0);
+    }
 }
