@@ -549,3 +549,13 @@ fn twenty_hand_overs_leak_no_descriptor_and_no_memory() {
         assert_eq!(c.events("leave"), 0);
     }
 }
+
+/// deploy/debian/postinst reloads instead of restarting only when the running
+/// binary holds this name (an older one does not know SIGUSR2, which would kill it).
+#[test]
+fn the_binary_carries_the_marker_the_package_scripts_look_for() {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_skiff")).unwrap();
+    assert!(bin.windows(skiff::handover::ENV.len()).any(|w| w == skiff::handover::ENV.as_bytes()));
+    let postinst = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/debian/postinst")).unwrap();
+    assert!(postinst.contains(&format!("grep -qa {} ", skiff::handover::ENV)), "{postinst}");
+}
