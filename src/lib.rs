@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod control;
+pub mod handover;
 #[cfg(any(test, feature = "harness"))]
 pub mod harness;
 pub mod http;
@@ -25,3 +26,6 @@ pub mod timer;
 pub mod tls;
 pub mod web;
 pub mod ws;
+
+/// The version this binary reports (`--version`, `/metrics`, the start-up log).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -13,6 +13,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("ctl") {
         return ExitCode::from(skiff::control::cli::main(&args[1..]));
     }
+    skiff::handover::os::remember_exe();
+    // Taken before anything else can open a descriptor or start a thread.
+    let inherited = skiff::handover::os::inherit();
     let env = |name: &str| std::env::var(name).ok();
     let mut cfg = match config::parse(args, &env) {
         Ok(Command::Run(cfg)) => *cfg,
@@ -21,7 +24,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Version) => {
-            println!("skiff {}", env!("CARGO_PKG_VERSION"));
+            println!("skiff {}", skiff::VERSION);
             return ExitCode::SUCCESS;
         }
         Err(e) => {
@@ -67,7 +70,16 @@ fn main() -> ExitCode {
         },
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let mut reactor = match Reactor::new(&cfg, store, tls) {
+    let taking_over = matches!(inherited, Some(Ok(_)));
+    let started = match inherited {
+        Some(Ok(inherited)) => Reactor::take_over(&cfg, store, tls, inherited),
+        Some(Err(why)) => {
+            log::warn(format_args!("hand-over ignored: {why}"));
+            Reactor::new(&cfg, store, tls)
+        }
+        None => Reactor::new(&cfg, store, tls),
+    };
+    let mut reactor = match started {
         Ok(r) => r,
         Err(e) => {
             eprintln!("skiff: {e}");
@@ -79,6 +91,15 @@ fn main() -> ExitCode {
         return ExitCode::from(1);
     }
     let addr = reactor.local_addr();
+    let data = match &cfg.redis {
+        Some(url) => format!("cluster node on {url}"),
+        None => format!("database {}", cfg.db.display()),
+    };
+    if taking_over {
+        // The listener never closed: nobody waits for a "listening on" line now.
+        log::info(format_args!("skiff {} took over on {addr}, {data}", skiff::VERSION));
+        return run(reactor);
+    }
     // Scripts and tests read this first line to find an ephemeral port: it stays
     // exactly `listening on SCHEME://IP:PORT`.
     let mut stdout = std::io::stdout();
@@ -88,11 +109,11 @@ fn main() -> ExitCode {
         let _ = writeln!(stdout, "open {scheme}://localhost:{}/", addr.port());
     }
     let _ = stdout.flush();
-    let data = match &cfg.redis {
-        Some(url) => format!("cluster node on {url}"),
-        None => format!("database {}", cfg.db.display()),
-    };
-    log::info(format_args!("skiff {} listening on {addr}, {data}", env!("CARGO_PKG_VERSION")));
+    log::info(format_args!("skiff {} listening on {addr}, {data}", skiff::VERSION));
+    run(reactor)
+}
+
+fn run(mut reactor: Reactor) -> ExitCode {
     match reactor.run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -114,6 +114,9 @@ pub fn render(s: &Snapshot) -> String {
     p.metric("moderation_total", "counter", "Operator actions taken with skiff ctl.", &actions);
     p.one("bytes_received_total", "counter", "Bytes read from clients.", st.bytes_in);
     p.one("bytes_sent_total", "counter", "Bytes written to clients.", st.bytes_out);
+    // Which binary answers: after a hand-over, the new one.
+    let version = format!("{{version=\"{}\"}}", crate::VERSION);
+    p.metric("build_info", "gauge", "Always 1; the version is the label.", &[(&version, 1)]);
     if let Some(c) = s.cluster {
         p.one("cluster_up", "gauge", "1 while connected to Redis and in sync.", u64::from(c.up));
         p.one("cluster_online_users", "gauge", "Users with an open WebSocket on any node.", c.online_users);

@@ -359,6 +359,19 @@ impl OutQueue {
         self.release_if_idle();
     }
 
+    /// Everything not yet written, as the peer would get it (from the middle of a
+    /// frame if a write stopped there): a hand-over carries queues as these bytes.
+    pub fn pending_bytes(&self, key: usize, log: &BroadcastLog) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len(log));
+        let mut walk = self.walk(log);
+        let mut skip = self.head_written;
+        while let Some(item) = self.step(key, log, &mut walk) {
+            out.extend_from_slice(&self.bytes(log, item)[skip..]);
+            skip = 0;
+        }
+        out
+    }
+
     /// Whether this queue owes log entry `seq` (for invariant checks).
     pub fn owes(&self, key: usize, seq: u64, except: Option<usize>) -> bool {
         (self.log_next..self.log_end).contains(&seq) && except != Some(key)
@@ -559,6 +572,27 @@ mod tests {
             assert_eq!(q.len(&log), 0);
         }
         assert!(log.is_empty());
+    }
+
+    #[test]
+    fn pending_bytes_are_what_a_flush_would_still_write() {
+        let mut log = BroadcastLog::new();
+        let mut qs = [OutQueue::new(), OutQueue::new()];
+        broadcast(&mut log, &mut qs, b"[b1]", None);
+        qs[0].push(Chunk::Static(b"[ack]"));
+        broadcast(&mut log, &mut qs, b"[b2]", Some(0));
+        broadcast(&mut log, &mut qs, b"[b3]", None);
+        let mut w = Trickle { got: vec![], cap: 2, calls: 1 };
+        qs[0].flush_to(0, &mut log, &mut w, usize::MAX).unwrap();
+        let pending = qs[0].pending_bytes(0, &log);
+        assert_eq!(pending, b"1][ack][b3]");
+        // `len` also counts the entry this queue is the exception to: an upper bound.
+        assert!(pending.len() <= qs[0].len(&log));
+        let mut rest = sink();
+        qs[0].flush_to(0, &mut log, &mut rest, usize::MAX).unwrap();
+        assert_eq!(rest.got, pending);
+        assert!(qs[0].pending_bytes(0, &log).is_empty());
+        assert_eq!(qs[1].pending_bytes(1, &log), b"[b1][b2][b3]");
     }
 
     #[test]

@@ -59,6 +59,18 @@ impl Limiter {
     pub fn tracked(&self) -> usize {
         self.windows.len()
     }
+
+    /// Every window: address, start, count (a hand-over carries them).
+    pub fn windows(&self) -> impl Iterator<Item = (IpAddr, Instant, u32)> + '_ {
+        self.windows.iter().map(|(&ip, &(start, count))| (ip, start, count))
+    }
+
+    /// Puts back a window `windows` gave out.
+    pub fn restore(&mut self, ip: IpAddr, start: Instant, count: u32) {
+        if self.per_minute != 0 && self.windows.len() < MAX_TRACKED {
+            self.windows.insert(ip, (start, count));
+        }
+    }
 }
 
 /// The limits the routes apply.

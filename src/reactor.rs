@@ -15,13 +15,19 @@ use mio::net::{TcpListener, UnixStream};
 use mio::{Events, Interest, Poll, Token, Waker};
 use std::io::{self, Read};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+mod handover;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
 /// The storage threads have replies for the loop.
 const STORAGE: Token = Token(usize::MAX - 3);
+/// SIGUSR2: hand everything over to the binary at our own path. Clear of the
+/// cluster's tokens (MAX - 4, MAX - 5) and a few more.
+const UPGRADE: Token = Token(usize::MAX - 9);
 
 /// Connections flushed between two looks at the clock (~8 us of loopback writes
 /// each, measured with perf: almost all kernel TCP).
@@ -50,6 +56,14 @@ pub struct Reactor {
     /// Memory was freed since the last trim (see `trim_heap`).
     heap_dirty: bool,
     last_trim: Instant,
+    /// SIGUSR2 arrives here.
+    upgrade: Option<UnixStream>,
+    /// What storage needs to start again after a hand-over that failed.
+    db: PathBuf,
+    waker: Arc<Waker>,
+    /// Taken over from a previous process and not yet through the first loop turn:
+    /// when the hand-over began (`handover::os::monotonic_ns`) and the connections.
+    took_over: Option<(u64, usize)>,
 }
 
 impl Reactor {
@@ -58,24 +72,39 @@ impl Reactor {
     /// the storage writer thread. Errors are one line for the operator.
     /// `store` is `None` in cluster mode (`--redis`): Redis holds everything.
     pub fn new(cfg: &Config, store: Option<Store>, tls: Option<Arc<rustls::ServerConfig>>) -> Result<Reactor, String> {
+        Reactor::build(cfg, store, tls, None, true)
+    }
+
+    /// `new`, on `listener` if given (a hand-over's), with the sessions and history
+    /// saved on disk if `load_saved`.
+    fn build(
+        cfg: &Config,
+        store: Option<Store>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        listener: Option<TcpListener>,
+        load_saved: bool,
+    ) -> Result<Reactor, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
         // First, while this is the only thread: binding sets the process's umask.
         let control_path = cfg.control.clone().unwrap_or_else(|| control::cli::beside(&cfg.db));
         let mut control = control::listener::bind(&control_path)?;
         control.register(poll.registry()).map_err(|e| format!("control socket {}: {e}", control_path.display()))?;
         let listen_error = |e: io::Error| format!("cannot listen on {}: {e}", cfg.listen);
-        let mut listener = bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?;
+        let mut listener = match listener {
+            Some(l) => l,
+            None => bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?,
+        };
         let local_addr = listener.local_addr().map_err(listen_error)?;
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
         let waker = Arc::new(Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?);
         let server = match store {
             Some(store) => {
-                let mut server = single_node(cfg, store, waker.clone())?;
-                server.control.set_database(cfg.db.clone(), waker);
+                let mut server = single_node(cfg, store, waker.clone(), load_saved)?;
+                server.control.set_database(cfg.db.clone(), waker.clone());
                 server
             }
             None => {
-                let storage = Storage::files_only(waker).map_err(|e| e.to_string())?;
+                let storage = Storage::files_only(waker.clone()).map_err(|e| e.to_string())?;
                 let mut server = Server::new(ServerConfig::from_config(cfg), storage);
                 let url = cfg.redis.clone().ok_or("cluster mode without --redis")?;
                 let registry =
@@ -104,6 +133,10 @@ impl Reactor {
             control_requests: Vec::new(),
             heap_dirty: false,
             last_trim: Instant::now(),
+            upgrade: None,
+            db: cfg.db.clone(),
+            waker,
+            took_over: None,
         })
     }
 
@@ -122,12 +155,27 @@ impl Reactor {
         let mut rx = UnixStream::from_std(rx);
         self.poll.registry().register(&mut rx, SIGNALS, Interest::READABLE)?;
         self.signals = Some(rx);
+        let (rx, tx) = std::os::unix::net::UnixStream::pair()?;
+        rx.set_nonblocking(true)?;
+        tx.set_nonblocking(true)?;
+        signal_hook::low_level::pipe::register(signal_hook::consts::SIGUSR2, tx)?;
+        let mut rx = UnixStream::from_std(rx);
+        self.poll.registry().register(&mut rx, UPGRADE, Interest::READABLE)?;
+        self.upgrade = Some(rx);
+        // A hand-over held these across the exec; with handlers in place they may come.
+        crate::handover::os::hold_signals(false);
         Ok(())
     }
 
     /// Runs until a signal's graceful shutdown completes.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
+        if let Some((since, conns)) = self.took_over.take() {
+            // From the signal to the first wait for events, which the taken sockets
+            // (registered, their bytes queued) answer at once.
+            let pause = crate::handover::os::monotonic_ns().saturating_sub(since);
+            log::info(format_args!("hand-over done: {conns} connections, paused {:.1} ms", pause as f64 / 1e6));
+        }
         loop {
             // Flush in slices, taking in new events every millisecond (see `flush_some`).
             let mut since_turn = Instant::now();
@@ -166,6 +214,7 @@ impl Reactor {
             match ev.token() {
                 LISTENER => accept = true,
                 SIGNALS => self.on_signal(now),
+                UPGRADE => self.on_upgrade(now),
                 STORAGE => {
                     self.server.on_storage(now);
                     self.server.on_backups();
@@ -306,35 +355,71 @@ impl Reactor {
 }
 
 /// One process, one SQLite file: its sessions and history come back, then it moves
-/// to the storage writer thread.
-fn single_node(cfg: &Config, mut store: Store, waker: Arc<Waker>) -> Result<Server<Transport>, String> {
-    let saved = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
+/// to the storage writer thread. A hand-over brings its own sessions and history
+/// (`load_saved` false); the bans and the id reservation always come from disk.
+fn single_node(
+    cfg: &Config,
+    mut store: Store,
+    waker: Arc<Waker>,
+    load_saved: bool,
+) -> Result<Server<Transport>, String> {
+    let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
+    // A hand-over continues the ids it carries, all below the reservation on disk.
+    let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
+    let saved = if load_saved { Some(load_saved_state(cfg, &mut store)?) } else { None };
+    let storage = Storage::spawn(store, &cfg.db, waker, Duration::ZERO).map_err(|e| e.to_string())?;
+    let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+    server.cx.chat.set_banned(banned);
+    match saved {
+        Some(saved) => restore_saved(&mut server, saved),
+        None => server.cx.chat.set_reserved_ids(reserved),
+    }
+    Ok(server)
+}
+
+/// What a start from disk brings back: sessions, the history (epoch, messages, the
+/// last id stored and the last id that may have been given), and the durable
+/// reservation the ids continue under.
+pub(crate) struct Saved {
+    sessions: Vec<crate::store::StoredSession>,
+    epoch: String,
+    messages: Vec<crate::store::StoredMessage>,
+    last_stored: u64,
+    last_id: u64,
+    reserved: u64,
+    history: usize,
+}
+
+/// Reads the saved state and reserves the first block of ids (on `store`, before the
+/// writer starts: no id may be given before a reservation covers it).
+fn load_saved_state(cfg: &Config, store: &mut Store) -> Result<Saved, String> {
+    let sessions = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
     let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
     let (messages, last_stored) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
     // After a crash the reservation runs past the last stored message: ids up to it
     // may have been seen live, so the next one follows it.
-    let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
-    let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
-    let last_id = last_stored.max(reserved);
-    let first_block = last_id + RESERVE_BLOCK;
-    Storage::reserve_now(&mut store, first_block).map_err(|e| format!("cannot reserve message ids: {e}"))?;
-    let storage = Storage::spawn(store, &cfg.db, waker, Duration::ZERO).map_err(|e| e.to_string())?;
-    let mut server = Server::new(ServerConfig::from_config(cfg), storage);
-    server.cx.restore_history(&epoch, last_id, messages);
-    server.cx.chat.set_reserved_ids(first_block);
-    server.cx.chat.set_banned(banned);
+    let on_disk = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
+    let last_id = last_stored.max(on_disk);
+    let reserved = last_id + RESERVE_BLOCK;
+    Storage::reserve_now(store, reserved).map_err(|e| format!("cannot reserve message ids: {e}"))?;
+    Ok(Saved { sessions, epoch, messages, last_stored, last_id, reserved, history: cfg.history })
+}
+
+fn restore_saved(server: &mut Server<Transport>, saved: Saved) {
+    server.cx.restore_history(&saved.epoch, saved.last_id, saved.messages);
+    server.cx.chat.set_reserved_ids(saved.reserved);
     // With history off no message is stored and the reservation alone carries the id.
-    if reserved > last_stored && cfg.history > 0 {
+    if saved.last_id > saved.last_stored && saved.history > 0 {
         log::warn(format_args!(
-            "the last stop was not clean: message ids {}..={reserved} are skipped, resumes from before them resync",
-            last_stored + 1
+            "the last stop was not clean: message ids {}..={} are skipped, resumes from before them resync",
+            saved.last_stored + 1,
+            saved.last_id
         ));
     }
-    let restored = server.cx.restore_sessions(saved, Instant::now());
+    let restored = server.cx.restore_sessions(saved.sessions, Instant::now());
     if restored > 0 {
         log::info(format_args!("{restored} sessions restored"));
     }
-    Ok(server)
 }
 
 /// The listening socket; with `reuse_port`, SO_REUSEPORT lets several skiff nodes

@@ -26,6 +26,7 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 mod cluster;
 mod config;
 mod control;
+mod handover;
 pub use config::ServerConfig;
 
 pub struct Server<S> {

@@ -137,4 +137,5 @@ fn unit_takes_its_settings_from_the_environment_file() {
     // Required, not `-/etc/default/skiff`: a missing file fails the start instead of
     // running without the operator's settings.
     assert!(lines.contains(&"EnvironmentFile=/etc/default/skiff"), "the unit reads /etc/default/skiff");
+    assert!(lines.contains(&"ExecReload=/bin/kill -USR2 $MAINPID"), "reload is a hand-over");
 }

@@ -3,6 +3,7 @@
 //! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
 
 pub mod acks;
+mod handover;
 pub mod history;
 pub mod moderation;
 pub mod replica;

@@ -23,6 +23,15 @@ impl Bucket {
         Bucket { tokens: limit.burst.max(1) as f32, last: now }
     }
 
+    /// Tokens left and when they were counted (a hand-over carries these).
+    pub fn parts(&self) -> (f32, Instant) {
+        (self.tokens, self.last)
+    }
+
+    pub fn from_parts(tokens: f32, last: Instant) -> Self {
+        Bucket { tokens, last }
+    }
+
     /// Takes one token if there is one.
     pub fn take(&mut self, limit: RateLimit, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f32();

@@ -4,6 +4,8 @@
 //! most once a minute per session). No clock is read here; `now` is passed in, so
 //! tests jump an hour in one line.
 
+mod handover;
+
 use crate::timer::Timer;
 use slab::Slab;
 use std::collections::HashMap;

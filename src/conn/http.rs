@@ -64,6 +64,16 @@ impl HttpPhase {
     pub fn is_waiting(&self) -> bool {
         self.waiting.is_some()
     }
+
+    /// What a hand-over carries: the deadline and whether a 100 went out. A request
+    /// waiting on storage cannot be carried; the caller drains storage first.
+    pub fn parts(&self) -> (Instant, bool) {
+        (self.deadline, self.parser.continue_sent())
+    }
+
+    pub fn resume(limits: Limits, deadline: Instant, continue_sent: bool) -> Self {
+        HttpPhase { parser: RequestParser::resume(limits, continue_sent), deadline, waiting: None }
+    }
 }
 
 /// Why serving requests from the buffer stopped.

@@ -5,6 +5,7 @@
 //! connection wants to read or write is derived from its state, never stored.
 //! Everything a connection may touch besides itself comes in through `Cx`.
 
+mod handover;
 mod http;
 mod websocket;
 

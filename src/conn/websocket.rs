@@ -39,6 +39,15 @@ impl WsPhase {
         true
     }
 
+    /// The decoder's state and the liveness clock, for a hand-over.
+    pub fn parts(&self) -> (&WsConn, Instant, Instant) {
+        (&self.ws, self.last_seen, self.next_ping)
+    }
+
+    pub fn resume(ws: WsConn, session: SessionKey, last_seen: Instant, next_ping: Instant) -> Self {
+        WsPhase { ws, session, last_seen, next_ping }
+    }
+
     /// Holds a tungstenite context of its own (mid-way through a fragmented message).
     pub fn holds_context(&self) -> bool {
         self.ws.holds_context()

@@ -163,6 +163,18 @@ impl RequestParser {
         RequestParser { limits, scanned: 0, pending: None, continue_sent: false }
     }
 
+    /// A `100 Continue` went out for the request in progress. The rest of the
+    /// parser's state follows from the buffer (it is parsed again from its start);
+    /// this alone does not, and a second 100 would confuse the client.
+    pub fn continue_sent(&self) -> bool {
+        self.continue_sent
+    }
+
+    /// A parser that starts over on a buffer whose request already had its 100.
+    pub fn resume(limits: Limits, continue_sent: bool) -> Self {
+        RequestParser { continue_sent, ..RequestParser::new(limits) }
+    }
+
     pub fn parse(&mut self, buf: &[u8]) -> Result<Option<Parsed>, HttpError> {
         if self.pending.is_none() {
             let Some(p) = self.parse_head(buf)? else { return Ok(None) };

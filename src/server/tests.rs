@@ -4,6 +4,7 @@ use super::*;
 use crate::chat::ChatConfig;
 use crate::harness::MockStream;
 use crate::ws::frame;
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
@@ -278,4 +279,75 @@ fn a_v2_client_behind_on_its_queue_gets_each_message_once_in_its_own_form() {
     assert_eq!(events, ["bob", "dan"], "joins in order around the message: {got:?}");
     assert!(texts(&pa).iter().any(|v| v == &serde_json::json!({"message": "m1", "author": "bob"})));
     assert_eq!(srv.cx.log.bytes(), 0, "nothing left owed");
+}
+
+/// A hand-over between two servers over the same mock sockets: a reader that
+/// stopped reading, a fragmented message, a half-received request. Each carries on
+/// in the second server as if nothing happened: no leave or join, nothing twice.
+#[test]
+fn a_handed_over_server_carries_on_every_connection_where_it_was() {
+    use crate::handover::{codec, Handed};
+    let mut a = server(vec![], false);
+    let (amy, pamy) = websocket(&mut a, "amy");
+    let (cid, pcid) = websocket_at(&mut a, "cid", "/ws?v=2");
+    pcid.0.borrow_mut().room = 0;
+    let (bob, pbob) = websocket(&mut a, "bob");
+    send(&mut a, bob, &pbob, &frame::client_frame(frame::TEXT, br#"{"message":"m1"}"#, [1, 2, 3, 4]));
+    let mut first = frame::client_frame(frame::TEXT, br#"{"message":"hel"#, [5, 6, 7, 8]);
+    first[0] &= 0x7f;
+    send(&mut a, amy, &pamy, &first);
+    let (http, phttp) = exchange(&mut a, "127.0.0.1:4001", b"GET /healthz HTTP/1.1\r\nHo");
+    a.check_invariants(Instant::now());
+
+    let now = Instant::now();
+    let state = a.export(now).expect("nothing waits on storage");
+    // The logins' keep-alive connections go across too.
+    let pipes: HashMap<usize, MockStream> =
+        state.conns.iter().map(|c| (c.key, a.stream_mut(c.key).unwrap().clone())).collect();
+    let handed: Vec<Handed> = state.conns.iter().map(|c| Handed { fd: c.key as i32, ws: true }).collect();
+    let state = codec::decode(&codec::encode(&state, &handed)).unwrap().state.unwrap();
+    let keys: Vec<usize> = state.conns.iter().map(|c| c.key).collect();
+    drop(a);
+
+    let mut b = server(vec![], false);
+    b.import(state, now, |i| pipes[&keys[i]].clone()).expect("the state is whole");
+    b.check_invariants(now);
+    assert_eq!(b.len(), pipes.len());
+    settle(&mut b, now);
+
+    pcid.0.borrow_mut().room = usize::MAX;
+    b.on_ready(cid, false, true, now);
+    send(&mut b, amy, &pamy, &frame::client_frame(0x0, br#"lo"}"#, [1, 1, 1, 1]));
+    send(&mut b, http, &phttp, b"st: x\r\n\r\n");
+    settle(&mut b, now);
+    b.check_invariants(now);
+
+    let got = texts(&pcid);
+    let messages: Vec<&str> = got.iter().filter_map(|v| v["message"].as_str()).collect();
+    assert_eq!(messages, ["m1", "hello"], "cid: everything once, in order: {got:?}");
+    let events: Vec<&str> = got.iter().filter_map(|v| v["event"].as_str()).collect();
+    assert_eq!(events, ["hello", "join"], "cid saw bob join before the hand-over, and nothing else: {got:?}");
+    let bob_got = texts(&pbob);
+    assert_eq!(bob_got.last().unwrap(), &serde_json::json!({"message": "hello", "author": "amy"}));
+    assert!(bob_got.iter().all(|v| v["event"] != "leave"), "{bob_got:?}");
+    assert!(written(&phttp).ends_with("{\"status\":\"ok\"}\n"), "{}", written(&phttp));
+    assert!(written(&pamy).ends_with("{\"status\":true}"), "amy's ack");
+}
+
+#[test]
+fn an_inconsistent_state_is_refused_before_any_socket_is_taken() {
+    let mut a = server(vec![], false);
+    let (_amy, _p) = websocket(&mut a, "amy");
+    let now = Instant::now();
+    let mut state = a.export(now).unwrap();
+    state.chat.room.clear();
+    let mut b = server(vec![], false);
+    let mut asked = 0;
+    assert!(b
+        .import(state, now, |_| {
+            asked += 1;
+            MockStream::default()
+        })
+        .is_err());
+    assert_eq!((asked, b.len(), b.cx.chat.session_count()), (0, 0, 0));
 }

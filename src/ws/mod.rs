@@ -121,7 +121,18 @@ pub enum WsRead {
 #[derive(Default)]
 pub struct WsConn {
     /// Held exactly while a fragmented message is incomplete.
-    ctx: Option<Box<WebSocketContext>>,
+    partial: Option<Box<Partial>>,
+}
+
+/// A fragmented message in progress. tungstenite's context cannot be copied out of
+/// the process, so the payload so far is kept beside it: replayed as one unfinished
+/// frame into a fresh context (`resume`), it puts a new process where this one was.
+/// Kept as payload rather than frames, it is bounded by the message limit however
+/// many empty continuation frames a client sends.
+struct Partial {
+    ctx: Box<WebSocketContext>,
+    opcode: u8,
+    payload: Vec<u8>,
 }
 
 /// One spare decoding context, shared by every connection of the loop. A context
@@ -149,6 +160,9 @@ struct FrameExtent {
     len: usize,
     fin: bool,
     opcode: u8,
+    /// Where the payload starts, and its mask (zero if unmasked).
+    payload_at: usize,
+    mask: [u8; 4],
 }
 
 /// `Ok(None)` until the header is complete; a frame over the limit is refused from
@@ -164,8 +178,23 @@ fn frame_extent(buf: &[u8]) -> Result<Option<FrameExtent>, u16> {
     if payload > MAX_MESSAGE_BYTES as u64 {
         return Err(close::TOO_BIG);
     }
-    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-    Ok(Some(FrameExtent { len: 2 + len_bytes + mask + payload as usize, fin: b0 & 0x80 != 0, opcode: b0 & 0x0f }))
+    let masked = b1 & 0x80 != 0;
+    let mask_at = 2 + len_bytes;
+    let mut mask = [0u8; 4];
+    if masked {
+        match buf.get(mask_at..mask_at + 4) {
+            Some(m) => mask.copy_from_slice(m),
+            None => return Ok(None),
+        }
+    }
+    let payload_at = mask_at + if masked { 4 } else { 0 };
+    Ok(Some(FrameExtent {
+        len: payload_at + payload as usize,
+        fin: b0 & 0x80 != 0,
+        opcode: b0 & 0x0f,
+        payload_at,
+        mask,
+    }))
 }
 
 /// tungstenite's view of the connection: one frame's bytes in, the OutQueue out.
@@ -210,7 +239,30 @@ impl WsConn {
     /// True while this connection keeps a decoding context of its own (only in the
     /// middle of a fragmented message).
     pub fn holds_context(&self) -> bool {
-        self.ctx.is_some()
+        self.partial.is_some()
+    }
+
+    /// The fragmented message in progress, if any: its opcode and payload so far.
+    pub fn partial(&self) -> Option<(u8, &[u8])> {
+        self.partial.as_ref().map(|p| (p.opcode, &p.payload[..]))
+    }
+
+    /// A connection in the middle of a fragmented message, as `partial` described
+    /// it (in another process). `None` if tungstenite does not take it as the start
+    /// of a message still to be continued.
+    pub fn resume(opcode: u8, payload: &[u8], pool: &mut ContextPool) -> Option<WsConn> {
+        if !matches!(opcode, 0x1 | 0x2) || payload.len() > MAX_MESSAGE_BYTES {
+            return None;
+        }
+        let mut input = frame::client_frame(opcode, payload, [0; 4]);
+        // Not final: the rest of the message is still to come from the peer.
+        input[0] &= 0x7f;
+        let mut ws = WsConn::new();
+        let mut replies = OutQueue::new();
+        match ws.read(&mut input, &mut replies, pool) {
+            WsRead::Control if ws.partial.is_some() && input.is_empty() && replies.is_empty() => Some(ws),
+            _ => None,
+        }
     }
 
     /// Decodes the frame at the front of `input`, if it is whole, and removes it.
@@ -221,18 +273,27 @@ impl WsConn {
             Ok(Some(e)) if e.len <= input.len() => e,
             Ok(_) => return WsRead::NeedMore,
         };
-        let was_fragmented = self.ctx.is_some();
-        let mut ctx = self.ctx.take().unwrap_or_else(|| pool.take());
+        let was_fragmented = self.partial.is_some();
+        let (mut ctx, kept) = match self.partial.take() {
+            Some(p) => (p.ctx, Some((p.opcode, p.payload))),
+            None => (pool.take(), None),
+        };
         let mut io = Io { input: &input[..extent.len], out };
         let result = ctx.read(&mut io);
         // Pongs and close replies are queued inside tungstenite until flushed.
         let _ = ctx.flush(&mut io);
-        input.drain(..extent.len);
         let fragmented = match extent.opcode {
             0x0..=0x7 => !extent.fin,
             // Control frames may come between fragments and change nothing.
             _ => was_fragmented,
         };
+        // Only a message still unfinished keeps its payload (a copy, unmasked).
+        let (opcode, mut payload) = kept.unwrap_or((extent.opcode, Vec::new()));
+        if fragmented && extent.opcode <= 0x7 {
+            let masked = &input[extent.payload_at..extent.len];
+            payload.extend(masked.iter().enumerate().map(|(i, b)| b ^ extent.mask[i % 4]));
+        }
+        input.drain(..extent.len);
         let read = match result {
             Ok(Message::Text(t)) => WsRead::Text(t.as_str().to_owned()),
             Ok(Message::Binary(_)) => WsRead::Binary,
@@ -243,7 +304,9 @@ impl WsConn {
             Err(e) => map_error(e),
         };
         match read {
-            WsRead::Text(_) | WsRead::Control | WsRead::Binary if fragmented => self.ctx = Some(ctx),
+            WsRead::Text(_) | WsRead::Control | WsRead::Binary if fragmented => {
+                self.partial = Some(Box::new(Partial { ctx, opcode, payload }))
+            }
             WsRead::Text(_) | WsRead::Control | WsRead::Binary => pool.put(ctx),
             // Closed or failed: the connection is leaving, and so does its context.
             _ => {}

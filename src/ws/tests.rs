@@ -165,3 +165,45 @@ fn the_101_response_carries_the_accept_value() {
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
     );
 }
+
+/// A message fragmented across a hand-over: the payload so far (a ping in between,
+/// a UTF-8 character split over two fragments) resumes in a fresh context and pool,
+/// as in a new process, and the message completes there.
+#[test]
+fn a_fragmented_message_resumes_from_its_payload_in_a_fresh_context() {
+    let mut pool = ContextPool::default();
+    let mut out = OutQueue::new();
+    let mut a = WsConn::new();
+    let text = "hé".as_bytes();
+    let mut first = client_frame(frame::TEXT, &text[..2]);
+    first[0] &= 0x7f;
+    first.extend(client_frame(frame::PING, b"p"));
+    let mut middle = client_frame(0x0, &text[2..]);
+    middle[0] &= 0x7f;
+    first.extend(middle);
+    for _ in 0..3 {
+        assert_eq!(a.read(&mut first, &mut out, &mut pool), WsRead::Control);
+    }
+    assert!(first.is_empty());
+    let (opcode, payload) = a.partial().expect("a message in progress");
+    assert_eq!((opcode, payload), (frame::TEXT, text));
+
+    let mut fresh = ContextPool::default();
+    let mut b = WsConn::resume(opcode, payload, &mut fresh).expect("resumable");
+    assert_eq!(b.partial(), Some((frame::TEXT, text)));
+    let mut rest = client_frame(0x0, b"llo");
+    assert_eq!(b.read(&mut rest, &mut out, &mut fresh), WsRead::Text("héllo".into()));
+    assert!(!b.holds_context());
+    // Only the pong went out, from the first process.
+    assert_eq!(drain(&mut out), [0x8a, 0x01, b'p']);
+}
+
+#[test]
+fn resume_refuses_what_no_peer_could_have_started() {
+    let mut pool = ContextPool::default();
+    assert!(WsConn::resume(0x0, b"cont", &mut pool).is_none());
+    assert!(WsConn::resume(0x9, b"ping", &mut pool).is_none());
+    assert!(WsConn::resume(frame::TEXT, &[0xff, 0xfe], &mut pool).is_none(), "not UTF-8");
+    assert!(WsConn::resume(frame::TEXT, &vec![b'a'; MAX_MESSAGE_BYTES + 1], &mut pool).is_none());
+    assert!(WsConn::resume(frame::BINARY, b"\x00\x01", &mut pool).is_some());
+}

@@ -55,6 +55,11 @@ impl Server {
         Server::spawn_cmd(dir, cmd, args)
     }
 
+    /// Starts the binary at `exe` (a copy, for hand-over tests) instead of the built one.
+    pub fn start_exe(dir: tempfile::TempDir, exe: &Path, args: &[&str]) -> Server {
+        Server::spawn_cmd(dir, Command::new(exe), args)
+    }
+
     fn spawn(dir: tempfile::TempDir, args: &[&str], nofile: Option<u32>) -> Server {
         match nofile {
             None => Server::spawn_cmd(dir, Command::new(env!("CARGO_BIN_EXE_skiff")), args),

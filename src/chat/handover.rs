@@ -1,0 +1,87 @@
+//! The chat core across a hand-over: sessions, the room in connect order, the
+//! history ring and its next id, the counters. History goes through the same
+//! accessors `/api/history` and a start-up restore use, so whatever else a message
+//! comes to carry stays in one place.
+
+use super::room::{Bucket, Member, Room};
+use super::session::SessionKey;
+use super::Chat;
+use crate::handover::state::{ChatState, HistoryEntry, HistoryState, MemberState, Rel};
+use std::rc::Rc;
+use std::time::Instant;
+
+impl Chat {
+    /// Everything a new process needs to carry on. Call it with no changes left to
+    /// persist (messages, session activity): those are on disk by then.
+    pub fn export(&self, now: Instant) -> ChatState {
+        let room = self
+            .room
+            .members()
+            .iter()
+            .filter_map(|&conn| {
+                let m = self.room.get(conn)?;
+                let bucket = m.bucket.map(|b| {
+                    let (tokens, last) = b.parts();
+                    (tokens, Rel::of(last, now))
+                });
+                Some(MemberState { conn, session: (m.session.key, m.session.generation), bucket, v2: m.v2 })
+            })
+            .collect();
+        let entries = self
+            .history
+            .page(None, usize::MAX)
+            .map(|e| HistoryEntry { id: e.id, ts: e.ts, author: e.author.to_string(), message: e.message.to_string() })
+            .collect();
+        ChatState {
+            sessions: self.sessions.export(now),
+            room,
+            history: HistoryState { epoch: self.history.epoch().to_owned(), last_id: self.history.last_id(), entries },
+            messages_in: self.stats.messages_in,
+            messages_rejected: self.stats.messages_rejected,
+            rate_limited: self.stats.rate_limited,
+            broadcasts: self.stats.broadcasts,
+        }
+    }
+
+    /// Takes over `state` into this fresh core. The room's members must be the
+    /// connections the caller restores as WebSockets, on the same slots. Nothing is
+    /// announced: to everyone else, nobody left or joined.
+    pub fn import(&mut self, state: ChatState, now: Instant) -> Result<(), &'static str> {
+        if !self.room.is_empty() {
+            return Err("room already in use");
+        }
+        // Built aside and swapped in whole: a refused state leaves this core as it was.
+        let mut sessions = self.sessions.imported(state.sessions, now)?;
+        let mut room = Room::default();
+        for m in state.room {
+            let session = SessionKey { key: m.session.0, generation: m.session.1 };
+            let Some(s) = sessions.get(session) else { return Err("a member without its session") };
+            if sessions.socket_of_user(&s.user).is_some() {
+                return Err("a user with two sockets");
+            }
+            let bucket = m.bucket.map(|(tokens, last)| Bucket::from_parts(tokens, last.at(now)));
+            if !room.insert(m.conn, Member { session, bucket, v2: m.v2, unacked: 0 }) {
+                return Err("a connection in the room twice");
+            }
+            sessions.set_socket(session, Some(m.conn));
+        }
+        self.sessions = sessions;
+        self.room = room;
+        let h = state.history;
+        let entries = h.entries.into_iter().map(|e| {
+            let author: Rc<str> = Rc::from(e.author);
+            Chat::history_entry(e.id, e.ts, author, e.message.into_boxed_str())
+        });
+        // The reservation is the disk's, set before the import; the ring is the state's.
+        let reserved = self.history.reserved();
+        self.restore_history(&h.epoch, h.last_id, entries);
+        if reserved != u64::MAX {
+            self.history.set_reserved(reserved);
+        }
+        self.stats.messages_in = state.messages_in;
+        self.stats.messages_rejected = state.messages_rejected;
+        self.stats.rate_limited = state.rate_limited;
+        self.stats.broadcasts = state.broadcasts;
+        Ok(())
+    }
+}

@@ -1,0 +1,260 @@
+//! The kernel side of a hand-over, kept thin: the binary's path, the memfd the
+//! state travels in, which descriptors survive the exec, the exec itself, and on
+//! the other side, finding what was handed over. Nothing here knows the state.
+
+use super::ENV;
+use std::ffi::{CString, OsString};
+use std::fs::File;
+use std::io::{self, Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+static EXE: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+/// Remembers the path this binary was started from. Call first thing in `main`:
+/// once a package upgrade has replaced the file, /proc/self/exe names a deleted
+/// inode, while the path itself leads to the new binary.
+pub fn remember_exe() {
+    EXE.get_or_init(|| {
+        let from_proc = std::fs::read_link("/proc/self/exe").ok();
+        from_proc.or_else(|| {
+            let arg0 = PathBuf::from(std::env::args_os().next()?);
+            (arg0.components().count() > 1).then(|| std::path::absolute(&arg0).unwrap_or(arg0))
+        })
+    });
+}
+
+/// The path to execute on a hand-over.
+pub fn exe() -> Option<PathBuf> {
+    EXE.get().cloned().flatten()
+}
+
+/// Whether `path` is there and executable by us (access(2), X_OK).
+pub fn check_executable(path: &std::path::Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: access only reads the NUL-terminated path it is given.
+    if unsafe { libc::access(c.as_ptr(), libc::X_OK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A memory file holding `bytes`, positioned at its start, close-on-exec (the
+/// caller clears that flag just before the exec).
+pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let name = c"skiff-handover";
+    // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and nothing else owns it.
+    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    file.write_all(bytes)?;
+    file.rewind()?;
+    Ok(file.into())
+}
+
+/// Lets `fd` survive the exec (`inherit`) or not.
+pub fn set_inherit(fd: RawFd, inherit: bool) -> io::Result<()> {
+    // SAFETY: F_GETFD/F_SETFD only read and write the descriptor's flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFD);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if inherit { flags & !libc::FD_CLOEXEC } else { flags | libc::FD_CLOEXEC };
+        if libc::fcntl(fd, libc::F_SETFD, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// The signals that must wait while no handler is installed: their default action
+/// ends the process, which half-way through a hand-over loses every connection.
+/// The mask survives the exec; the new process unblocks them with handlers in place.
+const HELD: [libc::c_int; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGUSR2, libc::SIGHUP];
+
+pub fn hold_signals(hold: bool) {
+    // SAFETY: a sigset_t is plain data, initialised by sigemptyset before use;
+    // sigprocmask only changes this thread's mask.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in HELD {
+            libc::sigaddset(&mut set, s);
+        }
+        let how = if hold { libc::SIG_BLOCK } else { libc::SIG_UNBLOCK };
+        libc::sigprocmask(how, &set, std::ptr::null_mut());
+    }
+}
+
+/// Replaces this process with `exe`, same arguments, same environment plus `ENV`
+/// set to `value`. Returns only if the exec failed.
+pub fn exec(exe: &std::path::Path, value: &str) -> io::Error {
+    let cstr = |b: &[u8]| CString::new(b).map_err(io::Error::other);
+    let build = || -> io::Result<(CString, Vec<CString>, Vec<CString>)> {
+        let path = cstr(exe.as_os_str().as_bytes())?;
+        let argv = std::env::args_os().map(|a| cstr(a.as_bytes())).collect::<io::Result<Vec<_>>>()?;
+        let mut envp = Vec::new();
+        for (k, v) in std::env::vars_os().filter(|(k, _)| k != ENV) {
+            let mut kv: OsString = k;
+            kv.push("=");
+            kv.push(v);
+            envp.push(cstr(kv.as_bytes())?);
+        }
+        envp.push(cstr(format!("{ENV}={value}").as_bytes())?);
+        Ok((path, argv, envp))
+    };
+    let (path, argv, envp) = match build() {
+        Ok(parts) => parts,
+        Err(e) => return e,
+    };
+    let mut argv_p: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+    argv_p.push(std::ptr::null());
+    let mut envp_p: Vec<*const libc::c_char> = envp.iter().map(|e| e.as_ptr()).collect();
+    envp_p.push(std::ptr::null());
+    // SAFETY: path, argv and envp are NUL-terminated strings kept alive by the
+    // CStrings above, and both arrays end with a null pointer, as execve requires.
+    unsafe { libc::execve(path.as_ptr(), argv_p.as_ptr(), envp_p.as_ptr()) };
+    io::Error::last_os_error()
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: the same clock on both sides of the exec, so
+/// the new process can say how long the pause was.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The value of `ENV` for a hand-over.
+pub fn env_value(memfd: RawFd, listener: RawFd, since_ns: u64) -> String {
+    format!("memfd={memfd},listener={listener},since={since_ns}")
+}
+
+/// What the previous process left: its listener, the bytes of its hand-over, and
+/// when it began (`monotonic_ns`).
+pub struct Inherited {
+    pub listener: OwnedFd,
+    pub bytes: io::Result<Vec<u8>>,
+    pub since_ns: u64,
+}
+
+/// Takes over what `ENV` names, if this process was started by a hand-over, and
+/// clears it from the environment. `Err` is a line for the log: the variable does
+/// not name a usable listener (the process then starts as if fresh).
+pub fn inherit() -> Option<Result<Inherited, String>> {
+    let value = std::env::var(ENV).ok()?;
+    // Single-threaded still (first thing in main): nothing reads the environment
+    // concurrently. The next exec must not see a stale value either.
+    std::env::remove_var(ENV);
+    Some(parse_and_take(&value))
+}
+
+fn parse_and_take(value: &str) -> Result<Inherited, String> {
+    let mut memfd = None;
+    let mut listener = None;
+    let mut since_ns = 0;
+    for part in value.split(',') {
+        match part.split_once('=') {
+            Some(("memfd", v)) => memfd = v.parse::<RawFd>().ok(),
+            Some(("listener", v)) => listener = v.parse::<RawFd>().ok(),
+            Some(("since", v)) => since_ns = v.parse().unwrap_or(0),
+            _ => {}
+        }
+    }
+    let listener =
+        listener.filter(|&fd| is_listening_socket(fd)).ok_or(format!("{ENV}={value}: no listening socket"))?;
+    let listener = own(listener);
+    let bytes = match memfd.filter(|&fd| fd > 2 && fd != listener.as_raw_fd() && is_open(fd)) {
+        Some(fd) => {
+            let mut file = File::from(own(fd));
+            let mut bytes = Vec::new();
+            file.read_to_end(&mut bytes).map(|_| bytes)
+        }
+        None => Err(io::Error::other("no state descriptor")),
+    };
+    Ok(Inherited { listener, bytes, since_ns })
+}
+
+/// Takes ownership of a descriptor the previous process handed over. Callers check
+/// it is open first.
+pub fn own(fd: RawFd) -> OwnedFd {
+    // SAFETY: `fd` is open (checked by the caller) and was handed over by the
+    // previous image of this process: no other owner exists in this one.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+pub fn is_open(fd: RawFd) -> bool {
+    // SAFETY: F_GETFD reads a descriptor's flags; an unopened one gives EBADF.
+    fd >= 0 && unsafe { libc::fcntl(fd, libc::F_GETFD) } >= 0
+}
+
+fn is_socket(fd: RawFd) -> bool {
+    // SAFETY: fstat writes the zeroed struct it is given.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        libc::fstat(fd, &mut st) == 0 && st.st_mode & libc::S_IFMT == libc::S_IFSOCK
+    }
+}
+
+fn is_listening_socket(fd: RawFd) -> bool {
+    if fd <= 2 || !is_open(fd) || !is_socket(fd) {
+        return false;
+    }
+    let mut on: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `on`.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN, (&mut on as *mut libc::c_int).cast(), &mut len)
+    };
+    r == 0 && on == 1
+}
+
+/// Sockets this process inherited (open, not close-on-exec) other than `except`:
+/// what the previous process handed over when its list of them is unreadable.
+pub fn inherited_sockets(except: &[RawFd]) -> Vec<OwnedFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else { return Vec::new() };
+    let fds: Vec<RawFd> = dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok()).collect();
+    fds.into_iter()
+        .filter(|&fd| fd > 2 && !except.contains(&fd) && is_socket(fd))
+        // SAFETY: F_GETFD reads the flags of a descriptor listed as open.
+        .filter(|&fd| matches!(unsafe { libc::fcntl(fd, libc::F_GETFD) }, f if f >= 0 && f & libc::FD_CLOEXEC == 0))
+        .map(own)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_memfd_holds_the_bytes_from_its_start_and_the_inherit_flag_flips() {
+        let fd = memfd_with(b"state bytes").unwrap();
+        set_inherit(fd.as_raw_fd(), true).unwrap();
+        // SAFETY: F_GETFD on a descriptor we own.
+        assert_eq!(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+        set_inherit(fd.as_raw_fd(), false).unwrap();
+        let mut got = String::new();
+        File::from(fd).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "state bytes");
+    }
+
+    #[test]
+    fn a_value_without_a_listening_socket_is_refused() {
+        assert!(parse_and_take("memfd=0,listener=1").is_err());
+        assert!(parse_and_take("garbage").is_err());
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let fd = l.as_raw_fd();
+        std::mem::forget(l); // owned by the Inherited below from here on
+        let got = parse_and_take(&env_value(-1, fd, 5)).unwrap();
+        assert_eq!((got.listener.as_raw_fd(), got.since_ns), (fd, 5));
+        assert!(got.bytes.is_err(), "no memfd named");
+    }
+}

@@ -1,0 +1,228 @@
+//! The reactor's part of a hand-over, both ends. Giving: on SIGUSR2, let storage
+//! answer what waits on it and drain, encode the server, let exactly the listener,
+//! the client sockets and the memfd survive, exec. Taking: adopt the listener, put
+//! the connections back and register them, so the first loop turn serves them; if
+//! the state cannot be read, close the handed sockets properly (1001) and serve on.
+
+use super::{load_saved_state, restore_saved, Reactor};
+use crate::config::Config;
+use crate::handover::{codec, os, Handed};
+use crate::log;
+use crate::storage::Storage;
+use crate::store::Store;
+use crate::tls::Transport;
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Token};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long requests already handed to storage may take to be answered before a
+/// hand-over gives up (and the old process serves on). A healthy disk takes ms.
+const STORAGE_SETTLE: Duration = Duration::from_secs(5);
+
+/// RFC 6455 close frame, 1001 (going away).
+const CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
+
+impl Reactor {
+    /// Starts as the next image of a process that handed over `inherited`.
+    pub fn take_over(
+        cfg: &Config,
+        store: Option<Store>,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        inherited: os::Inherited,
+    ) -> Result<Reactor, String> {
+        let os::Inherited { listener, bytes, since_ns } = inherited;
+        let listener = TcpListener::from_std(std::net::TcpListener::from(listener));
+        let decoded = bytes.map_err(|e| e.to_string()).and_then(|b| codec::decode(&b).map_err(|e| e.to_string()));
+        let (handed, state) = match decoded {
+            Ok(d) => (Some(d.handed), d.state.map_err(|e| e.to_string())),
+            Err(e) => (None, Err(e)),
+        };
+        let state = state.and_then(|s| {
+            let fds_ok =
+                handed.as_ref().is_some_and(|h| h.len() == s.conns.len() && h.iter().all(|h| os::is_open(h.fd)));
+            if fds_ok {
+                Ok(s)
+            } else {
+                Err("the sockets handed over do not match the state".to_owned())
+            }
+        });
+        let mut r = Reactor::build(cfg, store, tls, Some(listener), state.is_err())?;
+        let now = Instant::now();
+        let why = match (state, &handed) {
+            (Ok(state), Some(handed)) => {
+                let keys: Vec<usize> = state.conns.iter().map(|c| c.key).collect();
+                let sock =
+                    |i: usize| Transport::Plain(TcpStream::from_std(std::net::TcpStream::from(os::own(handed[i].fd))));
+                match r.server.import(state, now, sock) {
+                    Ok(()) => {
+                        r.register_taken(&keys, now);
+                        r.took_over = Some((since_ns, keys.len()));
+                        return Ok(r);
+                    }
+                    Err(why) => {
+                        // Built without what is on disk, expecting the state: load it now.
+                        if cfg.redis.is_none() {
+                            let saved = Store::open(&cfg.db)
+                                .map_err(|e| e.to_string())
+                                .and_then(|mut s| load_saved_state(cfg, &mut s));
+                            match saved {
+                                Ok(saved) => restore_saved(&mut r.server, saved),
+                                Err(e) => log::error(format_args!("hand-over: cannot read the saved sessions: {e}")),
+                            }
+                        }
+                        why.to_owned()
+                    }
+                }
+            }
+            (Ok(_), None) => "no sockets".to_owned(),
+            (Err(why), _) => why,
+        };
+        r.close_handed(handed, &why, now);
+        Ok(r)
+    }
+
+    /// Watches the connections just taken over. One the kernel will not watch is
+    /// dropped (it could never be served).
+    fn register_taken(&mut self, keys: &[usize], now: Instant) {
+        for &key in keys {
+            let Some(sock) = self.server.stream_mut(key) else { continue };
+            if let Err(e) =
+                self.poll.registry().register(sock.socket_mut(), Token(key), Interest::READABLE | Interest::WRITABLE)
+            {
+                log::warn(format_args!("hand-over: cannot watch a connection: {e}"));
+                self.server.close_now(key, now);
+            }
+        }
+    }
+
+    /// The fallback: the state could not be read. Every handed socket is closed
+    /// through the loop (a WebSocket after a 1001), and clients reconnect and resume
+    /// as after a restart. Without even the list of sockets, the sockets this
+    /// process inherited are closed as they are.
+    fn close_handed(&mut self, handed: Option<Vec<Handed>>, why: &str, now: Instant) {
+        let listener = self.listener.as_ref().map(|l| l.as_raw_fd());
+        let handed = match handed {
+            Some(h) => h,
+            None => {
+                let except: Vec<i32> = listener.into_iter().collect();
+                let stray = os::inherited_sockets(&except);
+                log::warn(format_args!("hand-over unreadable ({why}): closing {} inherited sockets", stray.len()));
+                return;
+            }
+        };
+        let mut ws = 0;
+        let mut closed = 0;
+        for h in handed {
+            if Some(h.fd) == listener || h.fd <= 2 || !os::is_open(h.fd) {
+                continue;
+            }
+            let sock = std::net::TcpStream::from(os::own(h.fd));
+            let Ok(peer) = sock.peer_addr() else { continue };
+            let last: &[u8] = if h.ws { &CLOSE_1001 } else { &[] };
+            ws += usize::from(h.ws);
+            closed += 1;
+            let key = self.server.insert_closing(Transport::Plain(TcpStream::from_std(sock)), peer, last, now);
+            let sock = self.server.stream_mut(key).expect("just inserted").socket_mut();
+            if self.poll.registry().register(sock, Token(key), Interest::READABLE | Interest::WRITABLE).is_err() {
+                self.server.close_now(key, now);
+            }
+        }
+        log::warn(format_args!(
+            "hand-over state unreadable ({why}): closing {closed} connections ({ws} WebSockets with 1001), serving on"
+        ));
+    }
+
+    /// SIGUSR2: hand over, or say why not and serve on.
+    pub(super) fn on_upgrade(&mut self, now: Instant) {
+        if let Some(rx) = self.upgrade.as_mut() {
+            let mut buf = [0u8; 16];
+            while matches!(rx.read(&mut buf), Ok(n) if n > 0) {}
+        }
+        if let Err(why) = self.hand_over(now) {
+            log::error(format_args!("hand-over not done, still serving: {why}"));
+        }
+    }
+
+    /// Returns only if the hand-over did not happen, with why.
+    fn hand_over(&mut self, now: Instant) -> Result<(), String> {
+        if self.server.is_shutting_down() {
+            return Err("shutting down".into());
+        }
+        if self.server.cx.cluster.is_some() {
+            return Err("cluster mode (--redis) cannot hand over yet; restart instead".into());
+        }
+        let exe = os::exe().ok_or("this binary's path is unknown")?;
+        os::check_executable(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+        let listener = self.listener.as_ref().ok_or("no listener")?.as_raw_fd();
+        let began = os::monotonic_ns();
+        // Requests already with storage get their answers: a reply cannot follow the
+        // socket into the next process. No input is read meanwhile.
+        let settle_by = now + STORAGE_SETTLE;
+        while self.server.waiting() > 0 {
+            let now = Instant::now();
+            if now >= settle_by {
+                return Err(format!("{} requests still wait on storage", self.server.waiting()));
+            }
+            self.server.on_storage(now);
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        self.server.cx.persist_changes();
+        // Everything queued for the disk is committed before the exec, and the acks
+        // its commits release are queued for their senders: they travel as output.
+        self.server.cx.storage.drain();
+        self.server.on_storage(Instant::now());
+        let now = Instant::now();
+        if self.tls.is_some() {
+            let n = self.server.close_all_now(now);
+            log::info(format_args!("hand-over: {n} TLS connections closed (1001): TLS sessions cannot cross an exec"));
+        }
+        let result = self.exec(&exe, listener, began, now);
+        // Still here: the exec did not happen.
+        self.restart_storage();
+        result
+    }
+
+    fn exec(&mut self, exe: &std::path::Path, listener: i32, began: u64, now: Instant) -> Result<(), String> {
+        let state = self.server.export(now).ok_or("a request or an ack still waits on storage")?;
+        let mut handed = Vec::with_capacity(state.conns.len());
+        for c in &state.conns {
+            let sock = self.server.stream_mut(c.key).ok_or("a connection without a socket")?;
+            let ws = matches!(c.phase, crate::handover::state::PhaseState::Ws(_));
+            handed.push(Handed { fd: sock.socket_mut().as_raw_fd(), ws });
+        }
+        let bytes = codec::encode(&state, &handed);
+        drop(state);
+        let memfd = os::memfd_with(&bytes).map_err(|e| format!("memfd: {e}"))?;
+        let fds: Vec<i32> = handed.iter().map(|h| h.fd).chain([listener, memfd.as_raw_fd()]).collect();
+        let flip = |inherit: bool| fds.iter().try_for_each(|&fd| os::set_inherit(fd, inherit));
+        if let Err(e) = flip(true) {
+            let _ = flip(false);
+            return Err(format!("descriptor flags: {e}"));
+        }
+        log::info(format_args!(
+            "handing over {} connections to {} ({} bytes of state)",
+            handed.len(),
+            exe.display(),
+            bytes.len()
+        ));
+        os::hold_signals(true);
+        let err = os::exec(exe, &os::env_value(memfd.as_raw_fd(), listener, began));
+        os::hold_signals(false);
+        let _ = flip(false);
+        Err(format!("exec {}: {err}", exe.display()))
+    }
+
+    /// Storage was drained for a hand-over that did not happen: start it again.
+    fn restart_storage(&mut self) {
+        let started = Store::open(&self.db)
+            .and_then(|store| Storage::spawn(store, &self.db, self.waker.clone(), Duration::ZERO))
+            .map_err(|e| e.to_string());
+        match started {
+            Ok(storage) => self.server.cx.storage = storage,
+            Err(e) => log::error(format_args!("storage cannot start again after the failed hand-over: {e}")),
+        }
+    }
+}

@@ -1,0 +1,561 @@
+//! Upgrading in place (CONTRACT, "Upgrading in place"): SIGUSR2 re-executes the binary
+//! at skiff's own path, here a copy in the test's directory that the test replaces
+//! the way dpkg does (a new file renamed over it). The new file is the same build
+//! with its version bytes changed ("0.1.0" -> "1.2.1"): rebuilding skiff with another
+//! version would take minutes on a shared two-core machine, and a changed version is
+//! enough to prove the process runs the new image, since only that image holds the
+//! new string (`--version` of the file, `/metrics` of the process, /proc/PID/exe).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use skiff::ws::frame;
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const NEW_VERSION: &str = "1.2.1";
+
+/// A copy of the built binary at `dir/name`, its version string replaced by `version`
+/// (same length) if given.
+fn copy_binary(dir: &Path, name: &str, version: Option<&str>) -> PathBuf {
+    let mut bytes = std::fs::read(env!("CARGO_BIN_EXE_skiff")).expect("read the built binary");
+    if let Some(v) = version {
+        let old = env!("CARGO_PKG_VERSION").as_bytes();
+        assert_eq!(old.len(), v.len(), "a patched version keeps its length");
+        let mut found = 0;
+        let mut i = 0;
+        while let Some(at) = bytes[i..].windows(old.len()).position(|w| w == old) {
+            let at = i + at;
+            bytes[at..at + old.len()].copy_from_slice(v.as_bytes());
+            found += 1;
+            i = at + old.len();
+        }
+        assert!(found > 0, "the version string is in the binary");
+    }
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+/// Puts `new` at `exe` as a package upgrade does: renamed over it, so the running
+/// process keeps its (now deleted) image and the path leads to the new file.
+fn install(new: &Path, exe: &Path) {
+    std::fs::rename(new, exe).unwrap();
+}
+
+/// A server started from a copy of the binary in its own directory.
+fn start_copy(args: &[&str]) -> (Server, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let exe = copy_binary(dir.path(), "skiff", None);
+    (Server::start_exe(dir, &exe, args), exe)
+}
+
+fn usr2(srv: &Server) {
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(srv.pid() as i32, libc::SIGUSR2) };
+}
+
+/// Waits for `needle` in the server's log; panics with the log after 20 s.
+fn wait_log(srv: &Server, needle: &str) -> String {
+    let mut found = String::new();
+    let ok = wait_for(Duration::from_secs(20), || {
+        let log = srv.stderr();
+        match log.lines().find(|l| l.contains(needle)) {
+            Some(line) => {
+                found = line.to_owned();
+                true
+            }
+            None => false,
+        }
+    });
+    assert!(ok, "no {needle:?} in the log:\n{}", srv.stderr());
+    found
+}
+
+/// The count of lines with `needle` in the log.
+fn log_count(srv: &Server, needle: &str) -> usize {
+    srv.stderr().lines().filter(|l| l.contains(needle)).count()
+}
+
+/// A hand-over's pause as the new process logged it (the `nth` hand-over, from 1).
+fn pause_ms(srv: &Server, nth: usize) -> f64 {
+    assert!(wait_for(Duration::from_secs(20), || log_count(srv, "hand-over done") >= nth), "{}", srv.stderr());
+    let log = srv.stderr();
+    let line = log.lines().filter(|l| l.contains("hand-over done")).nth(nth - 1).unwrap().to_owned();
+    line.split("paused ").nth(1).unwrap().trim_end_matches(" ms").parse().unwrap()
+}
+
+/// A WebSocket client on a raw socket: frames encoded and decoded by skiff's own
+/// client half, so a thousand of them need no thread each.
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+    texts: Vec<Value>,
+    /// A close frame's code, or 0 for a connection that ended without one.
+    closed: Option<u16>,
+}
+
+impl Raw {
+    fn open(srv: &Server, cookie: &str, path: &str) -> Raw {
+        Raw::open_on(srv.connect(), cookie, path)
+    }
+
+    fn open_on(mut s: TcpStream, cookie: &str, path: &str) -> Raw {
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let n = s.read(&mut chunk).expect("upgrade response");
+            assert!(n > 0, "closed during the upgrade");
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        assert!(buf.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&buf));
+        buf.drain(..end);
+        s.set_nonblocking(true).unwrap();
+        let mut r = Raw { s, buf: Vec::new(), texts: Vec::new(), closed: None };
+        r.feed(&buf);
+        r
+    }
+
+    fn send_frame(&mut self, bytes: &[u8]) {
+        self.s.set_nonblocking(false).unwrap();
+        self.s.write_all(bytes).unwrap();
+        self.s.set_nonblocking(true).unwrap();
+    }
+
+    fn say(&mut self, message: &str) {
+        let text = serde_json::json!({ "message": message }).to_string();
+        self.send_frame(&frame::client_frame(frame::TEXT, text.as_bytes(), [1, 2, 3, 4]));
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        let mut pos = 0;
+        while let Ok(Some(f)) = frame::decode_server(&self.buf[pos..]) {
+            let payload = &self.buf[pos..][f.payload.clone()];
+            match f.opcode {
+                frame::TEXT => self.texts.push(serde_json::from_slice(payload).expect("JSON text")),
+                frame::CLOSE => self.closed = Some(payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))),
+                _ => {}
+            }
+            pos += f.consumed;
+        }
+        self.buf.drain(..pos);
+    }
+
+    /// Takes in whatever has arrived, without waiting.
+    fn poll(&mut self) {
+        let mut chunk = [0u8; 65536];
+        loop {
+            match self.s.read(&mut chunk) {
+                Ok(0) => {
+                    self.closed.get_or_insert(0);
+                    return;
+                }
+                Ok(n) => self.feed(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.closed.get_or_insert(0);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits (bounded) until `done` holds for what arrived.
+    fn poll_until(&mut self, limit: Duration, done: impl Fn(&Raw) -> bool) -> bool {
+        let start = Instant::now();
+        loop {
+            self.poll();
+            if done(self) {
+                return true;
+            }
+            if start.elapsed() > limit || self.closed.is_some() {
+                return done(self);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn messages(&self) -> Vec<String> {
+        self.texts.iter().filter_map(|v| v["message"].as_str().map(str::to_owned)).collect()
+    }
+
+    fn events(&self, kind: &str) -> usize {
+        self.texts.iter().filter(|v| v["event"] == kind).count()
+    }
+
+    fn acks(&self) -> usize {
+        self.texts.iter().filter(|v| v["status"] == true).count()
+    }
+}
+
+fn metrics(srv: &Server) -> String {
+    srv.get("/metrics", None).text()
+}
+
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().count()
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// `n` users, each registered, logged in and on a WebSocket, set up on a few threads.
+fn clients(srv: &Server, prefix: &str, n: usize) -> Vec<Raw> {
+    const THREADS: usize = 4;
+    let cookies: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                s.spawn(move || {
+                    (t..n).step_by(THREADS).map(|i| (i, srv.user(&format!("{prefix}{i}")))).collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<(usize, String)> = handles.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        all.sort();
+        all.into_iter().map(|(_, c)| c).collect()
+    });
+    cookies.iter().map(|c| Raw::open(srv, c, "/ws")).collect()
+}
+
+/// The issue's load: 1,000 clients, 10 of them sending 50 messages a second, and a
+/// hand-over to a binary of another version in the middle. Every socket stays open,
+/// every message reaches everyone exactly once and in the one order, every sender
+/// gets an ack for each message, and nobody hears a leave.
+#[test]
+fn a_hand_over_under_load_drops_nothing_and_runs_the_new_binary() {
+    const CLIENTS: usize = 1000;
+    const SENDERS: usize = 10;
+    const PER_SENDER: usize = 100;
+    let (srv, exe) = start_copy(&[]);
+    let pid = srv.pid();
+    let started = Instant::now();
+    let mut all = clients(&srv, "u", CLIENTS);
+    eprintln!("{CLIENTS} clients up in {:.1} s", started.elapsed().as_secs_f64());
+    let next = copy_binary(srv.dir.path(), "skiff.new", Some(NEW_VERSION));
+    let out = std::process::Command::new(&next).arg("--version").output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("skiff {NEW_VERSION}"));
+    assert!(metrics(&srv).contains(&format!("skiff_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
+
+    let mut senders: Vec<Raw> = all.drain(..SENDERS).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = senders
+            .iter_mut()
+            .enumerate()
+            .map(|(k, c)| {
+                s.spawn(move || {
+                    let start = Instant::now();
+                    for i in 0..PER_SENDER {
+                        // 50 a second each, on a fixed schedule.
+                        let due = start + Duration::from_millis(20 * i as u64);
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        c.say(&format!("s{k}-{i}"));
+                        c.poll();
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        install(&next, &exe);
+        usr2(&srv);
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let pause = pause_ms(&srv, 1);
+    eprintln!("hand-over under load: pause {pause:.1} ms");
+
+    let total = SENDERS * PER_SENDER;
+    for c in all.iter_mut() {
+        assert!(c.poll_until(Duration::from_secs(30), |c| c.messages().len() >= total), "got {}", c.messages().len());
+    }
+    for (k, c) in senders.iter_mut().enumerate() {
+        let want = total - PER_SENDER;
+        assert!(c.poll_until(Duration::from_secs(30), |c| c.messages().len() >= want && c.acks() >= PER_SENDER));
+        assert_eq!(c.acks(), PER_SENDER, "sender {k}: one ack per message");
+    }
+    let order = all[0].messages();
+    assert_eq!(order.len(), total);
+    for k in 0..SENDERS {
+        let mine: Vec<&String> = order.iter().filter(|m| m.starts_with(&format!("s{k}-"))).collect();
+        let want: Vec<String> = (0..PER_SENDER).map(|i| format!("s{k}-{i}")).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>(), "sender {k}'s messages, once each, in order");
+    }
+    for (i, c) in all.iter().enumerate() {
+        assert_eq!(c.closed, None, "client {i} was closed");
+        assert_eq!(c.messages(), order, "client {i} saw another order");
+        assert_eq!(c.events("leave"), 0, "client {i} heard a leave");
+    }
+    for (k, c) in senders.iter().enumerate() {
+        let own = format!("s{k}-");
+        let others: Vec<String> = order.iter().filter(|m| !m.starts_with(&own)).cloned().collect();
+        assert_eq!(c.closed, None);
+        assert_eq!(c.messages(), others, "sender {k}");
+    }
+    // The same process, now running the new file.
+    assert_eq!(srv.pid(), pid);
+    let m = metrics(&srv);
+    assert!(m.contains(&format!("skiff_build_info{{version=\"{NEW_VERSION}\"}} 1")), "{m}");
+    assert!(m.contains(&format!("skiff_connections{{kind=\"websocket\"}} {CLIENTS}\n")), "{m}");
+    let image = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(image, exe, "the running image is the file now at the path");
+    assert!(srv.stderr().contains(&format!("skiff {NEW_VERSION} took over")));
+}
+
+/// A socket whose receive buffer is tiny, so what the server owes it stays in the
+/// server's own queue instead of the kernel's.
+fn stalled_socket(srv: &Server) -> TcpStream {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.set_recv_buffer_size(2048).unwrap();
+    sock.connect(&srv.addr.into()).unwrap();
+    let s: TcpStream = sock.into();
+    s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    s
+}
+
+fn pipelined(reqs: &[(&str, &str, Option<&str>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (method, path, body) in reqs {
+        out.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nHost: t\r\n").as_bytes());
+        match body {
+            Some(b) => out.extend_from_slice(format!("Content-Length: {}\r\n\r\n{b}", b.len()).as_bytes()),
+            None => out.extend_from_slice(b"\r\n"),
+        }
+    }
+    out
+}
+
+fn statuses(s: &mut TcpStream, n: usize) -> Vec<u16> {
+    (0..n).map(|_| read_response(s).map_or(0, |r| r.status)).collect()
+}
+
+/// What is in flight at the exec crosses it: pipelined requests (one waiting on
+/// storage), a request half received, a reader that stopped reading with the
+/// server's queue full for it, a fragmented message, a v2 client's ids.
+#[test]
+fn requests_a_half_request_a_stalled_reader_and_a_fragment_cross_the_exec() {
+    let (srv, exe) = start_copy(&[]);
+    let ann = srv.user("ann");
+    let mut ann_ws = Raw::open(&srv, &ann, "/ws");
+    let mut slow = Raw::open_on(stalled_socket(&srv), &srv.user("slow"), "/ws");
+    let mut cid = Raw::open(&srv, &srv.user("cid"), "/ws?v=2");
+    let mut fr = Raw::open(&srv, &srv.user("fr"), "/ws");
+    let online_before = srv.get("/api/online", Some(&ann)).json();
+
+    // The stalled reader falls behind by far more than the kernel holds for it.
+    // The kernel's buffers for it grow as they fill: send until the server's own
+    // queue holds a good part (well below the 1 MiB at which it would be dropped).
+    // 4-byte characters: the longest message the server takes, in bytes.
+    let big = "\u{1F600}".repeat(290);
+    let backlog = |m: &str| -> u64 {
+        let line = m.lines().find(|l| l.starts_with("skiff_broadcast_backlog_bytes ")).unwrap();
+        line.split(' ').nth(1).unwrap().parse().unwrap()
+    };
+    let mut sent = 0;
+    while backlog(&metrics(&srv)) < 100_000 {
+        assert!(sent < 8000, "the server never held a backlog for the stalled reader");
+        for _ in 0..50 {
+            ann_ws.say(&format!("{sent} {big}"));
+            sent += 1;
+        }
+        assert!(ann_ws.poll_until(Duration::from_secs(20), |c| c.acks() >= sent));
+        for c in [&mut cid, &mut fr] {
+            assert!(c.poll_until(Duration::from_secs(10), |c| c.messages().len() >= sent));
+        }
+    }
+    eprintln!("{sent} messages sent, {} bytes queued in skiff for the stalled reader", backlog(&metrics(&srv)));
+    let last_id = cid.texts.iter().filter_map(|v| v["id"].as_u64()).max().unwrap();
+
+    // A message in two fragments, the first before the exec.
+    let mut first = frame::client_frame(frame::TEXT, br#"{"message":"frag"#, [9, 9, 9, 9]);
+    first[0] &= 0x7f;
+    fr.send_frame(&first);
+    // A request cut in the middle of its head.
+    let mut half = srv.connect();
+    half.write_all(b"GET /healthz HTTP/1.1\r\nHo").unwrap();
+    // Pipelined, the first one waiting on the disk while the signal comes.
+    let mut before = srv.connect();
+    let body = r#"{"username":"pip1"}"#;
+    before
+        .write_all(&pipelined(&[
+            ("POST", "/api/register", Some(body)),
+            ("GET", "/healthz", None),
+            ("GET", "/nope", None),
+        ]))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    install(&copy_binary(srv.dir.path(), "skiff.new", Some(NEW_VERSION)), &exe);
+    usr2(&srv);
+    // Pipelined into the exec itself.
+    let mut during = srv.connect();
+    let body = r#"{"username":"pip2"}"#;
+    during
+        .write_all(&pipelined(&[
+            ("GET", "/healthz", None),
+            ("POST", "/api/register", Some(body)),
+            ("GET", "/healthz", None),
+        ]))
+        .unwrap();
+    let pause = pause_ms(&srv, 1);
+    eprintln!("pause {pause:.1} ms");
+
+    assert_eq!(statuses(&mut before, 3), [201, 200, 404]);
+    assert_eq!(statuses(&mut during, 3), [200, 201, 200]);
+    half.write_all(b"st: t\r\n\r\n").unwrap();
+    assert_eq!(statuses(&mut half, 1), [200]);
+    fr.send_frame(&frame::client_frame(0x0, br#"ment"}"#, [3, 3, 3, 3]));
+    assert!(ann_ws.poll_until(Duration::from_secs(10), |c| c.messages().last().map(String::as_str) == Some("fragment")));
+
+    // Everything the stalled reader was owed arrives now, once, in order, then the rest.
+    ann_ws.say("after");
+    let want: Vec<String> =
+        (0..sent).map(|i| format!("{i} {big}")).chain(["fragment".into(), "after".into()]).collect();
+    assert!(
+        slow.poll_until(Duration::from_secs(20), |c| c.messages().len() >= want.len()),
+        "{}",
+        slow.messages().len()
+    );
+    assert_eq!(slow.messages(), want);
+    assert!(cid.poll_until(Duration::from_secs(10), |c| c.messages().len() >= sent + 2));
+    let ids: Vec<u64> = cid.texts.iter().filter_map(|v| v["id"].as_u64()).filter(|&id| id > last_id).collect();
+    assert_eq!(ids, [last_id + 1, last_id + 2], "the next ids follow on");
+    for c in [&ann_ws, &slow, &cid, &fr] {
+        assert_eq!(c.closed, None);
+        assert_eq!((c.events("leave"), c.events("join")), (0, c.events("join")));
+    }
+    assert_eq!(fr.events("leave"), 0);
+    assert_eq!(srv.get("/api/online", Some(&ann)).json(), online_before, "the room, in connect order");
+    assert_eq!(srv.get("/healthz", None).status, 200);
+    assert!(metrics(&srv).contains(&format!("skiff_build_info{{version=\"{NEW_VERSION}\"}} 1")));
+}
+
+/// The new binary is missing, or is no binary at all: the exec fails, the old
+/// process logs why and serves on, storage included; the next hand-over works.
+#[test]
+fn a_missing_or_broken_binary_leaves_the_old_process_serving() {
+    let (srv, exe) = start_copy(&[]);
+    let cookie = srv.user("ann");
+    let mut ws = Raw::open(&srv, &cookie, "/ws");
+    let kept = srv.dir.path().join("skiff.kept");
+    std::fs::rename(&exe, &kept).unwrap();
+    usr2(&srv);
+    wait_log(&srv, "hand-over not done");
+    let junk = srv.dir.path().join("skiff.junk");
+    std::fs::write(&junk, b"not an executable").unwrap();
+    std::fs::set_permissions(&junk, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install(&junk, &exe);
+    usr2(&srv);
+    assert!(wait_for(Duration::from_secs(10), || log_count(&srv, "hand-over not done") == 2), "{}", srv.stderr());
+    assert!(srv.stderr().contains("exec "), "the failed exec is named: {}", srv.stderr());
+    ws.say("still here");
+    assert!(ws.poll_until(Duration::from_secs(10), |c| c.acks() == 1));
+    assert_eq!(ws.closed, None);
+    // Storage was drained for the exec; it writes again.
+    srv.user("bob");
+    install(&kept, &exe);
+    usr2(&srv);
+    pause_ms(&srv, 1);
+    ws.say("moved");
+    assert!(ws.poll_until(Duration::from_secs(10), |c| c.acks() == 2));
+    assert_eq!(ws.closed, None);
+}
+
+/// A wrapper at skiff's path that spoils the hand-over on its way (a byte of
+/// the state, or its format version) and then runs the real binary: that one closes
+/// the WebSockets with 1001 and serves on, with the sessions saved on disk.
+fn spoiled_hand_over(spoil: &str) {
+    let (srv, exe) = start_copy(&[]);
+    let cookie = srv.user("ann");
+    let mut ws = Raw::open(&srv, &cookie, "/ws");
+    let real = copy_binary(srv.dir.path(), "skiff.real", None);
+    let script = format!(
+        "#!/bin/sh\nfd=${{SKIFF_HANDOVER#*memfd=}}; fd=${{fd%%,*}}; f=/proc/self/fd/$fd\n{spoil}\nexec {} \"$@\"\n",
+        real.display()
+    );
+    let wrapper = srv.dir.path().join("skiff.wrapper");
+    std::fs::write(&wrapper, script).unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    install(&wrapper, &exe);
+    usr2(&srv);
+    assert!(ws.poll_until(Duration::from_secs(20), |c| c.closed.is_some()));
+    assert_eq!(ws.closed, Some(1001));
+    wait_log(&srv, "hand-over state unreadable");
+    // The listener never closed, and the session still opens a WebSocket.
+    assert_eq!(srv.get("/healthz", None).status, 200);
+    let mut again = Raw::open(&srv, &cookie, "/ws");
+    again.say("back");
+    assert!(again.poll_until(Duration::from_secs(10), |c| c.acks() == 1));
+}
+
+#[test]
+fn a_corrupt_state_closes_websockets_1001_and_serves_on() {
+    spoiled_hand_over(
+        "size=$(stat -L -c %s $f); printf '\\377' | dd of=$f bs=1 seek=$((size - 9)) conv=notrunc 2>/dev/null",
+    );
+}
+
+#[test]
+fn another_state_version_closes_websockets_1001_and_serves_on() {
+    spoiled_hand_over(
+        "n=$(od -An -tu4 -j16 -N4 $f | tr -d ' '); printf '\\002' | dd of=$f bs=1 seek=$((28 + 5 * n)) conv=notrunc 2>/dev/null",
+    );
+}
+
+/// Twenty hand-overs in a row leak no descriptor and no memory.
+#[test]
+fn twenty_hand_overs_leak_no_descriptor_and_no_memory() {
+    let (srv, _exe) = start_copy(&[]);
+    let pid = srv.pid();
+    let mut ws = clients(&srv, "t", 10);
+    let mut first = None;
+    let mut sent = [0; 10];
+    for n in 1..=20 {
+        usr2(&srv);
+        pause_ms(&srv, n);
+        let c = &mut ws[n % 10];
+        c.say(&format!("m{n}"));
+        sent[n % 10] += 1;
+        let want = sent[n % 10];
+        assert!(c.poll_until(Duration::from_secs(10), |c| c.acks() == want), "hand-over {n}");
+        let now = (fd_count(pid), rss_kib(pid));
+        first.get_or_insert(now);
+    }
+    let (fds, rss) = (fd_count(pid), rss_kib(pid));
+    let (fds1, rss1) = first.unwrap();
+    eprintln!("after 1 hand-over: {fds1} fds, {rss1} KiB; after 20: {fds} fds, {rss} KiB");
+    assert_eq!(fds, fds1, "descriptors leaked");
+    assert!(rss < rss1 + 8 * 1024, "memory grew from {rss1} to {rss} KiB");
+    for c in ws.iter_mut() {
+        c.poll();
+        assert_eq!(c.closed, None);
+        assert_eq!(c.events("leave"), 0);
+    }
+}
+
+/// deploy/debian/postinst reloads instead of restarting only when the running
+/// binary holds this name (an older one does not know SIGUSR2, which would kill it).
+#[test]
+fn the_binary_carries_the_marker_the_package_scripts_look_for() {
+    let bin = std::fs::read(env!("CARGO_BIN_EXE_skiff")).unwrap();
+    assert!(bin.windows(skiff::handover::ENV.len()).any(|w| w == skiff::handover::ENV.as_bytes()));
+    let postinst = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/debian/postinst")).unwrap();
+    assert!(postinst.contains(&format!("grep -qa {} ", skiff::handover::ENV)), "{postinst}");
+}
