@@ -43,6 +43,8 @@ fn two_browsers_chat_through_the_built_in_page() {
         .arg(&script)
         .env("SKIFF_URL", format!("http://{}", srv.addr))
         .env("SKIFF_SCREENSHOTS", &shots)
+        .env("SKIFF_BIN", env!("CARGO_BIN_EXE_skiff"))
+        .env("SKIFF_CONTROL", format!("{}.ctl", srv.db_path().display()))
         .current_dir(root)
         .spawn()
         .expect("start node");

@@ -282,7 +282,8 @@ fn the_key_is_never_stored_in_clear() {
     let mut all = Vec::new();
     for entry in std::fs::read_dir(srv.dir.path()).unwrap() {
         let path = entry.unwrap().path();
-        if path.file_name().unwrap().to_string_lossy().starts_with("chat.db") {
+        // chat.db, its -wal and -shm; not the control socket (chat.db.ctl) beside them.
+        if path.file_name().unwrap().to_string_lossy().starts_with("chat.db") && path.is_file() {
             all.extend(std::fs::read(path).unwrap());
         }
     }

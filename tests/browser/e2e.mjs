@@ -16,6 +16,7 @@
 // the first failing check stops the run, which exits 1 after printing what failed.
 // Prints one "ok N - ..." line per check and ends with "N passed, M failed".
 
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -24,6 +25,9 @@ const BASE = (process.env.SKIFF_URL || '').replace(/\/+$/, '');
 const SHOTS = process.env.SKIFF_SCREENSHOTS || 'test-artifacts';
 const CHROMIUM = process.env.CHROMIUM_PATH || '/usr/bin/chromium';
 const T = Number(process.env.SKIFF_E2E_TIMEOUT_MS || 10000);
+// `skiff ctl` against the server under test (the operator's delete-message step).
+const SKIFF_BIN = process.env.SKIFF_BIN || '';
+const SKIFF_CONTROL = process.env.SKIFF_CONTROL || '';
 const WATCHDOG_MS = Math.max(120000, T * 12);
 
 let passed = 0;
@@ -697,6 +701,24 @@ await step('v1 fallback (scripted server): no /api/history means plain /ws; no h
     assertIdsUnique(lines, 'resume');
     assert((await pageC.$$('#messages li.note[data-kind="resync"]')).length === 0, 'a resync line although nothing was lost');
     await shot(pageC, '02-v2-resumed-C.png');
+  });
+
+  await step('v2: an operator deletes a message (skiff ctl): it leaves every v2 page, and a reload', async () => {
+    assert(SKIFF_BIN && SKIFF_CONTROL, 'SKIFF_BIN and SKIFF_CONTROL must name the skiff binary and its control socket');
+    const doomed = `doomed ${tag}`;
+    await compose(pageA, doomed);
+    await pageA.press('#composer-input', 'Enter');
+    await waitMessage(pageC, A, doomed);
+    await waitMessage(pageA, A, doomed, true);
+    const id = await pageC.$eval('#messages li.msg:last-child', (li) => li.dataset.id);
+    assert(/^[0-9]+$/.test(id || ''), `the doomed line has no id: ${id}`);
+    const out = execFileSync(SKIFF_BIN, ['ctl', '--control', SKIFF_CONTROL, 'delete-message', id], { timeout: T }).toString();
+    assert(out.length > 0, 'skiff ctl printed nothing');
+    for (const page of [pageC, pageA]) {
+      await wait(page, (i) => !document.querySelector(`#messages li.msg[data-id="${i}"]`), id);
+    }
+    const texts = await messageTexts(pageC);
+    assert(!texts.includes(doomed) && texts.includes(`back live ${tag}`), `after the delete: ${JSON.stringify(texts.slice(-5))}`);
   });
 
   await step('v2: C leaves; A and B see it go', async () => {
