@@ -64,7 +64,7 @@ impl Chat {
     /// session stays, so they may come back. False if they have no socket here.
     pub fn kick(&mut self, name: &str, fx: &mut Effects) -> bool {
         let Some(conn) = self.member_of_user(name) else { return false };
-        let Some(m) = self.room.remove(conn) else { return false };
+        let Some(m) = self.remove_member(conn) else { return false };
         self.sessions.set_socket(m.session, None);
         if let Some(user) = self.sessions.get(m.session).map(|s| s.user.clone()) {
             self.left(user, fx);
