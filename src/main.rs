@@ -59,9 +59,11 @@ fn main() -> ExitCode {
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     // Cluster mode keeps everything in Redis: no database file is opened or made.
+    let taking_over = matches!(inherited, Some(Ok(_)));
+    let open = if taking_over { Store::reopen } else { Store::open };
     let store = match cfg.redis {
         Some(_) => None,
-        None => match Store::open(&cfg.db) {
+        None => match open(&cfg.db) {
             Ok(s) => Some(s),
             Err(e) => {
                 eprintln!("skiff: {e}");
@@ -70,7 +72,6 @@ fn main() -> ExitCode {
         },
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let taking_over = matches!(inherited, Some(Ok(_)));
     let started = match inherited {
         Some(Ok(inherited)) => Reactor::take_over(&cfg, store, tls, inherited),
         Some(Err(why)) => {

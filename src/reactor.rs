@@ -63,7 +63,9 @@ pub struct Reactor {
     waker: Arc<Waker>,
     /// Taken over from a previous process and not yet through the first loop turn:
     /// when the hand-over began (`handover::os::monotonic_ns`) and the connections.
-    took_over: Option<(u64, usize)>,
+    took_over: Option<handover::TookOver>,
+    /// The epoll instance came from the previous process, its watches with it.
+    adopted_epoll: bool,
 }
 
 impl Reactor {
@@ -75,16 +77,31 @@ impl Reactor {
         Reactor::build(cfg, store, tls, None, true)
     }
 
-    /// `new`, on `listener` if given (a hand-over's), with the sessions and history
-    /// saved on disk if `load_saved`.
+    /// `new`, on `listener` if given (a hand-over's, with its epoll instance if the
+    /// previous process handed that over too), with the sessions and history saved
+    /// on disk if `load_saved`.
     fn build(
         cfg: &Config,
         store: Option<Store>,
         tls: Option<Arc<rustls::ServerConfig>>,
-        listener: Option<TcpListener>,
+        listener: Option<(TcpListener, Option<std::os::fd::OwnedFd>)>,
         load_saved: bool,
     ) -> Result<Reactor, String> {
         let poll = Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+        let (listener, inherited_epoll) = match listener {
+            Some((l, epoll)) => (Some(l), epoll),
+            None => (None, None),
+        };
+        let adopted = match inherited_epoll {
+            Some(epoll) => match crate::handover::os::adopt_epoll(&poll, epoll) {
+                Ok(()) => true,
+                Err(e) => {
+                    log::warn(format_args!("hand-over: cannot adopt the epoll instance ({e}); watching anew"));
+                    false
+                }
+            },
+            None => false,
+        };
         // First, while this is the only thread: binding sets the process's umask.
         let control_path = cfg.control.clone().unwrap_or_else(|| control::cli::beside(&cfg.db));
         let mut control = control::listener::bind(&control_path)?;
@@ -95,6 +112,10 @@ impl Reactor {
             None => bind(cfg.listen, cfg.reuse_port).map_err(listen_error)?,
         };
         let local_addr = listener.local_addr().map_err(listen_error)?;
+        if adopted {
+            // Still watched in the adopted instance: watched anew, through mio.
+            crate::handover::os::unwatch(&poll, std::os::fd::AsRawFd::as_raw_fd(&listener)).map_err(listen_error)?;
+        }
         poll.registry().register(&mut listener, LISTENER, Interest::READABLE).map_err(listen_error)?;
         let waker = Arc::new(Waker::new(poll.registry(), STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?);
         let server = match store {
@@ -137,6 +158,7 @@ impl Reactor {
             db: cfg.db.clone(),
             waker,
             took_over: None,
+            adopted_epoll: adopted,
         })
     }
 
@@ -170,11 +192,8 @@ impl Reactor {
     /// Runs until a signal's graceful shutdown completes.
     pub fn run(&mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
-        if let Some((since, conns)) = self.took_over.take() {
-            // From the signal to the first wait for events, which the taken sockets
-            // (registered, their bytes queued) answer at once.
-            let pause = crate::handover::os::monotonic_ns().saturating_sub(since);
-            log::info(format_args!("hand-over done: {conns} connections, paused {:.1} ms", pause as f64 / 1e6));
+        if let Some(took) = self.took_over.take() {
+            log::info(format_args!("{}", took.report(crate::handover::os::monotonic_ns())));
         }
         loop {
             // Flush in slices, taking in new events every millisecond (see `flush_some`).

@@ -41,6 +41,9 @@ pub struct Server<S> {
     shutdown: Option<Instant>,
     /// `skiff ctl` requests under way.
     pub control: crate::control::Ops,
+    /// Client input is not read until the cluster is in sync again, or until this
+    /// moment (a cluster node just after a hand-over).
+    input_held: Option<Instant>,
 }
 
 impl<S: Stream> Server<S> {
@@ -55,6 +58,7 @@ impl<S: Stream> Server<S> {
             next_generation: 1,
             shutdown: None,
             control: crate::control::Ops::new(Instant::now()),
+            input_held: None,
         };
         // One moment on both clocks: the chat core turns `Instant`s into Unix time
         // (message times, session activity) without reading a clock itself.
@@ -165,7 +169,30 @@ impl<S: Stream> Server<S> {
     /// The earliest moment something is due without any IO.
     pub fn next_deadline(&self) -> Option<Instant> {
         let cluster = self.cx.cluster.as_ref().and_then(Cluster::next_deadline);
-        [self.timer.next(), self.cx.chat.next_deadline(), self.shutdown, cluster].into_iter().flatten().min()
+        [self.timer.next(), self.cx.chat.next_deadline(), self.shutdown, cluster, self.input_held]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Reads no client input until `release_input` (or `until`): readiness is
+    /// remembered meanwhile, and queued output still flows.
+    pub fn hold_input(&mut self, until: Instant) {
+        self.input_held = Some(until);
+    }
+
+    /// Ends a hold once the cluster is in sync or its time is up: every connection
+    /// with input waiting is driven this turn.
+    fn release_input(&mut self, now: Instant) {
+        let Some(until) = self.input_held else { return };
+        if now < until && !self.cx.cluster.as_ref().is_some_and(Cluster::is_up) {
+            return;
+        }
+        self.input_held = None;
+        let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| c.wants_read()).map(|(k, _)| k).collect();
+        for key in keys {
+            self.queue_read(key);
+        }
     }
 
     /// True once a shutdown has finished (every connection gone or the grace over).
@@ -175,6 +202,9 @@ impl<S: Stream> Server<S> {
     }
 
     fn drive(&mut self, key: usize, now: Instant) {
+        if self.input_held.is_some() {
+            return; // its readiness stays set: `release_input` comes back to it
+        }
         let Some(c) = self.conns.get_mut(key) else { return };
         let step = c.drive(&mut self.cx, now);
         self.settle(key, step, now);
@@ -353,6 +383,7 @@ impl<S: Stream> Server<S> {
             cluster.on_timeout(now);
             self.run_cluster_events(now);
         }
+        self.release_input(now);
     }
 
     /// Drops a connection that never got going (the reactor could not register it).

@@ -7,6 +7,8 @@
 //! new string (`--version` of the file, `/metrics` of the process, /proc/PID/exe).
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
 use common::*;
 use serde_json::Value;
@@ -512,10 +514,11 @@ fn a_corrupt_state_closes_websockets_1001_and_serves_on() {
     );
 }
 
+/// A state format from a later skiff (127; this one reads 1 and 2).
 #[test]
 fn another_state_version_closes_websockets_1001_and_serves_on() {
     spoiled_hand_over(
-        "n=$(od -An -tu4 -j16 -N4 $f | tr -d ' '); printf '\\002' | dd of=$f bs=1 seek=$((28 + 5 * n)) conv=notrunc 2>/dev/null",
+        "n=$(od -An -tu4 -j16 -N4 $f | tr -d ' '); printf '\\177' | dd of=$f bs=1 seek=$((28 + 5 * n)) conv=notrunc 2>/dev/null",
     );
 }
 
@@ -558,4 +561,185 @@ fn the_binary_carries_the_marker_the_package_scripts_look_for() {
     assert!(bin.windows(skiff::handover::ENV.len()).any(|w| w == skiff::handover::ENV.as_bytes()));
     let postinst = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/debian/postinst")).unwrap();
     assert!(postinst.contains(&format!("grep -qa {} ", skiff::handover::ENV)), "{postinst}");
+}
+
+/// Cluster mode: node A hands over in the middle of a flood sent through both nodes
+/// while node B carries on. Nobody, on either node, hears a leave or a join; every
+/// message reaches every client once, in the one global order; every sender gets an
+/// ack for each of its messages (none `unavailable`: input waits while the new image
+/// syncs); A stays the same node in Redis and runs the new binary.
+#[test]
+fn a_cluster_node_hands_over_and_nobody_anywhere_notices() {
+    const PER_NODE: usize = 30;
+    const SENDERS: usize = 3;
+    const PER_SENDER: usize = 100;
+    let Some(redis) = redis::Redis::start_or_skip("a_cluster_node_hands_over_and_nobody_anywhere_notices") else {
+        return;
+    };
+    let url = redis.url();
+    let (a, exe) = start_copy(&["--redis", &url]);
+    let b = Server::start_with(&["--redis", &url]);
+    let node_id = |srv: &Server| {
+        let line = wait_log(srv, "in sync as node ");
+        line.split("in sync as node ").nth(1).unwrap().split(':').next().unwrap().to_owned()
+    };
+    let a_node = node_id(&a);
+    node_id(&b);
+    let mut on_a = clients(&a, "a", PER_NODE);
+    let mut on_b = clients(&b, "b", PER_NODE);
+    let everyone = 2 * PER_NODE;
+    let watcher = a.user("watcher");
+    let online =
+        |srv: &Server| srv.get("/api/online", Some(&watcher)).json()["online_clients"].as_array().map_or(0, Vec::len);
+    assert!(wait_for(Duration::from_secs(10), || online(&a) == everyone && online(&b) == everyone));
+    // What came before the hand-over (joins while setting up) is not looked at.
+    std::thread::sleep(Duration::from_millis(300));
+    for c in on_a.iter_mut().chain(on_b.iter_mut()) {
+        c.poll();
+        c.texts.clear();
+    }
+    let next = copy_binary(a.dir.path(), "skiff.new", Some(NEW_VERSION));
+    let mut senders: Vec<Raw> = on_a.drain(..SENDERS).chain(on_b.drain(..SENDERS)).collect();
+    std::thread::scope(|s| {
+        let handles: Vec<_> = senders
+            .iter_mut()
+            .enumerate()
+            .map(|(k, c)| {
+                s.spawn(move || {
+                    let start = Instant::now();
+                    for i in 0..PER_SENDER {
+                        let due = start + Duration::from_millis(20 * i as u64);
+                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                        c.say(&format!("s{k}-{i}"));
+                        c.poll();
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(700));
+        install(&next, &exe);
+        usr2(&a);
+        for h in handles {
+            h.join().unwrap();
+        }
+    });
+    let pause = pause_ms(&a, 1);
+    eprintln!("cluster hand-over under load: pause {pause:.1} ms");
+
+    let total = 2 * SENDERS * PER_SENDER;
+    let mut listeners: Vec<&mut Raw> = on_a.iter_mut().chain(on_b.iter_mut()).collect();
+    for c in listeners.iter_mut() {
+        assert!(c.poll_until(Duration::from_secs(30), |c| c.messages().len() >= total), "got {}", c.messages().len());
+    }
+    let order = listeners[0].messages();
+    assert_eq!(order.len(), total, "every message once");
+    for k in 0..2 * SENDERS {
+        let mine: Vec<&String> = order.iter().filter(|m| m.starts_with(&format!("s{k}-"))).collect();
+        let want: Vec<String> = (0..PER_SENDER).map(|i| format!("s{k}-{i}")).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>(), "sender {k}'s messages, once each, in order");
+    }
+    for (i, c) in listeners.iter().enumerate() {
+        assert_eq!(c.closed, None, "listener {i} was closed");
+        assert_eq!(c.messages(), order, "listener {i} saw another order");
+        assert_eq!((c.events("leave"), c.events("join")), (0, 0), "listener {i} heard a leave or a join");
+    }
+    for (k, c) in senders.iter_mut().enumerate() {
+        let own = format!("s{k}-");
+        let others: Vec<String> = order.iter().filter(|m| !m.starts_with(&own)).cloned().collect();
+        assert!(c.poll_until(Duration::from_secs(30), |c| c.messages().len() >= others.len() && c.acks() >= PER_SENDER));
+        assert_eq!(c.acks(), PER_SENDER, "sender {k}: one ack per message");
+        assert!(!c.texts.iter().any(|v| v["status"] == false), "sender {k} got a refusal: {:?}", c.texts);
+        assert_eq!(c.closed, None);
+        assert_eq!(c.messages(), others, "sender {k}");
+        assert_eq!((c.events("leave"), c.events("join")), (0, 0), "sender {k} heard a leave or a join");
+    }
+    // The same process and the same node, running the new file.
+    assert!(a.stderr().contains(&format!("skiff {NEW_VERSION} took over")));
+    let syncs: Vec<String> = a.stderr().lines().filter(|l| l.contains("in sync as node ")).map(str::to_owned).collect();
+    assert!(syncs.len() >= 2, "the new image synced again: {syncs:?}");
+    assert!(syncs.iter().all(|l| l.contains(&format!("in sync as node {a_node}:"))), "{syncs:?}");
+    let nodes = redis.cmd(&["SCARD", "skiff:nodes"]);
+    assert_eq!(nodes, "2", "no third node appeared in Redis");
+    let m = metrics(&a);
+    assert!(m.contains(&format!("skiff_build_info{{version=\"{NEW_VERSION}\"}} 1")), "{m}");
+    assert_eq!((online(&a), online(&b)), (everyone, everyone), "everyone still online on both nodes");
+}
+
+/// skiff's own TLS: a rustls session cannot cross an exec, so TLS connections are
+/// closed with 1001 before it (README "Upgrading without downtime"). The listener
+/// stays open, sessions survive, and the client that reconnects chats on.
+#[test]
+fn tls_connections_close_1001_before_the_exec_and_reconnect() {
+    use rustls::pki_types::ServerName;
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
+    use std::sync::Arc;
+    use tungstenite::client::IntoClientRequest;
+    use tungstenite::Message;
+
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (srv, exe) = start_copy(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let mut roots = RootCertStore::empty();
+    roots.add(ck.cert.der().clone()).unwrap();
+    let client = Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let connect = || {
+        let conn = ClientConnection::new(client.clone(), ServerName::try_from("localhost").unwrap()).unwrap();
+        StreamOwned::new(conn, srv.connect())
+    };
+    let post = |path: &str, body: String| {
+        let mut s = connect();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(format!("{head}{body}").as_bytes()).unwrap();
+        read_response(&mut s).expect("a response over TLS")
+    };
+    let user = |name: &str| {
+        let r = post("/api/register", serde_json::json!({ "username": name }).to_string());
+        assert_eq!(r.status, 201);
+        let key = r.json()["key"].as_str().unwrap().to_owned();
+        post("/api/login", serde_json::json!({ "key": key }).to_string()).cookie().unwrap()
+    };
+    let wss = |cookie: &str| {
+        let mut req = format!("wss://localhost:{}/ws", srv.addr.port()).into_client_request().unwrap();
+        req.headers_mut().insert("Cookie", cookie.parse().unwrap());
+        tungstenite::client(req, connect()).expect("wss handshake").0
+    };
+    let close_code = |ws: &mut tungstenite::WebSocket<StreamOwned<ClientConnection, TcpStream>>| loop {
+        match ws.read() {
+            Ok(Message::Close(frame)) => return frame.map(|f| u16::from(f.code)),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame before the end: {e}"),
+        }
+    };
+    let (ann, bob) = (user("ann"), user("bob"));
+    let mut a = wss(&ann);
+    let mut b = wss(&bob);
+    let next = copy_binary(srv.dir.path(), "skiff.new", Some(NEW_VERSION));
+    install(&next, &exe);
+    usr2(&srv);
+    assert_eq!(close_code(&mut a), Some(1001));
+    assert_eq!(close_code(&mut b), Some(1001));
+    wait_log(&srv, "TLS connections closed (1001)");
+    wait_log(&srv, &format!("skiff {NEW_VERSION} took over"));
+    // The same listener serves TLS on, and the sessions came across.
+    let mut a = wss(&ann);
+    a.send(Message::text(r#"{"message": "after the upgrade"}"#)).unwrap();
+    let ack = loop {
+        match a.read().expect("an ack") {
+            Message::Text(t) => break serde_json::from_str::<Value>(t.as_str()).unwrap(),
+            _ => continue,
+        }
+    };
+    assert_eq!(ack, serde_json::json!({"status": true}));
 }

@@ -84,4 +84,15 @@ impl Chat {
         self.stats.broadcasts = state.broadcasts;
         Ok(())
     }
+
+    /// Cluster mode: the replica as the previous process left it (who is online on
+    /// every node, in join order), taken without a word to anyone.
+    pub fn import_replica(&mut self, online: &[String]) -> Result<(), &'static str> {
+        let Some(r) = self.replica.as_mut() else { return Err("a cluster node's state, and this is no cluster node") };
+        if !r.is_empty() {
+            return Err("the replica is already in use");
+        }
+        r.replace(online);
+        Ok(())
+    }
 }

@@ -180,6 +180,9 @@ pub struct Cluster {
     syncs: u64,
     /// `stop` was called: no more leaves, no reconnects.
     stopping: bool,
+    /// This node's messages published and not yet back as events (nor failed): a
+    /// hand-over waits for them, since their acks ride on those events.
+    unconfirmed: usize,
 }
 
 impl Cluster {
@@ -208,7 +211,33 @@ impl Cluster {
             outage_logged: false,
             syncs: 0,
             stopping: false,
+            unconfirmed: 0,
         }
+    }
+
+    /// This node's id: its presence in Redis is kept under it.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    pub fn deferred_logouts(&self) -> &[[u8; 32]] {
+        &self.deferred_logouts
+    }
+
+    /// A hand-over's new image carries on as the node it was, with the logouts it
+    /// still owed Redis. Only before the first connect: the sync that follows then
+    /// finds this node's presence as it left it.
+    pub fn resume_as(&mut self, node: String, deferred_logouts: Vec<[u8; 32]>) {
+        debug_assert!(self.state == State::Down && self.syncs == 0);
+        self.node = node;
+        self.deferred_logouts = deferred_logouts;
+    }
+
+    /// Nothing sent to Redis waits for an answer or an event: a hand-over can cut
+    /// the links here without losing a reply, an ack or a join. A node out of sync
+    /// has nothing in flight that matters (everything was failed when the links went).
+    pub fn is_quiet(&self) -> bool {
+        !self.accepting() || (self.pending.is_empty() && self.joining.is_empty() && self.unconfirmed == 0)
     }
 
     /// For `/metrics`; `online_users` is the replica's count.
@@ -321,6 +350,7 @@ impl Cluster {
             Some(cmd) => {
                 resp::encode(&mut cmd.out, &args);
                 self.pending.push_back((Instant::now(), Pending::Publish(origin)));
+                self.unconfirmed += 1;
             }
             None => self.events.push_back(Event::Unavailable(origin)),
         }
@@ -508,6 +538,7 @@ impl Cluster {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }
         self.buffered.clear();
+        self.unconfirmed = 0;
         self.state = State::Down;
         self.retry_at = now + self.backoff;
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
@@ -518,7 +549,10 @@ impl Cluster {
             Pending::Conn(origin, _) | Pending::Control(origin) => {
                 self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }))
             }
-            Pending::Publish(origin) => self.events.push_back(Event::Unavailable(origin)),
+            Pending::Publish(origin) => {
+                self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                self.events.push_back(Event::Unavailable(origin))
+            }
             Pending::Check(_) | Pending::Sync | Pending::Ignore => {}
         }
     }
@@ -618,6 +652,7 @@ impl Cluster {
             }
             Pending::Publish(origin) => {
                 if !matches!(v, Value::Int(_)) {
+                    self.unconfirmed = self.unconfirmed.saturating_sub(1);
                     self.events.push_back(Event::Unavailable(origin));
                 }
             }
@@ -677,6 +712,9 @@ impl Cluster {
             }
             RoomEvent::Leave { name, .. } => Event::Leave { name },
             RoomEvent::Message { id, ts, node, token, author, text, .. } => {
+                if node == self.node {
+                    self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                }
                 Event::Message { id, ts, author, text, mine: mine(&node, &token) }
             }
             RoomEvent::SessionEnd { code, hash, .. } => {

@@ -9,7 +9,10 @@
 //! envelope: MAGIC (16) | count u32 | count x (fd i32, flags u8) | checksum u64
 //! state:    version u32 | length u64 | checksum u64 | body (length bytes)
 //! ```
-//! Integers are little-endian; checksums are FNV-1a 64 of the bytes they follow.
+//! Integers are little-endian. The envelope's checksum is FNV-1a 64 of its bytes;
+//! the state's is FNV-1a 64 over its body's 8-byte words (format 1: over its bytes,
+//! eight times the multiplications over the megabytes of a large hand-over).
+//! Format 2 adds the cluster section at the end of the body; format 1 is still read.
 
 use super::state::*;
 use std::fmt;
@@ -17,8 +20,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// The envelope's layout 1. A later layout gets a new magic; this one stays frozen.
 pub const MAGIC: &[u8; 16] = b"SKIFF-HANDOVER-1";
-/// The state format this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+/// The state format this build writes; it reads this and every earlier one.
+pub const STATE_VERSION: u32 = 2;
 
 /// A descriptor that crosses the exec with the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +48,7 @@ impl fmt::Display for Error {
             Error::Truncated => f.write_str("truncated"),
             Error::BadMagic => f.write_str("not a skiff hand-over"),
             Error::Checksum => f.write_str("checksum mismatch"),
-            Error::Version(v) => write!(f, "state format {v}, this build reads {STATE_VERSION}"),
+            Error::Version(v) => write!(f, "state format {v}, this build reads 1 to {STATE_VERSION}"),
             Error::Invalid(why) => write!(f, "invalid state: {why}"),
         }
     }
@@ -59,18 +62,34 @@ pub struct Decoded {
     pub state: Result<State, Error>,
 }
 
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
 pub fn checksum(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
+    bytes.iter().fold(FNV_OFFSET, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
+/// FNV-1a's steps over little-endian 8-byte words, then the bytes left over.
+pub fn checksum_words(bytes: &[u8]) -> u64 {
+    let words = bytes.chunks_exact(8);
+    let tail = words.remainder();
+    let h =
+        words.fold(FNV_OFFSET, |h, w| (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(FNV_PRIME));
+    tail.iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
+/// A size the encoded state will not outgrow, so its buffer is never copied.
+fn size_hint(state: &State) -> usize {
+    let conns: usize = state.conns.iter().map(|c| 128 + c.input.len() + c.output.len()).sum();
+    let sessions: usize = state.chat.sessions.sessions.iter().map(|s| 96 + s.user.len()).sum();
+    let history: usize = state.chat.history.entries.iter().map(|e| 32 + e.author.len() + e.message.len()).sum();
+    let cluster = state.cluster.as_ref().map_or(0, |c| 64 + c.online.iter().map(|n| 8 + n.len()).sum::<usize>());
+    4096 + conns + sessions + history + state.chat.room.len() * 40 + cluster
 }
 
 /// The envelope and the state, `handed[i]` being the socket of `state.conns[i]`.
 pub fn encode(state: &State, handed: &[Handed]) -> Vec<u8> {
-    let mut body = W(Vec::with_capacity(64 + state.conns.len() * 96));
+    let mut body = W(Vec::with_capacity(size_hint(state)));
     body.state(state);
     let mut out = W(Vec::with_capacity(64 + handed.len() * 5 + body.0.len()));
     out.0.extend_from_slice(MAGIC);
@@ -83,7 +102,7 @@ pub fn encode(state: &State, handed: &[Handed]) -> Vec<u8> {
     out.u64(sum);
     out.u32(STATE_VERSION);
     out.u64(body.0.len() as u64);
-    out.u64(checksum(&body.0));
+    out.u64(checksum_words(&body.0));
     out.0.extend_from_slice(&body.0);
     out.0
 }
@@ -110,17 +129,21 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Error> {
 
 fn decode_state(r: &mut R<'_>) -> Result<State, Error> {
     let version = r.u32()?;
-    if version != STATE_VERSION {
+    if version == 0 || version > STATE_VERSION {
         return Err(Error::Version(version));
     }
     let len = usize::try_from(r.u64()?).map_err(|_| Error::Truncated)?;
     let sum = r.u64()?;
     let body = r.take(len)?;
-    if checksum(body) != sum {
+    let expected = if version == 1 { checksum(body) } else { checksum_words(body) };
+    if expected != sum {
         return Err(Error::Checksum);
     }
     let mut b = R(body);
-    let state = b.state()?;
+    let mut state = b.state()?;
+    if version >= 2 {
+        state.cluster = b.cluster()?;
+    }
     if !b.0.is_empty() {
         return Err(Error::Invalid("bytes after the state"));
     }
@@ -199,6 +222,21 @@ impl W {
         for &(status, n) in &t.responses {
             self.u16(status);
             self.u64(n);
+        }
+        match &s.cluster {
+            None => self.u8(0),
+            Some(c) => {
+                self.u8(1);
+                self.bytes(c.node.as_bytes());
+                self.u32(c.online.len() as u32);
+                for name in &c.online {
+                    self.bytes(name.as_bytes());
+                }
+                self.u32(c.deferred_logouts.len() as u32);
+                for h in &c.deferred_logouts {
+                    self.0.extend_from_slice(h);
+                }
+            }
         }
     }
 
@@ -391,7 +429,36 @@ impl<'a> R<'a> {
         let [accepted, refused, ws_opened, deliveries, slow_dropped, bytes_in, bytes_out] = t;
         let stats =
             StatsState { accepted, refused, ws_opened, deliveries, slow_dropped, bytes_in, bytes_out, responses };
-        Ok(State { next_generation, conns, chat, register_limits, login_limits, http_rate_limited, stats })
+        Ok(State {
+            next_generation,
+            conns,
+            chat,
+            register_limits,
+            login_limits,
+            http_rate_limited,
+            stats,
+            cluster: None,
+        })
+    }
+
+    fn cluster(&mut self) -> Result<Option<ClusterState>, Error> {
+        match self.u8()? {
+            0 => return Ok(None),
+            1 => {}
+            _ => return Err(Error::Invalid("cluster marker")),
+        }
+        let node = self.string()?;
+        let n = self.count(4)?;
+        let mut online = Vec::with_capacity(n);
+        for _ in 0..n {
+            online.push(self.string()?);
+        }
+        let n = self.count(32)?;
+        let mut deferred_logouts = Vec::with_capacity(n);
+        for _ in 0..n {
+            deferred_logouts.push(self.array::<32>()?);
+        }
+        Ok(Some(ClusterState { node, online, deferred_logouts }))
     }
 
     fn conn(&mut self) -> Result<ConnState, Error> {

@@ -43,6 +43,22 @@ pub struct State {
     pub login_limits: Vec<Window>,
     pub http_rate_limited: u64,
     pub stats: StatsState,
+    /// Cluster mode: what the node keeps of Redis between its links.
+    pub cluster: Option<ClusterState>,
+}
+
+/// A cluster node across a hand-over. The links to Redis do not travel: the new
+/// image connects and syncs, as after a short outage, under the same node id, so
+/// the presence Redis holds for this node (well within its TTL) stays whole and
+/// nobody anywhere sees a leave.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ClusterState {
+    pub node: String,
+    /// Who is online on every node, in join order: the sync's snapshot is compared
+    /// with it, so local clients hear only of what changed during the exec.
+    pub online: Vec<String>,
+    /// Logouts taken while Redis was down, still to send.
+    pub deferred_logouts: Vec<[u8; 32]>,
 }
 
 /// One client connection, its queued output flattened to the bytes the peer has

@@ -22,6 +22,35 @@ use std::time::{Duration, Instant};
 /// hand-over gives up (and the old process serves on). A healthy disk takes ms.
 const STORAGE_SETTLE: Duration = Duration::from_secs(5);
 
+/// A hand-over taken and not yet through the first loop turn: how many connections
+/// came, and the moments (`os::monotonic_ns`) its pause is made of.
+pub(super) struct TookOver {
+    conns: usize,
+    since_ns: u64,
+    exec_ns: u64,
+    main_ns: u64,
+    taken_ns: u64,
+}
+
+impl TookOver {
+    /// The line for the log at the first loop turn. The pause runs from the signal to
+    /// the first wait for events, which the taken sockets (registered, their bytes
+    /// queued) answer at once; its parts say where a slow one went.
+    pub(super) fn report(&self, now_ns: u64) -> String {
+        let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+        format!(
+            "hand-over done: {} connections (before the exec {:.1} ms, exec {:.1} ms, taking over {:.1} ms, \
+             until the first turn {:.1} ms), paused {:.1} ms",
+            self.conns,
+            ms(self.since_ns, self.exec_ns),
+            ms(self.exec_ns, self.main_ns),
+            ms(self.main_ns, self.taken_ns),
+            ms(self.taken_ns, now_ns),
+            ms(self.since_ns, now_ns),
+        )
+    }
+}
+
 /// RFC 6455 close frame, 1001 (going away).
 const CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
 
@@ -33,7 +62,7 @@ impl Reactor {
         tls: Option<Arc<rustls::ServerConfig>>,
         inherited: os::Inherited,
     ) -> Result<Reactor, String> {
-        let os::Inherited { listener, bytes, since_ns } = inherited;
+        let os::Inherited { listener, epoll, bytes, since_ns, exec_ns, main_ns } = inherited;
         let listener = TcpListener::from_std(std::net::TcpListener::from(listener));
         let decoded = bytes.map_err(|e| e.to_string()).and_then(|b| codec::decode(&b).map_err(|e| e.to_string()));
         let (handed, state) = match decoded {
@@ -49,7 +78,7 @@ impl Reactor {
                 Err("the sockets handed over do not match the state".to_owned())
             }
         });
-        let mut r = Reactor::build(cfg, store, tls, Some(listener), state.is_err())?;
+        let mut r = Reactor::build(cfg, store, tls, Some((listener, epoll)), state.is_err())?;
         let now = Instant::now();
         let why = match (state, &handed) {
             (Ok(state), Some(handed)) => {
@@ -59,7 +88,13 @@ impl Reactor {
                 match r.server.import(state, now, sock) {
                     Ok(()) => {
                         r.register_taken(&keys, now);
-                        r.took_over = Some((since_ns, keys.len()));
+                        r.took_over = Some(TookOver {
+                            conns: keys.len(),
+                            since_ns,
+                            exec_ns,
+                            main_ns,
+                            taken_ns: os::monotonic_ns(),
+                        });
                         return Ok(r);
                     }
                     Err(why) => {
@@ -85,8 +120,12 @@ impl Reactor {
     }
 
     /// Watches the connections just taken over. One the kernel will not watch is
-    /// dropped (it could never be served).
+    /// dropped (it could never be served). In an adopted epoll instance they are
+    /// watched already, under the same keys.
     fn register_taken(&mut self, keys: &[usize], now: Instant) {
+        if self.adopted_epoll {
+            return;
+        }
         for &key in keys {
             let Some(sock) = self.server.stream_mut(key) else { continue };
             if let Err(e) =
@@ -126,7 +165,13 @@ impl Reactor {
             closed += 1;
             let key = self.server.insert_closing(Transport::Plain(TcpStream::from_std(sock)), peer, last, now);
             let sock = self.server.stream_mut(key).expect("just inserted").socket_mut();
-            if self.poll.registry().register(sock, Token(key), Interest::READABLE | Interest::WRITABLE).is_err() {
+            // An adopted epoll instance watches it already, under its old key.
+            let unwatched = match self.adopted_epoll {
+                true => os::unwatch(&self.poll, sock.as_raw_fd()),
+                false => Ok(()),
+            };
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if unwatched.and_then(|()| self.poll.registry().register(sock, Token(key), interest)).is_err() {
                 self.server.close_now(key, now);
             }
         }
@@ -151,23 +196,25 @@ impl Reactor {
         if self.server.is_shutting_down() {
             return Err("shutting down".into());
         }
-        if self.server.cx.cluster.is_some() {
-            return Err("cluster mode (--redis) cannot hand over yet; restart instead".into());
-        }
         let exe = os::exe().ok_or("this binary's path is unknown")?;
         os::check_executable(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
         let listener = self.listener.as_ref().ok_or("no listener")?.as_raw_fd();
         let began = os::monotonic_ns();
-        // Requests already with storage get their answers: a reply cannot follow the
-        // socket into the next process. No input is read meanwhile.
+        // Requests already with storage (or Redis) get their answers, and a cluster
+        // node's messages come back with their acks: a reply cannot follow the socket
+        // into the next process. No input is read meanwhile.
         let settle_by = now + STORAGE_SETTLE;
-        while self.server.waiting() > 0 {
+        while self.server.waiting() > 0 || !self.server.cluster_quiet() {
             let now = Instant::now();
             if now >= settle_by {
-                return Err(format!("{} requests still wait on storage", self.server.waiting()));
+                let waiting = self.server.waiting();
+                return Err(format!("{waiting} requests still wait on storage or Redis, or Redis has not answered"));
             }
             self.server.on_storage(now);
-            std::thread::sleep(Duration::from_micros(200));
+            self.server.pump_cluster(now);
+            if self.server.waiting() > 0 || !self.server.cluster_quiet() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
         }
         self.server.cx.persist_changes();
         // Everything queued for the disk is committed before the exec, and the acks
@@ -196,7 +243,8 @@ impl Reactor {
         let bytes = codec::encode(&state, &handed);
         drop(state);
         let memfd = os::memfd_with(&bytes).map_err(|e| format!("memfd: {e}"))?;
-        let fds: Vec<i32> = handed.iter().map(|h| h.fd).chain([listener, memfd.as_raw_fd()]).collect();
+        let epoll = self.poll.as_raw_fd();
+        let fds: Vec<i32> = handed.iter().map(|h| h.fd).chain([listener, memfd.as_raw_fd(), epoll]).collect();
         let flip = |inherit: bool| fds.iter().try_for_each(|&fd| os::set_inherit(fd, inherit));
         if let Err(e) = flip(true) {
             let _ = flip(false);
@@ -209,7 +257,7 @@ impl Reactor {
             bytes.len()
         ));
         os::hold_signals(true);
-        let err = os::exec(exe, &os::env_value(memfd.as_raw_fd(), listener, began));
+        let err = os::exec(exe, &os::env_value(memfd.as_raw_fd(), listener, epoll, began, os::monotonic_ns()));
         os::hold_signals(false);
         let _ = flip(false);
         Err(format!("exec {}: {err}", exe.display()))
@@ -217,9 +265,14 @@ impl Reactor {
 
     /// Storage was drained for a hand-over that did not happen: start it again.
     fn restart_storage(&mut self) {
-        let started = Store::open(&self.db)
-            .and_then(|store| Storage::spawn(store, &self.db, self.waker.clone(), Duration::ZERO))
-            .map_err(|e| e.to_string());
+        let started = if self.server.cx.cluster.is_some() {
+            // Redis holds everything; storage only reads static files.
+            Storage::files_only(self.waker.clone()).map_err(|e| e.to_string())
+        } else {
+            Store::open(&self.db)
+                .and_then(|store| Storage::spawn(store, &self.db, self.waker.clone(), Duration::ZERO))
+                .map_err(|e| e.to_string())
+        };
         match started {
             Ok(storage) => self.server.cx.storage = storage,
             Err(e) => log::error(format_args!("storage cannot start again after the failed hand-over: {e}")),

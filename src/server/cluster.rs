@@ -5,7 +5,7 @@
 
 use super::Server;
 use crate::chat::{Effect, ACK_UNAVAILABLE};
-use crate::cluster::{Event, CMD, SUB};
+use crate::cluster::{Cluster, Event, CMD, SUB};
 use crate::conn::Stream;
 use crate::log;
 use crate::outq::Chunk;
@@ -32,6 +32,23 @@ impl<S: Stream> Server<S> {
             cluster.flush(now);
         }
         self.run_cluster_events(now);
+        self.release_input(now);
+    }
+
+    /// Nothing this node sent to Redis still waits for its answer or its event.
+    pub fn cluster_quiet(&self) -> bool {
+        self.cx.cluster.as_ref().is_none_or(Cluster::is_quiet)
+    }
+
+    /// A hand-over settling: what Redis has sent is taken in and what is queued for
+    /// it goes out, outside the loop (the links are read until they would block).
+    pub fn pump_cluster(&mut self, now: Instant) {
+        if self.cx.cluster.is_none() {
+            return;
+        }
+        self.on_cluster_ready(CMD, now);
+        self.on_cluster_ready(SUB, now);
+        self.flush_cluster(now);
     }
 
     pub(super) fn run_cluster_events(&mut self, now: Instant) {

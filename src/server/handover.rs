@@ -6,10 +6,15 @@
 
 use super::Server;
 use crate::conn::{Conn, Phase, Stream};
-use crate::handover::state::{PhaseState, Rel, State, StatsState, Window};
+use crate::handover::state::{ClusterState, PhaseState, Rel, State, StatsState, Window};
 use crate::ratelimit::Limiter;
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// After a cluster node's hand-over, how long client input may wait for the node
+/// to be in sync with Redis again (it takes milliseconds while Redis is up; a node
+/// that cannot get there in time serves on, degraded, as in any outage).
+const INPUT_HOLD_MAX: Duration = Duration::from_secs(3);
 
 impl<S: Stream> Server<S> {
     /// Requests waiting on storage (or Redis): none may be pending at `export`.
@@ -55,6 +60,11 @@ impl<S: Stream> Server<S> {
                 bytes_out: st.bytes_out,
                 responses: st.responses.iter().map(|(&k, &v)| (k, v)).collect(),
             },
+            cluster: self.cx.cluster.as_ref().map(|c| ClusterState {
+                node: c.node().to_owned(),
+                online: self.cx.chat.online().map(str::to_owned).collect(),
+                deferred_logouts: c.deferred_logouts().to_vec(),
+            }),
         })
     }
 
@@ -69,6 +79,11 @@ impl<S: Stream> Server<S> {
     ) -> Result<(), &'static str> {
         if !self.conns.is_empty() {
             return Err("connections already open");
+        }
+        match (&state.cluster, &self.cx.cluster) {
+            (Some(_), None) => return Err("a cluster node's state, and this is no cluster node"),
+            (None, Some(_)) => return Err("a single node's state, and this is a cluster node"),
+            _ => {}
         }
         let members: HashMap<usize, (usize, u64)> = state.chat.room.iter().map(|m| (m.conn, m.session)).collect();
         if members.len() != state.chat.room.len() {
@@ -96,6 +111,13 @@ impl<S: Stream> Server<S> {
             return Err("a member without its WebSocket");
         }
         self.cx.chat.import(state.chat, now)?;
+        if let (Some(c), Some(cluster)) = (state.cluster, self.cx.cluster.as_mut()) {
+            self.cx.chat.import_replica(&c.online)?;
+            cluster.resume_as(c.node, c.deferred_logouts);
+            // Messages sent now would find no link to Redis yet and be refused:
+            // input waits (boundedly) until the node is in sync again.
+            self.hold_input(now + INPUT_HOLD_MAX);
+        }
 
         let mut conns = Vec::with_capacity(state.conns.len());
         for (i, (c, phase)) in state.conns.into_iter().zip(phases).enumerate() {

@@ -72,7 +72,17 @@ fn sample() -> State {
         login_limits: vec![],
         http_rate_limited: 6,
         stats: StatsState { accepted: 30, ws_opened: 2, responses: vec![(200, 12), (404, 1)], ..Default::default() },
+        cluster: None,
     }
+}
+
+fn cluster_sample() -> State {
+    let cluster = ClusterState {
+        node: "a1b2c3d4e5f60718".into(),
+        online: vec!["Bob".into(), "ann".into(), "zoë".into()],
+        deferred_logouts: vec![[9; 32], [1; 32]],
+    };
+    State { cluster: Some(cluster), ..sample() }
 }
 
 fn handed() -> Vec<Handed> {
@@ -85,6 +95,54 @@ fn a_state_comes_back_as_it_went() {
     let d = decode(&bytes).unwrap();
     assert_eq!(d.handed, handed());
     assert_eq!(d.state.unwrap(), sample());
+}
+
+#[test]
+fn a_cluster_node_s_state_comes_back_as_it_went() {
+    let d = decode(&encode(&cluster_sample(), &handed())).unwrap();
+    assert_eq!(d.state.unwrap(), cluster_sample());
+}
+
+/// What a skiff of state format 1 wrote (checksum over bytes, no cluster section)
+/// is still read: an upgrade from it keeps every socket.
+#[test]
+fn a_format_1_state_is_still_read() {
+    let mut body = W(Vec::new());
+    body.state(&sample());
+    assert_eq!(body.0.pop(), Some(0), "format 2 ends with the cluster marker");
+    let mut out = W(Vec::new());
+    out.0.extend_from_slice(MAGIC);
+    out.u32(handed().len() as u32);
+    for h in handed() {
+        out.i32(h.fd);
+        out.u8(u8::from(h.ws));
+    }
+    let sum = checksum(&out.0);
+    out.u64(sum);
+    out.u32(1);
+    out.u64(body.0.len() as u64);
+    out.u64(checksum(&body.0));
+    out.0.extend_from_slice(&body.0);
+    let d = decode(&out.0).unwrap();
+    assert_eq!(d.state.unwrap(), sample());
+    // The same bytes under format 2 lack the cluster section, and its checksum differs.
+    let at = MAGIC.len() + 4 + 5 * handed().len() + 8;
+    out.0[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+    assert!(decode(&out.0).unwrap().state.is_err());
+}
+
+#[test]
+fn the_word_checksum_sees_every_flipped_bit_of_a_word_and_the_tail() {
+    let bytes: Vec<u8> = (0..29u8).collect();
+    let sum = checksum_words(&bytes);
+    for i in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1 << bit;
+            assert_ne!(checksum_words(&bad), sum, "byte {i} bit {bit}");
+        }
+    }
+    assert_ne!(checksum_words(&bytes[..28]), sum, "a shorter body");
 }
 
 #[test]
@@ -127,9 +185,9 @@ fn every_flipped_byte_is_caught_and_the_sockets_survive_a_bad_state() {
 fn another_state_version_is_refused_by_number() {
     let mut bytes = encode(&sample(), &handed());
     let at = MAGIC.len() + 4 + 5 * handed().len() + 8;
-    bytes[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+    bytes[at..at + 4].copy_from_slice(&(STATE_VERSION + 1).to_le_bytes());
     let d = decode(&bytes).unwrap();
-    assert_eq!(d.state.unwrap_err(), Error::Version(2));
+    assert_eq!(d.state.unwrap_err(), Error::Version(STATE_VERSION + 1));
     assert_eq!(d.handed.len(), 3);
 }
 
@@ -147,7 +205,7 @@ fn a_checksummed_body_with_absurd_counts_is_refused() {
     out.u64(sum);
     out.u32(STATE_VERSION);
     out.u64(body.0.len() as u64);
-    out.u64(checksum(&body.0));
+    out.u64(checksum_words(&body.0));
     out.0.extend_from_slice(&body.0);
     assert_eq!(decode(&out.0).unwrap().state.unwrap_err(), Error::Truncated);
 }
@@ -161,7 +219,7 @@ fn garbage_never_panics() {
         seed ^= seed << 17;
         seed
     };
-    let good = encode(&sample(), &handed());
+    let good = encode(&cluster_sample(), &handed());
     for _ in 0..2000 {
         let mut b = good.clone();
         let n = (next() % 8) as usize + 1;
