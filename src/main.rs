@@ -7,30 +7,54 @@ use skiff::store::Store;
 use std::io::Write;
 use std::process::ExitCode;
 
+/// Why skiff stopped without serving (or stopped serving), each with its exit code.
+enum Fatal {
+    /// A bad flag or setting: 2, with a pointer to `--help`.
+    Usage(String),
+    /// Could not start (the database, the certificate, the port): 1.
+    Startup(String),
+    /// The event loop itself failed: 1, in the log.
+    EventLoop(std::io::Error),
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     // `skiff ctl ...` is the operator's client, not a server: its own flags.
     if args.first().map(String::as_str) == Some("ctl") {
         return ExitCode::from(skiff::control::cli::main(&args[1..]));
     }
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal::Usage(e)) => {
+            eprintln!("skiff: {e}");
+            eprintln!("Try 'skiff --help' for more information.");
+            ExitCode::from(2)
+        }
+        Err(Fatal::Startup(e)) => {
+            eprintln!("skiff: {e}");
+            ExitCode::from(1)
+        }
+        Err(Fatal::EventLoop(e)) => {
+            log::error(format_args!("event loop failed: {e}"));
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<(), Fatal> {
     skiff::handover::os::remember_exe();
     // Taken before anything else can open a descriptor or start a thread.
     let inherited = skiff::handover::os::inherit();
     let env = |name: &str| std::env::var(name).ok();
-    let mut cfg = match config::parse(args, &env) {
-        Ok(Command::Run(cfg)) => *cfg,
-        Ok(Command::Help) => {
+    let mut cfg = match config::parse(args, &env).map_err(|e| Fatal::Usage(e.to_string()))? {
+        Command::Run(cfg) => *cfg,
+        Command::Help => {
             print!("{}", config::usage());
-            return ExitCode::SUCCESS;
+            return Ok(());
         }
-        Ok(Command::Version) => {
+        Command::Version => {
             println!("skiff {}", skiff::VERSION);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("skiff: {e}");
-            eprintln!("Try 'skiff --help' for more information.");
-            return ExitCode::from(2);
+            return Ok(());
         }
     };
     log::set_level(cfg.log_level);
@@ -38,38 +62,23 @@ fn main() -> ExitCode {
         // Canonical once, so every request's resolved path can be checked against it.
         match dir.canonicalize() {
             Ok(real) if real.is_dir() => cfg.static_dir = Some(real),
-            _ => {
-                eprintln!("skiff: --static {}: not a readable directory", dir.display());
-                return ExitCode::from(1);
-            }
+            _ => return Err(Fatal::Startup(format!("--static {}: not a readable directory", dir.display()))),
         }
     }
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(cert), Some(key)) => match skiff::tls::load_config(cert, key) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                eprintln!("skiff: {e}");
-                return ExitCode::from(1);
-            }
-        },
+        (Some(cert), Some(key)) => Some(skiff::tls::load_config(cert, key).map_err(|e| Fatal::Startup(e.to_string()))?),
         _ => None,
     };
     // A file-size limit (RLIMIT_FSIZE) is a full disk, not a reason to die: with
     // SIGXFSZ ignored the write fails with EFBIG and the request gets a 503.
     // SAFETY: setting a signal's disposition to SIG_IGN has no preconditions.
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
-    // Cluster mode keeps everything in Redis: no database file is opened or made.
     let taking_over = matches!(inherited, Some(Ok(_)));
     let open = if taking_over { Store::reopen } else { Store::open };
+    // Cluster mode keeps everything in Redis: no database file is opened or made.
     let store = match cfg.redis {
         Some(_) => None,
-        None => match open(&cfg.db) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                eprintln!("skiff: {e}");
-                return ExitCode::from(1);
-            }
-        },
+        None => Some(open(&cfg.db).map_err(|e| Fatal::Startup(e.to_string()))?),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
     let started = match inherited {
@@ -80,17 +89,8 @@ fn main() -> ExitCode {
         }
         None => Reactor::new(&cfg, store, tls),
     };
-    let mut reactor = match started {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("skiff: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    if let Err(e) = reactor.handle_signals() {
-        eprintln!("skiff: cannot install signal handlers: {e}");
-        return ExitCode::from(1);
-    }
+    let mut reactor = started.map_err(Fatal::Startup)?;
+    reactor.handle_signals().map_err(|e| Fatal::Startup(format!("cannot install signal handlers: {e}")))?;
     let addr = reactor.local_addr();
     let data = match &cfg.redis {
         Some(url) => format!("cluster node on {url}"),
@@ -99,27 +99,17 @@ fn main() -> ExitCode {
     if taking_over {
         // The listener never closed: nobody waits for a "listening on" line now.
         log::info(format_args!("skiff {} took over on {addr}, {data}", skiff::VERSION));
-        return run(reactor);
-    }
-    // Scripts and tests read this first line to find an ephemeral port: it stays
-    // exactly `listening on SCHEME://IP:PORT`.
-    let mut stdout = std::io::stdout();
-    let _ = writeln!(stdout, "listening on {scheme}://{addr}");
-    if addr.ip().is_unspecified() {
-        // 0.0.0.0 and [::] are not addresses a browser can open; name one that is.
-        let _ = writeln!(stdout, "open {scheme}://localhost:{}/", addr.port());
-    }
-    let _ = stdout.flush();
-    log::info(format_args!("skiff {} listening on {addr}, {data}", skiff::VERSION));
-    run(reactor)
-}
-
-fn run(mut reactor: Reactor) -> ExitCode {
-    match reactor.run() {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            log::error(format_args!("event loop failed: {e}"));
-            ExitCode::from(1)
+    } else {
+        // Scripts and tests read this first line to find an ephemeral port: it stays
+        // exactly `listening on SCHEME://IP:PORT`.
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "listening on {scheme}://{addr}");
+        if addr.ip().is_unspecified() {
+            // 0.0.0.0 and [::] are not addresses a browser can open; name one that is.
+            let _ = writeln!(stdout, "open {scheme}://localhost:{}/", addr.port());
         }
+        let _ = stdout.flush();
+        log::info(format_args!("skiff {} listening on {addr}, {data}", skiff::VERSION));
     }
+    reactor.run().map_err(Fatal::EventLoop)
 }

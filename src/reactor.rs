@@ -3,7 +3,7 @@
 //! until the next event or deadline. It decides nothing about any protocol.
 
 use crate::chat::history::RESERVE_BLOCK;
-use crate::cluster::{self, Cluster, ClusterConfig};
+use crate::cluster::{Cluster, ClusterConfig};
 use crate::config::Config;
 use crate::control::{self, listener::Listener};
 use crate::log;
@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 mod handover;
+mod redis;
 
 const LISTENER: Token = Token(usize::MAX - 1);
 const SIGNALS: Token = Token(usize::MAX - 2);
@@ -66,6 +67,8 @@ pub struct Reactor {
     took_over: Option<handover::TookOver>,
     /// The epoll instance came from the previous process, its watches with it.
     adopted_epoll: bool,
+    /// Cluster mode: the sockets of the links to Redis.
+    redis: redis::RedisLinks,
 }
 
 impl Reactor {
@@ -126,10 +129,9 @@ impl Reactor {
             }
             None => {
                 let storage = Storage::files_only(waker.clone()).map_err(|e| e.to_string())?;
-                let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+                let (now, unix_ms) = wall_clock();
+                let mut server = Server::new(ServerConfig::from_config(cfg), storage, now, unix_ms);
                 let url = cfg.redis.clone().ok_or("cluster mode without --redis")?;
-                let registry =
-                    poll.registry().try_clone().map_err(|e| format!("cannot clone the epoll registry: {e}"))?;
                 let cluster_cfg = ClusterConfig {
                     url,
                     session_ttl: cfg.session_ttl,
@@ -137,7 +139,7 @@ impl Reactor {
                     history: cfg.history,
                 };
                 server.cx.chat.set_replicated();
-                server.cx.cluster = Some(Cluster::new(cluster_cfg, registry, Instant::now()));
+                server.cx.cluster = Some(Cluster::new(cluster_cfg, Instant::now()));
                 server
             }
         };
@@ -159,6 +161,7 @@ impl Reactor {
             waker,
             took_over: None,
             adopted_epoll: adopted,
+            redis: redis::RedisLinks::default(),
         })
     }
 
@@ -243,7 +246,7 @@ impl Reactor {
                     let requests = self.control.on_ready(token, self.poll.registry());
                     self.control_requests.extend(requests);
                 }
-                token @ (cluster::CMD | cluster::SUB) => self.server.on_cluster_ready(token, now),
+                token if self.on_redis_ready(token, now) => {}
                 Token(key) => {
                     let failed = ev.is_error();
                     let readable = ev.is_readable() || ev.is_read_closed() || failed;
@@ -261,7 +264,7 @@ impl Reactor {
             let started = self.run_control(now);
             // Redis commands the requests queued go out now; its replies already in
             // may finish requests, whose answers go out before the loop sleeps.
-            self.server.flush_cluster(now);
+            self.flush_redis(now);
             if !started && !self.server.control.has_answers() {
                 break;
             }
@@ -373,6 +376,14 @@ impl Reactor {
     }
 }
 
+/// One moment on the monotonic clock and as Unix milliseconds: the cores are given
+/// both and never read a clock themselves.
+fn wall_clock() -> (Instant, i64) {
+    let unix_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    (Instant::now(), unix_ms)
+}
+
 /// One process, one SQLite file: its sessions and history come back, then it moves
 /// to the storage writer thread. A hand-over brings its own sessions and history
 /// (`load_saved` false); the bans and the id reservation always come from disk.
@@ -387,7 +398,8 @@ fn single_node(
     let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
     let saved = if load_saved { Some(load_saved_state(cfg, &mut store)?) } else { None };
     let storage = Storage::spawn(store, &cfg.db, waker, Duration::ZERO).map_err(|e| e.to_string())?;
-    let mut server = Server::new(ServerConfig::from_config(cfg), storage);
+    let (now, unix_ms) = wall_clock();
+    let mut server = Server::new(ServerConfig::from_config(cfg), storage, now, unix_ms);
     server.cx.chat.set_banned(banned);
     match saved {
         Some(saved) => restore_saved(&mut server, saved),

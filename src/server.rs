@@ -18,7 +18,7 @@ use slab::Slab;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How long a graceful shutdown waits for sockets to flush and hang up.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
@@ -47,7 +47,9 @@ pub struct Server<S> {
 }
 
 impl<S: Stream> Server<S> {
-    pub fn new(cfg: ServerConfig, storage: Storage) -> Self {
+    /// `now` and `unix_ms` are one moment on both clocks: the chat core turns
+    /// `Instant`s into Unix time (message times, session activity) from it.
+    pub fn new(cfg: ServerConfig, storage: Storage, now: Instant, unix_ms: i64) -> Self {
         let rate_limits = RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute);
         let mut server = Server {
             conns: Slab::new(),
@@ -57,13 +59,10 @@ impl<S: Stream> Server<S> {
             read_list: Vec::new(),
             next_generation: 1,
             shutdown: None,
-            control: crate::control::Ops::new(Instant::now()),
+            control: crate::control::Ops::new(now),
             input_held: None,
         };
-        // One moment on both clocks: the chat core turns `Instant`s into Unix time
-        // (message times, session activity) without reading a clock itself.
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        server.cx.chat.set_wall_clock(Instant::now(), wall);
+        server.cx.chat.set_wall_clock(now, unix_ms);
         server
     }
 
@@ -183,7 +182,7 @@ impl<S: Stream> Server<S> {
 
     /// Ends a hold once the cluster is in sync or its time is up: every connection
     /// with input waiting is driven this turn.
-    fn release_input(&mut self, now: Instant) {
+    pub fn release_input(&mut self, now: Instant) {
         let Some(until) = self.input_held else { return };
         if now < until && !self.cx.cluster.as_ref().is_some_and(Cluster::is_up) {
             return;

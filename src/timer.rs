@@ -3,7 +3,8 @@
 //! Entries are never cancelled. When one fires, its owner checks it against its own
 //! state and ignores it if stale (the key was reused, or the deadline moved later and
 //! a newer entry exists). Sliding deadlines therefore cost O(1) per activity: only the
-//! owner's `expires_at` moves, and the entry that fires early re-arms.
+//! owner's deadline (a connection's `armed`, a session's last activity) moves, and
+//! the entry that fires early re-arms.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;

@@ -179,7 +179,8 @@ pub struct Chat {
     /// Senders' acks waiting for their message's commit.
     acks: Acks,
     /// One moment as an `Instant` and as Unix ms: message times without a clock read.
-    wall: (Instant, i64),
+    /// Unset (tests that never look at times), every moment is the Unix epoch.
+    wall: Option<(Instant, i64)>,
     message_rate: Option<RateLimit>,
     /// Cluster mode: who is online on every node. Set, this core is a replica: joins,
     /// leaves and messages take effect when they come back from the room's channel
@@ -198,7 +199,7 @@ impl Chat {
             history: History::new("", 0, cfg.history),
             new_messages: Vec::new(),
             acks: Acks::default(),
-            wall: (Instant::now(), 0),
+            wall: None,
             message_rate: cfg.message_rate,
             replica: None,
             banned: Default::default(),
@@ -222,12 +223,12 @@ impl Chat {
 
     /// Which Unix time (ms) the `Instant` `at` stands for: message timestamps.
     pub fn set_wall_clock(&mut self, at: Instant, unix_ms: i64) {
-        self.wall = (at, unix_ms);
+        self.wall = Some((at, unix_ms));
     }
 
     /// The Unix time (ms) `now` stands for, by the clock set with `set_wall_clock`.
     pub fn unix_ms(&self, now: Instant) -> i64 {
-        let (at, ms) = self.wall;
+        let Some((at, ms)) = self.wall else { return 0 };
         match now.checked_duration_since(at) {
             Some(d) => ms + d.as_millis() as i64,
             None => ms - at.duration_since(now).as_millis() as i64,

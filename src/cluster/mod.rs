@@ -1,17 +1,24 @@
-//! Cluster mode: this node's two connections to Redis, in the same mio loop as the
-//! clients. One carries commands, pipelined, their replies matched in order; the
-//! other is subscribed to the room's channel. Everything shared lives in Redis
-//! (users, sessions, presence, history) and changes only through the functions of
+//! Cluster mode: this node's two connections to Redis as a sans-IO core. One link
+//! carries commands, pipelined, their replies matched in order; the other is
+//! subscribed to the room's channel. Everything shared lives in Redis (users,
+//! sessions, presence, history) and changes only through the functions of
 //! `library.lua`, each atomic. Every join, leave, message and ended session is an
 //! event on one channel, and every node applies the events in the order Redis sends
 //! them: its own clients' events too, when they come back.
+//!
+//! The reactor owns the sockets: it opens and closes them when `poll_io` says so,
+//! feeds what they read to `on_bytes` (or their end to `on_closed`) and writes what
+//! `output` holds. Time comes in as `now`; nothing here reads a clock.
 //!
 //! Redis down: requests answer `Unavailable` at once, the links are retried with
 //! backoff, and on reconnect a sync tells Redis which WebSockets this node still has
 //! and brings back a snapshot (online users, history), from which the loop tells its
 //! clients whatever they missed.
 
+pub mod command;
 pub mod event;
+pub mod link;
+pub mod reply;
 pub mod resp;
 
 use crate::chat::replicated::Snapshot;
@@ -19,21 +26,16 @@ use crate::config::RedisUrl;
 use crate::log;
 use crate::storage::{Done, Origin, Reply, Request};
 use event::RoomEvent;
-use mio::net::TcpStream;
-use mio::{Interest, Registry, Token};
+pub use link::LinkId;
+use link::{Backoff, Link};
+use reply::{hex, parse_token, token, unhex32};
 use resp::Value;
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-/// The connection for commands and their replies.
-pub const CMD: Token = Token(usize::MAX - 4);
-/// The connection subscribed to the room's channel.
-pub const SUB: Token = Token(usize::MAX - 5);
 
 /// Every key and the channel are named under this.
 pub const PREFIX: &str = "skiff:";
-const LIBRARY: &str = include_str!("library.lua");
 
 /// A node refreshes its liveness key this often...
 const HEARTBEAT_EVERY: Duration = Duration::from_secs(2);
@@ -48,13 +50,8 @@ const REAP_GRACE: Duration = Duration::from_secs(8);
 /// A command unanswered this long means Redis is stuck: reconnect.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-/// Reconnects are at most this far apart, so chat is back within ~2 s of Redis
-/// (the contract allows 10 s).
-const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Bytes of commands queued for a Redis that does not read: past this it is down.
 const OUT_LIMIT: usize = 64 << 20;
-const READ_CHUNK: usize = 64 * 1024;
 /// Logouts kept while Redis is down (32 bytes each).
 const MAX_DEFERRED_LOGOUTS: usize = 65_536;
 
@@ -64,6 +61,16 @@ pub struct ClusterConfig {
     pub session_ttl: Duration,
     pub max_sessions_per_user: usize,
     pub history: usize,
+}
+
+/// What the reactor must do with the sockets, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Io {
+    /// Open both links to this address (non-blocking), then call `connected`; or, if
+    /// a socket cannot even be made, `on_closed` with why.
+    Open(SocketAddr),
+    /// Drop both links.
+    Close,
 }
 
 /// What the loop must act on, in the order it happened.
@@ -149,20 +156,16 @@ enum State {
     Up,
 }
 
-struct Link {
-    sock: TcpStream,
-    input: Vec<u8>,
-    out: Vec<u8>,
-}
-
 pub struct Cluster {
     cfg: ClusterConfig,
     node: String,
-    registry: Registry,
     cmd: Option<Link>,
     sub: Option<Link>,
+    io: VecDeque<Io>,
     state: State,
     since: Instant,
+    /// The latest moment the loop gave: what a command queued now is stamped with.
+    now: Instant,
     pending: VecDeque<(Instant, Pending)>,
     events: VecDeque<Event>,
     /// Channel events that came before the sync's snapshot.
@@ -171,7 +174,7 @@ pub struct Cluster {
     joining: Vec<Origin>,
     /// Logouts taken while Redis was down, sent on reconnect.
     deferred_logouts: Vec<[u8; 32]>,
-    backoff: Duration,
+    backoff: Backoff,
     retry_at: Instant,
     heartbeat_at: Instant,
     reap_at: Instant,
@@ -186,25 +189,30 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A node with a fresh random id; it connects on the first `on_timeout`.
-    pub fn new(cfg: ClusterConfig, registry: Registry, now: Instant) -> Cluster {
+    /// A node with a fresh random id; it asks to connect on the first `on_timeout`.
+    pub fn new(cfg: ClusterConfig, now: Instant) -> Cluster {
         let mut raw = [0u8; 8];
         getrandom::fill(&mut raw).expect("the OS CSPRNG is available");
-        let node = hex(&raw);
+        Cluster::with_node(cfg, hex(&raw), now)
+    }
+
+    /// A node named `node` (tests and the fuzz world pick their own).
+    pub fn with_node(cfg: ClusterConfig, node: String, now: Instant) -> Cluster {
         Cluster {
             cfg,
             node,
-            registry,
             cmd: None,
             sub: None,
+            io: VecDeque::new(),
             state: State::Down,
             since: now,
+            now,
             pending: VecDeque::new(),
             events: VecDeque::new(),
             buffered: Vec::new(),
             joining: Vec::new(),
             deferred_logouts: Vec::new(),
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(),
             retry_at: now,
             heartbeat_at: now,
             reap_at: now,
@@ -274,6 +282,11 @@ impl Cluster {
         !self.events.is_empty()
     }
 
+    /// The next thing the reactor must do with the sockets.
+    pub fn poll_io(&mut self) -> Option<Io> {
+        self.io.pop_front()
+    }
+
     /// A request from connection `origin`; its reply comes as `Event::Reply`.
     pub fn submit(&mut self, origin: Origin, request: Request) {
         if !self.accepting() {
@@ -290,32 +303,20 @@ impl Cluster {
             self.events.push_back(Event::Reply(Done { origin, reply }));
             return;
         }
-        let p = PREFIX;
-        let (expect, args): (Expect, Vec<Vec<u8>>) = match request {
-            Request::Register { username, key_hash } => {
-                let lower = username.to_ascii_lowercase();
-                (Expect::Register, fcall("skiff_register", &[p, &lower, &username, &hex(&key_hash)]))
-            }
+        let (expect, cmd) = match request {
+            Request::Register { username, key_hash } => (Expect::Register, command::register(&username, &key_hash)),
             Request::Login { key_hash, session } => {
                 let Some(session) = session else {
                     self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
                     return;
                 };
-                let ttl = self.session_ms().to_string();
-                let cap = self.cfg.max_sessions_per_user.to_string();
-                (Expect::Login, fcall("skiff_login", &[p, &hex(&key_hash), &hex(&session), &ttl, &cap]))
+                let cmd = command::login(&key_hash, &session, self.session_ms(), self.cfg.max_sessions_per_user);
+                (Expect::Login, cmd)
             }
-            Request::FindUser { name } => {
-                let args = [b"HGET".to_vec(), format!("{p}users").into_bytes(), name.to_ascii_lowercase().into_bytes()];
-                (Expect::FindUser, args.to_vec())
-            }
-            Request::Session { id_hash } => (Expect::Session, fcall("skiff_session", &[p, &hex(&id_hash)])),
-            Request::Logout { id_hash } => (Expect::Logout, fcall("skiff_logout", &[p, &hex(&id_hash)])),
-            Request::Join { name } => {
-                let token = token(origin);
-                let lower = name.to_ascii_lowercase();
-                (Expect::Join, fcall("skiff_join", &[p, &lower, &name, &self.node, &token]))
-            }
+            Request::FindUser { name } => (Expect::FindUser, command::find_user(&name)),
+            Request::Session { id_hash } => (Expect::Session, command::session(&id_hash)),
+            Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
+            Request::Join { name } => (Expect::Join, command::join(&name, &self.node, &token(origin))),
             // Files are read by the storage thread; `skiff ctl` calls Redis through
             // `control`; nothing else reaches here.
             Request::File(_) | Request::Control(_) => {
@@ -323,7 +324,7 @@ impl Cluster {
                 return;
             }
         };
-        self.send(&args, Pending::Conn(origin, expect));
+        self.send(&cmd, Pending::Conn(origin, expect));
     }
 
     /// `skiff ctl`: one call (`args`: FCALL and its arguments) for `origin`; Redis's
@@ -344,12 +345,10 @@ impl Cluster {
             return;
         }
         let (token, keep) = (token(origin), self.cfg.history.to_string());
-        // Encoded straight from the borrowed text: this runs for every message.
-        let args = ["FCALL", "skiff_message", "0", PREFIX, &self.node, &token, author, text, &keep];
         match self.cmd.as_mut() {
             Some(cmd) => {
-                resp::encode(&mut cmd.out, &args);
-                self.pending.push_back((Instant::now(), Pending::Publish(origin)));
+                cmd.queue(&command::message(&self.node, &token, author, text, &keep));
+                self.pending.push_back((self.now, Pending::Publish(origin)));
                 self.unconfirmed += 1;
             }
             None => self.events.push_back(Event::Unavailable(origin)),
@@ -360,8 +359,7 @@ impl Cluster {
     /// tells Redis which users this node still has.
     pub fn left(&mut self, user: &str) {
         if self.accepting() && !self.stopping {
-            let lower = user.to_ascii_lowercase();
-            self.send(&fcall("skiff_leave", &[PREFIX, &lower, user, &self.node]), Pending::Ignore);
+            self.send(&command::leave(user, &self.node), Pending::Ignore);
         }
     }
 
@@ -369,7 +367,7 @@ impl Cluster {
     /// after it; `is_idle` says when Redis has answered.
     pub fn stop(&mut self) {
         if self.accepting() {
-            self.send(&fcall("skiff_stop", &[PREFIX, &self.node]), Pending::Ignore);
+            self.send(&command::stop(&self.node), Pending::Ignore);
         }
         self.stopping = true;
     }
@@ -383,15 +381,14 @@ impl Cluster {
     /// end this node missed while away comes back as `Event::SessionEnded`.
     pub fn check_session(&mut self, id_hash: &[u8; 32]) {
         if self.accepting() {
-            self.send(&fcall("skiff_session", &[PREFIX, &hex(id_hash)]), Pending::Check(*id_hash));
+            self.send(&command::session(id_hash), Pending::Check(*id_hash));
         }
     }
 
     /// Activity on a session: Redis keeps it a full TTL (+ the save slack) from now.
     pub fn renew(&mut self, id_hash: &[u8; 32]) {
         if self.accepting() {
-            let ttl = self.session_ms().to_string();
-            self.send(&fcall("skiff_renew", &[PREFIX, &hex(id_hash), &ttl]), Pending::Ignore);
+            self.send(&command::renew(id_hash, self.session_ms()), Pending::Ignore);
         }
     }
 
@@ -406,34 +403,28 @@ impl Cluster {
         if self.state != State::Subscribed {
             return;
         }
+        self.now = now;
         for id_hash in std::mem::take(&mut self.deferred_logouts) {
-            self.send(&fcall("skiff_logout", &[PREFIX, &hex(&id_hash)]), Pending::Ignore);
+            self.send(&command::logout(&id_hash), Pending::Ignore);
         }
-        let ttl = NODE_TTL.as_millis().to_string();
-        let keep = self.cfg.history.to_string();
         // Drawn anew each time: if Redis lost its data since the last sync, the
         // history is a new one and must not get the old epoch back.
         let mut fresh = [0u8; 6];
         getrandom::fill(&mut fresh).expect("the OS CSPRNG is available");
-        let epoch = hex(&fresh);
-        let mut args: Vec<String> =
-            vec![PREFIX.into(), self.node.clone(), ttl, epoch, keep, seen.0.into(), seen.1.to_string()];
-        for (name, origin) in users {
-            args.extend([name.to_ascii_lowercase(), name.clone(), token(*origin)]);
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        self.send(&fcall("skiff_sync", &args), Pending::Sync);
+        let users: Vec<(String, String)> = users.iter().map(|(name, o)| (name.clone(), token(*o))).collect();
+        let cmd = command::sync(&self.node, NODE_TTL.as_millis(), &hex(&fresh), self.cfg.history, seen, &users);
+        self.send(&cmd, Pending::Sync);
         self.state = State::Syncing;
         self.heartbeat_at = now + HEARTBEAT_EVERY;
     }
 
-    fn send(&mut self, args: &[Vec<u8>], why: Pending) {
-        let Some(cmd) = self.cmd.as_mut() else {
+    fn send(&mut self, cmd: &[Vec<u8>], why: Pending) {
+        let Some(link) = self.cmd.as_mut() else {
             self.fail_pending(why);
             return;
         };
-        resp::encode(&mut cmd.out, args);
-        self.pending.push_back((Instant::now(), why));
+        link.queue(cmd);
+        self.pending.push_back((self.now, why));
     }
 
     /// The earliest moment `on_timeout` has work.
@@ -453,6 +444,7 @@ impl Cluster {
     }
 
     pub fn on_timeout(&mut self, now: Instant) {
+        self.now = now;
         match self.state {
             State::Down if now >= self.retry_at && !self.stopping => self.connect(now),
             State::Connecting | State::Subscribed if now >= self.since + CONNECT_TIMEOUT => {
@@ -467,13 +459,12 @@ impl Cluster {
                 }
                 if now >= self.heartbeat_at {
                     self.heartbeat_at = now + HEARTBEAT_EVERY;
-                    let ttl = NODE_TTL.as_millis().to_string();
-                    self.send(&fcall("skiff_heartbeat", &[PREFIX, &self.node, &ttl]), Pending::Ignore);
+                    self.send(&command::heartbeat(&self.node, NODE_TTL.as_millis()), Pending::Ignore);
                 }
                 if now >= self.reap_at {
                     self.reap_at = now + REAP_EVERY;
                     if self.state == State::Up && now >= self.since + REAP_GRACE {
-                        self.send(&fcall("skiff_reap", &[PREFIX]), Pending::Ignore);
+                        self.send(&command::reap(), Pending::Ignore);
                     }
                 }
             }
@@ -481,44 +472,35 @@ impl Cluster {
         }
     }
 
+    /// Asks the reactor for both links, with the hello each will say first.
     fn connect(&mut self, now: Instant) {
         self.since = now;
-        let open = |token: Token| -> io::Result<Link> {
-            let mut sock = TcpStream::connect(self.cfg.url.addr)?;
-            let _ = sock.set_nodelay(true);
-            self.registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
-            Ok(Link { sock, input: Vec::new(), out: Vec::new() })
-        };
-        let (cmd, sub) = match (open(CMD), open(SUB)) {
-            (Ok(c), Ok(s)) => (c, s),
-            (Err(e), _) | (_, Err(e)) => return self.lost(&format!("cannot connect: {e}"), now),
-        };
+        let (mut cmd, mut sub) = (Link::default(), Link::default());
+        let mut hello = 0;
+        if let Some(pw) = &self.cfg.url.password {
+            cmd.queue(&command::auth(pw));
+            sub.queue(&command::auth(pw));
+            hello += 1;
+        }
+        if self.cfg.url.db != 0 {
+            cmd.queue(&command::select(self.cfg.url.db));
+            hello += 1;
+        }
+        cmd.queue(&command::load_library());
+        sub.queue(&command::subscribe());
+        for _ in 0..hello + 1 {
+            self.pending.push_back((now, Pending::Ignore));
+        }
         self.cmd = Some(cmd);
         self.sub = Some(sub);
         self.state = State::Connecting;
-        let mut hello = Vec::new();
-        if let Some(pw) = &self.cfg.url.password {
-            hello.push(vec![b"AUTH".to_vec(), pw.clone().into_bytes()]);
-        }
-        let select = (self.cfg.url.db != 0).then(|| vec![b"SELECT".to_vec(), self.cfg.url.db.to_string().into_bytes()]);
-        for link in [self.cmd.as_mut(), self.sub.as_mut()].into_iter().flatten() {
-            for c in &hello {
-                resp::encode(&mut link.out, c);
-            }
-        }
-        let mut count = hello.len();
-        if let Some(select) = select {
-            let cmd = self.cmd.as_mut().expect("just set");
-            resp::encode(&mut cmd.out, &select);
-            count += 1;
-        }
-        let cmd = self.cmd.as_mut().expect("just set");
-        resp::encode(&mut cmd.out, &["FUNCTION", "LOAD", "REPLACE", LIBRARY]);
-        for _ in 0..count + 1 {
-            self.pending.push_back((now, Pending::Ignore));
-        }
-        let sub = self.sub.as_mut().expect("just set");
-        resp::encode(&mut sub.out, &["SUBSCRIBE", &format!("{PREFIX}room")]);
+        self.io.push_back(Io::Open(self.cfg.url.addr));
+    }
+
+    /// The reactor opened both links (the connects may still be in progress: what is
+    /// queued goes out once they are writable).
+    pub fn connected(&mut self, now: Instant) {
+        self.now = now;
     }
 
     /// Both links go; everything waiting fails; the next attempt is scheduled.
@@ -527,9 +509,8 @@ impl Cluster {
             log::error(format_args!("redis {}: {why}; degraded, retrying", self.cfg.url));
             self.outage_logged = true;
         }
-        for link in [self.cmd.take(), self.sub.take()].into_iter().flatten() {
-            let mut sock = link.sock;
-            let _ = self.registry.deregister(&mut sock);
+        if self.cmd.take().is_some() | self.sub.take().is_some() {
+            self.io.push_back(Io::Close);
         }
         for (_, p) in std::mem::take(&mut self.pending) {
             self.fail_pending(p);
@@ -540,8 +521,7 @@ impl Cluster {
         self.buffered.clear();
         self.unconfirmed = 0;
         self.state = State::Down;
-        self.retry_at = now + self.backoff;
-        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+        self.retry_at = now + self.backoff.step();
     }
 
     fn fail_pending(&mut self, p: Pending) {
@@ -557,51 +537,71 @@ impl Cluster {
         }
     }
 
-    /// Readiness on one of the links.
-    pub fn on_ready(&mut self, token: Token, now: Instant) {
-        let result = match token {
-            CMD => self.read_cmd(),
-            SUB => self.read_sub(now),
-            _ => Ok(()),
+    /// Bytes a link read.
+    pub fn on_bytes(&mut self, link: LinkId, bytes: &[u8], now: Instant) {
+        self.now = now;
+        let result = match link {
+            LinkId::Cmd => self.read_cmd(bytes),
+            LinkId::Sub => self.read_sub(bytes, now),
         };
         if let Err(e) = result {
             self.lost(&e, now);
         }
     }
 
-    /// Writes what the links have queued: the loop calls it once per turn, so every
-    /// command of a turn goes out in one write (pipelining).
-    pub fn flush(&mut self, now: Instant) {
-        let mut failed = None;
-        for link in [self.cmd.as_mut(), self.sub.as_mut()].into_iter().flatten() {
-            if let Err(e) = link.write() {
-                failed = Some(e);
-            } else if link.out.len() > OUT_LIMIT {
-                failed = Some("Redis does not read its commands".into());
-            }
-        }
-        if let Some(e) = failed {
-            self.lost(&e, now);
+    /// A link ended (the peer closed it, or reading or writing failed).
+    pub fn on_closed(&mut self, link: LinkId, why: &str, now: Instant) {
+        self.now = now;
+        let open = match link {
+            LinkId::Cmd => self.cmd.is_some(),
+            LinkId::Sub => self.sub.is_some(),
+        };
+        if open {
+            self.lost(why, now);
         }
     }
 
-    fn read_cmd(&mut self) -> Result<(), String> {
+    /// What `link` has queued to write.
+    pub fn output(&self, link: LinkId) -> &[u8] {
+        match link {
+            LinkId::Cmd => self.cmd.as_ref().map_or(&[], Link::output),
+            LinkId::Sub => self.sub.as_ref().map_or(&[], Link::output),
+        }
+    }
+
+    /// `n` bytes of `output(link)` were written.
+    pub fn consumed(&mut self, link: LinkId, n: usize) {
+        let l = match link {
+            LinkId::Cmd => self.cmd.as_mut(),
+            LinkId::Sub => self.sub.as_mut(),
+        };
+        if let Some(l) = l {
+            l.consumed(n);
+        }
+    }
+
+    /// The end of a loop turn, after the reactor wrote what it could: a Redis that
+    /// does not read its commands is down.
+    pub fn flush(&mut self, now: Instant) {
+        self.now = now;
+        let stuck = [LinkId::Cmd, LinkId::Sub].iter().any(|&l| self.output(l).len() > OUT_LIMIT);
+        if stuck {
+            self.lost("Redis does not read its commands", now);
+        }
+    }
+
+    fn read_cmd(&mut self, bytes: &[u8]) -> Result<(), String> {
         let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
-        let (replies, eof) = cmd.read_values()?;
-        for v in replies {
+        for v in cmd.received(bytes)? {
             let (_, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
             self.on_reply(why, v)?;
-        }
-        if eof {
-            return Err("connection closed".into());
         }
         Ok(())
     }
 
-    fn read_sub(&mut self, now: Instant) -> Result<(), String> {
+    fn read_sub(&mut self, bytes: &[u8], now: Instant) -> Result<(), String> {
         let Some(sub) = self.sub.as_mut() else { return Ok(()) };
-        let (values, eof) = sub.read_values()?;
-        for v in values {
+        for v in sub.received(bytes)? {
             let Some(items) = v.as_array() else {
                 if let Value::Error(e) = &v {
                     return Err(format!("subscribing failed: {e}"));
@@ -626,9 +626,6 @@ impl Cluster {
                 }
                 _ => {}
             }
-        }
-        if eof {
-            return Err("connection closed".into());
         }
         Ok(())
     }
@@ -664,7 +661,7 @@ impl Cluster {
                     // skiff_login's answer for a banned user (a name is a bulk string).
                     (Expect::Login, Value::Array(_)) => Reply::Banned,
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
-                    (Expect::Session, v) => Reply::Session(session_reply(v)),
+                    (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
                     (Expect::Join, Value::Int(0)) => Reply::NameTaken,
                     (Expect::Join, _) => {
@@ -675,28 +672,33 @@ impl Cluster {
                 };
                 self.events.push_back(Event::Reply(Done { origin, reply }));
             }
-            Pending::Sync => {
-                let (snapshot, seq, taken) = snapshot(&v).ok_or_else(|| format!("a bad sync reply: {v:?}"))?;
-                log::info(format_args!(
-                    "redis {}: in sync as node {}: {} online, last message {}",
-                    self.cfg.url,
-                    self.node,
-                    snapshot.online.len(),
-                    snapshot.last_id
-                ));
-                self.events.push_back(Event::Synced { snapshot, taken });
-                for ev in std::mem::take(&mut self.buffered) {
-                    if ev.seq() > seq {
-                        self.room_event(ev);
-                    }
-                }
-                self.state = State::Up;
-                self.syncs += 1;
-                self.since = Instant::now();
-                self.backoff = BACKOFF_MIN;
-                self.outage_logged = false;
+            Pending::Sync => self.synced(&v)?,
+        }
+        Ok(())
+    }
+
+    /// The sync's snapshot: the loop rebuilds its replica from it, then the channel
+    /// events buffered meanwhile that came after it follow, in order.
+    fn synced(&mut self, v: &Value) -> Result<(), String> {
+        let (snapshot, seq, taken) = reply::snapshot(v).ok_or_else(|| format!("a bad sync reply: {v:?}"))?;
+        log::info(format_args!(
+            "redis {}: in sync as node {}: {} online, last message {}",
+            self.cfg.url,
+            self.node,
+            snapshot.online.len(),
+            snapshot.last_id
+        ));
+        self.events.push_back(Event::Synced { snapshot, taken });
+        for ev in std::mem::take(&mut self.buffered) {
+            if ev.seq() > seq {
+                self.room_event(ev);
             }
         }
+        self.state = State::Up;
+        self.syncs += 1;
+        self.since = self.now;
+        self.backoff.reset();
+        self.outage_logged = false;
         Ok(())
     }
 
@@ -729,164 +731,5 @@ impl Cluster {
     }
 }
 
-impl Link {
-    /// Every whole value the socket has brought so far, and whether it has ended.
-    fn read_values(&mut self) -> Result<(Vec<Value>, bool), String> {
-        let eof = self.fill()?;
-        let mut values = Vec::new();
-        let mut used = 0;
-        while let Some((v, n)) = resp::parse(&self.input[used..]).map_err(|e| e.to_string())? {
-            used += n;
-            values.push(v);
-        }
-        self.input.drain(..used);
-        Ok((values, eof))
-    }
-
-    /// Reads what the socket has; true at end of stream.
-    fn fill(&mut self) -> Result<bool, String> {
-        let mut chunk = [0u8; READ_CHUNK];
-        loop {
-            match self.sock.read(&mut chunk) {
-                Ok(0) => return Ok(true),
-                Ok(n) => self.input.extend_from_slice(&chunk[..n]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-    }
-
-    fn write(&mut self) -> Result<(), String> {
-        while !self.out.is_empty() {
-            match self.sock.write(&self.out) {
-                Ok(0) => return Err("connection closed".into()),
-                Ok(n) => {
-                    self.out.drain(..n);
-                }
-                // Not connected yet, or the buffer is full: writable readiness comes.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => {
-                    return Ok(())
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
-        Ok(())
-    }
-}
-
-fn fcall(name: &str, args: &[&str]) -> Vec<Vec<u8>> {
-    let mut v = vec![b"FCALL".to_vec(), name.as_bytes().to_vec(), b"0".to_vec()];
-    v.extend(args.iter().map(|a| a.as_bytes().to_vec()));
-    v
-}
-
-/// How a connection is named in events: slab key and generation.
-fn token(o: Origin) -> String {
-    format!("{}.{}", o.conn, o.generation)
-}
-
-fn parse_token(t: &str) -> Option<Origin> {
-    let (conn, generation) = t.split_once('.')?;
-    Some(Origin { conn: conn.parse().ok()?, generation: generation.parse().ok()? })
-}
-
-fn hex(bytes: &[u8]) -> String {
-    data_encoding::HEXLOWER.encode(bytes)
-}
-
-fn unhex32(s: &str) -> Option<[u8; 32]> {
-    data_encoding::HEXLOWER.decode(s.as_bytes()).ok()?.try_into().ok()
-}
-
-fn session_reply(v: &Value) -> Option<(String, u64)> {
-    let items = v.as_array()?;
-    let name = items.first()?.as_str()?.to_owned();
-    // -1: no expiry (someone PERSISTed it); treat it as a fresh session.
-    let ms = items.get(1)?.as_int()?;
-    let ms = if ms < 0 { u64::MAX } else { ms as u64 };
-    Some((name, ms))
-}
-
-/// `skiff_sync`'s reply: the snapshot, its channel position, and the taken users.
-fn snapshot(v: &Value) -> Option<(Snapshot, u64, Vec<String>)> {
-    let items = v.as_array()?;
-    let seq = items.first()?.as_int()? as u64;
-    let epoch = items.get(1)?.as_str()?.to_owned();
-    let last_id = items.get(2)?.as_int()? as u64;
-    let strings =
-        |v: &Value| -> Option<Vec<String>> { v.as_array()?.iter().map(|x| x.as_str().map(str::to_owned)).collect() };
-    let online = strings(items.get(3)?)?;
-    let mut messages = Vec::new();
-    for entry in items.get(4)?.as_array()? {
-        let e = entry.as_array()?;
-        let id: u64 = e.first()?.as_str()?.split('-').next()?.parse().ok()?;
-        let fields = e.get(1)?.as_array()?;
-        let (mut ts, mut author, mut text) = (None, None, None);
-        for kv in fields.chunks(2) {
-            let value = kv.get(1)?.as_str()?;
-            match kv[0].as_str()? {
-                "ts" => ts = value.parse::<i64>().ok(),
-                "author" => author = Some(value.to_owned()),
-                "message" => text = Some(value.to_owned()),
-                _ => {}
-            }
-        }
-        messages.push((id, ts?, author?, text?));
-    }
-    messages.reverse();
-    let taken = strings(items.get(5)?)?;
-    Some((Snapshot { epoch, last_id, online, messages }, seq, taken))
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::Bulk(Some(s.as_bytes().to_vec()))
-    }
-
-    #[test]
-    fn tokens_and_hashes_round_trip() {
-        let o = Origin { conn: 12, generation: 3456 };
-        assert_eq!(parse_token(&token(o)), Some(o));
-        assert_eq!(parse_token("x.1"), None);
-        let h = [0xabu8; 32];
-        assert_eq!(unhex32(&hex(&h)), Some(h));
-        assert_eq!(unhex32("ab"), None);
-    }
-
-    #[test]
-    fn reads_a_sync_snapshot() {
-        let entry = |id: &str, ts: &str, a: &str, m: &str| {
-            Value::Array(Some(vec![
-                bulk(id),
-                Value::Array(Some(vec![bulk("ts"), bulk(ts), bulk("author"), bulk(a), bulk("message"), bulk(m)])),
-            ]))
-        };
-        let v = Value::Array(Some(vec![
-            Value::Int(40),
-            bulk("e1"),
-            Value::Int(8),
-            Value::Array(Some(vec![bulk("Bob"), bulk("al")])),
-            Value::Array(Some(vec![entry("8-0", "20", "al", "new"), entry("7-0", "10", "Bob", "old")])),
-            Value::Array(Some(vec![bulk("zed")])),
-        ]));
-        let (snap, seq, taken) = snapshot(&v).expect("well-formed");
-        assert_eq!(seq, 40);
-        assert_eq!((snap.epoch.as_str(), snap.last_id), ("e1", 8));
-        assert_eq!(snap.online, ["Bob", "al"]);
-        assert_eq!(snap.messages, [(7, 10, "Bob".into(), "old".into()), (8, 20, "al".into(), "new".into())]);
-        assert_eq!(taken, ["zed"]);
-        assert!(snapshot(&Value::Int(1)).is_none());
-    }
-
-    #[test]
-    fn a_session_reply_gives_the_time_left() {
-        assert_eq!(session_reply(&Value::Array(Some(vec![bulk("al"), Value::Int(5000)]))), Some(("al".into(), 5000)));
-        assert_eq!(session_reply(&Value::Array(Some(vec![bulk("al"), Value::Int(-1)]))), Some(("al".into(), u64::MAX)));
-        assert_eq!(session_reply(&Value::Bulk(None)), None);
-    }
-}
+mod tests;

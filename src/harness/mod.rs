@@ -61,6 +61,9 @@ pub(crate) fn chat_config() -> ChatConfig {
 
 /// `http_request`: the incremental parser must give the same requests (or the same
 /// error) whatever the split points, and never exceed its limits.
+/// The Unix time (ms) a simulated server starts at: fixed, so runs repeat exactly.
+pub const UNIX_START: i64 = 1_700_000_000_000;
+
 pub fn http_request(data: &[u8]) {
     quiet();
     let Some((&seed, input)) = data.split_first() else { return };

@@ -93,9 +93,10 @@ pub fn resume(data: &[u8]) {
         vec![],
         false,
     );
+    let start = Instant::now();
     let mut b = Bench {
-        server: Server::new(cfg, Storage::inline(Store::open_in_memory().expect("store"))),
-        now: Instant::now(),
+        server: Server::new(cfg, Storage::inline(Store::open_in_memory().expect("store")), start, super::UNIX_START),
+        now: start,
     };
     b.server.cx.chat.set_random(counter_random);
     b.server.cx.chat.restore_history("E", 0, []);

@@ -101,11 +101,13 @@ struct World {
 impl World {
     fn new() -> World {
         let cfg = ServerConfig::for_tests(ChatConfig { session_ttl: TTL, ..chat_config() }, vec![], false);
-        let mut server = Server::new(cfg, crate::storage::Storage::inline(Store::open_in_memory().expect("store")));
+        let start = Instant::now();
+        let storage = crate::storage::Storage::inline(Store::open_in_memory().expect("store"));
+        let mut server = Server::new(cfg, storage, start, super::UNIX_START);
         server.cx.chat.set_random(counter_random);
         let mut w = World {
             server,
-            now: Instant::now(),
+            now: start,
             clients: vec![],
             keys: vec![],
             cookies: vec![None; USERS],

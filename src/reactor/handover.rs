@@ -211,7 +211,7 @@ impl Reactor {
                 return Err(format!("{waiting} requests still wait on storage or Redis, or Redis has not answered"));
             }
             self.server.on_storage(now);
-            self.server.pump_cluster(now);
+            self.pump_redis(now);
             if self.server.waiting() > 0 || !self.server.cluster_quiet() {
                 std::thread::sleep(Duration::from_micros(200));
             }

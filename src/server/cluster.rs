@@ -5,7 +5,7 @@
 
 use super::Server;
 use crate::chat::{Effect, ACK_UNAVAILABLE};
-use crate::cluster::{Cluster, Event, CMD, SUB};
+use crate::cluster::{Cluster, Event};
 use crate::conn::Stream;
 use crate::log;
 use crate::outq::Chunk;
@@ -13,45 +13,13 @@ use crate::storage::{Done, Origin, Reply};
 use std::time::Instant;
 
 impl<S: Stream> Server<S> {
-    /// Readiness on a Redis link.
-    pub fn on_cluster_ready(&mut self, token: mio::Token, now: Instant) {
-        if token != CMD && token != SUB {
-            return;
-        }
-        if let Some(cluster) = self.cx.cluster.as_mut() {
-            cluster.on_ready(token, now);
-        }
-        self.run_cluster_events(now);
-    }
-
-    /// The end of every loop turn: whatever the turn queued for Redis (a sync
-    /// included) goes out in one write per link; a link that fails is handled now.
-    pub fn flush_cluster(&mut self, now: Instant) {
-        self.run_cluster_events(now);
-        if let Some(cluster) = self.cx.cluster.as_mut() {
-            cluster.flush(now);
-        }
-        self.run_cluster_events(now);
-        self.release_input(now);
-    }
-
     /// Nothing this node sent to Redis still waits for its answer or its event.
     pub fn cluster_quiet(&self) -> bool {
         self.cx.cluster.as_ref().is_none_or(Cluster::is_quiet)
     }
 
-    /// A hand-over settling: what Redis has sent is taken in and what is queued for
-    /// it goes out, outside the loop (the links are read until they would block).
-    pub fn pump_cluster(&mut self, now: Instant) {
-        if self.cx.cluster.is_none() {
-            return;
-        }
-        self.on_cluster_ready(CMD, now);
-        self.on_cluster_ready(SUB, now);
-        self.flush_cluster(now);
-    }
-
-    pub(super) fn run_cluster_events(&mut self, now: Instant) {
+    /// Applies what Redis brought, event by event, in channel order.
+    pub fn run_cluster_events(&mut self, now: Instant) {
         loop {
             let Some(cluster) = self.cx.cluster.as_mut() else { return };
             if cluster.wants_sync() {

@@ -18,6 +18,8 @@ fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
     Server::new(
         ServerConfig::for_tests(chat, trusted, metrics_public),
         crate::storage::Storage::inline(crate::store::Store::open_in_memory().unwrap()),
+        Instant::now(),
+        1_700_000_000_000,
     )
 }
 

@@ -1,0 +1,127 @@
+//! The commands a node sends, beside the functions of `library.lua` they call: one
+//! constructor per function, arguments in the order the Lua reads them (`a[1]` is
+//! always the key prefix). Nothing here decides when to send what.
+
+use super::reply::hex;
+use super::PREFIX;
+
+/// The Lua library, loaded (REPLACE) on every connect: the running binary's version
+/// of every function is the one its node calls.
+pub const LIBRARY: &str = include_str!("library.lua");
+
+pub type Command = Vec<Vec<u8>>;
+
+pub fn fcall(name: &str, args: &[&str]) -> Command {
+    let mut v = vec![b"FCALL".to_vec(), name.as_bytes().to_vec(), b"0".to_vec()];
+    v.extend(args.iter().map(|a| a.as_bytes().to_vec()));
+    v
+}
+
+pub fn auth(password: &str) -> Command {
+    vec![b"AUTH".to_vec(), password.as_bytes().to_vec()]
+}
+
+pub fn select(db: u32) -> Command {
+    vec![b"SELECT".to_vec(), db.to_string().into_bytes()]
+}
+
+pub fn load_library() -> Command {
+    ["FUNCTION", "LOAD", "REPLACE", LIBRARY].iter().map(|a| a.as_bytes().to_vec()).collect()
+}
+
+pub fn subscribe() -> Command {
+    vec![b"SUBSCRIBE".to_vec(), format!("{PREFIX}room").into_bytes()]
+}
+
+pub fn register(username: &str, key_hash: &[u8; 32]) -> Command {
+    fcall("skiff_register", &[PREFIX, &username.to_ascii_lowercase(), username, &hex(key_hash)])
+}
+
+pub fn login(key_hash: &[u8; 32], session: &[u8; 32], ttl_ms: u128, cap: usize) -> Command {
+    fcall("skiff_login", &[PREFIX, &hex(key_hash), &hex(session), &ttl_ms.to_string(), &cap.to_string()])
+}
+
+pub fn find_user(name: &str) -> Command {
+    vec![b"HGET".to_vec(), format!("{PREFIX}users").into_bytes(), name.to_ascii_lowercase().into_bytes()]
+}
+
+pub fn session(id_hash: &[u8; 32]) -> Command {
+    fcall("skiff_session", &[PREFIX, &hex(id_hash)])
+}
+
+pub fn logout(id_hash: &[u8; 32]) -> Command {
+    fcall("skiff_logout", &[PREFIX, &hex(id_hash)])
+}
+
+pub fn renew(id_hash: &[u8; 32], ttl_ms: u128) -> Command {
+    fcall("skiff_renew", &[PREFIX, &hex(id_hash), &ttl_ms.to_string()])
+}
+
+pub fn join(name: &str, node: &str, token: &str) -> Command {
+    fcall("skiff_join", &[PREFIX, &name.to_ascii_lowercase(), name, node, token])
+}
+
+pub fn leave(name: &str, node: &str) -> Command {
+    fcall("skiff_leave", &[PREFIX, &name.to_ascii_lowercase(), name, node])
+}
+
+pub fn stop(node: &str) -> Command {
+    fcall("skiff_stop", &[PREFIX, node])
+}
+
+pub fn heartbeat(node: &str, ttl_ms: u128) -> Command {
+    fcall("skiff_heartbeat", &[PREFIX, node, &ttl_ms.to_string()])
+}
+
+pub fn reap() -> Command {
+    fcall("skiff_reap", &[PREFIX])
+}
+
+/// `skiff_sync`: this node is alive (`ttl_ms`), proposes `epoch` should Redis have
+/// none, has seen the history up to `seen` (epoch, last id), and holds these
+/// WebSockets (name, connection token).
+pub fn sync(
+    node: &str,
+    ttl_ms: u128,
+    epoch: &str,
+    keep: usize,
+    seen: (&str, u64),
+    users: &[(String, String)],
+) -> Command {
+    let (ttl, keep, seen_id) = (ttl_ms.to_string(), keep.to_string(), seen.1.to_string());
+    let mut args: Vec<&str> = vec![PREFIX, node, &ttl, epoch, &keep, seen.0, &seen_id];
+    let lowers: Vec<String> = users.iter().map(|(name, _)| name.to_ascii_lowercase()).collect();
+    for ((name, token), lower) in users.iter().zip(&lowers) {
+        args.extend([lower.as_str(), name.as_str(), token.as_str()]);
+    }
+    fcall("skiff_sync", &args)
+}
+
+/// `skiff_message`'s arguments, borrowed: this runs for every message, so they are
+/// encoded straight from the text instead of being copied into a `Command`.
+pub fn message<'a>(node: &'a str, token: &'a str, author: &'a str, text: &'a str, keep: &'a str) -> [&'a str; 9] {
+    ["FCALL", "skiff_message", "0", PREFIX, node, token, author, text, keep]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(c: &Command) -> Vec<String> {
+        c.iter().map(|a| String::from_utf8_lossy(a).into_owned()).collect()
+    }
+
+    /// The argument order `library.lua` reads: a user's lowercased name first (the
+    /// key), then the name as registered.
+    #[test]
+    fn calls_put_their_arguments_where_the_lua_reads_them() {
+        assert_eq!(words(&join("Ann", "n1", "3.9")), ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9"]);
+        let users = [("Bob".to_owned(), "1.2".to_owned())];
+        assert_eq!(
+            words(&sync("n1", 6000, "e9", 100, ("e1", 41), &users)),
+            ["FCALL", "skiff_sync", "0", PREFIX, "n1", "6000", "e9", "100", "e1", "41", "bob", "Bob", "1.2"]
+        );
+        assert_eq!(words(&find_user("ZED")), ["HGET", "skiff:users", "zed"]);
+        assert!(LIBRARY.contains("redis.register_function('skiff_sync'"));
+    }
+}

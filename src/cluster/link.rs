@@ -1,0 +1,118 @@
+//! One link to Redis as bytes, and the pace of reconnecting. The reactor owns the
+//! socket; a `Link` holds what came in and is not yet a whole reply, and what is
+//! queued to go out, so the cluster core never touches a socket.
+
+use super::resp::{self, Value};
+use std::time::Duration;
+
+/// Which of the node's two connections to Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkId {
+    /// Commands, pipelined; replies come back in order.
+    Cmd,
+    /// Subscribed to the room's channel.
+    Sub,
+}
+
+#[derive(Debug, Default)]
+pub struct Link {
+    input: Vec<u8>,
+    out: Vec<u8>,
+}
+
+impl Link {
+    pub fn queue<A: AsRef<[u8]>>(&mut self, args: &[A]) {
+        resp::encode(&mut self.out, args);
+    }
+
+    /// Takes in bytes from the socket; returns every reply they complete. A reply
+    /// split across reads waits for the rest (its size is bounded by `resp`).
+    pub fn received(&mut self, bytes: &[u8]) -> Result<Vec<Value>, String> {
+        self.input.extend_from_slice(bytes);
+        let mut values = Vec::new();
+        let mut used = 0;
+        while let Some((v, n)) = resp::parse(&self.input[used..]).map_err(|e| e.to_string())? {
+            used += n;
+            values.push(v);
+        }
+        self.input.drain(..used);
+        Ok(values)
+    }
+
+    /// What waits to be written.
+    pub fn output(&self) -> &[u8] {
+        &self.out
+    }
+
+    /// `n` bytes of `output` were written.
+    pub fn consumed(&mut self, n: usize) {
+        self.out.drain(..n.min(self.out.len()));
+    }
+}
+
+/// Reconnect delays: from `MIN`, doubling up to `MAX`, so chat is back within ~2 s
+/// of Redis (the contract allows 10 s); back to `MIN` once in sync.
+#[derive(Debug)]
+pub struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    pub const MIN: Duration = Duration::from_millis(100);
+    pub const MAX: Duration = Duration::from_secs(2);
+
+    pub fn new() -> Backoff {
+        Backoff { next: Backoff::MIN }
+    }
+
+    /// The delay before the next attempt; the one after it is longer.
+    pub fn step(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(Backoff::MAX);
+        d
+    }
+
+    pub fn reset(&mut self) {
+        self.next = Backoff::MIN;
+    }
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reply_split_across_reads_comes_out_whole_once() {
+        let mut l = Link::default();
+        assert_eq!(l.received(b"+OK\r\n:4").unwrap(), [Value::Simple("OK".into())]);
+        assert_eq!(l.received(b"2\r").unwrap(), []);
+        assert_eq!(l.received(b"\n").unwrap(), [Value::Int(42)]);
+        assert!(l.received(b"?garbage\r\n").is_err());
+    }
+
+    #[test]
+    fn output_is_consumed_as_written() {
+        let mut l = Link::default();
+        l.queue(&["PING"]);
+        assert_eq!(l.output(), b"*1\r\n$4\r\nPING\r\n");
+        l.consumed(4);
+        assert_eq!(l.output(), b"$4\r\nPING\r\n");
+        l.consumed(100);
+        assert!(l.output().is_empty());
+    }
+
+    #[test]
+    fn backoff_doubles_to_its_cap_and_resets() {
+        let mut b = Backoff::new();
+        let steps: Vec<u64> = (0..7).map(|_| b.step().as_millis() as u64).collect();
+        assert_eq!(steps, [100, 200, 400, 800, 1600, 2000, 2000]);
+        b.reset();
+        assert_eq!(b.step(), Backoff::MIN);
+    }
+}

@@ -1,0 +1,266 @@
+//! The cluster core driven in memory: bytes a Redis would send go in, the bytes the
+//! node sends are read back, and time is whatever the test says. No socket, no sleep.
+
+use super::*;
+use crate::storage::Request;
+
+const ADDR: &str = "127.0.0.1:6379";
+
+fn cfg(password: Option<&str>) -> ClusterConfig {
+    ClusterConfig {
+        url: RedisUrl { addr: ADDR.parse().unwrap(), password: password.map(str::to_owned), db: 0 },
+        session_ttl: Duration::from_secs(3600),
+        max_sessions_per_user: 8,
+        history: 100,
+    }
+}
+
+/// RESP as Redis writes it (the node's own encoder writes only commands).
+fn wire(v: &Value) -> Vec<u8> {
+    match v {
+        Value::Simple(s) => format!("+{s}\r\n").into_bytes(),
+        Value::Error(e) => format!("-{e}\r\n").into_bytes(),
+        Value::Int(n) => format!(":{n}\r\n").into_bytes(),
+        Value::Bulk(None) => b"$-1\r\n".to_vec(),
+        Value::Bulk(Some(b)) => [format!("${}\r\n", b.len()).into_bytes(), b.clone(), b"\r\n".to_vec()].concat(),
+        Value::Array(None) => b"*-1\r\n".to_vec(),
+        Value::Array(Some(items)) => {
+            let mut out = format!("*{}\r\n", items.len()).into_bytes();
+            items.iter().for_each(|i| out.extend(wire(i)));
+            out
+        }
+    }
+}
+
+fn bulk(s: &str) -> Value {
+    Value::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+fn channel(payload: &str) -> Vec<u8> {
+    wire(&Value::Array(Some(vec![bulk("message"), bulk("skiff:room"), bulk(payload)])))
+}
+
+/// `skiff_sync`'s answer: channel position `seq`, epoch e1, last id, who is online.
+fn sync_reply(seq: i64, last_id: i64, online: &[&str]) -> Vec<u8> {
+    let names = online.iter().map(|n| bulk(n)).collect();
+    wire(&Value::Array(Some(vec![
+        Value::Int(seq),
+        bulk("e1"),
+        Value::Int(last_id),
+        Value::Array(Some(names)),
+        Value::Array(Some(vec![])),
+        Value::Array(Some(vec![])),
+    ])))
+}
+
+/// What the node has written on `link` since the last look, as text.
+fn sent(c: &mut Cluster, link: LinkId) -> String {
+    let out = String::from_utf8_lossy(c.output(link)).into_owned();
+    let n = c.output(link).len();
+    c.consumed(link, n);
+    out
+}
+
+fn events(c: &mut Cluster) -> Vec<Event> {
+    std::iter::from_fn(|| c.next_event()).collect()
+}
+
+/// A node asked to connect at `t`, its links opened, the library loaded and the
+/// channel subscribed: it now owes a sync.
+fn subscribed(c: &mut Cluster, t: Instant) {
+    c.on_timeout(t);
+    assert_eq!(c.poll_io(), Some(Io::Open(ADDR.parse().unwrap())));
+    c.connected(t);
+    assert!(sent(c, LinkId::Cmd).contains("FUNCTION"));
+    assert!(sent(c, LinkId::Sub).contains("SUBSCRIBE"));
+    c.on_bytes(LinkId::Cmd, &wire(&bulk("skiff")), t);
+    c.on_bytes(LinkId::Sub, &wire(&Value::Array(Some(vec![bulk("subscribe"), bulk("skiff:room"), Value::Int(1)]))), t);
+    assert!(c.wants_sync());
+}
+
+/// A node in sync at `t`, with the channel at position 10.
+fn up(t: Instant) -> Cluster {
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_sync"));
+    c.on_bytes(LinkId::Cmd, &sync_reply(10, 0, &[]), t);
+    assert!(c.is_up());
+    assert!(matches!(events(&mut c)[..], [Event::Synced { .. }]));
+    c
+}
+
+fn origin(conn: usize) -> Origin {
+    Origin { conn, generation: 1 }
+}
+
+fn unavailable(e: &Event, conn: usize) -> bool {
+    matches!(e, Event::Reply(Done { origin, reply: Reply::Unavailable }) if origin.conn == conn)
+}
+
+#[test]
+fn the_password_goes_first_on_both_links_and_nothing_is_sent_before_the_sync() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(Some("s3cret")), "n1".into(), t);
+    c.submit(origin(1), Request::FindUser { name: "ann".into() });
+    assert!(unavailable(&events(&mut c)[0], 1), "not in sync: refused at once");
+    c.on_timeout(t);
+    assert_eq!(c.poll_io(), Some(Io::Open(ADDR.parse().unwrap())));
+    for link in [LinkId::Cmd, LinkId::Sub] {
+        assert!(String::from_utf8_lossy(c.output(link)).starts_with("*2\r\n$4\r\nAUTH\r\n$6\r\ns3cret\r\n"));
+    }
+}
+
+#[test]
+fn a_link_dropped_mid_sync_fails_what_waits_and_retries_with_backoff() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    let ms = Duration::from_millis;
+    let mut at = t;
+    // Each failed attempt waits longer, up to 2 s.
+    for wait in [100, 200, 400, 800, 1600, 2000, 2000] {
+        subscribed(&mut c, at);
+        c.sync(&[], ("", 0), at);
+        c.submit(origin(7), Request::FindUser { name: "ann".into() });
+        c.on_closed(LinkId::Sub, "connection closed", at);
+        assert!(!c.is_up());
+        assert_eq!(c.poll_io(), Some(Io::Close));
+        assert!(events(&mut c).iter().any(|e| unavailable(e, 7)), "the request waiting failed");
+        assert_eq!(c.next_deadline(), Some(at + ms(wait)));
+        c.on_timeout(at + ms(wait) - ms(1));
+        assert_eq!(c.poll_io(), None, "no attempt before its time");
+        at += ms(wait);
+    }
+    // In sync once: the next outage starts from 100 ms again.
+    subscribed(&mut c, at);
+    c.sync(&[], ("", 0), at);
+    c.on_bytes(LinkId::Cmd, &sync_reply(1, 0, &[]), at);
+    assert!(c.is_up());
+    c.on_closed(LinkId::Cmd, "connection closed", at);
+    assert_eq!(c.next_deadline(), Some(at + ms(100)));
+}
+
+#[test]
+fn a_reply_that_takes_5_s_drops_the_links() {
+    let t = Instant::now();
+    let mut c = up(t);
+    c.submit(origin(3), Request::FindUser { name: "ann".into() });
+    c.flush(t);
+    let s = Duration::from_secs;
+    c.on_timeout(t + s(4));
+    assert!(c.is_up(), "4 s is patience");
+    assert_eq!(c.poll_io(), None);
+    c.on_timeout(t + s(5));
+    assert!(!c.is_up());
+    assert_eq!(c.poll_io(), Some(Io::Close));
+    assert!(events(&mut c).iter().any(|e| unavailable(e, 3)));
+}
+
+#[test]
+fn connecting_for_3_s_without_a_subscription_gives_up() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    c.on_timeout(t);
+    assert!(matches!(c.poll_io(), Some(Io::Open(_))));
+    c.connected(t);
+    assert_eq!(c.next_deadline(), Some(t + Duration::from_secs(3)));
+    c.on_timeout(t + Duration::from_secs(3));
+    assert_eq!(c.poll_io(), Some(Io::Close));
+    assert!(!c.wants_sync());
+}
+
+#[test]
+fn channel_events_before_the_snapshot_wait_and_only_later_ones_pass() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    // Seq 5 is already in the snapshot (position 6); seq 7 came after it.
+    c.on_bytes(LinkId::Sub, &channel("J 5 n2 1.1 ann"), t);
+    c.on_bytes(LinkId::Sub, &channel("M 7 3 1700000000000 n2 1.1 ann hello there"), t);
+    assert!(events(&mut c).is_empty(), "nothing before the snapshot");
+    c.on_bytes(LinkId::Cmd, &sync_reply(6, 2, &["ann"]), t);
+    let got = events(&mut c);
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(matches!(&got[0], Event::Synced { snapshot, .. } if snapshot.online == ["ann"]));
+    assert!(matches!(&got[1], Event::Message { id: 3, text, .. } if text == "hello there"));
+}
+
+#[test]
+fn logouts_taken_while_down_go_out_before_the_sync() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    c.submit(origin(2), Request::Logout { id_hash: [0xab; 32] });
+    assert!(matches!(events(&mut c)[..], [Event::Reply(Done { reply: Reply::LoggedOut, .. })]));
+    assert_eq!(c.deferred_logouts(), [[0xab; 32]]);
+    subscribed(&mut c, t);
+    c.sync(&[("Ann".into(), origin(4))], ("e1", 9), t);
+    let out = sent(&mut c, LinkId::Cmd);
+    let logout = out.find("skiff_logout").expect("the deferred logout");
+    let sync = out.find("skiff_sync").expect("the sync");
+    assert!(logout < sync, "{out}");
+    assert!(out.contains(&"ab".repeat(32)));
+    assert!(out.contains("\r\nann\r\n$3\r\nAnn\r\n$3\r\n4.1\r\n"), "the user and its socket: {out}");
+    assert!(c.deferred_logouts().is_empty());
+}
+
+#[test]
+fn own_messages_keep_the_node_busy_until_their_event_comes_back() {
+    let t = Instant::now();
+    let mut c = up(t);
+    assert!(c.is_quiet());
+    c.publish(origin(5), "ann", "hi");
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_message"));
+    assert!(!c.is_quiet());
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(11)), t);
+    assert!(!c.is_quiet(), "answered, but its event (and so the ack) has not come");
+    c.on_bytes(LinkId::Sub, &channel("M 11 1 1700000000000 n1 5.1 ann hi"), t);
+    assert!(c.is_quiet());
+    let got = events(&mut c);
+    assert!(matches!(&got[..], [Event::Message { mine: Some(o), .. }] if *o == origin(5)));
+    // A refused message ends its wait as well.
+    c.publish(origin(5), "ann", "again");
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Error("ERR busy".into())), t);
+    assert!(c.is_quiet());
+    assert!(matches!(events(&mut c)[..], [Event::Unavailable(o)] if o == origin(5)));
+}
+
+#[test]
+fn heartbeats_and_reaping_keep_their_pace() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let s = Duration::from_secs;
+    c.on_timeout(t + s(2));
+    let out = sent(&mut c, LinkId::Cmd);
+    assert!(out.contains("skiff_heartbeat") && !out.contains("skiff_reap"), "no reaping in the grace: {out}");
+    // Answer everything so no reply times out.
+    let answers: Vec<u8> = wire(&Value::Int(1)).repeat(2);
+    c.on_bytes(LinkId::Cmd, &answers[..answers.len() / 2], t + s(2));
+    c.on_timeout(t + s(8));
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_reap"), "reaping after the grace");
+}
+
+#[test]
+fn a_redis_that_does_not_read_is_down() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let big = "x".repeat(1 << 20);
+    for i in 0..65 {
+        c.publish(origin(i), "ann", &big);
+    }
+    c.flush(t);
+    assert!(!c.is_up());
+    assert_eq!(c.poll_io(), Some(Io::Close));
+    assert_eq!(events(&mut c).iter().filter(|e| matches!(e, Event::Unavailable(_))).count(), 65);
+}
+
+#[test]
+fn a_reply_nobody_asked_for_or_garbage_drops_the_links() {
+    let t = Instant::now();
+    let mut c = up(t);
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+    assert!(!c.is_up());
+    let mut c = up(t);
+    c.on_bytes(LinkId::Sub, b"?what\r\n", t);
+    assert!(!c.is_up());
+}

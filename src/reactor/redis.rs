@@ -1,0 +1,160 @@
+//! A cluster node's two sockets to Redis, watched by the same poll as the clients.
+//! The cluster core says when to open and close them (`Io`); this reads them into
+//! it and writes what it has queued. No decision about Redis is made here.
+
+use super::Reactor;
+use crate::cluster::{Cluster, Io, LinkId};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::io::{self, Read, Write};
+use std::time::Instant;
+
+/// The link for commands and their replies.
+pub const CMD: Token = Token(usize::MAX - 4);
+/// The link subscribed to the room's channel.
+pub const SUB: Token = Token(usize::MAX - 5);
+
+const READ_CHUNK: usize = 64 * 1024;
+
+#[derive(Default)]
+pub struct RedisLinks {
+    cmd: Option<TcpStream>,
+    sub: Option<TcpStream>,
+}
+
+fn link_of(token: Token) -> Option<LinkId> {
+    match token {
+        CMD => Some(LinkId::Cmd),
+        SUB => Some(LinkId::Sub),
+        _ => None,
+    }
+}
+
+impl RedisLinks {
+    fn sock(&mut self, link: LinkId) -> Option<&mut TcpStream> {
+        match link {
+            LinkId::Cmd => self.cmd.as_mut(),
+            LinkId::Sub => self.sub.as_mut(),
+        }
+    }
+
+    /// Carries out what the core asked of the sockets, in order.
+    fn apply(&mut self, cluster: &mut Cluster, registry: &Registry, now: Instant) {
+        while let Some(io) = cluster.poll_io() {
+            match io {
+                Io::Open(addr) => {
+                    self.close(registry);
+                    let open = |token: Token| -> io::Result<TcpStream> {
+                        let mut sock = TcpStream::connect(addr)?;
+                        let _ = sock.set_nodelay(true);
+                        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+                        Ok(sock)
+                    };
+                    match (open(CMD), open(SUB)) {
+                        (Ok(c), Ok(s)) => {
+                            (self.cmd, self.sub) = (Some(c), Some(s));
+                            cluster.connected(now);
+                        }
+                        (Err(e), other) | (other, Err(e)) => {
+                            if let Ok(mut sock) = other {
+                                let _ = registry.deregister(&mut sock);
+                            }
+                            cluster.on_closed(LinkId::Cmd, &format!("cannot connect: {e}"), now);
+                        }
+                    }
+                }
+                Io::Close => self.close(registry),
+            }
+        }
+    }
+
+    fn close(&mut self, registry: &Registry) {
+        for mut sock in [self.cmd.take(), self.sub.take()].into_iter().flatten() {
+            let _ = registry.deregister(&mut sock);
+        }
+    }
+
+    /// Reads what `link` has (edge-triggered: until it would block) into the core.
+    fn read(&mut self, link: LinkId, cluster: &mut Cluster, now: Instant) {
+        let Some(sock) = self.sock(link) else { return };
+        let mut chunk = [0u8; READ_CHUNK];
+        loop {
+            match sock.read(&mut chunk) {
+                Ok(0) => return cluster.on_closed(link, "connection closed", now),
+                Ok(n) => cluster.on_bytes(link, &chunk[..n], now),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return cluster.on_closed(link, &e.to_string(), now),
+            }
+        }
+    }
+
+    /// Writes what the core has queued for each link, until a socket would block.
+    fn write(&mut self, cluster: &mut Cluster, now: Instant) {
+        for link in [LinkId::Cmd, LinkId::Sub] {
+            loop {
+                let out = cluster.output(link);
+                if out.is_empty() {
+                    break;
+                }
+                let Some(sock) = self.sock(link) else { break };
+                match sock.write(out) {
+                    Ok(0) => {
+                        cluster.on_closed(link, "connection closed", now);
+                        break;
+                    }
+                    Ok(n) => cluster.consumed(link, n),
+                    // Not connected yet, or the buffer is full: writable readiness comes.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::NotConnected => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        cluster.on_closed(link, &e.to_string(), now);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Reactor {
+    /// Readiness on a Redis link; false if `token` is not one.
+    pub(super) fn on_redis_ready(&mut self, token: Token, now: Instant) -> bool {
+        let Some(link) = link_of(token) else { return false };
+        if let Some(cluster) = self.server.cx.cluster.as_mut() {
+            self.redis.read(link, cluster, now);
+        }
+        self.server.run_cluster_events(now);
+        true
+    }
+
+    /// The end of every loop turn: whatever the turn queued for Redis (a sync
+    /// included) goes out in one write per link, the sockets are opened or closed
+    /// as the core asks, and what that changes is handled now.
+    pub(super) fn flush_redis(&mut self, now: Instant) {
+        if self.server.cx.cluster.is_none() {
+            return;
+        }
+        self.server.run_cluster_events(now);
+        let registry = self.poll.registry();
+        if let Some(cluster) = self.server.cx.cluster.as_mut() {
+            self.redis.apply(cluster, registry, now);
+            self.redis.write(cluster, now);
+            cluster.flush(now);
+            self.redis.apply(cluster, registry, now);
+        }
+        self.server.run_cluster_events(now);
+        self.server.release_input(now);
+    }
+
+    /// A hand-over settling: what Redis has sent is taken in and what is queued for
+    /// it goes out, outside the loop (the links are read until they would block).
+    pub(super) fn pump_redis(&mut self, now: Instant) {
+        if self.server.cx.cluster.is_none() {
+            return;
+        }
+        self.on_redis_ready(CMD, now);
+        self.on_redis_ready(SUB, now);
+        self.flush_redis(now);
+    }
+}
