@@ -485,13 +485,10 @@ fn history(req: &Request, ctx: &mut Ctx) -> Response {
     #[derive(Serialize)]
     struct Page<'a> {
         epoch: &'a str,
-        messages: Vec<crate::chat::HistoryItem<'a>>,
+        messages: Vec<&'a crate::chat::history::Entry>,
     }
     let h = ctx.chat.history();
-    let messages = h
-        .page(before, limit)
-        .map(|e| crate::chat::HistoryItem { id: e.id, ts: e.ts, message: &e.message, author: &e.author })
-        .collect();
+    let messages = h.page(before, limit).collect();
     Response::json(200, &Page { epoch: h.epoch(), messages })
 }
 

@@ -5,17 +5,17 @@
 
 use crate::chat::session::SessionChange;
 use crate::chat::Chat;
+use crate::chat::Message;
 use crate::conn::Cx;
-use crate::store::{StoredMessage, StoredSession, Write};
+use crate::store::{StoredSession, Write};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 impl Cx {
     /// Brings back the message history kept on disk (epoch, last id, messages).
-    pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: Vec<StoredMessage>) {
-        let entries = messages
-            .into_iter()
-            .map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), m.message.into_boxed_str()));
+    pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: Vec<Message>) {
+        let entries =
+            messages.into_iter().map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), m.text.into_boxed_str()));
         self.chat.restore_history(epoch, last_id, entries);
     }
 
@@ -77,10 +77,8 @@ impl Cx {
             self.storage.persist(Write::ReserveIds { through });
         }
         let keep = self.chat.history().cap() as u64;
-        for m in self.chat.take_new_messages() {
-            let write =
-                Write::Message { id: m.id, ts: m.ts, author: m.author.to_string(), message: m.message.into(), keep };
-            self.storage.persist(write);
+        for msg in self.chat.take_new_messages() {
+            self.storage.persist(Write::Message { msg, keep });
         }
         for change in self.chat.take_session_changes() {
             let write = match change {

@@ -414,7 +414,7 @@ fn single_node(
 pub(crate) struct Saved {
     sessions: Vec<crate::store::StoredSession>,
     epoch: String,
-    messages: Vec<crate::store::StoredMessage>,
+    messages: Vec<crate::chat::Message>,
     last_stored: u64,
     last_id: u64,
     reserved: u64,

@@ -101,7 +101,9 @@ impl Commit {
         let mut c = Commit { messages_through: None, reserved_through: None, ok };
         for w in writes {
             match w {
-                Write::Message { id, .. } => c.messages_through = Some(c.messages_through.map_or(*id, |m| m.max(*id))),
+                Write::Message { msg, .. } => {
+                    c.messages_through = Some(c.messages_through.map_or(msg.id, |m| m.max(msg.id)))
+                }
                 Write::ReserveIds { through } => c.reserved_through = Some(*through),
                 _ => {}
             }

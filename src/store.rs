@@ -4,6 +4,7 @@
 //! storage threads (`storage.rs`), never on the event loop. Nothing here knows
 //! about sockets or HTTP.
 
+use crate::chat::Message;
 use rusqlite::{params, Connection, ErrorCode, OpenFlags, OptionalExtension};
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -87,21 +88,9 @@ pub enum Write {
     },
     /// A broadcast chat message; rows older than the newest `keep` go.
     Message {
-        id: u64,
-        ts: i64,
-        author: String,
-        message: String,
+        msg: Message,
         keep: u64,
     },
-}
-
-/// A chat message read back at start-up.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredMessage {
-    pub id: u64,
-    pub ts: i64,
-    pub author: String,
-    pub message: String,
 }
 
 /// What one write did, once its transaction committed.
@@ -291,7 +280,7 @@ impl Store {
 
     /// The newest `limit` messages, oldest first, and the highest id ever given
     /// (kept even when `limit` is 0).
-    pub fn load_messages(&mut self, limit: usize) -> Result<(Vec<StoredMessage>, u64), StoreError> {
+    pub fn load_messages(&mut self, limit: usize) -> Result<(Vec<Message>, u64), StoreError> {
         // A deleted newest message leaves its id in meta (`skiff ctl delete-message`).
         let last: i64 = self
             .db
@@ -306,12 +295,7 @@ impl Store {
             self.db.prepare("SELECT id, ts, author, message FROM messages ORDER BY id DESC LIMIT ?1").map_err(io)?;
         let rows = stmt
             .query_map(params![limit as i64], |r| {
-                Ok(StoredMessage {
-                    id: r.get::<_, i64>(0)? as u64,
-                    ts: r.get(1)?,
-                    author: r.get(2)?,
-                    message: r.get(3)?,
-                })
+                Ok(Message { id: r.get::<_, i64>(0)? as u64, ts: r.get(1)?, author: r.get(2)?, text: r.get(3)? })
             })
             .map_err(io)?;
         let mut out = rows.collect::<Result<Vec<_>, _>>().map_err(io)?;
@@ -537,11 +521,12 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             let n = tx.execute("DELETE FROM messages WHERE id = ?1", params![*id as i64]).map_err(io)?;
             Ok(if n == 0 { Written::NotFound } else { Written::Done })
         }
-        Write::Message { id, ts, author, message, keep } => {
+        Write::Message { msg, keep } => {
+            let Message { id, ts, author, text } = msg;
             let mut stmt = tx
                 .prepare_cached("INSERT OR REPLACE INTO messages (id, ts, author, message) VALUES (?1, ?2, ?3, ?4)")
                 .map_err(io)?;
-            stmt.execute(params![*id as i64, ts, author, message]).map_err(io)?;
+            stmt.execute(params![*id as i64, ts, author, text]).map_err(io)?;
             // The newest row always stays: it carries the last id across a restart.
             let oldest_kept = id.saturating_sub((*keep).max(1)) as i64;
             let mut trim = tx.prepare_cached("DELETE FROM messages WHERE id <= ?1").map_err(io)?;

@@ -6,7 +6,8 @@
 use super::room::{Bucket, Member, Room};
 use super::session::SessionKey;
 use super::Chat;
-use crate::handover::state::{ChatState, HistoryEntry, HistoryState, MemberState, Rel};
+use super::Message;
+use crate::handover::state::{ChatState, HistoryState, MemberState, Rel};
 use std::rc::Rc;
 use std::time::Instant;
 
@@ -30,7 +31,7 @@ impl Chat {
         let entries = self
             .history
             .page(None, usize::MAX)
-            .map(|e| HistoryEntry { id: e.id, ts: e.ts, author: e.author.to_string(), message: e.message.to_string() })
+            .map(|e| Message { id: e.id, ts: e.ts, author: e.author.to_string(), text: e.text.to_string() })
             .collect();
         ChatState {
             sessions: self.sessions.export(now),
@@ -70,7 +71,7 @@ impl Chat {
         let h = state.history;
         let entries = h.entries.into_iter().map(|e| {
             let author: Rc<str> = Rc::from(e.author);
-            Chat::history_entry(e.id, e.ts, author, e.message.into_boxed_str())
+            Chat::history_entry(e.id, e.ts, author, e.text.into_boxed_str())
         });
         // The reservation is the disk's, set before the import; the ring is the state's.
         let reserved = self.history.reserved();

@@ -18,10 +18,24 @@ pub struct Entry {
     /// Server time, Unix milliseconds.
     pub ts: i64,
     pub author: Rc<str>,
-    pub message: Box<str>,
+    pub text: Box<str>,
     /// `{"id","ts","message","author"}` as a server text frame, shared by every v2
     /// recipient and every replay.
     pub frame: Rc<[u8]>,
+}
+
+/// `/api/history` lists an entry as `{"id","ts","message","author"}`, the frame's
+/// fields, read straight from the ring.
+impl serde::Serialize for Entry {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Message", 4)?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("ts", &self.ts)?;
+        st.serialize_field("message", &*self.text)?;
+        st.serialize_field("author", &*self.author)?;
+        st.end()
+    }
 }
 
 /// Ids reserved per durable write: one fsync per this many messages when history is
@@ -194,7 +208,7 @@ impl History {
 
     /// Bytes the ring holds (frames and texts), for the operator's arithmetic.
     pub fn bytes(&self) -> usize {
-        self.ring.iter().map(|e| e.frame.len() + e.message.len() + std::mem::size_of::<Entry>()).sum()
+        self.ring.iter().map(|e| e.frame.len() + e.text.len() + std::mem::size_of::<Entry>()).sum()
     }
 }
 
@@ -203,7 +217,7 @@ mod tests {
     use super::*;
 
     fn entry(id: u64) -> Entry {
-        Entry { id, ts: id as i64, author: Rc::from("a"), message: "m".into(), frame: Rc::from(&b"f"[..]) }
+        Entry { id, ts: id as i64, author: Rc::from("a"), text: "m".into(), frame: Rc::from(&b"f"[..]) }
     }
 
     fn ids<'a>(it: impl Iterator<Item = &'a Entry>) -> Vec<u64> {

@@ -3,8 +3,10 @@
 //! No sockets, no clock, no database here: `api` calls the store, the reactor does IO.
 
 pub mod acks;
+mod broker;
 mod handover;
 pub mod history;
+pub mod message;
 pub mod moderation;
 pub mod replica;
 pub mod replicated;
@@ -24,6 +26,7 @@ use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+pub use message::Message;
 pub use session::LoginError;
 
 /// The reactor's handle for a connection (its slab key). The reactor tells the core
@@ -118,30 +121,12 @@ struct OutgoingV2<'a> {
     author: &'a str,
 }
 
-/// A message as `/api/history` lists it.
-#[derive(Serialize, Debug, PartialEq, Eq)]
-pub struct HistoryItem<'a> {
-    pub id: u64,
-    pub ts: i64,
-    pub message: &'a str,
-    pub author: &'a str,
-}
-
 #[derive(Serialize)]
 struct Hello<'a> {
     event: &'static str,
     epoch: &'a str,
     last_id: u64,
     online: Vec<&'a str>,
-}
-
-/// A message to write to disk, in id order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewMessage {
-    pub id: u64,
-    pub ts: i64,
-    pub author: Rc<str>,
-    pub message: Box<str>,
 }
 
 #[derive(Serialize)]
@@ -175,7 +160,7 @@ pub struct Chat {
     room: Room,
     history: History,
     /// Messages accepted since the caller last took them, to persist.
-    new_messages: Vec<NewMessage>,
+    new_messages: Vec<Message>,
     /// Senders' acks waiting for their message's commit.
     acks: Acks,
     /// One moment as an `Instant` and as Unix ms: message times without a clock read.
@@ -245,7 +230,7 @@ impl Chat {
     }
 
     /// Messages accepted since the last call, oldest first, to persist.
-    pub fn take_new_messages(&mut self) -> Vec<NewMessage> {
+    pub fn take_new_messages(&mut self) -> Vec<Message> {
         std::mem::take(&mut self.new_messages)
     }
 
@@ -260,12 +245,19 @@ impl Chat {
         frame::text(&serde_json::to_vec(&hello).expect("serializing into a Vec cannot fail"))
     }
 
-    /// A message with the v2 fields, the way a restored history entry is framed.
-    pub fn history_entry(id: u64, ts: i64, author: Rc<str>, message: Box<str>) -> history::Entry {
-        let mut f = TextFrame::with_capacity(message.len() + author.len() + 48);
-        serde_json::to_writer(f.payload(), &OutgoingV2 { id, ts, message: &message, author: &author })
+    /// The history ring's form of a message, its v2 frame encoded once.
+    pub fn history_entry(id: u64, ts: i64, author: Rc<str>, text: Box<str>) -> history::Entry {
+        let mut f = TextFrame::with_capacity(text.len() + author.len() + 48);
+        serde_json::to_writer(f.payload(), &OutgoingV2 { id, ts, message: &text, author: &author })
             .expect("serializing into a Vec cannot fail");
-        history::Entry { id, ts, author, message, frame: f.finish() }
+        history::Entry { id, ts, author, text, frame: f.finish() }
+    }
+
+    /// `msg` for the ring, its author's name shared with the sessions when one is
+    /// online here.
+    pub fn entry_of(&self, msg: &Message) -> history::Entry {
+        let author = self.sessions.shared_name(&msg.author).unwrap_or_else(|| Rc::from(msg.author.as_str()));
+        Self::history_entry(msg.id, msg.ts, author, msg.text.as_str().into())
     }
 
     pub fn session_ttl(&self) -> Duration {
@@ -380,10 +372,7 @@ impl Chat {
         }
         self.sessions.set_socket(k, Some(conn));
         self.sessions.touch(k, now);
-        // Replicated, everyone (here too) heard this join from the channel already.
-        if self.replica.is_none() {
-            fx.push(Effect::Broadcast { except: Some(conn), frame: event_frame("join", &user) });
-        }
+        self.announce_join(conn, &user, fx);
         Ok(())
     }
 
@@ -413,43 +402,13 @@ impl Chat {
             None => ACK_INVALID,
             Some(msg) if msg.message.is_empty() => ACK_EMPTY,
             Some(msg) if msg.message.chars().nth(MAX_MESSAGE_CHARS).is_some() => ACK_TOO_LONG,
-            Some(msg) if self.replica.is_some() => {
-                let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
-                self.sessions.touch(session, now);
-                fx.push(Effect::Publish { conn, author, message: msg.message.as_ref().into() });
-                return;
-            }
-            // No durable reservation covers another id (the disk refuses writes):
-            // the message goes nowhere rather than under an id a crash could reuse.
-            Some(_) if self.history.last_id() >= self.history.reserved() => ACK_UNAVAILABLE,
             Some(msg) => {
                 let author = self.sessions.get(session).map(|s| s.user.clone()).expect("a member's session is live");
-                let v2 = self.room.get(conn).is_some_and(|m| m.v2);
-                let id = self.history.next_id().expect("an id is reserved");
-                let ts = self.unix_ms(now);
-                let mut f = TextFrame::with_capacity(msg.message.len() + author.len() + 32);
-                serde_json::to_writer(f.payload(), &Outgoing { message: &msg.message, author: &author })
-                    .expect("serializing into a Vec cannot fail");
-                let entry = Self::history_entry(id, ts, author.clone(), msg.message.as_ref().into());
-                let v2_frame = entry.frame.clone();
-                let kept = self.history.cap() > 0;
-                if kept {
-                    self.new_messages.push(NewMessage { id, ts, author, message: msg.message.as_ref().into() });
-                }
-                self.history.push(entry);
-                self.stats.broadcasts += 1;
-                fx.push(Effect::Message { except: Some(conn), v1: f.finish(), v2: v2_frame });
                 self.sessions.touch(session, now);
-                let ack = if v2 { v2_ack(id) } else { Chunk::Static(ACK_OK) };
-                // With history off nothing is written: the reserved id is all a
-                // crash could break, and it is durable already.
-                self.ack(conn, ack, kept.then_some(id), fx);
-                return;
+                return self.publish(conn, author, &msg.message, now, fx);
             }
         };
-        if ack != ACK_OK {
-            self.stats.messages_rejected += 1;
-        }
+        self.stats.messages_rejected += 1;
         self.sessions.touch(session, now);
         self.ack(conn, Chunk::Static(ack), None, fx);
     }
@@ -525,15 +484,6 @@ impl Chat {
         let Some(user) = self.sessions.get(m.session).map(|s| s.user.clone()) else { return };
         self.sessions.set_socket(m.session, None);
         self.left(user, fx);
-    }
-
-    /// A member here is gone: tell the room, or (replicated) the cluster.
-    fn left(&mut self, user: Rc<str>, fx: &mut Effects) {
-        if self.replica.is_some() {
-            fx.push(Effect::Left { user });
-        } else {
-            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
-        }
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -4,7 +4,7 @@
 //! every node shows the same sequence.
 
 use super::session::{EndReason, SessionId};
-use super::{event_frame, frame, history, Chat, ConnId, Effect, Effects, LoginError, Outgoing, ACK_OK};
+use super::{event_frame, history, Chat, ConnId, Effect, Effects, LoginError, Message};
 use crate::outq::Chunk;
 use crate::ws::close;
 use std::rc::Rc;
@@ -18,7 +18,7 @@ pub struct Snapshot {
     /// In join order.
     pub online: Vec<String>,
     /// Oldest first.
-    pub messages: Vec<(u64, i64, String, String)>,
+    pub messages: Vec<Message>,
 }
 
 impl Chat {
@@ -66,49 +66,6 @@ impl Chat {
         self.sessions.retain_with_socket()
     }
 
-    /// Someone joined, on any node. The joiner (if it is ours) is not a member yet:
-    /// it hears no join of its own.
-    pub fn apply_join(&mut self, name: &str, fx: &mut Effects) {
-        let Some(r) = self.replica.as_mut() else { return };
-        if r.insert(name) {
-            fx.push(Effect::Broadcast { except: None, frame: event_frame("join", name) });
-        }
-    }
-
-    pub fn apply_leave(&mut self, name: &str, fx: &mut Effects) {
-        let Some(r) = self.replica.as_mut() else { return };
-        if r.remove(name) {
-            fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", name) });
-        }
-    }
-
-    /// A message in the global order; `sender` is the member here that sent it, if
-    /// any: it gets the ack instead of the message.
-    pub fn apply_message(
-        &mut self,
-        id: u64,
-        ts: i64,
-        author: &str,
-        text: &str,
-        sender: Option<ConnId>,
-        fx: &mut Effects,
-    ) {
-        let author: Rc<str> = self.sessions.shared_name(author).unwrap_or_else(|| Rc::from(author));
-        let entry = Self::history_entry(id, ts, author.clone(), text.into());
-        let v2 = entry.frame.clone();
-        let mut v1 = frame::TextFrame::with_capacity(text.len() + author.len() + 32);
-        serde_json::to_writer(v1.payload(), &Outgoing { message: text, author: &author })
-            .expect("serializing into a Vec cannot fail");
-        self.history.push(entry);
-        self.stats.broadcasts += 1;
-        let sender = sender.filter(|&c| self.room.get(c).is_some());
-        fx.push(Effect::Message { except: sender, v1: v1.finish(), v2 });
-        if let Some(conn) = sender {
-            let ack = if self.is_v2(conn) { super::v2_ack(id) } else { Chunk::Static(ACK_OK) };
-            fx.push(Effect::Send { to: conn, frame: ack });
-        }
-    }
-
     /// A session ended somewhere in the cluster (logout: 1000; evicted: 1008). Its
     /// socket here, if any, closes.
     pub fn apply_session_end(&mut self, id_hash: &[u8; 32], code: u16, fx: &mut Effects) {
@@ -153,12 +110,12 @@ impl Chat {
         let lost = !same_epoch && !self.history.epoch().is_empty();
         let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
         self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
-        for (id, ts, author, text) in snap.messages {
-            if id > seen {
-                self.apply_message(id, ts, &author, &text, None, fx);
+        for msg in snap.messages {
+            if msg.id > seen {
+                self.apply_message(msg, None, fx);
             } else {
-                let author = self.sessions.shared_name(&author).unwrap_or_else(|| Rc::from(author.as_str()));
-                self.history.push(Self::history_entry(id, ts, author, text.into()));
+                let entry = self.entry_of(&msg);
+                self.history.push(entry);
             }
         }
         if lost {

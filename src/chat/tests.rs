@@ -2,6 +2,10 @@
 
 use super::*;
 
+fn msg(id: u64, ts: i64, author: &str, text: &str) -> Message {
+    Message { id, ts, author: author.into(), text: text.into() }
+}
+
 fn cfg(ttl: u64) -> ChatConfig {
     ChatConfig {
         session_ttl: Duration::from_secs(ttl),
@@ -267,7 +271,7 @@ mod replicated {
         );
         assert_eq!(chat.history().last_id(), 0, "nothing delivered before the channel says so");
         fx.clear();
-        chat.apply_message(41, 5, "al", "hi", Some(1), &mut fx);
+        chat.apply_message(msg(41, 5, "al", "hi"), Some(1), &mut fx);
         match &fx[..] {
             [Effect::Message { except: Some(1), v1, v2 }, Effect::Send { to: 1, frame: Chunk::Static(ack) }] => {
                 assert_eq!(json(v1), serde_json::json!({"message": "hi", "author": "al"}));
@@ -279,7 +283,7 @@ mod replicated {
         assert_eq!(chat.history().last_id(), 41);
         // A v2 sender's ack carries the id Redis gave.
         fx.clear();
-        chat.apply_message(42, 6, "bo", "yo", Some(2), &mut fx);
+        chat.apply_message(msg(42, 6, "bo", "yo"), Some(2), &mut fx);
         match &fx[1] {
             Effect::Send { to: 2, frame: Chunk::Shared(f) } => {
                 assert_eq!(json(f), serde_json::json!({"status": true, "id": 42}))
@@ -290,6 +294,35 @@ mod replicated {
         fx.clear();
         chat.on_text(1, r#"{"message":""}"#, t0, &mut fx);
         assert!(matches!(&fx[..], [Effect::Send { to: 1, frame: Chunk::Static(ACK_EMPTY) }]));
+    }
+
+    /// Both engines behind the broker boundary make the same frames of the same
+    /// message: one node ordering it itself, and a cluster node applying it off the
+    /// channel.
+    #[test]
+    fn both_engines_frame_a_message_the_same_way() {
+        let t0 = Instant::now();
+        let frames = |chat: &mut Chat, fx: &mut Effects| match fx.iter().find(|e| matches!(e, Effect::Message { .. })) {
+            Some(Effect::Message { except, v1, v2 }) => (*except, json(v1), json(v2), chat.history().last_id()),
+            other => panic!("{other:?}"),
+        };
+        let (mut memory, mut fx) = (Chat::new(cfg(60)), vec![]);
+        memory.set_reserved_ids(100);
+        memory.set_wall_clock(t0, 7);
+        join(&mut memory, "al", 1, t0, &mut fx);
+        join(&mut memory, "bo", 2, t0, &mut fx);
+        fx.clear();
+        memory.on_text(1, r#"{"message":"same"}"#, t0, &mut fx);
+        let alone = frames(&mut memory, &mut fx);
+        assert_eq!(memory.take_new_messages(), [msg(1, 7, "al", "same")], "the store gets the same message");
+
+        let (mut redis, mut fx) = (replica(), vec![]);
+        member(&mut redis, "al", 1, false, t0, &mut fx);
+        member(&mut redis, "bo", 2, false, t0, &mut fx);
+        fx.clear();
+        redis.apply_message(msg(1, 7, "al", "same"), Some(1), &mut fx);
+        assert_eq!(frames(&mut redis, &mut fx), alone);
+        assert!(redis.take_new_messages().is_empty(), "Redis keeps a cluster's history, not this core");
     }
 
     #[test]
@@ -377,10 +410,10 @@ mod replicated {
         let (mut chat, mut fx) = (replica(), vec![]);
         chat.apply_join("gone", &mut fx);
         member(&mut chat, "al", 1, false, t0, &mut fx);
-        chat.apply_message(1, 1, "al", "one", None, &mut fx);
+        chat.apply_message(msg(1, 1, "al", "one"), None, &mut fx);
         let epoch = chat.history().epoch().to_owned();
         fx.clear();
-        let messages = vec![(1, 1, "al".into(), "one".into()), (2, 2, "new".into(), "two".into())];
+        let messages = vec![msg(1, 1, "al", "one"), msg(2, 2, "new", "two")];
         let online = vec!["al".into(), "new".into()];
         chat.apply_snapshot(Snapshot { epoch, last_id: 2, online, messages }, &mut fx);
         let frames: Vec<serde_json::Value> = fx

@@ -22,6 +22,7 @@ pub mod reply;
 pub mod resp;
 
 use crate::chat::replicated::Snapshot;
+use crate::chat::Message;
 use crate::config::RedisUrl;
 use crate::log;
 use crate::storage::{Done, Origin, Reply, Request};
@@ -87,10 +88,7 @@ pub enum Event {
         name: String,
     },
     Message {
-        id: u64,
-        ts: i64,
-        author: String,
-        text: String,
+        msg: Message,
         mine: Option<Origin>,
     },
     SessionEnded {
@@ -717,7 +715,7 @@ impl Cluster {
                 if node == self.node {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 }
-                Event::Message { id, ts, author, text, mine: mine(&node, &token) }
+                Event::Message { msg: Message { id, ts, author, text }, mine: mine(&node, &token) }
             }
             RoomEvent::SessionEnd { code, hash, .. } => {
                 let Some(id_hash) = unhex32(&hash) else { return };

@@ -3,6 +3,7 @@
 
 use super::resp::Value;
 use crate::chat::replicated::Snapshot;
+use crate::chat::Message;
 use crate::storage::Origin;
 
 /// How a connection is named in events: slab key and generation.
@@ -57,7 +58,7 @@ pub fn snapshot(v: &Value) -> Option<(Snapshot, u64, Vec<String>)> {
                 _ => {}
             }
         }
-        messages.push((id, ts?, author?, text?));
+        messages.push(Message { id, ts: ts?, author: author?, text: text? });
     }
     messages.reverse();
     let taken = strings(items.get(5)?)?;
@@ -102,7 +103,8 @@ mod tests {
         assert_eq!(seq, 40);
         assert_eq!((snap.epoch.as_str(), snap.last_id), ("e1", 8));
         assert_eq!(snap.online, ["Bob", "al"]);
-        assert_eq!(snap.messages, [(7, 10, "Bob".into(), "old".into()), (8, 20, "al".into(), "new".into())]);
+        let m = |id, ts, author: &str, text: &str| Message { id, ts, author: author.into(), text: text.into() };
+        assert_eq!(snap.messages, [m(7, 10, "Bob", "old"), m(8, 20, "al", "new")]);
         assert_eq!(taken, ["zed"]);
         assert!(snapshot(&Value::Int(1)).is_none());
     }

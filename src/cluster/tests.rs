@@ -183,7 +183,7 @@ fn channel_events_before_the_snapshot_wait_and_only_later_ones_pass() {
     let got = events(&mut c);
     assert_eq!(got.len(), 2, "{got:?}");
     assert!(matches!(&got[0], Event::Synced { snapshot, .. } if snapshot.online == ["ann"]));
-    assert!(matches!(&got[1], Event::Message { id: 3, text, .. } if text == "hello there"));
+    assert!(matches!(&got[1], Event::Message { msg, .. } if msg.id == 3 && msg.text == "hello there"));
 }
 
 #[test]

@@ -82,7 +82,7 @@ pub fn checksum_words(bytes: &[u8]) -> u64 {
 fn size_hint(state: &State) -> usize {
     let conns: usize = state.conns.iter().map(|c| 128 + c.input.len() + c.output.len()).sum();
     let sessions: usize = state.chat.sessions.sessions.iter().map(|s| 96 + s.user.len()).sum();
-    let history: usize = state.chat.history.entries.iter().map(|e| 32 + e.author.len() + e.message.len()).sum();
+    let history: usize = state.chat.history.entries.iter().map(|e| 32 + e.author.len() + e.text.len()).sum();
     let cluster = state.cluster.as_ref().map_or(0, |c| 64 + c.online.iter().map(|n| 8 + n.len()).sum::<usize>());
     4096 + conns + sessions + history + state.chat.room.len() * 40 + cluster
 }
@@ -309,7 +309,7 @@ impl W {
             self.u64(e.id);
             self.i64(e.ts);
             self.bytes(e.author.as_bytes());
-            self.bytes(e.message.as_bytes());
+            self.bytes(e.text.as_bytes());
         }
         for v in [c.messages_in, c.messages_rejected, c.rate_limited, c.broadcasts] {
             self.u64(v);
@@ -535,12 +535,7 @@ impl<'a> R<'a> {
         let n = self.count(32)?;
         let mut entries = Vec::with_capacity(n);
         for _ in 0..n {
-            entries.push(HistoryEntry {
-                id: self.u64()?,
-                ts: self.i64()?,
-                author: self.string()?,
-                message: self.string()?,
-            });
+            entries.push(Message { id: self.u64()?, ts: self.i64()?, author: self.string()?, text: self.string()? });
         }
         let history = HistoryState { epoch, last_id, entries };
         let mut c = [0u64; 4];

@@ -4,6 +4,7 @@
 //! Descriptors are not here: they travel beside the state (see `codec`), in the order
 //! of `State::conns`.
 
+pub use crate::chat::Message;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -140,15 +141,7 @@ pub struct HistoryState {
     pub epoch: String,
     pub last_id: u64,
     /// Oldest first.
-    pub entries: Vec<HistoryEntry>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistoryEntry {
-    pub id: u64,
-    pub ts: i64,
-    pub author: String,
-    pub message: String,
+    pub entries: Vec<Message>,
 }
 
 /// A rate-limit window: an address, when its minute started, and its count.

@@ -57,9 +57,9 @@ impl<S: Stream> Server<S> {
                 return;
             }
             Event::Leave { name } => self.cx.chat.apply_leave(&name, &mut self.cx.fx),
-            Event::Message { id, ts, author, text, mine } => {
+            Event::Message { msg, mine } => {
                 let sender = mine.and_then(|o| self.local(o));
-                self.cx.chat.apply_message(id, ts, &author, &text, sender, &mut self.cx.fx);
+                self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
             }
             Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),

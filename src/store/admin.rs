@@ -200,10 +200,7 @@ mod tests {
         let path = dir.path().join("m.db");
         let mut s = Store::open(&path).unwrap();
         let msg = |id: u64, author: &str| Write::Message {
-            id,
-            ts: 1,
-            author: author.into(),
-            message: format!("m{id}"),
+            msg: crate::chat::Message { id, ts: 1, author: author.into(), text: format!("m{id}") },
             keep: 100,
         };
         s.apply(&[msg(1, "a"), msg(2, "b"), msg(3, "a")]).unwrap();

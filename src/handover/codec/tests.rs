@@ -56,12 +56,7 @@ fn sample() -> State {
             history: HistoryState {
                 epoch: "e1".into(),
                 last_id: 42,
-                entries: vec![HistoryEntry {
-                    id: 42,
-                    ts: 1_700_000_000_000,
-                    author: "ann".into(),
-                    message: "hi".into(),
-                }],
+                entries: vec![Message { id: 42, ts: 1_700_000_000_000, author: "ann".into(), text: "hi".into() }],
             },
             messages_in: 4,
             messages_rejected: 1,
