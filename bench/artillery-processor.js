@@ -102,7 +102,8 @@ async function sayAndAwaitAck(context, events) {
   if (context.skiff.badFrame) {
     throw new Error(context.skiff.badFrame);
   }
-  const message = `message ${context.vars.$loopCount} from ${context.vars.username}`;
+  // Artillery counts loops from 0; the messages are numbered 1 to 5, like Tsung's.
+  const message = `message ${Number(context.vars.$loopCount) + 1} from ${context.vars.username}`;
   const started = performance.now();
   const ack = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no ack within ${ACK_TIMEOUT_MS} ms`)), ACK_TIMEOUT_MS);
