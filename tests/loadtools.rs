@@ -100,7 +100,7 @@ fn artillery_scenario_runs_clean() {
         missing.push("no node: run `apt-get install nodejs npm`".to_owned());
     }
     if !artillery.exists() {
-        missing.push("no Artillery: run `cd bench && npm ci`".to_owned());
+        missing.push("no Artillery: run `cd bench && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci`".to_owned());
     }
     if !prerequisites("Artillery", missing) {
         return;
