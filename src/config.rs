@@ -29,6 +29,8 @@ pub struct Config {
     pub static_dir: Option<PathBuf>,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// `Strict-Transport-Security: max-age` under `--tls-cert`; 0 = not sent.
+    pub hsts_max_age: u32,
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<IpAddr>,
     pub max_connections: Option<usize>,
@@ -80,6 +82,7 @@ impl Config {
             static_dir: None,
             tls_cert: None,
             tls_key: None,
+            hsts_max_age: 0,
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             max_connections: None,
@@ -201,6 +204,10 @@ const FLAGS: &[Flag] = &[
     }),
     opt("tls-key", "PEM", Preset::Absent, "private key for --tls-cert", |c, v, _| {
         c.tls_key = Some(PathBuf::from(v));
+        Ok(())
+    }),
+    opt("hsts-max-age", "SECS", Value("300"), "HSTS max-age under --tls-cert, 0 = off", |c, v, _| {
+        c.hsts_max_age = number(v, 0)?;
         Ok(())
     }),
     many("allowed-origin", "ORIGIN", "/ws and CORS only for these origins (others: 403)", |c, v, _| {

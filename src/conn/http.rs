@@ -325,7 +325,8 @@ impl<S: Stream> Conn<S> {
         let mut buf = Vec::with_capacity(256 + resp.body.len());
         // The chat core's wall clock: the same time message timestamps carry.
         let date = cx.date.at(cx.chat.unix_ms(now));
-        resp.write_to(&mut buf, keep_alive, head, date);
+        let hsts = if self.sock.is_secure() { cx.cfg.hsts.as_deref() } else { None };
+        resp.write_to(&mut buf, keep_alive, head, date, hsts);
         self.out.push(Chunk::Owned(buf));
     }
 

@@ -83,6 +83,9 @@ pub struct ConnConfig {
     pub limits: Limits,
     pub limit_loopback: bool,
     pub trusted_proxies: Vec<IpAddr>,
+    /// The `Strict-Transport-Security` value for responses on connections that skiff
+    /// itself serves over TLS (`None`: not sent).
+    pub hsts: Option<String>,
 }
 
 /// Everything the server owns except the connections themselves: what a

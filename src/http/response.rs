@@ -80,8 +80,10 @@ impl Response {
 
     /// Serialises the response. `keep_alive` is the connection's decision after this
     /// response; `head` omits the body (HEAD requests) but keeps its length; `date` is
-    /// the `Date` value (from a [`DateCache`]), sent on every final response.
-    pub fn write_to(&self, out: &mut Vec<u8>, keep_alive: bool, head: bool, date: &str) {
+    /// the `Date` value (from a [`DateCache`]), sent on every final response; `hsts`
+    /// the `Strict-Transport-Security` value, given only for a connection served over
+    /// skiff's own TLS.
+    pub fn write_to(&self, out: &mut Vec<u8>, keep_alive: bool, head: bool, date: &str, hsts: Option<&str>) {
         // Writing into a Vec cannot fail.
         let _ = write!(out, "HTTP/1.1 {} {}\r\n", self.status, reason(self.status));
         for (name, value) in &self.headers {
@@ -90,6 +92,9 @@ impl Response {
         if self.status != 101 && self.status != 100 {
             let _ = write!(out, "Date: {date}\r\nContent-Length: {}\r\n", self.body.len());
             out.extend_from_slice(b"X-Content-Type-Options: nosniff\r\nReferrer-Policy: no-referrer\r\n");
+            if let Some(hsts) = hsts {
+                let _ = write!(out, "Strict-Transport-Security: {hsts}\r\n");
+            }
             if !self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("Cache-Control")) {
                 out.extend_from_slice(b"Cache-Control: no-store\r\n");
             }
@@ -138,7 +143,7 @@ mod tests {
     fn error_responses_carry_json_and_safety_headers() {
         let r = Response::error(404, "not_found");
         let mut out = Vec::new();
-        r.write_to(&mut out, true, false, "Sun, 06 Nov 1994 08:49:37 GMT");
+        r.write_to(&mut out, true, false, "Sun, 06 Nov 1994 08:49:37 GMT", None);
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("HTTP/1.1 404 Not Found\r\n"));
         assert!(text.contains("Content-Type: application/json\r\n"));
@@ -148,13 +153,26 @@ mod tests {
         assert!(text.contains("Cache-Control: no-store\r\n"));
         assert!(text.contains("Connection: keep-alive\r\n"));
         assert!(text.ends_with("\r\n\r\n{\"error\":\"not_found\"}\n"));
+        assert!(!text.contains("Strict-Transport-Security"), "only over skiff's own TLS");
+    }
+
+    #[test]
+    fn hsts_goes_on_final_responses_only() {
+        let mut out = Vec::new();
+        Response::error(404, "not_found").write_to(&mut out, true, false, "d", Some("max-age=300"));
+        assert!(String::from_utf8(out).unwrap().contains("\r\nStrict-Transport-Security: max-age=300\r\n"));
+        // 100 and 101 are not the answer to the request (RFC 9110 15.2): the final
+        // response, or the next request on the connection, carries the policy.
+        let mut out = Vec::new();
+        Response::new(101).header("Upgrade", "websocket").write_to(&mut out, true, false, "d", Some("max-age=300"));
+        assert!(!String::from_utf8(out).unwrap().contains("Strict-Transport-Security"));
     }
 
     #[test]
     fn head_keeps_the_length_but_not_the_body() {
         let r = Response::new(200).with_body(&b"hello"[..]);
         let mut out = Vec::new();
-        r.write_to(&mut out, false, true, "Sun, 06 Nov 1994 08:49:37 GMT");
+        r.write_to(&mut out, false, true, "Sun, 06 Nov 1994 08:49:37 GMT", None);
         let text = String::from_utf8(out).unwrap();
         assert!(text.contains("Content-Length: 5\r\n"));
         assert!(text.contains("Connection: close\r\n"));

@@ -41,6 +41,7 @@ impl ServerConfig {
                 limits: Limits::default(),
                 limit_loopback: cfg.limit_loopback,
                 trusted_proxies: cfg.trusted_proxies.clone(),
+                hsts: crate::tls::hsts(cfg.tls_cert.is_some(), cfg.hsts_max_age),
             },
             register_per_minute: cfg.register_per_minute,
             failed_logins_per_minute: cfg.failed_logins_per_minute,
