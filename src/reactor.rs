@@ -232,11 +232,14 @@ impl Reactor {
             self.heap_dirty = true;
         }
         let mut accept = false;
+        let mut upgrade = false;
         for ev in events.iter() {
             match ev.token() {
                 LISTENER => accept = true,
                 SIGNALS => self.on_signal(now),
-                UPGRADE => self.on_upgrade(now),
+                // Not in the middle of this batch: with the epoll instance handed
+                // over, an edge this turn took and did not act on would be lost.
+                UPGRADE => upgrade = true,
                 STORAGE => {
                     self.server.on_storage(now);
                     self.server.on_backups();
@@ -268,6 +271,9 @@ impl Reactor {
             if !started && !self.server.control.has_answers() {
                 break;
             }
+        }
+        if upgrade {
+            self.on_upgrade(Instant::now());
         }
         Ok(())
     }
