@@ -128,6 +128,11 @@ impl BroadcastLog {
         }
     }
 
+    /// Every recipient of `seq` has written (or dropped) it.
+    pub fn is_released(&self, seq: u64) -> bool {
+        seq < self.first || self.entries.get((seq - self.first) as usize).is_none_or(|e| e.pending == 0)
+    }
+
     /// One recipient is done with `seq` (written, or dropped).
     fn release(&mut self, seq: u64) {
         let e = self.entry_mut(seq);

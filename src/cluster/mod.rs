@@ -555,7 +555,8 @@ impl Cluster {
         let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
         let (replies, eof) = cmd.read_values()?;
         for v in replies {
-            let (_, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+            let (sent, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+            crate::metrics::REDIS_ROUNDTRIP.observe_duration(sent.elapsed());
             self.on_reply(why, v)?;
         }
         if eof {
