@@ -79,10 +79,9 @@ mod tests {
         c.push(crate::outq::Chunk::Shared(v2.clone()));
         let mut fanouts = Fanouts::default();
         let mut h = Histogram::new(&LATENCY);
-        // Held now by `v2` and `c`; done once only the record's own copy is left,
-        // plus this test's `v2` handle.
-        fanouts.start(Instant::now(), Some(seq), Some((v2.clone(), 2)));
-        drop(v2);
+        // As the server counts: every holder now, less the one recipient's queue.
+        let done_at = Rc::strong_count(&v2) - 1;
+        fanouts.start(Instant::now(), Some(seq), Some((v2, done_at)));
         let mut sink = Vec::new();
         for (key, q) in [(1, &mut a), (2, &mut b)] {
             fanouts.settle(&log, &mut h);
