@@ -36,8 +36,13 @@ fn tool_or_skip(tool: &str, test: &str) -> bool {
         return true;
     }
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    assert!(!ci, "{test} needs `{tool}`: run `apt-get install prometheus` (Debian's package has prometheus and promtool)");
-    eprintln!("{test} NOT RUN: `{tool}` is missing; `apt-get install prometheus` to run it (CI=true makes this a failure)");
+    assert!(
+        !ci,
+        "{test} needs `{tool}`: run `apt-get install prometheus` (Debian's package has prometheus and promtool)"
+    );
+    eprintln!(
+        "{test} NOT RUN: `{tool}` is missing; `apt-get install prometheus` to run it (CI=true makes this a failure)"
+    );
     false
 }
 
@@ -176,7 +181,9 @@ fn every_family_is_declared_and_counts_what_happened() {
     assert_eq!(m.histogram("skiff_broadcast_fanout_seconds", ""), 5.0);
     assert!(m.get("skiff_broadcast_fanout_seconds_sum") < 5.0 * 10.0, "a loopback fan-out takes far under 10 s");
 
-    let requests = |route: &str, status: u16| m.get(&format!("skiff_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"));
+    let requests = |route: &str, status: u16| {
+        m.get(&format!("skiff_http_requests_total{{route=\"{route}\",status=\"{status}\"}}"))
+    };
     assert!(requests("/api/online", 200) >= N as f64);
     assert_eq!(requests("/api/register", 201), 3.0);
     assert_eq!(requests("/api/login", 200), 3.0);
@@ -488,7 +495,12 @@ fn prometheus_scrapes_skiff_and_every_panel_and_alert_returns_series() {
     assert!(scraped, "prometheus did not scrape every node 3 times with the messages counted:\n{}", prom.log(0));
     let rules_ran = wait_for(WAIT, || {
         let v = prom.api("/api/v1/rules");
-        let rules: Vec<Value> = v["data"]["groups"].as_array().unwrap().iter().flat_map(|g| g["rules"].as_array().unwrap().clone()).collect();
+        let rules: Vec<Value> = v["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap().clone())
+            .collect();
         !rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown")
     });
     assert!(rules_ran, "the rules were never evaluated");

@@ -64,6 +64,8 @@ fn boot_time(stat: &str) -> Option<u64> {
 }
 
 /// The soft descriptor limit: the one `accept` runs into.
+// `rlim_t` is 32 bits on some 32-bit targets, 64 here.
+#[allow(clippy::unnecessary_cast)]
 fn max_fds() -> Option<u64> {
     let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: getrlimit only writes the struct we pass.
