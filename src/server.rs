@@ -230,8 +230,8 @@ impl<S: Stream> Server<S> {
                     Effect::BroadcastV2 { frame } => self.broadcast_v2(frame, &mut slow),
                     Effect::Message { except, v1, v2 } => {
                         let (seq, v2_recipients) = self.broadcast(except, v1, Some(v2.clone()), &mut slow);
-                        // Held now by `v2` and the queues of its recipients (and the
-                        // history ring): done once only the first and the ring are left.
+                        // Held now by this handle, the history ring and one queue
+                        // per v2 recipient: done once those queues have let go.
                         let v2 = (v2_recipients > 0).then(|| {
                             let done_at = Rc::strong_count(&v2) - v2_recipients;
                             (v2, done_at)

@@ -3,7 +3,10 @@
 //! broadcast-log entry, which knows how many connections still owe it; `/ws?v=2`
 //! recipients share one reference-counted frame, whose count falls as each queue
 //! writes (or drops) its copy. A message is done when both say so. Nothing here is
-//! per recipient: one record per message, checked after each flush slice.
+//! per recipient: one record per message, checked after each flush slice. (The
+//! history ring also holds the v2 frame: should it evict the message before the
+//! fan-out ends, the timing ends one v2 recipient early. That takes a fan-out slower
+//! than the ring's whole span, 1,000 messages by default.)
 
 use super::histogram::Histogram;
 use crate::outq::BroadcastLog;
@@ -27,6 +30,12 @@ struct Timed {
 #[derive(Default)]
 pub struct Fanouts {
     timed: VecDeque<Timed>,
+    /// Records with a v2 frame: those are checked at every `settle`.
+    v2_timed: usize,
+    /// `BroadcastLog::finished` at the last `settle`: while it has not moved and no
+    /// record has a v2 frame, nothing can have finished and the list is not walked
+    /// (`settle` runs after every flush slice).
+    seen_finished: u64,
 }
 
 impl Fanouts {
@@ -35,6 +44,7 @@ impl Fanouts {
     /// to once they all have written it.
     pub fn start(&mut self, started: Instant, seq: Option<u64>, v2: Option<(Rc<[u8]>, usize)>) {
         if (seq.is_some() || v2.is_some()) && self.timed.len() < MAX_TIMED {
+            self.v2_timed += usize::from(v2.is_some());
             self.timed.push_back(Timed { started, seq, v2 });
         }
     }
@@ -46,13 +56,19 @@ impl Fanouts {
     /// Observes every timed message no recipient owes any more. Messages may finish
     /// out of order (a recipient of the older one may be slower), so all are checked.
     pub fn settle(&mut self, log: &BroadcastLog, into: &mut Histogram) {
+        if self.v2_timed == 0 && log.finished() == self.seen_finished {
+            return;
+        }
+        self.seen_finished = log.finished();
         let mut now = None;
+        let v2_timed = &mut self.v2_timed;
         self.timed.retain(|t| {
             let v1_done = t.seq.is_none_or(|seq| log.is_released(seq));
             let v2_done = t.v2.as_ref().is_none_or(|(frame, done_at)| Rc::strong_count(frame) <= *done_at);
             if v1_done && v2_done {
                 let now = *now.get_or_insert_with(Instant::now);
                 into.observe_duration(now.saturating_duration_since(t.started));
+                *v2_timed -= usize::from(t.v2.is_some());
             }
             !(v1_done && v2_done)
         });
