@@ -505,6 +505,11 @@ fn prometheus_scrapes_skiff_and_every_panel_and_alert_returns_series() {
     });
     assert!(rules_ran, "the rules were never evaluated");
 
+    if node.is_some() {
+        let rtt = prom.value("sum(skiff_cluster_redis_roundtrip_seconds_count)").unwrap_or(0.0);
+        assert!(rtt >= 3.0, "the cluster node timed {rtt} Redis round trips for three logins and messages");
+    }
+
     let cluster_only = |expr: &str| expr.contains("skiff_cluster_");
     let mut failures = Vec::new();
     let mut evaluated = 0;
