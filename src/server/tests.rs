@@ -281,6 +281,33 @@ fn a_v2_client_behind_on_its_queue_gets_each_message_once_in_its_own_form() {
     assert_eq!(srv.cx.log.bytes(), 0, "nothing left owed");
 }
 
+#[test]
+fn a_message_fan_out_is_timed_once_its_slowest_recipient_v1_or_v2_has_written_it() {
+    let mut srv = server(vec![], false);
+    let (a, pa) = websocket(&mut srv, "amy");
+    let (c, pc) = websocket_at(&mut srv, "cid", "/ws?v=2");
+    let (b, pb) = websocket(&mut srv, "bob");
+    let timed = |srv: &Server<MockStream>| srv.cx.stats.fanout_seconds.count();
+    assert_eq!(timed(&srv), 0, "joins are not messages");
+    for (stalled_key, stalled, message) in [(c, &pc, "m1"), (a, &pa, "m2")] {
+        let before = timed(&srv);
+        stalled.0.borrow_mut().room = 0;
+        let text = format!("{{\"message\":\"{message}\"}}");
+        send(&mut srv, b, &pb, &frame::client_frame(frame::TEXT, text.as_bytes(), [1, 2, 3, 4]));
+        assert_eq!(timed(&srv), before, "{message}: a recipient has not written it yet");
+        stalled.0.borrow_mut().room = usize::MAX;
+        srv.on_ready(stalled_key, false, true, Instant::now());
+        settle(&mut srv, Instant::now());
+        assert_eq!(timed(&srv), before + 1, "{message}: written by everyone, timed once");
+        assert!(texts(stalled).iter().any(|v| v["message"] == message));
+    }
+    // A message nobody else hears has no fan-out to time.
+    let mut alone = server(vec![], false);
+    let (z, pz) = websocket(&mut alone, "zed");
+    send(&mut alone, z, &pz, &frame::client_frame(frame::TEXT, br#"{"message":"echo"}"#, [1, 2, 3, 4]));
+    assert_eq!(timed(&alone), 0);
+}
+
 /// A hand-over between two servers over the same mock sockets: a reader that
 /// stopped reading, a fragmented message, a half-received request. Each carries on
 /// in the second server as if nothing happened: no leave or join, nothing twice.
