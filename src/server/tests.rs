@@ -282,6 +282,25 @@ fn a_v2_client_behind_on_its_queue_gets_each_message_once_in_its_own_form() {
 }
 
 #[test]
+fn requests_are_counted_under_their_route_template_and_broken_ones_under_other() {
+    use crate::metrics::Route;
+    let mut srv = server(vec![], false);
+    exchange(&mut srv, "127.0.0.1:4000", b"GET /api/user/bob HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"GET /api/user/Eve HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"GET /wp-login.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"\x01GARBAGE\r\n\r\n");
+    let counted: Vec<(Route, u16, u64)> = srv.cx.stats.requests.iter().map(|(&(r, s), &n)| (r, s, n)).collect();
+    assert_eq!(
+        counted,
+        [(Route::User, 422, 2), (Route::Static, 200, 1), (Route::Other, 400, 1), (Route::Other, 404, 1)],
+        "no cookie: 422 under the template, whatever the name"
+    );
+    let timed = |r: Route| srv.cx.stats.request_seconds[r as usize].count();
+    assert_eq!((timed(Route::User), timed(Route::Static), timed(Route::Other)), (2, 1, 1), "a broken head is untimed");
+}
+
+#[test]
 fn a_message_fan_out_is_timed_once_its_slowest_recipient_v1_or_v2_has_written_it() {
     let mut srv = server(vec![], false);
     let (a, pa) = websocket(&mut srv, "amy");
