@@ -253,14 +253,20 @@ fn every_family_is_declared_and_counts_what_happened() {
 // ---- promtool ---------------------------------------------------------------------
 
 #[test]
-fn promtool_accepts_the_shipped_rules_and_scrape_config() {
-    if !tool_or_skip("promtool", "promtool_accepts_the_shipped_rules_and_scrape_config") {
+fn promtool_accepts_the_shipped_rules_and_scrape_config_and_the_alerts_fire_as_tested() {
+    if !tool_or_skip("promtool", "promtool_accepts_the_shipped_rules_and_scrape_config_and_the_alerts_fire_as_tested") {
         return;
     }
-    for (what, file) in [("rules", "prometheus/skiff.rules.yml"), ("config", "prometheus/prometheus.yml")] {
-        let out = Command::new("promtool").args(["check", what]).arg(deploy(file)).output().expect("run promtool");
+    // `test rules`: every alert fires on its own series after its `for`, with the
+    // labels and text it promises, and none fires on a healthy node.
+    for (args, file) in [
+        (["check", "rules"], "prometheus/skiff.rules.yml"),
+        (["check", "config"], "prometheus/prometheus.yml"),
+        (["test", "rules"], "prometheus/skiff.rules.test.yml"),
+    ] {
+        let out = Command::new("promtool").args(args).arg(deploy(file)).output().expect("run promtool");
         let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(out.status.success(), "promtool check {what} {file}:\n{text}");
+        assert!(out.status.success(), "promtool {} {file}:\n{text}", args.join(" "));
         assert!(text.contains("SUCCESS"), "{text}");
     }
 }
