@@ -93,28 +93,24 @@ pub struct ServerState<'a> {
     pub storage_healthy: bool,
     /// Cluster mode: the Redis link.
     pub cluster: Option<metrics::ClusterGauges>,
+    /// What the storage threads count, and the jobs handed to (writer, reader).
+    pub storage: &'a metrics::StorageMetrics,
+    pub storage_sent: (u64, u64),
 }
 
 impl ServerState<'static> {
     /// A server with no connections and nothing counted (for tests and fuzzing).
     pub fn empty() -> Self {
-        static NOTHING: Stats = Stats {
-            accepted: 0,
-            refused: 0,
-            ws_opened: 0,
-            deliveries: 0,
-            slow_dropped: 0,
-            bytes_in: 0,
-            bytes_out: 0,
-            closing: 0,
-            responses: std::collections::BTreeMap::new(),
-        };
+        static NOTHING: Stats = Stats::new();
+        static NO_STORAGE: metrics::StorageMetrics = metrics::StorageMetrics::new();
         ServerState {
             stats: &NOTHING,
             open_connections: 0,
             broadcast_backlog_bytes: 0,
             storage_healthy: true,
             cluster: None,
+            storage: &NO_STORAGE,
+            storage_sent: (0, 0),
         }
     }
 }
@@ -311,6 +307,9 @@ fn metrics(ctx: &Ctx) -> Response {
         broadcast_backlog_bytes: ctx.server.broadcast_backlog_bytes,
         history_messages: ctx.chat.history().len() as u64,
         history_bytes: ctx.chat.history().bytes() as u64,
+        healthy: ctx.server.storage_healthy,
+        storage: metrics::StorageGauges::read(ctx.server.storage, ctx.server.storage_sent),
+        process: metrics::process::Process::read(),
         cluster: ctx.server.cluster,
     });
     Response::new(200).header("Content-Type", "text/plain; version=0.0.4").with_body(text.into_bytes())

@@ -66,6 +66,9 @@ pub struct BroadcastLog {
     first: u64,
     /// Bytes ever appended.
     end_offset: u64,
+    /// Entries every recipient has written or dropped, ever: a fan-out timer looks
+    /// at its messages only when this moved.
+    finished: u64,
 }
 
 impl BroadcastLog {
@@ -128,11 +131,24 @@ impl BroadcastLog {
         }
     }
 
+    /// Entries every recipient has written or dropped, since the log began.
+    pub fn finished(&self) -> u64 {
+        self.finished
+    }
+
+    /// Every recipient of `seq` has written (or dropped) it.
+    pub fn is_released(&self, seq: u64) -> bool {
+        seq < self.first || self.entries.get((seq - self.first) as usize).is_none_or(|e| e.pending == 0)
+    }
+
     /// One recipient is done with `seq` (written, or dropped).
     fn release(&mut self, seq: u64) {
         let e = self.entry_mut(seq);
         debug_assert!(e.pending > 0, "entry {seq} released more often than delivered");
         e.pending = e.pending.saturating_sub(1);
+        if e.pending == 0 {
+            self.finished += 1;
+        }
         self.pop_done();
     }
 

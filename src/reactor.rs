@@ -231,6 +231,9 @@ impl Reactor {
         } else {
             self.heap_dirty = true;
         }
+        if let Some(cluster) = self.server.cx.cluster.as_mut() {
+            cluster.tick(now);
+        }
         let mut accept = false;
         let mut upgrade = false;
         for ev in events.iter() {

@@ -9,6 +9,7 @@ use crate::chat::{Chat, Effect};
 use crate::cluster::Cluster;
 use crate::conn::{Conn, Cx, Step, Stream, OUT_CAP};
 use crate::log;
+use crate::metrics::fanout::Fanouts;
 use crate::outq::{Chunk, Flush};
 use crate::ratelimit::RateLimits;
 use crate::storage::Storage;
@@ -44,6 +45,8 @@ pub struct Server<S> {
     /// Client input is not read until the cluster is in sync again, or until this
     /// moment (a cluster node just after a hand-over).
     input_held: Option<Instant>,
+    /// Chat messages whose fan-out is still being written, for `/metrics`.
+    fanouts: Fanouts,
 }
 
 impl<S: Stream> Server<S> {
@@ -61,6 +64,7 @@ impl<S: Stream> Server<S> {
             shutdown: None,
             control: crate::control::Ops::new(now),
             input_held: None,
+            fanouts: Fanouts::default(),
         };
         server.cx.chat.set_wall_clock(now, unix_ms);
         server
@@ -249,9 +253,20 @@ impl<S: Stream> Server<S> {
                         c.out.push(frame);
                         self.delivered(to, &mut slow);
                     }
-                    Effect::Broadcast { except, frame } => self.broadcast(except, frame, None, &mut slow),
+                    Effect::Broadcast { except, frame } => {
+                        self.broadcast(except, frame, None, &mut slow);
+                    }
                     Effect::BroadcastV2 { frame } => self.broadcast_v2(frame, &mut slow),
-                    Effect::Message { except, v1, v2 } => self.broadcast(except, v1, Some(v2), &mut slow),
+                    Effect::Message { except, v1, v2 } => {
+                        let (seq, v2_recipients) = self.broadcast(except, v1, Some(v2.clone()), &mut slow);
+                        // Held now by this handle, the history ring and one queue
+                        // per v2 recipient: done once those queues have let go.
+                        let v2 = (v2_recipients > 0).then(|| {
+                            let done_at = Rc::strong_count(&v2) - v2_recipients;
+                            (v2, done_at)
+                        });
+                        self.fanouts.start(now, seq, v2);
+                    }
                     Effect::Close { conn, code } => {
                         let Some(c) = self.conns.get_mut(conn) else { continue };
                         c.close_ws(Some(code), &mut self.cx, now);
@@ -278,10 +293,18 @@ impl<S: Stream> Server<S> {
     /// sequence number and a place on the flush list. v2 clients never use the log:
     /// every frame they get (the `v2` form of a message, or the common frame of an
     /// event) is a shared chunk in their own queue, so a log range of theirs can
-    /// never span an entry meant for the other protocol.
-    fn broadcast(&mut self, except: Option<usize>, frame: Rc<[u8]>, v2: Option<Rc<[u8]>>, slow: &mut Vec<usize>) {
+    /// never span an entry meant for the other protocol. Returns the log entry, if
+    /// any v1 client got the frame, and how many v2 clients got it.
+    fn broadcast(
+        &mut self,
+        except: Option<usize>,
+        frame: Rc<[u8]>,
+        v2: Option<Rc<[u8]>>,
+        slow: &mut Vec<usize>,
+    ) -> (Option<u64>, usize) {
         let mut seq = None;
         let mut recipients = 0;
+        let mut v2_recipients = 0;
         for i in 0..self.cx.chat.members().len() {
             let to = self.cx.chat.members()[i];
             if Some(to) == except {
@@ -290,6 +313,7 @@ impl<S: Stream> Server<S> {
             if self.cx.chat.is_v2(to) {
                 let shared = v2.as_ref().unwrap_or(&frame).clone();
                 self.conns[to].out.push(Chunk::Shared(shared));
+                v2_recipients += 1;
             } else {
                 let seq = *seq.get_or_insert_with(|| self.cx.log.append(frame.clone(), except));
                 self.conns[to].out.deliver(seq);
@@ -301,6 +325,7 @@ impl<S: Stream> Server<S> {
         if let Some(seq) = seq {
             self.cx.log.seal(seq, recipients);
         }
+        (seq, v2_recipients)
     }
 
     /// A frame only protocol v2 members get (plain `/ws` stays as it was).
@@ -352,6 +377,9 @@ impl<S: Stream> Server<S> {
                     self.settle(key, Step::Remove, now);
                 }
             }
+        }
+        if !self.fanouts.is_empty() {
+            self.fanouts.settle(&self.cx.log, &mut self.cx.stats.fanout_seconds);
         }
         !self.flush_list.is_empty()
     }

@@ -9,6 +9,7 @@
 //! tests and fuzz targets that want determinism more than a second thread.
 
 use crate::log;
+use crate::metrics::StorageMetrics;
 use crate::store::{Store, StoreError, Write, Written};
 use std::collections::VecDeque;
 use std::path::Path;
@@ -130,6 +131,11 @@ struct ReaderJob {
 
 pub struct Storage {
     mode: Mode,
+    /// What the threads count for `/metrics`.
+    metrics: Arc<StorageMetrics>,
+    /// Jobs handed to the writer and to the reader (the loop's side of the queue
+    /// depth: a plain count, no atomic on the loop's path).
+    sent: (u64, u64),
 }
 
 enum Mode {
@@ -180,13 +186,19 @@ impl Storage {
         let (done_tx, done) = mpsc::channel();
         let (committed_tx, committed) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
+        let metrics = Arc::new(StorageMetrics::new());
         let writer = spawn_named("skiff-writer", {
             let (done_tx, waker, commits) = (done_tx.clone(), waker.clone(), commits.clone());
-            let reports = Reports { done: done_tx, committed: committed_tx, waker };
+            let reports = Reports { done: done_tx, committed: committed_tx, waker, metrics: metrics.clone() };
             move || run_writer(writer, write_rx, reports, commits, commit_delay)
         })?;
-        let reader = spawn_named("skiff-reader", move || run_reader(Some(reader), read_rx, done_tx, waker))?;
+        let reader = spawn_named("skiff-reader", {
+            let metrics = metrics.clone();
+            move || run_reader(Some(reader), read_rx, done_tx, waker, &metrics)
+        })?;
         Ok(Storage {
+            metrics,
+            sent: (0, 0),
             mode: Mode::Threads(Threads {
                 writes: Some(writes),
                 reads: Some(reads),
@@ -206,8 +218,14 @@ impl Storage {
         let (reads, read_rx) = mpsc::channel();
         let (done_tx, done) = mpsc::channel();
         let (_, committed) = mpsc::channel();
-        let reader = spawn_named("skiff-reader", move || run_reader(None, read_rx, done_tx, waker))?;
+        let metrics = Arc::new(StorageMetrics::new());
+        let reader = spawn_named("skiff-reader", {
+            let metrics = metrics.clone();
+            move || run_reader(None, read_rx, done_tx, waker, &metrics)
+        })?;
         Ok(Storage {
+            metrics,
+            sent: (0, 0),
             mode: Mode::Threads(Threads {
                 writes: None,
                 reads: Some(reads),
@@ -224,7 +242,11 @@ impl Storage {
 
     /// Runs requests on the caller's thread, replies queued for `take_done`.
     pub fn inline(store: Store) -> Storage {
-        Storage { mode: Mode::Inline { store, done: VecDeque::new(), commits: VecDeque::new(), failing: false } }
+        Storage {
+            mode: Mode::Inline { store, done: VecDeque::new(), commits: VecDeque::new(), failing: false },
+            metrics: Arc::new(StorageMetrics::new()),
+            sent: (0, 0),
+        }
     }
 
     /// Inline mode only: make every write fail as a full disk would (tests).
@@ -242,9 +264,13 @@ impl Storage {
                 let sent = match request {
                     Request::Register { username, key_hash } => {
                         let write = Write::Register { username, key_hash };
+                        self.sent.0 += 1;
                         send(&t.writes, WriterJob::Write { origin: Some(origin), write })
                     }
-                    request => send(&t.reads, ReaderJob { origin, request }),
+                    request => {
+                        self.sent.1 += 1;
+                        send(&t.reads, ReaderJob { origin, request })
+                    }
                 };
                 if !sent {
                     t.mark_dead();
@@ -263,6 +289,7 @@ impl Storage {
     pub fn apply(&mut self, origin: Origin, write: Write) {
         match &mut self.mode {
             Mode::Threads(t) => {
+                self.sent.0 += 1;
                 if !send(&t.writes, WriterJob::Write { origin: Some(origin), write }) {
                     t.mark_dead();
                 }
@@ -279,6 +306,7 @@ impl Storage {
     pub fn persist(&mut self, write: Write) {
         match &mut self.mode {
             Mode::Threads(t) => {
+                self.sent.0 += 1;
                 if !send(&t.writes, WriterJob::Write { origin: None, write }) {
                     t.mark_dead();
                 }
@@ -316,6 +344,16 @@ impl Storage {
     /// (start-up: no id may be given before one is durable).
     pub fn reserve_now(store: &mut Store, through: u64) -> Result<(), StoreError> {
         store.apply(&[Write::ReserveIds { through }]).map(|_| ())
+    }
+
+    /// What the storage threads count, for `/metrics`.
+    pub fn metrics(&self) -> &StorageMetrics {
+        &self.metrics
+    }
+
+    /// Jobs handed to the writer and to the reader so far.
+    pub fn sent(&self) -> (u64, u64) {
+        self.sent
     }
 
     /// Group commits so far (each one transaction, one fsync).
@@ -406,6 +444,7 @@ struct Reports {
     done: Sender<Done>,
     committed: Sender<Commit>,
     waker: Arc<dyn Wake>,
+    metrics: Arc<StorageMetrics>,
 }
 
 fn written_reply(w: Written) -> Reply {
@@ -457,12 +496,19 @@ fn run_writer(
         }
         let (origins, writes): (Vec<Option<Origin>>, Vec<Write>) =
             batch.drain(..).map(|WriterJob::Write { origin, write }| (origin, write)).unzip();
+        let m = &reports.metrics;
+        m.writes_taken.fetch_add(writes.len() as u64, Ordering::Relaxed);
+        m.batch_size.observe(writes.len() as u64);
+        // The injected delay stands for a slow disk, so it is part of the commit.
+        let started = std::time::Instant::now();
         if !commit_delay.is_zero() {
             std::thread::sleep(commit_delay);
         }
         let results = store.apply(&writes);
+        m.commit_seconds.observe_duration(started.elapsed());
         commits.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = &results {
+            m.failed_commits.fetch_add(1, Ordering::Relaxed);
             log::warn(format_args!("storage: a batch of {} writes failed: {e}", writes.len()));
         }
         let mut wake = false;
@@ -486,8 +532,15 @@ fn run_writer(
     log::debug(format_args!("storage writer stopped: every write handed over is applied"));
 }
 
-fn run_reader(mut store: Option<Store>, jobs: Receiver<ReaderJob>, done: Sender<Done>, waker: Arc<dyn Wake>) {
+fn run_reader(
+    mut store: Option<Store>,
+    jobs: Receiver<ReaderJob>,
+    done: Sender<Done>,
+    waker: Arc<dyn Wake>,
+    metrics: &StorageMetrics,
+) {
     while let Ok(ReaderJob { origin, request }) = jobs.recv() {
+        metrics.reads_taken.fetch_add(1, Ordering::Relaxed);
         let reply = match (&mut store, request) {
             (Some(store), request) => execute(store, request),
             (None, Request::File(f)) => Reply::File(Box::new(crate::web::serve_file(&f))),

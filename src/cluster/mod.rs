@@ -280,6 +280,12 @@ impl Cluster {
         !self.events.is_empty()
     }
 
+    /// The loop's time at the start of a turn: commands queued during the turn are
+    /// stamped with it (their reply timeout and round trip run from it).
+    pub fn tick(&mut self, now: Instant) {
+        self.now = now;
+    }
+
     /// The next thing the reactor must do with the sockets.
     pub fn poll_io(&mut self) -> Option<Io> {
         self.io.pop_front()
@@ -591,7 +597,8 @@ impl Cluster {
     fn read_cmd(&mut self, bytes: &[u8]) -> Result<(), String> {
         let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
         for v in cmd.received(bytes)? {
-            let (_, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+            let (sent, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+            crate::metrics::REDIS_ROUNDTRIP.observe_duration(self.now.saturating_duration_since(sent));
             self.on_reply(why, v)?;
         }
         Ok(())

@@ -7,6 +7,7 @@ use crate::chat::session::id_hash as session_id_hash;
 use crate::chat::session::SessionKey;
 use crate::http::{Limits, Parsed, Request, RequestParser, Response};
 use crate::log;
+use crate::metrics::Route;
 use crate::outq::Chunk;
 use crate::proxy;
 use crate::storage::{Origin, Reply, Request as Request2};
@@ -23,6 +24,9 @@ pub struct HttpPhase {
     pub deadline: Instant,
     /// A request handed to storage; nothing after it is answered until it is.
     waiting: Option<Box<Waiting>>,
+    /// The request being answered: its route and when its head was parsed, for
+    /// `/metrics` once its status is known.
+    current: Option<(Route, Instant)>,
 }
 
 /// A request handed on, and what answering it still needs.
@@ -54,7 +58,7 @@ enum Awaiting {
 
 impl HttpPhase {
     pub fn new(limits: Limits, now: Instant) -> Self {
-        HttpPhase { parser: RequestParser::new(limits), deadline: now + REQUEST_TIMEOUT, waiting: None }
+        HttpPhase { parser: RequestParser::new(limits), deadline: now + REQUEST_TIMEOUT, waiting: None, current: None }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -72,7 +76,7 @@ impl HttpPhase {
     }
 
     pub fn resume(limits: Limits, deadline: Instant, continue_sent: bool) -> Self {
-        HttpPhase { parser: RequestParser::resume(limits, continue_sent), deadline, waiting: None }
+        HttpPhase { parser: RequestParser::resume(limits, continue_sent), deadline, waiting: None, current: None }
     }
 }
 
@@ -147,6 +151,7 @@ impl<S: Stream> Conn<S> {
                 Ok(None) => return Served::NeedMore,
                 Ok(Some(Parsed::Continue)) => self.out.push(Chunk::Static(b"HTTP/1.1 100 Continue\r\n\r\n")),
                 Ok(Some(Parsed::Request { request, consumed })) => {
+                    h.current = Some((Route::of(request.path()), Instant::now()));
                     self.input.drain(..consumed);
                     let idle = self.input.is_empty();
                     self.http().deadline = now + if idle { KEEPALIVE_TIMEOUT } else { REQUEST_TIMEOUT };
@@ -306,6 +311,8 @@ impl<S: Stream> Conn<S> {
             broadcast_backlog_bytes: cx.log.bytes(),
             storage_healthy: cx.backend_healthy(),
             cluster: cx.cluster.as_ref().map(|c| c.gauges(cx.chat.online_count() as u64)),
+            storage: cx.storage.metrics(),
+            storage_sent: cx.storage.sent(),
         };
         let mut ctx = api::Ctx {
             chat: &mut cx.chat,
@@ -322,12 +329,26 @@ impl<S: Stream> Conn<S> {
 
     fn respond(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx, now: Instant) {
         *cx.stats.responses.entry(resp.status).or_default() += 1;
+        self.request_done(resp.status, cx);
         let mut buf = Vec::with_capacity(256 + resp.body.len());
         // The chat core's wall clock: the same time message timestamps carry.
         let date = cx.date.at(cx.chat.unix_ms(now));
         let hsts = if self.sock.is_secure() { cx.cfg.hsts.as_deref() } else { None };
         resp.write_to(&mut buf, keep_alive, head, date, hsts);
         self.out.push(Chunk::Owned(buf));
+    }
+
+    /// Counts the request being answered under its route; an answer to no whole
+    /// request (a malformed head, a timeout) counts under `other`, untimed.
+    fn request_done(&mut self, status: u16, cx: &mut Cx) {
+        let current = match &mut self.phase {
+            super::Phase::Http(h) => h.current.take(),
+            _ => None,
+        };
+        match current {
+            Some((route, started)) => cx.stats.request_done(route, status, started.elapsed()),
+            None => *cx.stats.requests.entry((Route::Other, status)).or_default() += 1,
+        }
     }
 
     /// An error answer after which the connection closes.
@@ -352,6 +373,7 @@ impl<S: Stream> Conn<S> {
     /// request head stay in the input buffer and are the first frames read.
     fn upgrade(&mut self, session: SessionKey, accept: &str, resume: Option<Resume>, cx: &mut Cx, now: Instant) {
         self.out.push(Chunk::Owned(ws::accept_response(accept)));
+        self.request_done(101, cx);
         self.phase = super::Phase::Ws(WsPhase::new(session, now));
         cx.stats.ws_opened += 1;
         match cx.chat.join(self.key, session, self.metered, resume.is_some(), now, &mut cx.fx) {

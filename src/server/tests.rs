@@ -283,6 +283,52 @@ fn a_v2_client_behind_on_its_queue_gets_each_message_once_in_its_own_form() {
     assert_eq!(srv.cx.log.bytes(), 0, "nothing left owed");
 }
 
+#[test]
+fn requests_are_counted_under_their_route_template_and_broken_ones_under_other() {
+    use crate::metrics::Route;
+    let mut srv = server(vec![], false);
+    exchange(&mut srv, "127.0.0.1:4000", b"GET /api/user/bob HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"GET /api/user/Eve HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"GET /wp-login.php HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    exchange(&mut srv, "127.0.0.1:4000", b"\x01GARBAGE\r\n\r\n");
+    let counted: Vec<(Route, u16, u64)> = srv.cx.stats.requests.iter().map(|(&(r, s), &n)| (r, s, n)).collect();
+    assert_eq!(
+        counted,
+        [(Route::User, 422, 2), (Route::Static, 200, 1), (Route::Other, 400, 1), (Route::Other, 404, 1)],
+        "no cookie: 422 under the template, whatever the name"
+    );
+    let timed = |r: Route| srv.cx.stats.request_seconds[r as usize].count();
+    assert_eq!((timed(Route::User), timed(Route::Static), timed(Route::Other)), (2, 1, 1), "a broken head is untimed");
+}
+
+#[test]
+fn a_message_fan_out_is_timed_once_its_slowest_recipient_v1_or_v2_has_written_it() {
+    let mut srv = server(vec![], false);
+    let (a, pa) = websocket(&mut srv, "amy");
+    let (c, pc) = websocket_at(&mut srv, "cid", "/ws?v=2");
+    let (b, pb) = websocket(&mut srv, "bob");
+    let timed = |srv: &Server<MockStream>| srv.cx.stats.fanout_seconds.count();
+    assert_eq!(timed(&srv), 0, "joins are not messages");
+    for (stalled_key, stalled, message) in [(c, &pc, "m1"), (a, &pa, "m2")] {
+        let before = timed(&srv);
+        stalled.0.borrow_mut().room = 0;
+        let text = format!("{{\"message\":\"{message}\"}}");
+        send(&mut srv, b, &pb, &frame::client_frame(frame::TEXT, text.as_bytes(), [1, 2, 3, 4]));
+        assert_eq!(timed(&srv), before, "{message}: a recipient has not written it yet");
+        stalled.0.borrow_mut().room = usize::MAX;
+        srv.on_ready(stalled_key, false, true, Instant::now());
+        settle(&mut srv, Instant::now());
+        assert_eq!(timed(&srv), before + 1, "{message}: written by everyone, timed once");
+        assert!(texts(stalled).iter().any(|v| v["message"] == message));
+    }
+    // A message nobody else hears has no fan-out to time.
+    let mut alone = server(vec![], false);
+    let (z, pz) = websocket(&mut alone, "zed");
+    send(&mut alone, z, &pz, &frame::client_frame(frame::TEXT, br#"{"message":"echo"}"#, [1, 2, 3, 4]));
+    assert_eq!(timed(&alone), 0);
+}
+
 /// A hand-over between two servers over the same mock sockets: a reader that
 /// stopped reading, a fragmented message, a half-received request. Each carries on
 /// in the second server as if nothing happened: no leave or join, nothing twice.
