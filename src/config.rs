@@ -51,18 +51,33 @@ pub struct Config {
     pub log_level: LogLevel,
 }
 
-/// `redis://[:PASSWORD@]HOST:PORT[/DB]`, its host resolved once at start.
+/// `redis://[:PASSWORD@]HOST:PORT[/DB]` or
+/// `redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]`, its hosts
+/// resolved once at start.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisUrl {
-    pub addr: SocketAddr,
+    pub target: RedisTarget,
     pub password: Option<String>,
     pub db: u32,
 }
 
-// Never print the password: logs and panics see the address only.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    Server(SocketAddr),
+    /// Whichever server these sentinels name as the primary (`cluster::sentinel`).
+    Sentinels(crate::cluster::sentinel::SentinelSet),
+}
+
+// Never print the password: logs and panics see the addresses only.
 impl std::fmt::Debug for RedisUrl {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "redis://{}/{}", self.addr, self.db)
+        match &self.target {
+            RedisTarget::Server(addr) => write!(f, "redis://{addr}/{}", self.db),
+            RedisTarget::Sentinels(s) => {
+                let hosts: Vec<String> = s.addrs.iter().map(SocketAddr::to_string).collect();
+                write!(f, "redis+sentinel://{}/{}/{}", hosts.join(","), s.master, self.db)
+            }
+        }
     }
 }
 
@@ -475,8 +490,13 @@ fn listen(v: &str, resolve: Resolve) -> Result<SocketAddr, Why> {
 /// `redis://[:PASSWORD@]HOST:PORT[/DB]` (a `USER:` before the password is accepted and
 /// ignored only if it is empty: Redis ACL users are not supported).
 fn redis_url(v: &str, resolve: Resolve) -> Result<RedisUrl, Why> {
-    const EXPECTED: &str = "redis://[:PASSWORD@]HOST:PORT[/DB], like redis://127.0.0.1:6379";
-    let rest = v.strip_prefix("redis://").ok_or(EXPECTED)?;
+    const EXPECTED: &str = "redis://[:PASSWORD@]HOST:PORT[/DB], like redis://127.0.0.1:6379, or \
+        redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]";
+    let (sentinel, rest) = match (v.strip_prefix("redis://"), v.strip_prefix("redis+sentinel://")) {
+        (Some(rest), _) => (false, rest),
+        (_, Some(rest)) => (true, rest),
+        _ => return Err(EXPECTED.into()),
+    };
     let (auth, rest) = match rest.rsplit_once('@') {
         Some((auth, rest)) => (Some(auth), rest),
         None => (None, rest),
@@ -488,16 +508,32 @@ fn redis_url(v: &str, resolve: Resolve) -> Result<RedisUrl, Why> {
             _ => return Err(EXPECTED.into()),
         },
     };
+    let resolved = |hostport: &str| {
+        listen(hostport, resolve).map_err(|why| match why {
+            Why::Expected(_) => Why::Expected(EXPECTED.into()),
+            failed => failed,
+        })
+    };
+    let db_of = |db: Option<&str>| match db {
+        None | Some("") => Ok(0),
+        Some(db) => db.parse::<u32>().map_err(|_| Why::from(EXPECTED)),
+    };
+    if sentinel {
+        let mut parts = rest.splitn(3, '/');
+        let (hosts, master, db) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next());
+        let master_ok = !master.is_empty() && master.bytes().all(|b| b.is_ascii_graphic());
+        if !master_ok {
+            return Err(EXPECTED.into());
+        }
+        let addrs = hosts.split(',').map(resolved).collect::<Result<Vec<_>, _>>()?;
+        let set = crate::cluster::sentinel::SentinelSet { addrs, master: master.to_owned() };
+        return Ok(RedisUrl { target: RedisTarget::Sentinels(set), password, db: db_of(db)? });
+    }
     let (hostport, db) = match rest.split_once('/') {
-        Some((hp, "")) => (hp, 0),
-        Some((hp, db)) => (hp, db.parse::<u32>().map_err(|_| EXPECTED)?),
+        Some((hp, db)) => (hp, db_of(Some(db))?),
         None => (rest, 0),
     };
-    let addr = listen(hostport, resolve).map_err(|why| match why {
-        Why::Expected(_) => Why::Expected(EXPECTED.into()),
-        failed => failed,
-    })?;
-    Ok(RedisUrl { addr, password, db })
+    Ok(RedisUrl { target: RedisTarget::Server(resolved(hostport)?), password, db })
 }
 
 /// `RUST_LOG` in env-filter syntax: comma-separated directives, each `LEVEL` (every
@@ -706,13 +742,16 @@ mod tests {
         let url = |v: &str| run(&["--redis", v], &[]).map(|c| c.redis.unwrap());
         let u = url("redis://:s3cret@localhost:6390/3").unwrap();
         assert_eq!(
-            (u.addr, u.password.as_deref(), u.db),
-            (SocketAddr::from(([127, 0, 0, 1], 6390)), Some("s3cret"), 3)
+            (u.target.clone(), u.password.as_deref(), u.db),
+            (RedisTarget::Server(SocketAddr::from(([127, 0, 0, 1], 6390))), Some("s3cret"), 3)
         );
         assert!(!format!("{u:?} {u}").contains("s3cret"), "the password stays out of logs");
         let u = url("redis://10.1.2.3:6379").unwrap();
         assert_eq!((u.password, u.db), (None, 0));
-        assert_eq!(url("redis://[::1]:6379/").unwrap().addr, SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 6379)));
+        assert_eq!(
+            url("redis://[::1]:6379/").unwrap().target,
+            RedisTarget::Server(SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 1], 6379)))
+        );
         for bad in [
             "http://x:1",
             "redis://",
@@ -724,6 +763,25 @@ mod tests {
         ] {
             let e = url(bad).unwrap_err().0;
             assert!(e.starts_with("--redis: expected redis://"), "{bad}: {e}");
+        }
+        // Sentinels: every host, the primary's name, a database.
+        let u = url("redis+sentinel://:pw@localhost:26379,127.0.0.2:26380/mymaster/2").unwrap();
+        let set = crate::cluster::sentinel::SentinelSet {
+            addrs: vec![SocketAddr::from(([127, 0, 0, 1], 26379)), SocketAddr::from(([127, 0, 0, 2], 26380))],
+            master: "mymaster".into(),
+        };
+        assert_eq!((u.target, u.password.as_deref(), u.db), (RedisTarget::Sentinels(set), Some("pw"), 2));
+        let u = url("redis+sentinel://127.0.0.1:26379/m").unwrap();
+        assert_eq!(format!("{u}"), "redis+sentinel://127.0.0.1:26379/m/0");
+        for bad in [
+            "redis+sentinel://127.0.0.1:26379",
+            "redis+sentinel://127.0.0.1:26379/",
+            "redis+sentinel://127.0.0.1:26379,/m",
+            "redis+sentinel://127.0.0.1:x/m",
+            "redis+sentinel://127.0.0.1:26379/m/x",
+        ] {
+            let e = url(bad).unwrap_err().0;
+            assert!(e.contains("redis+sentinel://[:PASSWORD@]HOST:PORT[,HOST:PORT...]/MASTER_NAME[/DB]"), "{bad}: {e}");
         }
         let e = url("redis://:pw@nowhere:1").unwrap_err().0;
         assert!(e.contains("cannot resolve") && !e.contains("pw@"), "{e}");

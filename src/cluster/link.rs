@@ -12,6 +12,9 @@ pub enum LinkId {
     Cmd,
     /// Subscribed to the room's channel.
     Sub,
+    /// Sentinel mode: to one sentinel, asked for the primary and then watching for
+    /// `+switch-master`.
+    Sentinel,
 }
 
 #[derive(Debug, Default)]

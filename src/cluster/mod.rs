@@ -20,10 +20,11 @@ pub mod event;
 pub mod link;
 pub mod reply;
 pub mod resp;
+pub mod sentinel;
 
 use crate::chat::replicated::Snapshot;
 use crate::chat::Message;
-use crate::config::RedisUrl;
+use crate::config::{RedisTarget, RedisUrl};
 use crate::log;
 use crate::storage::{Done, Origin, Reply, Request};
 use event::RoomEvent;
@@ -31,6 +32,7 @@ pub use link::LinkId;
 use link::{Backoff, Link};
 use reply::{hex, parse_token, token, unhex32};
 use resp::Value;
+use sentinel::{News, Sentinels};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -72,6 +74,11 @@ pub enum Io {
     Open(SocketAddr),
     /// Drop both links.
     Close,
+    /// Open the link to this sentinel (non-blocking); if that cannot even start,
+    /// `on_closed(LinkId::Sentinel, ...)`.
+    OpenSentinel(SocketAddr),
+    /// Drop the sentinel link.
+    CloseSentinel,
 }
 
 /// What the loop must act on, in the order it happened.
@@ -128,6 +135,8 @@ enum Pending {
     Check([u8; 32]),
     Control(Origin),
     Sync,
+    /// `ROLE` on connect (sentinel mode): the server must be the primary.
+    Role,
     Ignore,
 }
 
@@ -145,6 +154,8 @@ enum Expect {
 enum State {
     /// No links; the next attempt at `retry_at`.
     Down,
+    /// Sentinel mode: asking the sentinels where the primary is.
+    Locating,
     /// Links opening, AUTH/SELECT/FUNCTION LOAD and SUBSCRIBE sent.
     Connecting,
     /// Subscribed; the loop owes a sync (`wants_sync`).
@@ -184,6 +195,10 @@ pub struct Cluster {
     /// This node's messages published and not yet back as events (nor failed): a
     /// hand-over waits for them, since their acks ride on those events.
     unconfirmed: usize,
+    /// Sentinel mode: who says where the primary is.
+    sentinels: Option<Sentinels>,
+    /// Where the links point (or last pointed).
+    primary: Option<SocketAddr>,
 }
 
 impl Cluster {
@@ -196,6 +211,10 @@ impl Cluster {
 
     /// A node named `node` (tests and the fuzz world pick their own).
     pub fn with_node(cfg: ClusterConfig, node: String, now: Instant) -> Cluster {
+        let (sentinels, primary) = match &cfg.url.target {
+            RedisTarget::Server(addr) => (None, Some(*addr)),
+            RedisTarget::Sentinels(set) => (Some(Sentinels::new(set.clone(), cfg.url.password.clone(), now)), None),
+        };
         Cluster {
             cfg,
             node,
@@ -218,6 +237,8 @@ impl Cluster {
             syncs: 0,
             stopping: false,
             unconfirmed: 0,
+            sentinels,
+            primary,
         }
     }
 
@@ -437,20 +458,27 @@ impl Cluster {
             // No heartbeats or retries any more: only an answer that never comes.
             return self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
         }
-        match self.state {
+        let sentinels = self.sentinels.as_ref().and_then(Sentinels::next_deadline);
+        let own = match self.state {
             State::Down => Some(self.retry_at),
+            State::Locating => None,
             State::Connecting | State::Subscribed => Some(self.since + CONNECT_TIMEOUT),
             State::Syncing | State::Up => {
                 let stuck = self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
                 [Some(self.heartbeat_at), Some(self.reap_at), stuck].into_iter().flatten().min()
             }
-        }
+        };
+        [own, sentinels].into_iter().flatten().min()
     }
 
     pub fn on_timeout(&mut self, now: Instant) {
         self.now = now;
+        if let Some(s) = self.sentinels.as_mut() {
+            s.on_timeout(now);
+            self.sentinel_io();
+        }
         match self.state {
-            State::Down if now >= self.retry_at && !self.stopping => self.connect(now),
+            State::Down if now >= self.retry_at && !self.stopping => self.locate(now),
             State::Connecting | State::Subscribed if now >= self.since + CONNECT_TIMEOUT => {
                 self.lost("connecting timed out", now);
             }
@@ -476,8 +504,58 @@ impl Cluster {
         }
     }
 
+    /// Connects to the primary: straight away with a server's address, or once the
+    /// sentinels have said where it is (asked anew each time: the last address may
+    /// be a replica by now).
+    fn locate(&mut self, now: Instant) {
+        match self.sentinels.as_mut() {
+            None => self.connect(now),
+            Some(s) => {
+                self.state = State::Locating;
+                self.since = now;
+                s.ask(now);
+                self.sentinel_io();
+            }
+        }
+    }
+
+    /// Passes what the sentinels want done with their link on to the reactor.
+    fn sentinel_io(&mut self) {
+        let Some(s) = self.sentinels.as_mut() else { return };
+        if s.take_close() {
+            self.io.push_back(Io::CloseSentinel);
+        }
+        if let Some(addr) = s.take_open() {
+            self.io.push_back(Io::OpenSentinel(addr));
+        }
+    }
+
+    /// What a sentinel said.
+    fn on_news(&mut self, news: News, now: Instant) {
+        match (news, self.state) {
+            (News::Primary(addr) | News::Switched(addr), State::Locating) => {
+                self.primary = Some(addr);
+                self.connect(now);
+            }
+            (News::Unknown, State::Locating) => {
+                let master = self.sentinels.as_ref().map_or("", Sentinels::master).to_owned();
+                self.lost(&format!("the sentinels know no primary named {master:?}"), now);
+            }
+            (
+                News::Primary(addr) | News::Switched(addr),
+                State::Connecting | State::Subscribed | State::Syncing | State::Up,
+            ) if self.primary != Some(addr) => {
+                // A failover: whatever the links say now comes from a demoted server.
+                self.lost(&format!("failover: the primary is {addr} now"), now);
+                self.retry_at = now;
+            }
+            _ => {}
+        }
+    }
+
     /// Asks the reactor for both links, with the hello each will say first.
     fn connect(&mut self, now: Instant) {
+        let Some(addr) = self.primary else { return self.lost("no address to connect to", now) };
         self.since = now;
         let (mut cmd, mut sub) = (Link::default(), Link::default());
         let mut hello = 0;
@@ -495,10 +573,16 @@ impl Cluster {
         for _ in 0..hello + 1 {
             self.pending.push_back((now, Pending::Ignore));
         }
+        if self.sentinels.is_some() {
+            // The sentinels' word may be stale by the time the links are up: the
+            // server itself says whether it takes writes.
+            cmd.queue(&["ROLE"]);
+            self.pending.push_back((now, Pending::Role));
+        }
         self.cmd = Some(cmd);
         self.sub = Some(sub);
         self.state = State::Connecting;
-        self.io.push_back(Io::Open(self.cfg.url.addr));
+        self.io.push_back(Io::Open(addr));
     }
 
     /// The reactor opened both links (the connects may still be in progress: what is
@@ -537,7 +621,7 @@ impl Cluster {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 self.events.push_back(Event::Unavailable(origin))
             }
-            Pending::Check(_) | Pending::Sync | Pending::Ignore => {}
+            Pending::Check(_) | Pending::Sync | Pending::Role | Pending::Ignore => {}
         }
     }
 
@@ -547,6 +631,14 @@ impl Cluster {
         let result = match link {
             LinkId::Cmd => self.read_cmd(bytes),
             LinkId::Sub => self.read_sub(bytes, now),
+            LinkId::Sentinel => {
+                let news = self.sentinels.as_mut().map(|s| s.on_bytes(bytes, now)).unwrap_or_default();
+                self.sentinel_io();
+                for n in news {
+                    self.on_news(n, now);
+                }
+                Ok(())
+            }
         };
         if let Err(e) = result {
             self.lost(&e, now);
@@ -559,6 +651,13 @@ impl Cluster {
         let open = match link {
             LinkId::Cmd => self.cmd.is_some(),
             LinkId::Sub => self.sub.is_some(),
+            LinkId::Sentinel => {
+                if let Some(s) = self.sentinels.as_mut() {
+                    s.on_closed(why, now);
+                }
+                self.sentinel_io();
+                false
+            }
         };
         if open {
             self.lost(why, now);
@@ -570,6 +669,7 @@ impl Cluster {
         match link {
             LinkId::Cmd => self.cmd.as_ref().map_or(&[], Link::output),
             LinkId::Sub => self.sub.as_ref().map_or(&[], Link::output),
+            LinkId::Sentinel => self.sentinels.as_ref().map_or(&[], Sentinels::output),
         }
     }
 
@@ -578,6 +678,12 @@ impl Cluster {
         let l = match link {
             LinkId::Cmd => self.cmd.as_mut(),
             LinkId::Sub => self.sub.as_mut(),
+            LinkId::Sentinel => {
+                if let Some(s) = self.sentinels.as_mut() {
+                    s.consumed(n);
+                }
+                return;
+            }
         };
         if let Some(l) = l {
             l.consumed(n);
@@ -636,6 +742,12 @@ impl Cluster {
     }
 
     fn on_reply(&mut self, why: Pending, v: Value) -> Result<(), String> {
+        if sentinel::is_readonly(&v) {
+            // The server was demoted under us (a failover): nothing written here
+            // counts any more, and the node is down until it finds the primary.
+            self.fail_pending(why);
+            return Err("the server is a replica now (READONLY)".into());
+        }
         if let Value::Error(e) = &v {
             // While connecting, a failure (a wrong password) is said once, when the
             // link is given up, not again on every retry.
@@ -678,6 +790,8 @@ impl Cluster {
                 self.events.push_back(Event::Reply(Done { origin, reply }));
             }
             Pending::Sync => self.synced(&v)?,
+            Pending::Role if sentinel::is_primary(&v) => {}
+            Pending::Role => return Err(format!("{} is not the primary (ROLE: {v:?})", self.cfg.url)),
         }
         Ok(())
     }

@@ -64,9 +64,9 @@ pub struct Sentinels {
     open: Option<SocketAddr>,
     /// The link must be dropped (the reactor hears it through the core).
     close: bool,
-    /// Someone wants the primary's address: a new question goes out when the link
-    /// is (or becomes) free for it.
-    wanted: bool,
+    /// Asked once: from then on a sentinel is always watched (a lost link is
+    /// replaced), so a failover is heard whenever it comes.
+    started: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,19 +78,21 @@ enum Owed {
 
 impl Sentinels {
     pub fn new(set: SentinelSet, password: Option<String>, now: Instant) -> Sentinels {
+        let last = set.addrs.len().saturating_sub(1);
         Sentinels {
             set,
             password,
             link: None,
             stage: Stage::Idle,
-            current: 0,
+            // The first `open_next` moves to the first sentinel.
+            current: last,
             since: now,
             retry_at: now,
             backoff: Backoff::new(),
             owed: Vec::new(),
             open: None,
             close: false,
-            wanted: false,
+            started: false,
         }
     }
 
@@ -101,7 +103,7 @@ impl Sentinels {
     /// The core needs the primary's address: ask (now, or as soon as a sentinel
     /// can be reached). The answer comes as `News::Primary` (or `Unknown`).
     pub fn ask(&mut self, now: Instant) {
-        self.wanted = true;
+        self.started = true;
         match self.stage {
             Stage::Idle if now >= self.retry_at => self.open_next(now),
             Stage::Idle => {}
@@ -132,7 +134,6 @@ impl Sentinels {
         self.link = Some(link);
         self.stage = Stage::Asking;
         self.since = now;
-        self.wanted = false;
         self.open = Some(self.set.addrs[self.current]);
     }
 
@@ -158,7 +159,7 @@ impl Sentinels {
 
     pub fn next_deadline(&self) -> Option<Instant> {
         match self.stage {
-            Stage::Idle if self.wanted => Some(self.retry_at),
+            Stage::Idle if self.started => Some(self.retry_at),
             Stage::Idle | Stage::Watching => None,
             Stage::Asking => Some(self.since + ANSWER_TIMEOUT),
         }
@@ -166,7 +167,7 @@ impl Sentinels {
 
     pub fn on_timeout(&mut self, now: Instant) {
         match self.stage {
-            Stage::Idle if self.wanted && now >= self.retry_at => self.open_next(now),
+            Stage::Idle if self.started && now >= self.retry_at => self.open_next(now),
             Stage::Asking if now >= self.since + ANSWER_TIMEOUT => {
                 self.failed("did not answer in 2 s", now);
             }
@@ -186,10 +187,8 @@ impl Sentinels {
     fn failed(&mut self, why: &str, now: Instant) {
         let addr = self.set.addrs[self.current];
         log::warn(format_args!("redis sentinel {addr}: {why}; trying the next one"));
-        let wanted = self.wanted || self.stage == Stage::Asking;
         self.drop_link(now, true);
-        self.wanted = wanted;
-        if self.wanted && now >= self.retry_at {
+        if self.started && now >= self.retry_at {
             self.open_next(now);
         }
     }

@@ -8,7 +8,11 @@ const ADDR: &str = "127.0.0.1:6379";
 
 fn cfg(password: Option<&str>) -> ClusterConfig {
     ClusterConfig {
-        url: RedisUrl { addr: ADDR.parse().unwrap(), password: password.map(str::to_owned), db: 0 },
+        url: RedisUrl {
+            target: RedisTarget::Server(ADDR.parse().unwrap()),
+            password: password.map(str::to_owned),
+            db: 0,
+        },
         session_ttl: Duration::from_secs(3600),
         max_sessions_per_user: 8,
         history: 100,
@@ -263,4 +267,178 @@ fn a_reply_nobody_asked_for_or_garbage_drops_the_links() {
     let mut c = up(t);
     c.on_bytes(LinkId::Sub, b"?what\r\n", t);
     assert!(!c.is_up());
+}
+
+mod sentinel {
+    //! Sentinel mode: the primary is found through the sentinels, checked with ROLE,
+    //! and followed through failovers.
+    use super::*;
+    use crate::cluster::sentinel::SentinelSet;
+
+    const S1: &str = "127.0.0.1:26379";
+    const S2: &str = "127.0.0.1:26380";
+    const P1: &str = "127.0.0.1:7001";
+    const P2: &str = "127.0.0.1:7002";
+
+    fn node(t: Instant) -> Cluster {
+        let set = SentinelSet { addrs: vec![S1.parse().unwrap(), S2.parse().unwrap()], master: "mymaster".into() };
+        let url = RedisUrl { target: RedisTarget::Sentinels(set), password: None, db: 0 };
+        Cluster::with_node(ClusterConfig { url, ..cfg(None) }, "n1".into(), t)
+    }
+
+    fn addr_reply(addr: &str) -> Vec<u8> {
+        let (ip, port) = addr.split_once(':').unwrap();
+        wire(&Value::Array(Some(vec![bulk(ip), bulk(port)])))
+    }
+
+    fn subscribed_to_switches() -> Vec<u8> {
+        wire(&Value::Array(Some(vec![bulk("subscribe"), bulk("+switch-master"), Value::Int(1)])))
+    }
+
+    fn io(c: &mut Cluster) -> Vec<Io> {
+        std::iter::from_fn(|| c.poll_io()).collect()
+    }
+
+    /// The sentinel answers `primary`; the links open there and the server says its
+    /// role is `role`.
+    fn connect_to(c: &mut Cluster, primary: &str, role: &str, t: Instant) {
+        let out = sent(c, LinkId::Sentinel);
+        assert!(out.contains("GET-MASTER-ADDR-BY-NAME") && out.contains("mymaster"), "{out}");
+        c.on_bytes(LinkId::Sentinel, &addr_reply(primary), t);
+        c.on_bytes(LinkId::Sentinel, &subscribed_to_switches(), t);
+        assert_eq!(io(c), [Io::Open(primary.parse().unwrap())]);
+        c.connected(t);
+        assert!(sent(c, LinkId::Cmd).contains("ROLE"));
+        sent(c, LinkId::Sub);
+        c.on_bytes(LinkId::Cmd, &wire(&bulk("skiff")), t);
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Array(Some(vec![bulk(role), Value::Int(0)]))), t);
+    }
+
+    fn up_on(c: &mut Cluster, primary: &str, t: Instant) {
+        connect_to(c, primary, "master", t);
+        c.on_bytes(
+            LinkId::Sub,
+            &wire(&Value::Array(Some(vec![bulk("subscribe"), bulk("skiff:room"), Value::Int(1)]))),
+            t,
+        );
+        c.sync(&[], ("", 0), t);
+        sent(c, LinkId::Cmd);
+        c.on_bytes(LinkId::Cmd, &sync_reply(1, 0, &[]), t);
+        assert!(c.is_up());
+        events(c);
+    }
+
+    #[test]
+    fn the_sentinels_say_where_the_primary_is() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        assert_eq!(io(&mut c), [Io::OpenSentinel(S1.parse().unwrap())]);
+        assert!(!c.is_up());
+        up_on(&mut c, P1, t);
+    }
+
+    #[test]
+    fn a_server_that_says_it_is_a_replica_is_left_and_the_sentinels_asked_again() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        io(&mut c);
+        connect_to(&mut c, P1, "slave", t);
+        assert!(!c.is_up());
+        assert_eq!(io(&mut c), [Io::Close]);
+        let retry = c.next_deadline().unwrap();
+        c.on_timeout(retry);
+        // The watching link takes no question: a fresh one to the same sentinel.
+        assert_eq!(io(&mut c), [Io::CloseSentinel, Io::OpenSentinel(S1.parse().unwrap())]);
+        up_on(&mut c, P2, retry);
+    }
+
+    #[test]
+    fn readonly_means_demoted_and_the_node_is_down_until_it_finds_the_primary() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        io(&mut c);
+        up_on(&mut c, P1, t);
+        c.publish(origin(1), "ann", "hi");
+        c.on_bytes(
+            LinkId::Cmd,
+            &wire(&Value::Error("READONLY You can't write against a read only replica.".into())),
+            t,
+        );
+        assert!(!c.is_up());
+        assert!(events(&mut c).iter().any(|e| matches!(e, Event::Unavailable(_))), "the message is refused, not lost");
+        assert_eq!(io(&mut c), [Io::Close]);
+    }
+
+    #[test]
+    fn a_switch_master_moves_the_links_at_once() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        io(&mut c);
+        up_on(&mut c, P1, t);
+        let switch = wire(&Value::Array(Some(vec![
+            bulk("message"),
+            bulk("+switch-master"),
+            bulk("mymaster 127.0.0.1 7001 127.0.0.1 7002"),
+        ])));
+        // Another primary's switch changes nothing.
+        let other = wire(&Value::Array(Some(vec![
+            bulk("message"),
+            bulk("+switch-master"),
+            bulk("othermaster 127.0.0.1 7001 127.0.0.1 7009"),
+        ])));
+        c.on_bytes(LinkId::Sentinel, &other, t);
+        assert!(c.is_up());
+        c.on_bytes(LinkId::Sentinel, &switch, t);
+        assert!(!c.is_up(), "never healthy on a demoted server");
+        assert_eq!(io(&mut c), [Io::Close]);
+        assert_eq!(c.next_deadline(), Some(t), "no backoff: the new primary is known");
+        c.on_timeout(t);
+        assert_eq!(io(&mut c), [Io::CloseSentinel, Io::OpenSentinel(S1.parse().unwrap())]);
+        up_on(&mut c, P2, t);
+    }
+
+    #[test]
+    fn a_silent_or_dead_sentinel_is_passed_over_and_a_lost_watch_changes_nothing() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        assert_eq!(io(&mut c), [Io::OpenSentinel(S1.parse().unwrap())]);
+        // S1 says nothing for 2 s: S2 is asked.
+        let later = t + Duration::from_secs(2);
+        assert_eq!(c.next_deadline(), Some(later));
+        c.on_timeout(later);
+        assert_eq!(io(&mut c), [Io::CloseSentinel, Io::OpenSentinel(S2.parse().unwrap())]);
+        up_on(&mut c, P1, later);
+        // The watching sentinel goes away: the node stays up and watches through
+        // another one (after a short wait, the round being over).
+        c.on_closed(LinkId::Sentinel, "connection closed", later);
+        assert!(c.is_up());
+        assert_eq!(io(&mut c), [Io::CloseSentinel]);
+        let again = later + Duration::from_millis(100);
+        c.on_timeout(again - Duration::from_millis(1));
+        assert_eq!(io(&mut c), [], "a short wait first: the round of sentinels is over");
+        c.on_timeout(again);
+        assert!(c.is_up());
+        assert!(io(&mut c).contains(&Io::OpenSentinel(S1.parse().unwrap())));
+        // Its answer names the same primary: nothing changes.
+        c.on_bytes(LinkId::Sentinel, &addr_reply(P1), again);
+        assert!(c.is_up());
+        assert_eq!(io(&mut c), []);
+    }
+
+    #[test]
+    fn no_primary_by_that_name_is_an_outage_with_backoff() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        io(&mut c);
+        sent(&mut c, LinkId::Sentinel);
+        c.on_bytes(LinkId::Sentinel, &wire(&Value::Array(None)), t);
+        assert!(!c.is_up());
+        assert_eq!(c.next_deadline(), Some(t + Duration::from_millis(100)));
+    }
 }

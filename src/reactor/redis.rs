@@ -13,6 +13,8 @@ use std::time::Instant;
 pub const CMD: Token = Token(usize::MAX - 4);
 /// The link subscribed to the room's channel.
 pub const SUB: Token = Token(usize::MAX - 5);
+/// Sentinel mode: the link to a sentinel. Clear of the control socket's tokens.
+pub const SENTINEL: Token = Token(usize::MAX - 10);
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -20,14 +22,23 @@ const READ_CHUNK: usize = 64 * 1024;
 pub struct RedisLinks {
     cmd: Option<TcpStream>,
     sub: Option<TcpStream>,
+    sentinel: Option<TcpStream>,
 }
 
 fn link_of(token: Token) -> Option<LinkId> {
     match token {
         CMD => Some(LinkId::Cmd),
         SUB => Some(LinkId::Sub),
+        SENTINEL => Some(LinkId::Sentinel),
         _ => None,
     }
+}
+
+fn open(addr: std::net::SocketAddr, token: Token, registry: &Registry) -> io::Result<TcpStream> {
+    let mut sock = TcpStream::connect(addr)?;
+    let _ = sock.set_nodelay(true);
+    registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+    Ok(sock)
 }
 
 impl RedisLinks {
@@ -35,6 +46,7 @@ impl RedisLinks {
         match link {
             LinkId::Cmd => self.cmd.as_mut(),
             LinkId::Sub => self.sub.as_mut(),
+            LinkId::Sentinel => self.sentinel.as_mut(),
         }
     }
 
@@ -44,13 +56,7 @@ impl RedisLinks {
             match io {
                 Io::Open(addr) => {
                     self.close(registry);
-                    let open = |token: Token| -> io::Result<TcpStream> {
-                        let mut sock = TcpStream::connect(addr)?;
-                        let _ = sock.set_nodelay(true);
-                        registry.register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
-                        Ok(sock)
-                    };
-                    match (open(CMD), open(SUB)) {
+                    match (open(addr, CMD, registry), open(addr, SUB, registry)) {
                         (Ok(c), Ok(s)) => {
                             (self.cmd, self.sub) = (Some(c), Some(s));
                             cluster.connected(now);
@@ -64,7 +70,21 @@ impl RedisLinks {
                     }
                 }
                 Io::Close => self.close(registry),
+                Io::OpenSentinel(addr) => {
+                    self.close_sentinel(registry);
+                    match open(addr, SENTINEL, registry) {
+                        Ok(sock) => self.sentinel = Some(sock),
+                        Err(e) => cluster.on_closed(LinkId::Sentinel, &format!("cannot connect: {e}"), now),
+                    }
+                }
+                Io::CloseSentinel => self.close_sentinel(registry),
             }
+        }
+    }
+
+    fn close_sentinel(&mut self, registry: &Registry) {
+        if let Some(mut sock) = self.sentinel.take() {
+            let _ = registry.deregister(&mut sock);
         }
     }
 
@@ -91,7 +111,7 @@ impl RedisLinks {
 
     /// Writes what the core has queued for each link, until a socket would block.
     fn write(&mut self, cluster: &mut Cluster, now: Instant) {
-        for link in [LinkId::Cmd, LinkId::Sub] {
+        for link in [LinkId::Cmd, LinkId::Sub, LinkId::Sentinel] {
             loop {
                 let out = cluster.output(link);
                 if out.is_empty() {
@@ -155,6 +175,7 @@ impl Reactor {
         }
         self.on_redis_ready(CMD, now);
         self.on_redis_ready(SUB, now);
+        self.on_redis_ready(SENTINEL, now);
         self.flush_redis(now);
     }
 }
