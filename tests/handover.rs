@@ -7,13 +7,16 @@
 //! new string (`--version` of the file, `/metrics` of the process, /proc/PID/exe).
 
 mod common;
+#[path = "common/raw.rs"]
+mod raw;
 #[path = "common/redis.rs"]
 mod redis;
 
 use common::*;
+use raw::Raw;
 use serde_json::Value;
 use skiff::ws::frame;
-use std::io::{ErrorKind, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -90,118 +93,6 @@ fn pause_ms(srv: &Server, nth: usize) -> f64 {
     let log = srv.stderr();
     let line = log.lines().filter(|l| l.contains("hand-over done")).nth(nth - 1).unwrap().to_owned();
     line.split("paused ").nth(1).unwrap().trim_end_matches(" ms").parse().unwrap()
-}
-
-/// A WebSocket client on a raw socket: frames encoded and decoded by skiff's own
-/// client half, so a thousand of them need no thread each.
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-    texts: Vec<Value>,
-    /// A close frame's code, or 0 for a connection that ended without one.
-    closed: Option<u16>,
-}
-
-impl Raw {
-    fn open(srv: &Server, cookie: &str, path: &str) -> Raw {
-        Raw::open_on(srv.connect(), cookie, path)
-    }
-
-    fn open_on(mut s: TcpStream, cookie: &str, path: &str) -> Raw {
-        let head = format!(
-            "GET {path} HTTP/1.1\r\nHost: t\r\nCookie: {cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let n = s.read(&mut chunk).expect("upgrade response");
-            assert!(n > 0, "closed during the upgrade");
-            buf.extend_from_slice(&chunk[..n]);
-        };
-        assert!(buf.starts_with(b"HTTP/1.1 101 "), "{}", String::from_utf8_lossy(&buf));
-        buf.drain(..end);
-        s.set_nonblocking(true).unwrap();
-        let mut r = Raw { s, buf: Vec::new(), texts: Vec::new(), closed: None };
-        r.feed(&buf);
-        r
-    }
-
-    fn send_frame(&mut self, bytes: &[u8]) {
-        self.s.set_nonblocking(false).unwrap();
-        self.s.write_all(bytes).unwrap();
-        self.s.set_nonblocking(true).unwrap();
-    }
-
-    fn say(&mut self, message: &str) {
-        let text = serde_json::json!({ "message": message }).to_string();
-        self.send_frame(&frame::client_frame(frame::TEXT, text.as_bytes(), [1, 2, 3, 4]));
-    }
-
-    fn feed(&mut self, bytes: &[u8]) {
-        self.buf.extend_from_slice(bytes);
-        let mut pos = 0;
-        while let Ok(Some(f)) = frame::decode_server(&self.buf[pos..]) {
-            let payload = &self.buf[pos..][f.payload.clone()];
-            match f.opcode {
-                frame::TEXT => self.texts.push(serde_json::from_slice(payload).expect("JSON text")),
-                frame::CLOSE => self.closed = Some(payload.get(..2).map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))),
-                _ => {}
-            }
-            pos += f.consumed;
-        }
-        self.buf.drain(..pos);
-    }
-
-    /// Takes in whatever has arrived, without waiting.
-    fn poll(&mut self) {
-        let mut chunk = [0u8; 65536];
-        loop {
-            match self.s.read(&mut chunk) {
-                Ok(0) => {
-                    self.closed.get_or_insert(0);
-                    return;
-                }
-                Ok(n) => self.feed(&chunk[..n]),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.closed.get_or_insert(0);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Waits (bounded) until `done` holds for what arrived.
-    fn poll_until(&mut self, limit: Duration, done: impl Fn(&Raw) -> bool) -> bool {
-        let start = Instant::now();
-        loop {
-            self.poll();
-            if done(self) {
-                return true;
-            }
-            if start.elapsed() > limit || self.closed.is_some() {
-                return done(self);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    fn messages(&self) -> Vec<String> {
-        self.texts.iter().filter_map(|v| v["message"].as_str().map(str::to_owned)).collect()
-    }
-
-    fn events(&self, kind: &str) -> usize {
-        self.texts.iter().filter(|v| v["event"] == kind).count()
-    }
-
-    fn acks(&self) -> usize {
-        self.texts.iter().filter(|v| v["status"] == true).count()
-    }
 }
 
 fn metrics(srv: &Server) -> String {

@@ -179,6 +179,9 @@ pub struct Cluster {
     events: VecDeque<Event>,
     /// Channel events that came before the sync's snapshot.
     buffered: Vec<RoomEvent>,
+    /// The channel position the last snapshot holds: an event up to it, however late
+    /// it is read (the two links are read in either order), is in the snapshot.
+    synced_seq: u64,
     /// Joins Redis accepted whose event has not come yet: they fail if the links do.
     joining: Vec<Origin>,
     /// Logouts taken while Redis was down, sent on reconnect.
@@ -227,6 +230,7 @@ impl Cluster {
             pending: VecDeque::new(),
             events: VecDeque::new(),
             buffered: Vec::new(),
+            synced_seq: 0,
             joining: Vec::new(),
             deferred_logouts: Vec::new(),
             backoff: Backoff::new(),
@@ -729,10 +733,10 @@ impl Cluster {
                         log::warn(format_args!("redis: ignoring a malformed event on the room channel"));
                         continue;
                     };
-                    if self.state == State::Up {
-                        self.room_event(ev);
-                    } else {
-                        self.buffered.push(ev);
+                    match self.state {
+                        State::Up if ev.seq() > self.synced_seq => self.room_event(ev),
+                        State::Up => {}
+                        _ => self.buffered.push(ev),
                     }
                 }
                 _ => {}
@@ -808,6 +812,7 @@ impl Cluster {
             snapshot.last_id
         ));
         self.events.push_back(Event::Synced { snapshot, taken });
+        self.synced_seq = seq;
         for ev in std::mem::take(&mut self.buffered) {
             if ev.seq() > seq {
                 self.room_event(ev);

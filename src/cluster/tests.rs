@@ -190,6 +190,23 @@ fn channel_events_before_the_snapshot_wait_and_only_later_ones_pass() {
     assert!(matches!(&got[1], Event::Message { msg, .. } if msg.id == 3 && msg.text == "hello there"));
 }
 
+/// The links are read in either order: an event published before the sync ran can
+/// be read after its reply. The snapshot holds it already; applying it too would
+/// deliver a message twice (seen with a real failover in tests/sentinel.rs).
+#[test]
+fn an_event_read_after_the_snapshot_that_holds_it_is_not_applied_again() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("e1", 2), t);
+    c.on_bytes(LinkId::Cmd, &sync_reply(6, 3, &[]), t);
+    assert!(matches!(events(&mut c)[..], [Event::Synced { .. }]));
+    c.on_bytes(LinkId::Sub, &channel("M 6 3 1700000000000 n2 1.1 ann in the snapshot"), t);
+    assert!(events(&mut c).is_empty(), "seq 6 is in the snapshot");
+    c.on_bytes(LinkId::Sub, &channel("M 7 4 1700000000000 n2 1.1 ann after it"), t);
+    assert!(matches!(&events(&mut c)[..], [Event::Message { msg, .. }] if msg.id == 4));
+}
+
 #[test]
 fn logouts_taken_while_down_go_out_before_the_sync() {
     let t = Instant::now();

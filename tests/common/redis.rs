@@ -202,18 +202,23 @@ impl Redis {
     }
 
     pub fn try_cmd(&self, args: &[&str]) -> Result<Reply, String> {
-        let mut s = TcpStream::connect(("127.0.0.1", self.port)).map_err(|e| format!("connect: {e}"))?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
-        let mut req = format!("*{}\r\n", args.len()).into_bytes();
-        for a in args {
-            req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-            req.extend_from_slice(a.as_bytes());
-            req.extend_from_slice(b"\r\n");
-        }
-        s.write_all(&req).map_err(|e| format!("write: {e}"))?;
-        read_reply(&mut BufReader::new(s))
+        cmd_at(self.port, args)
     }
+}
+
+/// One command to whatever answers RESP on this loopback port (a sentinel, say).
+pub fn cmd_at(port: u16, args: &[&str]) -> Result<Reply, String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut req = format!("*{}\r\n", args.len()).into_bytes();
+    for a in args {
+        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
+        req.extend_from_slice(a.as_bytes());
+        req.extend_from_slice(b"\r\n");
+    }
+    s.write_all(&req).map_err(|e| format!("write: {e}"))?;
+    read_reply(&mut BufReader::new(s))
 }
 
 fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, String> {
