@@ -526,6 +526,9 @@ fn redis_url(v: &str, resolve: Resolve) -> Result<RedisUrl, Why> {
             return Err(EXPECTED.into());
         }
         let addrs = hosts.split(',').map(resolved).collect::<Result<Vec<_>, _>>()?;
+        if addrs.len() > crate::cluster::sentinel::MAX_SENTINELS {
+            return Err(Why::Failed(format!("at most {} sentinels", crate::cluster::sentinel::MAX_SENTINELS)));
+        }
         let set = crate::cluster::sentinel::SentinelSet { addrs, master: master.to_owned() };
         return Ok(RedisUrl { target: RedisTarget::Sentinels(set), password, db: db_of(db)? });
     }

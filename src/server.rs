@@ -188,7 +188,8 @@ impl<S: Stream> Server<S> {
     /// with input waiting is driven this turn.
     pub fn release_input(&mut self, now: Instant) {
         let Some(until) = self.input_held else { return };
-        if now < until && !self.cx.cluster.as_ref().is_some_and(Cluster::is_up) {
+        let waiting = self.cx.cluster.as_ref().is_some_and(|c| !c.is_up() || c.failing_over(now).is_some());
+        if now < until && waiting {
             return;
         }
         self.input_held = None;
@@ -205,6 +206,10 @@ impl<S: Stream> Server<S> {
     }
 
     fn drive(&mut self, key: usize, now: Instant) {
+        if self.input_held.is_none() {
+            // A failover: messages wait for the new primary rather than being refused.
+            self.input_held = self.cx.cluster.as_ref().and_then(|c| c.failing_over(now));
+        }
         if self.input_held.is_some() {
             return; // its readiness stays set: `release_input` comes back to it
         }
@@ -273,7 +278,7 @@ impl<S: Stream> Server<S> {
                         self.queue_flush(conn);
                         self.arm(conn);
                     }
-                    Effect::Publish { conn, author, message } => self.publish(conn, &author, &message),
+                    Effect::Publish { conn, author, message } => self.publish(conn, author, message),
                     Effect::Left { user } => {
                         if let Some(cluster) = self.cx.cluster.as_mut() {
                             cluster.left(&user);

@@ -15,6 +15,8 @@ pub enum LinkId {
     /// Sentinel mode: to one sentinel, asked for the primary and then watching for
     /// `+switch-master`.
     Sentinel,
+    /// Sentinel mode: to sentinel `i` of the URL, watching failovers start.
+    Watch(usize),
 }
 
 #[derive(Debug, Default)]

@@ -32,9 +32,10 @@ pub use link::LinkId;
 use link::{Backoff, Link};
 use reply::{hex, parse_token, token, unhex32};
 use resp::Value;
-use sentinel::{News, Sentinels};
+use sentinel::{News, Sentinels, WatchIo, Watchers};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Every key and the channel are named under this.
@@ -55,6 +56,11 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Bytes of commands queued for a Redis that does not read: past this it is down.
 const OUT_LIMIT: usize = 64 << 20;
+/// After a failover began, how long client input may wait for the new primary
+/// (sentinels promote within seconds; past this the node serves on, degraded).
+const FAILOVER_HOLD: Duration = Duration::from_secs(10);
+/// Messages kept to send again after a failover (each holds its text).
+const MAX_REPLAY: usize = 4096;
 /// Logouts kept while Redis is down (32 bytes each).
 const MAX_DEFERRED_LOGOUTS: usize = 65_536;
 
@@ -79,6 +85,9 @@ pub enum Io {
     OpenSentinel(SocketAddr),
     /// Drop the sentinel link.
     CloseSentinel,
+    /// Open watching link `i` to this sentinel (see `sentinel::Watchers`).
+    OpenWatch(usize, SocketAddr),
+    CloseWatch(usize),
 }
 
 /// What the loop must act on, in the order it happened.
@@ -129,7 +138,9 @@ pub enum Event {
 #[derive(Debug)]
 enum Pending {
     Conn(Origin, Expect),
-    Publish(Origin),
+    /// The text travels with it: a message the server refused unrun (`READONLY`,
+    /// `NOREPLICAS`: a failover) is sent again to the next primary.
+    Publish(Origin, Rc<str>, Box<str>),
     /// A session with a socket here, checked after a sync: it may have ended while
     /// this node was not listening.
     Check([u8; 32]),
@@ -198,8 +209,14 @@ pub struct Cluster {
     /// This node's messages published and not yet back as events (nor failed): a
     /// hand-over waits for them, since their acks ride on those events.
     unconfirmed: usize,
-    /// Sentinel mode: who says where the primary is.
+    /// Messages a demoted server refused unrun, to send to the next primary first.
+    replay: VecDeque<(Origin, Rc<str>, Box<str>)>,
+    /// A failover began; the node expects to be in sync with a new primary by then.
+    failover_until: Option<Instant>,
+    /// Sentinel mode: who says where the primary is...
     sentinels: Option<Sentinels>,
+    /// ...and every sentinel, watched for a failover starting.
+    watchers: Option<Watchers>,
     /// Where the links point (or last pointed).
     primary: Option<SocketAddr>,
 }
@@ -214,9 +231,12 @@ impl Cluster {
 
     /// A node named `node` (tests and the fuzz world pick their own).
     pub fn with_node(cfg: ClusterConfig, node: String, now: Instant) -> Cluster {
-        let (sentinels, primary) = match &cfg.url.target {
-            RedisTarget::Server(addr) => (None, Some(*addr)),
-            RedisTarget::Sentinels(set) => (Some(Sentinels::new(set.clone(), cfg.url.password.clone(), now)), None),
+        let (sentinels, watchers, primary) = match &cfg.url.target {
+            RedisTarget::Server(addr) => (None, None, Some(*addr)),
+            RedisTarget::Sentinels(set) => {
+                let pw = cfg.url.password.clone();
+                (Some(Sentinels::new(set.clone(), pw.clone(), now)), Some(Watchers::new(set, pw, now)), None)
+            }
         };
         Cluster {
             cfg,
@@ -241,7 +261,10 @@ impl Cluster {
             syncs: 0,
             stopping: false,
             unconfirmed: 0,
+            replay: VecDeque::new(),
+            failover_until: None,
             sentinels,
+            watchers,
             primary,
         }
     }
@@ -268,7 +291,8 @@ impl Cluster {
     /// the links here without losing a reply, an ack or a join. A node out of sync
     /// has nothing in flight that matters (everything was failed when the links went).
     pub fn is_quiet(&self) -> bool {
-        !self.accepting() || (self.pending.is_empty() && self.joining.is_empty() && self.unconfirmed == 0)
+        self.replay.is_empty()
+            && (!self.accepting() || (self.pending.is_empty() && self.joining.is_empty() && self.unconfirmed == 0))
     }
 
     /// For `/metrics`; `online_users` is the replica's count.
@@ -368,7 +392,7 @@ impl Cluster {
     }
 
     /// A member's message, to publish; `Event::Message` delivers it (and its ack).
-    pub fn publish(&mut self, origin: Origin, author: &str, text: &str) {
+    pub fn publish(&mut self, origin: Origin, author: Rc<str>, text: Box<str>) {
         if !self.accepting() {
             self.events.push_back(Event::Unavailable(origin));
             return;
@@ -376,12 +400,20 @@ impl Cluster {
         let (token, keep) = (token(origin), self.cfg.history.to_string());
         match self.cmd.as_mut() {
             Some(cmd) => {
-                cmd.queue(&command::message(&self.node, &token, author, text, &keep));
-                self.pending.push_back((self.now, Pending::Publish(origin)));
+                cmd.queue(&command::message(&self.node, &token, &author, &text, &keep));
+                self.pending.push_back((self.now, Pending::Publish(origin, author, text)));
                 self.unconfirmed += 1;
             }
             None => self.events.push_back(Event::Unavailable(origin)),
         }
+    }
+
+    /// A failover is under way (a server refused writes as demoted, or the sentinels
+    /// switched the primary) and the node is not in sync with the new primary yet:
+    /// the loop holds client input meanwhile (until the returned moment at most), so
+    /// nothing sent then is refused.
+    pub fn failing_over(&self, now: Instant) -> Option<Instant> {
+        self.failover_until.filter(|&until| now < until)
     }
 
     /// A WebSocket here closed. Lost while Redis is down: the sync on reconnect
@@ -462,7 +494,13 @@ impl Cluster {
             // No heartbeats or retries any more: only an answer that never comes.
             return self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
         }
-        let sentinels = self.sentinels.as_ref().and_then(Sentinels::next_deadline);
+        let sentinels = [
+            self.sentinels.as_ref().and_then(Sentinels::next_deadline),
+            self.watchers.as_ref().and_then(Watchers::next_deadline),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         let own = match self.state {
             State::Down => Some(self.retry_at),
             State::Locating => None,
@@ -479,8 +517,11 @@ impl Cluster {
         self.now = now;
         if let Some(s) = self.sentinels.as_mut() {
             s.on_timeout(now);
-            self.sentinel_io();
         }
+        if let Some(w) = self.watchers.as_mut() {
+            w.on_timeout(now);
+        }
+        self.sentinel_io();
         match self.state {
             State::Down if now >= self.retry_at && !self.stopping => self.locate(now),
             State::Connecting | State::Subscribed if now >= self.since + CONNECT_TIMEOUT => {
@@ -525,18 +566,31 @@ impl Cluster {
 
     /// Passes what the sentinels want done with their link on to the reactor.
     fn sentinel_io(&mut self) {
-        let Some(s) = self.sentinels.as_mut() else { return };
-        if s.take_close() {
-            self.io.push_back(Io::CloseSentinel);
+        if let Some(s) = self.sentinels.as_mut() {
+            if s.take_close() {
+                self.io.push_back(Io::CloseSentinel);
+            }
+            if let Some(addr) = s.take_open() {
+                self.io.push_back(Io::OpenSentinel(addr));
+            }
         }
-        if let Some(addr) = s.take_open() {
-            self.io.push_back(Io::OpenSentinel(addr));
+        if let Some(w) = self.watchers.as_mut() {
+            for io in w.take_io() {
+                self.io.push_back(match io {
+                    WatchIo::Open(i, addr) => Io::OpenWatch(i, addr),
+                    WatchIo::Close(i) => Io::CloseWatch(i),
+                });
+            }
         }
     }
 
     /// What a sentinel said.
     fn on_news(&mut self, news: News, now: Instant) {
         match (news, self.state) {
+            (News::FailoverStarting, _) => {
+                log::warn(format_args!("redis {}: a failover is starting; holding writes", self.cfg.url));
+                self.failover_began(now);
+            }
             (News::Primary(addr) | News::Switched(addr), State::Locating) => {
                 self.primary = Some(addr);
                 self.connect(now);
@@ -552,8 +606,17 @@ impl Cluster {
                 // A failover: whatever the links say now comes from a demoted server.
                 self.lost(&format!("failover: the primary is {addr} now"), now);
                 self.retry_at = now;
+                self.failover_began(now);
             }
             _ => {}
+        }
+    }
+
+    /// Input is held for one `FAILOVER_HOLD` from the first sign of a failover; later
+    /// signs of the same one (a new primary still without its replica) do not extend it.
+    fn failover_began(&mut self, now: Instant) {
+        if self.failover_until.is_none_or(|until| until <= now) {
+            self.failover_until = Some(now + FAILOVER_HOLD);
         }
     }
 
@@ -621,7 +684,7 @@ impl Cluster {
             Pending::Conn(origin, _) | Pending::Control(origin) => {
                 self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }))
             }
-            Pending::Publish(origin) => {
+            Pending::Publish(origin, ..) => {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 self.events.push_back(Event::Unavailable(origin))
             }
@@ -635,10 +698,13 @@ impl Cluster {
         let result = match link {
             LinkId::Cmd => self.read_cmd(bytes),
             LinkId::Sub => self.read_sub(bytes, now),
-            LinkId::Sentinel => {
-                let news = self.sentinels.as_mut().map(|s| s.on_bytes(bytes, now)).unwrap_or_default();
+            LinkId::Sentinel | LinkId::Watch(_) => {
+                let news = match link {
+                    LinkId::Watch(i) => self.watchers.as_mut().map(|w| w.on_bytes(i, bytes, now)),
+                    _ => self.sentinels.as_mut().map(|s| s.on_bytes(bytes, now)),
+                };
                 self.sentinel_io();
-                for n in news {
+                for n in news.unwrap_or_default() {
                     self.on_news(n, now);
                 }
                 Ok(())
@@ -662,6 +728,13 @@ impl Cluster {
                 self.sentinel_io();
                 false
             }
+            LinkId::Watch(i) => {
+                if let Some(w) = self.watchers.as_mut() {
+                    w.on_closed(i, now);
+                }
+                self.sentinel_io();
+                false
+            }
         };
         if open {
             self.lost(why, now);
@@ -674,6 +747,7 @@ impl Cluster {
             LinkId::Cmd => self.cmd.as_ref().map_or(&[], Link::output),
             LinkId::Sub => self.sub.as_ref().map_or(&[], Link::output),
             LinkId::Sentinel => self.sentinels.as_ref().map_or(&[], Sentinels::output),
+            LinkId::Watch(i) => self.watchers.as_ref().map_or(&[], |w| w.output(i)),
         }
     }
 
@@ -685,6 +759,12 @@ impl Cluster {
             LinkId::Sentinel => {
                 if let Some(s) = self.sentinels.as_mut() {
                     s.consumed(n);
+                }
+                return;
+            }
+            LinkId::Watch(i) => {
+                if let Some(w) = self.watchers.as_mut() {
+                    w.consumed(i, n);
                 }
                 return;
             }
@@ -706,10 +786,29 @@ impl Cluster {
 
     fn read_cmd(&mut self, bytes: &[u8]) -> Result<(), String> {
         let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
+        let mut demoted = false;
         for v in cmd.received(bytes)? {
             let (sent, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
             crate::metrics::REDIS_ROUNDTRIP.observe_duration(self.now.saturating_duration_since(sent));
+            if sentinel::is_demoted(&v) {
+                // Refused unrun: a message goes again to the next primary, anything
+                // else fails. The replies already here are read first: each says
+                // for itself whether it ran.
+                demoted = true;
+                match why {
+                    Pending::Publish(origin, author, text) if self.replay.len() < MAX_REPLAY => {
+                        self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                        self.replay.push_back((origin, author, text));
+                    }
+                    why => self.fail_pending(why),
+                }
+                continue;
+            }
             self.on_reply(why, v)?;
+        }
+        if demoted {
+            self.failover_began(self.now);
+            return Err("the server refuses writes (a failover: READONLY or NOREPLICAS)".into());
         }
         Ok(())
     }
@@ -746,12 +845,6 @@ impl Cluster {
     }
 
     fn on_reply(&mut self, why: Pending, v: Value) -> Result<(), String> {
-        if sentinel::is_readonly(&v) {
-            // The server was demoted under us (a failover): nothing written here
-            // counts any more, and the node is down until it finds the primary.
-            self.fail_pending(why);
-            return Err("the server is a replica now (READONLY)".into());
-        }
         if let Value::Error(e) = &v {
             // While connecting, a failure (a wrong password) is said once, when the
             // link is given up, not again on every retry.
@@ -768,7 +861,7 @@ impl Cluster {
                     self.events.push_back(Event::SessionEnded { id_hash, code: crate::ws::close::NORMAL });
                 }
             }
-            Pending::Publish(origin) => {
+            Pending::Publish(origin, ..) => {
                 if !matches!(v, Value::Int(_)) {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
                     self.events.push_back(Event::Unavailable(origin));
@@ -821,6 +914,10 @@ impl Cluster {
         self.state = State::Up;
         self.syncs += 1;
         self.since = self.now;
+        self.failover_until = None;
+        for (origin, author, text) in std::mem::take(&mut self.replay) {
+            self.publish(origin, author, text);
+        }
         self.backoff.reset();
         self.outage_logged = false;
         Ok(())

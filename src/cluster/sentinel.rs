@@ -35,6 +35,9 @@ pub enum News {
     Unknown,
     /// A failover promoted the server here (`+switch-master`).
     Switched(SocketAddr),
+    /// The sentinel leading a failover chose the replica to promote: stop writing to
+    /// the primary now (`+selected-slave`).
+    FailoverStarting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -272,7 +275,148 @@ pub fn is_primary(v: &Value) -> bool {
     v.as_array().and_then(|items| items.first()).and_then(Value::as_str) == Some("master")
 }
 
-/// A command refused because the server became a replica.
-pub fn is_readonly(v: &Value) -> bool {
-    matches!(v, Value::Error(e) if e.starts_with("READONLY"))
+/// A write refused unrun because the server is no writable primary now: demoted to
+/// a replica (`READONLY`), or cut off from its replicas under `min-replicas-to-write`
+/// (`NOREPLICAS`, the first thing a primary says once its replica was promoted).
+pub fn is_demoted(v: &Value) -> bool {
+    matches!(v, Value::Error(e) if e.starts_with("READONLY") || e.starts_with("NOREPLICAS"))
+}
+
+/// At most this many sentinels in a URL (each gets a watching link).
+pub const MAX_SENTINELS: usize = 8;
+
+/// Passive links, one to every sentinel, subscribed to the steps of a failover. Only
+/// the sentinel that leads a failover says `+selected-slave`, shortly before it
+/// promotes the replica (the old primary takes writes until then, and whatever it
+/// takes after the promotion is thrown away when it becomes a replica): hearing it
+/// from whichever sentinel leads, a node stops writing in time.
+#[derive(Debug)]
+pub struct Watchers {
+    addrs: Vec<SocketAddr>,
+    master: String,
+    password: Option<String>,
+    links: Vec<Watch>,
+}
+
+#[derive(Debug)]
+struct Watch {
+    link: Option<Link>,
+    retry_at: Instant,
+    backoff: Backoff,
+    /// The reactor must open (Some) or drop (None after `close`) this link.
+    open: Option<SocketAddr>,
+    close: bool,
+}
+
+/// What the reactor must do with watching link `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WatchIo {
+    Open(usize, SocketAddr),
+    Close(usize),
+}
+
+impl Watchers {
+    pub fn new(set: &SentinelSet, password: Option<String>, now: Instant) -> Watchers {
+        let links = set
+            .addrs
+            .iter()
+            .map(|_| Watch { link: None, retry_at: now, backoff: Backoff::new(), open: None, close: false })
+            .collect();
+        Watchers { addrs: set.addrs.clone(), master: set.master.clone(), password, links }
+    }
+
+    fn open(&mut self, i: usize) {
+        let mut link = Link::default();
+        if let Some(pw) = &self.password {
+            link.queue(&[b"AUTH".as_slice(), pw.as_bytes()]);
+        }
+        link.queue(&["SUBSCRIBE", "+selected-slave", "+switch-master"]);
+        let w = &mut self.links[i];
+        w.link = Some(link);
+        w.open = Some(self.addrs[i]);
+    }
+
+    /// What the reactor must do with the watching links, in order.
+    pub fn take_io(&mut self) -> Vec<WatchIo> {
+        let mut io = Vec::new();
+        for (i, w) in self.links.iter_mut().enumerate() {
+            if std::mem::take(&mut w.close) {
+                io.push(WatchIo::Close(i));
+            }
+            if let Some(addr) = w.open.take() {
+                io.push(WatchIo::Open(i, addr));
+            }
+        }
+        io
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.links.iter().filter(|w| w.link.is_none()).map(|w| w.retry_at).min()
+    }
+
+    /// Opens every watch that is due (all of them at first).
+    pub fn on_timeout(&mut self, now: Instant) {
+        for i in 0..self.links.len() {
+            if self.links[i].link.is_none() && now >= self.links[i].retry_at {
+                self.open(i);
+            }
+        }
+    }
+
+    pub fn on_closed(&mut self, i: usize, now: Instant) {
+        let Some(w) = self.links.get_mut(i) else { return };
+        if w.link.take().is_some() {
+            w.close = true;
+            w.retry_at = now + w.backoff.step();
+        }
+    }
+
+    pub fn output(&self, i: usize) -> &[u8] {
+        self.links.get(i).and_then(|w| w.link.as_ref()).map_or(&[], Link::output)
+    }
+
+    pub fn consumed(&mut self, i: usize, n: usize) {
+        if let Some(l) = self.links.get_mut(i).and_then(|w| w.link.as_mut()) {
+            l.consumed(n);
+        }
+    }
+
+    /// Bytes from watching link `i`: a failover of our primary starting, or done.
+    pub fn on_bytes(&mut self, i: usize, bytes: &[u8], now: Instant) -> Vec<News> {
+        let Some(link) = self.links.get_mut(i).and_then(|w| w.link.as_mut()) else { return Vec::new() };
+        let values = match link.received(bytes) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn(format_args!("redis sentinel {}: {e}", self.addrs[i]));
+                self.on_closed(i, now);
+                return Vec::new();
+            }
+        };
+        let mut news = Vec::new();
+        for v in values {
+            let Some(items) = v.as_array() else { continue };
+            match items.first().and_then(Value::as_str) {
+                Some("subscribe") => self.links[i].backoff.reset(),
+                Some("message") => {
+                    let channel = items.get(1).and_then(Value::as_str);
+                    let Some(text) = items.get(2).and_then(Value::as_str) else { continue };
+                    let f: Vec<&str> = text.split(' ').collect();
+                    match (channel, &f[..]) {
+                        // slave IP:PORT IP PORT @ MASTER MASTER_IP MASTER_PORT
+                        (Some("+selected-slave"), [_, _, _, _, "@", name, ..]) if *name == self.master => {
+                            news.push(News::FailoverStarting)
+                        }
+                        (Some("+switch-master"), [name, _, _, ip, port]) if *name == self.master => {
+                            if let Some(addr) = addr_of(ip, port) {
+                                news.push(News::Switched(addr));
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {}
+            }
+        }
+        news
+    }
 }

@@ -230,7 +230,7 @@ fn own_messages_keep_the_node_busy_until_their_event_comes_back() {
     let t = Instant::now();
     let mut c = up(t);
     assert!(c.is_quiet());
-    c.publish(origin(5), "ann", "hi");
+    c.publish(origin(5), "ann".into(), "hi".into());
     assert!(sent(&mut c, LinkId::Cmd).contains("skiff_message"));
     assert!(!c.is_quiet());
     c.on_bytes(LinkId::Cmd, &wire(&Value::Int(11)), t);
@@ -240,7 +240,7 @@ fn own_messages_keep_the_node_busy_until_their_event_comes_back() {
     let got = events(&mut c);
     assert!(matches!(&got[..], [Event::Message { mine: Some(o), .. }] if *o == origin(5)));
     // A refused message ends its wait as well.
-    c.publish(origin(5), "ann", "again");
+    c.publish(origin(5), "ann".into(), "again".into());
     c.on_bytes(LinkId::Cmd, &wire(&Value::Error("ERR busy".into())), t);
     assert!(c.is_quiet());
     assert!(matches!(events(&mut c)[..], [Event::Unavailable(o)] if o == origin(5)));
@@ -267,7 +267,7 @@ fn a_redis_that_does_not_read_is_down() {
     let mut c = up(t);
     let big = "x".repeat(1 << 20);
     for i in 0..65 {
-        c.publish(origin(i), "ann", &big);
+        c.publish(origin(i), "ann".into(), big.as_str().into());
     }
     c.flush(t);
     assert!(!c.is_up());
@@ -312,8 +312,13 @@ mod sentinel {
         wire(&Value::Array(Some(vec![bulk("subscribe"), bulk("+switch-master"), Value::Int(1)])))
     }
 
+    /// What the reactor must do, but for the watching links (`watches` has those).
     fn io(c: &mut Cluster) -> Vec<Io> {
-        std::iter::from_fn(|| c.poll_io()).collect()
+        std::iter::from_fn(|| c.poll_io()).filter(|io| !matches!(io, Io::OpenWatch(..) | Io::CloseWatch(_))).collect()
+    }
+
+    fn watch_msg(channel: &str, text: &str) -> Vec<u8> {
+        wire(&Value::Array(Some(vec![bulk("message"), bulk(channel), bulk(text)])))
     }
 
     /// The sentinel answers `primary`; the links open there and the server says its
@@ -371,22 +376,41 @@ mod sentinel {
         up_on(&mut c, P2, retry);
     }
 
+    /// READONLY (demoted to a replica) or NOREPLICAS (a primary cut off from its
+    /// promoted replica, under min-replicas-to-write): the node is down until it finds
+    /// the primary; messages refused unrun go to the new primary, nothing refused to
+    /// their senders; input is held meanwhile.
     #[test]
-    fn readonly_means_demoted_and_the_node_is_down_until_it_finds_the_primary() {
-        let t = Instant::now();
-        let mut c = node(t);
-        c.on_timeout(t);
-        io(&mut c);
-        up_on(&mut c, P1, t);
-        c.publish(origin(1), "ann", "hi");
-        c.on_bytes(
-            LinkId::Cmd,
-            &wire(&Value::Error("READONLY You can't write against a read only replica.".into())),
-            t,
-        );
-        assert!(!c.is_up());
-        assert!(events(&mut c).iter().any(|e| matches!(e, Event::Unavailable(_))), "the message is refused, not lost");
-        assert_eq!(io(&mut c), [Io::Close]);
+    fn a_refused_write_means_a_failover_and_refused_messages_go_to_the_new_primary() {
+        for refusal in ["READONLY You can't write against a read only replica.", "NOREPLICAS Not enough good replicas"]
+        {
+            let t = Instant::now();
+            let mut c = node(t);
+            c.on_timeout(t);
+            io(&mut c);
+            up_on(&mut c, P1, t);
+            c.publish(origin(1), "ann".into(), "one".into());
+            c.publish(origin(2), "bob".into(), "two".into());
+            c.publish(origin(3), "cid".into(), "three".into());
+            sent(&mut c, LinkId::Cmd);
+            // The first ran before the switch; the next two were refused.
+            let mut replies = wire(&Value::Int(41));
+            replies.extend(wire(&Value::Error(refusal.into())).repeat(2));
+            c.on_bytes(LinkId::Cmd, &replies, t);
+            assert!(!c.is_up());
+            assert!(events(&mut c).iter().all(|e| !matches!(e, Event::Unavailable(_))), "nothing refused to a sender");
+            assert_eq!(io(&mut c), [Io::Close]);
+            assert_eq!(c.failing_over(t), Some(t + Duration::from_secs(10)), "input waits for the new primary");
+            assert!(!c.is_quiet());
+            let retry = c.next_deadline().unwrap();
+            c.on_timeout(retry);
+            io(&mut c);
+            up_on(&mut c, P2, retry);
+            assert_eq!(c.failing_over(retry), None);
+            let out = sent(&mut c, LinkId::Cmd);
+            assert!(out.find("two").unwrap() < out.find("three").unwrap(), "again, in order: {out}");
+            assert!(!out.contains("one"), "the one that ran is not sent twice");
+        }
     }
 
     #[test]
@@ -457,5 +481,48 @@ mod sentinel {
         c.on_bytes(LinkId::Sentinel, &wire(&Value::Array(None)), t);
         assert!(!c.is_up());
         assert_eq!(c.next_deadline(), Some(t + Duration::from_millis(100)));
+    }
+
+    /// Every sentinel is watched: the one leading a failover says `+selected-slave`
+    /// before it promotes the replica, and the node holds writes from then on (the
+    /// links stay: the old primary is still the primary); `+switch-master` from any
+    /// of them moves the links.
+    #[test]
+    fn every_sentinel_is_watched_and_a_failover_starting_holds_writes() {
+        let t = Instant::now();
+        let mut c = node(t);
+        c.on_timeout(t);
+        let opened: Vec<Io> = std::iter::from_fn(|| c.poll_io()).collect();
+        assert!(
+            opened.contains(&Io::OpenWatch(0, S1.parse().unwrap()))
+                && opened.contains(&Io::OpenWatch(1, S2.parse().unwrap()))
+        );
+        assert!(String::from_utf8_lossy(c.output(LinkId::Watch(1))).contains("+selected-slave"));
+        up_on(&mut c, P1, t);
+        // The second sentinel leads a failover of another primary: nothing.
+        c.on_bytes(
+            LinkId::Watch(1),
+            &watch_msg("+selected-slave", "slave 127.0.0.1:9 127.0.0.1 9 @ other 127.0.0.1 8"),
+            t,
+        );
+        assert_eq!(c.failing_over(t), None);
+        c.on_bytes(
+            LinkId::Watch(1),
+            &watch_msg("+selected-slave", "slave 127.0.0.1:7002 127.0.0.1 7002 @ mymaster 127.0.0.1 7001"),
+            t,
+        );
+        assert_eq!(c.failing_over(t), Some(t + Duration::from_secs(10)), "writes held");
+        assert!(c.is_up(), "still on the primary until it is switched");
+        c.on_bytes(LinkId::Watch(1), &watch_msg("+switch-master", "mymaster 127.0.0.1 7001 127.0.0.1 7002"), t);
+        assert!(!c.is_up());
+        c.on_timeout(t);
+        io(&mut c);
+        up_on(&mut c, P2, t);
+        assert_eq!(c.failing_over(t), None, "released once in sync with the new primary");
+        // A watch that drops is opened again after its backoff.
+        c.on_closed(LinkId::Watch(0), "connection closed", t);
+        assert_eq!(c.poll_io(), Some(Io::CloseWatch(0)));
+        c.on_timeout(t + Duration::from_millis(100));
+        assert!(std::iter::from_fn(|| c.poll_io()).any(|io| io == Io::OpenWatch(0, S1.parse().unwrap())));
     }
 }

@@ -15,6 +15,9 @@ pub const CMD: Token = Token(usize::MAX - 4);
 pub const SUB: Token = Token(usize::MAX - 5);
 /// Sentinel mode: the link to a sentinel. Clear of the control socket's tokens.
 pub const SENTINEL: Token = Token(usize::MAX - 10);
+/// Sentinel mode: watching link `i` is `WATCH_TOP - i` (MAX_SENTINELS of them).
+const WATCH_TOP: usize = usize::MAX - 20;
+const WATCHES: usize = crate::cluster::sentinel::MAX_SENTINELS;
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -23,6 +26,7 @@ pub struct RedisLinks {
     cmd: Option<TcpStream>,
     sub: Option<TcpStream>,
     sentinel: Option<TcpStream>,
+    watches: [Option<TcpStream>; WATCHES],
 }
 
 fn link_of(token: Token) -> Option<LinkId> {
@@ -30,6 +34,7 @@ fn link_of(token: Token) -> Option<LinkId> {
         CMD => Some(LinkId::Cmd),
         SUB => Some(LinkId::Sub),
         SENTINEL => Some(LinkId::Sentinel),
+        Token(t) if (WATCH_TOP - (WATCHES - 1)..=WATCH_TOP).contains(&t) => Some(LinkId::Watch(WATCH_TOP - t)),
         _ => None,
     }
 }
@@ -47,6 +52,7 @@ impl RedisLinks {
             LinkId::Cmd => self.cmd.as_mut(),
             LinkId::Sub => self.sub.as_mut(),
             LinkId::Sentinel => self.sentinel.as_mut(),
+            LinkId::Watch(i) => self.watches.get_mut(i)?.as_mut(),
         }
     }
 
@@ -78,7 +84,22 @@ impl RedisLinks {
                     }
                 }
                 Io::CloseSentinel => self.close_sentinel(registry),
+                Io::OpenWatch(i, addr) if i < WATCHES => {
+                    self.close_watch(i, registry);
+                    match open(addr, Token(WATCH_TOP - i), registry) {
+                        Ok(sock) => self.watches[i] = Some(sock),
+                        Err(e) => cluster.on_closed(LinkId::Watch(i), &format!("cannot connect: {e}"), now),
+                    }
+                }
+                Io::OpenWatch(..) => {}
+                Io::CloseWatch(i) => self.close_watch(i, registry),
             }
+        }
+    }
+
+    fn close_watch(&mut self, i: usize, registry: &Registry) {
+        if let Some(mut sock) = self.watches.get_mut(i).and_then(Option::take) {
+            let _ = registry.deregister(&mut sock);
         }
     }
 
@@ -111,7 +132,8 @@ impl RedisLinks {
 
     /// Writes what the core has queued for each link, until a socket would block.
     fn write(&mut self, cluster: &mut Cluster, now: Instant) {
-        for link in [LinkId::Cmd, LinkId::Sub, LinkId::Sentinel] {
+        let watches = (0..WATCHES).map(LinkId::Watch);
+        for link in [LinkId::Cmd, LinkId::Sub, LinkId::Sentinel].into_iter().chain(watches) {
             loop {
                 let out = cluster.output(link);
                 if out.is_empty() {
@@ -176,6 +198,9 @@ impl Reactor {
         self.on_redis_ready(CMD, now);
         self.on_redis_ready(SUB, now);
         self.on_redis_ready(SENTINEL, now);
+        for i in 0..WATCHES {
+            self.on_redis_ready(Token(WATCH_TOP - i), now);
+        }
         self.flush_redis(now);
     }
 }

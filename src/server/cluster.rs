@@ -103,7 +103,7 @@ impl<S: Stream> Server<S> {
     }
 
     /// A member's message goes to Redis; it comes back as an event to deliver.
-    pub(super) fn publish(&mut self, conn: usize, author: &str, message: &str) {
+    pub(super) fn publish(&mut self, conn: usize, author: std::rc::Rc<str>, message: Box<str>) {
         let Some(generation) = self.generation(conn) else { return };
         if let Some(cluster) = self.cx.cluster.as_mut() {
             cluster.publish(Origin { conn, generation }, author, message);
