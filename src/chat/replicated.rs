@@ -97,7 +97,9 @@ impl Chat {
     /// After (re)connecting to Redis: the replica becomes `snap`. Local clients hear
     /// of every join and leave they missed meanwhile, and get the messages they
     /// missed, in order.
-    pub fn apply_snapshot(&mut self, snap: Snapshot, fx: &mut Effects) {
+    /// `mine`: this node's messages Redis took whose event was lost with the links
+    /// (id, sender): each sender gets its ack, the others the message.
+    pub fn apply_snapshot(&mut self, snap: Snapshot, mine: &[(u64, ConnId)], fx: &mut Effects) {
         let Some(r) = self.replica.as_mut() else { return };
         let (left, joined) = r.replace(&snap.online);
         for name in left {
@@ -110,12 +112,27 @@ impl Chat {
         let lost = !same_epoch && !self.history.epoch().is_empty();
         let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
         self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
+        let mut owed: Vec<(u64, ConnId)> = mine.to_vec();
         for msg in snap.messages {
             if msg.id > seen {
-                self.apply_message(msg, None, fx);
+                let sender = owed.iter().position(|&(id, _)| id == msg.id).map(|at| owed.swap_remove(at).1);
+                self.apply_message(msg, sender, fx);
             } else {
                 let entry = self.entry_of(&msg);
                 self.history.push(entry);
+            }
+        }
+        // Taken by Redis but not in the snapshot's messages (history off, or older
+        // than it keeps): acked if the history is still the one it went into.
+        for (id, conn) in owed {
+            let durable = same_epoch && id <= snap.last_id;
+            let ack = match (durable, self.is_v2(conn)) {
+                (true, true) => super::v2_ack(id),
+                (true, false) => Chunk::Static(super::ACK_OK),
+                (false, _) => Chunk::Static(super::ACK_UNAVAILABLE),
+            };
+            if self.room.get(conn).is_some() {
+                fx.push(Effect::Send { to: conn, frame: ack });
             }
         }
         if lost {

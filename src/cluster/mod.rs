@@ -118,6 +118,9 @@ pub enum Event {
     Synced {
         snapshot: Snapshot,
         taken: Vec<String>,
+        /// This node's messages Redis took (id, sender) whose event never came: the
+        /// links dropped in between. Their senders are owed an ack.
+        mine: Vec<(u64, Origin)>,
     },
     /// `skiff ctl`: Redis answered the function called for `origin`.
     Control {
@@ -209,6 +212,11 @@ pub struct Cluster {
     /// This node's messages published and not yet back as events (nor failed): a
     /// hand-over waits for them, since their acks ride on those events.
     unconfirmed: usize,
+    /// Messages Redis took (its reply came, with the id) whose event has not come.
+    answered: VecDeque<(u64, Origin)>,
+    /// Own events that came before their command's reply (the links are read in
+    /// either order): the reply finds its id here and owes nothing.
+    early: VecDeque<u64>,
     /// Messages a demoted server refused unrun, to send to the next primary first.
     replay: VecDeque<(Origin, Rc<str>, Box<str>)>,
     /// A failover began; the node expects to be in sync with a new primary by then.
@@ -261,6 +269,8 @@ impl Cluster {
             syncs: 0,
             stopping: false,
             unconfirmed: 0,
+            answered: VecDeque::new(),
+            early: VecDeque::new(),
             replay: VecDeque::new(),
             failover_until: None,
             sentinels,
@@ -675,6 +685,9 @@ impl Cluster {
         }
         self.buffered.clear();
         self.unconfirmed = 0;
+        // Replies that never come owe nothing; what Redis took stays owed until the
+        // next sync says what became of it.
+        self.early.clear();
         self.state = State::Down;
         self.retry_at = now + self.backoff.step();
     }
@@ -861,6 +874,15 @@ impl Cluster {
                     self.events.push_back(Event::SessionEnded { id_hash, code: crate::ws::close::NORMAL });
                 }
             }
+            Pending::Publish(origin, ..) if matches!(v, Value::Int(_)) => {
+                let id = v.as_int().unwrap_or_default() as u64;
+                match self.early.iter().position(|&e| e == id) {
+                    Some(at) => {
+                        self.early.remove(at);
+                    }
+                    None => self.answered.push_back((id, origin)),
+                }
+            }
             Pending::Publish(origin, ..) => {
                 if !matches!(v, Value::Int(_)) {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
@@ -904,7 +926,8 @@ impl Cluster {
             snapshot.online.len(),
             snapshot.last_id
         ));
-        self.events.push_back(Event::Synced { snapshot, taken });
+        let mine = std::mem::take(&mut self.answered).into();
+        self.events.push_back(Event::Synced { snapshot, taken, mine });
         self.synced_seq = seq;
         for ev in std::mem::take(&mut self.buffered) {
             if ev.seq() > seq {
@@ -937,6 +960,12 @@ impl Cluster {
             RoomEvent::Message { id, ts, node, token, author, text, .. } => {
                 if node == self.node {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                    match self.answered.iter().position(|&(a, _)| a == id) {
+                        Some(at) => {
+                            self.answered.remove(at);
+                        }
+                        None => self.early.push_back(id),
+                    }
                 }
                 Event::Message { msg: Message { id, ts, author, text }, mine: mine(&node, &token) }
             }

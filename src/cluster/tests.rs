@@ -246,6 +246,34 @@ fn own_messages_keep_the_node_busy_until_their_event_comes_back() {
     assert!(matches!(events(&mut c)[..], [Event::Unavailable(o)] if o == origin(5)));
 }
 
+/// Found by the cluster fuzz world: Redis took a message (its id came back) and the
+/// subscription dropped before the message's event. The ack rides on that event, so
+/// the sender waited for ever (and a v1 client's later acks were off by one). The
+/// next sync now names it as owed, to be acked from the snapshot.
+#[test]
+fn a_message_redis_took_whose_event_was_lost_is_owed_to_its_sender_at_the_next_sync() {
+    let t = Instant::now();
+    let mut c = up(t);
+    c.publish(origin(5), "ann".into(), "hi".into());
+    c.publish(origin(6), "bob".into(), "yo".into());
+    sent(&mut c, LinkId::Cmd);
+    // bob's event comes before its reply (the links are read in either order).
+    c.on_bytes(LinkId::Sub, &channel("M 11 8 1700000000000 n1 6.1 bob yo"), t);
+    c.on_bytes(LinkId::Cmd, &[wire(&Value::Int(7)), wire(&Value::Int(8))].concat(), t);
+    events(&mut c);
+    c.on_closed(LinkId::Sub, "connection closed", t);
+    assert!(events(&mut c).iter().all(|e| !matches!(e, Event::Unavailable(_))), "it did go out");
+    assert_eq!(c.poll_io(), Some(Io::Close));
+    let retry = c.next_deadline().unwrap();
+    subscribed(&mut c, retry);
+    c.sync(&[], ("e1", 8), retry);
+    c.on_bytes(LinkId::Cmd, &sync_reply(12, 8, &[]), retry);
+    match &events(&mut c)[..] {
+        [Event::Synced { mine, .. }] => assert_eq!(mine, &[(7, origin(5))], "ann's message only; bob's came"),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[test]
 fn heartbeats_and_reaping_keep_their_pace() {
     let t = Instant::now();
