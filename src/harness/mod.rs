@@ -4,6 +4,7 @@
 //! Built only for tests and with the `harness` feature: never in the shipped binary.
 
 mod mock;
+pub mod redis;
 mod resume;
 mod world;
 
