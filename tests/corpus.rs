@@ -63,3 +63,36 @@ fn connection_script_delivers_messages() {
     assert_eq!(s.accepted, 3);
     assert_eq!(s.delivered, 3, "each message reached the other client once");
 }
+
+#[test]
+fn connection_cluster_corpus() {
+    replay("connection_cluster", skiff::harness::connection_cluster);
+}
+
+/// Two nodes on the Redis stand-in: users on either node talk both ways, Redis
+/// drops node 2's links, node 2 refuses a message while out of sync, comes back
+/// after its backoff on the fake clock, and the room goes on in one order.
+#[test]
+fn connection_cluster_script_survives_a_dropped_link() {
+    // Setup made clients 0..3 (registrations on node 1). An argument's low two
+    // bits pick the user, the next one the node.
+    let script = [
+        0, 0, // login u0 on node 1 (client 4)
+        0, 5, // login u1 on node 2 (client 5)
+        1, 0, // upgrade u0 on node 1 (client 6)
+        1, 5, // upgrade u1 on node 2 (client 7)
+        2, 6, 0, // client 6 (node 1) says m0
+        3, 7, 0, // client 7 (node 2) says m1
+        12, 0, // both acks come back
+        10, 1, // Redis drops both of node 2's links
+        2, 7, 0, // client 7 says m2: node 2 is out of sync, "unavailable"
+        12, 10, // 200 ms: node 2's backoff (100 ms) runs out; it reconnects and syncs
+        2, 7, 0, // client 7 says m3
+        2, 6, 0, // client 6 says m4
+    ];
+    let s = skiff::harness::connection_cluster_run(&script);
+    assert_eq!(s.upgraded, 2);
+    assert_eq!(s.accepted, 4, "all but the message sent while node 2 was out of sync");
+    assert_eq!(s.delivered, 4, "each accepted message reached the other node's client once");
+    assert_eq!(s.syncs, 3, "node 2 synced twice");
+}
