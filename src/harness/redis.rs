@@ -485,7 +485,7 @@ impl FakeRedis {
             }
             "skiff_sync" => {
                 arity(7)?;
-                if (a.len() - 7) % 3 != 0 {
+                if !(a.len() - 7).is_multiple_of(3) {
                     return Err("ERR skiff_sync: users come as lower, name, token".into());
                 }
                 self.sync(&a)

@@ -422,7 +422,7 @@ impl World {
                                 assert_eq!(named, &(author.clone(), m.to_owned()), "message id {id} names two texts");
                             }
                             // Raw bytes may happen to form a chat message: not one of ours.
-                            if garbled.iter().any(|g| author == *g) {
+                            if garbled.contains(&author) {
                                 continue;
                             }
                             let scripted = m.strip_prefix('m').and_then(|m| m.split(' ').next()?.parse::<u64>().ok());
