@@ -661,6 +661,20 @@ impl World {
                 }
             }
         }
+        // Every message a member still here sent got its ack, true or an error code
+        // (one missing would shift a v1 client's acks, which it matches by position).
+        for c in self.clients.iter().filter(|c| c.upgraded && !c.garbled && !c.closed && c.kicked.is_none()) {
+            if self.is_ws(c) {
+                assert_eq!(
+                    c.acks.len(),
+                    c.sent.len(),
+                    "u{} sent {} messages and got {} acks",
+                    c.user,
+                    c.sent.len(),
+                    c.acks.len()
+                );
+            }
+        }
         // Global order: any two receivers see common messages in the same order.
         let receivers: Vec<&Client> = self.clients.iter().filter(|c| c.upgraded).collect();
         for a in &receivers {
