@@ -63,3 +63,59 @@ fn connection_script_delivers_messages() {
     assert_eq!(s.accepted, 3);
     assert_eq!(s.delivered, 3, "each message reached the other client once");
 }
+
+#[test]
+fn connection_cluster_corpus() {
+    replay("connection_cluster", skiff::harness::connection_cluster);
+}
+
+/// Two nodes on the Redis stand-in: users on either node talk both ways, Redis
+/// drops node 2's links, node 2 refuses a message while out of sync, comes back
+/// after its backoff on the fake clock, and the room goes on in one order.
+#[test]
+fn connection_cluster_script_survives_a_dropped_link() {
+    // Setup made clients 0..3 (registrations on node 1). An argument's low two
+    // bits pick the user, the next one the node.
+    let script = [
+        0, 0, // login u0 on node 1 (client 4)
+        0, 5, // login u1 on node 2 (client 5)
+        1, 0, // upgrade u0 on node 1 (client 6)
+        1, 5, // upgrade u1 on node 2 (client 7)
+        2, 6, 0, // client 6 (node 1) says m0
+        3, 7, 0, // client 7 (node 2) says m1
+        12, 0, // both acks come back
+        10, 1, // Redis drops both of node 2's links
+        2, 7, 0, // client 7 says m2: node 2 is out of sync, "unavailable"
+        12, 10, // 200 ms: node 2's backoff (100 ms) runs out; it reconnects and syncs
+        2, 7, 0, // client 7 says m3
+        2, 6, 0, // client 6 says m4
+    ];
+    let s = skiff::harness::connection_cluster_run(&script);
+    assert_eq!(s.upgraded, 2);
+    assert_eq!(s.accepted, 4, "all but the message sent while node 2 was out of sync");
+    assert_eq!(s.delivered, 4, "each accepted message reached the other node's client once");
+    assert_eq!(s.syncs, 3, "node 2 synced twice");
+}
+
+/// Inputs that still crash: findings in skiff's core, kept out of `fuzz/corpus/`
+/// (the replay above and scripts/fuzz-smoke would fail on them at once) until the
+/// core is fixed; then they move into the corpus and this test goes.
+///
+/// `lost-ack-sub-drop`: a node's subscription link drops after Redis answered one
+/// of its members' messages (`skiff_message` ran, its id came back) but before the
+/// message's event came back on the channel. The ack rides on that event, and
+/// `Cluster::lost` fails only commands still pending: the sender never gets an ack
+/// (a v1 client's positional acks are off by one from then on), and the sync that
+/// follows replays the message from the history to every member of the node, its
+/// sender included, as someone else's message.
+#[test]
+#[ignore = "open finding in the cluster core: a published message's ack is lost with the subscription"]
+fn connection_cluster_open_findings() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/open/connection_cluster");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        let data = std::fs::read(&path).unwrap();
+        let result = std::panic::catch_unwind(|| skiff::harness::connection_cluster(&data));
+        assert!(result.is_ok(), "{} still fails", path.display());
+    }
+}

@@ -4,12 +4,13 @@
 //! Built only for tests and with the `harness` feature: never in the shipped binary.
 
 mod mock;
+pub mod redis;
 mod resume;
 mod world;
 
 pub use mock::{MockStream, Pipe};
 pub use resume::resume;
-pub use world::{connection, connection_run, Summary};
+pub use world::{connection, connection_cluster, connection_cluster_run, connection_run, Summary};
 
 use crate::api::{self, ApiConfig, Ctx, Outcome};
 use crate::chat::room::RateLimit;

@@ -1,13 +1,22 @@
 //! The `connection` fuzz model: a simulated world of scripted clients talking to a
 //! whole `Server` over mock sockets, with what each client should have seen.
+//!
+//! In cluster mode (`connection_cluster`) two servers, nodes n1 and n2, share one
+//! `FakeRedis`; clients talk to either; the world moves the bytes between each
+//! node's two Redis links and the stand-in the way the reactor moves them between
+//! its sockets (src/reactor/redis.rs), and may drop the links, hold back what Redis
+//! sent, and let time pass for both nodes at once.
 
+use super::redis::{FakeRedis, Read};
 use super::{chat_config, counter_random, quiet, MockStream};
 use crate::chat::ChatConfig;
+use crate::cluster::{Cluster, ClusterConfig, Io, LinkId};
+use crate::config::RedisUrl;
 use crate::conn::REQUEST_TIMEOUT;
 use crate::server::{Server, ServerConfig};
 use crate::store::Store;
 use crate::ws::frame;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 /// What one scripted chat client knows.
@@ -41,6 +50,34 @@ struct Client {
     /// server closed it.
     joined_at: usize,
     kicked_at: usize,
+    /// The node this client talks to (always 0 on a single node).
+    node: usize,
+    /// Cluster mode: the answer to this request comes once Redis has answered.
+    awaiting: Option<Awaiting>,
+    /// The step each scripted message was sent at.
+    sent_at: Vec<usize>,
+    /// The error code of each ack that was not `true`, beside `acks`.
+    ack_codes: Vec<Option<String>>,
+    /// Per user, the last of its joins and leaves this client heard: true if it joined.
+    view: BTreeMap<String, bool>,
+    /// Cluster mode: the node's syncs when this client's upgrade was answered.
+    syncs_at_join: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Awaiting {
+    Login,
+    Upgrade,
+}
+
+/// One server, and in cluster mode its two links to the stand-in.
+struct Node {
+    server: Server<MockStream>,
+    /// The stand-in's ids of the command and subscription links, while open.
+    links: Option<(u64, u64)>,
+    /// Bytes Redis's replies and events reach this node at, per link per turn
+    /// (`None`: all of them): partial, late delivery.
+    trickle: Option<usize>,
 }
 
 const USERS: usize = 4;
@@ -87,7 +124,10 @@ fn take_response(c: &mut Client) -> Option<(u16, Vec<u8>, Option<String>)> {
 }
 
 struct World {
-    server: Server<MockStream>,
+    nodes: Vec<Node>,
+    /// Cluster mode: the Redis the nodes share.
+    redis: Option<FakeRedis>,
+    start: Instant,
     now: Instant,
     clients: Vec<Client>,
     keys: Vec<String>,
@@ -95,28 +135,70 @@ struct World {
     next_msg: u64,
     /// Message id -> sender client index, for accepted messages.
     accepted: HashMap<u64, usize>,
+    /// The text of each scripted message, by its id.
+    texts: HashMap<u64, String>,
+    /// Server message id (protocol v2) -> (author, text), as the first frame naming
+    /// it said.
+    ids: HashMap<u64, (String, String)>,
     steps: usize,
 }
 
+/// Cluster mode: the config both nodes run with. The stand-in takes any password
+/// and any database; both are set so AUTH and SELECT go over the links too.
+fn cluster_config() -> ClusterConfig {
+    ClusterConfig {
+        url: RedisUrl { addr: ([127, 0, 0, 1], 6379).into(), password: Some("fuzz".into()), db: 1 },
+        session_ttl: TTL,
+        max_sessions_per_user: chat_config().max_sessions_per_user,
+        history: chat_config().history,
+    }
+}
+
 impl World {
-    fn new() -> World {
-        let cfg = ServerConfig::for_tests(ChatConfig { session_ttl: TTL, ..chat_config() }, vec![], false);
+    fn new(cluster: bool) -> World {
         let start = Instant::now();
-        let storage = crate::storage::Storage::inline(Store::open_in_memory().expect("store"));
-        let mut server = Server::new(cfg, storage, start, super::UNIX_START);
-        server.cx.chat.set_random(counter_random);
+        let mut cfg = ServerConfig::for_tests(ChatConfig { session_ttl: TTL, ..chat_config() }, vec![], false);
+        if cluster {
+            // As `from_config` sets them for --redis: Redis keeps the per-user cap.
+            cfg.chat.max_sessions_per_user = u32::MAX as usize;
+            cfg.conn.api.cluster = true;
+        }
+        let count = if cluster { 2 } else { 1 };
+        let nodes = (0..count)
+            .map(|i| {
+                let storage = crate::storage::Storage::inline(Store::open_in_memory().expect("store"));
+                let mut server = Server::new(cfg.clone(), storage, start, super::UNIX_START);
+                server.cx.chat.set_random(counter_random);
+                if cluster {
+                    server.cx.chat.set_replicated();
+                    server.cx.cluster = Some(Cluster::with_node(cluster_config(), format!("n{}", i + 1), start));
+                }
+                Node { server, links: None, trickle: None }
+            })
+            .collect();
         let mut w = World {
-            server,
+            nodes,
+            redis: cluster.then(FakeRedis::new),
+            start,
             now: start,
             clients: vec![],
             keys: vec![],
             cookies: vec![None; USERS],
             next_msg: 0,
             accepted: HashMap::new(),
+            texts: HashMap::new(),
+            ids: HashMap::new(),
             steps: 0,
         };
+        if cluster {
+            // Both nodes connect and sync before anyone registers.
+            for _ in 0..8 {
+                w.turn();
+            }
+            assert!(w.nodes.iter().all(|n| w.is_up(n)), "both nodes in sync with the stand-in");
+        }
         for u in 0..USERS {
-            let c = w.connect(u);
+            let c = w.connect(u, 0);
             w.http(
                 c,
                 &format!(
@@ -129,17 +211,40 @@ impl World {
             w.keys.push(v["key"].as_str().expect("key").to_owned());
             w.clients[c].closed = true;
             w.clients[c].pipe.0.borrow_mut().client_closed = true;
-            w.server.on_ready(w.clients[c].key, true, false, w.now);
+            w.nodes[0].server.on_ready(w.clients[c].key, true, false, w.now);
         }
         w
     }
 
-    fn connect(&mut self, user: usize) -> usize {
+    fn is_cluster(&self) -> bool {
+        self.redis.is_some()
+    }
+
+    fn is_up(&self, node: &Node) -> bool {
+        node.server.cx.cluster.as_ref().is_some_and(Cluster::is_up)
+    }
+
+    fn syncs(&self, node: usize) -> u64 {
+        self.nodes[node].server.cx.cluster.as_ref().map_or(0, |c| c.gauges(0).syncs)
+    }
+
+    fn server(&mut self, c: usize) -> &mut Server<MockStream> {
+        let node = self.clients[c].node;
+        &mut self.nodes[node].server
+    }
+
+    /// The client's socket is still a WebSocket on its node.
+    fn is_ws(&self, c: &Client) -> bool {
+        self.nodes[c.node].server.conn(c.key).is_some_and(|s| s.generation == c.generation && s.is_ws())
+    }
+
+    fn connect(&mut self, user: usize, node: usize) -> usize {
         let pipe = MockStream::default();
         pipe.0.borrow_mut().room = usize::MAX;
         let peer = std::net::SocketAddr::from(([10, 0, 0, 1], 1000 + self.clients.len() as u16));
-        let key = self.server.insert(pipe.clone(), peer, self.now);
-        let generation = self.server.generation(key).expect("just inserted");
+        let server = &mut self.nodes[node].server;
+        let key = server.insert(pipe.clone(), peer, self.now);
+        let generation = server.generation(key).expect("just inserted");
         self.clients.push(Client {
             key,
             generation,
@@ -158,32 +263,54 @@ impl World {
             stalled: Duration::ZERO,
             joined_at: 0,
             kicked_at: 0,
+            node,
+            awaiting: None,
+            sent_at: vec![],
+            ack_codes: vec![],
+            view: BTreeMap::new(),
+            syncs_at_join: 0,
         });
         self.clients.len() - 1
     }
 
     fn http(&mut self, c: usize, req: &str) {
         self.clients[c].pipe.0.borrow_mut().to_server.extend_from_slice(req.as_bytes());
-        self.server.on_ready(self.clients[c].key, true, true, self.now);
+        let (key, now) = (self.clients[c].key, self.now);
+        let server = self.server(c);
+        server.on_ready(key, true, true, now);
         // Storage runs inline here: its replies are ready at once.
-        self.server.run_pending_reads(self.now);
-        self.server.flush_all(self.now);
+        server.run_pending_reads(now);
+        server.flush_all(now);
+        if self.is_cluster() {
+            // A request waits on Redis: a few turns carry it there and the answer
+            // back (a session fetched, then a join and its event), as fast as the
+            // links deliver.
+            for _ in 0..4 {
+                if self.response_ready(c) {
+                    break;
+                }
+                self.turn();
+            }
+        }
     }
 
-    fn login(&mut self, user: usize) {
-        let c = self.connect(user);
+    fn response_ready(&self, c: usize) -> bool {
+        let cl = &self.clients[c];
+        cl.pipe.0.borrow().to_client.len() > cl.seen
+    }
+
+    fn login(&mut self, user: usize, node: usize) {
+        let c = self.connect(user, node);
         let key = self.keys[user].clone();
         let body = format!("{{\"key\":\"{key}\"}}");
         self.http(c, &format!("POST /api/login HTTP/1.1\r\nHost: f\r\nContent-Length: {}\r\n\r\n{body}", body.len()));
-        if let Some((200, _, cookie)) = take_response(&mut self.clients[c]) {
-            self.cookies[user] = cookie;
-        }
-        self.close(c);
+        self.clients[c].awaiting = Some(Awaiting::Login);
+        self.answered(c);
     }
 
-    fn upgrade(&mut self, user: usize) {
+    fn upgrade(&mut self, user: usize, node: usize) {
         let Some(cookie) = self.cookies[user].clone() else { return };
-        let c = self.connect(user);
+        let c = self.connect(user, node);
         // Odd users speak protocol v2: both kinds share one room and one order.
         let target = if user % 2 == 1 { "/ws?v=2" } else { "/ws" };
         self.http(
@@ -192,10 +319,31 @@ impl World {
                 "GET {target} HTTP/1.1\r\nHost: f\r\nCookie: session={cookie}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
             ),
         );
-        match take_response(&mut self.clients[c]) {
-            Some((101, _, _)) => {
-                self.clients[c].upgraded = true;
-                self.clients[c].joined_at = self.steps;
+        self.clients[c].awaiting = Some(Awaiting::Upgrade);
+        self.answered(c);
+    }
+
+    /// A login or upgrade got its answer (at once on a single node; in cluster mode
+    /// perhaps turns later): the cookie is kept, the socket opened, or closed.
+    fn answered(&mut self, c: usize) {
+        let Some(awaiting) = self.clients[c].awaiting else { return };
+        let single = !self.is_cluster();
+        let response = take_response(&mut self.clients[c]);
+        if response.is_none() && !single && !self.clients[c].closed {
+            return; // Redis has not answered yet.
+        }
+        self.clients[c].awaiting = None;
+        match (awaiting, response) {
+            (Awaiting::Login, Some((200, _, cookie))) => {
+                self.cookies[self.clients[c].user] = cookie;
+                self.close(c);
+            }
+            (Awaiting::Upgrade, Some((101, _, _))) => {
+                let syncs = self.syncs(self.clients[c].node);
+                let cl = &mut self.clients[c];
+                cl.upgraded = true;
+                cl.joined_at = self.steps;
+                cl.syncs_at_join = syncs;
             }
             _ => self.close(c),
         }
@@ -209,10 +357,14 @@ impl World {
         let id = self.next_msg;
         self.next_msg += 1;
         cl.sent.push(id);
-        let text = format!("{{\"message\":\"m{id} {}\"}}", "x".repeat(extra as usize));
+        cl.sent_at.push(self.steps);
+        let message = format!("m{id} {}", "x".repeat(extra as usize));
+        let text = format!("{{\"message\":\"{message}\"}}");
+        self.texts.insert(id, message);
         let frame = frame::client_frame(frame::TEXT, text.as_bytes(), [extra, 1, 2, 3]);
         cl.pipe.0.borrow_mut().to_server.extend_from_slice(&frame);
-        self.server.on_ready(cl.key, true, false, self.now);
+        let (key, now) = (cl.key, self.now);
+        self.server(c).on_ready(key, true, false, now);
     }
 
     fn close(&mut self, c: usize) {
@@ -222,12 +374,19 @@ impl World {
         }
         cl.closed = true;
         cl.pipe.0.borrow_mut().client_closed = true;
-        self.server.on_ready(cl.key, true, true, self.now);
+        let (key, now) = (cl.key, self.now);
+        self.server(c).on_ready(key, true, true, now);
     }
 
     /// Decodes what each client has received so far.
     fn absorb(&mut self) {
+        for c in 0..self.clients.len() {
+            if self.clients[c].awaiting.is_some() {
+                self.answered(c);
+            }
+        }
         let steps = self.steps;
+        let cluster = self.is_cluster();
         let garbled: Vec<String> = self.clients.iter().filter(|c| c.garbled).map(|c| format!("u{}", c.user)).collect();
         for cl in self.clients.iter_mut().filter(|c| c.upgraded) {
             let mut frames = Vec::new();
@@ -238,19 +397,63 @@ impl World {
                     0x1 => {
                         let v: serde_json::Value = serde_json::from_slice(&payload).expect("server text is JSON");
                         if let Some(ok) = v.get("status") {
-                            cl.acks.push(ok.as_bool().expect("bool status"));
+                            let ok = ok.as_bool().expect("bool status");
+                            if !ok {
+                                assert!(v["code"].is_string(), "a failed ack carries an error code: {v}");
+                            }
+                            cl.acks.push(ok);
+                            cl.ack_codes.push(v["code"].as_str().map(str::to_owned));
+                            // A v2 ack names the message's id: it must name this text.
+                            if let (Some(id), Some(&mine)) = (v["id"].as_u64(), cl.sent.get(cl.acks.len() - 1)) {
+                                if !cl.garbled {
+                                    let text = self.texts[&mine].clone();
+                                    let named = self.ids.entry(id).or_insert((format!("u{}", cl.user), text.clone()));
+                                    assert_eq!(
+                                        named,
+                                        &(format!("u{}", cl.user), text),
+                                        "message id {id} names two texts"
+                                    );
+                                }
+                            }
                         } else if let Some(m) = v.get("message").and_then(|m| m.as_str()) {
-                            assert_ne!(v["author"], format!("u{}", cl.user), "no echo of one's own message");
+                            let author = v["author"].as_str().expect("a message names its author").to_owned();
+                            if let Some(id) = v["id"].as_u64() {
+                                let named = self.ids.entry(id).or_insert((author.clone(), m.to_owned()));
+                                assert_eq!(named, &(author.clone(), m.to_owned()), "message id {id} names two texts");
+                            }
                             // Raw bytes may happen to form a chat message: not one of ours.
-                            if garbled.iter().any(|g| v["author"] == g.as_str()) {
+                            if garbled.contains(&author) {
+                                continue;
+                            }
+                            let scripted = m.strip_prefix('m').and_then(|m| m.split(' ').next()?.parse::<u64>().ok());
+                            if author == format!("u{}", cl.user) {
+                                // A cluster node that lost Redis fails a message it had
+                                // sent ("unavailable"); if Redis had run it, the sync
+                                // brings it back to everyone, its sender included.
+                                let resynced = cluster
+                                    && scripted.and_then(|id| cl.sent.iter().position(|&s| s == id)).is_some_and(|i| {
+                                        cl.ack_codes.get(i).is_some_and(|c| c.as_deref() == Some("unavailable"))
+                                    });
+                                let acked = scripted
+                                    .and_then(|id| cl.sent.iter().position(|&s| s == id))
+                                    .map(|i| (cl.acks.get(i).copied(), cl.ack_codes.get(i).cloned().flatten()));
+                                assert!(
+                                    resynced,
+                                    "no echo of one's own message ({m:?} back to u{}; its ack: {acked:?})",
+                                    cl.user
+                                );
                                 continue;
                             }
                             // Text from a garbled sender's raw frames carries no id of ours.
-                            if let Some(id) = m.strip_prefix('m').and_then(|m| m.split(' ').next()?.parse().ok()) {
+                            if let Some(id) = scripted {
                                 cl.got.push(id);
                             }
-                        } else if v["event"] == "leave" {
-                            cl.leaves.push(v["username"].as_str().expect("leave names a user").to_owned());
+                        } else if v["event"] == "leave" || v["event"] == "join" {
+                            let user = v["username"].as_str().expect("an event names a user").to_owned();
+                            if v["event"] == "leave" {
+                                cl.leaves.push(user.clone());
+                            }
+                            cl.view.insert(user, v["event"] == "join");
                         }
                     }
                     0x8 => {
@@ -275,28 +478,157 @@ impl World {
 
     fn step(&mut self) {
         self.steps += 1;
-        self.server.run_pending_reads(self.now);
+        if self.is_cluster() {
+            self.turn();
+            for n in &self.nodes {
+                n.server.check_invariants(self.now);
+            }
+            self.absorb();
+            self.check_leaves();
+            return;
+        }
+        let server = &mut self.nodes[0].server;
+        server.run_pending_reads(self.now);
         for cl in &self.clients {
             if cl.pipe.0.borrow().room > 0 {
-                self.server.on_ready(cl.key, false, true, self.now);
+                server.on_ready(cl.key, false, true, self.now);
             }
         }
-        self.server.flush_all(self.now);
-        self.server.check_invariants(self.now);
+        server.flush_all(self.now);
+        server.check_invariants(self.now);
         self.absorb();
+    }
+
+    /// Cluster mode: one reactor turn on every node, in the reactor's order: what
+    /// Redis sent is read, deferred reads run, clients' writes go out, deadlines
+    /// fire, and then `flush_redis`.
+    fn turn(&mut self) {
+        let now = self.now;
+        if let Some(redis) = self.redis.as_mut() {
+            redis.set_clock(super::UNIX_START + (now - self.start).as_millis() as i64);
+        }
+        for i in 0..self.nodes.len() {
+            self.read_redis(i);
+            let node = &mut self.nodes[i];
+            node.server.run_pending_reads(now);
+            for cl in self.clients.iter().filter(|c| c.node == i) {
+                if cl.pipe.0.borrow().room > 0 {
+                    node.server.on_ready(cl.key, false, true, now);
+                }
+            }
+            node.server.on_timeout(now);
+            self.flush_redis(i);
+            self.nodes[i].server.flush_all(now);
+        }
+    }
+
+    /// `on_redis_ready` for both links: what the stand-in wrote, up to the node's
+    /// trickle, or the end of a link Redis closed.
+    fn read_redis(&mut self, i: usize) {
+        let now = self.now;
+        let (Some(redis), node) = (self.redis.as_mut(), &mut self.nodes[i]) else { return };
+        let Some(cluster) = node.server.cx.cluster.as_mut() else { return };
+        if let Some((cmd, sub)) = node.links {
+            for (link, id) in [(LinkId::Cmd, cmd), (LinkId::Sub, sub)] {
+                match redis.read(id, node.trickle.unwrap_or(usize::MAX)) {
+                    Read::Bytes(b) => cluster.on_bytes(link, &b, now),
+                    Read::Nothing => {}
+                    Read::Closed => cluster.on_closed(link, "connection closed", now),
+                }
+            }
+        }
+        node.server.run_cluster_events(now);
+    }
+
+    /// The reactor's `flush_redis`: events applied, the links opened or closed as
+    /// the core asks, what it queued written, then whatever that changed.
+    fn flush_redis(&mut self, i: usize) {
+        let now = self.now;
+        let (Some(redis), node) = (self.redis.as_mut(), &mut self.nodes[i]) else { return };
+        node.server.run_cluster_events(now);
+        let Some(cluster) = node.server.cx.cluster.as_mut() else { return };
+        apply_io(redis, cluster, &mut node.links, now);
+        for link in [LinkId::Cmd, LinkId::Sub] {
+            let out = cluster.output(link).to_vec();
+            let Some((cmd, sub)) = node.links.filter(|_| !out.is_empty()) else { continue };
+            let id = if link == LinkId::Cmd { cmd } else { sub };
+            if redis.write(id, &out) {
+                cluster.consumed(link, out.len());
+            } else {
+                cluster.on_closed(link, "broken pipe", now);
+            }
+        }
+        cluster.flush(now);
+        apply_io(redis, cluster, &mut node.links, now);
+        node.server.run_cluster_events(now);
+        node.server.release_input(now);
+    }
+
+    /// Redis drops node `i`'s links: `which` 0 both, 1 the command link, 2 the
+    /// subscription.
+    fn drop_links(&mut self, i: usize, which: u8) {
+        let (Some(redis), Some((cmd, sub))) = (self.redis.as_mut(), self.nodes[i].links) else { return };
+        if which != 2 {
+            redis.kill(cmd);
+        }
+        if which != 1 {
+            redis.kill(sub);
+        }
+    }
+
+    /// Cluster mode, after every step: a client told that a user left has not
+    /// since been told it joined only if no socket of that user is open anywhere,
+    /// unless a later join is still on its way to it (its node lags: a trickle, a
+    /// client not reading, a node out of sync). Judged where nothing lags: the
+    /// receiver reads everything and both nodes are in sync with nothing held back.
+    fn check_leaves(&self) {
+        let settled = self.nodes.iter().all(|n| self.is_up(n) && n.trickle.is_none())
+            && self.nodes.iter().all(|n| {
+                n.links.is_some_and(|(c, s)| {
+                    let r = self.redis.as_ref().expect("cluster mode");
+                    r.pending(c) == 0 && r.pending(s) == 0
+                })
+            });
+        if !settled {
+            return;
+        }
+        for r in self.clients.iter().filter(|c| c.upgraded && self.is_ws(c)) {
+            if r.pipe.0.borrow().room != usize::MAX {
+                continue;
+            }
+            for (user, &joined) in &r.view {
+                if joined {
+                    continue;
+                }
+                let open = self.clients.iter().find(|c| format!("u{}", c.user) == *user && c.upgraded && self.is_ws(c));
+                assert!(
+                    open.is_none(),
+                    "u{} was told {user} left, but {user} is connected on node {}",
+                    r.user,
+                    open.map_or(0, |c| c.node + 1)
+                );
+            }
+        }
     }
 
     /// Delivery: each receiver saw each sender's accepted messages in send order,
     /// at most once, and receivers agree on the relative order of what they share.
-    /// A receiver that stayed open and unkicked from before a sender's first message
-    /// to the end got all of that sender's accepted messages.
+    /// In cluster mode, a receiver that stayed open and unkicked from before a
+    /// sender's message to the end, on a node that stayed in sync all along, got it.
     fn check_delivery(&self) {
         // A sender the server dropped (evicted, expired, too slow) or that hung up may
         // have had messages broadcast whose acks never reached it.
         let mut maybe: HashMap<u64, usize> = HashMap::new();
         for (i, c) in self.clients.iter().enumerate() {
-            if c.closed || c.kicked.is_some() || c.garbled || self.server.generation(c.key) != Some(c.generation) {
+            if c.closed || c.kicked.is_some() || c.garbled || self.server_generation(c) != Some(c.generation) {
                 for &id in &c.sent[c.acks.len().min(c.sent.len())..] {
+                    maybe.insert(id, i);
+                }
+            }
+            // Cluster mode: "unavailable" says Redis may not have run it; it may
+            // still have, and then everyone gets it with the next sync.
+            for (&id, code) in c.sent.iter().zip(&c.ack_codes) {
+                if code.as_deref() == Some("unavailable") {
                     maybe.insert(id, i);
                 }
             }
@@ -318,7 +650,8 @@ impl World {
         for c in self.clients.iter().filter(|c| matches!(c.kicked, Some(1002 | 1003 | 1007 | 1009))) {
             let user = format!("u{}", c.user);
             for r in self.clients.iter().filter(|r| r.upgraded && !r.closed && r.kicked.is_none()) {
-                if r.joined_at < c.kicked_at && self.server.generation(r.key) == Some(r.generation) {
+                let in_sync = !self.is_cluster() || self.stayed_in_sync(r);
+                if r.joined_at < c.kicked_at && self.server_generation(r) == Some(r.generation) && in_sync {
                     assert!(
                         r.leaves.contains(&user),
                         "{user} was closed {:?} but no leave reached u{}",
@@ -326,6 +659,20 @@ impl World {
                         r.user
                     );
                 }
+            }
+        }
+        // Every message a member still here sent got its ack, true or an error code
+        // (one missing would shift a v1 client's acks, which it matches by position).
+        for c in self.clients.iter().filter(|c| c.upgraded && !c.garbled && !c.closed && c.kicked.is_none()) {
+            if self.is_ws(c) {
+                assert_eq!(
+                    c.acks.len(),
+                    c.sent.len(),
+                    "u{} sent {} messages and got {} acks",
+                    c.user,
+                    c.sent.len(),
+                    c.acks.len()
+                );
             }
         }
         // Global order: any two receivers see common messages in the same order.
@@ -337,6 +684,65 @@ impl World {
                 assert_eq!(common, common_b, "two receivers disagree on the order");
             }
         }
+        if self.is_cluster() {
+            self.check_cluster_delivery();
+        }
+    }
+
+    fn server_generation(&self, c: &Client) -> Option<u64> {
+        self.nodes[c.node].server.generation(c.key)
+    }
+
+    /// The client is still a member and its node has not lost Redis since it joined.
+    fn stayed_in_sync(&self, r: &Client) -> bool {
+        let node = &self.nodes[r.node];
+        self.is_ws(r) && r.kicked.is_none() && !r.closed && self.is_up(node) && self.syncs(r.node) == r.syncs_at_join
+    }
+
+    /// An ack `true` means the message is in the one order: it reached every other
+    /// member that joined before it was sent and stayed, on a node that stayed in
+    /// sync (one that lost Redis meanwhile may have missed more than the history).
+    fn check_cluster_delivery(&self) {
+        for s in self.clients.iter().filter(|c| !c.garbled) {
+            for ((&id, &at), &ok) in s.sent.iter().zip(&s.sent_at).zip(&s.acks) {
+                if !ok {
+                    continue;
+                }
+                for r in self.clients.iter().filter(|r| r.upgraded && r.user != s.user && !r.garbled) {
+                    if r.joined_at <= at && self.stayed_in_sync(r) {
+                        assert!(
+                            r.got.contains(&id),
+                            "message {id} from u{} acked true never reached u{}",
+                            s.user,
+                            r.user
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Carries out what the core asked of the links, in order, as `RedisLinks::apply`.
+fn apply_io(redis: &mut FakeRedis, cluster: &mut Cluster, links: &mut Option<(u64, u64)>, now: Instant) {
+    while let Some(io) = cluster.poll_io() {
+        if let Some((cmd, sub)) = links.take() {
+            redis.close(cmd);
+            redis.close(sub);
+        }
+        if let Io::Open(_) = io {
+            match (redis.open(), redis.open()) {
+                (Some(cmd), Some(sub)) => {
+                    *links = Some((cmd, sub));
+                    cluster.connected(now);
+                }
+                (one, other) => {
+                    // maxclients: the one link made is dropped, and the node hears why.
+                    one.into_iter().chain(other).for_each(|l| redis.close(l));
+                    cluster.on_closed(LinkId::Cmd, "cannot connect: max number of clients reached", now);
+                }
+            }
+        }
     }
 }
 
@@ -345,15 +751,19 @@ impl World {
     fn settle(&mut self) {
         for _ in 0..64 {
             self.step();
-            if !self.server.has_pending_work() {
+            let busy = self.nodes.iter().any(|n| n.server.has_pending_work());
+            let in_flight = self.redis.as_ref().is_some_and(|r| {
+                self.nodes.iter().any(|n| n.links.is_some_and(|(c, s)| r.pending(c) + r.pending(s) > 0))
+            });
+            if !busy && !in_flight {
                 break;
             }
         }
     }
 
     /// `n` requests written in one go, as a pipelining client would.
-    fn pipeline(&mut self, n: usize) {
-        let c = self.connect(0);
+    fn pipeline(&mut self, n: usize, node: usize) {
+        let c = self.connect(0, node);
         self.clients[c].requests = n;
         let req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n".repeat(n);
         self.http(c, &req);
@@ -364,26 +774,52 @@ impl World {
     fn check_pipelines(&self) {
         for c in self.clients.iter().filter(|c| c.requests > 0) {
             let p = c.pipe.0.borrow();
-            let answered = p.to_client.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+            // A cluster node out of sync answers /healthz 503: an answer all the same.
+            let answered = p.to_client.windows(9).filter(|w| w == b"HTTP/1.1 ").count();
+            let ok = p.to_client.windows(15).filter(|w| w == b"HTTP/1.1 200 OK").count();
+            let answered = if self.is_cluster() { answered } else { ok };
             let timed_out = p.to_client.windows(13).any(|w| w == b"HTTP/1.1 408 ");
             // A client that hung up, or stopped reading for longer than the request
             // timeout, may be left with part of its answers: a 408, or, if it did not
             // read that either within the linger time, a closed connection.
-            let gone = self.server.generation(c.key) != Some(c.generation);
+            let gone = self.server_generation(c) != Some(c.generation);
             let excused = c.closed || (c.stalled >= REQUEST_TIMEOUT && (timed_out || gone));
             assert!(answered == c.requests || excused, "{answered} of {} pipelined requests answered", c.requests);
         }
     }
 
     /// `d` passes: clients not reading everything have stalled that much longer.
+    /// On a single node time jumps; in cluster mode it passes for both nodes at
+    /// once, each waking at its deadlines (heartbeats, retries) as its reactor would,
+    /// so no node is silent long enough for the other to reap it.
     fn advance(&mut self, d: Duration) {
         for c in &mut self.clients {
             if c.pipe.0.borrow().room != usize::MAX {
                 c.stalled += d;
             }
         }
-        self.now += d;
-        self.server.on_timeout(self.now);
+        if !self.is_cluster() {
+            self.now += d;
+            self.nodes[0].server.on_timeout(self.now);
+            return;
+        }
+        let end = self.now + d;
+        // Bounded, should some deadline stay due: the rest of the wait then passes at once.
+        for _ in 0..400 {
+            if self.now >= end {
+                return;
+            }
+            let next = self.nodes.iter().filter_map(|n| n.server.next_deadline()).min().unwrap_or(end);
+            // At least 5 ms (a deadline already due needs no wait), at most a second
+            // (one node's next deadline may be far off while the other's comes).
+            let next = next.clamp(self.now + Duration::from_millis(5), self.now + Duration::from_secs(1));
+            self.now = next.min(end);
+            self.turn();
+        }
+        if self.now < end {
+            self.now = end;
+            self.turn();
+        }
     }
 }
 
@@ -393,6 +829,9 @@ pub struct Summary {
     pub upgraded: usize,
     pub accepted: usize,
     pub delivered: usize,
+    /// Cluster mode: syncs over both nodes (more than 2: a node lost Redis and
+    /// came back).
+    pub syncs: u64,
 }
 
 /// `connection`: bytes pick a script of events through the whole server.
@@ -401,8 +840,22 @@ pub fn connection(data: &[u8]) {
 }
 
 pub fn connection_run(data: &[u8]) -> Summary {
+    run(data, false)
+}
+
+/// `connection_cluster`: the same script over two nodes and the Redis stand-in,
+/// plus the links' faults.
+pub fn connection_cluster(data: &[u8]) {
+    connection_cluster_run(data);
+}
+
+pub fn connection_cluster_run(data: &[u8]) -> Summary {
+    run(data, true)
+}
+
+fn run(data: &[u8], cluster: bool) -> Summary {
     quiet();
-    let mut w = World::new();
+    let mut w = World::new(cluster);
     let mut ops = data.iter().copied();
     let mut steps = 0;
     while let Some(op) = ops.next() {
@@ -412,10 +865,12 @@ pub fn connection_run(data: &[u8]) -> Summary {
         }
         let arg = ops.next().unwrap_or(0);
         let user = arg as usize % USERS;
+        // Cluster mode: the next bit of the argument picks the node.
+        let node = if cluster { arg as usize / USERS % 2 } else { 0 };
         let pick = |w: &World| (!w.clients.is_empty()).then(|| arg as usize % w.clients.len());
-        match op % 10 {
-            0 => w.login(user),
-            1 => w.upgrade(user),
+        match op % if cluster { 13 } else { 10 } {
+            0 => w.login(user, node),
+            1 => w.upgrade(user, node),
             2 | 3 => {
                 if let Some(c) = pick(&w) {
                     w.say(c, ops.next().unwrap_or(0) % 40);
@@ -441,11 +896,12 @@ pub fn connection_run(data: &[u8]) -> Summary {
             }
             7 => {
                 // Raw bytes on a fresh connection: the parser path under fire.
-                let c = w.connect(user);
+                let c = w.connect(user, node);
                 let n = ops.next().unwrap_or(0) as usize;
                 let raw: Vec<u8> = ops.by_ref().take(n).collect();
                 w.clients[c].pipe.0.borrow_mut().to_server.extend_from_slice(&raw);
-                w.server.on_ready(w.clients[c].key, true, true, w.now);
+                let (key, now) = (w.clients[c].key, w.now);
+                w.server(c).on_ready(key, true, true, now);
             }
             8 => {
                 // Raw bytes into an upgraded client's socket: the frame path under fire.
@@ -456,14 +912,30 @@ pub fn connection_run(data: &[u8]) -> Summary {
                     if !cl.closed && cl.upgraded {
                         cl.garbled = true;
                         cl.pipe.0.borrow_mut().to_server.extend_from_slice(&raw);
-                        w.server.on_ready(cl.key, true, false, w.now);
+                        let (key, now) = (cl.key, w.now);
+                        w.server(c).on_ready(key, true, false, now);
                     }
                 }
             }
-            _ => {
+            9 => {
                 // Pipelined requests, enough of them to pass the output high mark.
                 let n = ops.next().unwrap_or(0) as usize * 4 + 1;
-                w.pipeline(n);
+                w.pipeline(n, node);
+            }
+            10 => {
+                // Redis drops a node's links (both, or one): it degrades, retries
+                // after its backoff, and syncs again.
+                w.drop_links(arg as usize % 2, (arg >> 1) % 3);
+            }
+            11 => {
+                // Redis's bytes reach a node late: a few per turn, none, or all again.
+                let n = ops.next().unwrap_or(0);
+                w.nodes[arg as usize % 2].trickle = (n < 200).then_some(n as usize % 64);
+            }
+            _ => {
+                // A short wait, on the scale of the reconnect backoff (100 ms - 2 s).
+                w.settle();
+                w.advance(Duration::from_millis(arg as u64 * 20));
             }
         }
         w.step();
@@ -472,12 +944,36 @@ pub fn connection_run(data: &[u8]) -> Summary {
     for cl in &w.clients {
         cl.pipe.0.borrow_mut().room = usize::MAX;
     }
+    if cluster {
+        // Everything Redis sent arrives; a node out of sync gets the time to come back.
+        for n in &mut w.nodes {
+            n.trickle = None;
+        }
+        for _ in 0..8 {
+            w.settle();
+            if w.nodes.iter().all(|n| w.is_up(n)) {
+                break;
+            }
+            w.advance(Duration::from_millis(500));
+        }
+    }
     w.settle();
+    // What each client saw, for minimising a crash by hand.
+    if std::env::var_os("WORLD_DEBUG").is_some() {
+        for (i, c) in w.clients.iter().enumerate() {
+            eprintln!(
+                "client {i} u{} node {} up {} closed {} kicked {:?} sent {:?} acks {:?} {:?} got {:?} view {:?}",
+                c.user, c.node, c.upgraded, c.closed, c.kicked, c.sent, c.acks, c.ack_codes, c.got, c.view
+            );
+        }
+        eprintln!("syncs {} {}", w.syncs(0), w.syncs(1));
+    }
     w.check_delivery();
     w.check_pipelines();
     Summary {
         upgraded: w.clients.iter().filter(|c| c.upgraded).count(),
         accepted: w.accepted.len(),
         delivered: w.clients.iter().map(|c| c.got.len()).sum(),
+        syncs: (0..w.nodes.len()).map(|i| w.syncs(i)).sum(),
     }
 }

@@ -1,0 +1,1009 @@
+//! `FakeRedis`: an in-memory stand-in for the Redis a cluster runs on, for the
+//! `connection_cluster` fuzz world and its tests. It holds many links, each a byte
+//! stream in (RESP commands) and out (replies and channel messages), and answers
+//! what a node sends: AUTH, SELECT, FUNCTION LOAD, SUBSCRIBE, HGET and FCALL of the
+//! `skiff_*` functions, reproducing `src/cluster/library.lua`.
+//!
+//! The order rules are Redis's: commands run one at a time, whole, in the order
+//! their bytes arrive (a link's bytes are executed as soon as they are written);
+//! every event goes to every subscribed link in seq order; a command's reply goes
+//! to its own link after the events it published. Time is what the caller sets
+//! (`set_clock`): nothing here reads a clock or draws a random number, so a fuzz
+//! input replays exactly. Everything is bounded (links, users, sessions, history,
+//! buffers) and no input panics: what Redis would refuse is an error reply, what it
+//! would drop (a protocol error, an output buffer past its limit) closes the link.
+//!
+//! Simplifications, none of which a node can tell: one keyspace whatever SELECT
+//! says; only the `skiff:` prefix; a Lua error is reported before the function
+//! writes anything (the real functions check nothing a node could get wrong); the
+//! `skiff ctl` functions `skiff_users`, `skiff_reset_key` and `skiff_delete_user`
+//! answer an error (the worlds never call them).
+
+use crate::cluster::resp::{self, Value};
+use crate::cluster::PREFIX;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+/// Links open at once (a node holds two; a reconnect briefly more).
+pub const MAX_LINKS: usize = 16;
+const MAX_USERS: usize = 256;
+const MAX_SESSIONS: usize = 1024;
+const MAX_NODES: usize = 16;
+const MAX_HISTORY: usize = 256;
+const MAX_CHANNELS: usize = 8;
+/// Unparsed command bytes a link may hold (Redis's query buffer limit, scaled down).
+const MAX_INPUT: usize = 4 << 20;
+/// Reply and message bytes waiting for a link's reader: past this Redis drops the
+/// client (its client-output-buffer-limit), as it does a slow subscriber.
+const MAX_OUTPUT: usize = 8 << 20;
+
+const OOM: &str = "OOM command not allowed when used memory > 'maxmemory'.";
+
+/// What reading a link gives.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Read {
+    Bytes(Vec<u8>),
+    /// Nothing yet; the link is open.
+    Nothing,
+    /// Redis closed the link and everything it wrote has been read (or the link
+    /// never existed): the reader sees the end of the stream.
+    Closed,
+}
+
+#[derive(Default)]
+struct Link {
+    input: Vec<u8>,
+    out: Vec<u8>,
+    channels: BTreeSet<String>,
+    /// Redis closed it: no more commands run, what `out` holds is still readable.
+    closed: bool,
+}
+
+/// A sorted set: members ordered by (score, member), as ZRANGE gives them.
+#[derive(Default, Clone)]
+struct ZSet {
+    score: BTreeMap<String, i64>,
+    order: BTreeSet<(i64, String)>,
+}
+
+impl ZSet {
+    fn add(&mut self, member: &str, score: i64) {
+        if let Some(old) = self.score.insert(member.to_owned(), score) {
+            self.order.remove(&(old, member.to_owned()));
+        }
+        self.order.insert((score, member.to_owned()));
+    }
+
+    fn remove(&mut self, member: &str) -> bool {
+        match self.score.remove(member) {
+            Some(old) => self.order.remove(&(old, member.to_owned())),
+            None => false,
+        }
+    }
+
+    fn pop_min(&mut self) -> Option<String> {
+        let (_, m) = self.order.pop_first()?;
+        self.score.remove(&m);
+        Some(m)
+    }
+
+    fn len(&self) -> usize {
+        self.score.len()
+    }
+
+    fn members(&self) -> Vec<String> {
+        self.order.iter().map(|(_, m)| m.clone()).collect()
+    }
+}
+
+/// A message kept in the history stream.
+#[derive(Clone)]
+struct Entry {
+    id: u64,
+    ts: i64,
+    author: String,
+    text: String,
+}
+
+#[derive(Default)]
+pub struct FakeRedis {
+    links: BTreeMap<u64, Link>,
+    next_link: u64,
+    now_ms: i64,
+    loaded: bool,
+    // The keys `library.lua` keeps under the prefix, one field each.
+    users: BTreeMap<String, String>,
+    keys: BTreeMap<String, String>,
+    keyof: BTreeMap<String, String>,
+    created: BTreeMap<String, i64>,
+    banned: BTreeMap<String, String>,
+    /// Session hash -> (user, expiry in ms).
+    sessions: BTreeMap<String, (String, i64)>,
+    /// Lowercased user -> (sessions by login time, the list's expiry).
+    usess: BTreeMap<String, (ZSet, i64)>,
+    presence: BTreeMap<String, String>,
+    nodeusers: BTreeMap<String, BTreeSet<String>>,
+    online: ZSet,
+    /// Node -> when its liveness key expires.
+    alive: BTreeMap<String, i64>,
+    nodes: BTreeSet<String>,
+    seq: u64,
+    msgid: u64,
+    epoch: Option<String>,
+    history: VecDeque<Entry>,
+}
+
+/// A reply to a command, or why it failed (Redis's error text).
+type Answer = Result<Value, String>;
+
+fn bulk(s: &str) -> Value {
+    Value::Bulk(Some(s.as_bytes().to_vec()))
+}
+
+fn array(items: Vec<Value>) -> Value {
+    Value::Array(Some(items))
+}
+
+/// RESP as Redis writes it.
+pub fn encode_value(out: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::Simple(s) => out.extend_from_slice(format!("+{s}\r\n").as_bytes()),
+        Value::Error(e) => out.extend_from_slice(format!("-{e}\r\n").as_bytes()),
+        Value::Int(n) => out.extend_from_slice(format!(":{n}\r\n").as_bytes()),
+        Value::Bulk(None) => out.extend_from_slice(b"$-1\r\n"),
+        Value::Bulk(Some(b)) => {
+            out.extend_from_slice(format!("${}\r\n", b.len()).as_bytes());
+            out.extend_from_slice(b);
+            out.extend_from_slice(b"\r\n");
+        }
+        Value::Array(None) => out.extend_from_slice(b"*-1\r\n"),
+        Value::Array(Some(items)) => {
+            out.extend_from_slice(format!("*{}\r\n", items.len()).as_bytes());
+            for i in items {
+                encode_value(out, i);
+            }
+        }
+    }
+}
+
+fn int(s: &str) -> Result<i64, String> {
+    s.parse().map_err(|_| "ERR value is not an integer or out of range".to_owned())
+}
+
+/// An expire time in ms, as SET PX and PEXPIRE take it.
+fn ttl(s: &str) -> Result<i64, String> {
+    match s.parse::<i64>() {
+        Ok(n) if n > 0 && n < i64::MAX / 4 => Ok(n),
+        _ => Err("ERR invalid expire time".to_owned()),
+    }
+}
+
+fn lower(name: &str) -> String {
+    // Lua's string.lower in the C locale: ASCII only.
+    name.to_ascii_lowercase()
+}
+
+impl FakeRedis {
+    pub fn new() -> FakeRedis {
+        FakeRedis::default()
+    }
+
+    /// The time Redis's TIME would give, in Unix ms: what expiries and message
+    /// timestamps are measured against.
+    pub fn set_clock(&mut self, unix_ms: i64) {
+        self.now_ms = self.now_ms.max(unix_ms);
+    }
+
+    /// A new link, or `None` when `MAX_LINKS` are open (maxclients).
+    pub fn open(&mut self) -> Option<u64> {
+        if self.links.len() >= MAX_LINKS {
+            return None;
+        }
+        let key = self.next_link;
+        self.next_link += 1;
+        self.links.insert(key, Link::default());
+        Some(key)
+    }
+
+    /// The client hung up: the link and its subscriptions are gone.
+    pub fn close(&mut self, link: u64) {
+        self.links.remove(&link);
+    }
+
+    /// Redis drops the link (CLIENT KILL, a restart's lost socket): what it had not
+    /// sent is lost, and its reader sees the stream end.
+    pub fn kill(&mut self, link: u64) {
+        if let Some(l) = self.links.get_mut(&link) {
+            l.closed = true;
+            l.out.clear();
+            l.input.clear();
+            l.channels.clear();
+        }
+    }
+
+    pub fn is_open(&self, link: u64) -> bool {
+        self.links.get(&link).is_some_and(|l| !l.closed)
+    }
+
+    /// Links open (closed by Redis but not yet by their client included).
+    pub fn links(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Bytes waiting for `link`'s reader.
+    pub fn pending(&self, link: u64) -> usize {
+        self.links.get(&link).map_or(0, |l| l.out.len())
+    }
+
+    /// Up to `max` bytes of what Redis wrote to `link`.
+    pub fn read(&mut self, link: u64, max: usize) -> Read {
+        let Some(l) = self.links.get_mut(&link) else { return Read::Closed };
+        if l.out.is_empty() {
+            return if l.closed { Read::Closed } else { Read::Nothing };
+        }
+        if max == 0 {
+            return Read::Nothing;
+        }
+        let n = max.min(l.out.len());
+        Read::Bytes(l.out.drain(..n).collect())
+    }
+
+    /// Bytes from `link`'s client; every command they complete runs now, in order.
+    /// False if the link is closed (the writer gets an error).
+    pub fn write(&mut self, link: u64, bytes: &[u8]) -> bool {
+        let Some(l) = self.links.get_mut(&link).filter(|l| !l.closed) else { return false };
+        l.input.extend_from_slice(bytes);
+        let mut input = std::mem::take(&mut l.input);
+        let mut used = 0;
+        loop {
+            match resp::parse(&input[used..]) {
+                Ok(Some((v, n))) => {
+                    used += n;
+                    let quit = self.run(link, v);
+                    if quit || !self.is_open(link) {
+                        return true;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.protocol_error(link);
+                    return true;
+                }
+            }
+        }
+        input.drain(..used);
+        if input.len() > MAX_INPUT {
+            self.protocol_error(link);
+            return true;
+        }
+        if let Some(l) = self.links.get_mut(&link) {
+            l.input = input;
+        }
+        true
+    }
+
+    /// Redis answers a malformed request with an error, then closes the link.
+    fn protocol_error(&mut self, link: u64) {
+        self.reply(link, &Value::Error("ERR Protocol error".into()));
+        if let Some(l) = self.links.get_mut(&link) {
+            l.closed = true;
+            l.input.clear();
+            l.channels.clear();
+        }
+    }
+
+    fn reply(&mut self, link: u64, v: &Value) {
+        let Some(l) = self.links.get_mut(&link) else { return };
+        encode_value(&mut l.out, v);
+        if l.out.len() > MAX_OUTPUT {
+            self.kill(link);
+        }
+    }
+
+    /// Runs one command from `link`; true if the link asked to quit.
+    fn run(&mut self, link: u64, cmd: Value) -> bool {
+        let args: Option<Vec<&[u8]>> = cmd.as_array().and_then(|items| items.iter().map(Value::as_bytes).collect());
+        let args = match args {
+            Some(a) if !a.is_empty() => a,
+            _ => {
+                self.protocol_error(link);
+                return true;
+            }
+        };
+        let name = String::from_utf8_lossy(args[0]).to_ascii_uppercase();
+        let subscribed = self.links.get(&link).is_some_and(|l| !l.channels.is_empty());
+        if subscribed && !matches!(name.as_str(), "SUBSCRIBE" | "UNSUBSCRIBE" | "PING" | "QUIT") {
+            let e = format!("ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", name.to_ascii_lowercase());
+            self.reply(link, &Value::Error(e));
+            return false;
+        }
+        match name.as_str() {
+            "SUBSCRIBE" => {
+                self.subscribe(link, &args[1..]);
+                return false;
+            }
+            "QUIT" => {
+                self.reply(link, &Value::Simple("OK".into()));
+                if let Some(l) = self.links.get_mut(&link) {
+                    l.closed = true;
+                    l.channels.clear();
+                }
+                return true;
+            }
+            _ => {}
+        }
+        let answer = match name.as_str() {
+            "PING" if subscribed => Ok(array(vec![bulk("pong"), bulk("")])),
+            "PING" => Ok(Value::Simple("PONG".into())),
+            "AUTH" if args.len() >= 2 => Ok(Value::Simple("OK".into())),
+            "SELECT" if args.len() == 2 => {
+                match std::str::from_utf8(args[1]).ok().and_then(|s| s.parse::<u32>().ok()) {
+                    Some(db) if db < 16 => Ok(Value::Simple("OK".into())),
+                    _ => Err("ERR DB index is out of range".to_owned()),
+                }
+            }
+            "FUNCTION" => self.function(&args[1..]),
+            "HGET" if args.len() == 3 => Ok(self.hget(args[1], args[2])),
+            "FCALL" => self.fcall(&args[1..]),
+            "AUTH" | "SELECT" | "HGET" => {
+                Err(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
+            }
+            _ => Err(format!("ERR unknown command '{}'", String::from_utf8_lossy(args[0]))),
+        };
+        let v = answer.unwrap_or_else(Value::Error);
+        self.reply(link, &v);
+        false
+    }
+
+    fn subscribe(&mut self, link: u64, channels: &[&[u8]]) {
+        if channels.is_empty() {
+            self.reply(link, &Value::Error("ERR wrong number of arguments for 'subscribe' command".into()));
+            return;
+        }
+        for ch in channels {
+            let ch = String::from_utf8_lossy(ch).into_owned();
+            let Some(l) = self.links.get_mut(&link) else { return };
+            if l.channels.len() < MAX_CHANNELS {
+                l.channels.insert(ch.clone());
+            }
+            let count = l.channels.len() as i64;
+            self.reply(link, &array(vec![bulk("subscribe"), bulk(&ch), Value::Int(count)]));
+        }
+    }
+
+    /// FUNCTION LOAD [REPLACE] code: only skiff's library loads.
+    fn function(&mut self, args: &[&[u8]]) -> Answer {
+        let sub = args.first().map(|a| String::from_utf8_lossy(a).to_ascii_uppercase());
+        if sub.as_deref() != Some("LOAD") {
+            return Err("ERR unknown subcommand for 'function'".into());
+        }
+        let (replace, code) = match &args[1..] {
+            [flag, code] if flag.eq_ignore_ascii_case(b"REPLACE") => (true, code),
+            [code] => (false, code),
+            _ => return Err("ERR wrong number of arguments for 'function|load' command".into()),
+        };
+        if !code.starts_with(b"#!lua name=skiff\n") {
+            return Err("ERR the stand-in loads only skiff's library".into());
+        }
+        if self.loaded && !replace {
+            return Err("ERR Library 'skiff' already exists".into());
+        }
+        self.loaded = true;
+        Ok(bulk("skiff"))
+    }
+
+    fn hget(&self, key: &[u8], field: &[u8]) -> Value {
+        let (Ok(key), Ok(field)) = (std::str::from_utf8(key), std::str::from_utf8(field)) else {
+            return Value::Bulk(None);
+        };
+        let Some(hash) = key.strip_prefix(PREFIX) else { return Value::Bulk(None) };
+        let found = match hash {
+            "users" => self.users.get(field).cloned(),
+            "keys" => self.keys.get(field).cloned(),
+            "keyof" => self.keyof.get(field).cloned(),
+            "presence" => self.presence.get(field).cloned(),
+            "banned" => self.banned.get(field).cloned(),
+            "created" => self.created.get(field).map(i64::to_string),
+            _ => None,
+        };
+        found.map_or(Value::Bulk(None), |s| bulk(&s))
+    }
+
+    /// FCALL name numkeys [key ...] arg ...: `a` are the args (`a[0]` is Lua's a[1]).
+    fn fcall(&mut self, args: &[&[u8]]) -> Answer {
+        let wrong = || "ERR wrong number of arguments for 'fcall' command".to_owned();
+        let (name, numkeys) = match args {
+            [name, numkeys, ..] => (String::from_utf8_lossy(name).into_owned(), *numkeys),
+            _ => return Err(wrong()),
+        };
+        let numkeys: usize =
+            std::str::from_utf8(numkeys).ok().and_then(|s| s.parse().ok()).ok_or("ERR Bad number of keys provided")?;
+        let rest = args.get(2 + numkeys..).ok_or("ERR Number of keys can't be greater than number of args")?;
+        if !self.loaded || !name.starts_with("skiff_") {
+            return Err("ERR Function not found".into());
+        }
+        let a: Vec<&str> = rest
+            .iter()
+            .map(|b| std::str::from_utf8(b))
+            .collect::<Result<_, _>>()
+            .map_err(|_| format!("ERR {name}: an argument is not UTF-8"))?;
+        if a.first() != Some(&PREFIX) {
+            return Err(format!("ERR {name}: the stand-in holds only the {PREFIX} prefix"));
+        }
+        let arity = |n: usize| if a.len() < n { Err(format!("ERR {name}: {n} arguments expected")) } else { Ok(()) };
+        match name.as_str() {
+            "skiff_register" => {
+                arity(4)?;
+                self.register(a[1], a[2], a[3])
+            }
+            "skiff_login" => {
+                arity(5)?;
+                self.login(a[1], a[2], ttl(a[3])?, int(a[4])?)
+            }
+            "skiff_session" => {
+                arity(2)?;
+                Ok(self.session(a[1]))
+            }
+            "skiff_renew" => {
+                arity(3)?;
+                let until = self.now_ms + ttl(a[2])?;
+                Ok(Value::Int(match self.live_session(a[1]) {
+                    Some(s) => {
+                        s.1 = until;
+                        1
+                    }
+                    None => 0,
+                }))
+            }
+            "skiff_logout" => {
+                arity(2)?;
+                Ok(Value::Int(self.logout(a[1])))
+            }
+            "skiff_join" => {
+                arity(5)?;
+                self.join(a[1], a[2], a[3], a[4]).map(|seq| Value::Int(seq as i64))
+            }
+            "skiff_leave" => {
+                arity(4)?;
+                Ok(Value::Int(self.leave(a[1], a[2], a[3])))
+            }
+            "skiff_message" => {
+                arity(6)?;
+                let keep = int(a[5])?;
+                Ok(Value::Int(self.message(a[1], a[2], a[3], a[4], keep) as i64))
+            }
+            "skiff_heartbeat" => {
+                arity(3)?;
+                let ttl = ttl(a[2])?;
+                self.heartbeat(a[1], ttl)?;
+                Ok(Value::Int(1))
+            }
+            "skiff_reap" => Ok(Value::Int(self.reap())),
+            "skiff_stop" => {
+                arity(2)?;
+                self.stop(a[1]);
+                Ok(Value::Int(1))
+            }
+            "skiff_sync" => {
+                arity(7)?;
+                if !(a.len() - 7).is_multiple_of(3) {
+                    return Err("ERR skiff_sync: users come as lower, name, token".into());
+                }
+                self.sync(&a)
+            }
+            "skiff_status" => Ok(array(vec![
+                Value::Int(self.users.len() as i64),
+                Value::Int(self.online.len() as i64),
+                Value::Int(self.banned.len() as i64),
+                Value::Int(self.history.len() as i64),
+            ])),
+            "skiff_kick" => {
+                arity(2)?;
+                Ok(Value::Int(self.kick(a[1])))
+            }
+            "skiff_ban" => {
+                arity(4)?;
+                Ok(self.ban(a[1], a[2], a[3]))
+            }
+            "skiff_unban" => {
+                arity(2)?;
+                Ok(match self.users.get(a[1]).cloned() {
+                    Some(name) => array(vec![bulk(&name), Value::Int(self.banned.remove(a[1]).is_some() as i64)]),
+                    None => Value::Bulk(None),
+                })
+            }
+            "skiff_delete_message" => {
+                arity(2)?;
+                let id: u64 = a[1].parse().map_err(|_| "ERR Invalid stream ID specified as stream command argument")?;
+                Ok(Value::Int(self.delete_message(id)))
+            }
+            "skiff_users" | "skiff_reset_key" | "skiff_delete_user" => {
+                Err(format!("ERR {name} is not implemented by the in-memory stand-in"))
+            }
+            _ => Err("ERR Function not found".into()),
+        }
+    }
+
+    /// `PUBLISH PREFIX..room "KIND SEQ REST"`, the next seq: to every subscriber.
+    fn publish(&mut self, kind: &str, rest: &str) -> u64 {
+        self.seq += 1;
+        let channel = format!("{PREFIX}room");
+        let payload = format!("{kind} {} {rest}", self.seq);
+        let mut msg = Vec::new();
+        encode_value(&mut msg, &array(vec![bulk("message"), bulk(&channel), bulk(&payload)]));
+        let mut over = Vec::new();
+        for (&key, l) in self.links.iter_mut() {
+            if !l.closed && l.channels.contains(&channel) {
+                l.out.extend_from_slice(&msg);
+                if l.out.len() > MAX_OUTPUT {
+                    over.push(key);
+                }
+            }
+        }
+        for key in over {
+            self.kill(key);
+        }
+        self.seq
+    }
+
+    /// The session if it has not expired (an expired one is gone, as in Redis).
+    fn live_session(&mut self, sess: &str) -> Option<&mut (String, i64)> {
+        let now = self.now_ms;
+        if self.sessions.get(sess).is_some_and(|s| s.1 <= now) {
+            self.sessions.remove(sess);
+        }
+        self.sessions.get_mut(sess)
+    }
+
+    /// The user's session list, unless it expired.
+    fn usess(&mut self, lower: &str) -> Option<&mut (ZSet, i64)> {
+        let now = self.now_ms;
+        if self.usess.get(lower).is_some_and(|l| l.1 <= now) {
+            self.usess.remove(lower);
+        }
+        self.usess.get_mut(lower)
+    }
+
+    fn register(&mut self, lower: &str, name: &str, keyhash: &str) -> Answer {
+        if self.users.contains_key(lower) {
+            return Ok(Value::Int(0));
+        }
+        if self.users.len() >= MAX_USERS {
+            return Err(OOM.into());
+        }
+        self.users.insert(lower.to_owned(), name.to_owned());
+        self.keys.insert(keyhash.to_owned(), name.to_owned());
+        self.keyof.insert(lower.to_owned(), keyhash.to_owned());
+        self.created.insert(lower.to_owned(), self.now_ms);
+        Ok(Value::Int(1))
+    }
+
+    fn login(&mut self, keyhash: &str, sess: &str, ttl: i64, cap: i64) -> Answer {
+        let Some(name) = self.keys.get(keyhash).cloned() else { return Ok(Value::Bulk(None)) };
+        let low = lower(&name);
+        if self.banned.contains_key(&low) {
+            return Ok(array(vec![bulk("banned")]));
+        }
+        if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(sess) {
+            let now = self.now_ms;
+            self.sessions.retain(|_, s| s.1 > now);
+            if self.sessions.len() >= MAX_SESSIONS {
+                return Err(OOM.into());
+            }
+        }
+        let now = self.now_ms;
+        self.sessions.insert(sess.to_owned(), (name.clone(), now + ttl));
+        if self.usess(&low).is_none() {
+            self.usess.insert(low.clone(), (ZSet::default(), now + ttl));
+        }
+        // TIME in microseconds: the fake clock has ms, so logins in one ms tie and
+        // ZSET order falls back to the hash, as it would in Redis.
+        let sessions = &self.sessions;
+        let list = &mut self.usess.get_mut(&low).expect("made above").0;
+        list.add(sess, now.saturating_mul(1000));
+        let mut evicted = Vec::new();
+        if list.len() as i64 > cap {
+            for h in list.members() {
+                if sessions.get(&h).is_none_or(|s| s.1 <= now) {
+                    list.remove(&h);
+                }
+            }
+            while list.len() as i64 > cap {
+                let Some(oldest) = list.pop_min() else { break };
+                evicted.push(oldest);
+            }
+        }
+        self.usess.get_mut(&low).expect("made above").1 = now + ttl;
+        for oldest in evicted {
+            self.sessions.remove(&oldest);
+            self.publish("E", &format!("1008 {oldest}"));
+        }
+        Ok(bulk(&name))
+    }
+
+    fn session(&mut self, sess: &str) -> Value {
+        let now = self.now_ms;
+        match self.live_session(sess) {
+            Some((name, until)) => array(vec![bulk(name), Value::Int(*until - now)]),
+            None => Value::Bulk(None),
+        }
+    }
+
+    fn logout(&mut self, sess: &str) -> i64 {
+        let Some((name, _)) = self.live_session(sess).map(|s| s.clone()) else { return 0 };
+        self.sessions.remove(sess);
+        if let Some(list) = self.usess(&lower(&name)) {
+            list.0.remove(sess);
+        }
+        self.publish("E", &format!("1000 {sess}"));
+        1
+    }
+
+    fn join(&mut self, lower: &str, name: &str, node: &str, token: &str) -> Result<u64, String> {
+        if self.presence.contains_key(lower) {
+            return Ok(0);
+        }
+        if self.presence.len() >= MAX_USERS {
+            return Err(OOM.into());
+        }
+        self.presence.insert(lower.to_owned(), node.to_owned());
+        self.nodeusers.entry(node.to_owned()).or_default().insert(lower.to_owned());
+        let seq = self.publish("J", &format!("{node} {token} {name}"));
+        self.online.add(name, seq as i64);
+        Ok(seq)
+    }
+
+    /// Only the node holding the presence may end it.
+    fn leave(&mut self, lower: &str, name: &str, node: &str) -> i64 {
+        if self.presence.get(lower).map(String::as_str) != Some(node) {
+            return 0;
+        }
+        self.presence.remove(lower);
+        if let Some(set) = self.nodeusers.get_mut(node) {
+            set.remove(lower);
+            if set.is_empty() {
+                self.nodeusers.remove(node);
+            }
+        }
+        self.online.remove(name);
+        self.publish("L", &format!("{node} {name}"));
+        1
+    }
+
+    fn message(&mut self, node: &str, token: &str, author: &str, text: &str, keep: i64) -> u64 {
+        self.msgid += 1;
+        let (id, ts) = (self.msgid, self.now_ms);
+        if keep > 0 {
+            let keep = (keep as usize).min(MAX_HISTORY);
+            self.history.push_back(Entry { id, ts, author: author.to_owned(), text: text.to_owned() });
+            while self.history.len() > keep {
+                self.history.pop_front();
+            }
+        }
+        self.publish("M", &format!("{id} {ts} {node} {token} {author} {text}"));
+        id
+    }
+
+    fn heartbeat(&mut self, node: &str, ttl: i64) -> Result<(), String> {
+        if !self.nodes.contains(node) && self.nodes.len() >= MAX_NODES {
+            return Err(OOM.into());
+        }
+        self.alive.insert(node.to_owned(), self.now_ms + ttl);
+        self.nodes.insert(node.to_owned());
+        Ok(())
+    }
+
+    fn is_alive(&self, node: &str) -> bool {
+        self.alive.get(node).is_some_and(|&until| until > self.now_ms)
+    }
+
+    /// The users of `node` as `(lower, name)`, the name from the users hash.
+    fn users_of(&self, node: &str) -> Vec<(String, String)> {
+        let set = self.nodeusers.get(node).cloned().unwrap_or_default();
+        set.into_iter()
+            .map(|l| (self.users.get(&l).cloned().unwrap_or_else(|| l.clone()), l))
+            .map(|(n, l)| (l, n))
+            .collect()
+    }
+
+    fn reap(&mut self) -> i64 {
+        let mut gone = 0;
+        // SMEMBERS has no order; a sorted one keeps runs repeatable.
+        for node in self.nodes.clone() {
+            if self.is_alive(&node) {
+                continue;
+            }
+            for (low, name) in self.users_of(&node) {
+                gone += self.leave(&low, &name, &node);
+            }
+            self.nodeusers.remove(&node);
+            self.nodes.remove(&node);
+        }
+        gone
+    }
+
+    fn stop(&mut self, node: &str) {
+        for (low, name) in self.users_of(node) {
+            self.leave(&low, &name, node);
+        }
+        self.nodeusers.remove(node);
+        self.alive.remove(node);
+        self.nodes.remove(node);
+    }
+
+    fn sync(&mut self, a: &[&str]) -> Answer {
+        let (node, ttl, epoch, keep) = (a[1], ttl(a[2])?, a[3], int(a[4])?);
+        let (seen_epoch, seen_id) = (a[5], a[6].parse::<u64>().map_err(|_| "ERR skiff_sync: a bad seen id")?);
+        self.heartbeat(node, ttl)?;
+        if self.epoch.is_none() {
+            self.epoch = Some(epoch.to_owned());
+        }
+        if Some(seen_epoch) == self.epoch.as_deref() && self.msgid < seen_id {
+            self.epoch = Some(epoch.to_owned());
+            self.msgid = seen_id;
+        }
+        let triples: Vec<(&str, &str, &str)> = a[7..].chunks(3).map(|t| (t[0], t[1], t[2])).collect();
+        let mine: BTreeSet<&str> = triples.iter().map(|t| t.0).collect();
+        for (low, name) in self.users_of(node) {
+            if !mine.contains(low.as_str()) {
+                self.leave(&low, &name, node);
+            }
+        }
+        let mut taken = Vec::new();
+        for (low, name, token) in triples {
+            match self.presence.get(low) {
+                None => {
+                    self.join(low, name, node, token)?;
+                }
+                Some(holder) if holder != node => taken.push(bulk(low)),
+                Some(_) => {}
+            }
+        }
+        let keep = keep.clamp(0, MAX_HISTORY as i64) as usize;
+        let history = self
+            .history
+            .iter()
+            .rev()
+            .take(keep)
+            .map(|e| {
+                let fields = vec![
+                    bulk("ts"),
+                    bulk(&e.ts.to_string()),
+                    bulk("author"),
+                    bulk(&e.author),
+                    bulk("message"),
+                    bulk(&e.text),
+                ];
+                array(vec![bulk(&format!("{}-0", e.id)), array(fields)])
+            })
+            .collect();
+        Ok(array(vec![
+            Value::Int(self.seq as i64),
+            bulk(self.epoch.as_deref().unwrap_or_default()),
+            Value::Int(self.msgid as i64),
+            array(self.online.members().iter().map(|n| bulk(n)).collect()),
+            array(history),
+            array(taken),
+        ]))
+    }
+
+    fn kick(&mut self, lower: &str) -> i64 {
+        let Some(name) = self.users.get(lower).cloned() else { return -1 };
+        let Some(node) = self.presence.get(lower).cloned() else { return 0 };
+        self.publish("K", &format!("{node} {name}"));
+        1
+    }
+
+    fn ban(&mut self, lower: &str, reason: &str, at_ms: &str) -> Value {
+        let Some(name) = self.users.get(lower).cloned() else { return Value::Bulk(None) };
+        self.banned.insert(lower.to_owned(), format!("{at_ms} {reason}"));
+        let mut ended = 0;
+        if let Some((list, _)) = self.usess(lower).map(|l| l.clone()) {
+            for h in list.members() {
+                if self.live_session(&h).is_some() {
+                    self.sessions.remove(&h);
+                    self.publish("E", &format!("1008 {h}"));
+                    ended += 1;
+                }
+            }
+        }
+        self.usess.remove(lower);
+        array(vec![bulk(&name), Value::Int(ended)])
+    }
+
+    fn delete_message(&mut self, id: u64) -> i64 {
+        let Some(i) = self.history.iter().position(|e| e.id == id) else { return 0 };
+        self.history.remove(i);
+        self.publish("D", &id.to_string());
+        1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::command;
+    use crate::cluster::event::RoomEvent;
+
+    /// Everything `link` has to read, as values.
+    fn replies(r: &mut FakeRedis, link: u64) -> Vec<Value> {
+        let Read::Bytes(mut bytes) = r.read(link, usize::MAX) else { return vec![] };
+        let mut out = Vec::new();
+        while let Some((v, n)) = resp::parse(&bytes).expect("the stand-in writes RESP") {
+            out.push(v);
+            bytes.drain(..n);
+        }
+        assert!(bytes.is_empty(), "a reply cut short");
+        out
+    }
+
+    fn send<A: AsRef<[u8]>>(r: &mut FakeRedis, link: u64, cmd: &[A]) -> Vec<Value> {
+        let mut bytes = Vec::new();
+        resp::encode(&mut bytes, cmd);
+        assert!(r.write(link, &bytes));
+        replies(r, link)
+    }
+
+    fn events(r: &mut FakeRedis, sub: u64) -> Vec<RoomEvent> {
+        replies(r, sub)
+            .iter()
+            .map(|v| {
+                let items = v.as_array().expect("a channel message");
+                assert_eq!(items[0].as_str(), Some("message"));
+                RoomEvent::parse(items[2].as_bytes().unwrap()).expect("a room event")
+            })
+            .collect()
+    }
+
+    /// A node's two links, as the cluster core opens them: library loaded, subscribed.
+    fn node(r: &mut FakeRedis) -> (u64, u64) {
+        let (cmd, sub) = (r.open().unwrap(), r.open().unwrap());
+        assert_eq!(send(r, cmd, &command::auth("pw")), [Value::Simple("OK".into())]);
+        assert_eq!(send(r, cmd, &command::load_library()), [bulk("skiff")]);
+        let confirm = send(r, sub, &command::subscribe());
+        assert_eq!(confirm, [array(vec![bulk("subscribe"), bulk("skiff:room"), Value::Int(1)])]);
+        (cmd, sub)
+    }
+
+    #[test]
+    fn register_login_and_find_a_user() {
+        let mut r = FakeRedis::new();
+        r.set_clock(1_000);
+        let (cmd, _) = node(&mut r);
+        let key = [7u8; 32];
+        assert_eq!(send(&mut r, cmd, &command::register("Ann", &key)), [Value::Int(1)]);
+        assert_eq!(send(&mut r, cmd, &command::register("ANN", &[8; 32])), [Value::Int(0)], "taken, ignoring case");
+        assert_eq!(send(&mut r, cmd, &command::find_user("aNN")), [bulk("Ann")]);
+        assert_eq!(send(&mut r, cmd, &command::login(&[9; 32], &[1; 32], 60_000, 4)), [Value::Bulk(None)]);
+        assert_eq!(send(&mut r, cmd, &command::login(&key, &[1; 32], 60_000, 4)), [bulk("Ann")]);
+        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(60_000)])]);
+        r.set_clock(31_000);
+        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(30_000)])]);
+        assert_eq!(send(&mut r, cmd, &command::renew(&[1; 32], 60_000)), [Value::Int(1)]);
+        r.set_clock(90_000);
+        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(1_000)])]);
+        r.set_clock(91_000);
+        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [Value::Bulk(None)], "expired");
+    }
+
+    #[test]
+    fn sessions_past_the_cap_end_oldest_first_with_an_event() {
+        let mut r = FakeRedis::new();
+        let (cmd, sub) = node(&mut r);
+        send(&mut r, cmd, &command::register("ann", &[7; 32]));
+        for (i, t) in [(1u8, 10), (2, 20), (3, 30)] {
+            r.set_clock(t);
+            send(&mut r, cmd, &command::login(&[7; 32], &[i; 32], 60_000, 2));
+        }
+        let ended: Vec<RoomEvent> = events(&mut r, sub);
+        assert_eq!(ended, [RoomEvent::SessionEnd { seq: 1, code: 1008, hash: "01".repeat(32) }]);
+        assert_eq!(send(&mut r, cmd, &command::logout(&[2; 32])), [Value::Int(1)]);
+        assert_eq!(send(&mut r, cmd, &command::logout(&[2; 32])), [Value::Int(0)]);
+        assert_eq!(events(&mut r, sub), [RoomEvent::SessionEnd { seq: 2, code: 1000, hash: "02".repeat(32) }]);
+    }
+
+    #[test]
+    fn joins_leaves_and_messages_reach_every_subscriber_in_seq_order() {
+        let mut r = FakeRedis::new();
+        r.set_clock(5_000);
+        let (c1, s1) = node(&mut r);
+        let (c2, s2) = node(&mut r);
+        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1")), [Value::Int(1)]);
+        assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1")), [Value::Int(0)], "online on n1");
+        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2")), [Value::Int(2)]);
+        assert_eq!(send(&mut r, c1, &command::message("n1", "3.1", "Ann", "hi  there", "16")), [Value::Int(1)]);
+        assert_eq!(send(&mut r, c2, &command::leave("Ann", "n2")), [Value::Int(0)], "only the holder ends it");
+        assert_eq!(send(&mut r, c2, &command::message("n2", "4.2", "Bob", "yo", "16")), [Value::Int(2)]);
+        assert_eq!(send(&mut r, c1, &command::leave("Ann", "n1")), [Value::Int(1)]);
+        let expected = [
+            RoomEvent::Join { seq: 1, node: "n1".into(), token: "3.1".into(), name: "Ann".into() },
+            RoomEvent::Join { seq: 2, node: "n2".into(), token: "4.2".into(), name: "Bob".into() },
+            RoomEvent::Message {
+                seq: 3,
+                id: 1,
+                ts: 5_000,
+                node: "n1".into(),
+                token: "3.1".into(),
+                author: "Ann".into(),
+                text: "hi  there".into(),
+            },
+            RoomEvent::Message {
+                seq: 4,
+                id: 2,
+                ts: 5_000,
+                node: "n2".into(),
+                token: "4.2".into(),
+                author: "Bob".into(),
+                text: "yo".into(),
+            },
+            RoomEvent::Leave { seq: 5, node: "n1".into(), name: "Ann".into() },
+        ];
+        assert_eq!(events(&mut r, s1), expected);
+        assert_eq!(events(&mut r, s2), expected);
+    }
+
+    #[test]
+    fn a_sync_gives_the_snapshot_and_reaping_ends_a_silent_nodes_users() {
+        let mut r = FakeRedis::new();
+        r.set_clock(0);
+        let (c1, s1) = node(&mut r);
+        // Reaping names users as registered (the users hash), as the Lua does.
+        send(&mut r, c1, &command::register("Ann", &[7; 32]));
+        let users = [("Ann".to_owned(), "3.1".to_owned())];
+        let got = send(&mut r, c1, &command::sync("n1", 6000, "e1", 2, ("", 0), &users));
+        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
+        assert_eq!((seq, snap.epoch.as_str(), snap.online.as_slice()), (1, "e1", &["Ann".to_owned()][..]));
+        assert!(taken.is_empty());
+        for text in ["a", "b", "c"] {
+            send(&mut r, c1, &command::message("n1", "3.1", "Ann", text, "2"));
+        }
+        let (c2, s2) = node(&mut r);
+        let users = [("ann".to_owned(), "9.9".to_owned()), ("Bob".to_owned(), "9.8".to_owned())];
+        let got = send(&mut r, c2, &command::sync("n2", 6000, "e2", 2, ("", 0), &users));
+        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
+        assert_eq!(snap.epoch, "e1", "the first epoch stays");
+        assert_eq!(snap.online, ["Ann", "Bob"]);
+        assert_eq!(
+            snap.messages.iter().map(|m| m.3.as_str()).collect::<Vec<_>>(),
+            ["b", "c"],
+            "the newest 2, oldest first"
+        );
+        assert_eq!((seq, snap.last_id, taken), (5, 3, vec!["ann".to_owned()]));
+        // n1 stops heartbeating: after its 6 s, n2's reap makes Ann leave.
+        r.set_clock(6_001);
+        send(&mut r, c2, &command::heartbeat("n2", 6000));
+        assert_eq!(send(&mut r, c2, &command::reap()), [Value::Int(1)]);
+        let last = events(&mut r, s2).pop();
+        assert_eq!(last, Some(RoomEvent::Leave { seq: 6, node: "n1".into(), name: "Ann".into() }));
+        assert_eq!(events(&mut r, s1).len(), 6, "n1's subscription heard everything too");
+    }
+
+    #[test]
+    fn refuses_what_redis_refuses_and_never_panics() {
+        let mut r = FakeRedis::new();
+        let (cmd, sub) = node(&mut r);
+        assert!(matches!(&send(&mut r, sub, &["HGET", "a", "b"])[0], Value::Error(e) if e.contains("only")));
+        assert!(matches!(&send(&mut r, cmd, &["NOPE"])[0], Value::Error(_)));
+        assert!(matches!(&send(&mut r, cmd, &["FCALL", "skiff_join", "0", "skiff:"])[0], Value::Error(_)));
+        assert!(matches!(
+            &send(&mut r, cmd, &["FCALL", "skiff_users", "0", "skiff:", "", "9", "0"])[0],
+            Value::Error(_)
+        ));
+        assert!(matches!(&send(&mut r, cmd, &["FCALL", "skiff_join", "9"])[0], Value::Error(_)));
+        // Garbage: an error, then the link is closed.
+        assert!(r.write(cmd, b"?garbage\r\n"));
+        assert!(matches!(&replies(&mut r, cmd)[..], [Value::Error(_)]));
+        assert_eq!(r.read(cmd, 10), Read::Closed);
+        assert!(!r.write(cmd, b"*1\r\n$4\r\nPING\r\n"));
+        // Partial reads and a killed link.
+        let l = r.open().unwrap();
+        assert!(r.write(l, b"*1\r\n$4\r\nPI"));
+        assert_eq!(r.read(l, 10), Read::Nothing);
+        assert!(r.write(l, b"NG\r\n"));
+        assert_eq!(r.read(l, 3), Read::Bytes(b"+PO".to_vec()));
+        r.kill(l);
+        assert_eq!(r.read(l, 10), Read::Closed);
+        // Links are capped.
+        while r.open().is_some() {}
+        assert_eq!(r.links(), MAX_LINKS);
+    }
+}
