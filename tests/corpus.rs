@@ -96,26 +96,3 @@ fn connection_cluster_script_survives_a_dropped_link() {
     assert_eq!(s.delivered, 4, "each accepted message reached the other node's client once");
     assert_eq!(s.syncs, 3, "node 2 synced twice");
 }
-
-/// Inputs that still crash: findings in skiff's core, kept out of `fuzz/corpus/`
-/// (the replay above and scripts/fuzz-smoke would fail on them at once) until the
-/// core is fixed; then they move into the corpus and this test goes.
-///
-/// `lost-ack-sub-drop`: a node's subscription link drops after Redis answered one
-/// of its members' messages (`skiff_message` ran, its id came back) but before the
-/// message's event came back on the channel. The ack rides on that event, and
-/// `Cluster::lost` fails only commands still pending: the sender never gets an ack
-/// (a v1 client's positional acks are off by one from then on), and the sync that
-/// follows replays the message from the history to every member of the node, its
-/// sender included, as someone else's message.
-#[test]
-#[ignore = "open finding in the cluster core: a published message's ack is lost with the subscription"]
-fn connection_cluster_open_findings() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/open/connection_cluster");
-    for entry in std::fs::read_dir(&dir).unwrap() {
-        let path = entry.unwrap().path();
-        let data = std::fs::read(&path).unwrap();
-        let result = std::panic::catch_unwind(|| skiff::harness::connection_cluster(&data));
-        assert!(result.is_ok(), "{} still fails", path.display());
-    }
-}

@@ -147,7 +147,11 @@ struct World {
 /// and any database; both are set so AUTH and SELECT go over the links too.
 fn cluster_config() -> ClusterConfig {
     ClusterConfig {
-        url: RedisUrl { addr: ([127, 0, 0, 1], 6379).into(), password: Some("fuzz".into()), db: 1 },
+        url: RedisUrl {
+            target: crate::config::RedisTarget::Server(([127, 0, 0, 1], 6379).into()),
+            password: Some("fuzz".into()),
+            db: 1,
+        },
         session_ttl: TTL,
         max_sessions_per_user: chat_config().max_sessions_per_user,
         history: chat_config().history,
