@@ -963,7 +963,7 @@ mod tests {
         assert_eq!(snap.epoch, "e1", "the first epoch stays");
         assert_eq!(snap.online, ["Ann", "Bob"]);
         assert_eq!(
-            snap.messages.iter().map(|m| m.3.as_str()).collect::<Vec<_>>(),
+            snap.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
             ["b", "c"],
             "the newest 2, oldest first"
         );
