@@ -13,7 +13,7 @@ mod raw;
 mod redis;
 
 use common::*;
-use raw::Raw;
+use raw::{flood, Raw};
 use serde_json::Value;
 use skiff::ws::frame;
 use std::io::Write;
@@ -147,29 +147,11 @@ fn a_hand_over_under_load_drops_nothing_and_runs_the_new_binary() {
     assert!(metrics(&srv).contains(&format!("skiff_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))));
 
     let mut senders: Vec<Raw> = all.drain(..SENDERS).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = senders
-            .iter_mut()
-            .enumerate()
-            .map(|(k, c)| {
-                s.spawn(move || {
-                    let start = Instant::now();
-                    for i in 0..PER_SENDER {
-                        // 50 a second each, on a fixed schedule.
-                        let due = start + Duration::from_millis(20 * i as u64);
-                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                        c.say(&format!("s{k}-{i}"));
-                        c.poll();
-                    }
-                })
-            })
-            .collect();
+    // 50 a second each, on a fixed schedule; the hand-over 0.7 s in.
+    flood(&mut senders, PER_SENDER, Duration::from_millis(20), || {
         std::thread::sleep(Duration::from_millis(700));
         install(&next, &exe);
         usr2(&srv);
-        for h in handles {
-            h.join().unwrap();
-        }
     });
     let pause = pause_ms(&srv, 1);
     eprintln!("hand-over under load: pause {pause:.1} ms");
@@ -491,28 +473,11 @@ fn a_cluster_node_hands_over_and_nobody_anywhere_notices() {
     }
     let next = copy_binary(a.dir.path(), "skiff.new", Some(NEW_VERSION));
     let mut senders: Vec<Raw> = on_a.drain(..SENDERS).chain(on_b.drain(..SENDERS)).collect();
-    std::thread::scope(|s| {
-        let handles: Vec<_> = senders
-            .iter_mut()
-            .enumerate()
-            .map(|(k, c)| {
-                s.spawn(move || {
-                    let start = Instant::now();
-                    for i in 0..PER_SENDER {
-                        let due = start + Duration::from_millis(20 * i as u64);
-                        std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                        c.say(&format!("s{k}-{i}"));
-                        c.poll();
-                    }
-                })
-            })
-            .collect();
+    // 50 a second each, on a fixed schedule; the hand-over 0.7 s in.
+    flood(&mut senders, PER_SENDER, Duration::from_millis(20), || {
         std::thread::sleep(Duration::from_millis(700));
         install(&next, &exe);
         usr2(&a);
-        for h in handles {
-            h.join().unwrap();
-        }
     });
     let pause = pause_ms(&a, 1);
     eprintln!("cluster hand-over under load: pause {pause:.1} ms");

@@ -12,7 +12,7 @@ mod raw;
 mod redis;
 
 use common::{wait_for, Server};
-use raw::Raw;
+use raw::{flood, Raw};
 use redis::{cmd_at, free_port, Redis, Reply};
 use serde_json::Value;
 use std::collections::{HashMap, HashSet};
@@ -183,24 +183,20 @@ fn clients(nodes: &[Server], tag: &str, per_node: usize) -> (Vec<Sender>, Vec<Ra
     (senders, listeners)
 }
 
-/// Sends `count` messages from each sender, `every` apart, while `during` runs on
-/// this thread; returns what `during` returned.
-fn flood<T>(senders: &mut [Sender], count: usize, every: Duration, during: impl FnOnce() -> T) -> T {
-    std::thread::scope(|s| {
-        for (k, sender) in senders.iter_mut().enumerate() {
-            s.spawn(move || {
-                let start = Instant::now();
-                for i in 0..count {
-                    std::thread::sleep((start + every * i as u32).saturating_duration_since(Instant::now()));
-                    let text = format!("s{k}-{i}");
-                    sender.ws.say(&text);
-                    sender.sent.push(text);
-                    sender.ws.poll();
-                }
-            });
-        }
-        during()
-    })
+impl AsMut<Raw> for Sender {
+    fn as_mut(&mut self) -> &mut Raw {
+        &mut self.ws
+    }
+}
+
+/// `count` messages from each sender (`s{k}-{i}`), `every` apart, while `during` runs
+/// here; each sender remembers what it sent.
+fn send<T>(senders: &mut [Sender], count: usize, every: Duration, during: impl FnOnce() -> T) -> T {
+    let out = flood(senders, count, every, during);
+    for (k, s) in senders.iter_mut().enumerate() {
+        s.sent.extend((0..count).map(|i| format!("s{k}-{i}")));
+    }
+    out
 }
 
 fn texts(ws: &Raw) -> Vec<String> {
@@ -325,7 +321,7 @@ fn killing_the_primary_under_floods_fails_over_and_its_return_changes_nothing() 
                 std::thread::sleep(Duration::from_millis(15));
             }
         });
-        let times = flood(&mut senders, 300, Duration::from_millis(40), || {
+        let times = send(&mut senders, 300, Duration::from_millis(40), || {
             std::thread::sleep(Duration::from_secs(1));
             let killed_at = Instant::now();
             s.primary.kill9();
@@ -395,7 +391,7 @@ fn a_planned_failover_costs_no_message_at_all() {
     let Some(s) = setup(test, 0, &[]) else { return };
     let (mut senders, mut listeners) = clients(&s.nodes, "p", 3);
     let replica_port = s.replica.port;
-    let (asked, done) = flood(&mut senders, 150, Duration::from_millis(40), || {
+    let (asked, done) = send(&mut senders, 150, Duration::from_millis(40), || {
         std::thread::sleep(Duration::from_secs(1));
         let asked = Instant::now();
         let r = cmd_at(s.sentinels[0].port, &["SENTINEL", "FAILOVER", MASTER]).unwrap();
@@ -416,7 +412,7 @@ fn a_planned_failover_costs_no_message_at_all() {
 fn a_sentinel_that_is_down_changes_nothing() {
     let Some(s) = setup("a_sentinel_that_is_down_changes_nothing", 1, &[]) else { return };
     let (mut senders, mut listeners) = clients(&s.nodes, "d", 3);
-    flood(&mut senders, 20, Duration::from_millis(20), || ());
+    send(&mut senders, 20, Duration::from_millis(20), || ());
     settle(&mut senders, &mut listeners);
     let (ok, refused, resyncs) = check_delivery(&senders, &listeners);
     assert_eq!((ok, refused, resyncs), (60, 0, 0));

@@ -161,15 +161,25 @@ fn testssl_finds_nothing_but_the_test_certificate() {
     // The max-age README gives for a domain whose certificate works: testssl.sh rates
     // anything under 180 days MEDIUM (the trial default is checked below).
     let srv = start(&["--hsts-max-age", "31536000"]);
-    let scan = testssl(&srv, &[]);
+    let flagged_in = |scan: &Scan| -> Vec<String> {
+        scan.findings
+            .iter()
+            .filter(|f| FLAGGED.contains(&f["severity"].as_str().unwrap_or("")))
+            .filter(|f| !ALLOWED.iter().any(|(id, _)| f["id"] == *id))
+            .map(|f| format!("{} {}: {}", f["severity"], f["id"], f["finding"]))
+            .collect()
+    };
+    let mut scan = testssl(&srv, &[]);
+    // testssl.sh's own openssl connection failing on a loaded machine ("check failed
+    // because of connect problem") says nothing about skiff: one more scan, and only
+    // then does a finding stand.
+    let own_trouble = |flagged: &[String]| !flagged.is_empty() && flagged.iter().all(|f| f.contains("connect problem"));
+    if own_trouble(&flagged_in(&scan)) {
+        eprintln!("testssl.sh could not connect for a check: scanning again: {:?}", flagged_in(&scan));
+        scan = testssl(&srv, &[]);
+    }
     assert!(scan.find("scanTime").is_some() && scan.findings.len() > 50, "not a whole scan: {:?}", scan.findings);
-    let flagged: Vec<String> = scan
-        .findings
-        .iter()
-        .filter(|f| FLAGGED.contains(&f["severity"].as_str().unwrap_or("")))
-        .filter(|f| !ALLOWED.iter().any(|(id, _)| f["id"] == *id))
-        .map(|f| format!("{} {}: {}", f["severity"], f["id"], f["finding"]))
-        .collect();
+    let flagged = flagged_in(&scan);
     assert!(flagged.is_empty(), "testssl.sh flags skiff's TLS:\n  {}", flagged.join("\n  "));
     // The clean bill rests on these, so name them: modern protocols only, a server
     // cipher order, and HSTS seen.

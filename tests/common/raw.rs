@@ -19,6 +19,12 @@ pub struct Raw {
     pub closed: Option<u16>,
 }
 
+impl AsMut<Raw> for Raw {
+    fn as_mut(&mut self) -> &mut Raw {
+        self
+    }
+}
+
 impl Raw {
     pub fn open(srv: &Server, cookie: &str, path: &str) -> Raw {
         Raw::open_on(srv.connect(), cookie, path)
@@ -119,4 +125,28 @@ impl Raw {
     pub fn acks(&self) -> usize {
         self.texts.iter().filter(|v| v["status"] == true).count()
     }
+}
+
+/// `count` messages from each client (`s{k}-{i}` from client k), `every` apart on a
+/// fixed schedule, each on its own thread, while `during` runs on this one.
+pub fn flood<C: AsMut<Raw> + Send, T>(
+    clients: &mut [C],
+    count: usize,
+    every: Duration,
+    during: impl FnOnce() -> T,
+) -> T {
+    std::thread::scope(|s| {
+        for (k, c) in clients.iter_mut().enumerate() {
+            s.spawn(move || {
+                let c = c.as_mut();
+                let start = Instant::now();
+                for i in 0..count {
+                    std::thread::sleep((start + every * i as u32).saturating_duration_since(Instant::now()));
+                    c.say(&format!("s{k}-{i}"));
+                    c.poll();
+                }
+            });
+        }
+        during()
+    })
 }
