@@ -17,7 +17,10 @@ use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// Both scenarios: 4 new users a second for 5 s, 5 messages each.
+/// Users the scenarios plan (4 a second for 5 s), and the fewest a run may start
+/// before it counts as not having run.
 const USERS: u64 = 20;
+const MIN_USERS: u64 = 5;
 const MESSAGES_PER_USER: u64 = 5;
 /// A 5 s scenario; the tools start and stop in a few more. Generous for a loaded CI.
 const TOOL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -79,13 +82,13 @@ fn history(srv: &Server) -> Vec<(String, String)> {
 
 /// Each of USERS authors (named with `prefix`) sent exactly its MESSAGES_PER_USER
 /// messages, `text(i, author)` for i in 1..=5, in order.
-fn assert_every_message_arrived(srv: &Server, prefix: &str, text: impl Fn(u64, &str) -> String) {
+fn assert_every_message_arrived(srv: &Server, prefix: &str, users: u64, text: impl Fn(u64, &str) -> String) {
     let mut by_author: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (author, message) in history(srv) {
         assert!(author.starts_with(prefix), "a message from {author:?}, not a load-test user: {message:?}");
         by_author.entry(author).or_default().push(message);
     }
-    assert_eq!(by_author.len() as u64, USERS, "authors in the history: {:?}", by_author.keys());
+    assert_eq!(by_author.len() as u64, users, "authors in the history: {:?}", by_author.keys());
     for (author, messages) in &by_author {
         let expected: Vec<String> = (1..=MESSAGES_PER_USER).map(|i| text(i, author)).collect();
         assert_eq!(messages, &expected, "{author}'s messages");
@@ -128,13 +131,16 @@ fn artillery_scenario_runs_clean() {
     let errors: Vec<_> = counters.iter().filter(|(k, _)| k.starts_with("errors.")).collect();
     assert!(errors.is_empty(), "Artillery counted errors: {errors:?}\n{output}");
     assert_eq!(count("vusers.failed"), 0, "{output}");
-    assert_eq!(count("vusers.created"), USERS, "{output}");
-    assert_eq!(count("vusers.completed"), USERS, "{output}");
-    assert_eq!(count("skiff.registered"), USERS);
-    assert_eq!(count("skiff.logged_in"), USERS);
-    assert_eq!(count("skiff.acks"), USERS * MESSAGES_PER_USER);
+    // The tool decides how many users it starts in its 5 s (on a busy machine it may be
+    // fewer than the 20 planned); every one it started must have done everything.
+    let users = count("vusers.created");
+    assert!(users >= MIN_USERS && users <= USERS, "{users} users created:\n{output}");
+    assert_eq!(count("vusers.completed"), users, "{output}");
+    assert_eq!(count("skiff.registered"), users);
+    assert_eq!(count("skiff.logged_in"), users);
+    assert_eq!(count("skiff.acks"), users * MESSAGES_PER_USER);
     assert!(count("skiff.messages_received") > 0, "no user saw another's message: {counters:?}");
-    assert_every_message_arrived(&srv, "art", |i, author| format!("message {i} from {author}"));
+    assert_every_message_arrived(&srv, "art", users, |i, author| format!("message {i} from {author}"));
 }
 
 /// The whole run's totals from Tsung's last stats dump. A counter line is `NAME
@@ -220,13 +226,16 @@ fn tsung_scenario_runs_clean() {
         })
         .collect();
     assert!(failures.is_empty(), "Tsung counted failures {failures:?} in its stats:\n{stats}\n{output}");
-    assert_eq!(total("users_count"), USERS, "{stats}");
-    assert_eq!(total("finish_users_count"), USERS, "{stats}");
-    assert_eq!(total("201"), USERS, "registrations: {stats}");
-    assert_eq!(total("200"), USERS, "logins: {stats}");
-    assert_eq!(total("websocket_succ"), USERS, "upgrades: {stats}");
-    assert_eq!(total("tr_message"), USERS * MESSAGES_PER_USER, "{stats}");
+    // Tsung ends its arrival phase on time: on a busy machine it starts fewer than the
+    // 20 users planned (12 seen in a CI run). Every user it started must finish.
+    let users = total("users_count");
+    assert!(users >= MIN_USERS && users <= USERS, "{users} users started: {stats}");
+    assert_eq!(total("finish_users_count"), users, "{stats}");
+    assert_eq!(total("201"), users, "registrations: {stats}");
+    assert_eq!(total("200"), users, "logins: {stats}");
+    assert_eq!(total("websocket_succ"), users, "upgrades: {stats}");
+    assert_eq!(total("tr_message"), users * MESSAGES_PER_USER, "{stats}");
     // Every register, login and message reply matched what it must be.
-    assert_eq!(total("match"), USERS * (2 + MESSAGES_PER_USER), "{stats}");
-    assert_every_message_arrived(&srv, "ts", |i, author| format!("tsung {i} from {author}"));
+    assert_eq!(total("match"), users * (2 + MESSAGES_PER_USER), "{stats}");
+    assert_every_message_arrived(&srv, "ts", users, |i, author| format!("tsung {i} from {author}"));
 }
