@@ -17,10 +17,12 @@
 
 pub mod command;
 pub mod event;
+mod failover;
 pub mod link;
 pub mod reply;
 pub mod resp;
 pub mod sentinel;
+mod sync;
 
 use crate::chat::replicated::Snapshot;
 use crate::chat::Message;
@@ -32,7 +34,7 @@ pub use link::LinkId;
 use link::{Backoff, Link};
 use reply::{hex, parse_token, token, unhex32};
 use resp::Value;
-use sentinel::{News, Sentinels, WatchIo, Watchers};
+use sentinel::{Sentinels, Watchers};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
@@ -418,14 +420,6 @@ impl Cluster {
         }
     }
 
-    /// A failover is under way (a server refused writes as demoted, or the sentinels
-    /// switched the primary) and the node is not in sync with the new primary yet:
-    /// the loop holds client input meanwhile (until the returned moment at most), so
-    /// nothing sent then is refused.
-    pub fn failing_over(&self, now: Instant) -> Option<Instant> {
-        self.failover_until.filter(|&until| now < until)
-    }
-
     /// A WebSocket here closed. Lost while Redis is down: the sync on reconnect
     /// tells Redis which users this node still has.
     pub fn left(&mut self, user: &str) {
@@ -465,28 +459,6 @@ impl Cluster {
 
     fn session_ms(&self) -> u128 {
         (self.cfg.session_ttl + crate::chat::session::SAVE_SLACK).as_millis()
-    }
-
-    /// Sends the sync: `users` are this node's open WebSockets (name, connection);
-    /// `seen` the history this node holds (epoch, last id), so that Redis come back
-    /// with an older counter gets a new epoch instead of reusing ids.
-    pub fn sync(&mut self, users: &[(String, Origin)], seen: (&str, u64), now: Instant) {
-        if self.state != State::Subscribed {
-            return;
-        }
-        self.now = now;
-        for id_hash in std::mem::take(&mut self.deferred_logouts) {
-            self.send(&command::logout(&id_hash), Pending::Ignore);
-        }
-        // Drawn anew each time: if Redis lost its data since the last sync, the
-        // history is a new one and must not get the old epoch back.
-        let mut fresh = [0u8; 6];
-        getrandom::fill(&mut fresh).expect("the OS CSPRNG is available");
-        let users: Vec<(String, String)> = users.iter().map(|(name, o)| (name.clone(), token(*o))).collect();
-        let cmd = command::sync(&self.node, NODE_TTL.as_millis(), &hex(&fresh), self.cfg.history, seen, &users);
-        self.send(&cmd, Pending::Sync);
-        self.state = State::Syncing;
-        self.heartbeat_at = now + HEARTBEAT_EVERY;
     }
 
     fn send(&mut self, cmd: &[Vec<u8>], why: Pending) {
@@ -556,77 +528,6 @@ impl Cluster {
                 }
             }
             _ => {}
-        }
-    }
-
-    /// Connects to the primary: straight away with a server's address, or once the
-    /// sentinels have said where it is (asked anew each time: the last address may
-    /// be a replica by now).
-    fn locate(&mut self, now: Instant) {
-        match self.sentinels.as_mut() {
-            None => self.connect(now),
-            Some(s) => {
-                self.state = State::Locating;
-                self.since = now;
-                s.ask(now);
-                self.sentinel_io();
-            }
-        }
-    }
-
-    /// Passes what the sentinels want done with their link on to the reactor.
-    fn sentinel_io(&mut self) {
-        if let Some(s) = self.sentinels.as_mut() {
-            if s.take_close() {
-                self.io.push_back(Io::CloseSentinel);
-            }
-            if let Some(addr) = s.take_open() {
-                self.io.push_back(Io::OpenSentinel(addr));
-            }
-        }
-        if let Some(w) = self.watchers.as_mut() {
-            for io in w.take_io() {
-                self.io.push_back(match io {
-                    WatchIo::Open(i, addr) => Io::OpenWatch(i, addr),
-                    WatchIo::Close(i) => Io::CloseWatch(i),
-                });
-            }
-        }
-    }
-
-    /// What a sentinel said.
-    fn on_news(&mut self, news: News, now: Instant) {
-        match (news, self.state) {
-            (News::FailoverStarting, _) => {
-                log::warn(format_args!("redis {}: a failover is starting; holding writes", self.cfg.url));
-                self.failover_began(now);
-            }
-            (News::Primary(addr) | News::Switched(addr), State::Locating) => {
-                self.primary = Some(addr);
-                self.connect(now);
-            }
-            (News::Unknown, State::Locating) => {
-                let master = self.sentinels.as_ref().map_or("", Sentinels::master).to_owned();
-                self.lost(&format!("the sentinels know no primary named {master:?}"), now);
-            }
-            (
-                News::Primary(addr) | News::Switched(addr),
-                State::Connecting | State::Subscribed | State::Syncing | State::Up,
-            ) if self.primary != Some(addr) => {
-                // A failover: whatever the links say now comes from a demoted server.
-                self.lost(&format!("failover: the primary is {addr} now"), now);
-                self.retry_at = now;
-                self.failover_began(now);
-            }
-            _ => {}
-        }
-    }
-
-    /// Input is held for one `FAILOVER_HOLD` from the first sign of a failover; later
-    /// signs of the same one (a new primary still without its replica) do not extend it.
-    fn failover_began(&mut self, now: Instant) {
-        if self.failover_until.is_none_or(|until| until <= now) {
-            self.failover_until = Some(now + FAILOVER_HOLD);
         }
     }
 
@@ -912,37 +813,6 @@ impl Cluster {
             Pending::Role if sentinel::is_primary(&v) => {}
             Pending::Role => return Err(format!("{} is not the primary (ROLE: {v:?})", self.cfg.url)),
         }
-        Ok(())
-    }
-
-    /// The sync's snapshot: the loop rebuilds its replica from it, then the channel
-    /// events buffered meanwhile that came after it follow, in order.
-    fn synced(&mut self, v: &Value) -> Result<(), String> {
-        let (snapshot, seq, taken) = reply::snapshot(v).ok_or_else(|| format!("a bad sync reply: {v:?}"))?;
-        log::info(format_args!(
-            "redis {}: in sync as node {}: {} online, last message {}",
-            self.cfg.url,
-            self.node,
-            snapshot.online.len(),
-            snapshot.last_id
-        ));
-        let mine = std::mem::take(&mut self.answered).into();
-        self.events.push_back(Event::Synced { snapshot, taken, mine });
-        self.synced_seq = seq;
-        for ev in std::mem::take(&mut self.buffered) {
-            if ev.seq() > seq {
-                self.room_event(ev);
-            }
-        }
-        self.state = State::Up;
-        self.syncs += 1;
-        self.since = self.now;
-        self.failover_until = None;
-        for (origin, author, text) in std::mem::take(&mut self.replay) {
-            self.publish(origin, author, text);
-        }
-        self.backoff.reset();
-        self.outage_logged = false;
         Ok(())
     }
 
