@@ -384,7 +384,7 @@ impl<S: Stream> Server<S> {
             }
         }
         if !self.fanouts.is_empty() {
-            self.fanouts.settle(&self.cx.log, &mut self.cx.stats.fanout_seconds);
+            self.fanouts.settle(&self.cx.log, &mut self.cx.stats.fanout_seconds, now);
         }
         !self.flush_list.is_empty()
     }

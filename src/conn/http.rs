@@ -151,7 +151,7 @@ impl<S: Stream> Conn<S> {
                 Ok(None) => return Served::NeedMore,
                 Ok(Some(Parsed::Continue)) => self.out.push(Chunk::Static(b"HTTP/1.1 100 Continue\r\n\r\n")),
                 Ok(Some(Parsed::Request { request, consumed })) => {
-                    h.current = Some((Route::of(request.path()), Instant::now()));
+                    h.current = Some((Route::of(request.path()), now));
                     self.input.drain(..consumed);
                     let idle = self.input.is_empty();
                     self.http().deadline = now + if idle { KEEPALIVE_TIMEOUT } else { REQUEST_TIMEOUT };
@@ -329,7 +329,7 @@ impl<S: Stream> Conn<S> {
 
     fn respond(&mut self, resp: &Response, keep_alive: bool, head: bool, cx: &mut Cx, now: Instant) {
         *cx.stats.responses.entry(resp.status).or_default() += 1;
-        self.request_done(resp.status, cx);
+        self.request_done(resp.status, cx, now);
         let mut buf = Vec::with_capacity(256 + resp.body.len());
         // The chat core's wall clock: the same time message timestamps carry.
         let date = cx.date.at(cx.chat.unix_ms(now));
@@ -339,14 +339,16 @@ impl<S: Stream> Conn<S> {
     }
 
     /// Counts the request being answered under its route; an answer to no whole
-    /// request (a malformed head, a timeout) counts under `other`, untimed.
-    fn request_done(&mut self, status: u16, cx: &mut Cx) {
+    /// request (a malformed head, a timeout) counts under `other`, untimed. Timed by
+    /// the loop's clock: a request answered in the turn that read it counts as 0 s
+    /// (the first bucket), one that waited on storage or Redis as the turns it took.
+    fn request_done(&mut self, status: u16, cx: &mut Cx, now: Instant) {
         let current = match &mut self.phase {
             super::Phase::Http(h) => h.current.take(),
             _ => None,
         };
         match current {
-            Some((route, started)) => cx.stats.request_done(route, status, started.elapsed()),
+            Some((route, started)) => cx.stats.request_done(route, status, now.saturating_duration_since(started)),
             None => *cx.stats.requests.entry((Route::Other, status)).or_default() += 1,
         }
     }
@@ -373,7 +375,7 @@ impl<S: Stream> Conn<S> {
     /// request head stay in the input buffer and are the first frames read.
     fn upgrade(&mut self, session: SessionKey, accept: &str, resume: Option<Resume>, cx: &mut Cx, now: Instant) {
         self.out.push(Chunk::Owned(ws::accept_response(accept)));
-        self.request_done(101, cx);
+        self.request_done(101, cx, now);
         self.phase = super::Phase::Ws(WsPhase::new(session, now));
         cx.stats.ws_opened += 1;
         match cx.chat.join(self.key, session, self.metered, resume.is_some(), now, &mut cx.fx) {

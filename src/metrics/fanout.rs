@@ -53,20 +53,20 @@ impl Fanouts {
         self.timed.is_empty()
     }
 
-    /// Observes every timed message no recipient owes any more. Messages may finish
-    /// out of order (a recipient of the older one may be slower), so all are checked.
-    pub fn settle(&mut self, log: &BroadcastLog, into: &mut Histogram) {
+    /// Observes every timed message no recipient owes any more, as done at `now` (the
+    /// flush slice that wrote the last of it: the time is the loop's, so it is exact to
+    /// within one slice). Messages may finish out of order (a recipient of the older
+    /// one may be slower), so all are checked.
+    pub fn settle(&mut self, log: &BroadcastLog, into: &mut Histogram, now: Instant) {
         if self.v2_timed == 0 && log.finished() == self.seen_finished {
             return;
         }
         self.seen_finished = log.finished();
-        let mut now = None;
         let v2_timed = &mut self.v2_timed;
         self.timed.retain(|t| {
             let v1_done = t.seq.is_none_or(|seq| log.is_released(seq));
             let v2_done = t.v2.as_ref().is_none_or(|(frame, done_at)| Rc::strong_count(frame) <= *done_at);
             if v1_done && v2_done {
-                let now = *now.get_or_insert_with(Instant::now);
                 into.observe_duration(now.saturating_duration_since(t.started));
                 *v2_timed -= usize::from(t.v2.is_some());
             }
@@ -100,17 +100,17 @@ mod tests {
         fanouts.start(Instant::now(), Some(seq), Some((v2, done_at)));
         let mut sink = Vec::new();
         for (key, q) in [(1, &mut a), (2, &mut b)] {
-            fanouts.settle(&log, &mut h);
+            fanouts.settle(&log, &mut h, Instant::now());
             assert_eq!(h.count(), 0, "a recipient still owes it");
             q.flush_to(key, &mut log, &mut sink, usize::MAX).unwrap();
         }
-        fanouts.settle(&log, &mut h);
+        fanouts.settle(&log, &mut h, Instant::now());
         assert_eq!(h.count(), 0, "the v2 recipient has not written it yet");
         c.flush_to(3, &mut log, &mut sink, usize::MAX).unwrap();
-        fanouts.settle(&log, &mut h);
+        fanouts.settle(&log, &mut h, Instant::now());
         assert_eq!(h.count(), 1);
         assert!(fanouts.is_empty());
-        fanouts.settle(&log, &mut h);
+        fanouts.settle(&log, &mut h, Instant::now());
         assert_eq!(h.count(), 1, "observed once");
     }
 
@@ -130,7 +130,7 @@ mod tests {
         assert_eq!(fanouts.timed.len(), MAX_TIMED);
         let mut h = Histogram::new(&LATENCY);
         q.flush_to(1, &mut log, &mut Vec::new(), usize::MAX).unwrap();
-        fanouts.settle(&log, &mut h);
+        fanouts.settle(&log, &mut h, Instant::now());
         assert_eq!(h.count(), MAX_TIMED as u64);
     }
 }
