@@ -15,6 +15,7 @@ impl Cluster {
     pub fn failing_over(&self, now: Instant) -> Option<Instant> {
         self.failover_until.filter(|&until| now < until)
     }
+
     /// Connects to the primary: straight away with a server's address, or once the
     /// sentinels have said where it is (asked anew each time: the last address may
     /// be a replica by now).
@@ -29,6 +30,7 @@ impl Cluster {
             }
         }
     }
+
     /// Passes what the sentinels want done with their link on to the reactor.
     pub(super) fn sentinel_io(&mut self) {
         if let Some(s) = self.sentinels.as_mut() {
@@ -48,6 +50,7 @@ impl Cluster {
             }
         }
     }
+
     /// What a sentinel said.
     pub(super) fn on_news(&mut self, news: News, now: Instant) {
         match (news, self.state) {
@@ -75,6 +78,7 @@ impl Cluster {
             _ => {}
         }
     }
+
     /// Input is held for one `FAILOVER_HOLD` from the first sign of a failover; later
     /// signs of the same one (a new primary still without its replica) do not extend it.
     pub(super) fn failover_began(&mut self, now: Instant) {

@@ -29,6 +29,7 @@ impl Cluster {
         self.state = State::Syncing;
         self.heartbeat_at = now + HEARTBEAT_EVERY;
     }
+
     /// The sync's snapshot: the loop rebuilds its replica from it, then the channel
     /// events buffered meanwhile that came after it follow, in order.
     pub(super) fn synced(&mut self, v: &Value) -> Result<(), String> {
