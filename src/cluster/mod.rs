@@ -200,6 +200,9 @@ pub struct Cluster {
     synced_seq: u64,
     /// Joins Redis accepted whose event has not come yet: they fail if the links do.
     joining: Vec<Origin>,
+    /// Joins whose event came before their command's reply (the links are read in
+    /// either order): the reply finds its connection here and waits for nothing.
+    joined_early: Vec<Origin>,
     /// Logouts taken while Redis was down, sent on reconnect.
     deferred_logouts: Vec<[u8; 32]>,
     backoff: Backoff,
@@ -262,6 +265,7 @@ impl Cluster {
             buffered: Vec::new(),
             synced_seq: 0,
             joining: Vec::new(),
+            joined_early: Vec::new(),
             deferred_logouts: Vec::new(),
             backoff: Backoff::new(),
             retry_at: now,
@@ -581,6 +585,8 @@ impl Cluster {
         for (_, p) in std::mem::take(&mut self.pending) {
             self.fail_pending(p);
         }
+        // Replies that never come owe nothing.
+        self.joined_early.clear();
         for origin in std::mem::take(&mut self.joining) {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }
@@ -802,8 +808,14 @@ impl Cluster {
                     (Expect::Logout, _) => Reply::LoggedOut,
                     (Expect::Join, Value::Int(0)) => Reply::NameTaken,
                     (Expect::Join, _) => {
-                        // Accepted: the connection opens when its join event comes.
-                        self.joining.push(origin);
+                        // Accepted: the connection opens when its join event comes
+                        // (or came already).
+                        match self.joined_early.iter().position(|&o| o == origin) {
+                            Some(at) => {
+                                self.joined_early.swap_remove(at);
+                            }
+                            None => self.joining.push(origin),
+                        }
                         return Ok(());
                     }
                 };
@@ -822,7 +834,12 @@ impl Cluster {
             RoomEvent::Join { node, token, name, .. } => {
                 let mine = mine(&node, &token);
                 if let Some(o) = mine {
-                    self.joining.retain(|j| *j != o);
+                    match self.joining.iter().position(|&j| j == o) {
+                        Some(at) => {
+                            self.joining.swap_remove(at);
+                        }
+                        None => self.joined_early.push(o),
+                    }
                 }
                 Event::Join { name, mine }
             }

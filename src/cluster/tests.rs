@@ -274,6 +274,27 @@ fn a_message_redis_took_whose_event_was_lost_is_owed_to_its_sender_at_the_next_s
     }
 }
 
+/// A join's event can be read before its command's reply. The reply then waits for
+/// nothing: the node stays quiet (a hand-over needs that), and nothing piles up.
+#[test]
+fn a_join_whose_event_beats_its_reply_leaves_nothing_waiting() {
+    let t = Instant::now();
+    let mut c = up(t);
+    c.submit(origin(4), Request::Join { name: "Ann".into() });
+    sent(&mut c, LinkId::Cmd);
+    c.on_bytes(LinkId::Sub, &channel("J 11 n1 4.1 Ann"), t);
+    assert!(matches!(&events(&mut c)[..], [Event::Join { mine: Some(o), .. }] if *o == origin(4)));
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+    assert!(events(&mut c).is_empty());
+    assert!(c.is_quiet(), "nothing waits for a join that happened");
+    // And the usual order, reply first.
+    c.submit(origin(5), Request::Join { name: "Bob".into() });
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+    assert!(!c.is_quiet(), "the join event is still to come");
+    c.on_bytes(LinkId::Sub, &channel("J 12 n1 5.1 Bob"), t);
+    assert!(c.is_quiet());
+}
+
 #[test]
 fn heartbeats_and_reaping_keep_their_pace() {
     let t = Instant::now();
