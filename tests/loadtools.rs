@@ -66,6 +66,38 @@ fn run_bounded(mut cmd: Command, limit: Duration, log: &Path) -> ExitStatus {
     }
 }
 
+/// Erlang's port mapper for one Tsung run, in the foreground (not `-daemon`), killed
+/// on Drop: nothing of the run stays behind.
+struct Epmd {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Epmd {
+    fn start() -> Epmd {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("epmd")
+            .args(["-address", "127.0.0.1", "-port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("epmd (Tsung's Erlang brings it)");
+        let up = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() && up.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Epmd { child, port }
+    }
+}
+
+impl Drop for Epmd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Every chat message in skiff's history, as (author, text), oldest first, read by a
 /// user of the test's own.
 fn history(srv: &Server) -> Vec<(String, String)> {
@@ -189,12 +221,16 @@ fn tsung_scenario_runs_clean() {
     std::fs::write(&config, xml.replace("port=\"7777\"", &format!("port=\"{}\"", srv.addr.port()))).unwrap();
     let logs = dir.path().join("logs");
     let log = dir.path().join("tsung-run.log");
+    // Erlang would start an epmd daemon that outlives the test: this one is the test's,
+    // on a port of its own, and is stopped with it.
+    let epmd = Epmd::start();
     // README's command. -n: no web dashboard on port 8091. -I and the Erlang settings
     // keep Tsung's own node and epmd on loopback; HOME keeps its ~/.tsung in the temp dir.
     let mut cmd = Command::new("tsung");
     cmd.current_dir(dir.path())
         .env("HOME", dir.path())
         .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .env("ERL_EPMD_PORT", epmd.port.to_string())
         .env("ERL_FLAGS", "-kernel inet_dist_use_interface {127,0,0,1}")
         .args(["-n", "-I", "127.0.0.1", "-f"])
         .arg(&config)
