@@ -1,0 +1,175 @@
+//! What Redis sends: replies on the command link, matched in order to what each
+//! command was for, and the room channel's events on the other, before and after
+//! the sync's snapshot. Either link may be read first.
+
+use super::event::RoomEvent;
+use super::reply::{self, parse_token, unhex32};
+use super::resp::Value;
+use super::{sentinel, Cluster, Done, Event, Expect, Message, Pending, Reply, State, MAX_REPLAY};
+use crate::log;
+use std::time::Instant;
+
+impl Cluster {
+    pub(super) fn read_cmd(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
+        let mut demoted = false;
+        for v in cmd.received(bytes)? {
+            let (sent, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
+            crate::metrics::REDIS_ROUNDTRIP.observe_duration(self.now.saturating_duration_since(sent));
+            if sentinel::is_demoted(&v) {
+                // Refused unrun: a message goes again to the next primary, anything
+                // else fails. The replies already here are read first: each says
+                // for itself whether it ran.
+                demoted = true;
+                match why {
+                    Pending::Publish(origin, author, text) if self.replay.len() < MAX_REPLAY => {
+                        self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                        self.replay.push_back((origin, author, text));
+                    }
+                    why => self.fail_pending(why),
+                }
+                continue;
+            }
+            self.on_reply(why, v)?;
+        }
+        if demoted {
+            self.failover_began(self.now);
+            return Err("the server refuses writes (a failover: READONLY or NOREPLICAS)".into());
+        }
+        Ok(())
+    }
+
+    pub(super) fn read_sub(&mut self, bytes: &[u8], now: Instant) -> Result<(), String> {
+        let Some(sub) = self.sub.as_mut() else { return Ok(()) };
+        for v in sub.received(bytes)? {
+            let Some(items) = v.as_array() else {
+                if let Value::Error(e) = &v {
+                    return Err(format!("subscribing failed: {e}"));
+                }
+                continue; // AUTH's +OK
+            };
+            match items.first().and_then(Value::as_str) {
+                Some("subscribe") if self.state == State::Connecting => {
+                    self.state = State::Subscribed;
+                    self.since = now;
+                }
+                Some("message") => {
+                    let Some(ev) = items.get(2).and_then(Value::as_bytes).and_then(RoomEvent::parse) else {
+                        log::warn(format_args!("redis: ignoring a malformed event on the room channel"));
+                        continue;
+                    };
+                    match self.state {
+                        State::Up if ev.seq() > self.synced_seq => self.room_event(ev),
+                        State::Up => {}
+                        _ => self.buffered.push(ev),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_reply(&mut self, why: Pending, v: Value) -> Result<(), String> {
+        if let Value::Error(e) = &v {
+            // While connecting, a failure (a wrong password) is said once, when the
+            // link is given up, not again on every retry.
+            if self.accepting() {
+                log::warn(format_args!("redis: command failed: {e}"));
+            }
+        }
+        match why {
+            Pending::Ignore => {}
+            Pending::Control(origin) => self.events.push_back(Event::Control { origin, value: v }),
+            Pending::Check(id_hash) => {
+                if matches!(v, Value::Bulk(None)) {
+                    // Logged out (or evicted) elsewhere while this node was away.
+                    self.events.push_back(Event::SessionEnded { id_hash, code: crate::ws::close::NORMAL });
+                }
+            }
+            Pending::Publish(origin, ..) if matches!(v, Value::Int(_)) => {
+                let id = v.as_int().unwrap_or_default() as u64;
+                match self.early.iter().position(|&e| e == id) {
+                    Some(at) => {
+                        self.early.remove(at);
+                    }
+                    None => self.answered.push_back((id, origin)),
+                }
+            }
+            Pending::Publish(origin, ..) => {
+                if !matches!(v, Value::Int(_)) {
+                    self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                    self.events.push_back(Event::Unavailable(origin));
+                }
+            }
+            Pending::Conn(origin, expect) => {
+                let reply = match (expect, &v) {
+                    (_, Value::Error(_)) => Reply::Unavailable,
+                    (Expect::Register, Value::Int(1)) => Reply::Registered,
+                    (Expect::Register, _) => Reply::NameTaken,
+                    // skiff_login's answer for a banned user (a name is a bulk string).
+                    (Expect::Login, Value::Array(_)) => Reply::Banned,
+                    (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
+                    (Expect::Session, v) => Reply::Session(reply::session(v)),
+                    (Expect::Logout, _) => Reply::LoggedOut,
+                    (Expect::Join, Value::Int(0)) => Reply::NameTaken,
+                    (Expect::Join, _) => {
+                        // Accepted: the connection opens when its join event comes
+                        // (or came already).
+                        match self.joined_early.iter().position(|&o| o == origin) {
+                            Some(at) => {
+                                self.joined_early.swap_remove(at);
+                            }
+                            None => self.joining.push(origin),
+                        }
+                        return Ok(());
+                    }
+                };
+                self.events.push_back(Event::Reply(Done { origin, reply }));
+            }
+            Pending::Sync => self.synced(&v)?,
+            Pending::Role if sentinel::is_primary(&v) => {}
+            Pending::Role => return Err(format!("{} is not the primary (ROLE: {v:?})", self.cfg.url)),
+        }
+        Ok(())
+    }
+
+    pub(super) fn room_event(&mut self, ev: RoomEvent) {
+        let mine = |node: &str, token: &str| if node == self.node { parse_token(token) } else { None };
+        let event = match ev {
+            RoomEvent::Join { node, token, name, .. } => {
+                let mine = mine(&node, &token);
+                if let Some(o) = mine {
+                    match self.joining.iter().position(|&j| j == o) {
+                        Some(at) => {
+                            self.joining.swap_remove(at);
+                        }
+                        None => self.joined_early.push(o),
+                    }
+                }
+                Event::Join { name, mine }
+            }
+            RoomEvent::Leave { name, .. } => Event::Leave { name },
+            RoomEvent::Message { id, ts, node, token, author, text, .. } => {
+                if node == self.node {
+                    self.unconfirmed = self.unconfirmed.saturating_sub(1);
+                    match self.answered.iter().position(|&(a, _)| a == id) {
+                        Some(at) => {
+                            self.answered.remove(at);
+                        }
+                        None => self.early.push_back(id),
+                    }
+                }
+                Event::Message { msg: Message { id, ts, author, text }, mine: mine(&node, &token) }
+            }
+            RoomEvent::SessionEnd { code, hash, .. } => {
+                let Some(id_hash) = unhex32(&hash) else { return };
+                Event::SessionEnded { id_hash, code }
+            }
+            RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
+            RoomEvent::Kick { .. } => return,
+            RoomEvent::Delete { id, .. } => Event::Deleted { id },
+        };
+        self.events.push_back(event);
+    }
+}
