@@ -31,13 +31,15 @@ impl Chat {
             self.stats.messages_rejected += 1;
             return self.ack(conn, Chunk::Static(ACK_UNAVAILABLE), None, fx);
         };
-        let msg = Message { id, ts: self.unix_ms(now), author: author.to_string(), text: text.to_owned() };
-        self.deliver(&msg, author, Some(conn), fx);
-        let ack = if self.is_v2(conn) { v2_ack(id) } else { Chunk::Static(ACK_OK) };
+        let ts = self.unix_ms(now);
         let kept = self.history.cap() > 0;
         if kept {
-            self.new_messages.push(msg);
+            // The store's copy; with history off the message is never written, and
+            // this path (every message) allocates only the frames.
+            self.new_messages.push(Message { id, ts, author: author.to_string(), text: text.to_owned() });
         }
+        self.deliver(id, ts, author, text, Some(conn), fx);
+        let ack = if self.is_v2(conn) { v2_ack(id) } else { Chunk::Static(ACK_OK) };
         // With history off nothing is written: the reserved id is all a crash could
         // break, and it is durable already.
         self.ack(conn, ack, kept.then_some(id), fx);
@@ -62,11 +64,11 @@ impl Chat {
 
     /// Out: a message in the room's order becomes its frames (v1 and v2, each encoded
     /// once), joins the history and goes to every member but `except`.
-    fn deliver(&mut self, msg: &Message, author: Rc<str>, except: Option<ConnId>, fx: &mut Effects) {
-        let entry = Self::history_entry(msg.id, msg.ts, author, msg.text.as_str().into());
-        let mut v1 = frame::TextFrame::with_capacity(msg.text.len() + msg.author.len() + 32);
-        serde_json::to_writer(v1.payload(), &Outgoing { message: &msg.text, author: &msg.author })
+    fn deliver(&mut self, id: u64, ts: i64, author: Rc<str>, text: &str, except: Option<ConnId>, fx: &mut Effects) {
+        let mut v1 = frame::TextFrame::with_capacity(text.len() + author.len() + 32);
+        serde_json::to_writer(v1.payload(), &Outgoing { message: text, author: &author })
             .expect("serializing into a Vec cannot fail");
+        let entry = Self::history_entry(id, ts, author, text.into());
         let v2 = entry.frame.clone();
         self.history.push(entry);
         self.stats.broadcasts += 1;
@@ -78,7 +80,7 @@ impl Chat {
     pub fn apply_message(&mut self, msg: Message, sender: Option<ConnId>, fx: &mut Effects) {
         let author = self.sessions.shared_name(&msg.author).unwrap_or_else(|| Rc::from(msg.author.as_str()));
         let sender = sender.filter(|&c| self.room.get(c).is_some());
-        self.deliver(&msg, author, sender, fx);
+        self.deliver(msg.id, msg.ts, author, &msg.text, sender, fx);
         if let Some(conn) = sender {
             let ack = if self.is_v2(conn) { v2_ack(msg.id) } else { Chunk::Static(ACK_OK) };
             fx.push(Effect::Send { to: conn, frame: ack });
