@@ -45,6 +45,8 @@ pub struct Server<S> {
     /// Client input is not read until the cluster is in sync again, or until this
     /// moment (a cluster node just after a hand-over).
     input_held: Option<Instant>,
+    /// Some WebSocket's input waits for a failover to end (see `drive`).
+    failover_held: bool,
     /// Chat messages whose fan-out is still being written, for `/metrics`.
     fanouts: Fanouts,
 }
@@ -64,6 +66,7 @@ impl<S: Stream> Server<S> {
             shutdown: None,
             control: crate::control::Ops::new(now),
             input_held: None,
+            failover_held: false,
             fanouts: Fanouts::default(),
         };
         server.cx.chat.set_wall_clock(now, unix_ms);
@@ -187,12 +190,21 @@ impl<S: Stream> Server<S> {
     /// Ends a hold once the cluster is in sync or its time is up: every connection
     /// with input waiting is driven this turn.
     pub fn release_input(&mut self, now: Instant) {
+        if self.failover_held && self.cx.cluster.as_ref().is_none_or(|c| c.failing_over(now).is_none()) {
+            self.failover_held = false;
+            self.queue_waiting_reads();
+        }
         let Some(until) = self.input_held else { return };
         let waiting = self.cx.cluster.as_ref().is_some_and(|c| !c.is_up() || c.failing_over(now).is_some());
         if now < until && waiting {
             return;
         }
         self.input_held = None;
+        self.queue_waiting_reads();
+    }
+
+    /// After a hold: every connection with input waiting is driven this turn.
+    fn queue_waiting_reads(&mut self) {
         let keys: Vec<usize> = self.conns.iter().filter(|(_, c)| c.wants_read()).map(|(k, _)| k).collect();
         for key in keys {
             self.queue_read(key);
@@ -206,12 +218,15 @@ impl<S: Stream> Server<S> {
     }
 
     fn drive(&mut self, key: usize, now: Instant) {
-        if self.input_held.is_none() {
-            // A failover: messages wait for the new primary rather than being refused.
-            self.input_held = self.cx.cluster.as_ref().and_then(|c| c.failing_over(now));
-        }
+        let Some(c) = self.conns.get(key) else { return };
         if self.input_held.is_some() {
             return; // its readiness stays set: `release_input` comes back to it
+        }
+        // A failover: chat messages wait for the new primary rather than being
+        // refused; HTTP is answered as in any outage (503 until the node is in sync).
+        if c.is_ws() && self.cx.cluster.as_ref().is_some_and(|cl| cl.failing_over(now).is_some()) {
+            self.failover_held = true;
+            return;
         }
         let Some(c) = self.conns.get_mut(key) else { return };
         let step = c.drive(&mut self.cx, now);
