@@ -23,6 +23,9 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("ctl") {
         return ExitCode::from(skiff::control::cli::main(&args[1..]));
     }
+    if args.first().map(String::as_str) == Some(skiff::handover::os::PROBE_FLAG) {
+        probe(args[1..].to_vec());
+    }
     match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fatal::Usage(e)) => {
@@ -39,6 +42,31 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// A hand-over's probe (`handover::os::probe`): takes the state in memory as the
+/// next image would, writes the verdict for the process that asked, and exits
+/// without running any destructor, so nothing it was handed is touched.
+fn probe(args: Vec<String>) -> ! {
+    let Some((inherited, status)) = skiff::handover::os::inherit_probe() else {
+        eprintln!("skiff: {} is for a running skiff's hand-over", skiff::handover::os::PROBE_FLAG);
+        std::process::exit(2);
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let verdict = match config::parse(args, &env) {
+        Ok(Command::Run(cfg)) => inherited.and_then(|i| Reactor::probe(&cfg, i)),
+        Ok(_) => Err("no configuration to run".to_owned()),
+        Err(e) => Err(e.to_string()),
+    };
+    let line = match verdict {
+        Ok(conns) => format!("{} {conns} connections\n", skiff::handover::os::PROBE_OK),
+        Err(why) => format!("error: {why}\n"),
+    };
+    if let Some(fd) = status {
+        let _ = std::fs::File::from(fd).write_all(line.as_bytes());
+    }
+    // SAFETY: _exit ends the process at once; nothing of it is needed any more.
+    unsafe { libc::_exit(0) }
 }
 
 fn run(args: Vec<String>) -> Result<(), Fatal> {

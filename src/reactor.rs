@@ -131,15 +131,7 @@ impl Reactor {
                 let storage = Storage::files_only(waker.clone()).map_err(|e| e.to_string())?;
                 let (now, unix_ms) = wall_clock();
                 let mut server = Server::new(ServerConfig::from_config(cfg), storage, now, unix_ms);
-                let url = cfg.redis.clone().ok_or("cluster mode without --redis")?;
-                let cluster_cfg = ClusterConfig {
-                    url,
-                    session_ttl: cfg.session_ttl,
-                    max_sessions_per_user: cfg.max_sessions_per_user,
-                    history: cfg.history,
-                };
-                server.cx.chat.set_replicated();
-                server.cx.cluster = Some(Cluster::new(cluster_cfg, Instant::now()));
+                join_cluster(&mut server, cfg)?;
                 server
             }
         };
@@ -373,10 +365,23 @@ impl Reactor {
     }
 
     fn on_signal(&mut self, now: Instant) {
+        self.take_stop_signal();
+        self.shut_down(now);
+    }
+
+    /// Whether a SIGINT or SIGTERM came since the last look (and takes it).
+    fn take_stop_signal(&mut self) -> bool {
+        let mut came = false;
         if let Some(rx) = self.signals.as_mut() {
             let mut buf = [0u8; 16];
-            while matches!(rx.read(&mut buf), Ok(n) if n > 0) {}
+            while let Ok(n @ 1..) = rx.read(&mut buf) {
+                came |= n > 0;
+            }
         }
+        came
+    }
+
+    fn shut_down(&mut self, now: Instant) {
         if let Some(mut l) = self.listener.take() {
             let _ = self.poll.registry().deregister(&mut l);
         }
@@ -460,6 +465,20 @@ fn restore_saved(server: &mut Server<Transport>, saved: Saved) {
     if restored > 0 {
         log::info(format_args!("{restored} sessions restored"));
     }
+}
+
+/// Makes `server` a node of the cluster `cfg` names.
+fn join_cluster(server: &mut Server<Transport>, cfg: &Config) -> Result<(), String> {
+    let url = cfg.redis.clone().ok_or("cluster mode without --redis")?;
+    let cluster_cfg = ClusterConfig {
+        url,
+        session_ttl: cfg.session_ttl,
+        max_sessions_per_user: cfg.max_sessions_per_user,
+        history: cfg.history,
+    };
+    server.cx.chat.set_replicated();
+    server.cx.cluster = Some(Cluster::new(cluster_cfg, Instant::now()));
+    Ok(())
 }
 
 /// The listening socket; with `reuse_port`, SO_REUSEPORT lets several skiff nodes

@@ -51,6 +51,31 @@ impl TookOver {
     }
 }
 
+/// How long the new binary may take to prove it can take the state over (see
+/// `os::probe`); the old process does not serve meanwhile. 10,000 connections take
+/// tens of milliseconds.
+const PROBE_LIMIT: Duration = Duration::from_secs(5);
+
+/// Why a hand-over did not happen.
+enum NotDone {
+    /// SIGTERM or SIGINT came while it was being made: stop instead.
+    Stop,
+    /// Anything else: said in the log, and the old process serves on.
+    Failed(String),
+}
+
+impl From<String> for NotDone {
+    fn from(why: String) -> NotDone {
+        NotDone::Failed(why)
+    }
+}
+
+impl From<&str> for NotDone {
+    fn from(why: &str) -> NotDone {
+        NotDone::Failed(why.to_owned())
+    }
+}
+
 /// RFC 6455 close frame, 1001 (going away).
 const CLOSE_1001: [u8; 4] = [0x88, 0x02, 0x03, 0xe9];
 
@@ -64,28 +89,13 @@ impl Reactor {
     ) -> Result<Reactor, String> {
         let os::Inherited { listener, epoll, bytes, since_ns, exec_ns, main_ns } = inherited;
         let listener = TcpListener::from_std(std::net::TcpListener::from(listener));
-        let decoded = bytes.map_err(|e| e.to_string()).and_then(|b| codec::decode(&b).map_err(|e| e.to_string()));
-        let (handed, state) = match decoded {
-            Ok(d) => (Some(d.handed), d.state.map_err(|e| e.to_string())),
-            Err(e) => (None, Err(e)),
-        };
-        let state = state.and_then(|s| {
-            let fds_ok =
-                handed.as_ref().is_some_and(|h| h.len() == s.conns.len() && h.iter().all(|h| os::is_open(h.fd)));
-            if fds_ok {
-                Ok(s)
-            } else {
-                Err("the sockets handed over do not match the state".to_owned())
-            }
-        });
+        let (handed, state) = read_state(bytes);
         let mut r = Reactor::build(cfg, store, tls, Some((listener, epoll)), state.is_err())?;
         let now = Instant::now();
         let why = match (state, &handed) {
             (Ok(state), Some(handed)) => {
                 let keys: Vec<usize> = state.conns.iter().map(|c| c.key).collect();
-                let sock =
-                    |i: usize| Transport::Plain(TcpStream::from_std(std::net::TcpStream::from(os::own(handed[i].fd))));
-                match r.server.import(state, now, sock) {
+                match import(&mut r.server, state, handed, now) {
                     Ok(()) => {
                         r.register_taken(&keys, now);
                         r.took_over = Some(TookOver {
@@ -117,6 +127,38 @@ impl Reactor {
         };
         r.close_handed(handed, &why, now);
         Ok(r)
+    }
+
+    /// A probe run (`os::probe`): everything `take_over` does to the state and the
+    /// descriptors, in memory only. No socket is read, written or watched, and
+    /// nothing is written to the database: the process that asked serves on from
+    /// an unchanged world if the answer is no. Returns the connections taken.
+    pub fn probe(cfg: &Config, inherited: os::Inherited) -> Result<usize, String> {
+        let (handed, state) = read_state(inherited.bytes);
+        let state = state?;
+        let handed = handed.ok_or("no sockets")?;
+        let conns = state.conns.len();
+        let poll = mio::Poll::new().map_err(|e| format!("cannot create an epoll instance: {e}"))?;
+        let waker = Arc::new(
+            mio::Waker::new(poll.registry(), super::STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?,
+        );
+        let storage = Storage::files_only(waker).map_err(|e| e.to_string())?;
+        let (now, unix_ms) = super::wall_clock();
+        let mut server =
+            crate::server::Server::new(crate::server::ServerConfig::from_config(cfg), storage, now, unix_ms);
+        if cfg.redis.is_some() {
+            super::join_cluster(&mut server, cfg)?;
+        }
+        import(&mut server, state, &handed, now).map_err(str::to_owned)?;
+        // Its sockets are the next image's: dropping them here would close nothing
+        // (descriptors of this process only), but nothing of it needs to run.
+        std::mem::forget(server);
+        // Last, as the next image opens it first: a schema it cannot read or
+        // migrate refuses the hand-over too.
+        if cfg.redis.is_none() {
+            Store::reopen(&cfg.db).map_err(|e| e.to_string())?;
+        }
+        Ok(conns)
     }
 
     /// Watches the connections just taken over. One the kernel will not watch is
@@ -180,21 +222,27 @@ impl Reactor {
         ));
     }
 
-    /// SIGUSR2: hand over, or say why not and serve on.
+    /// SIGUSR2: hand over, or say why not and serve on. A stop signal that came
+    /// while the hand-over was being made is honoured here, by this image.
     pub(super) fn on_upgrade(&mut self, now: Instant) {
         if let Some(rx) = self.upgrade.as_mut() {
             let mut buf = [0u8; 16];
             while matches!(rx.read(&mut buf), Ok(n) if n > 0) {}
         }
-        if let Err(why) = self.hand_over(now) {
-            log::error(format_args!("hand-over not done, still serving: {why}"));
+        match self.hand_over(now) {
+            Ok(()) => {}
+            Err(NotDone::Stop) => {
+                log::info(format_args!("hand-over not done: a stop signal came during it; stopping"));
+                self.shut_down(Instant::now());
+            }
+            Err(NotDone::Failed(why)) => log::error(format_args!("hand-over not done, still serving: {why}")),
         }
     }
 
     /// Returns only if the hand-over did not happen, with why.
-    fn hand_over(&mut self, now: Instant) -> Result<(), String> {
+    fn hand_over(&mut self, now: Instant) -> Result<(), NotDone> {
         if self.server.is_shutting_down() {
-            return Err("shutting down".into());
+            return Err(NotDone::Failed("shutting down".into()));
         }
         let exe = os::exe().ok_or("this binary's path is unknown")?;
         os::check_executable(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
@@ -208,7 +256,9 @@ impl Reactor {
             let now = Instant::now();
             if now >= settle_by {
                 let waiting = self.server.waiting();
-                return Err(format!("{waiting} requests still wait on storage or Redis, or Redis has not answered"));
+                return Err(NotDone::Failed(format!(
+                    "{waiting} requests still wait on storage or Redis, or Redis has not answered"
+                )));
             }
             self.server.on_storage(now);
             self.pump_redis(now);
@@ -232,7 +282,9 @@ impl Reactor {
         result
     }
 
-    fn exec(&mut self, exe: &std::path::Path, listener: i32, began: u64, now: Instant) -> Result<(), String> {
+    /// Makes the state, has the new binary prove it can take it (`os::probe`), and
+    /// execs it. Until the exec nothing has changed: any refusal serves on.
+    fn exec(&mut self, exe: &std::path::Path, listener: i32, began: u64, now: Instant) -> Result<(), NotDone> {
         let state = self.server.export(now).ok_or("a request or an ack still waits on storage")?;
         let mut handed = Vec::with_capacity(state.conns.len());
         for c in &state.conns {
@@ -248,19 +300,37 @@ impl Reactor {
         let flip = |inherit: bool| fds.iter().try_for_each(|&fd| os::set_inherit(fd, inherit));
         if let Err(e) = flip(true) {
             let _ = flip(false);
-            return Err(format!("descriptor flags: {e}"));
+            return Err(NotDone::Failed(format!("descriptor flags: {e}")));
+        }
+        if self.take_stop_signal() {
+            let _ = flip(false);
+            return Err(NotDone::Stop);
+        }
+        let probe_began = Instant::now();
+        let probe_value = os::env_value(memfd.as_raw_fd(), listener, epoll, began, 0);
+        if let Err(why) = os::probe(exe, &probe_value, PROBE_LIMIT) {
+            let _ = flip(false);
+            return Err(NotDone::Failed(format!("{}: {why}", exe.display())));
         }
         log::info(format_args!(
-            "handing over {} connections to {} ({} bytes of state)",
+            "handing over {} connections to {} ({} bytes of state; the new binary took it in a probe in {:.1} ms)",
             handed.len(),
             exe.display(),
-            bytes.len()
+            bytes.len(),
+            probe_began.elapsed().as_secs_f64() * 1e3,
         ));
+        // From here to the exec no stop signal runs a handler: held, it stays pending
+        // and the next image takes it. One that came before is this image's to honour.
         os::hold_signals(true);
+        if self.take_stop_signal() {
+            os::hold_signals(false);
+            let _ = flip(false);
+            return Err(NotDone::Stop);
+        }
         let err = os::exec(exe, &os::env_value(memfd.as_raw_fd(), listener, epoll, began, os::monotonic_ns()));
         os::hold_signals(false);
         let _ = flip(false);
-        Err(format!("exec {}: {err}", exe.display()))
+        Err(NotDone::Failed(format!("exec {}: {err}", exe.display())))
     }
 
     /// Storage was drained for a hand-over that did not happen: start it again.
@@ -279,3 +349,43 @@ impl Reactor {
         }
     }
 }
+
+/// The state in `bytes`, and the sockets it says came with it, checked against
+/// the descriptors this process holds.
+fn read_state(bytes: std::io::Result<Vec<u8>>) -> (Option<Vec<Handed>>, Result<crate::handover::State, String>) {
+    let decoded = bytes.map_err(|e| e.to_string()).and_then(|b| codec::decode(&b).map_err(|e| e.to_string()));
+    let (handed, state) = match decoded {
+        Ok(d) => (Some(d.handed), d.state.map_err(|e| e.to_string())),
+        Err(e) => (None, Err(e)),
+    };
+    let state = state.and_then(|s| {
+        let fds_ok = handed.as_ref().is_some_and(|h| h.len() == s.conns.len() && h.iter().all(|h| os::is_open(h.fd)));
+        if fds_ok {
+            Ok(s)
+        } else {
+            Err("the sockets handed over do not match the state".to_owned())
+        }
+    });
+    (handed, state)
+}
+
+/// Puts the handed connections into `server`: the one import both a probe and the
+/// next image run, so a probe that passes has run the code the take-over runs.
+fn import(
+    server: &mut crate::server::Server<Transport>,
+    state: crate::handover::State,
+    handed: &[Handed],
+    now: Instant,
+) -> Result<(), &'static str> {
+    // Test-only: a build whose import fails hard, for the tests that prove such a
+    // binary is refused by the probe and never takes the sockets.
+    if std::env::var_os(ABORT_IMPORT_FOR_TESTS).is_some() {
+        std::process::abort();
+    }
+    let sock = |i: usize| Transport::Plain(TcpStream::from_std(std::net::TcpStream::from(os::own(handed[i].fd))));
+    server.import(state, now, sock)
+}
+
+/// Set in a new image's environment (tests/handover.rs puts a wrapper at skiff's
+/// path that sets it) to make its import abort.
+const ABORT_IMPORT_FOR_TESTS: &str = "SKIFF_TEST_ABORT_IMPORT";
