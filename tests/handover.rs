@@ -236,7 +236,7 @@ fn a_missing_or_broken_binary_leaves_the_old_process_serving() {
     install(&junk, &exe);
     usr2(&srv);
     assert!(wait_for(Duration::from_secs(10), || log_count(&srv, "hand-over not done") == 2), "{}", srv.stderr());
-    assert!(srv.stderr().contains("exec "), "the failed exec is named: {}", srv.stderr());
+    assert!(srv.stderr().contains("cannot start: Exec format error"), "the failure is named: {}", srv.stderr());
     ws.say("still here");
     assert!(ws.poll_until(Duration::from_secs(10), |c| c.acks() == 1));
     assert_eq!(ws.closed, None);

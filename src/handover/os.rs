@@ -175,7 +175,7 @@ pub fn probe(exe: &std::path::Path, value: &str, limit: std::time::Duration) -> 
         .stdout(std::process::Stdio::null())
         .spawn();
     drop(write);
-    let mut child = spawned.map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let mut child = spawned.map_err(|e| format!("cannot start: {e}"))?;
     let deadline = std::time::Instant::now() + limit;
     let answer = read_line_until(read, deadline);
     // A probe that answered, or closed the pipe, is exiting: give it until the
