@@ -61,7 +61,7 @@ fn a_binary_that_fails_before_taking_over_leaves_every_socket_served() {
             let refused = wait_for(Duration::from_secs(20), || log_count(&srv, "hand-over not done") == rounds);
             assert!(refused, "{name}: no refusal in the log:\n{}", srv.stderr());
         });
-        let line = srv.stderr().lines().filter(|l| l.contains("hand-over not done")).last().unwrap().to_owned();
+        let line = srv.stderr().lines().rfind(|l| l.contains("hand-over not done")).unwrap().to_owned();
         assert!(line.contains(why), "{name}: {line}");
         assert_eq!(srv.pid(), pid);
         assert_eq!(srv.get("/healthz", None).status, 200, "{name}: the server answers");
