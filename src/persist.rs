@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 impl Cx {
     /// Brings back the message history kept on disk (epoch, last id, messages).
     pub fn restore_history(&mut self, epoch: &str, last_id: u64, messages: Vec<Message>) {
-        let entries =
-            messages.into_iter().map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), m.text.into_boxed_str()));
+        let entries = messages.into_iter().map(|m| Chat::history_entry(m.id, m.ts, Rc::from(m.author), &m.text));
         self.chat.restore_history(epoch, last_id, entries);
     }
 

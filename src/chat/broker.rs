@@ -68,7 +68,7 @@ impl Chat {
         let mut v1 = frame::TextFrame::with_capacity(text.len() + author.len() + 32);
         serde_json::to_writer(v1.payload(), &Outgoing { message: text, author: &author })
             .expect("serializing into a Vec cannot fail");
-        let entry = Self::history_entry(id, ts, author, text.into());
+        let entry = Self::history_entry(id, ts, author, text);
         let v2 = entry.frame.clone();
         self.history.push(entry);
         self.stats.broadcasts += 1;

@@ -6,9 +6,7 @@
 use super::room::{Bucket, Member, Room};
 use super::session::SessionKey;
 use super::Chat;
-use super::Message;
 use crate::handover::state::{ChatState, HistoryState, MemberState, Rel};
-use std::rc::Rc;
 use std::time::Instant;
 
 impl Chat {
@@ -28,11 +26,7 @@ impl Chat {
                 Some(MemberState { conn, session: (m.session.key, m.session.generation), bucket, v2: m.v2 })
             })
             .collect();
-        let entries = self
-            .history
-            .page(None, usize::MAX)
-            .map(|e| Message { id: e.id, ts: e.ts, author: e.author.to_string(), text: e.text.to_string() })
-            .collect();
+        let entries = self.history.page(None, usize::MAX).cloned().collect();
         ChatState {
             sessions: self.sessions.export(now),
             room,
@@ -69,10 +63,7 @@ impl Chat {
         self.sessions = sessions;
         self.room = room;
         let h = state.history;
-        let entries = h.entries.into_iter().map(|e| {
-            let author: Rc<str> = Rc::from(e.author);
-            Chat::history_entry(e.id, e.ts, author, e.text.into_boxed_str())
-        });
+        let entries = h.entries;
         // The reservation is the disk's, set before the import; the ring is the state's.
         let reserved = self.history.reserved();
         self.restore_history(&h.epoch, h.last_id, entries);

@@ -12,27 +12,51 @@
 use std::collections::VecDeque;
 use std::rc::Rc;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub id: u64,
     /// Server time, Unix milliseconds.
     pub ts: i64,
     pub author: Rc<str>,
-    pub text: Box<str>,
     /// `{"id","ts","message","author"}` as a server text frame, shared by every v2
-    /// recipient and every replay.
+    /// recipient and every replay. The text lives only here: a kept message costs
+    /// its frame, not its text twice (the ring is most of a large server's memory).
     pub frame: Rc<[u8]>,
 }
 
+impl Entry {
+    /// The message as its JSON object: the frame's payload.
+    pub fn json(&self) -> &[u8] {
+        server_payload(&self.frame)
+    }
+}
+
+/// The payload of an unmasked server frame (RFC 6455 5.2): after 2 header bytes, and
+/// 2 or 8 more for a length of 126 or more.
+pub fn server_payload(frame: &[u8]) -> &[u8] {
+    let extra = match frame.get(1).map(|b| b & 0x7f) {
+        Some(126) => 2,
+        Some(127) => 8,
+        _ => 0,
+    };
+    frame.get(2 + extra..).unwrap_or_default()
+}
+
 /// `/api/history` lists an entry as `{"id","ts","message","author"}`, the frame's
-/// fields, read straight from the ring.
+/// fields, read back from the frame (a page is at most 500 of them).
 impl serde::Serialize for Entry {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
+        #[derive(serde::Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow)]
+            message: std::borrow::Cow<'a, str>,
+        }
+        let fields: Fields<'_> = serde_json::from_slice(self.json()).map_err(serde::ser::Error::custom)?;
         let mut st = s.serialize_struct("Message", 4)?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("ts", &self.ts)?;
-        st.serialize_field("message", &*self.text)?;
+        st.serialize_field("message", &fields.message)?;
         st.serialize_field("author", &*self.author)?;
         st.end()
     }
@@ -206,9 +230,9 @@ impl History {
         self.ring.is_empty()
     }
 
-    /// Bytes the ring holds (frames and texts), for the operator's arithmetic.
+    /// Bytes the ring holds (its frames), for the operator's arithmetic.
     pub fn bytes(&self) -> usize {
-        self.ring.iter().map(|e| e.frame.len() + e.text.len() + std::mem::size_of::<Entry>()).sum()
+        self.ring.iter().map(|e| e.frame.len() + std::mem::size_of::<Entry>()).sum()
     }
 }
 
@@ -217,7 +241,7 @@ mod tests {
     use super::*;
 
     fn entry(id: u64) -> Entry {
-        Entry { id, ts: id as i64, author: Rc::from("a"), text: "m".into(), frame: Rc::from(&b"f"[..]) }
+        Entry { id, ts: id as i64, author: Rc::from("a"), frame: Rc::from(&b"f"[..]) }
     }
 
     fn ids<'a>(it: impl Iterator<Item = &'a Entry>) -> Vec<u64> {

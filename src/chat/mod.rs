@@ -246,18 +246,18 @@ impl Chat {
     }
 
     /// The history ring's form of a message, its v2 frame encoded once.
-    pub fn history_entry(id: u64, ts: i64, author: Rc<str>, text: Box<str>) -> history::Entry {
+    pub fn history_entry(id: u64, ts: i64, author: Rc<str>, text: &str) -> history::Entry {
         let mut f = TextFrame::with_capacity(text.len() + author.len() + 48);
-        serde_json::to_writer(f.payload(), &OutgoingV2 { id, ts, message: &text, author: &author })
+        serde_json::to_writer(f.payload(), &OutgoingV2 { id, ts, message: text, author: &author })
             .expect("serializing into a Vec cannot fail");
-        history::Entry { id, ts, author, text, frame: f.finish() }
+        history::Entry { id, ts, author, frame: f.finish() }
     }
 
     /// `msg` for the ring, its author's name shared with the sessions when one is
     /// online here.
     pub fn entry_of(&self, msg: &Message) -> history::Entry {
         let author = self.sessions.shared_name(&msg.author).unwrap_or_else(|| Rc::from(msg.author.as_str()));
-        Self::history_entry(msg.id, msg.ts, author, msg.text.as_str().into())
+        Self::history_entry(msg.id, msg.ts, author, &msg.text)
     }
 
     pub fn session_ttl(&self) -> Duration {

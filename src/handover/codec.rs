@@ -12,16 +12,30 @@
 //! Integers are little-endian. The envelope's checksum is FNV-1a 64 of its bytes;
 //! the state's is FNV-1a 64 over its body's 8-byte words (format 1: over its bytes,
 //! eight times the multiplications over the megabytes of a large hand-over).
-//! Format 2 adds the cluster section at the end of the body; format 1 is still read.
+//! Format 2 adds the cluster section at the end of the body; format 3 carries each
+//! kept message as its v2 frame instead of its text (the ring's own form: nothing
+//! to re-encode, nothing copied twice). Formats 1 and 2 are still read.
+//!
+//! The body is written in chunks straight to its destination (`encode_to`), with
+//! its length and checksum put in place at the end, and read in place (`decode_with`)
+//! with the caller told which bytes it is done with: a hand-over of a 100,000
+//! message history never holds the history twice in one process.
 
 use super::state::*;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::io::{self, Seek, SeekFrom, Write};
+
+mod read;
+mod write;
+
+pub use read::Reading;
+use read::R;
+use write::W;
 
 /// The envelope's layout 1. A later layout gets a new magic; this one stays frozen.
 pub const MAGIC: &[u8; 16] = b"SKIFF-HANDOVER-1";
 /// The state format this build writes; it reads this and every earlier one.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// A descriptor that crosses the exec with the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,44 +85,113 @@ pub fn checksum(bytes: &[u8]) -> u64 {
 
 /// FNV-1a's steps over little-endian 8-byte words, then the bytes left over.
 pub fn checksum_words(bytes: &[u8]) -> u64 {
-    let words = bytes.chunks_exact(8);
-    let tail = words.remainder();
-    let h =
-        words.fold(FNV_OFFSET, |h, w| (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(FNV_PRIME));
-    tail.iter().fold(h, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    let mut h = WordSum::default();
+    h.update(bytes);
+    h.finish()
 }
 
-/// A size the encoded state will not outgrow, so its buffer is never copied.
-fn size_hint(state: &State) -> usize {
-    let conns: usize = state.conns.iter().map(|c| 128 + c.input.len() + c.output.len()).sum();
-    let sessions: usize = state.chat.sessions.sessions.iter().map(|s| 96 + s.user.len()).sum();
-    let history: usize = state.chat.history.entries.iter().map(|e| 32 + e.author.len() + e.text.len()).sum();
-    let cluster = state.cluster.as_ref().map_or(0, |c| 64 + c.online.iter().map(|n| 8 + n.len()).sum::<usize>());
-    4096 + conns + sessions + history + state.chat.room.len() * 40 + cluster
+/// `checksum_words` over bytes that come in pieces of any size.
+pub(super) struct WordSum {
+    h: u64,
+    pending: [u8; 8],
+    held: usize,
 }
 
-/// The envelope and the state, `handed[i]` being the socket of `state.conns[i]`.
-pub fn encode(state: &State, handed: &[Handed]) -> Vec<u8> {
-    let mut body = W(Vec::with_capacity(size_hint(state)));
-    body.state(state);
-    let mut out = W(Vec::with_capacity(64 + handed.len() * 5 + body.0.len()));
-    out.0.extend_from_slice(MAGIC);
-    out.u32(handed.len() as u32);
-    for h in handed {
-        out.i32(h.fd);
-        out.u8(u8::from(h.ws));
+impl Default for WordSum {
+    fn default() -> Self {
+        WordSum { h: FNV_OFFSET, pending: [0; 8], held: 0 }
     }
-    let sum = checksum(&out.0);
-    out.u64(sum);
-    out.u32(STATE_VERSION);
-    out.u64(body.0.len() as u64);
-    out.u64(checksum_words(&body.0));
-    out.0.extend_from_slice(&body.0);
-    out.0
+}
+
+impl WordSum {
+    fn word(h: u64, w: &[u8]) -> u64 {
+        (h ^ u64::from_le_bytes(w.try_into().expect("8 bytes"))).wrapping_mul(FNV_PRIME)
+    }
+
+    pub(super) fn update(&mut self, mut bytes: &[u8]) {
+        if self.held > 0 {
+            let take = (8 - self.held).min(bytes.len());
+            self.pending[self.held..self.held + take].copy_from_slice(&bytes[..take]);
+            self.held += take;
+            bytes = &bytes[take..];
+            if self.held < 8 {
+                return;
+            }
+            self.h = Self::word(self.h, &self.pending);
+            self.held = 0;
+        }
+        let words = bytes.chunks_exact(8);
+        let tail = words.remainder();
+        self.h = words.fold(self.h, Self::word);
+        self.pending[..tail.len()].copy_from_slice(tail);
+        self.held = tail.len();
+    }
+
+    fn finish(&self) -> u64 {
+        self.pending[..self.held].iter().fold(self.h, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+    }
+}
+
+/// The envelope and the state, `handed[i]` being the socket of `state.conns[i]`,
+/// as one buffer (tests, small states).
+pub fn encode(state: &State, handed: &[Handed]) -> Vec<u8> {
+    let mut out = io::Cursor::new(Vec::new());
+    encode_to(state, handed, &mut out).expect("writing into a Vec cannot fail");
+    out.into_inner()
+}
+
+/// Writes the envelope and the state to `out`, the body in chunks as it is made;
+/// its length and checksum are written last, into their places before it. Returns
+/// the bytes written.
+pub fn encode_to<O: Write + Seek>(state: &State, handed: &[Handed], out: &mut O) -> io::Result<u64> {
+    let mut head = Vec::with_capacity(64 + handed.len() * 5);
+    head.extend_from_slice(MAGIC);
+    head.extend_from_slice(&(handed.len() as u32).to_le_bytes());
+    for h in handed {
+        head.extend_from_slice(&h.fd.to_le_bytes());
+        head.push(u8::from(h.ws));
+    }
+    let sum = checksum(&head);
+    head.extend_from_slice(&sum.to_le_bytes());
+    head.extend_from_slice(&STATE_VERSION.to_le_bytes());
+    let patch_at = head.len() as u64;
+    head.extend_from_slice(&[0; 16]);
+    let start = out.stream_position()?;
+    out.write_all(&head)?;
+    let mut sum = WordSum::default();
+    let mut len = 0u64;
+    let mut failed = None;
+    let mut sink = |bytes: &[u8]| {
+        if failed.is_none() {
+            sum.update(bytes);
+            len += bytes.len() as u64;
+            failed = out.write_all(bytes).err();
+        }
+    };
+    let mut body = W::new(&mut sink);
+    body.state(state);
+    body.flush();
+    drop(body);
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    let mut patch = [0u8; 16];
+    patch[..8].copy_from_slice(&len.to_le_bytes());
+    patch[8..].copy_from_slice(&sum.finish().to_le_bytes());
+    out.seek(SeekFrom::Start(start + patch_at))?;
+    out.write_all(&patch)?;
+    let end = out.seek(SeekFrom::End(0))?;
+    Ok(end - start)
 }
 
 /// Reads a hand-over. `Err` only when the envelope itself is unreadable.
 pub fn decode(bytes: &[u8]) -> Result<Decoded, Error> {
+    decode_with(bytes, true, &mut |_| {})
+}
+
+/// `decode`, telling `release` which bytes it is done with (see `Reading`); with
+/// `keep_history` false every kept message is checked and none is kept.
+pub fn decode_with(bytes: &[u8], keep_history: bool, release: &mut dyn FnMut(usize)) -> Result<Decoded, Error> {
     let mut r = R(bytes);
     if r.take(MAGIC.len())? != MAGIC {
         return Err(Error::BadMagic);
@@ -124,435 +207,44 @@ pub fn decode(bytes: &[u8]) -> Result<Decoded, Error> {
     if r.u64()? != checksum(&bytes[..envelope_len]) {
         return Err(Error::Checksum);
     }
-    Ok(Decoded { handed, state: decode_state(&mut r) })
+    let state = decode_state(bytes, &mut r, keep_history, release);
+    Ok(Decoded { handed, state })
 }
 
-fn decode_state(r: &mut R<'_>) -> Result<State, Error> {
+fn decode_state(all: &[u8], r: &mut R<'_>, keep_history: bool, release: &mut dyn FnMut(usize)) -> Result<State, Error> {
     let version = r.u32()?;
     if version == 0 || version > STATE_VERSION {
         return Err(Error::Version(version));
     }
     let len = usize::try_from(r.u64()?).map_err(|_| Error::Truncated)?;
     let sum = r.u64()?;
+    let base = all.len() - r.0.len();
     let body = r.take(len)?;
-    let expected = if version == 1 { checksum(body) } else { checksum_words(body) };
-    if expected != sum {
+    if version == 1 && checksum(body) != sum {
         return Err(Error::Checksum);
     }
+    // Formats 2 and 3: summed as the reading goes, one pass over the bytes. What a
+    // bad body decodes to is thrown away below (decoding is bounded and panics on
+    // nothing); `release` may have freed bytes nobody reads again anyway.
+    let mut reading = Reading { keep_history, release, body, base, released: 0, sum: WordSum::default() };
     let mut b = R(body);
-    let mut state = b.state()?;
+    let decoded = b.state(version, &mut reading).and_then(|mut state| {
+        if version >= 2 {
+            state.cluster = b.cluster()?;
+        }
+        Ok(state)
+    });
     if version >= 2 {
-        state.cluster = b.cluster()?;
+        reading.sum.update(&body[reading.released..]);
+        if reading.sum.finish() != sum {
+            return Err(Error::Checksum);
+        }
     }
+    let state = decoded?;
     if !b.0.is_empty() {
         return Err(Error::Invalid("bytes after the state"));
     }
     Ok(state)
-}
-
-struct W(Vec<u8>);
-
-impl W {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn bool(&mut self, v: bool) {
-        self.u8(u8::from(v));
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i32(&mut self, v: i32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn i64(&mut self, v: i64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn rel(&mut self, v: Rel) {
-        self.i64(v.0);
-    }
-    fn bytes(&mut self, v: &[u8]) {
-        self.u64(v.len() as u64);
-        self.0.extend_from_slice(v);
-    }
-    fn ip(&mut self, ip: &IpAddr) {
-        match ip {
-            IpAddr::V4(a) => {
-                self.u8(4);
-                self.0.extend_from_slice(&a.octets());
-            }
-            IpAddr::V6(a) => {
-                self.u8(6);
-                self.0.extend_from_slice(&a.octets());
-            }
-        }
-    }
-    fn key(&mut self, (key, generation): (usize, u64)) {
-        self.u64(key as u64);
-        self.u64(generation);
-    }
-
-    fn state(&mut self, s: &State) {
-        self.u64(s.next_generation);
-        self.u32(s.conns.len() as u32);
-        for c in &s.conns {
-            self.conn(c);
-        }
-        self.chat(&s.chat);
-        for windows in [&s.register_limits, &s.login_limits] {
-            self.u32(windows.len() as u32);
-            for w in windows {
-                self.ip(&w.ip);
-                self.rel(w.start);
-                self.u32(w.count);
-            }
-        }
-        self.u64(s.http_rate_limited);
-        let t = &s.stats;
-        for v in [t.accepted, t.refused, t.ws_opened, t.deliveries, t.slow_dropped, t.bytes_in, t.bytes_out] {
-            self.u64(v);
-        }
-        self.u32(t.responses.len() as u32);
-        for &(status, n) in &t.responses {
-            self.u16(status);
-            self.u64(n);
-        }
-        match &s.cluster {
-            None => self.u8(0),
-            Some(c) => {
-                self.u8(1);
-                self.bytes(c.node.as_bytes());
-                self.u32(c.online.len() as u32);
-                for name in &c.online {
-                    self.bytes(name.as_bytes());
-                }
-                self.u32(c.deferred_logouts.len() as u32);
-                for h in &c.deferred_logouts {
-                    self.0.extend_from_slice(h);
-                }
-            }
-        }
-    }
-
-    fn conn(&mut self, c: &ConnState) {
-        self.u64(c.key as u64);
-        self.u64(c.generation);
-        self.ip(&c.peer.ip());
-        self.u16(c.peer.port());
-        let flags =
-            u8::from(c.metered) | u8::from(c.readable) << 1 | u8::from(c.write_shut) << 2 | u8::from(c.peer_gone) << 3;
-        self.u8(flags);
-        self.bytes(&c.input);
-        self.bytes(&c.output);
-        match &c.phase {
-            PhaseState::Http { deadline, continue_sent } => {
-                self.u8(0);
-                self.rel(*deadline);
-                self.bool(*continue_sent);
-            }
-            PhaseState::Ws(w) => {
-                self.u8(1);
-                self.key(w.session);
-                self.rel(w.last_seen);
-                self.rel(w.next_ping);
-                match &w.partial {
-                    None => self.u8(0),
-                    Some((opcode, payload)) => {
-                        self.u8(1);
-                        self.u8(*opcode);
-                        self.bytes(payload);
-                    }
-                }
-            }
-            PhaseState::Closing { until } => {
-                self.u8(2);
-                self.rel(*until);
-            }
-        }
-    }
-
-    fn chat(&mut self, c: &ChatState) {
-        self.u64(c.sessions.next_generation);
-        self.u32(c.sessions.sessions.len() as u32);
-        for s in &c.sessions.sessions {
-            self.key((s.key, s.generation));
-            self.0.extend_from_slice(&s.id_hash);
-            self.bytes(s.user.as_bytes());
-            self.rel(s.last_active);
-            self.rel(s.saved);
-        }
-        self.u32(c.room.len() as u32);
-        for m in &c.room {
-            self.u64(m.conn as u64);
-            self.key(m.session);
-            match m.bucket {
-                None => self.u8(0),
-                Some((tokens, last)) => {
-                    self.u8(1);
-                    self.u32(tokens.to_bits());
-                    self.rel(last);
-                }
-            }
-            self.bool(m.v2);
-        }
-        let h = &c.history;
-        self.bytes(h.epoch.as_bytes());
-        self.u64(h.last_id);
-        self.u32(h.entries.len() as u32);
-        for e in &h.entries {
-            self.u64(e.id);
-            self.i64(e.ts);
-            self.bytes(e.author.as_bytes());
-            self.bytes(e.text.as_bytes());
-        }
-        for v in [c.messages_in, c.messages_rejected, c.rate_limited, c.broadcasts] {
-            self.u64(v);
-        }
-    }
-}
-
-struct R<'a>(&'a [u8]);
-
-/// Keys (connection and session slots) beyond this are refused: a slab is as long
-/// as its highest key, and no server holds anywhere near 16 million of either.
-const MAX_KEY: u64 = 1 << 24;
-
-impl<'a> R<'a> {
-    fn take(&mut self, n: usize) -> Result<&'a [u8], Error> {
-        if n > self.0.len() {
-            return Err(Error::Truncated);
-        }
-        let (head, rest) = self.0.split_at(n);
-        self.0 = rest;
-        Ok(head)
-    }
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], Error> {
-        let mut a = [0u8; N];
-        a.copy_from_slice(self.take(N)?);
-        Ok(a)
-    }
-    fn u8(&mut self) -> Result<u8, Error> {
-        Ok(self.array::<1>()?[0])
-    }
-    fn bool(&mut self) -> Result<bool, Error> {
-        match self.u8()? {
-            0 => Ok(false),
-            1 => Ok(true),
-            _ => Err(Error::Invalid("boolean")),
-        }
-    }
-    fn u16(&mut self) -> Result<u16, Error> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-    fn u32(&mut self) -> Result<u32, Error> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-    fn i32(&mut self) -> Result<i32, Error> {
-        Ok(i32::from_le_bytes(self.array()?))
-    }
-    fn u64(&mut self) -> Result<u64, Error> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-    fn i64(&mut self) -> Result<i64, Error> {
-        Ok(i64::from_le_bytes(self.array()?))
-    }
-    fn rel(&mut self) -> Result<Rel, Error> {
-        Ok(Rel(self.i64()?))
-    }
-    /// An element count, checked against the bytes left (each element takes at
-    /// least `min` of them) before anything is allocated for it.
-    fn count(&mut self, min: usize) -> Result<usize, Error> {
-        let n = self.u32()? as usize;
-        if n.saturating_mul(min) > self.0.len() {
-            return Err(Error::Truncated);
-        }
-        Ok(n)
-    }
-    fn bytes(&mut self) -> Result<Vec<u8>, Error> {
-        let n = usize::try_from(self.u64()?).map_err(|_| Error::Truncated)?;
-        Ok(self.take(n)?.to_vec())
-    }
-    fn string(&mut self) -> Result<String, Error> {
-        String::from_utf8(self.bytes()?).map_err(|_| Error::Invalid("text is not UTF-8"))
-    }
-    fn ip(&mut self) -> Result<IpAddr, Error> {
-        match self.u8()? {
-            4 => Ok(IpAddr::V4(Ipv4Addr::from(self.array::<4>()?))),
-            6 => Ok(IpAddr::V6(Ipv6Addr::from(self.array::<16>()?))),
-            _ => Err(Error::Invalid("address family")),
-        }
-    }
-    fn slot(&mut self) -> Result<usize, Error> {
-        let key = self.u64()?;
-        if key >= MAX_KEY {
-            return Err(Error::Invalid("slot key out of range"));
-        }
-        Ok(key as usize)
-    }
-    fn key(&mut self) -> Result<(usize, u64), Error> {
-        Ok((self.slot()?, self.u64()?))
-    }
-
-    fn state(&mut self) -> Result<State, Error> {
-        let next_generation = self.u64()?;
-        let n = self.count(40)?;
-        let mut conns = Vec::with_capacity(n);
-        for _ in 0..n {
-            conns.push(self.conn()?);
-        }
-        let chat = self.chat()?;
-        let mut limits = [Vec::new(), Vec::new()];
-        for windows in &mut limits {
-            let n = self.count(17)?;
-            windows.reserve(n);
-            for _ in 0..n {
-                windows.push(Window { ip: self.ip()?, start: self.rel()?, count: self.u32()? });
-            }
-        }
-        let [register_limits, login_limits] = limits;
-        let http_rate_limited = self.u64()?;
-        let mut t = [0u64; 7];
-        for v in &mut t {
-            *v = self.u64()?;
-        }
-        let n = self.count(10)?;
-        let mut responses = Vec::with_capacity(n);
-        for _ in 0..n {
-            responses.push((self.u16()?, self.u64()?));
-        }
-        let [accepted, refused, ws_opened, deliveries, slow_dropped, bytes_in, bytes_out] = t;
-        let stats =
-            StatsState { accepted, refused, ws_opened, deliveries, slow_dropped, bytes_in, bytes_out, responses };
-        Ok(State {
-            next_generation,
-            conns,
-            chat,
-            register_limits,
-            login_limits,
-            http_rate_limited,
-            stats,
-            cluster: None,
-        })
-    }
-
-    fn cluster(&mut self) -> Result<Option<ClusterState>, Error> {
-        match self.u8()? {
-            0 => return Ok(None),
-            1 => {}
-            _ => return Err(Error::Invalid("cluster marker")),
-        }
-        let node = self.string()?;
-        let n = self.count(4)?;
-        let mut online = Vec::with_capacity(n);
-        for _ in 0..n {
-            online.push(self.string()?);
-        }
-        let n = self.count(32)?;
-        let mut deferred_logouts = Vec::with_capacity(n);
-        for _ in 0..n {
-            deferred_logouts.push(self.array::<32>()?);
-        }
-        Ok(Some(ClusterState { node, online, deferred_logouts }))
-    }
-
-    fn conn(&mut self) -> Result<ConnState, Error> {
-        let key = self.slot()?;
-        let generation = self.u64()?;
-        let peer = SocketAddr::new(self.ip()?, self.u16()?);
-        let flags = self.u8()?;
-        if flags >> 4 != 0 {
-            return Err(Error::Invalid("connection flags"));
-        }
-        let input = self.bytes()?;
-        let output = self.bytes()?;
-        let phase = match self.u8()? {
-            0 => PhaseState::Http { deadline: self.rel()?, continue_sent: self.bool()? },
-            1 => {
-                let session = self.key()?;
-                let last_seen = self.rel()?;
-                let next_ping = self.rel()?;
-                let partial = match self.u8()? {
-                    0 => None,
-                    1 => Some((self.u8()?, self.bytes()?)),
-                    _ => return Err(Error::Invalid("fragment marker")),
-                };
-                PhaseState::Ws(WsState { session, last_seen, next_ping, partial })
-            }
-            2 => PhaseState::Closing { until: self.rel()? },
-            _ => return Err(Error::Invalid("connection phase")),
-        };
-        Ok(ConnState {
-            key,
-            generation,
-            peer,
-            metered: flags & 1 != 0,
-            readable: flags & 2 != 0,
-            write_shut: flags & 4 != 0,
-            peer_gone: flags & 8 != 0,
-            input,
-            output,
-            phase,
-        })
-    }
-
-    fn chat(&mut self) -> Result<ChatState, Error> {
-        let next_generation = self.u64()?;
-        let n = self.count(72)?;
-        let mut sessions = Vec::with_capacity(n);
-        for _ in 0..n {
-            let (key, generation) = self.key()?;
-            let id_hash = self.array::<32>()?;
-            let user = self.string()?;
-            sessions.push(SessionState {
-                key,
-                generation,
-                id_hash,
-                user,
-                last_active: self.rel()?,
-                saved: self.rel()?,
-            });
-        }
-        let n = self.count(25)?;
-        let mut room = Vec::with_capacity(n);
-        for _ in 0..n {
-            let conn = self.slot()?;
-            let session = self.key()?;
-            let bucket = match self.u8()? {
-                0 => None,
-                1 => Some((f32::from_bits(self.u32()?), self.rel()?)),
-                _ => return Err(Error::Invalid("bucket marker")),
-            };
-            room.push(MemberState { conn, session, bucket, v2: self.bool()? });
-        }
-        let epoch = self.string()?;
-        let last_id = self.u64()?;
-        let n = self.count(32)?;
-        let mut entries = Vec::with_capacity(n);
-        for _ in 0..n {
-            entries.push(Message { id: self.u64()?, ts: self.i64()?, author: self.string()?, text: self.string()? });
-        }
-        let history = HistoryState { epoch, last_id, entries };
-        let mut c = [0u64; 4];
-        for v in &mut c {
-            *v = self.u64()?;
-        }
-        let [messages_in, messages_rejected, rate_limited, broadcasts] = c;
-        Ok(ChatState {
-            sessions: SessionsState { next_generation, sessions },
-            room,
-            history,
-            messages_in,
-            messages_rejected,
-            rate_limited,
-            broadcasts,
-        })
-    }
 }
 
 #[cfg(test)]

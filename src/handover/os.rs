@@ -41,9 +41,9 @@ pub fn check_executable(path: &std::path::Path) -> io::Result<()> {
     Ok(())
 }
 
-/// A memory file holding `bytes`, positioned at its start, close-on-exec (the
-/// caller clears that flag just before the exec).
-pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+/// An empty memory file, close-on-exec (the caller clears that flag just before
+/// the exec).
+pub fn memfd() -> io::Result<File> {
     let name = c"skiff-handover";
     // SAFETY: memfd_create takes a NUL-terminated name and flags; it returns a new
     // descriptor or -1.
@@ -52,10 +52,89 @@ pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `fd` was just created and nothing else owns it.
-    let mut file = File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// A memory file holding `bytes`, positioned at its start.
+pub fn memfd_with(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let mut file = memfd()?;
     file.write_all(bytes)?;
     file.rewind()?;
     Ok(file.into())
+}
+
+/// The hand-over's memory file, mapped read-only where it is: the state is decoded
+/// in place, not copied into this process first, and the pages it is done with
+/// leave this process's memory (`release`).
+pub struct StateBytes {
+    file: File,
+    ptr: *mut libc::c_void,
+    len: usize,
+    /// Bytes below this are given back to the kernel for good (holes punched).
+    punched: std::cell::Cell<usize>,
+}
+
+impl StateBytes {
+    fn map(file: File) -> io::Result<StateBytes> {
+        let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+        if len == 0 {
+            return Ok(StateBytes { file, ptr: std::ptr::null_mut(), len, punched: Default::default() });
+        }
+        // Populated in one call: a page fault for each of 30,000 pages of a large
+        // state cost more than reading them. The pages are the memory file's own,
+        // shared, not copies.
+        let flags = libc::MAP_SHARED | libc::MAP_POPULATE;
+        // SAFETY: a new read-only shared mapping of a file we own; nothing else in
+        // this process writes the file while it is mapped.
+        let ptr = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, flags, file.as_raw_fd(), 0) };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(StateBytes { file, ptr, len, punched: Default::default() })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        if self.ptr.is_null() {
+            return &[];
+        }
+        // SAFETY: `ptr` maps `len` readable bytes for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.ptr.cast::<u8>(), self.len) }
+    }
+
+    /// The decoder is done with the bytes below `upto`: their pages leave this
+    /// process's resident set and are freed from the memory file (a probe never
+    /// does that: the next image reads them).
+    pub fn release(&self, upto: usize) {
+        let page = page_size();
+        let end = upto.min(self.len) / page * page;
+        let from = self.punched.get();
+        if self.ptr.is_null() || end <= from {
+            return;
+        }
+        // SAFETY: [ptr + from, ptr + end) lies in the mapping; MADV_DONTNEED on a
+        // shared file mapping only drops this process's view of those pages, which
+        // the punched hole then frees. A failure of either only keeps memory.
+        unsafe {
+            libc::madvise(self.ptr.cast::<u8>().add(from).cast(), end - from, libc::MADV_DONTNEED);
+            let mode = libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE;
+            libc::fallocate(self.file.as_raw_fd(), mode, from as libc::off_t, (end - from) as libc::off_t);
+        }
+        self.punched.set(end);
+    }
+}
+
+impl Drop for StateBytes {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: the mapping made in `map`, unmapped once.
+            unsafe { libc::munmap(self.ptr, self.len) };
+        }
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf reads a constant of the system.
+    (unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).max(4096) as usize
 }
 
 /// Lets `fd` survive the exec (`inherit`) or not.
@@ -305,7 +384,7 @@ pub struct Inherited {
     /// socket is still watched there under its slab key, so nothing is registered
     /// again (10,000 epoll_ctl calls are most of a large hand-over's pause).
     pub epoll: Option<OwnedFd>,
-    pub bytes: io::Result<Vec<u8>>,
+    pub bytes: io::Result<StateBytes>,
     pub since_ns: u64,
     pub exec_ns: u64,
     pub main_ns: u64,
@@ -343,13 +422,7 @@ fn parse_and_take(value: &str) -> Result<Inherited, String> {
     let listener = own(listener);
     let epoll = epoll.filter(|&fd| fd > 2 && fd != listener.as_raw_fd() && is_epoll(fd)).map(own);
     let bytes = match memfd.filter(|&fd| fd > 2 && fd != listener.as_raw_fd() && is_open(fd)) {
-        Some(fd) => {
-            let mut file = File::from(own(fd));
-            let mut bytes = Vec::new();
-            // The probe read the same open file before this image (one file offset
-            // for both): read from the start, not from where it stopped.
-            file.rewind().and_then(|()| file.read_to_end(&mut bytes)).map(|_| bytes)
-        }
+        Some(fd) => StateBytes::map(File::from(own(fd))),
         None => Err(io::Error::other("no state descriptor")),
     };
     Ok(Inherited { listener, epoll, bytes, since_ns, exec_ns, main_ns: 0 })

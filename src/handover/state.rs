@@ -140,8 +140,9 @@ pub struct MemberState {
 pub struct HistoryState {
     pub epoch: String,
     pub last_id: u64,
-    /// Oldest first.
-    pub entries: Vec<Message>,
+    /// Oldest first, as the ring holds them: a hand-over shares the frames, it does
+    /// not copy them.
+    pub entries: Vec<crate::chat::history::Entry>,
 }
 
 /// A rate-limit window: an address, when its minute started, and its count.

@@ -89,7 +89,7 @@ impl Reactor {
     ) -> Result<Reactor, String> {
         let os::Inherited { listener, epoll, bytes, since_ns, exec_ns, main_ns } = inherited;
         let listener = TcpListener::from_std(std::net::TcpListener::from(listener));
-        let (handed, state) = read_state(bytes);
+        let (handed, state) = read_state(bytes, true);
         let mut r = Reactor::build(cfg, store, tls, Some((listener, epoll)), state.is_err())?;
         let now = Instant::now();
         let why = match (state, &handed) {
@@ -134,7 +134,7 @@ impl Reactor {
     /// nothing is written to the database: the process that asked serves on from
     /// an unchanged world if the answer is no. Returns the connections taken.
     pub fn probe(cfg: &Config, inherited: os::Inherited) -> Result<usize, String> {
-        let (handed, state) = read_state(inherited.bytes);
+        let (handed, state) = read_state(inherited.bytes, false);
         let state = state?;
         let handed = handed.ok_or("no sockets")?;
         let conns = state.conns.len();
@@ -292,9 +292,11 @@ impl Reactor {
             let ws = matches!(c.phase, crate::handover::state::PhaseState::Ws(_));
             handed.push(Handed { fd: sock.socket_mut().as_raw_fd(), ws });
         }
-        let bytes = codec::encode(&state, &handed);
+        // Straight into the memory file, the history's frames shared with the ring:
+        // no second copy of the state in this process.
+        let mut memfd = os::memfd().map_err(|e| format!("memfd: {e}"))?;
+        let size = codec::encode_to(&state, &handed, &mut memfd).map_err(|e| format!("memfd: {e}"))?;
         drop(state);
-        let memfd = os::memfd_with(&bytes).map_err(|e| format!("memfd: {e}"))?;
         let epoll = self.poll.as_raw_fd();
         let fds: Vec<i32> = handed.iter().map(|h| h.fd).chain([listener, memfd.as_raw_fd(), epoll]).collect();
         let flip = |inherit: bool| fds.iter().try_for_each(|&fd| os::set_inherit(fd, inherit));
@@ -316,7 +318,7 @@ impl Reactor {
             "handing over {} connections to {} ({} bytes of state; the new binary took it in a probe in {:.1} ms)",
             handed.len(),
             exe.display(),
-            bytes.len(),
+            size,
             probe_began.elapsed().as_secs_f64() * 1e3,
         ));
         // From here to the exec no stop signal runs a handler: held, it stays pending
@@ -351,9 +353,21 @@ impl Reactor {
 }
 
 /// The state in `bytes`, and the sockets it says came with it, checked against
-/// the descriptors this process holds.
-fn read_state(bytes: std::io::Result<Vec<u8>>) -> (Option<Vec<Handed>>, Result<crate::handover::State, String>) {
-    let decoded = bytes.map_err(|e| e.to_string()).and_then(|b| codec::decode(&b).map_err(|e| e.to_string()));
+/// the descriptors this process holds. The next image (`take_over`) keeps the
+/// history and frees the bytes as it goes; a probe checks the history, keeps none
+/// of it and frees nothing (the next image reads the same bytes).
+fn read_state(
+    bytes: std::io::Result<os::StateBytes>,
+    take_over: bool,
+) -> (Option<Vec<Handed>>, Result<crate::handover::State, String>) {
+    let decoded = bytes.map_err(|e| e.to_string()).and_then(|b| {
+        let mut release = |upto: usize| {
+            if take_over {
+                b.release(upto);
+            }
+        };
+        codec::decode_with(b.bytes(), take_over, &mut release).map_err(|e| e.to_string())
+    });
     let (handed, state) = match decoded {
         Ok(d) => (Some(d.handed), d.state.map_err(|e| e.to_string())),
         Err(e) => (None, Err(e)),

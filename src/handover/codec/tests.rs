@@ -56,7 +56,7 @@ fn sample() -> State {
             history: HistoryState {
                 epoch: "e1".into(),
                 last_id: 42,
-                entries: vec![Message { id: 42, ts: 1_700_000_000_000, author: "ann".into(), text: "hi".into() }],
+                entries: vec![crate::chat::Chat::history_entry(42, 1_700_000_000_000, "ann".into(), "hi \"there\"")],
             },
             messages_in: 4,
             messages_rejected: 1,
@@ -100,30 +100,87 @@ fn a_cluster_node_s_state_comes_back_as_it_went() {
 
 /// What a skiff of state format 1 wrote (checksum over bytes, no cluster section)
 /// is still read: an upgrade from it keeps every socket.
-#[test]
-fn a_format_1_state_is_still_read() {
-    let mut body = W(Vec::new());
-    body.state(&sample());
-    assert_eq!(body.0.pop(), Some(0), "format 2 ends with the cluster marker");
-    let mut out = W(Vec::new());
-    out.0.extend_from_slice(MAGIC);
-    out.u32(handed().len() as u32);
-    for h in handed() {
-        out.i32(h.fd);
-        out.u8(u8::from(h.ws));
+/// A body as this build writes it, or with kept messages as texts (formats 1, 2).
+fn body_of(state: &State, text_entries: bool) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let mut sink = |b: &[u8]| bytes.extend_from_slice(b);
+    let mut body = W::new(&mut sink);
+    body.text_entries = text_entries;
+    body.state(state);
+    body.flush();
+    drop(body);
+    bytes
+}
+
+/// The envelope of `handed` and a state body of format `version`.
+fn wrapped(handed: &[Handed], version: u32, sum: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&(handed.len() as u32).to_le_bytes());
+    for h in handed {
+        out.extend_from_slice(&h.fd.to_le_bytes());
+        out.push(u8::from(h.ws));
     }
-    let sum = checksum(&out.0);
-    out.u64(sum);
-    out.u32(1);
-    out.u64(body.0.len() as u64);
-    out.u64(checksum(&body.0));
-    out.0.extend_from_slice(&body.0);
-    let d = decode(&out.0).unwrap();
-    assert_eq!(d.state.unwrap(), sample());
-    // The same bytes under format 2 lack the cluster section, and its checksum differs.
+    let envelope_sum = checksum(&out);
+    out.extend_from_slice(&envelope_sum.to_le_bytes());
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&sum.to_le_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// What a skiff of state format 1 wrote (checksum over bytes, no cluster section,
+/// texts) and of format 2 (word checksum, cluster section, texts) is still read:
+/// an upgrade from it keeps every socket, and the frames are made from the texts.
+#[test]
+fn formats_1_and_2_are_still_read() {
+    let mut body = body_of(&sample(), true);
+    let v2 = wrapped(&handed(), 2, checksum_words(&body), &body);
+    assert_eq!(decode(&v2).unwrap().state.unwrap(), sample());
+    assert_eq!(body.pop(), Some(0), "format 2 ends with the cluster marker");
+    let v1 = wrapped(&handed(), 1, checksum(&body), &body);
+    assert_eq!(decode(&v1).unwrap().state.unwrap(), sample());
+    // The format-1 bytes under format 2 lack the cluster section, and the checksum differs.
+    let mut bad = v1.clone();
     let at = MAGIC.len() + 4 + 5 * handed().len() + 8;
-    out.0[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
-    assert!(decode(&out.0).unwrap().state.is_err());
+    bad[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
+    assert!(decode(&bad).unwrap().state.is_err());
+}
+
+/// Written in chunks (the body's length and checksum put in place last), a large
+/// history reads back whole; read without keeping it, it is checked and dropped;
+/// the reader lets go of the bytes in order, each at most once for good.
+#[test]
+fn a_large_history_is_streamed_and_released_as_it_is_read() {
+    let mut state = sample();
+    let text = "\u{1F600}".repeat(300);
+    state.chat.history.entries =
+        (1..=2000).map(|id| crate::chat::Chat::history_entry(id, 7, "ann".into(), &text)).collect();
+    let bytes = encode(&state, &handed());
+    assert!(bytes.len() > 2000 * 1200);
+    let mut released = Vec::new();
+    let d = decode_with(&bytes, true, &mut |upto| released.push(upto)).unwrap();
+    assert_eq!(d.state.unwrap(), state);
+    assert!(released.len() >= 2, "{released:?}");
+    assert!(released.windows(2).all(|w| w[0] < w[1]) && *released.last().unwrap() <= bytes.len());
+    let probe = decode_with(&bytes, false, &mut |_| {}).unwrap().state.unwrap();
+    assert!(probe.chat.history.entries.is_empty());
+    assert_eq!(probe.chat.history.last_id, state.chat.history.last_id);
+    // A kept message whose frame is not a whole text frame is refused.
+    let mut bad = state.clone();
+    bad.chat.history.entries[5].frame = std::rc::Rc::from(&b"\x81\x05ab"[..]);
+    let d = decode(&encode(&bad, &handed())).unwrap();
+    assert_eq!(d.state.unwrap_err(), Error::Invalid("a kept message's frame"));
+}
+
+#[test]
+fn the_streamed_word_checksum_is_the_whole_one_whatever_the_pieces() {
+    let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7 + 3) as u8).collect();
+    for piece in [1, 3, 7, 8, 9, 64, 999] {
+        let mut h = WordSum::default();
+        bytes.chunks(piece).for_each(|c| h.update(c));
+        assert_eq!(h.finish(), checksum_words(&bytes), "pieces of {piece}");
+    }
 }
 
 #[test]
@@ -190,19 +247,10 @@ fn another_state_version_is_refused_by_number() {
 /// without allocating what its counts claim.
 #[test]
 fn a_checksummed_body_with_absurd_counts_is_refused() {
-    let mut body = W(Vec::new());
-    body.u64(1);
-    body.u32(u32::MAX);
-    let mut out = W(Vec::new());
-    out.0.extend_from_slice(MAGIC);
-    out.u32(0);
-    let sum = checksum(&out.0);
-    out.u64(sum);
-    out.u32(STATE_VERSION);
-    out.u64(body.0.len() as u64);
-    out.u64(checksum_words(&body.0));
-    out.0.extend_from_slice(&body.0);
-    assert_eq!(decode(&out.0).unwrap().state.unwrap_err(), Error::Truncated);
+    let mut body = 1u64.to_le_bytes().to_vec();
+    body.extend_from_slice(&u32::MAX.to_le_bytes());
+    let out = wrapped(&[], STATE_VERSION, checksum_words(&body), &body);
+    assert_eq!(decode(&out).unwrap().state.unwrap_err(), Error::Truncated);
 }
 
 #[test]
