@@ -129,7 +129,8 @@ mod tests {
     fn cross_site_state_changes_are_refused_unless_allowed() {
         let cfg = ApiConfig { allowed_origins: vec!["https://friend.example".into()], ..ApiConfig::default() };
         let host = ("Host", "chat.example");
-        let cases: &[(&str, &str, &[(&str, &str)], Option<u16>)] = &[
+        type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], Option<u16>);
+        let cases: &[Case] = &[
             ("GET", "/api/logout", &[host, ("Sec-Fetch-Site", "cross-site")], Some(403)),
             ("POST", "/api/logout", &[host, ("Origin", "https://evil.example")], Some(403)),
             ("POST", "/api/login", &[host, ("Origin", "null")], Some(403)),
