@@ -15,6 +15,8 @@ use crate::ws::{self, UpgradeError};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
+pub mod guard;
+
 pub const SESSION_COOKIE: &str = "session";
 
 /// What the reactor should do with a request.
@@ -75,6 +77,8 @@ enum PendingKind {
 #[derive(Debug, Clone, Default)]
 pub struct ApiConfig {
     pub allowed_origins: Vec<String>,
+    /// `--allowed-host`: the `Host` values served (empty: any); see `guard`.
+    pub allowed_hosts: Vec<String>,
     /// Serve this (canonical) directory instead of the built-in page.
     pub static_dir: Option<std::path::PathBuf>,
     /// `/metrics` for anyone, not only local clients.
@@ -141,7 +145,11 @@ impl Ctx<'_> {
 }
 
 /// Routes a request, adding CORS headers when `--allowed-origin` lists its origin.
+/// A `Host` not served, or another site's state-changing request, is refused first.
 pub fn handle(req: &Request, ctx: &mut Ctx) -> Outcome {
+    if let Some(refused) = guard::check(req, ctx.cfg) {
+        return Outcome::Respond(refused);
+    }
     let cors_origin = cors_origin(req, ctx.cfg);
     if req.method == "OPTIONS" && !ctx.cfg.allowed_origins.is_empty() && req.path().starts_with("/api/") {
         return Outcome::Respond(match cors_origin {
@@ -221,6 +229,12 @@ fn with_cors(r: Response, origin: String) -> Response {
     r.header("Access-Control-Allow-Origin", origin)
         .header("Access-Control-Allow-Credentials", "true")
         .header("Vary", "Origin")
+}
+
+/// Past `--max-connections-per-ip`, for a direct peer at accept and for an address
+/// a proxy forwards once its request head is read.
+pub fn too_many_connections() -> Response {
+    Response::error(503, "too_many_connections").closing()
 }
 
 fn rate_limited(retry_after: u64) -> Response {

@@ -34,6 +34,10 @@ pub struct Config {
     pub allowed_origins: Vec<String>,
     pub trusted_proxies: Vec<IpAddr>,
     pub max_connections: Option<usize>,
+    /// Open connections per client address (IPv6: per /64); 0 = off.
+    pub max_connections_per_ip: u32,
+    /// `Host` values served (lower-case `host` or `host:port`); empty = any.
+    pub allowed_hosts: Vec<String>,
     pub limit_loopback: bool,
     pub register_per_minute: u32,
     pub failed_logins_per_minute: u32,
@@ -101,6 +105,8 @@ impl Config {
             allowed_origins: Vec::new(),
             trusted_proxies: Vec::new(),
             max_connections: None,
+            max_connections_per_ip: 0,
+            allowed_hosts: Vec::new(),
             limit_loopback: false,
             register_per_minute: 0,
             failed_logins_per_minute: 0,
@@ -225,7 +231,7 @@ const FLAGS: &[Flag] = &[
         c.hsts_max_age = number(v, 0)?;
         Ok(())
     }),
-    many("allowed-origin", "ORIGIN", "/ws and CORS only for these origins (others: 403)", |c, v, _| {
+    many("allowed-origin", "ORIGIN", "/ws and CORS only for these origins (else 403)", |c, v, _| {
         if !valid_origin(v) {
             return Err("scheme://host[:port] without a path".into());
         }
@@ -238,6 +244,14 @@ const FLAGS: &[Flag] = &[
     }),
     opt("max-connections", "N", Note("from RLIMIT_NOFILE"), "open connections at most", |c, v, _| {
         c.max_connections = Some(number(v, 1)?);
+        Ok(())
+    }),
+    opt("max-connections-per-ip", "N", Value("64"), "open connections per address (IPv6: /64), 0 = off", |c, v, _| {
+        c.max_connections_per_ip = number(v, 0)?;
+        Ok(())
+    }),
+    many("allowed-host", "HOST", "serve only these Host values (others: 421)", |c, v, _| {
+        c.allowed_hosts.push(allowed_host(v).ok_or("HOST or HOST:PORT")?);
         Ok(())
     }),
     switch("limit-loopback", "apply rate limits to loopback clients too", |c, v, _| {
@@ -287,11 +301,29 @@ const FLAGS: &[Flag] = &[
         c.reuse_port = truthy(v)?;
         Ok(())
     }),
-    opt("control", "PATH", Note("the --db path + .ctl"), "Unix socket for `skiff ctl` (mode 0600)", |c, v, _| {
+    opt("control", "PATH", Note("the --db path + .ctl"), "Unix socket for `skiff ctl` (0600)", |c, v, _| {
         c.control = Some(PathBuf::from(v));
         Ok(())
     }),
 ];
+
+/// `--allowed-host`: a DNS name, an IPv4 address or a bracketed IPv6 address, with
+/// an optional port; lower-cased, as `Host` is matched ignoring case.
+fn allowed_host(v: &str) -> Option<String> {
+    let v = v.trim().to_ascii_lowercase();
+    let (host, port) = crate::api::guard::split_authority(&v)?;
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inside) => inside.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            host.len() <= 253
+                && host
+                    .split('.')
+                    .all(|l| (1..=63).contains(&l.len()) && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        }
+    };
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
+    (host_ok && port_ok).then_some(v)
+}
 
 /// The history ring lives in memory (~0.3 KiB a message): bound what a flag can ask.
 const MAX_HISTORY: usize = 100_000;
@@ -612,6 +644,24 @@ mod tests {
         assert!(!c.limit_loopback && !c.metrics_public);
         assert_eq!(c.log_level, LogLevel::Info);
         assert_eq!(c.history, 1000);
+        assert_eq!((c.max_connections_per_ip, c.allowed_hosts.len()), (64, 0));
+    }
+
+    #[test]
+    fn per_address_connections_and_allowed_hosts() {
+        assert_eq!(run(&["--max-connections-per-ip", "0"], &[]).unwrap().max_connections_per_ip, 0);
+        assert_eq!(run(&[], &[("SKIFF_MAX_CONNECTIONS_PER_IP", "8")]).unwrap().max_connections_per_ip, 8);
+        let c = run(&[], &[("SKIFF_ALLOWED_HOST", "localhost, 127.0.0.1:7777,[::1],Chat.Example:8443")]).unwrap();
+        assert_eq!(c.allowed_hosts, ["localhost", "127.0.0.1:7777", "[::1]", "chat.example:8443"]);
+        let c = run(&["--allowed-host", "a.example", "--allowed-host=[::1]:7777"], &[("SKIFF_ALLOWED_HOST", "b")]);
+        assert_eq!(c.unwrap().allowed_hosts, ["a.example", "[::1]:7777"], "the flag replaces the env list");
+        for bad in ["", "http://a.example", "a.example/", "a..b", "a:0", "a:99999", "a:", "::1", "[::1", "[x]:1", "a b"]
+        {
+            let e = run(&["--allowed-host", bad], &[]).unwrap_err().0;
+            assert!(e.starts_with("--allowed-host: expected HOST or HOST:PORT"), "{bad:?}: {e}");
+        }
+        let e = run(&["--max-connections-per-ip", "-1"], &[]).unwrap_err().0;
+        assert!(e.contains("expected a number (0 = off)"), "{e}");
     }
 
     #[test]
@@ -641,6 +691,7 @@ mod tests {
             None => "1",
             Some("ADDR") => "127.0.0.1:9",
             Some("ORIGIN") => "https://a.example",
+            Some("HOST") => "chat.example:443",
             Some("IP") => "10.0.0.1",
             Some("SECS" | "N") => "7",
             Some("URL") => "redis://10.0.0.1:6379/2",

@@ -41,7 +41,7 @@ pub fn client(req: &Request, peer: IpAddr, tls: bool, trusted: &[IpAddr]) -> Cli
 }
 
 /// IPv4-mapped IPv6 addresses compare as the IPv4 address they carry.
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

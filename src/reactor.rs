@@ -316,6 +316,13 @@ impl Reactor {
                         self.server.cx.stats.refused += 1;
                         continue; // dropping `sock` closes it at once
                     }
+                    if !self.server.cx.rate_limits.connections.admits(peer.ip()) {
+                        log::debug(format_args!("{peer}: too many connections from this address"));
+                        if self.tls.is_none() {
+                            refuse(&sock, &mut self.server.cx, now);
+                        }
+                        continue;
+                    }
                     // Chat frames are small and latency matters more than packet count.
                     let _ = sock.set_nodelay(true);
                     let transport = match Transport::new(sock, self.tls.as_ref()) {
@@ -326,6 +333,7 @@ impl Reactor {
                         }
                     };
                     let key = self.server.insert(transport, peer, now);
+                    self.server.cx.rate_limits.connections.accepted(key, peer.ip());
                     let sock = self.server.stream_mut(key).expect("just inserted").socket_mut();
                     if let Err(e) =
                         self.poll.registry().register(sock, Token(key), Interest::READABLE | Interest::WRITABLE)
@@ -388,6 +396,20 @@ impl Reactor {
         self.accept_retry = None;
         self.server.begin_shutdown(now);
     }
+}
+
+/// A peer over `--max-connections-per-ip`: its 503 in one write, and nothing kept.
+/// What it sent already is read off first, so that the close is a FIN behind the
+/// answer rather than a reset that may destroy it. An answer that does not fit at
+/// once is dropped: a refusal must cost no more than the accept did.
+fn refuse(sock: &mio::net::TcpStream, cx: &mut crate::conn::Cx, now: Instant) {
+    use std::io::Write;
+    let mut first = [0u8; 4096];
+    let _ = (&*sock).read(&mut first);
+    let unix_ms = cx.chat.unix_ms(now);
+    let mut answer = Vec::with_capacity(256);
+    crate::api::too_many_connections().write_to(&mut answer, false, false, cx.date.at(unix_ms), None);
+    let _ = (&*sock).write(&answer);
 }
 
 /// One moment on the monotonic clock and as Unix milliseconds: the cores are given

@@ -55,7 +55,12 @@ impl<S: Stream> Server<S> {
     /// `now` and `unix_ms` are one moment on both clocks: the chat core turns
     /// `Instant`s into Unix time (message times, session activity) from it.
     pub fn new(cfg: ServerConfig, storage: Storage, now: Instant, unix_ms: i64) -> Self {
-        let rate_limits = RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute);
+        let mut rate_limits = RateLimits::new(cfg.register_per_minute, cfg.failed_logins_per_minute);
+        rate_limits.connections = crate::ratelimit::ConnLimit::new(
+            cfg.max_connections_per_ip,
+            cfg.conn.limit_loopback,
+            cfg.conn.trusted_proxies.clone(),
+        );
         let mut server = Server {
             conns: Slab::new(),
             cx: Cx::new(Chat::new(cfg.chat), storage, cfg.conn, rate_limits),
@@ -437,6 +442,7 @@ impl<S: Stream> Server<S> {
     pub fn discard(&mut self, key: usize) {
         if self.conns.contains(key) {
             self.conns.remove(key).discard(&mut self.cx);
+            self.cx.rate_limits.connections.release(key);
             self.cx.open_connections = self.conns.len();
         }
     }
@@ -447,6 +453,7 @@ impl<S: Stream> Server<S> {
         c.begin_closing(&mut self.cx, now);
         // Dropping the socket closes it, which also takes it out of epoll.
         self.conns.remove(key).discard(&mut self.cx);
+        self.cx.rate_limits.connections.release(key);
         self.cx.open_connections = self.conns.len();
         self.apply_effects(now);
         self.compact_timers();

@@ -180,6 +180,13 @@ impl<S: Stream> Conn<S> {
         let started = log::enabled(log::Level::Debug).then(Instant::now);
         let client = proxy::client(&req, self.peer_ip, self.sock.is_secure(), &cx.cfg.trusted_proxies);
         self.metered = cx.metered(&client);
+        // Behind a proxy, the client is known only now: its connections count from here.
+        if client.forwarded && !cx.rate_limits.connections.forwarded(self.key, client.ip) {
+            log::debug(format_args!("{}: too many connections from {}", self.peer(), client.ip));
+            self.respond(&api::too_many_connections(), false, req.method == "HEAD", cx, now);
+            self.enter_closing(cx, now);
+            return true;
+        }
         let keep_alive = req.keep_alive() && !cx.shutting_down;
         let asked = |head| Asked {
             client,

@@ -15,6 +15,8 @@ pub struct ServerConfig {
     pub conn: ConnConfig,
     pub register_per_minute: u32,
     pub failed_logins_per_minute: u32,
+    /// Open connections per client address; 0 = off.
+    pub max_connections_per_ip: u32,
 }
 
 impl ServerConfig {
@@ -34,6 +36,7 @@ impl ServerConfig {
             conn: ConnConfig {
                 api: ApiConfig {
                     allowed_origins: cfg.allowed_origins.clone(),
+                    allowed_hosts: cfg.allowed_hosts.clone(),
                     static_dir: cfg.static_dir.clone(),
                     metrics_public: cfg.metrics_public,
                     cluster: cfg.redis.is_some(),
@@ -45,6 +48,7 @@ impl ServerConfig {
             },
             register_per_minute: cfg.register_per_minute,
             failed_logins_per_minute: cfg.failed_logins_per_minute,
+            max_connections_per_ip: per_ip_cap(cfg.max_connections_per_ip, cfg.max_connections),
         }
     }
 
@@ -59,6 +63,29 @@ impl ServerConfig {
             },
             register_per_minute: 0,
             failed_logins_per_minute: 0,
+            max_connections_per_ip: 0,
         }
+    }
+}
+
+/// One address never holds more than half of an explicit `--max-connections`,
+/// whatever `--max-connections-per-ip` says: newcomers from elsewhere always find
+/// room. (The default maximum, from the descriptor limit, is far above any cap.)
+fn per_ip_cap(per_ip: u32, max_connections: Option<usize>) -> u32 {
+    match max_connections {
+        Some(max) if per_ip > 0 => per_ip.min(u32::try_from(max / 2).unwrap_or(u32::MAX).max(1)),
+        _ => per_ip,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_address_gets_at_most_half_the_house() {
+        assert_eq!(super::per_ip_cap(64, None), 64);
+        assert_eq!(super::per_ip_cap(64, Some(300)), 64);
+        assert_eq!(super::per_ip_cap(64, Some(40)), 20);
+        assert_eq!(super::per_ip_cap(64, Some(1)), 1);
+        assert_eq!(super::per_ip_cap(0, Some(40)), 0, "0 stays off");
     }
 }

@@ -128,6 +128,11 @@ impl<S: Stream> Server<S> {
             conns.push((key, Conn::import(socket(i), c, phase, limits, now)));
         }
         self.conns = conns.into_iter().collect();
+        // Direct peers count against the per-address cap again; an address a proxy
+        // forwarded counts again at that connection's next request.
+        for (key, c) in self.conns.iter() {
+            self.cx.rate_limits.connections.accepted(key, c.peer().ip());
+        }
         self.next_generation = state.next_generation.max(last_generation + 1);
         self.cx.open_connections = self.conns.len();
         for (limiter, windows) in [
