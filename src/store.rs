@@ -140,6 +140,13 @@ impl Store {
             return Err(StoreError::Open(format!("cannot open database {shown}: it is a directory")));
         }
         let existed = path.exists();
+        if !existed {
+            // SQLite would create it 0644 less the umask, and gives the -wal and -shm
+            // files it makes later the database's own mode: owner-only from the first
+            // byte keeps names and messages from other local users. A failure here
+            // (no such directory, say) is SQLite's to report, explained below.
+            let _ = create_owner_only(path);
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let opened = Connection::open_with_flags(path, flags)
             .map_err(|e| StoreError::Open(e.to_string()))
@@ -227,9 +234,8 @@ impl Store {
             tx.commit().map_err(classify)?;
         }
         if from < 3 {
-            // The epoch names this history: a new one only with a new database.
-            let mut raw = [0u8; 6];
-            getrandom::fill(&mut raw).expect("the OS random number generator failed");
+            // The epoch names this history: a new one only with a new database (or
+            // a restored backup, `begin_after_restore`).
             let tx = self.db.transaction().map_err(classify)?;
             tx.execute_batch(
                 "CREATE TABLE messages (
@@ -242,8 +248,7 @@ impl Store {
                  PRAGMA user_version = 3;",
             )
             .map_err(classify)?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", params![base64url(&raw)])
-                .map_err(classify)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", params![new_epoch()]).map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
         if from < 4 {
@@ -423,6 +428,35 @@ fn explain(path: &Path, existed: bool) -> Option<String> {
     None
 }
 
+/// Creates `path` empty with mode 0600 whatever the umask; an existing file is an error.
+pub(crate) fn create_owner_only(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    // Set, not masked: a umask like 0277 would leave the owner unable to write.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// The database and the -wal and -shm files beside it that other local users may
+/// read or write (group or other bits), each with its mode: one warning at start.
+/// Made by an older skiff, a copy, or a hand: skiff does not change modes it did
+/// not choose, it says so.
+pub fn open_to_others(path: &Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let side = |suffix: &str| {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        std::path::PathBuf::from(p)
+    };
+    [path.to_path_buf(), side("-wal"), side("-shm")]
+        .into_iter()
+        .filter_map(|p| {
+            let mode = std::fs::metadata(&p).ok()?.permissions().mode() & 0o777;
+            (mode & 0o077 != 0).then_some((p, mode))
+        })
+        .collect()
+}
+
 /// access(2) for writing with the effective ids, the ones every later write runs as.
 fn can_write(path: &Path) -> std::io::Result<()> {
     use std::os::unix::ffi::OsStrExt;
@@ -575,6 +609,13 @@ fn new_key() -> String {
     base64url(&raw)
 }
 
+/// A new history's name: 48 random bits as 8 characters of base64url.
+fn new_epoch() -> String {
+    let mut raw = [0u8; 6];
+    getrandom::fill(&mut raw).expect("the OS random number generator failed");
+    base64url(&raw)
+}
+
 fn base64url(bytes: &[u8]) -> String {
     data_encoding::BASE64URL_NOPAD.encode(bytes)
 }
@@ -624,6 +665,21 @@ mod tests {
         assert_eq!(s.login(&k2).unwrap().as_deref(), Some("b"));
         let mode: String = s.db.query_row("PRAGMA journal_mode", [], |r| r.get(0)).unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn a_new_database_is_owner_only_and_wider_files_are_named() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let mut s = Store::open(&path).unwrap();
+        s.register("a").unwrap();
+        let mode = |p: &str| std::fs::metadata(dir.path().join(p)).unwrap().permissions().mode() & 0o777;
+        // SQLite gives the -wal and -shm files it creates the database's mode.
+        assert_eq!((mode("m.db"), mode("m.db-wal"), mode("m.db-shm")), (0o600, 0o600, 0o600));
+        assert!(open_to_others(&path).is_empty());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        assert_eq!(open_to_others(&path), [(path.clone(), 0o640)]);
     }
 
     #[test]
