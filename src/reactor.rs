@@ -247,9 +247,9 @@ impl Reactor {
                     self.server.on_storage(now);
                     self.server.on_backups();
                 }
-                control::listener::LISTENER => self.control.accept(self.poll.registry()),
+                control::listener::LISTENER => self.control.accept(self.poll.registry(), now),
                 token if control::listener::is_client(token) => {
-                    let requests = self.control.on_ready(token, self.poll.registry());
+                    let requests = self.control.on_ready(token, self.poll.registry(), now);
                     self.control_requests.extend(requests);
                 }
                 token if self.on_redis_ready(token, now) => {}
@@ -266,6 +266,7 @@ impl Reactor {
         }
         self.server.run_pending_reads(now);
         self.server.on_timeout(now);
+        self.control.on_timeout(now, self.poll.registry());
         loop {
             let started = self.run_control(now);
             // Redis commands the requests queued go out now; its replies already in
@@ -295,7 +296,7 @@ impl Reactor {
             if answers.is_empty() {
                 return started;
             }
-            let next = self.control.deliver(answers, self.poll.registry());
+            let next = self.control.deliver(answers, self.poll.registry(), now);
             self.control_requests.extend(next);
         }
     }
@@ -306,7 +307,7 @@ impl Reactor {
         }
         // Wake once the loop has been quiet for a second, to trim the heap.
         let trim_at = self.heap_dirty.then(|| now + Duration::from_secs(1));
-        [self.server.next_deadline(), self.accept_retry, trim_at]
+        [self.server.next_deadline(), self.accept_retry, trim_at, self.control.next_deadline()]
             .into_iter()
             .flatten()
             .min()
