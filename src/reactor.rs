@@ -404,7 +404,7 @@ fn single_node(
     load_saved: bool,
 ) -> Result<Server<Transport>, String> {
     if load_saved {
-        warn_if_open_to_others(&cfg.db);
+        crate::store::warn_if_open_to_others(&cfg.db);
     }
     let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
     // A hand-over continues the ids it carries, all below the reservation on disk.
@@ -472,19 +472,6 @@ fn restore_saved(server: &mut Server<Transport>, saved: Saved) {
     let restored = server.cx.restore_sessions(saved.sessions, Instant::now());
     if restored > 0 {
         log::info(format_args!("{restored} sessions restored"));
-    }
-}
-
-/// Other local users could read names and messages: said once at start. The mode
-/// is the operator's to change (a group may be meant to read it).
-fn warn_if_open_to_others(db: &std::path::Path) {
-    let wide = crate::store::open_to_others(db);
-    if !wide.is_empty() {
-        let files: Vec<String> = wide.iter().map(|(p, mode)| format!("{} is mode {mode:04o}", p.display())).collect();
-        log::warn(format_args!(
-            "{}: other local users may read or change it (chmod 600; skiff creates its files owner-only)",
-            files.join(", ")
-        ));
     }
 }
 
