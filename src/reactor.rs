@@ -239,9 +239,9 @@ impl Reactor {
                     self.server.on_storage(now);
                     self.server.on_backups();
                 }
-                control::listener::LISTENER => self.control.accept(self.poll.registry()),
+                control::listener::LISTENER => self.control.accept(self.poll.registry(), now),
                 token if control::listener::is_client(token) => {
-                    let requests = self.control.on_ready(token, self.poll.registry());
+                    let requests = self.control.on_ready(token, self.poll.registry(), now);
                     self.control_requests.extend(requests);
                 }
                 token if self.on_redis_ready(token, now) => {}
@@ -258,6 +258,7 @@ impl Reactor {
         }
         self.server.run_pending_reads(now);
         self.server.on_timeout(now);
+        self.control.on_timeout(now, self.poll.registry());
         loop {
             let started = self.run_control(now);
             // Redis commands the requests queued go out now; its replies already in
@@ -287,7 +288,7 @@ impl Reactor {
             if answers.is_empty() {
                 return started;
             }
-            let next = self.control.deliver(answers, self.poll.registry());
+            let next = self.control.deliver(answers, self.poll.registry(), now);
             self.control_requests.extend(next);
         }
     }
@@ -298,7 +299,7 @@ impl Reactor {
         }
         // Wake once the loop has been quiet for a second, to trim the heap.
         let trim_at = self.heap_dirty.then(|| now + Duration::from_secs(1));
-        [self.server.next_deadline(), self.accept_retry, trim_at]
+        [self.server.next_deadline(), self.accept_retry, trim_at, self.control.next_deadline()]
             .into_iter()
             .flatten()
             .min()
@@ -429,6 +430,9 @@ fn single_node(
     waker: Arc<Waker>,
     load_saved: bool,
 ) -> Result<Server<Transport>, String> {
+    if load_saved {
+        crate::store::warn_if_open_to_others(&cfg.db);
+    }
     let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
     // A hand-over continues the ids it carries, all below the reservation on disk.
     let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
@@ -455,28 +459,37 @@ pub(crate) struct Saved {
     last_id: u64,
     reserved: u64,
     history: usize,
+    /// The database is a restored backup taken at this moment (Unix ms).
+    restored: Option<i64>,
 }
 
 /// Reads the saved state and reserves the first block of ids (on `store`, before the
 /// writer starts: no id may be given before a reservation covers it).
 fn load_saved_state(cfg: &Config, store: &mut Store) -> Result<Saved, String> {
+    // First: a restored backup's history gets its new epoch before anything reads it.
+    let restored = store.begin_after_restore().map_err(|e| format!("cannot start from the backup: {e}"))?;
     let sessions = store.load_sessions().map_err(|e| format!("cannot read sessions: {e}"))?;
     let epoch = store.epoch().map_err(|e| format!("cannot read the history's epoch: {e}"))?;
     let (messages, last_stored) = store.load_messages(cfg.history).map_err(|e| format!("cannot read history: {e}"))?;
     // After a crash the reservation runs past the last stored message: ids up to it
-    // may have been seen live, so the next one follows it.
+    // may have been seen live, so the next one follows it. A backup carries the
+    // reservation of its moment: the new epoch's ids follow it too, so no id the
+    // original had given by then names another message.
     let on_disk = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
     let last_id = last_stored.max(on_disk);
     let reserved = last_id + RESERVE_BLOCK;
     Storage::reserve_now(store, reserved).map_err(|e| format!("cannot reserve message ids: {e}"))?;
-    Ok(Saved { sessions, epoch, messages, last_stored, last_id, reserved, history: cfg.history })
+    Ok(Saved { sessions, epoch, messages, last_stored, last_id, reserved, history: cfg.history, restored })
 }
 
 fn restore_saved(server: &mut Server<Transport>, saved: Saved) {
     server.cx.restore_history(&saved.epoch, saved.last_id, saved.messages);
     server.cx.chat.set_reserved_ids(saved.reserved);
-    // With history off no message is stored and the reservation alone carries the id.
-    if saved.last_id > saved.last_stored && saved.history > 0 {
+    if let Some(taken_ms) = saved.restored {
+        let taken = log::rfc3339(Duration::from_millis(taken_ms.max(0) as u64));
+        log::info(format_args!("restored from a backup taken at {taken}: new epoch {}", saved.epoch));
+    } else if saved.last_id > saved.last_stored && saved.history > 0 {
+        // With history off no message is stored and the reservation alone carries the id.
         log::warn(format_args!(
             "the last stop was not clean: message ids {}..={} are skipped, resumes from before them resync",
             saved.last_stored + 1,

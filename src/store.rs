@@ -10,6 +10,10 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 pub mod admin;
+mod files;
+
+pub use files::warn_if_open_to_others;
+use files::{create_owner_only, explain};
 
 /// The schema version this build writes; older files are migrated on open.
 const SCHEMA_VERSION: i64 = 4;
@@ -140,6 +144,13 @@ impl Store {
             return Err(StoreError::Open(format!("cannot open database {shown}: it is a directory")));
         }
         let existed = path.exists();
+        if !existed {
+            // SQLite would create it 0644 less the umask, and gives the -wal and -shm
+            // files it makes later the database's own mode: owner-only from the first
+            // byte keeps names and messages from other local users. A failure here
+            // (no such directory, say) is SQLite's to report, explained below.
+            let _ = create_owner_only(path);
+        }
         let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let opened = Connection::open_with_flags(path, flags)
             .map_err(|e| StoreError::Open(e.to_string()))
@@ -227,9 +238,8 @@ impl Store {
             tx.commit().map_err(classify)?;
         }
         if from < 3 {
-            // The epoch names this history: a new one only with a new database.
-            let mut raw = [0u8; 6];
-            getrandom::fill(&mut raw).expect("the OS random number generator failed");
+            // The epoch names this history: a new one only with a new database (or
+            // a restored backup, `begin_after_restore`).
             let tx = self.db.transaction().map_err(classify)?;
             tx.execute_batch(
                 "CREATE TABLE messages (
@@ -242,8 +252,7 @@ impl Store {
                  PRAGMA user_version = 3;",
             )
             .map_err(classify)?;
-            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", params![base64url(&raw)])
-                .map_err(classify)?;
+            tx.execute("INSERT INTO meta (key, value) VALUES ('epoch', ?1)", params![new_epoch()]).map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
         if from < 4 {
@@ -388,60 +397,6 @@ fn classify(e: rusqlite::Error) -> StoreError {
     }
 }
 
-/// Why `path` cannot be opened for writing, in the operator's words, when the file
-/// system can say: SQLite's own message ("unable to open database file", "attempt
-/// to write a readonly database") names neither the path nor the cause.
-fn explain(path: &Path, existed: bool) -> Option<String> {
-    let shown = path.display();
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let dir_shown = dir.display();
-    let meta = std::fs::metadata(dir);
-    // "directory . is not writable" would send the operator looking; name it.
-    let real = dir.canonicalize().unwrap_or_else(|_| dir.to_path_buf());
-    let real_shown = real.display();
-    match meta {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Some(format!("cannot create database {shown}: no such directory {dir_shown}"));
-        }
-        Err(e) => return Some(format!("cannot open database {shown}: directory {dir_shown}: {}", reason(e))),
-        Ok(m) if !m.is_dir() => return Some(format!("cannot create database {shown}: {dir_shown} is not a directory")),
-        Ok(_) => {}
-    }
-    if existed {
-        if let Err(e) = can_write(path) {
-            return Some(format!("database {shown} is read-only ({})", reason(e)));
-        }
-    }
-    if let Err(e) = can_write(dir) {
-        let what = if existed { format!("database {shown}") } else { format!("cannot create database {shown}") };
-        // SQLite creates the -wal and -shm files beside the database.
-        return Some(format!("{what}: directory {real_shown} is not writable ({})", reason(e)));
-    }
-    None
-}
-
-/// access(2) for writing with the effective ids, the ones every later write runs as.
-fn can_write(path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
-    match unsafe { libc::faccessat(libc::AT_FDCWD, c.as_ptr(), libc::W_OK, libc::AT_EACCESS) } {
-        0 => Ok(()),
-        _ => Err(std::io::Error::last_os_error()),
-    }
-}
-
-fn reason(e: std::io::Error) -> String {
-    match e.raw_os_error() {
-        Some(libc::EACCES | libc::EPERM) => "permission denied".into(),
-        Some(libc::EROFS) => "read-only file system".into(),
-        _ => e.to_string(),
-    }
-}
-
 fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreError> {
     match w {
         Write::Register { username, key_hash } => {
@@ -571,6 +526,13 @@ pub fn new_key_and_hash() -> (String, [u8; 32]) {
 /// 32 bytes (256 bits) from the OS CSPRNG as 43 characters of unpadded base64url.
 fn new_key() -> String {
     let mut raw = [0u8; 32];
+    getrandom::fill(&mut raw).expect("the OS random number generator failed");
+    base64url(&raw)
+}
+
+/// A new history's name: 48 random bits as 8 characters of base64url.
+fn new_epoch() -> String {
+    let mut raw = [0u8; 6];
     getrandom::fill(&mut raw).expect("the OS random number generator failed");
     base64url(&raw)
 }

@@ -491,3 +491,50 @@ fn a_backup_during_floods_restores_every_user_that_had_a_201_before_it() {
         assert_eq!(r.status, 200, "{name} had a 201 before the backup but cannot log in to the copy");
     }
 }
+
+#[test]
+fn idle_control_clients_never_lock_skiff_ctl_out_and_are_closed_after_10_s() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    let srv = Server::start();
+    let path = control(&srv);
+    // A flood of clients from our own uid that send nothing, or half a line.
+    let mut idle: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&path).expect("connect")).collect();
+    for s in idle.iter_mut().step_by(2) {
+        s.write_all(br#"{"cmd":"sta"#).unwrap();
+    }
+    let mut half = UnixStream::connect(&path).unwrap();
+    half.write_all(br#"{"cmd":"sta"#).unwrap();
+    let started = Instant::now();
+    let mut served = None;
+    while served.is_none() && started.elapsed() < Duration::from_secs(12) {
+        let out = ctl_at(&path, &["status", "--json"]);
+        if out.status.success() {
+            served = Some(out);
+        } else {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let out = served.expect("skiff ctl status was served despite the flood");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
+    // The half line never completes: the server closes it, saying why.
+    half.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut reader = BufReader::new(&half);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("a line, not a read timeout");
+    assert!(line.contains("no request line for 10 s"), "{line}");
+    line.clear();
+    assert_eq!(reader.read_line(&mut line).expect("then the end"), 0, "{line}");
+    // And every place the flood held is free again: 16 clients are served at once.
+    let mut many: Vec<UnixStream> = (0..16).map(|_| UnixStream::connect(&path).unwrap()).collect();
+    for s in &mut many {
+        s.write_all(b"{\"cmd\":\"status\"}\n").unwrap();
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    }
+    for s in &many {
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        assert!(line.contains(r#""ok":true"#), "{line}");
+    }
+}

@@ -124,3 +124,113 @@ fn kill_9_during_a_registration_flood_loses_no_acknowledged_user() {
     let check: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
     assert_eq!(check, "ok");
 }
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).permissions().mode() & 0o777
+}
+
+fn backup(srv: &Server, file: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .arg("ctl")
+        .arg("--control")
+        .arg(srv.dir.path().join("chat.db.ctl"))
+        .args(["--json", "backup"])
+        .arg(file)
+        .output()
+        .expect("run skiff ctl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Opens a v2 socket resuming from (`epoch`, `since`); returns the hello and the next frame.
+fn resume(srv: &Server, cookie: &str, epoch: &str, since: u64) -> (serde_json::Value, serde_json::Value) {
+    let mut ws = srv.try_ws_at(&format!("/ws?v=2&since={since}&epoch={epoch}"), cookie).expect("v2 upgrade");
+    let hello = ws.recv();
+    assert_eq!(hello["event"], "hello", "{hello}");
+    (hello, ws.recv())
+}
+
+#[test]
+fn files_are_owner_only_under_umask_022_and_a_wider_database_is_named_at_start() {
+    let srv = Server::start_under(tempfile::tempdir().unwrap(), &["umask 022"], &[], &[]);
+    let cookie = srv.user("amy");
+    let mut ws = srv.ws(&cookie);
+    ws.say("hello");
+    assert_eq!(ws.recv(), serde_json::json!({"status": true}));
+    let dir = srv.dir.path().to_owned();
+    let file = dir.join("backup.db");
+    backup(&srv, &file);
+    for name in ["chat.db", "chat.db-wal", "chat.db-shm", "chat.db.ctl", "backup.db"] {
+        assert_eq!(mode(&dir.join(name)), 0o600, "{name} is owner-only");
+    }
+    assert!(!srv.stderr().contains("other local users"), "{}", srv.stderr());
+    let dir = srv.stop();
+    // A database made wider by hand (or by an older skiff): one warning naming it.
+    let db = dir.path().join("chat.db");
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let srv = Server::start_under(dir, &["umask 022"], &[], &[]);
+    let log = srv.stderr();
+    let warned: Vec<&str> = log.lines().filter(|l| l.contains("other local users")).collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains(" WARN ") && warned[0].contains(&format!("{} is mode 0644", db.display())), "{log}");
+    assert_eq!(srv.get("/api/user/@me", Some(&cookie)).status, 200, "a warning, not a refusal");
+}
+
+#[test]
+fn a_restored_backup_begins_a_new_epoch_and_says_so_instead_of_warning_of_a_crash() {
+    let srv = Server::start();
+    let (a, b) = (srv.user("amy"), srv.user("bob"));
+    let mut wa = srv.try_ws_at("/ws?v=2", &a).expect("v2 upgrade");
+    let hello = wa.recv();
+    let epoch = hello["epoch"].as_str().expect("epoch").to_owned();
+    let say = |ws: &mut Ws, text: &str| -> u64 {
+        ws.say(text);
+        ws.recv_until(|v| v.get("status").is_some())["id"].as_u64().expect("a v2 ack has the id")
+    };
+    let before = say(&mut wa, "before the backup");
+    let file = srv.dir.path().join("backup.db");
+    backup(&srv, &file);
+    let after = say(&mut wa, "after the backup");
+    drop(wa);
+    // The original keeps running with its own history: not marked, not a restore.
+    let mut dir = srv.stop();
+    for round in 0..2 {
+        let srv = Server::start_in(dir, &[]);
+        let log = srv.stderr();
+        assert!(!log.contains("restored from a backup") && !log.contains("not clean"), "round {round}: {log}");
+        let (hello, next) = resume(&srv, &a, &epoch, before);
+        assert_eq!(hello["epoch"], epoch.as_str());
+        assert_eq!((next["id"].as_u64(), next["message"].as_str()), (Some(after), Some("after the backup")));
+        dir = srv.stop();
+    }
+    // Restored as README says: the copy in place of the database, the old -wal and -shm gone.
+    let db = dir.path().join("chat.db");
+    std::fs::copy(dir.path().join("backup.db"), &db).unwrap();
+    for side in ["chat.db-wal", "chat.db-shm"] {
+        let _ = std::fs::remove_file(dir.path().join(side));
+    }
+    let srv = Server::start_in(dir, &[]);
+    let log = srv.stderr();
+    assert!(!log.contains("not clean"), "a restore is not a crash: {log}");
+    let line = log.lines().find(|l| l.contains("restored from a backup taken at ")).unwrap_or_else(|| panic!("{log}"));
+    assert!(line.contains(" INFO "), "{line}");
+    let new_epoch = line.rsplit("new epoch ").next().unwrap().trim().to_owned();
+    assert_ne!(new_epoch, epoch);
+    assert_eq!(new_epoch.len(), 8, "{line}");
+    // Users and sessions are the backup's; every resume of the old history resyncs.
+    assert_eq!(srv.get("/api/user/@me", Some(&b)).status, 200);
+    for since in [before, after] {
+        let (hello, next) = resume(&srv, &a, &epoch, since);
+        assert_eq!(hello["epoch"], new_epoch.as_str());
+        assert_eq!(next, serde_json::json!({"event": "resync"}), "since {since}");
+    }
+    // The new history goes on after every id the original had given at the backup.
+    let mut wa = srv.try_ws_at("/ws?v=2", &a).expect("v2 upgrade");
+    wa.recv();
+    assert!(say(&mut wa, "in the new epoch") > before);
+    // Started again, it is an ordinary database: no second restore, the epoch stays.
+    let srv = Server::start_in(srv.stop(), &[]);
+    assert!(!srv.stderr().contains("restored from a backup"), "{}", srv.stderr());
+    let mut wa = srv.try_ws_at("/ws?v=2", &a).expect("v2 upgrade");
+    assert_eq!(wa.recv()["epoch"], new_epoch.as_str());
+}

@@ -3,7 +3,7 @@
 //! the backup thread run these, never the event loop.
 
 use super::{classify, io, Store, StoreError};
-use rusqlite::{params, Connection, OpenFlags};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use std::path::Path;
 
 /// A read `skiff ctl` waits on.
@@ -110,29 +110,76 @@ impl Store {
     }
 }
 
+/// The meta row that makes a copy a backup: when its snapshot was read (Unix ms).
+const BACKUP_MARK: &str = "backup_taken_ms";
+
 /// A consistent copy of the database at `db` in `dest` (which must not exist), made
 /// from a read-only connection of its own: `VACUUM INTO` reads one snapshot, so
-/// neither the writer nor the reader waits for it. The copy is checked with
-/// `PRAGMA integrity_check` and removed if it fails. Returns the copy's size.
+/// neither the writer nor the reader waits for it. The copy is owner-only (0600)
+/// whatever the umask, is marked as a backup taken now (the live database is not
+/// touched), and is checked with `PRAGMA integrity_check`; a copy that fails is
+/// removed. Returns the copy's size.
 pub fn backup(db: &Path, dest: &Path) -> Result<u64, StoreError> {
-    if dest.symlink_metadata().is_ok() {
-        return Err(StoreError::Io(format!("{} exists; a backup never overwrites a file", dest.display())));
+    let shown = dest.display();
+    // O_EXCL: a file that appears between a check and the copy is never overwritten.
+    // VACUUM INTO fills an empty file and keeps its mode.
+    match super::create_owner_only(dest) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return Err(StoreError::Io(format!("{shown} exists; a backup never overwrites a file")))
+        }
+        Err(e) => return Err(StoreError::Io(format!("cannot write {shown}: {e}"))),
     }
+    let made = copy(db, dest).and_then(|()| {
+        verify(dest).map_err(|e| StoreError::Corrupt(format!("the copy {shown} failed its check: {e}")))
+    });
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(dest);
+        return Err(e);
+    }
+    std::fs::metadata(dest).map(|m| m.len()).map_err(|e| StoreError::Io(e.to_string()))
+}
+
+fn copy(db: &Path, dest: &Path) -> Result<(), StoreError> {
+    let cannot = |e: rusqlite::Error| StoreError::Io(format!("cannot write {}: {e}", dest.display()));
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let src = Connection::open_with_flags(db, flags).map_err(|e| StoreError::Open(e.to_string()))?;
     src.execute_batch("PRAGMA busy_timeout=5000;").map_err(classify)?;
     let dest_str = dest.to_str().ok_or_else(|| StoreError::Io("the backup path is not UTF-8".into()))?;
-    if let Err(e) = src.execute("VACUUM INTO ?1", params![dest_str]) {
-        let _ = std::fs::remove_file(dest);
-        return Err(StoreError::Io(format!("cannot write {}: {e}", dest.display())));
-    }
+    // The snapshot is read from the statement's start: that is when the backup is.
+    let taken_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    src.execute("VACUUM INTO ?1", params![dest_str]).map_err(cannot)?;
     drop(src);
-    let verified = verify(dest);
-    if let Err(e) = &verified {
-        let _ = std::fs::remove_file(dest);
-        return Err(StoreError::Corrupt(format!("the copy {} failed its check: {e}", dest.display())));
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let copy = Connection::open_with_flags(dest, flags).map_err(cannot)?;
+    copy.execute(
+        "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        params![BACKUP_MARK, taken_ms.to_string()],
+    )
+    .map_err(cannot)?;
+    Ok(())
+}
+
+impl Store {
+    /// A database that is a restored backup begins a new history: its messages end
+    /// where the backup was taken, while clients may have seen later ones under the
+    /// same ids. In one transaction the mark goes and a new epoch is written, so a
+    /// crash just after still leaves the new epoch. Returns when the backup was
+    /// taken (Unix ms), `None` for a database that is not a backup.
+    pub fn begin_after_restore(&mut self) -> Result<Option<i64>, StoreError> {
+        let tx = self.db.transaction().map_err(io)?;
+        let mark: Option<String> = tx
+            .query_row("SELECT value FROM meta WHERE key = ?1", params![BACKUP_MARK], |r| r.get(0))
+            .optional()
+            .map_err(io)?;
+        let Some(mark) = mark else { return Ok(None) };
+        let taken_ms = mark.parse().map_err(|_| StoreError::Corrupt(format!("bad backup mark {mark:?} in meta")))?;
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", params![super::new_epoch()]).map_err(io)?;
+        tx.execute("DELETE FROM meta WHERE key = ?1", params![BACKUP_MARK]).map_err(io)?;
+        tx.commit().map_err(io)?;
+        Ok(Some(taken_ms))
     }
-    std::fs::metadata(dest).map(|m| m.len()).map_err(|e| StoreError::Io(e.to_string()))
 }
 
 fn verify(path: &Path) -> Result<(), String> {
@@ -229,5 +276,31 @@ mod tests {
         assert!(backup(&path, &copy).is_err(), "an existing file is refused");
         assert_eq!(std::fs::read(&copy).unwrap(), before, "and left as it was");
         assert!(backup(&path, &dir.path().join("no/such/dir.db")).is_err());
+    }
+
+    #[test]
+    fn a_backup_is_owner_only_and_marked_and_its_restore_begins_a_new_epoch_once() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.db");
+        let mut live = Store::open(&path).unwrap();
+        let epoch = live.epoch().unwrap();
+        let copy = dir.path().join("copy.db");
+        let before = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        backup(&path, &copy).unwrap();
+        assert_eq!(std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(live.begin_after_restore().unwrap(), None, "the live database is not marked");
+        assert_eq!(live.epoch().unwrap(), epoch);
+        let mut restored = Store::open(&copy).unwrap();
+        assert_eq!(restored.epoch().unwrap(), epoch, "opening alone changes nothing");
+        let taken = restored.begin_after_restore().unwrap().expect("the copy says it is a backup");
+        assert!(taken >= before, "taken at {taken}, asked at {before}");
+        let new_epoch = restored.epoch().unwrap();
+        assert_ne!(new_epoch, epoch);
+        assert_eq!(new_epoch.len(), 8);
+        drop(restored);
+        let mut again = Store::open(&copy).unwrap();
+        assert_eq!(again.begin_after_restore().unwrap(), None, "a restore is begun once");
+        assert_eq!(again.epoch().unwrap(), new_epoch);
     }
 }
