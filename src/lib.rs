@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod reactor;
 pub mod server;
+pub mod signals;
 pub mod storage;
 pub mod store;
 pub mod timer;

@@ -180,7 +180,7 @@ impl Reactor {
         self.poll.registry().register(&mut rx, UPGRADE, Interest::READABLE)?;
         self.upgrade = Some(rx);
         // A hand-over held these across the exec; with handlers in place they may come.
-        crate::handover::os::hold_signals(false);
+        crate::signals::hold(false);
         Ok(())
     }
 

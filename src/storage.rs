@@ -406,8 +406,8 @@ impl Threads {
 }
 
 fn spawn_named(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, StoreError> {
-    // Stop signals belong to the loop's thread (see `without_signals`).
-    crate::handover::os::without_signals(|| std::thread::Builder::new().name(name.into()).spawn(f))
+    // Stop signals belong to the loop's thread (see `signals::spawn_without`).
+    crate::signals::spawn_without(|| std::thread::Builder::new().name(name.into()).spawn(f))
         .map_err(|e| StoreError::Open(format!("cannot start the {name} thread: {e}")))
 }
 

@@ -76,7 +76,9 @@ fn changes_state(req: &Request) -> bool {
 /// is not the request's `Host` is another site; this is stricter than "site" (a
 /// sibling subdomain counts as another site), which only means such a page must be
 /// listed in `--allowed-origin`. `Origin: null` (a sandboxed frame, a file) is
-/// another site. A request with neither header is no browser's cross-site request:
+/// another site. An `Origin` that is no origin at all (empty, no scheme: Tsung
+/// sends `Origin: ` on its WebSocket connects) comes from no browser, and a
+/// cross-site request needs one. A request with neither header is no browser's cross-site request:
 /// browsers send `Sec-Fetch-Site` or `Origin` on every cross-site request that
 /// changes state, and send neither on a same-origin GET (the original page's logout).
 fn cross_site(req: &Request) -> bool {
@@ -88,7 +90,8 @@ fn cross_site(req: &Request) -> bool {
     let host = req.header_str("host").and_then(|h| split_authority(h.trim())).map(|(h, _)| h);
     match (origin_host, host) {
         (Some(o), Some(h)) => !o.eq_ignore_ascii_case(h),
-        _ => true,
+        (Some(_), None) => true,
+        (None, _) => origin.trim().eq_ignore_ascii_case("null"),
     }
 }
 
@@ -144,6 +147,8 @@ mod tests {
             // The same site, however the browser says it.
             ("GET", "/api/logout", &[host], None),
             ("GET", "/api/logout", &[host, ("Sec-Fetch-Site", "same-origin")], None),
+            ("GET", "/ws", &[host, ("Origin", "")], None),
+            ("POST", "/api/login", &[host, ("Origin", "127.0.0.1:7777")], None),
             ("POST", "/api/login", &[host, ("Origin", "http://chat.example")], None),
             ("POST", "/api/login", &[("Host", "chat.example:7777"), ("Origin", "http://CHAT.example:7777")], None),
             ("POST", "/api/login", &[host, ("Origin", "https://www.example"), ("Sec-Fetch-Site", "same-site")], None),

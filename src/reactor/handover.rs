@@ -323,14 +323,14 @@ impl Reactor {
         ));
         // From here to the exec no stop signal runs a handler: held, it stays pending
         // and the next image takes it. One that came before is this image's to honour.
-        os::hold_signals(true);
+        crate::signals::hold(true);
         if self.take_stop_signal() {
-            os::hold_signals(false);
+            crate::signals::hold(false);
             let _ = flip(false);
             return Err(NotDone::Stop);
         }
         let err = os::exec(exe, &os::env_value(memfd.as_raw_fd(), listener, epoll, began, os::monotonic_ns()));
-        os::hold_signals(false);
+        crate::signals::hold(false);
         let _ = flip(false);
         Err(NotDone::Failed(format!("exec {}: {err}", exe.display())))
     }
