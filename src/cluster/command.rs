@@ -53,6 +53,18 @@ pub fn logout(id_hash: &[u8; 32]) -> Command {
     fcall("skiff_logout", &[PREFIX, &hex(id_hash)])
 }
 
+/// `skiff_reassert`: the session of a socket this node holds, written again for
+/// `ttl_ms` if this Redis lacks it (and the user is still there).
+pub fn reassert(id_hash: &[u8; 32], name: &str, ttl_ms: u128) -> Command {
+    fcall("skiff_reassert", &[PREFIX, &hex(id_hash), &name.to_ascii_lowercase(), name, &ttl_ms.to_string()])
+}
+
+/// `WAIT 1 ms`: answers once a replica has every write this link made before it, or
+/// after `ms` with 0.
+pub fn wait_replica(ms: u128) -> Command {
+    vec![b"WAIT".to_vec(), b"1".to_vec(), ms.to_string().into_bytes()]
+}
+
 pub fn renew(id_hash: &[u8; 32], ttl_ms: u128) -> Command {
     fcall("skiff_renew", &[PREFIX, &hex(id_hash), &ttl_ms.to_string()])
 }

@@ -20,6 +20,7 @@ pub mod event;
 mod failover;
 mod incoming;
 pub mod link;
+mod replicas;
 pub mod reply;
 pub mod resp;
 pub mod sentinel;
@@ -114,6 +115,13 @@ pub enum Event {
         id_hash: [u8; 32],
         code: u16,
     },
+    /// After a sync: the session of a socket here ended while this node was away, or
+    /// its user is gone (deleted, banned); the socket closes with `code` and `reason`.
+    SessionGone {
+        id_hash: [u8; 32],
+        code: u16,
+        reason: &'static str,
+    },
     /// A message from this connection could not be published.
     Unavailable(Origin),
     /// In sync again: the replica becomes `snapshot`; `taken` are users whose
@@ -147,9 +155,13 @@ enum Pending {
     /// The text travels with it: a message the server refused unrun (`READONLY`,
     /// `NOREPLICAS`: a failover) is sent again to the next primary.
     Publish(Origin, Rc<str>, Box<str>),
-    /// A session with a socket here, checked after a sync: it may have ended while
-    /// this node was not listening.
-    Check([u8; 32]),
+    /// A session with a socket here (and its user), checked after a sync: it may have
+    /// ended while this node was not listening, or be lost with a failover.
+    Reassert([u8; 32], Box<str>),
+    /// `WAIT 1 T` after registrations (see `replicas.rs`).
+    Wait,
+    /// `skiff_heartbeat`: its answer says what replicas the primary has.
+    Heartbeat,
     Control(Origin),
     Sync,
     /// `ROLE` on connect (sentinel mode): the server must be the primary.
@@ -159,7 +171,8 @@ enum Pending {
 
 #[derive(Debug, Clone, Copy)]
 enum Expect {
-    Register,
+    /// The WAIT whose answer decides the 201, if one must.
+    Register(Option<u64>),
     Login,
     FindUser,
     Session,
@@ -233,6 +246,8 @@ pub struct Cluster {
     watchers: Option<Watchers>,
     /// Where the links point (or last pointed).
     primary: Option<SocketAddr>,
+    /// Registrations waiting for a replica.
+    waits: replicas::Waits,
 }
 
 impl Cluster {
@@ -283,6 +298,7 @@ impl Cluster {
             sentinels,
             watchers,
             primary,
+            waits: replicas::Waits::default(),
         }
     }
 
@@ -309,6 +325,7 @@ impl Cluster {
     /// has nothing in flight that matters (everything was failed when the links went).
     pub fn is_quiet(&self) -> bool {
         self.replay.is_empty()
+            && self.waits.is_empty()
             && (!self.accepting() || (self.pending.is_empty() && self.joining.is_empty() && self.unconfirmed == 0))
     }
 
@@ -374,7 +391,12 @@ impl Cluster {
             return;
         }
         let (expect, cmd) = match request {
-            Request::Register { username, key_hash } => (Expect::Register, command::register(&username, &key_hash)),
+            Request::Register { username, key_hash } => {
+                if let Some(reply) = self.register(origin, &command::register(&username, &key_hash)) {
+                    self.events.push_back(Event::Reply(Done { origin, reply }));
+                }
+                return;
+            }
             Request::Login { key_hash, session } => {
                 let Some(session) = session else {
                     self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
@@ -447,13 +469,6 @@ impl Cluster {
         self.pending.is_empty()
     }
 
-    /// After a sync: is this session (one with a socket here) still in Redis? An
-    /// end this node missed while away comes back as `Event::SessionEnded`.
-    pub fn check_session(&mut self, id_hash: &[u8; 32]) {
-        if self.accepting() {
-            self.send(&command::session(id_hash), Pending::Check(*id_hash));
-        }
-    }
 
     /// Activity on a session: Redis keeps it a full TTL (+ the save slack) from now.
     pub fn renew(&mut self, id_hash: &[u8; 32]) {
@@ -523,7 +538,7 @@ impl Cluster {
                 }
                 if now >= self.heartbeat_at {
                     self.heartbeat_at = now + HEARTBEAT_EVERY;
-                    self.send(&command::heartbeat(&self.node, NODE_TTL.as_millis()), Pending::Ignore);
+                    self.send(&command::heartbeat(&self.node, NODE_TTL.as_millis()), Pending::Heartbeat);
                 }
                 if now >= self.reap_at {
                     self.reap_at = now + REAP_EVERY;
@@ -588,7 +603,7 @@ impl Cluster {
         }
         // Replies that never come owe nothing.
         self.joined_early.clear();
-        for origin in std::mem::take(&mut self.joining) {
+        for origin in std::mem::take(&mut self.joining).into_iter().chain(self.waits.reset()) {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }
         self.buffered.clear();
@@ -609,7 +624,12 @@ impl Cluster {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 self.events.push_back(Event::Unavailable(origin))
             }
-            Pending::Check(_) | Pending::Sync | Pending::Role | Pending::Ignore => {}
+            Pending::Reassert(..)
+            | Pending::Wait
+            | Pending::Heartbeat
+            | Pending::Sync
+            | Pending::Role
+            | Pending::Ignore => {}
         }
     }
 

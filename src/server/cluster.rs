@@ -62,6 +62,18 @@ impl<S: Stream> Server<S> {
                 self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
             }
             Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
+            Event::SessionGone { id_hash, code, reason } => {
+                // Closed while its session still names the user (the log line does),
+                // with the reason in the close frame; leaving tells the cluster.
+                if let Some((conn, _, _)) = self.cx.chat.session_socket(&id_hash, now) {
+                    if let Some(c) = self.conns.get_mut(conn).filter(|c| c.is_ws()) {
+                        c.close_ws_because(code, reason, &mut self.cx, now);
+                        self.queue_flush(conn);
+                        self.arm(conn);
+                    }
+                }
+                self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx);
+            }
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
             Event::Kick { name } => {
                 self.cx.chat.kick(&name, &mut self.cx.fx);
@@ -79,12 +91,15 @@ impl<S: Stream> Server<S> {
                     mine.into_iter().filter_map(|(id, o)| Some((id, self.local(o)?))).collect();
                 self.cx.chat.apply_snapshot(snapshot, &mine, &mut self.cx.fx);
                 // Session ends published while this node was away were missed: cached
-                // sessions are fetched again when next used, and those with a socket
-                // here are asked after now.
+                // sessions are fetched again when next used. Those with a socket here
+                // are asserted again: Redis writes back what it lost (a failover to a
+                // replica that lacked them) and says which ended meanwhile.
                 let with_socket = self.cx.chat.forget_sessions_without_socket();
                 if let Some(cluster) = self.cx.cluster.as_mut() {
                     for id_hash in &with_socket {
-                        cluster.check_session(id_hash);
+                        if let Some((_, user, left)) = self.cx.chat.session_socket(id_hash, now) {
+                            cluster.reassert_session(id_hash, &user, left);
+                        }
                     }
                 }
                 for user in taken {
