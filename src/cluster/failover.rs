@@ -100,7 +100,9 @@ impl Cluster {
         if self.accepting() {
             // As a renewal would: Redis keeps a session the save slack longer.
             let ttl = (remaining + crate::chat::session::SAVE_SLACK).as_millis();
-            self.send(&command::reassert(id_hash, user, ttl), Pending::Reassert(*id_hash, user.into()));
+            let created = self.incarnations.get(user.to_ascii_lowercase().as_str()).map_or("", |c| c);
+            let cmd = command::reassert(id_hash, user, ttl, created);
+            self.send(&cmd, Pending::Reassert(*id_hash, user.into()));
         }
     }
 
@@ -109,7 +111,10 @@ impl Cluster {
         let (code, reason) = match v.as_str() {
             Some("live") => return,
             Some("restored") => {
-                log::warn(format_args!("redis {}: {user}'s session was missing (lost with a failover?); restored", self.cfg.url));
+                log::warn(format_args!(
+                    "redis {}: {user}'s session was missing (lost with a failover?); restored",
+                    self.cfg.url
+                ));
                 return;
             }
             Some("deleted") => (close::POLICY, "user deleted"),

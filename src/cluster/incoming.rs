@@ -112,8 +112,11 @@ impl Cluster {
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
-                    (Expect::Join, Value::Int(0)) => Reply::NameTaken,
-                    (Expect::Join, _) => {
+                    (Expect::Join(_), Value::Int(0)) => Reply::NameTaken,
+                    (Expect::Join(lower), v) => {
+                        if let Some(created) = v.as_array().and_then(|a| a.get(1)).and_then(Value::as_str) {
+                            self.incarnations.insert(lower, created.into());
+                        }
                         // Accepted: the connection opens when its join event comes
                         // (or came already).
                         match self.joined_early.iter().position(|&o| o == origin) {

@@ -133,10 +133,15 @@ redis.register_function('skiff_logout', function(_, a)
   return 1
 end)
 
--- (p, lower, name, node, token) -> seq of the join event, or 0 if the user is
--- online already (on any node)
+-- (p, lower, name, node, token) -> {seq of the join event, when the user was
+-- registered (ms; false if not recorded)}, or 0 if the user is online already (on
+-- any node)
 redis.register_function('skiff_join', function(_, a)
-  return join(a[1], a[2], a[3], a[4], a[5])
+  local seq = join(a[1], a[2], a[3], a[4], a[5])
+  if seq == 0 then
+    return 0
+  end
+  return { seq, redis.call('HGET', a[1] .. 'created', a[2]) }
 end)
 
 -- (p, lower, name, node) -> 1 if the user was online on that node
@@ -165,15 +170,20 @@ redis.register_function('skiff_heartbeat', function(_, a)
   return replicas()
 end)
 
--- (p, sesshash, lower, name, ttl_ms) -> what became of the session of a socket a node
--- holds, asked after every sync: 'live'; 'ended CODE' (it ended while the node was
--- away); 'deleted' or 'banned' (the user is gone); or 'restored': this Redis never
+-- (p, sesshash, lower, name, ttl_ms, created) -> what became of the session of a
+-- socket a node holds, asked after every sync: 'live'; 'ended CODE' (it ended while
+-- the node was away); 'deleted' or 'banned' (the user is gone: a user registered
+-- at another time than `created`, as skiff_join said it, is another user under
+-- the same name, after a Redis that lost the first); or 'restored': this Redis never
 -- had it or lost it (a failover to a replica that had not received it, a restart
 -- from an older snapshot), so it is written again for ttl_ms, and nobody online is
 -- logged out by the loss.
 redis.register_function('skiff_reassert', function(_, a)
   local p, sess, lower, name = a[1], a[2], a[3], a[4]
   if not redis.call('HGET', p .. 'users', lower) then
+    return 'deleted'
+  end
+  if a[6] ~= '' and redis.call('HGET', p .. 'created', lower) ~= a[6] then
     return 'deleted'
   end
   if redis.call('HEXISTS', p .. 'banned', lower) == 1 then

@@ -169,7 +169,7 @@ enum Pending {
     Ignore,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Expect {
     /// The WAIT whose answer decides the 201, if one must.
     Register(Option<u64>),
@@ -177,7 +177,8 @@ enum Expect {
     FindUser,
     Session,
     Logout,
-    Join,
+    /// The user's lowercased name: the join's answer says which user it is.
+    Join(Box<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -248,6 +249,10 @@ pub struct Cluster {
     primary: Option<SocketAddr>,
     /// Registrations waiting for a replica.
     waits: replicas::Waits,
+    /// Lowercased name -> when the user was registered (Redis's `created`), for the
+    /// users with a socket here: a session is asserted again only for that user,
+    /// never for another registered under the name after Redis lost the first.
+    incarnations: std::collections::HashMap<Box<str>, Box<str>>,
 }
 
 impl Cluster {
@@ -299,6 +304,7 @@ impl Cluster {
             watchers,
             primary,
             waits: replicas::Waits::default(),
+            incarnations: std::collections::HashMap::new(),
         }
     }
 
@@ -408,7 +414,9 @@ impl Cluster {
             Request::FindUser { name } => (Expect::FindUser, command::find_user(&name)),
             Request::Session { id_hash } => (Expect::Session, command::session(&id_hash)),
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
-            Request::Join { name } => (Expect::Join, command::join(&name, &self.node, &token(origin))),
+            Request::Join { name } => {
+                (Expect::Join(name.to_ascii_lowercase().into()), command::join(&name, &self.node, &token(origin)))
+            }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
             // `control`; nothing else reaches here.
             Request::File(_) | Request::Control(_) => {
@@ -450,6 +458,7 @@ impl Cluster {
     /// A WebSocket here closed. Lost while Redis is down: the sync on reconnect
     /// tells Redis which users this node still has.
     pub fn left(&mut self, user: &str) {
+        self.incarnations.remove(user.to_ascii_lowercase().as_str());
         if self.accepting() && !self.stopping {
             self.send(&command::leave(user, &self.node), Pending::Ignore);
         }
@@ -468,7 +477,6 @@ impl Cluster {
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()
     }
-
 
     /// Activity on a session: Redis keeps it a full TTL (+ the save slack) from now.
     pub fn renew(&mut self, id_hash: &[u8; 32]) {

@@ -468,7 +468,12 @@ impl FakeRedis {
             }
             "skiff_join" => {
                 arity(5)?;
-                self.join(a[1], a[2], a[3], a[4]).map(|seq| Value::Int(seq as i64))
+                let seq = self.join(a[1], a[2], a[3], a[4])?;
+                if seq == 0 {
+                    return Ok(Value::Int(0));
+                }
+                let created = self.created.get(a[1]).map_or(Value::Bulk(None), |ms| bulk(&ms.to_string()));
+                Ok(array(vec![Value::Int(seq as i64), created]))
             }
             "skiff_leave" => {
                 arity(4)?;
@@ -486,8 +491,8 @@ impl FakeRedis {
                 Ok(no_replicas())
             }
             "skiff_reassert" => {
-                arity(5)?;
-                self.reassert(a[1], a[2], a[3], ttl(a[4])?)
+                arity(6)?;
+                self.reassert(a[1], a[2], a[3], ttl(a[4])?, a[5])
             }
             "skiff_reap" => Ok(Value::Int(self.reap())),
             "skiff_stop" => {
@@ -662,8 +667,11 @@ impl FakeRedis {
         }
     }
 
-    fn reassert(&mut self, sess: &str, lower: &str, name: &str, ttl: i64) -> Answer {
+    fn reassert(&mut self, sess: &str, lower: &str, name: &str, ttl: i64, created: &str) -> Answer {
         if !self.users.contains_key(lower) {
+            return Ok(bulk("deleted"));
+        }
+        if !created.is_empty() && self.created.get(lower).map(i64::to_string).as_deref() != Some(created) {
             return Ok(bulk("deleted"));
         }
         if self.banned.contains_key(lower) {

@@ -90,22 +90,25 @@ impl<S: Stream> Server<S> {
                 let mine: Vec<(u64, usize)> =
                     mine.into_iter().filter_map(|(id, o)| Some((id, self.local(o)?))).collect();
                 self.cx.chat.apply_snapshot(snapshot, &mine, &mut self.cx.fx);
+                for user in taken {
+                    if let Some(conn) = self.cx.chat.member_of_user(&user) {
+                        log::warn(format_args!("{user} is online on another node now; closing the socket here"));
+                        self.cx.chat.evict_member(conn, &mut self.cx.fx);
+                    }
+                }
+                // Closed while their sessions still name them (the log lines do).
+                self.apply_effects(now);
                 // Session ends published while this node was away were missed: cached
                 // sessions are fetched again when next used. Those with a socket here
-                // are asserted again: Redis writes back what it lost (a failover to a
-                // replica that lacked them) and says which ended meanwhile.
+                // (the taken ones are closed just above) are asserted again: Redis
+                // writes back what it lost (a failover to a replica that lacked them)
+                // and says which ended meanwhile.
                 let with_socket = self.cx.chat.forget_sessions_without_socket();
                 if let Some(cluster) = self.cx.cluster.as_mut() {
                     for id_hash in &with_socket {
                         if let Some((_, user, left)) = self.cx.chat.session_socket(id_hash, now) {
                             cluster.reassert_session(id_hash, &user, left);
                         }
-                    }
-                }
-                for user in taken {
-                    if let Some(conn) = self.cx.chat.member_of_user(&user) {
-                        log::warn(format_args!("{user} is online on another node now; closing the socket here"));
-                        self.cx.chat.evict_member(conn, &mut self.cx.fx);
                     }
                 }
             }
