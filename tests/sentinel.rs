@@ -549,3 +549,45 @@ fn a_primary_killed_before_its_replica_has_the_writes_undoes_no_answer() {
         assert!(log.contains(&format!("b{n}'s session was missing")), "node {n} restored b{n}'s session: {log}");
     }
 }
+
+/// `skiff_reassert` on a real Redis (library.lua as the nodes load it): a session the
+/// server lacks is written again, one that ended stays ended with its code, and a
+/// user deleted, banned, or registered anew under the same name is gone.
+#[test]
+fn a_session_is_restored_only_if_it_did_not_end_and_its_user_is_the_same() {
+    let Some(r) = Redis::start_or_skip("a_session_is_restored_only_if_it_did_not_end_and_its_user_is_the_same") else {
+        return;
+    };
+    r.cmd(&["FUNCTION", "LOAD", "REPLACE", include_str!("../src/cluster/library.lua")]);
+    let call = |args: &[&str]| {
+        let mut full = vec!["FCALL", args[0], "0", "skiff:"];
+        full.extend(&args[1..]);
+        r.cmd(&full)
+    };
+    let (s1, s2, s3) = ("a1".repeat(32), "b2".repeat(32), "c3".repeat(32));
+    assert_eq!(call(&["skiff_register", "ann", "Ann", "k1"]), "1");
+    let created = r.cmd(&["HGET", "skiff:created", "ann"]);
+    let reassert = |sess: &str, created: &str| call(&["skiff_reassert", sess, "ann", "Ann", "60000", created]);
+    assert_eq!(call(&["skiff_login", "k1", &s1, "60000", "8"]), "Ann");
+    assert_eq!(reassert(&s1, &created), "live");
+    assert_eq!(call(&["skiff_logout", &s1]), "1");
+    assert_eq!(reassert(&s1, &created), "ended 1000", "a logout stays a logout");
+    // Never written here (lost with a failover): written again, for the TTL given.
+    assert_eq!(reassert(&s2, &created), "restored");
+    assert_eq!(call(&["skiff_session", &s2]).lines().next(), Some("Ann"));
+    assert_eq!(reassert(&s2, ""), "live");
+    assert_eq!(reassert(&s3, "12345"), "deleted", "another user under the same name");
+    r.cmd(&["HSET", "skiff:banned", "ann", "0 test"]);
+    assert_eq!(reassert(&s3, &created), "banned");
+    r.cmd(&["HDEL", "skiff:users", "ann"]);
+    assert_eq!(reassert(&s3, &created), "deleted");
+    // The join says when its user was registered; a rollback moves the counter past
+    // what a node saw, even on a Redis with no history at all.
+    assert_eq!(call(&["skiff_register", "bob", "Bob", "k2"]), "1");
+    let joined = call(&["skiff_join", "bob", "Bob", "n1", "1.1"]);
+    assert_eq!(joined.lines().nth(1), Some(r.cmd(&["HGET", "skiff:created", "bob"]).as_str()), "{joined}");
+    let synced = call(&["skiff_sync", "n1", "6000", "fresh", "10", "old", "41"]);
+    let lines: Vec<&str> = synced.lines().collect();
+    assert_eq!(&lines[1..3], ["fresh", "41"], "{synced}");
+    assert_eq!(lines[lines.len() - 2..], ["0", "0"], "no replica: {synced}");
+}
