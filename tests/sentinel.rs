@@ -546,6 +546,8 @@ fn a_primary_killed_before_its_replica_has_the_writes_undoes_no_answer() {
     for (n, node) in s.nodes.iter().enumerate() {
         let log = node.stderr();
         assert!(!log.contains("? left") && !log.contains("close 1000"), "node {n}: {log}");
+        let gone_line = ["gone left (close 1008: user deleted)", "banned left (close 1008: banned)", ""][n];
+        assert!(log.contains(gone_line), "node {n} names who it closed and why: {log}");
         assert!(log.contains(&format!("b{n}'s session was missing")), "node {n} restored b{n}'s session: {log}");
         // Seven messages were acked before the switch (one, then one per socket): the
         // new primary's counter goes past them.

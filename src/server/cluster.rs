@@ -61,19 +61,8 @@ impl<S: Stream> Server<S> {
                 let sender = mine.and_then(|o| self.local(o));
                 self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
             }
-            Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
-            Event::SessionGone { id_hash, code, reason } => {
-                // Closed while its session still names the user (the log line does),
-                // with the reason in the close frame; leaving tells the cluster.
-                if let Some((conn, _, _)) = self.cx.chat.session_socket(&id_hash, now) {
-                    if let Some(c) = self.conns.get_mut(conn).filter(|c| c.is_ws()) {
-                        c.close_ws_because(code, reason, &mut self.cx, now);
-                        self.queue_flush(conn);
-                        self.arm(conn);
-                    }
-                }
-                self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx);
-            }
+            Event::SessionEnded { id_hash, code } => self.end_session(&id_hash, code, "", now),
+            Event::SessionGone { id_hash, code, reason } => self.end_session(&id_hash, code, reason, now),
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
             Event::Kick { name } => {
                 self.cx.chat.kick(&name, &mut self.cx.fx);
@@ -115,6 +104,20 @@ impl<S: Stream> Server<S> {
         }
         self.apply_effects(now);
         self.cx.persist_changes();
+    }
+
+    /// A session ended in Redis: its socket here, if any, closes with `code` (and
+    /// `reason` in the frame, if any) while the session still names the user, so the
+    /// log line does; leaving tells the cluster. Then the session goes.
+    fn end_session(&mut self, id_hash: &[u8; 32], code: u16, reason: &str, now: Instant) {
+        if let Some((conn, _, _)) = self.cx.chat.session_socket(id_hash, now) {
+            if let Some(c) = self.conns.get_mut(conn).filter(|c| c.is_ws()) {
+                c.close_ws_because(code, reason, &mut self.cx, now);
+                self.queue_flush(conn);
+                self.arm(conn);
+            }
+        }
+        self.cx.chat.apply_session_end(id_hash, code, &mut self.cx.fx);
     }
 
     /// The connection `origin` names, if it is still that one.
