@@ -74,12 +74,9 @@ impl Cluster {
         let covering = match w.known {
             Some(r) if r.attached == 0 => None,
             Some(r) if r.online == 0 => return Some(Reply::Unavailable),
-            // Unknown (the sync is still out): decided when Redis answers.
-            None => {
-                w.owed = true;
-                Some(w.sent + 1)
-            }
-            Some(_) => {
+            // A replica online, or not known yet (the sync is still out: decided when
+            // Redis answers): covered by the next WAIT sent.
+            _ => {
                 w.owed = true;
                 Some(w.sent + 1)
             }
