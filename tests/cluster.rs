@@ -1222,8 +1222,8 @@ fn a_logout_while_redis_is_down_takes_effect_when_it_is_back() {
 
 /// Redis loses its data (a FLUSHALL here; no AOF would do the same). On their next
 /// sync the nodes notice: a user another node now holds is closed where it was before
-/// (1008), a socket whose session Redis no longer knows is closed (1000: register
-/// again), and a new epoch names the new history.
+/// (1008), a socket whose user Redis no longer knows is closed (1008 "user deleted":
+/// register again; never 1000, the logout code), and a new epoch names the new history.
 #[test]
 fn after_redis_loses_its_data_the_nodes_close_what_it_no_longer_knows() {
     let Some((redis, nodes)) = cluster("after_redis_loses_its_data", 2, &[]) else { return };
@@ -1241,7 +1241,7 @@ fn after_redis_loses_its_data_the_nodes_close_what_it_no_longer_knows() {
     // Every node's subscriber link drops; they reconnect and sync.
     redis.cmd(&["CLIENT", "KILL", "TYPE", "pubsub"]);
     assert_eq!(t.close_code(), Some(1008), "node 1 closes the twin socket node 2 now holds");
-    assert_eq!(k.close_code(), Some(1000), "a socket whose session Redis lost is closed");
+    assert_eq!(k.close_code(), Some(1008), "a socket whose user Redis lost is closed");
     let synced = |n: &Node| n.get("/metrics", None).text().contains("\nskiff_cluster_syncs_total 2\n");
     assert!(wait_for(RECOVERY_LIMIT, || nodes.iter().all(synced)), "both nodes resynced");
     let mut online = Value::Null;

@@ -423,3 +423,184 @@ fn a_sentinel_that_is_down_changes_nothing() {
         s.nodes.iter().enumerate().map(|(i, n)| (i, n.get("/healthz", None).json())).collect();
     assert!(pages.values().all(|p| p["status"] == "ok"), "{pages:?}");
 }
+
+/// The server's close frame on `ws`: (code, reason), or None if none came in 15 s.
+fn close_of(ws: &mut common::Ws) -> Option<(u16, String)> {
+    ws.set_timeout(Duration::from_secs(15));
+    for _ in 0..10_000 {
+        match ws.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => return Some((u16::from(f.code), f.reason.to_string())),
+            Ok(tungstenite::Message::Close(None)) => return Some((1005, String::new())),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// The v2 ack of the message just said on `ws` came (`status: true`).
+fn acked_true(ws: &mut Raw) -> bool {
+    let before = ws.acks();
+    ws.poll_until(Duration::from_secs(10), |w| w.acks() > before)
+}
+
+/// Redis replicates asynchronously: a primary killed before its replica has the
+/// writes takes them along. Here the replica's sync is held back (restarted with
+/// its old data, its new full sync delayed an hour by `repl-diskless-sync-delay`)
+/// while users register, log in, open sockets and chat; then the primary is killed
+/// and the sentinels promote the replica. No 201 is taken back (a registration
+/// waits for a replica: with none in sync it is refused 503), no socket closes (the
+/// nodes assert the sessions of their sockets again), every v2 client is told to
+/// resync (acked messages were lost: a new epoch), and only users really gone on the
+/// new primary (deleted, banned there) are closed: 1008 with the reason.
+#[test]
+fn a_primary_killed_before_its_replica_has_the_writes_undoes_no_answer() {
+    let test = "a_primary_killed_before_its_replica_has_the_writes_undoes_no_answer";
+    let Some(mut s) = setup(test, 0, &["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"]) else {
+        return;
+    };
+    let replica_port = s.replica.port;
+    // Every 201: (name, key), each must log in at the end.
+    let mut made: Vec<(String, String)> = Vec::new();
+    let mut register = |node: &Server, name: &str| -> Option<String> {
+        let r = node.post("/api/register", &format!(r#"{{"username":"{name}"}}"#), None);
+        if r.status != 201 {
+            assert_eq!((r.status, r.json()["error"].clone()), (503, "storage_unavailable".into()), "register {name}");
+            return None;
+        }
+        let key = r.json()["key"].as_str().unwrap().to_owned();
+        made.push((name.to_owned(), key.clone()));
+        Some(key)
+    };
+    // Before the hold (the replica online): users, sockets for the first of each
+    // node, the two that will be gone, and a message.
+    let mut keys = Vec::new();
+    for (n, node) in s.nodes.iter().enumerate() {
+        for who in ["a", "b"] {
+            keys.push(register(node, &format!("{who}{n}")).expect("a registration with the replica in sync"));
+        }
+    }
+    let gone_key = register(&s.nodes[0], "gone").unwrap();
+    let banned_key = register(&s.nodes[1], "banned").unwrap();
+    let mut socks: Vec<Raw> =
+        s.nodes.iter().enumerate().map(|(n, node)| Raw::open(node, &node.login(&keys[2 * n]), "/ws?v=2")).collect();
+    let mut gone = s.nodes[0].try_ws_at("/ws?v=2", &s.nodes[0].login(&gone_key)).unwrap();
+    let mut banned = s.nodes[1].try_ws_at("/ws?v=2", &s.nodes[1].login(&banned_key)).unwrap();
+    socks[0].say("before the hold");
+    assert!(acked_true(&mut socks[0]));
+    assert!(wait_for(Duration::from_secs(5), || s.replica.cmd(&["GET", "skiff:msgid"]) == "1"), "replicated");
+
+    // The hold: the replica restarts with what it has and waits an hour for its sync.
+    s.primary.cmd(&["CONFIG", "SET", "repl-diskless-sync-delay", "3600"]);
+    s.replica.kill9();
+    s.replica.restart();
+    assert!(
+        wait_for(Duration::from_secs(10), || s.primary.cmd(&["INFO", "replication"]).contains("state=wait_bgsave")),
+        "the replica is back, waiting for its sync"
+    );
+    // Each node hears of the replica's state with its next heartbeat (every 2 s). A
+    // node that still counts it online waits a second for it and answers 503 too;
+    // only one whose last word came in the instant the replica was down (no replica:
+    // a plain 201) could be wrong, and a heartbeat since has put that right.
+    std::thread::sleep(Duration::from_millis(3000));
+    let mut refused = 0;
+    for i in 0..9 {
+        if register(&s.nodes[i % 3], &format!("held{i}")).is_none() {
+            refused += 1;
+        }
+    }
+    for (n, node) in s.nodes.iter().enumerate() {
+        socks.push(Raw::open(node, &node.login(&keys[2 * n + 1]), "/ws?v=2"));
+    }
+    for ws in socks.iter_mut() {
+        ws.say("during the hold");
+        assert!(acked_true(ws), "acked by the primary alone");
+    }
+    // Gone on the replica only: it is the one that will be promoted.
+    s.replica.cmd(&["CONFIG", "SET", "replica-read-only", "no"]);
+    let gone_hash = s.replica.cmd(&["HGET", "skiff:keyof", "gone"]);
+    s.replica.cmd(&["HDEL", "skiff:keys", &gone_hash]);
+    s.replica.cmd(&["HDEL", "skiff:users", "gone"]);
+    s.replica.cmd(&["HSET", "skiff:banned", "banned", "0 test"]);
+    assert_eq!(s.replica.cmd(&["GET", "skiff:msgid"]), "1", "the replica is still held back");
+
+    s.primary.kill9();
+    assert!(
+        wait_for(Duration::from_secs(30), || promoted(&s.sentinels, replica_port)),
+        "the sentinels never promoted the replica"
+    );
+    assert!(wait_for(Duration::from_secs(20), || s.nodes.iter().all(healthy)), "nodes not healthy again");
+
+    assert_eq!(close_of(&mut gone), Some((1008, "user deleted".into())));
+    assert_eq!(close_of(&mut banned), Some((1008, "banned".into())));
+    for (k, ws) in socks.iter_mut().enumerate() {
+        assert!(ws.poll_until(Duration::from_secs(10), resynced), "client {k} was not told to resync: {:?}", ws.texts);
+        assert!(ws.events("hello") >= 2, "a new hello names the new history: {:?}", ws.texts);
+        ws.say("after the switch");
+        assert!(acked_true(ws), "client {k}: {:?}", ws.texts);
+        assert_eq!(ws.closed, None, "client {k}'s socket closed");
+    }
+    eprintln!("held back: {refused} of 9 registrations refused 503, {} users made", made.len());
+    for (name, key) in &made {
+        let r = s.nodes[2].post("/api/login", &format!(r#"{{"key":"{key}"}}"#), None);
+        let expect = if name == "gone" || name == "banned" { r.status != 200 } else { r.status == 200 };
+        assert!(expect, "{name} got a 201 and then a login {}", r.status);
+    }
+    for (n, node) in s.nodes.iter().enumerate() {
+        let log = node.stderr();
+        assert!(!log.contains("? left") && !log.contains("close 1000"), "node {n}: {log}");
+        let gone_line = ["gone left (close 1008: user deleted)", "banned left (close 1008: banned)", ""][n];
+        assert!(log.contains(gone_line), "node {n} names who it closed and why: {log}");
+        assert!(log.contains(&format!("b{n}'s session was missing")), "node {n} restored b{n}'s session: {log}");
+        // Seven messages were acked before the switch (one, then one per socket): the
+        // new primary's counter goes past them.
+        let last: u64 = log
+            .lines()
+            .rfind(|l| l.contains("in sync as node"))
+            .and_then(|l| l.rsplit("last message ").next()?.trim().parse().ok())
+            .unwrap_or(0);
+        assert!(last >= 7, "node {n} synced with the new primary at last message {last}");
+    }
+}
+
+/// `skiff_reassert` on a real Redis (library.lua as the nodes load it): a session the
+/// server lacks is written again, one that ended stays ended with its code, and a
+/// user deleted, banned, or registered anew under the same name is gone.
+#[test]
+fn a_session_is_restored_only_if_it_did_not_end_and_its_user_is_the_same() {
+    let Some(r) = Redis::start_or_skip("a_session_is_restored_only_if_it_did_not_end_and_its_user_is_the_same") else {
+        return;
+    };
+    r.cmd(&["FUNCTION", "LOAD", "REPLACE", include_str!("../src/cluster/library.lua")]);
+    let call = |args: &[&str]| {
+        let mut full = vec!["FCALL", args[0], "0", "skiff:"];
+        full.extend(&args[1..]);
+        r.cmd(&full)
+    };
+    let (s1, s2, s3) = ("a1".repeat(32), "b2".repeat(32), "c3".repeat(32));
+    assert_eq!(call(&["skiff_register", "ann", "Ann", "k1"]), "1");
+    let created = r.cmd(&["HGET", "skiff:created", "ann"]);
+    let reassert = |sess: &str, created: &str| call(&["skiff_reassert", sess, "ann", "Ann", "60000", created]);
+    assert_eq!(call(&["skiff_login", "k1", &s1, "60000", "8"]), "Ann");
+    assert_eq!(reassert(&s1, &created), "live");
+    assert_eq!(call(&["skiff_logout", &s1]), "1");
+    assert_eq!(reassert(&s1, &created), "ended 1000", "a logout stays a logout");
+    // Never written here (lost with a failover): written again, for the TTL given.
+    assert_eq!(reassert(&s2, &created), "restored");
+    assert_eq!(call(&["skiff_session", &s2]).lines().next(), Some("Ann"));
+    assert_eq!(reassert(&s2, ""), "live");
+    assert_eq!(reassert(&s3, "12345"), "deleted", "another user under the same name");
+    r.cmd(&["HSET", "skiff:banned", "ann", "0 test"]);
+    assert_eq!(reassert(&s3, &created), "banned");
+    r.cmd(&["HDEL", "skiff:users", "ann"]);
+    assert_eq!(reassert(&s3, &created), "deleted");
+    // The join says when its user was registered; a rollback moves the counter past
+    // what a node saw, even on a Redis with no history at all.
+    assert_eq!(call(&["skiff_register", "bob", "Bob", "k2"]), "1");
+    let joined = call(&["skiff_join", "bob", "Bob", "n1", "1.1"]);
+    assert_eq!(joined.lines().nth(1), Some(r.cmd(&["HGET", "skiff:created", "bob"]).as_str()), "{joined}");
+    let synced = call(&["skiff_sync", "n1", "6000", "fresh", "10", "old", "41"]);
+    let lines: Vec<&str> = synced.lines().collect();
+    assert_eq!(&lines[1..3], ["fresh", "41"], "{synced}");
+    assert_eq!(lines[lines.len() - 2..], ["0", "0"], "no replica: {synced}");
+}

@@ -66,6 +66,14 @@ impl Chat {
         self.sessions.retain_with_socket()
     }
 
+    /// The socket here on the session `id_hash`, its user, and how long the session
+    /// has left at `now` (for the cluster to assert it again after a failover).
+    pub fn session_socket(&self, id_hash: &[u8; 32], now: Instant) -> Option<(ConnId, Rc<str>, Duration)> {
+        let s = self.sessions.get(self.sessions.find_hash(id_hash)?)?;
+        let left = (s.last_active + self.sessions.ttl()).saturating_duration_since(now);
+        Some((s.socket()?, s.user.clone(), left))
+    }
+
     /// A session ended somewhere in the cluster (logout: 1000; evicted: 1008). Its
     /// socket here, if any, closes.
     pub fn apply_session_end(&mut self, id_hash: &[u8; 32], code: u16, fx: &mut Effects) {

@@ -25,8 +25,16 @@ pub fn select(db: u32) -> Command {
     vec![b"SELECT".to_vec(), db.to_string().into_bytes()]
 }
 
+/// What is loaded: the library without its comment lines. Redis refuses a bulk over
+/// 16 KB from a client not yet authenticated and drops the link, so with a wrong
+/// password the node would never read the WRONGPASS that says why.
+fn library_code() -> String {
+    LIBRARY.lines().filter(|l| !l.trim_start().starts_with("--")).flat_map(|l| [l, "\n"]).collect()
+}
+
 pub fn load_library() -> Command {
-    ["FUNCTION", "LOAD", "REPLACE", LIBRARY].iter().map(|a| a.as_bytes().to_vec()).collect()
+    let code = library_code();
+    ["FUNCTION", "LOAD", "REPLACE", &code].iter().map(|a| a.as_bytes().to_vec()).collect()
 }
 
 pub fn subscribe() -> Command {
@@ -51,6 +59,20 @@ pub fn session(id_hash: &[u8; 32]) -> Command {
 
 pub fn logout(id_hash: &[u8; 32]) -> Command {
     fcall("skiff_logout", &[PREFIX, &hex(id_hash)])
+}
+
+/// `skiff_reassert`: the session of a socket this node holds, written again for
+/// `ttl_ms` if this Redis lacks it and the user is still the one registered at
+/// `created` (empty: not known here).
+pub fn reassert(id_hash: &[u8; 32], name: &str, ttl_ms: u128, created: &str) -> Command {
+    let (hash, lower, ttl) = (hex(id_hash), name.to_ascii_lowercase(), ttl_ms.to_string());
+    fcall("skiff_reassert", &[PREFIX, &hash, &lower, name, &ttl, created])
+}
+
+/// `WAIT 1 ms`: answers once a replica has every write this link made before it, or
+/// after `ms` with 0.
+pub fn wait_replica(ms: u128) -> Command {
+    vec![b"WAIT".to_vec(), b"1".to_vec(), ms.to_string().into_bytes()]
 }
 
 pub fn renew(id_hash: &[u8; 32], ttl_ms: u128) -> Command {
@@ -123,5 +145,13 @@ mod tests {
         );
         assert_eq!(words(&find_user("ZED")), ["HGET", "skiff:users", "zed"]);
         assert!(LIBRARY.contains("redis.register_function('skiff_sync'"));
+    }
+
+    #[test]
+    fn the_library_loaded_fits_what_redis_takes_before_auth() {
+        let code = library_code();
+        assert!(code.starts_with("#!lua name=skiff\n") && code.contains("redis.register_function('skiff_sync'"));
+        assert!(!code.contains("\n--"));
+        assert!(code.len() < 16 * 1024 - 1024, "{} bytes: keep a margin under 16 KB", code.len());
     }
 }

@@ -1,11 +1,15 @@
 //! Following the primary in sentinel mode (the where, `sentinel.rs` the how): asking
 //! the sentinels on every (re)connect, acting on what they say, and holding client
-//! input through a failover so that nothing sent meanwhile is refused.
+//! input through a failover so that nothing sent meanwhile is refused. And after
+//! any sync, what a switch (or a Redis back from an older snapshot) may have lost:
+//! the sessions of the sockets this node holds are asserted again.
 
+use super::resp::Value;
 use super::sentinel::{News, Sentinels, WatchIo};
-use super::{Cluster, Io, State, FAILOVER_HOLD};
+use super::{command, Cluster, Event, Io, Pending, State, FAILOVER_HOLD};
 use crate::log;
-use std::time::Instant;
+use crate::ws::close;
+use std::time::{Duration, Instant};
 
 impl Cluster {
     /// A failover is under way (a server refused writes as demoted, or the sentinels
@@ -85,5 +89,41 @@ impl Cluster {
         if self.failover_until.is_none_or(|until| until <= now) {
             self.failover_until = Some(now + FAILOVER_HOLD);
         }
+    }
+
+    /// After a sync: the session of a socket here, `user`'s, with `remaining` of its
+    /// life as this node counts it. Redis writes it again if it lacks it (a replica
+    /// promoted before it had it), so a failover logs nobody out; a session that
+    /// ended while this node was away, or whose user is gone, comes back as
+    /// `Event::SessionGone`.
+    pub fn reassert_session(&mut self, id_hash: &[u8; 32], user: &str, remaining: Duration) {
+        if self.accepting() {
+            // As a renewal would: Redis keeps a session the save slack longer.
+            let ttl = (remaining + crate::chat::session::SAVE_SLACK).as_millis();
+            let created = self.incarnations.get(user.to_ascii_lowercase().as_str()).map_or("", |c| c);
+            let cmd = command::reassert(id_hash, user, ttl, created);
+            self.send(&cmd, Pending::Reassert(*id_hash, user.into()));
+        }
+    }
+
+    /// `skiff_reassert`'s answer.
+    pub(super) fn reasserted(&mut self, id_hash: [u8; 32], user: &str, v: &Value) {
+        let (code, reason) = match v.as_str() {
+            Some("live") => return,
+            Some("restored") => {
+                log::warn(format_args!(
+                    "redis {}: {user}'s session was missing (lost with a failover?); restored",
+                    self.cfg.url
+                ));
+                return;
+            }
+            Some("deleted") => (close::POLICY, "user deleted"),
+            Some("banned") => (close::POLICY, "banned"),
+            Some("ended 1000") => (close::NORMAL, "logged out"),
+            Some(s) if s.starts_with("ended ") => (close::POLICY, "session ended"),
+            // An error (an older library without the function): the socket stays.
+            _ => return,
+        };
+        self.events.push_back(Event::SessionGone { id_hash, code, reason });
     }
 }

@@ -81,12 +81,9 @@ impl Cluster {
         match why {
             Pending::Ignore => {}
             Pending::Control(origin) => self.events.push_back(Event::Control { origin, value: v }),
-            Pending::Check(id_hash) => {
-                if matches!(v, Value::Bulk(None)) {
-                    // Logged out (or evicted) elsewhere while this node was away.
-                    self.events.push_back(Event::SessionEnded { id_hash, code: crate::ws::close::NORMAL });
-                }
-            }
+            Pending::Reassert(id_hash, user) => self.reasserted(id_hash, &user, &v),
+            Pending::Wait => self.on_wait(&v),
+            Pending::Heartbeat => self.learn_replicas(Some(&v)),
             Pending::Publish(origin, ..) if matches!(v, Value::Int(_)) => {
                 let id = v.as_int().unwrap_or_default() as u64;
                 match self.early.iter().position(|&e| e == id) {
@@ -105,15 +102,21 @@ impl Cluster {
             Pending::Conn(origin, expect) => {
                 let reply = match (expect, &v) {
                     (_, Value::Error(_)) => Reply::Unavailable,
-                    (Expect::Register, Value::Int(1)) => Reply::Registered,
-                    (Expect::Register, _) => Reply::NameTaken,
+                    (Expect::Register(covering), Value::Int(1)) => match self.registered(origin, covering) {
+                        Some(reply) => reply,
+                        None => return Ok(()),
+                    },
+                    (Expect::Register(_), _) => Reply::NameTaken,
                     // skiff_login's answer for a banned user (a name is a bulk string).
                     (Expect::Login, Value::Array(_)) => Reply::Banned,
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
-                    (Expect::Join, Value::Int(0)) => Reply::NameTaken,
-                    (Expect::Join, _) => {
+                    (Expect::Join(_), Value::Int(0)) => Reply::NameTaken,
+                    (Expect::Join(lower), v) => {
+                        if let Some(created) = v.as_array().and_then(|a| a.get(1)).and_then(Value::as_str) {
+                            self.incarnations.insert(lower, created.into());
+                        }
                         // Accepted: the connection opens when its join event comes
                         // (or came already).
                         match self.joined_early.iter().position(|&o| o == origin) {

@@ -35,6 +35,28 @@ local function join(p, lower, name, node, token)
   return seq
 end
 
+-- {replicas attached, replicas online} from INFO: a node makes a registration's 201
+-- wait for a replica (WAIT) when the primary has one, and answers 503 at once when
+-- the replicas it has are all still in their first sync (a WAIT could only time out).
+local function replicas()
+  local info = redis.call('INFO', 'replication')
+  local attached = tonumber(string.match(info, 'connected_slaves:(%d+)') or '0')
+  local _, online = string.gsub(info, 'state=online', '')
+  return { attached, online }
+end
+
+-- A session ends: a tombstone outlives it as long as the session would have, so a
+-- node that was away when it ended (and so still holds its socket) learns it ended
+-- instead of re-asserting it (see skiff_reassert).
+local function end_session(p, sess, code)
+  local k = p .. 'sess:' .. sess
+  local left = redis.call('PTTL', k)
+  if left > 0 then
+    redis.call('SET', p .. 'ended:' .. sess, code, 'PX', left)
+  end
+  return redis.call('DEL', k)
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return string.format('%d', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
@@ -74,7 +96,7 @@ redis.register_function('skiff_login', function(_, a)
     end
     while redis.call('ZCARD', list) > cap do
       local oldest = redis.call('ZPOPMIN', list)[1]
-      redis.call('DEL', p .. 'sess:' .. oldest)
+      end_session(p, oldest, '1008')
       publish(p, 'E', '1008 ' .. oldest)
     end
   end
@@ -105,16 +127,21 @@ redis.register_function('skiff_logout', function(_, a)
   if not name then
     return 0
   end
-  redis.call('DEL', k)
+  end_session(p, sess, '1000')
   redis.call('ZREM', p .. 'usess:' .. string.lower(name), sess)
   publish(p, 'E', '1000 ' .. sess)
   return 1
 end)
 
--- (p, lower, name, node, token) -> seq of the join event, or 0 if the user is
--- online already (on any node)
+-- (p, lower, name, node, token) -> {seq of the join event, when the user was
+-- registered (ms; false if not recorded)}, or 0 if the user is online already (on
+-- any node)
 redis.register_function('skiff_join', function(_, a)
-  return join(a[1], a[2], a[3], a[4], a[5])
+  local seq = join(a[1], a[2], a[3], a[4], a[5])
+  if seq == 0 then
+    return 0
+  end
+  return { seq, redis.call('HGET', a[1] .. 'created', a[2]) }
 end)
 
 -- (p, lower, name, node) -> 1 if the user was online on that node
@@ -136,11 +163,48 @@ redis.register_function('skiff_message', function(_, a)
   return id
 end)
 
--- (p, node, ttl_ms): this node is alive for ttl_ms more.
+-- (p, node, ttl_ms) -> {replicas attached, online}: this node is alive for ttl_ms more.
 redis.register_function('skiff_heartbeat', function(_, a)
   redis.call('SET', a[1] .. 'node:' .. a[2], '1', 'PX', a[3])
   redis.call('SADD', a[1] .. 'nodes', a[2])
-  return 1
+  return replicas()
+end)
+
+-- (p, sesshash, lower, name, ttl_ms, created) -> what became of the session of a
+-- socket a node holds, asked after every sync: 'live'; 'ended CODE' (it ended while
+-- the node was away); 'deleted' or 'banned' (the user is gone: a user registered
+-- at another time than `created`, as skiff_join said it, is another user under
+-- the same name, after a Redis that lost the first); or 'restored': this Redis never
+-- had it or lost it (a failover to a replica that had not received it, a restart
+-- from an older snapshot), so it is written again for ttl_ms, and nobody online is
+-- logged out by the loss.
+redis.register_function('skiff_reassert', function(_, a)
+  local p, sess, lower, name = a[1], a[2], a[3], a[4]
+  if not redis.call('HGET', p .. 'users', lower) then
+    return 'deleted'
+  end
+  if a[6] ~= '' and redis.call('HGET', p .. 'created', lower) ~= a[6] then
+    return 'deleted'
+  end
+  if redis.call('HEXISTS', p .. 'banned', lower) == 1 then
+    return 'banned'
+  end
+  local k = p .. 'sess:' .. sess
+  if redis.call('EXISTS', k) == 1 then
+    return 'live'
+  end
+  local code = redis.call('GET', p .. 'ended:' .. sess)
+  if code then
+    return 'ended ' .. code
+  end
+  local list = p .. 'usess:' .. lower
+  local t = redis.call('TIME')
+  redis.call('SET', k, name, 'PX', a[5])
+  redis.call('ZADD', list, tonumber(t[1]) * 1000000 + tonumber(t[2]), sess)
+  if redis.call('PTTL', list) < tonumber(a[5]) then
+    redis.call('PEXPIRE', list, a[5])
+  end
+  return 'restored'
 end)
 
 -- (p) -> users removed: every user of a node whose heartbeat ran out leaves.
@@ -176,7 +240,8 @@ end)
 -- the node (re)connected and its open WebSockets are exactly the users given.
 -- Presence is made so (users it no longer has leave; users Redis lost join again)
 -- and the node gets a snapshot: {seq, epoch, last id, online names in join order,
--- newest `keep` messages newest first, lowercased names another node holds now}.
+-- newest `keep` messages newest first, lowercased names another node holds now,
+-- {replicas attached, online}}.
 -- `epoch` is a fresh candidate; `seen_epoch`/`seen_id` the history the node had.
 redis.register_function('skiff_sync', function(_, a)
   local p, node, ttl, keep = a[1], a[2], a[3], tonumber(a[5])
@@ -189,9 +254,13 @@ redis.register_function('skiff_sync', function(_, a)
   -- messages. The history is declared new, here, once: the first node to sync
   -- after the rollback moves the epoch, and the others see it already moved. The
   -- counter goes past every id seen, so ids never repeat even across epochs.
+  -- A Redis that has no history at all (a replica promoted before its first sync)
+  -- got the fresh epoch just now; its counter goes past what the node saw as well.
   local msgid = tonumber(redis.call('GET', p .. 'msgid') or '0')
-  if seen_epoch == redis.call('GET', p .. 'epoch') and msgid < seen_id then
-    redis.call('SET', p .. 'epoch', a[4])
+  if msgid < seen_id then
+    if seen_epoch == redis.call('GET', p .. 'epoch') then
+      redis.call('SET', p .. 'epoch', a[4])
+    end
     redis.call('SET', p .. 'msgid', seen_id)
   end
   local mine = {}
@@ -223,6 +292,7 @@ redis.register_function('skiff_sync', function(_, a)
     redis.call('ZRANGE', p .. 'online', 0, -1),
     history,
     taken,
+    replicas(),
   }
 end)
 
@@ -235,7 +305,7 @@ local function end_sessions(p, lower)
   local list = p .. 'usess:' .. lower
   local ended = 0
   for _, h in ipairs(redis.call('ZRANGE', list, 0, -1)) do
-    if redis.call('DEL', p .. 'sess:' .. h) == 1 then
+    if end_session(p, h, '1008') == 1 then
       publish(p, 'E', '1008 ' .. h)
       ended = ended + 1
     end

@@ -20,6 +20,7 @@ pub mod event;
 mod failover;
 mod incoming;
 pub mod link;
+mod replicas;
 pub mod reply;
 pub mod resp;
 pub mod sentinel;
@@ -114,6 +115,13 @@ pub enum Event {
         id_hash: [u8; 32],
         code: u16,
     },
+    /// After a sync: the session of a socket here ended while this node was away, or
+    /// its user is gone (deleted, banned); the socket closes with `code` and `reason`.
+    SessionGone {
+        id_hash: [u8; 32],
+        code: u16,
+        reason: &'static str,
+    },
     /// A message from this connection could not be published.
     Unavailable(Origin),
     /// In sync again: the replica becomes `snapshot`; `taken` are users whose
@@ -147,9 +155,13 @@ enum Pending {
     /// The text travels with it: a message the server refused unrun (`READONLY`,
     /// `NOREPLICAS`: a failover) is sent again to the next primary.
     Publish(Origin, Rc<str>, Box<str>),
-    /// A session with a socket here, checked after a sync: it may have ended while
-    /// this node was not listening.
-    Check([u8; 32]),
+    /// A session with a socket here (and its user), checked after a sync: it may have
+    /// ended while this node was not listening, or be lost with a failover.
+    Reassert([u8; 32], Box<str>),
+    /// `WAIT 1 T` after registrations (see `replicas.rs`).
+    Wait,
+    /// `skiff_heartbeat`: its answer says what replicas the primary has.
+    Heartbeat,
     Control(Origin),
     Sync,
     /// `ROLE` on connect (sentinel mode): the server must be the primary.
@@ -157,14 +169,16 @@ enum Pending {
     Ignore,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Expect {
-    Register,
+    /// The WAIT whose answer decides the 201, if one must.
+    Register(Option<u64>),
     Login,
     FindUser,
     Session,
     Logout,
-    Join,
+    /// The user's lowercased name: the join's answer says which user it is.
+    Join(Box<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,6 +247,12 @@ pub struct Cluster {
     watchers: Option<Watchers>,
     /// Where the links point (or last pointed).
     primary: Option<SocketAddr>,
+    /// Registrations waiting for a replica.
+    waits: replicas::Waits,
+    /// Lowercased name -> when the user was registered (Redis's `created`), for the
+    /// users with a socket here: a session is asserted again only for that user,
+    /// never for another registered under the name after Redis lost the first.
+    incarnations: std::collections::HashMap<Box<str>, Box<str>>,
 }
 
 impl Cluster {
@@ -283,6 +303,8 @@ impl Cluster {
             sentinels,
             watchers,
             primary,
+            waits: replicas::Waits::default(),
+            incarnations: std::collections::HashMap::new(),
         }
     }
 
@@ -309,6 +331,7 @@ impl Cluster {
     /// has nothing in flight that matters (everything was failed when the links went).
     pub fn is_quiet(&self) -> bool {
         self.replay.is_empty()
+            && self.waits.is_empty()
             && (!self.accepting() || (self.pending.is_empty() && self.joining.is_empty() && self.unconfirmed == 0))
     }
 
@@ -374,7 +397,12 @@ impl Cluster {
             return;
         }
         let (expect, cmd) = match request {
-            Request::Register { username, key_hash } => (Expect::Register, command::register(&username, &key_hash)),
+            Request::Register { username, key_hash } => {
+                if let Some(reply) = self.register(origin, &command::register(&username, &key_hash)) {
+                    self.events.push_back(Event::Reply(Done { origin, reply }));
+                }
+                return;
+            }
             Request::Login { key_hash, session } => {
                 let Some(session) = session else {
                     self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
@@ -386,7 +414,9 @@ impl Cluster {
             Request::FindUser { name } => (Expect::FindUser, command::find_user(&name)),
             Request::Session { id_hash } => (Expect::Session, command::session(&id_hash)),
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
-            Request::Join { name } => (Expect::Join, command::join(&name, &self.node, &token(origin))),
+            Request::Join { name } => {
+                (Expect::Join(name.to_ascii_lowercase().into()), command::join(&name, &self.node, &token(origin)))
+            }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
             // `control`; nothing else reaches here.
             Request::File(_) | Request::Control(_) => {
@@ -428,6 +458,7 @@ impl Cluster {
     /// A WebSocket here closed. Lost while Redis is down: the sync on reconnect
     /// tells Redis which users this node still has.
     pub fn left(&mut self, user: &str) {
+        self.incarnations.remove(user.to_ascii_lowercase().as_str());
         if self.accepting() && !self.stopping {
             self.send(&command::leave(user, &self.node), Pending::Ignore);
         }
@@ -445,14 +476,6 @@ impl Cluster {
     /// Every command sent has been answered (or the link is gone).
     pub fn is_idle(&self) -> bool {
         self.pending.is_empty()
-    }
-
-    /// After a sync: is this session (one with a socket here) still in Redis? An
-    /// end this node missed while away comes back as `Event::SessionEnded`.
-    pub fn check_session(&mut self, id_hash: &[u8; 32]) {
-        if self.accepting() {
-            self.send(&command::session(id_hash), Pending::Check(*id_hash));
-        }
     }
 
     /// Activity on a session: Redis keeps it a full TTL (+ the save slack) from now.
@@ -523,7 +546,7 @@ impl Cluster {
                 }
                 if now >= self.heartbeat_at {
                     self.heartbeat_at = now + HEARTBEAT_EVERY;
-                    self.send(&command::heartbeat(&self.node, NODE_TTL.as_millis()), Pending::Ignore);
+                    self.send(&command::heartbeat(&self.node, NODE_TTL.as_millis()), Pending::Heartbeat);
                 }
                 if now >= self.reap_at {
                     self.reap_at = now + REAP_EVERY;
@@ -588,7 +611,7 @@ impl Cluster {
         }
         // Replies that never come owe nothing.
         self.joined_early.clear();
-        for origin in std::mem::take(&mut self.joining) {
+        for origin in std::mem::take(&mut self.joining).into_iter().chain(self.waits.reset()) {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }
         self.buffered.clear();
@@ -609,7 +632,12 @@ impl Cluster {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 self.events.push_back(Event::Unavailable(origin))
             }
-            Pending::Check(_) | Pending::Sync | Pending::Role | Pending::Ignore => {}
+            Pending::Reassert(..)
+            | Pending::Wait
+            | Pending::Heartbeat
+            | Pending::Sync
+            | Pending::Role
+            | Pending::Ignore => {}
         }
     }
 

@@ -41,6 +41,7 @@ impl Cluster {
             snapshot.online.len(),
             snapshot.last_id
         ));
+        self.learn_replicas(v.as_array().and_then(|items| items.get(6)));
         let mine = std::mem::take(&mut self.answered).into();
         self.events.push_back(Event::Synced { snapshot, taken, mine });
         self.synced_seq = seq;

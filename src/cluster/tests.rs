@@ -575,3 +575,152 @@ mod sentinel {
         assert!(std::iter::from_fn(|| c.poll_io()).any(|io| io == Io::OpenWatch(0, S1.parse().unwrap())));
     }
 }
+
+/// A registration's 201 and the primary's replicas (`replicas.rs`), and the
+/// sessions asserted again after a sync (`failover.rs`).
+mod replicas {
+    use super::*;
+
+    fn pair(a: i64, b: i64) -> Value {
+        Value::Array(Some(vec![Value::Int(a), Value::Int(b)]))
+    }
+
+    /// In sync, the primary having `attached` replicas, `online` of them past their
+    /// first sync.
+    fn up_with(attached: i64, online: i64, t: Instant) -> Cluster {
+        let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+        subscribed(&mut c, t);
+        c.sync(&[], ("", 0), t);
+        sent(&mut c, LinkId::Cmd);
+        let empty = || Value::Array(Some(vec![]));
+        let reply = Value::Array(Some(vec![
+            Value::Int(1),
+            bulk("e1"),
+            Value::Int(0),
+            empty(),
+            empty(),
+            empty(),
+            pair(attached, online),
+        ]));
+        c.on_bytes(LinkId::Cmd, &wire(&reply), t);
+        assert!(c.is_up());
+        events(&mut c);
+        c
+    }
+
+    fn register(c: &mut Cluster, conn: usize) {
+        c.submit(origin(conn), Request::Register { username: format!("u{conn}"), key_hash: [conn as u8; 32] });
+    }
+
+    fn replies(c: &mut Cluster) -> Vec<(usize, Reply)> {
+        events(c)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Reply(Done { origin, reply }) => Some((origin.conn, reply)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn without_a_replica_the_201_waits_for_nothing() {
+        let t = Instant::now();
+        let mut c = up_with(0, 0, t);
+        register(&mut c, 1);
+        let out = sent(&mut c, LinkId::Cmd);
+        assert!(out.contains("skiff_register") && !out.contains("WAIT"), "{out}");
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        assert_eq!(replies(&mut c), [(1, Reply::Registered)]);
+    }
+
+    #[test]
+    fn with_a_replica_the_201_waits_for_it_one_wait_at_a_time() {
+        let t = Instant::now();
+        let mut c = up_with(1, 1, t);
+        register(&mut c, 1);
+        let out = sent(&mut c, LinkId::Cmd);
+        assert!(
+            out.contains("skiff_register") && out.ends_with("*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$4\r\n1000\r\n"),
+            "{out}"
+        );
+        // A WAIT is in flight: the next registration shares the one after it.
+        register(&mut c, 2);
+        assert!(!sent(&mut c, LinkId::Cmd).contains("WAIT"));
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        assert_eq!(replies(&mut c), [], "taken, not yet on a replica");
+        assert!(!c.is_quiet());
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        assert_eq!(replies(&mut c), [(1, Reply::Registered)]);
+        assert!(sent(&mut c, LinkId::Cmd).contains("WAIT"), "the second registration's WAIT");
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        assert_eq!(replies(&mut c), [(2, Reply::Registered)]);
+        assert!(c.is_quiet());
+    }
+
+    #[test]
+    fn a_wait_that_times_out_answers_503_until_a_heartbeat_says_a_replica_is_online_again() {
+        let t = Instant::now();
+        let mut c = up_with(1, 1, t);
+        register(&mut c, 1);
+        sent(&mut c, LinkId::Cmd);
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(0)), t);
+        assert_eq!(replies(&mut c), [(1, Reply::Unavailable)]);
+        // Refused unwritten: another WAIT could only time out as well.
+        register(&mut c, 2);
+        assert_eq!(replies(&mut c), [(2, Reply::Unavailable)]);
+        assert_eq!(sent(&mut c, LinkId::Cmd), "");
+        let t2 = t + HEARTBEAT_EVERY;
+        c.on_timeout(t2);
+        assert!(sent(&mut c, LinkId::Cmd).contains("skiff_heartbeat"));
+        c.on_bytes(LinkId::Cmd, &wire(&pair(1, 1)), t2);
+        register(&mut c, 3);
+        assert!(sent(&mut c, LinkId::Cmd).contains("WAIT"));
+    }
+
+    #[test]
+    fn replicas_all_in_their_first_sync_refuse_at_once_and_lost_links_answer_503() {
+        let t = Instant::now();
+        let mut c = up_with(2, 0, t);
+        register(&mut c, 1);
+        assert_eq!(replies(&mut c), [(1, Reply::Unavailable)]);
+        let mut c = up_with(1, 1, t);
+        register(&mut c, 2);
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
+        c.on_closed(LinkId::Cmd, "reset", t);
+        assert_eq!(replies(&mut c), [(2, Reply::Unavailable)], "no WAIT answer proves nothing");
+    }
+
+    #[test]
+    fn a_session_is_asserted_again_and_only_a_gone_user_closes() {
+        let t = Instant::now();
+        let mut c = up(t);
+        let answers = [
+            ("live", None),
+            ("restored", None),
+            ("deleted", Some((1008, "user deleted"))),
+            ("banned", Some((1008, "banned"))),
+            ("ended 1000", Some((1000, "logged out"))),
+            ("ended 1008", Some((1008, "session ended"))),
+        ];
+        for (answer, expect) in answers {
+            c.reassert_session(&[7; 32], "Ann", Duration::from_secs(10));
+            let out = sent(&mut c, LinkId::Cmd);
+            assert!(out.contains("skiff_reassert") && out.contains("\r\nann\r\n") && out.contains("\r\n70000\r\n"));
+            c.on_bytes(LinkId::Cmd, &wire(&bulk(answer)), t);
+            let got: Vec<(u16, &str)> = events(&mut c)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::SessionGone { id_hash: [7, ..], code, reason } => Some((code, reason)),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(got, expect.into_iter().collect::<Vec<_>>(), "{answer}");
+        }
+        // An older library without the function: the socket stays.
+        c.reassert_session(&[7; 32], "Ann", Duration::from_secs(10));
+        c.on_bytes(LinkId::Cmd, &wire(&Value::Error("ERR Function not found".into())), t);
+        assert!(events(&mut c).is_empty());
+    }
+}

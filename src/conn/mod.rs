@@ -355,15 +355,31 @@ impl<S: Stream> Conn<S> {
 
     /// Leaves the WebSocket phase, optionally with a close frame, and the room.
     pub fn close_ws(&mut self, code: Option<u16>, cx: &mut Cx, now: Instant) {
+        self.close_ws_with(code.map(|c| (c, "")), cx, now);
+    }
+
+    /// Closes a WebSocket with `code` and a reason the client can show; the session
+    /// must still exist (the log line names its user).
+    pub fn close_ws_because(&mut self, code: u16, reason: &str, cx: &mut Cx, now: Instant) {
+        self.close_ws_with(Some((code, reason)), cx, now);
+    }
+
+    fn close_ws_with(&mut self, close: Option<(u16, &str)>, cx: &mut Cx, now: Instant) {
         let Phase::Ws(w) = &self.phase else { return };
-        if let Some(code) = code {
-            self.out.push(ws::close_frame(code));
+        match close {
+            Some((code, "")) => self.out.push(ws::close_frame(code)),
+            Some((code, reason)) => self.out.push(ws::close_frame_because(code, reason)),
+            None => {}
         }
         let session = w.session;
         self.enter_closing(cx, now);
         if log::enabled(log::Level::Info) {
             let user = cx.chat.username(session).unwrap_or("?");
-            let why = code.map_or("peer closed".to_owned(), |c| format!("close {c}"));
+            let why = match close {
+                None => "peer closed".to_owned(),
+                Some((c, "")) => format!("close {c}"),
+                Some((c, reason)) => format!("close {c}: {reason}"),
+            };
             log::info(format_args!("{user} left ({why})"));
         }
         cx.chat.leave(self.key, &mut cx.fx);

@@ -118,6 +118,9 @@ pub struct FakeRedis {
     banned: BTreeMap<String, String>,
     /// Session hash -> (user, expiry in ms).
     sessions: BTreeMap<String, (String, i64)>,
+    /// Ended session hash -> (close code, expiry in ms): the tombstones
+    /// `skiff_reassert` reads.
+    ended: BTreeMap<String, (String, i64)>,
     /// Lowercased user -> (sessions by login time, the list's expiry).
     usess: BTreeMap<String, (ZSet, i64)>,
     presence: BTreeMap<String, String>,
@@ -141,6 +144,11 @@ fn bulk(s: &str) -> Value {
 
 fn array(items: Vec<Value>) -> Value {
     Value::Array(Some(items))
+}
+
+/// `{replicas attached, online}`: the stand-in is a primary without replicas.
+fn no_replicas() -> Value {
+    array(vec![Value::Int(0), Value::Int(0)])
 }
 
 /// RESP as Redis writes it.
@@ -460,7 +468,12 @@ impl FakeRedis {
             }
             "skiff_join" => {
                 arity(5)?;
-                self.join(a[1], a[2], a[3], a[4]).map(|seq| Value::Int(seq as i64))
+                let seq = self.join(a[1], a[2], a[3], a[4])?;
+                if seq == 0 {
+                    return Ok(Value::Int(0));
+                }
+                let created = self.created.get(a[1]).map_or(Value::Bulk(None), |ms| bulk(&ms.to_string()));
+                Ok(array(vec![Value::Int(seq as i64), created]))
             }
             "skiff_leave" => {
                 arity(4)?;
@@ -475,7 +488,11 @@ impl FakeRedis {
                 arity(3)?;
                 let ttl = ttl(a[2])?;
                 self.heartbeat(a[1], ttl)?;
-                Ok(Value::Int(1))
+                Ok(no_replicas())
+            }
+            "skiff_reassert" => {
+                arity(6)?;
+                self.reassert(a[1], a[2], a[3], ttl(a[4])?, a[5])
             }
             "skiff_reap" => Ok(Value::Int(self.reap())),
             "skiff_stop" => {
@@ -614,7 +631,7 @@ impl FakeRedis {
         }
         self.usess.get_mut(&low).expect("made above").1 = now + ttl;
         for oldest in evicted {
-            self.sessions.remove(&oldest);
+            self.end_session(&oldest, "1008");
             self.publish("E", &format!("1008 {oldest}"));
         }
         Ok(bulk(&name))
@@ -630,12 +647,55 @@ impl FakeRedis {
 
     fn logout(&mut self, sess: &str) -> i64 {
         let Some((name, _)) = self.live_session(sess).map(|s| s.clone()) else { return 0 };
-        self.sessions.remove(sess);
+        self.end_session(sess, "1000");
         if let Some(list) = self.usess(&lower(&name)) {
             list.0.remove(sess);
         }
         self.publish("E", &format!("1000 {sess}"));
         1
+    }
+
+    /// A live session ends; its tombstone lives as long as the session would have.
+    fn end_session(&mut self, sess: &str, code: &str) {
+        let Some((_, until)) = self.sessions.remove(sess) else { return };
+        let now = self.now_ms;
+        if self.ended.len() >= MAX_SESSIONS {
+            self.ended.retain(|_, e| e.1 > now);
+        }
+        if until > now && self.ended.len() < MAX_SESSIONS {
+            self.ended.insert(sess.to_owned(), (code.to_owned(), until));
+        }
+    }
+
+    fn reassert(&mut self, sess: &str, lower: &str, name: &str, ttl: i64, created: &str) -> Answer {
+        if !self.users.contains_key(lower) {
+            return Ok(bulk("deleted"));
+        }
+        if !created.is_empty() && self.created.get(lower).map(i64::to_string).as_deref() != Some(created) {
+            return Ok(bulk("deleted"));
+        }
+        if self.banned.contains_key(lower) {
+            return Ok(bulk("banned"));
+        }
+        if self.live_session(sess).is_some() {
+            return Ok(bulk("live"));
+        }
+        let now = self.now_ms;
+        if let Some((code, _)) = self.ended.get(sess).filter(|e| e.1 > now) {
+            return Ok(bulk(&format!("ended {code}")));
+        }
+        if self.sessions.len() >= MAX_SESSIONS {
+            self.sessions.retain(|_, s| s.1 > now);
+            if self.sessions.len() >= MAX_SESSIONS {
+                return Err(OOM.into());
+            }
+        }
+        self.sessions.insert(sess.to_owned(), (name.to_owned(), now + ttl));
+        self.usess(lower);
+        let list = self.usess.entry(lower.to_owned()).or_insert_with(|| (ZSet::default(), now + ttl));
+        list.0.add(sess, now.saturating_mul(1000));
+        list.1 = list.1.max(now + ttl);
+        Ok(bulk("restored"))
     }
 
     fn join(&mut self, lower: &str, name: &str, node: &str, token: &str) -> Result<u64, String> {
@@ -737,8 +797,10 @@ impl FakeRedis {
         if self.epoch.is_none() {
             self.epoch = Some(epoch.to_owned());
         }
-        if Some(seen_epoch) == self.epoch.as_deref() && self.msgid < seen_id {
-            self.epoch = Some(epoch.to_owned());
+        if self.msgid < seen_id {
+            if Some(seen_epoch) == self.epoch.as_deref() {
+                self.epoch = Some(epoch.to_owned());
+            }
             self.msgid = seen_id;
         }
         let triples: Vec<(&str, &str, &str)> = a[7..].chunks(3).map(|t| (t[0], t[1], t[2])).collect();
@@ -783,6 +845,7 @@ impl FakeRedis {
             array(self.online.members().iter().map(|n| bulk(n)).collect()),
             array(history),
             array(taken),
+            no_replicas(),
         ]))
     }
 
@@ -800,7 +863,7 @@ impl FakeRedis {
         if let Some((list, _)) = self.usess(lower).map(|l| l.clone()) {
             for h in list.members() {
                 if self.live_session(&h).is_some() {
-                    self.sessions.remove(&h);
+                    self.end_session(&h, "1008");
                     self.publish("E", &format!("1008 {h}"));
                     ended += 1;
                 }
@@ -907,9 +970,11 @@ mod tests {
         r.set_clock(5_000);
         let (c1, s1) = node(&mut r);
         let (c2, s2) = node(&mut r);
-        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1")), [Value::Int(1)]);
+        // Not registered here: no `created` to say.
+        let joined = |seq| [array(vec![Value::Int(seq), Value::Bulk(None)])];
+        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1")), joined(1));
         assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1")), [Value::Int(0)], "online on n1");
-        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2")), [Value::Int(2)]);
+        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2")), joined(2));
         assert_eq!(send(&mut r, c1, &command::message("n1", "3.1", "Ann", "hi  there", "16")), [Value::Int(1)]);
         assert_eq!(send(&mut r, c2, &command::leave("Ann", "n2")), [Value::Int(0)], "only the holder ends it");
         assert_eq!(send(&mut r, c2, &command::message("n2", "4.2", "Bob", "yo", "16")), [Value::Int(2)]);

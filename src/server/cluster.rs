@@ -61,7 +61,8 @@ impl<S: Stream> Server<S> {
                 let sender = mine.and_then(|o| self.local(o));
                 self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
             }
-            Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
+            Event::SessionEnded { id_hash, code } => self.end_session(&id_hash, code, "", now),
+            Event::SessionGone { id_hash, code, reason } => self.end_session(&id_hash, code, reason, now),
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
             Event::Kick { name } => {
                 self.cx.chat.kick(&name, &mut self.cx.fx);
@@ -78,25 +79,45 @@ impl<S: Stream> Server<S> {
                 let mine: Vec<(u64, usize)> =
                     mine.into_iter().filter_map(|(id, o)| Some((id, self.local(o)?))).collect();
                 self.cx.chat.apply_snapshot(snapshot, &mine, &mut self.cx.fx);
-                // Session ends published while this node was away were missed: cached
-                // sessions are fetched again when next used, and those with a socket
-                // here are asked after now.
-                let with_socket = self.cx.chat.forget_sessions_without_socket();
-                if let Some(cluster) = self.cx.cluster.as_mut() {
-                    for id_hash in &with_socket {
-                        cluster.check_session(id_hash);
-                    }
-                }
                 for user in taken {
                     if let Some(conn) = self.cx.chat.member_of_user(&user) {
                         log::warn(format_args!("{user} is online on another node now; closing the socket here"));
                         self.cx.chat.evict_member(conn, &mut self.cx.fx);
                     }
                 }
+                // Closed while their sessions still name them (the log lines do).
+                self.apply_effects(now);
+                // Session ends published while this node was away were missed: cached
+                // sessions are fetched again when next used. Those with a socket here
+                // (the taken ones are closed just above) are asserted again: Redis
+                // writes back what it lost (a failover to a replica that lacked them)
+                // and says which ended meanwhile.
+                let with_socket = self.cx.chat.forget_sessions_without_socket();
+                if let Some(cluster) = self.cx.cluster.as_mut() {
+                    for id_hash in &with_socket {
+                        if let Some((_, user, left)) = self.cx.chat.session_socket(id_hash, now) {
+                            cluster.reassert_session(id_hash, &user, left);
+                        }
+                    }
+                }
             }
         }
         self.apply_effects(now);
         self.cx.persist_changes();
+    }
+
+    /// A session ended in Redis: its socket here, if any, closes with `code` (and
+    /// `reason` in the frame, if any) while the session still names the user, so the
+    /// log line does; leaving tells the cluster. Then the session goes.
+    fn end_session(&mut self, id_hash: &[u8; 32], code: u16, reason: &str, now: Instant) {
+        if let Some((conn, _, _)) = self.cx.chat.session_socket(id_hash, now) {
+            if let Some(c) = self.conns.get_mut(conn).filter(|c| c.is_ws()) {
+                c.close_ws_because(code, reason, &mut self.cx, now);
+                self.queue_flush(conn);
+                self.arm(conn);
+            }
+        }
+        self.cx.chat.apply_session_end(id_hash, code, &mut self.cx.fx);
     }
 
     /// The connection `origin` names, if it is still that one.

@@ -98,6 +98,20 @@ pub fn close_frame(code: u16) -> Chunk {
     Chunk::Owned(vec![0x88, 0x02, hi, lo])
 }
 
+/// A server close frame carrying `code` and a reason the peer can show (cut to the
+/// 123 bytes a control frame leaves it, at a character boundary).
+pub fn close_frame_because(code: u16, reason: &str) -> Chunk {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    let reason = &reason.as_bytes()[..end];
+    let [hi, lo] = code.to_be_bytes();
+    let mut f = vec![0x88, 2 + reason.len() as u8, hi, lo];
+    f.extend_from_slice(reason);
+    Chunk::Owned(f)
+}
+
 /// One thing read from the peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsRead {
