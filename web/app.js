@@ -39,9 +39,14 @@
  *   #char-count[data-over]          live "N/300" counter, counting Unicode code points
  *   #char-warning                   live text shown while the draft is over 300
  *
- * Protocol notes: see shared/CONTRACT.md. The server does not echo your own message;
- * it acks each one in order ({"status":true} or {"status":false,"code":...}), so sent
- * texts wait in a FIFO and are shown (or reported as refused) when their ack arrives.
+ * Protocol notes: see shared/CONTRACT.md. The wire protocol is skiff-client's
+ * (clients/js/skiff-client.js, served as /skiff-client.js): acks come back as promises in
+ * send order, so an own message is shown (or reported as refused) when its ack arrives;
+ * reconnects wait a full-jitter backoff; close reasons come parsed (banned until when,
+ * kicked, logged out, session expired) and the page says them in words, without
+ * retrying where a retry cannot help. Several tabs or devices of one user may be
+ * connected at once (v2); a refused one is told why (too many devices, or another
+ * connection that allows no second one).
  *
  * Protocol v2 ("Protocol v2 (opt-in)" in the contract): the page first shows the last 50
  * messages (GET /api/history), then opens /ws?v=2&since=<last id>&epoch=<epoch> so that
@@ -51,8 +56,9 @@
  * hello frame. A server without v2 (no /api/history, no hello, or 400
  * unsupported_version) gets the v1 page: plain /ws and GET /api/online.
  */
+import { SkiffClient } from '/skiff-client.js';
+
 (() => {
-  'use strict';
 
   const MAX_CHARS = 300;
   const STORAGE_KEY = 'skiff.key';
@@ -60,15 +66,10 @@
   // flag records that a login happened in this browser; without it GET /api/user/@me
   // could only answer 422, which the browser logs as an error on every first visit.
   const SESSION_HINT_KEY = 'skiff.session';
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
   const FETCH_TIMEOUT_MS = 15000;
   const MAX_STREAM_ENTRIES = 1000;
   const MAX_FRAME_BYTES = 16 * 1024;   // the server closes the socket (1009) past this
   const HISTORY_LIMIT = 50;
-  // A v2 server sends the hello as the very first frame; a v1 server ignores ?v=2 and
-  // sends nothing until someone talks, so silence this long after the open means v1.
-  const HELLO_WAIT_MS = 3000;
   const encoder = new TextEncoder();
 
   const $ = (id) => document.getElementById(id);
@@ -90,12 +91,11 @@
 
   const state = {
     me: null,               // username while logged in
-    ws: null,               // current WebSocket, if any
+    client: null,           // the SkiffClient of this login, if any
     gen: 0,                 // bumped on every connect / logout, to drop stale callbacks
     wantConnected: false,   // false after logout or when the session is gone
-    backoff: BACKOFF_MIN_MS,
-    retryTimer: null,
-    pending: [],            // texts sent and not yet acked, oldest first
+    retryReason: null,      // why the page is waiting to reconnect, in words
+    retryAt: 0,             // when the scheduled reconnect happens (ms since epoch)
     online: [],             // usernames, in connect order
     onlineSyncing: false,
     onlineBuffer: [],       // join/leave events seen while /api/online is in flight
@@ -105,8 +105,6 @@
     epoch: null,            // v2: the history the ids below belong to
     lastId: null,           // v2: highest message id shown (or known to be past)
     helloLastId: null,      // v2: last_id of the current socket's hello
-    helloSeen: false,       // v2: the current socket sent its hello
-    helloTimer: null,
     historyTried: false,    // the recent history is fetched once per login
     historyLoad: null,      // the history request in flight, shared by concurrent connects
     quietResync: false,     // a resync that cannot mean "missed while away" (see loadHistory)
@@ -213,8 +211,19 @@
     t.className = 'msg-time';
     t.dateTime = when.toISOString();
     t.title = when.toLocaleString();
-    t.textContent = when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+    t.textContent = whenText(when);
     return t;
+  }
+
+  // The time for today's messages; older ones say their day too (and the year, if
+  // another one). `seconds` for ban ends, which are minutes away as often as days.
+  function whenText(when, seconds = false) {
+    const now = new Date();
+    const time = when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', ...(seconds ? { second: '2-digit' } : {}) });
+    if (when.toDateString() === now.toDateString()) return time;
+    const day = when.toLocaleDateString([], { day: 'numeric', month: 'short',
+      ...(when.getFullYear() !== now.getFullYear() ? { year: 'numeric' } : {}) });
+    return `${day}, ${time}`;
   }
 
   function span(cls, text) {
@@ -407,48 +416,23 @@
     }
   }
 
-  // ---------------------------------------------------------------- WebSocket
+  // ---------------------------------------------------------------- the connection
+  // The protocol itself (hello, resume with since/epoch, acks, reconnect with full-jitter
+  // backoff, close reasons) is skiff-client's (/skiff-client.js); this page shows what it
+  // reports and decides what a close means for the person in front of it.
 
-  function wsUrl() {
-    let path = '/ws';
-    if (state.proto === 2) {
-      path = '/ws?v=2';
-      if (state.epoch !== null && state.lastId !== null) {
-        path += `&since=${state.lastId}&epoch=${encodeURIComponent(state.epoch)}`;
-      }
-    }
-    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
-  }
-
-  function clearHelloTimer() {
-    if (state.helloTimer !== null) clearTimeout(state.helloTimer);
-    state.helloTimer = null;
-  }
-
-  // The server did not answer ?v=2 with a hello: it is a v1 server. This socket already
-  // works as a v1 one; only the online list has to come from GET /api/online instead.
-  function fallBackToV1(gen) {
-    clearHelloTimer();
-    state.proto = 1;
-    loadOnline(gen);
-  }
-
-  function onHello(m) {
-    clearHelloTimer();
-    // Only a v2 server sends a hello: one later than HELLO_WAIT_MS (a loaded server)
-    // undoes the fallback, so the next reconnect still resumes.
+  function onHello(h) {
     state.proto = 2;
-    state.helloSeen = true;
     state.onlineSyncing = false;
     state.onlineBuffer = [];
-    state.online = m.online.filter((n) => typeof n === 'string');
+    state.online = h.online.slice();
     ensureSelfOnline();
     renderOnline();
     // A new epoch means the history was lost and ids start over: the ids shown so far
     // say nothing about the new ones (the server follows with a resync).
-    if (state.epoch !== null && state.epoch !== m.epoch) state.lastId = null;
-    state.epoch = m.epoch;
-    state.helloLastId = Number.isSafeInteger(m.last_id) ? m.last_id : null;
+    if (state.epoch !== null && state.epoch !== h.epoch) state.lastId = null;
+    state.epoch = h.epoch;
+    state.helloLastId = h.lastId;
     // Without a `since` there is no replay: live messages start after last_id.
     if (state.lastId === null && state.helloLastId !== null) state.lastId = state.helloLastId;
   }
@@ -490,121 +474,78 @@
     el.input.placeholder = on ? 'Type a message…' : 'Not connected…';
   }
 
-  function clearRetry() {
-    if (state.retryTimer !== null) clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    el.reconnectNow.hidden = true;
-  }
-
   async function connect() {
-    clearRetry();
-    if (!state.wantConnected || state.ws) return;
+    if (!state.wantConnected) return;
+    if (state.client) {
+      state.client.reconnectNow();
+      return;
+    }
     const gen = ++state.gen;
     setStatus('connecting', 'Connecting…');
     if (state.proto === 2 && !state.historyTried) {
       if (!state.historyLoad) state.historyLoad = loadHistory().finally(() => { state.historyLoad = null; });
       await state.historyLoad;
-      if (gen !== state.gen || !state.wantConnected || state.ws) return;
     }
-    openSocket(gen);
+    if (gen !== state.gen || !state.wantConnected || state.client) return;
+    const client = new SkiffClient({ protocol: state.proto, since: state.lastId, epoch: state.epoch });
+    state.client = client;
+    wire(client, gen);
+    client.connect();
   }
 
-  function openSocket(gen) {
-    let ws;
-    try {
-      ws = new WebSocket(wsUrl());
-    } catch {
-      scheduleReconnect('Could not open a connection.');
-      return;
-    }
-    state.ws = ws;
-    let opened = false;
-
-    ws.addEventListener('open', () => {
-      if (state.ws !== ws) return;
-      opened = true;
-      state.backoff = BACKOFF_MIN_MS;
+  function wire(client, gen) {
+    const live = () => state.client === client && gen === state.gen;
+    client.on('open', (e) => {
+      if (!live()) return;
+      state.retryReason = null;
       state.lastRetryReason = null;
       state.storedKeyTried = false;
-      state.pending = [];
       state.online = [state.me];
       renderOnline();
+      el.reconnectNow.hidden = true;
       setStatus('open', `Connected as ${state.me}`);
       setComposerEnabled(true);
       addNote('Connected.', 'connected');
-      state.helloSeen = false;
-      state.helloLastId = null;
-      if (state.proto === 2) {
-        state.helloTimer = setTimeout(() => {
-          state.helloTimer = null;
-          if (state.ws === ws && !state.helloSeen) fallBackToV1(gen);
-        }, HELLO_WAIT_MS);
-      } else {
-        loadOnline(gen);
-      }
+      if (e.protocol === 1) loadOnline(gen);
     });
-
-    ws.addEventListener('message', (ev) => {
-      if (state.ws !== ws || typeof ev.data !== 'string') return;
-      handleFrame(ev.data, gen);
+    client.on('hello', (h) => { if (live()) onHello(h); });
+    client.on('fallback', () => {
+      if (!live()) return;
+      state.proto = 1;
+      loadOnline(gen);
     });
-
-    ws.addEventListener('close', (ev) => {
-      if (state.ws !== ws) return;
-      state.ws = null;
-      clearHelloTimer();
-      // Only the first socket after an empty history may resync quietly (see loadHistory).
-      if (opened) state.quietResync = false;
-      onSocketClosed(ev, opened, gen);
-    });
-    // 'error' is always followed by 'close'; all handling happens there.
-  }
-
-  function handleFrame(text, gen) {
-    let m;
-    try { m = JSON.parse(text); } catch { return; }
-    if (!m || typeof m !== 'object') return;
-
-    if (m.event === 'hello' && typeof m.epoch === 'string' && Array.isArray(m.online)) {
-      onHello(m);
-      return;
+    client.on('resync', () => { if (live()) onResync(); });
+    client.on('delete', (e) => { if (live()) removeMessage(e.id); });
+    const presence = (kind, name) => {
+      applyPresence(kind, name);
+      if (state.onlineSyncing) state.onlineBuffer.push([kind, name]);
+    };
+    for (const kind of ['join', 'leave']) {
+      client.on(kind, (e) => {
+        if (!live()) return;
+        presence(kind, e.username);
+        renderOnline();
+        addEvent(kind, e.username);
+      });
     }
-    // A v2 server's first frame is the hello; anything else first means ?v=2 was ignored.
-    if (state.proto === 2 && !state.helloSeen) fallBackToV1(gen);
-    if (m.event === 'resync') {
-      onResync();
-      return;
-    }
-    if (m.event === 'delete' && Number.isSafeInteger(m.id)) {
-      removeMessage(m.id);
-      return;
-    }
-
-    if (typeof m.status === 'boolean') {
-      const sent = state.pending.shift();
-      if (m.status) {
-        if (Number.isSafeInteger(m.id)) state.lastId = Math.max(state.lastId ?? 0, m.id);
-        if (sent !== undefined) addMessage(state.me, sent, { own: true, id: Number.isSafeInteger(m.id) ? m.id : null });
-      } else {
-        ackError(typeof m.code === 'string' ? m.code : 'unknown', sent);
-      }
-      return;
-    }
-    if ((m.event === 'join' || m.event === 'leave') && typeof m.username === 'string') {
-      applyPresence(m.event, m.username);
-      if (state.onlineSyncing) state.onlineBuffer.push([m.event, m.username]);
+    client.on('presence', (p) => {
+      if (!live()) return;
+      for (const n of p.join) presence('join', n);
+      for (const n of p.leave) presence('leave', n);
       renderOnline();
-      addEvent(m.event, m.username);
-      return;
-    }
-    if (isIdMessage(m)) {
-      if (state.reloading) state.reloading.push(m);
+    });
+    client.on('message', (m) => {
+      if (!live()) return;
+      if (m.id === null) addMessage(m.author, m.message);
+      else if (state.reloading) state.reloading.push(m);
       else addIdMessage(m);
-      return;
-    }
-    if (typeof m.message === 'string' && typeof m.author === 'string') {
-      addMessage(m.author, m.message);
-    }
+    });
+    client.on('reconnecting', (e) => {
+      if (!live()) return;
+      state.retryAt = Date.now() + e.delay;
+      showWaiting();
+    });
+    client.on('close', (e) => { if (live()) onSocketClosed(e, gen); });
   }
 
   function ackErrorText(code, sent) {
@@ -646,112 +587,186 @@
     el.composerError.textContent = '';
   }
 
-  const CLOSE_REASONS = {
+  // Said when the socket closes with a code but no reason this page knows.
+  const CLOSE_CODES = {
     1000: 'The server ended the connection.',
     1001: 'The server is restarting.',
     1003: 'The server refused data it could not accept.',
     1006: 'The connection was lost.',
-    1008: 'The server dropped this connection (it fell behind or broke a rule).',
+    1008: 'The server dropped this connection.',
     1009: 'The server closed the connection: a message was too large.',
     1011: 'The server hit an internal error.',
   };
+  const CLOSE_KINDS = {
+    kicked: 'An operator removed you from the chat.',
+    shutting_down: 'The server is restarting.',
+    going_away: 'The server is restarting.',
+    silent_peer: 'The connection went quiet.',
+    too_slow: 'The connection fell behind the chat.',
+    message_too_big: 'The server closed the connection: a message was too large.',
+  };
+  const ELSEWHERE = 'You are connected in another window or on another device that allows only one connection. Close that one to chat here.';
+  const TOO_MANY = 'You are connected on as many devices as the server allows. Close one of them to chat here.';
 
-  async function onSocketClosed(ev, opened, gen) {
+  // "until 15:04" today, "until 6 Dec 2026, 15:04" another day.
+  function untilText(until) {
+    if (!(until instanceof Date) || Number.isNaN(until.getTime())) return '';
+    return ` until ${whenText(until, true)}`;
+  }
+
+  function bannedText(until, reason) {
+    return `You are banned from this chat${untilText(until)}.${reason ? ` Reason: ${reason}` : ''}`;
+  }
+
+  function showWaiting() {
+    const reason = state.retryReason;
+    if (!reason || !state.client || state.client.state !== 'waiting') return;
+    if (reason !== state.lastRetryReason) {
+      state.lastRetryReason = reason;   // say it once in the stream, not on every retry
+      addNote(`${reason} Retrying with increasing delays (up to 30 s).`, 'disconnected');
+    }
+    const delay = Math.max(0, (state.retryAt || 0) - Date.now());
+    const secs = Math.max(1, Math.round(delay / 1000));
+    setStatus('waiting', `${reason} Reconnecting in ${delay < 1000 ? 'under a second' : `${secs} s`}…`);
+    el.reconnectNow.hidden = false;
+  }
+
+  function setRetryReason(reason) {
+    state.retryReason = reason;
+    showWaiting();
+  }
+
+  async function onSocketClosed(e, gen) {
     setComposerEnabled(false);
-    const unacked = state.pending;
-    state.pending = [];
+    if (e.opened) state.quietResync = false;
     if (!state.wantConnected) return;   // logout in progress: nothing to recover
-
-    if (opened) {
-      for (const text of unacked) addMessage(state.me, text, { own: true, unconfirmed: true });
+    if (e.final) {
+      finalClose(e);
+      return;
+    }
+    if (e.kind === 'kicked') {
+      // The client comes back by itself after a pause; a kick is not a ban.
+      setRetryReason(CLOSE_KINDS.kicked);
+      return;
     }
     setStatus('connecting', 'Disconnected. Checking the session…');
-
-    // A failed handshake carries no status code to the page, and a close code alone
-    // does not tell "session gone" from "network trouble": ask the server.
+    el.reconnectNow.hidden = true;
+    // A failed handshake carries no status code to the page, and a close without a
+    // known reason (an older server) does not tell "session gone" from "network
+    // trouble": ask the server.
     let r;
     try {
       r = await api('GET', '/api/user/@me');
     } catch {
       if (gen !== state.gen || !state.wantConnected) return;
-      scheduleReconnect(ev.code === 1001 ? 'The server is restarting.' : 'Cannot reach the server.');
+      setRetryReason(e.code === 1001 ? 'The server is restarting.' : 'Cannot reach the server.');
       return;
     }
     if (gen !== state.gen || !state.wantConnected) return;
-
     if (r.status === 401 || r.status === 422) {
       noteSession(false);
-      const why = ev.code === 1000
-        ? 'You were logged out (perhaps from another tab).'
-        : 'Your session has expired. Please log in again.';
-      sessionGone(why);
+      sessionGone(e.code === 1000 && e.opened
+        ? 'You were logged out (in another tab or on another device).'
+        : 'Your session has expired. Please log in again.');
       return;
     }
-    if (r.status === 200 && r.data) {
-      if (!opened && r.data.online === true) {
-        // 409: this user already has a socket, from this browser or another device;
-        // the server does not say which. The session itself is fine, so the online
-        // list can still be shown (and is refreshed on every retry).
-        loadOnline(gen);
-        scheduleReconnect('You are connected in another window or on another device. Close that one to chat here.');
-      } else if (!opened) {
-        if (state.proto === 2 && await refusesV2()) {
-          if (gen !== state.gen || !state.wantConnected) return;
-          state.proto = 1;
-          connect();
-          return;
-        }
-        if (gen !== state.gen || !state.wantConnected) return;
-        scheduleReconnect('The chat connection was refused.');
-      } else {
-        scheduleReconnect(CLOSE_REASONS[ev.code] || 'The connection was lost.');
-      }
+    if (r.status !== 200 || !r.data) {
+      setRetryReason(`The server answered HTTP ${r.status}.`);
       return;
     }
-    scheduleReconnect(`The server answered HTTP ${r.status}.`);
-  }
-
-  // A refused handshake shows the page no status code. Asking again without the
-  // upgrade tells whether this server refuses ?v=2 itself (400 unsupported_version).
-  async function refusesV2() {
-    try {
-      const r = await api('GET', '/ws?v=2');
-      return r.status === 400 && !!r.data && r.data.error === 'unsupported_version';
-    } catch {
-      return false;
+    if (e.opened) {
+      setRetryReason(CLOSE_KINDS[e.kind] || CLOSE_CODES[e.code] || 'The connection was lost.');
+      return;
     }
-  }
-
-  function scheduleReconnect(reason) {
-    clearRetry();
-    if (!state.wantConnected) return;
-    if (reason !== state.lastRetryReason) {
-      state.lastRetryReason = reason;   // say it once in the stream, not on every retry
-      addNote(`${reason} Retrying with increasing delays (up to ${BACKOFF_MAX_MS / 1000} s).`, 'disconnected');
-    }
-    const base = state.backoff;
-    state.backoff = Math.min(state.backoff * 2, BACKOFF_MAX_MS);
-    const delay = Math.round(base * (0.85 + Math.random() * 0.3));
-    const secs = Math.max(1, Math.round(delay / 1000));
-    setStatus('waiting', `${reason} Reconnecting in ${delay < 1000 ? 'under a second' : `${secs} s`}…`);
-    el.reconnectNow.hidden = false;
-    state.retryTimer = setTimeout(() => {
-      state.retryTimer = null;
+    // Refused before it opened. The same request without the upgrade gets the reason
+    // as JSON: 409 already_connected / too_many_devices, 400 unsupported_version.
+    const refusal = await refusalOf(state.proto === 2 ? '/ws?v=2' : '/ws');
+    if (gen !== state.gen || !state.wantConnected) return;
+    if (refusal === 'unsupported_version') {
+      state.proto = 1;
+      dropClient();
       connect();
-    }, delay);
+      return;
+    }
+    if (refusal === 'too_many_devices' || refusal === 'already_connected' || r.data.online === true) {
+      // The session itself is fine, so the online list can still be shown.
+      loadOnline(gen);
+      setRetryReason(refusal === 'too_many_devices' ? TOO_MANY : ELSEWHERE);
+      return;
+    }
+    setRetryReason('The chat connection was refused.');
+  }
+
+  async function refusalOf(path) {
+    try {
+      const r = await api('GET', path);
+      return r.data && typeof r.data.error === 'string' ? r.data.error : null;
+    } catch {
+      return null;
+    }
+  }
+
+  // A close after which a new connection would meet the same answer: say what
+  // happened, in words, and do not retry.
+  async function finalClose(e) {
+    switch (e.kind) {
+      case 'banned':
+        noteSession(false);
+        showAuth(bannedText(e.until, e.text));
+        break;
+      case 'logged_out': {
+        // Logging out anywhere closes every socket of the user; this browser's own
+        // session may have been another one, still valid.
+        let r = null;
+        try { r = await api('GET', '/api/user/@me'); } catch { r = null; }
+        if (!state.wantConnected) return;
+        if (r && r.status === 200) {
+          addNote('You were logged out on another device; this one is still logged in.', 'info');
+          dropClient();
+          connect();
+        } else {
+          noteSession(false);
+          showAuth('You were logged out (in another tab or on another device).');
+        }
+        break;
+      }
+      case 'session_expired':
+        noteSession(false);
+        sessionGone('Your session has expired. Please log in again.');
+        break;
+      case 'key_reset':
+        forgetKey();
+        noteSession(false);
+        showAuth('An operator reset your key: the old one no longer works. Log in with the new key the operator gives you.');
+        break;
+      case 'user_deleted':
+        forgetKey();
+        noteSession(false);
+        showAuth('An operator deleted your account.');
+        break;
+      case 'replaced':
+        noteSession(false);
+        showAuth('You logged in on more devices than the server allows, so this older session was ended. Log in again to chat here.');
+        break;
+      default:
+        noteSession(false);
+        showAuth('The server ended the connection.');
+    }
+  }
+
+  function dropClient() {
+    const c = state.client;
+    state.client = null;
+    state.gen += 1;
+    if (c) c.close(1000, 'logout');
   }
 
   function disconnect() {
     state.wantConnected = false;
-    state.gen += 1;
-    clearRetry();
-    const ws = state.ws;
-    state.ws = null;
-    state.pending = [];
+    dropClient();
+    state.retryReason = null;
     state.lastRetryReason = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) {
-      try { ws.close(1000, 'logout'); } catch { /* already closing */ }
-    }
+    el.reconnectNow.hidden = true;
     setComposerEnabled(false);
   }
 
@@ -792,7 +807,6 @@
     el.authNotice.hidden = true;
     setView('chat');
     state.wantConnected = true;
-    state.backoff = BACKOFF_MIN_MS;
     setComposerEnabled(false);
     connect();
     el.input.focus();
@@ -877,6 +891,9 @@
         msg = auto ? 'Your saved key was not accepted, so it has been forgotten. Log in with your key.'
                    : 'That key is not valid. Check it and try again.';
         if (auto) forgetKey();
+      } else if (r.status === 403 && r.data && r.data.error === 'banned') {
+        const until = typeof r.data.until === 'string' ? new Date(r.data.until) : null;
+        msg = bannedText(until, typeof r.data.reason === 'string' ? r.data.reason : '');
       } else if (r.status === 429) {
         msg = `Too many failed logins from your address. ${retryAfterText(r.headers)}`;
       } else if (r.status === 422) {
@@ -959,8 +976,8 @@
   function sendDraft() {
     const text = el.input.value;
     if (text === '') return;
-    const ws = state.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) {
+    const client = state.client;
+    if (!client || client.state !== 'open') {
       showComposerError('Not connected right now; your message is kept here. Send it once reconnected.');
       return;
     }
@@ -974,8 +991,17 @@
       showComposerError(msg);
       return;
     }
-    ws.send(frame);
-    state.pending.push(text);
+    client.send(text).then((id) => {
+      if (state.client !== client) return;
+      if (id !== null) state.lastId = Math.max(state.lastId ?? 0, id);
+      addMessage(state.me, text, { own: true, id });
+    }, (e) => {
+      if (state.client !== client || !state.wantConnected) return;
+      // Lost with the socket: it may have reached the room; a replay will tell.
+      if (e.code === 'disconnected') addMessage(state.me, text, { own: true, unconfirmed: true });
+      else if (e.code === 'not_connected') showComposerError('Not connected right now. Send it again once reconnected.');
+      else ackError(e.code, text);
+    });
     el.input.value = '';
     updateCounter();
     clearComposerError();
@@ -992,10 +1018,7 @@
     if (el.keyOutput.value) login(el.keyOutput.value, el.loginRemember.checked);
   });
   el.logout.addEventListener('click', logout);
-  el.reconnectNow.addEventListener('click', () => {
-    state.backoff = BACKOFF_MIN_MS;
-    connect();
-  });
+  el.reconnectNow.addEventListener('click', () => connect());
   el.composer.addEventListener('submit', (ev) => {
     ev.preventDefault();
     sendDraft();
@@ -1011,10 +1034,7 @@
     }
   });
   window.addEventListener('online', () => {
-    if (state.wantConnected && !state.ws && state.retryTimer !== null) {
-      state.backoff = BACKOFF_MIN_MS;
-      connect();
-    }
+    if (state.wantConnected && state.client && state.client.state === 'waiting') connect();
   });
   document.addEventListener('visibilitychange', () => {
     if (!document.hidden && state.unread) {
