@@ -641,6 +641,60 @@ await step('v1 fallback (scripted server): no /api/history means plain /ws; no h
   delete pages['E-scripted'];
 });
 
+// Close reasons played by the test (the real server's moderation steps come later and
+// skip where it lacks them): each must be said in words, with no retry where a retry
+// cannot help, and a kick must not bring the page straight back.
+await step('close reasons in words (scripted server): kicked waits, banned until when and why, logged out elsewhere, key reset', async () => {
+  const K = `kim${tag}`;
+  const ctxK = await browser.newContext({ ...desktop, colorScheme: 'dark' });
+  const pageK = await ctxK.newPage();
+  monitor('K-scripted', pageK);
+  const closes = [
+    { code: 1000, reason: 'kicked' },
+    { code: 1008, reason: 'banned until 2030-01-02T03:04:05Z: link spam' },
+    { code: 1000, reason: 'logged out' },
+    { code: 1008, reason: 'key reset' },
+  ];
+  let n = 0;
+  const socketsAt = () => n;
+  await ctxK.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    const c = closes[n] || { code: 1011, reason: 'unexpected socket' };
+    n += 1;
+    ws.send(JSON.stringify({ event: 'hello', epoch: 'k1', last_id: 0, online: [K] }));
+    setTimeout(() => ws.close(c), 200);
+  });
+  await pageK.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  const key = await register(pageK, K);
+  await pageK.check('#login-remember');
+  await pageK.click('#key-login');
+  await waitView(pageK, 'chat');
+  await wait(pageK, () => /removed you/i.test(document.getElementById('status').textContent));
+  assert((await pageK.getAttribute('#status', 'data-state')) === 'waiting', 'a kicked page is not waiting');
+  await pageK.waitForTimeout(1500);
+  assert(socketsAt() === 1, `a kicked page came back at once (${socketsAt()} sockets)`);
+  await pageK.click('#reconnect-now');
+  await waitView(pageK, 'auth');
+  const banned = await pageK.textContent('#auth-notice');
+  const want = await pageK.evaluate(() => new Date('2030-01-02T03:04:05Z').getFullYear());
+  assert(/banned/i.test(banned) && /until/.test(banned) && banned.includes(String(want)) && /link spam/.test(banned),
+    `ban notice: ${JSON.stringify(banned)}`);
+  await shot(pageK, '02-scripted-banned-K.png');
+  await pageK.waitForTimeout(800);
+  assert(socketsAt() === 2, `the page retried after a ban (${socketsAt()} sockets)`);
+  // The session is real and still valid: "logged out" elsewhere leaves this browser in.
+  await pageK.fill('#login-key', key);
+  await pageK.click('#login-submit');
+  await waitView(pageK, 'chat');
+  await wait(pageK, () => /logged out on another device/i.test(document.getElementById('messages').textContent));
+  await waitView(pageK, 'auth');
+  await wait(pageK, () => /reset your key/i.test(document.getElementById('auth-notice').textContent));
+  assert((await storedKey(pageK)) === null, 'a reset key is still remembered');
+  await pageK.waitForTimeout(800);
+  assert(socketsAt() === 4, `sockets after a key reset: ${socketsAt()}`);
+  await ctxK.close();
+  delete pages['K-scripted'];
+});
+
 {
   // Protocol v2 against the real server. C reaches the server through a relay, so the test can cut its connection.
   const relay = await startRelay(BASE);
