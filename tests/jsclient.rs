@@ -17,7 +17,8 @@ fn js_client_passes_its_node_tests_against_a_real_skiff() {
     );
     if !dir.join("node_modules/ws").exists() {
         // The devDependencies (ws, for Node < 22) are pinned by package-lock.json.
-        let ci = Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir).status();
+        let ci =
+            Command::new("npm").args(["ci", "--no-audit", "--no-fund", "--loglevel=error"]).current_dir(&dir).status();
         assert!(
             ci.is_ok_and(|s| s.success()) && dir.join("node_modules/ws").exists(),
             "the JS client's devDependencies are missing and `npm ci` failed: run `cd clients/js && npm ci`"

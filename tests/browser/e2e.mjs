@@ -333,6 +333,11 @@ await step('an invalid username is refused with a message', async () => {
   await pageA.click('#register-submit');
   await wait(pageA, () => document.getElementById('register-error').textContent.trim() !== '');
   assert(await pageA.locator('#key-box').isHidden(), 'key box shown for an invalid name');
+  // The hint and the error name the same rule: ^[A-Za-z0-9]{1,32}$.
+  for (const sel of ['#register-hint', '#register-error']) {
+    const t = await pageA.textContent(sel);
+    assert(t.includes('A–Z, a–z, 0–9'), `${sel} says ${JSON.stringify(t)}`);
+  }
 });
 
 await step('A registers and is shown the key once, with a save-it warning', async () => {
