@@ -623,7 +623,8 @@ import { SkiffClient } from '/skiff-client.js';
     if (!reason || !state.client || state.client.state !== 'waiting') return;
     if (reason !== state.lastRetryReason) {
       state.lastRetryReason = reason;   // say it once in the stream, not on every retry
-      addNote(`${reason} Retrying with increasing delays (up to 30 s).`, 'disconnected');
+      const how = reason === CLOSE_KINDS.kicked ? 'Coming back after a pause.' : 'Retrying with increasing delays (up to 30 s).';
+      addNote(`${reason} ${how}`, 'disconnected');
     }
     const delay = Math.max(0, (state.retryAt || 0) - Date.now());
     const secs = Math.max(1, Math.round(delay / 1000));

@@ -1,6 +1,7 @@
 // The client against a real skiff (target/debug/skiff, or SKIFF_BIN) on loopback.
 import test, { after, before } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import WebSocket from 'ws';
 import { SkiffClient } from '../skiff-client.js';
 import { startSkiff, user, login, next } from '../testlib/skiff.mjs';
@@ -46,6 +47,14 @@ function handshake(cookie) {
     ws.on('error', () => resolve(0));
   });
 }
+
+test('the server serves this very module as /skiff-client.js (the built-in page imports it)', async () => {
+  const res = await fetch(`${srv.url}/skiff-client.js`);
+  assert.equal(res.status, 200);
+  assert.match(res.headers.get('content-type'), /^text\/javascript/);
+  const mine = fs.readFileSync(new URL('../skiff-client.js', import.meta.url), 'utf8');
+  assert.equal(await res.text(), mine, 'the binary embeds another version: rebuild skiff');
+});
 
 test('connect, send with an ack promise, another client receives it with the same id', async () => {
   const a = client(await user(srv.url, `ann${tag}`));
