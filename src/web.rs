@@ -27,6 +27,18 @@ const BUILTIN: &[Asset] = &[
     Asset { path: "/index.html", content_type: "text/html; charset=utf-8", body: include_bytes!("../web/index.html") },
     Asset { path: "/app.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../web/app.js") },
     Asset { path: "/style.css", content_type: "text/css; charset=utf-8", body: include_bytes!("../web/style.css") },
+    Asset { path: "/page.js", content_type: "text/javascript; charset=utf-8", body: include_bytes!("../web/page.js") },
+    Asset {
+        path: "/connection.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../web/connection.js"),
+    },
+    // The page's protocol code is the published JS client, served as it ships.
+    Asset {
+        path: "/skiff-client.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../clients/js/skiff-client.js"),
+    },
 ];
 
 /// A request for a file under `--static`, everything the reader thread needs.

@@ -2,8 +2,10 @@
 //! driven by tests/browser/e2e.mjs through playwright-core, against a real skiff.
 //! A missing prerequisite is a failure naming the command that installs it: a skip
 //! would pass silently in `cargo test` output. SKIFF_SKIP_BROWSER=1 opts out on purpose.
-//! The script covers protocol v2 too: history on a fresh page and resume after the
-//! page's connection is cut.
+//! The script covers protocol v2 too (history on a fresh page, resume after the page's
+//! connection is cut), several devices of one user, and moderation seen on the page
+//! (ban with a reason, timed ban, kick --for): those print "SKIPPED (server lacks X)"
+//! where the server answers that it lacks the feature.
 
 mod common;
 

@@ -1,7 +1,9 @@
 /*
- * skiff web client: plain ES2020, no framework, no build step. Served as /app.js under
- * a strict CSP (script-src 'self', style-src 'self', no inline anything), so this file
- * never writes HTML strings or style attributes: every piece of text from the server
+ * skiff web client: plain ES2020 modules, no framework, no build step: app.js (screens,
+ * forms, boot), page.js (state, the stream, the online list, the composer's helpers),
+ * connection.js (the socket, through /skiff-client.js, and what a close means). Served
+ * under a strict CSP (script-src 'self', style-src 'self', no inline anything), so they
+ * never write HTML strings or style attributes: every piece of text from the server
  * or the user goes in through textContent / value, and state is shown with classes,
  * data attributes and the `hidden` attribute.
  *
@@ -39,9 +41,14 @@
  *   #char-count[data-over]          live "N/300" counter, counting Unicode code points
  *   #char-warning                   live text shown while the draft is over 300
  *
- * Protocol notes: see shared/CONTRACT.md. The server does not echo your own message;
- * it acks each one in order ({"status":true} or {"status":false,"code":...}), so sent
- * texts wait in a FIFO and are shown (or reported as refused) when their ack arrives.
+ * Protocol notes: see shared/CONTRACT.md. The wire protocol is skiff-client's
+ * (clients/js/skiff-client.js, served as /skiff-client.js): acks come back as promises in
+ * send order, so an own message is shown (or reported as refused) when its ack arrives;
+ * reconnects wait a full-jitter backoff; close reasons come parsed (banned until when,
+ * kicked, logged out, session expired) and the page says them in words, without
+ * retrying where a retry cannot help. Several tabs or devices of one user may be
+ * connected at once (v2); a refused one is told why (too many devices, or another
+ * connection that allows no second one).
  *
  * Protocol v2 ("Protocol v2 (opt-in)" in the contract): the page first shows the last 50
  * messages (GET /api/history), then opens /ws?v=2&since=<last id>&epoch=<epoch> so that
@@ -51,1008 +58,306 @@
  * hello frame. A server without v2 (no /api/history, no hello, or 400
  * unsupported_version) gets the v1 page: plain /ws and GET /api/online.
  */
-(() => {
-  'use strict';
+import {
+  MAX_FRAME_BYTES, encoder, el, state, storedKey, rememberKey, forgetKey, maybeSession,
+  noteSession, api, retryAfterText, setStatus, setView, showFormError, clearAuthMessages,
+  showKeyBox, addMessage, addNote, addError, sameName, renderOnline, setComposerEnabled,
+  ackErrorText, ackError, showComposerError, clearComposerError, updateCounter,
+} from '/page.js';
+import { connect, bannedText, disconnect } from '/connection.js';
 
-  const MAX_CHARS = 300;
-  const STORAGE_KEY = 'skiff.key';
-  // The session cookie is HttpOnly, so the page cannot see whether it has one. This
-  // flag records that a login happened in this browser; without it GET /api/user/@me
-  // could only answer 422, which the browser logs as an error on every first visit.
-  const SESSION_HINT_KEY = 'skiff.session';
-  const BACKOFF_MIN_MS = 500;
-  const BACKOFF_MAX_MS = 15000;
-  const FETCH_TIMEOUT_MS = 15000;
-  const MAX_STREAM_ENTRIES = 1000;
-  const MAX_FRAME_BYTES = 16 * 1024;   // the server closes the socket (1009) past this
-  const HISTORY_LIMIT = 50;
-  // A v2 server sends the hello as the very first frame; a v1 server ignores ?v=2 and
-  // sends nothing until someone talks, so silence this long after the open means v1.
-  const HELLO_WAIT_MS = 3000;
-  const encoder = new TextEncoder();
+// ---------------------------------------------------------------- screens
 
-  const $ = (id) => document.getElementById(id);
-  const el = {
-    status: $('status'), reconnectNow: $('reconnect-now'), me: $('me'), logout: $('logout'),
-    bootView: $('boot-view'), authView: $('auth-view'), chatView: $('chat-view'),
-    authNotice: $('auth-notice'),
-    registerForm: $('register-form'), registerUsername: $('register-username'),
-    registerSubmit: $('register-submit'), registerError: $('register-error'),
-    keyBox: $('key-box'), keyOutput: $('key-output'), keyUsername: $('key-username'),
-    keyCopy: $('key-copy'), keyCopyStatus: $('key-copy-status'), keyLogin: $('key-login'),
-    loginForm: $('login-form'), loginKey: $('login-key'), loginRemember: $('login-remember'),
-    loginSubmit: $('login-submit'), loginError: $('login-error'),
-    onlineList: $('online-list'), onlineCount: $('online-count'),
-    messages: $('messages'),
-    composer: $('composer'), input: $('composer-input'), send: $('composer-send'),
-    composerError: $('composer-error'), charCount: $('char-count'), charWarning: $('char-warning'),
-  };
+function resetChat() {
+  state.epoch = null;
+  state.lastId = null;
+  state.historyTried = false;
+  state.quietResync = false;
+  state.unconfirmed = [];
+  state.online = [];
+  renderOnline();
+  el.messages.replaceChildren();
+  el.input.value = '';
+  updateCounter();
+  clearComposerError();
+}
 
-  const state = {
-    me: null,               // username while logged in
-    ws: null,               // current WebSocket, if any
-    gen: 0,                 // bumped on every connect / logout, to drop stale callbacks
-    wantConnected: false,   // false after logout or when the session is gone
-    backoff: BACKOFF_MIN_MS,
-    retryTimer: null,
-    pending: [],            // texts sent and not yet acked, oldest first
-    online: [],             // usernames, in connect order
-    onlineSyncing: false,
-    onlineBuffer: [],       // join/leave events seen while /api/online is in flight
-    storedKeyTried: false,  // auto-login with the remembered key at most once per loss
-    lastRetryReason: null,  // last reconnect reason noted in the stream
-    proto: 2,               // 1 once the server turned out not to speak v2
-    epoch: null,            // v2: the history the ids below belong to
-    lastId: null,           // v2: highest message id shown (or known to be past)
-    helloLastId: null,      // v2: last_id of the current socket's hello
-    helloSeen: false,       // v2: the current socket sent its hello
-    helloTimer: null,
-    historyTried: false,    // the recent history is fetched once per login
-    historyLoad: null,      // the history request in flight, shared by concurrent connects
-    quietResync: false,     // a resync that cannot mean "missed while away" (see loadHistory)
-    reloading: null,        // live id messages held while the history reloads after a resync
-    unconfirmed: [],        // li of own messages whose ack was lost with the socket
-    unread: 0,
-  };
+function showAuth(notice) {
+  disconnect();
+  state.me = null;
+  resetChat();
+  el.me.textContent = '';
+  setView('auth');
+  setStatus('idle', 'Not logged in.');
+  clearAuthMessages();
+  el.authNotice.textContent = notice || '';
+  el.authNotice.hidden = !notice;
+  el.loginKey.focus();
+}
 
-  // ---------------------------------------------------------------- small helpers
+function enterChat(username) {
+  const sameUser = state.me !== null && sameName(state.me, username);
+  state.me = username;
+  if (!sameUser) resetChat();
+  el.me.textContent = username;
+  el.authNotice.hidden = true;
+  setView('chat');
+  state.wantConnected = true;
+  setComposerEnabled(false);
+  connect();
+  el.input.focus();
+}
 
-  const codePoints = (s) => [...s].length;
-
-  function storedKey() {
-    try { return localStorage.getItem(STORAGE_KEY); } catch { return null; }
-  }
-  function rememberKey(key) {
-    try { localStorage.setItem(STORAGE_KEY, key); } catch { /* storage disabled */ }
-  }
-  function forgetKey() {
-    try { localStorage.removeItem(STORAGE_KEY); } catch { /* storage disabled */ }
-  }
-  // True when a session may exist. Without storage nothing can be known, so probe.
-  function maybeSession() {
-    try { return localStorage.getItem(SESSION_HINT_KEY) === '1'; } catch { return true; }
-  }
-  function noteSession(on) {
-    try {
-      if (on) localStorage.setItem(SESSION_HINT_KEY, '1');
-      else localStorage.removeItem(SESSION_HINT_KEY);
-    } catch { /* storage disabled */ }
-  }
-
-  class NetworkError extends Error {}
-
-  // JSON request to the same origin. Resolves {status, data, headers}; rejects with
-  // NetworkError when the server cannot be reached (or does not answer in time).
-  async function api(method, path, body) {
-    const ctrl = new AbortController();
-    const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
-    const init = { method, credentials: 'same-origin', cache: 'no-store', signal: ctrl.signal, headers: {} };
-    if (body !== undefined) {
-      init.headers['Content-Type'] = 'application/json';
-      init.body = JSON.stringify(body);
-    }
-    let res;
-    try {
-      res = await fetch(path, init);
-    } catch (e) {
-      throw new NetworkError(String(e && e.message || e));
-    } finally {
-      clearTimeout(timer);
-    }
-    let data = null;
-    try { data = await res.json(); } catch { data = null; }
-    return { status: res.status, data: data && typeof data === 'object' ? data : null, headers: res.headers };
-  }
-
-  function retryAfterText(headers) {
-    const v = headers && headers.get('Retry-After');
-    const n = v && /^\d+$/.test(v.trim()) ? Number(v) : null;
-    return n !== null ? `Try again in ${n} second${n === 1 ? '' : 's'}.` : 'Try again in a minute.';
-  }
-
-  function setStatus(stateName, text) {
-    el.status.dataset.state = stateName;
-    el.status.textContent = text;
-  }
-
-  function setView(name) {
-    document.body.dataset.view = name;
-    el.bootView.hidden = name !== 'boot';
-    el.authView.hidden = name !== 'auth';
-    el.chatView.hidden = name !== 'chat';
-    el.me.hidden = name !== 'chat';
-    el.logout.hidden = name !== 'chat';
-    if (name !== 'chat') el.reconnectNow.hidden = true;
-  }
-
-  function showFormError(node, text) {
-    node.textContent = text || '';
-  }
-
-  // An error belongs to the attempt that caused it: once something else has happened
-  // (a registration, a login, a logout) it no longer describes the page.
-  function clearAuthMessages() {
-    showFormError(el.loginError, '');
-    showFormError(el.registerError, '');
-    el.authNotice.textContent = '';
-    el.authNotice.hidden = true;
-  }
-
-  function showKeyBox(on) {
-    el.keyBox.hidden = !on;
-    // The form is done once the key is shown; hiding it keeps the key, the warning
-    // and the log-in button together on one screen.
-    el.registerForm.hidden = on;
-  }
-
-  // ---------------------------------------------------------------- the stream
-
-  // `when` is the server's time for messages that carry one (v2), else now.
-  function timeNode(when = new Date()) {
-    const t = document.createElement('time');
-    t.className = 'msg-time';
-    t.dateTime = when.toISOString();
-    t.title = when.toLocaleString();
-    t.textContent = when.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
-    return t;
-  }
-
-  function span(cls, text) {
-    const s = document.createElement('span');
-    s.className = cls;
-    s.textContent = text;
-    return s;
-  }
-
-  // A stable colour class per author name (8-colour palette in style.css).
-  function authorColour(name) {
-    let h = 0;
-    for (const ch of name.toLowerCase()) h = (h * 31 + ch.codePointAt(0)) >>> 0;
-    return `c${h % 8}`;
-  }
-
-  function appendEntry(li, { forceScroll = false } = {}) {
-    const box = el.messages;
-    const nearBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 48;
-    box.appendChild(li);
-    while (box.childElementCount > MAX_STREAM_ENTRIES) box.firstElementChild.remove();
-    if (nearBottom || forceScroll) box.scrollTop = box.scrollHeight;
-    if (document.hidden && li.classList.contains('msg')) {
-      state.unread += 1;
-      document.title = `(${state.unread}) skiff chat`;
-    }
-  }
-
-  function addMessage(author, text, { own = false, unconfirmed = false, id = null, ts = null } = {}) {
-    const li = document.createElement('li');
-    li.className = 'msg';
-    if (own) li.classList.add('msg-own');
-    if (unconfirmed) li.classList.add('msg-unconfirmed');
-    li.dataset.author = author;
-    if (id !== null) li.dataset.id = String(id);
-    const a = span(`msg-author ${own ? 'self' : authorColour(author)}`, author);
-    const body = span('msg-text', text);   // textContent: never parsed as HTML
-    const when = typeof ts === 'number' && Number.isFinite(ts) ? new Date(ts) : new Date();
-    li.append(timeNode(when), ' ', a, ' ', body);
-    if (unconfirmed) {
-      li.append(' ', span('msg-flag', '(not confirmed: the connection dropped before the server acknowledged it)'));
-      state.unconfirmed.push(li);
-    }
-    appendEntry(li, { forceScroll: own });
-  }
-
-  // A message with a v2 id, live, replayed or from the history. Ids only grow within an
-  // epoch and arrive in order, so one at or below the last id shown is a duplicate.
-  function addIdMessage(m) {
-    if (state.lastId !== null && m.id <= state.lastId) return;
-    state.lastId = m.id;
-    const own = state.me !== null && sameName(m.author, state.me);
-    if (own && confirmOwn(m.message, m.id)) return;
-    addMessage(m.author, m.message, { own, id: m.id, ts: m.ts });
-  }
-
-  // A replayed own message that was shown as unconfirmed (its ack was lost with the
-  // socket) did reach the room: mark that line confirmed instead of showing it twice.
-  function confirmOwn(text, id) {
-    const i = state.unconfirmed.findIndex((li) => li.isConnected &&
-      li.querySelector('.msg-text').textContent === text);
-    if (i < 0) return false;
-    const [li] = state.unconfirmed.splice(0, i + 1).slice(-1);
-    li.classList.remove('msg-unconfirmed');
-    const flag = li.querySelector('.msg-flag');
-    if (flag) flag.remove();
-    li.dataset.id = String(id);
-    return true;
-  }
-
-  const isIdMessage = (m) => Number.isSafeInteger(m.id) && typeof m.message === 'string' &&
-    typeof m.author === 'string';
-
-  function addEvent(kind, username) {
-    const li = document.createElement('li');
-    li.className = 'evt';
-    li.dataset.event = kind;
-    li.dataset.username = username;
-    li.append(timeNode(), ' ', span('evt-text', kind === 'join' ? `${username} joined` : `${username} left`));
-    appendEntry(li);
-  }
-
-  // {"event":"delete","id":N} (protocol v2): an operator removed message N (`skiff ctl
-  // delete-message`); it leaves the page as it left the server's history.
-  function removeMessage(id) {
-    const li = el.messages.querySelector(`li.msg[data-id="${id}"]`);
-    if (li) li.remove();
-  }
-
-  function addNote(text, kind = 'info') {
-    const li = document.createElement('li');
-    li.className = 'note';
-    li.dataset.kind = kind;
-    li.append(timeNode(), ' ', span('note-text', text));
-    appendEntry(li);
-  }
-
-  function addError(code, text) {
-    const li = document.createElement('li');
-    li.className = 'err';
-    li.dataset.code = code;
-    li.append(timeNode(), ' ', span('err-text', text));
-    appendEntry(li, { forceScroll: true });
-  }
-
-  // ---------------------------------------------------------------- online list
-
-  const sameName = (a, b) => a.toLowerCase() === b.toLowerCase();
-
-  function renderOnline() {
-    const items = state.online.map((name) => {
-      const li = document.createElement('li');
-      li.dataset.username = name;
-      li.textContent = name;
-      if (state.me && sameName(name, state.me)) {
-        li.classList.add('self');
-        li.append(span('you', ' (you)'));
-      } else {
-        li.classList.add(authorColour(name));
-      }
-      return li;
-    });
-    el.onlineList.replaceChildren(...items);
-    el.onlineCount.textContent = String(state.online.length);
-  }
-
-  function applyPresence(kind, username) {
-    const i = state.online.findIndex((n) => sameName(n, username));
-    if (kind === 'join' && i < 0) state.online.push(username);
-    if (kind === 'leave' && i >= 0) state.online.splice(i, 1);
-  }
-
-  function ensureSelfOnline() {
-    if (state.me && !state.online.some((n) => sameName(n, state.me))) state.online.push(state.me);
-  }
-
-  async function loadOnline(gen) {
-    state.onlineSyncing = true;
-    state.onlineBuffer = [];
-    try {
-      const r = await api('GET', '/api/online');
-      if (gen !== state.gen) return;
-      if (r.status === 200 && r.data && Array.isArray(r.data.online_clients)) {
-        state.online = r.data.online_clients.filter((n) => typeof n === 'string');
-        // Events that raced the snapshot: replaying them in order converges on the
-        // right set whichever side of the snapshot they happened on.
-        for (const [kind, name] of state.onlineBuffer) applyPresence(kind, name);
-      }
-    } catch {
-      // keep the list built from events; it is still mostly right
-    } finally {
-      if (gen === state.gen) {
-        state.onlineSyncing = false;
-        state.onlineBuffer = [];
-        ensureSelfOnline();
-        renderOnline();
-      }
-    }
-  }
-
-  // ---------------------------------------------------------------- history (v2)
-
-  // Once per login, before the first socket: the last messages, so a new tab does not
-  // start on an empty room. Their last id becomes the socket's `since`, which makes the
-  // server replay anything sent between this answer and the socket's open.
-  async function loadHistory() {
-    const me = state.me;
-    state.historyTried = true;
-    let r;
-    try {
-      r = await api('GET', `/api/history?limit=${HISTORY_LIMIT}`);
-    } catch {
-      return;   // the socket will meet the same trouble and explain it
-    }
-    if (state.me !== me) return;
-    if (r.status === 404) {
-      state.proto = 1;   // a server from before protocol v2
+async function sessionGone(why) {
+  disconnect();
+  const key = storedKey();
+  if (key && !state.storedKeyTried) {
+    state.storedKeyTried = true;
+    setStatus('connecting', 'Session ended; logging in again with your saved key…');
+    const ok = await login(key, true, { auto: true });
+    if (ok) {
+      addNote('The session had ended; logged in again with your saved key.', 'info');
       return;
     }
-    const d = r.data;
-    if (r.status !== 200 || !d || typeof d.epoch !== 'string' || !Array.isArray(d.messages)) return;
-    if (state.epoch !== null && state.epoch !== d.epoch) state.lastId = null;
-    state.epoch = d.epoch;
-    for (const m of d.messages) if (m && typeof m === 'object' && isIdMessage(m)) addIdMessage(m);
-    if (state.lastId === null) {
-      // An empty history: since=0 still closes the gap up to the socket. If the server
-      // keeps no history it answers resync, which then does not mean "missed while away".
-      state.lastId = 0;
-      state.quietResync = true;
+    if (document.body.dataset.view === 'auth') return;   // login() already explained
+  }
+  showAuth(why);
+}
+
+// ---------------------------------------------------------------- register / login
+
+async function register(ev) {
+  ev.preventDefault();
+  const name = el.registerUsername.value.trim();
+  clearAuthMessages();
+  if (!/^[A-Za-z0-9]{1,32}$/.test(name)) {
+    showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
+    el.registerUsername.focus();
+    return;
+  }
+  el.registerSubmit.disabled = true;
+  try {
+    const r = await api('POST', '/api/register', { username: name });
+    if (r.status === 201 && r.data && typeof r.data.key === 'string') {
+      el.keyUsername.textContent = name;
+      el.keyOutput.value = r.data.key;
+      el.keyCopyStatus.textContent = '';
+      clearAuthMessages();
+      showKeyBox(true);
+      el.registerUsername.value = '';
+      el.keyOutput.focus();
+      el.keyOutput.select();
+    } else if (r.status === 400) {
+      showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
+    } else if (r.status === 409) {
+      showFormError(el.registerError, `The name “${name}” is taken (names are compared ignoring case). Pick another.`);
+    } else if (r.status === 429) {
+      showFormError(el.registerError, `Too many registrations from your address. ${retryAfterText(r.headers)}`);
+    } else if (r.status === 422) {
+      showFormError(el.registerError, 'The server could not read the request.');
+    } else {
+      showFormError(el.registerError, `Registration failed (HTTP ${r.status}).`);
     }
+  } catch {
+    showFormError(el.registerError, 'Cannot reach the server. Check your connection and try again.');
+  } finally {
+    el.registerSubmit.disabled = false;
   }
+}
 
-  // ---------------------------------------------------------------- WebSocket
-
-  function wsUrl() {
-    let path = '/ws';
-    if (state.proto === 2) {
-      path = '/ws?v=2';
-      if (state.epoch !== null && state.lastId !== null) {
-        path += `&since=${state.lastId}&epoch=${encodeURIComponent(state.epoch)}`;
-      }
+// Returns true when logged in. `auto` is a login with the remembered key.
+async function login(key, remember, { auto = false } = {}) {
+  clearAuthMessages();
+  el.loginSubmit.disabled = true;
+  el.keyLogin.disabled = true;
+  try {
+    const r = await api('POST', '/api/login', { key });
+    if (r.status === 200 && r.data && typeof r.data.username === 'string') {
+      if (remember) rememberKey(key); else forgetKey();
+      noteSession(true);
+      el.loginKey.value = '';
+      el.keyOutput.value = '';
+      showKeyBox(false);
+      clearAuthMessages();
+      enterChat(r.data.username);
+      return true;
     }
-    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}${path}`;
-  }
-
-  function clearHelloTimer() {
-    if (state.helloTimer !== null) clearTimeout(state.helloTimer);
-    state.helloTimer = null;
-  }
-
-  // The server did not answer ?v=2 with a hello: it is a v1 server. This socket already
-  // works as a v1 one; only the online list has to come from GET /api/online instead.
-  function fallBackToV1(gen) {
-    clearHelloTimer();
-    state.proto = 1;
-    loadOnline(gen);
-  }
-
-  function onHello(m) {
-    clearHelloTimer();
-    // Only a v2 server sends a hello: one later than HELLO_WAIT_MS (a loaded server)
-    // undoes the fallback, so the next reconnect still resumes.
-    state.proto = 2;
-    state.helloSeen = true;
-    state.onlineSyncing = false;
-    state.onlineBuffer = [];
-    state.online = m.online.filter((n) => typeof n === 'string');
-    ensureSelfOnline();
-    renderOnline();
-    // A new epoch means the history was lost and ids start over: the ids shown so far
-    // say nothing about the new ones (the server follows with a resync).
-    if (state.epoch !== null && state.epoch !== m.epoch) state.lastId = null;
-    state.epoch = m.epoch;
-    state.helloLastId = Number.isSafeInteger(m.last_id) ? m.last_id : null;
-    // Without a `since` there is no replay: live messages start after last_id.
-    if (state.lastId === null && state.helloLastId !== null) state.lastId = state.helloLastId;
-  }
-
-  function onResync() {
-    // Live messages follow with ids above the hello's last_id; what lies between the
-    // last id shown and that is gone.
-    if (state.helloLastId !== null) state.lastId = Math.max(state.lastId ?? 0, state.helloLastId);
-    if (state.quietResync) return;
-    addNote('Some messages while you were away could not be recovered.', 'resync');
-    reloadHistory();
-  }
-
-  // After a resync what the page shows may not be the server's history any more (lost
-  // in a crash, or a new epoch whose ids start over): drop the messages shown and show
-  // the history afresh, so that no new message is taken for a duplicate of an old one
-  // with the same id. Live messages arriving meanwhile wait and follow it, deduped.
-  async function reloadHistory() {
-    const me = state.me;
-    state.reloading = [];
-    for (const li of [...el.messages.querySelectorAll('li.msg:not(.msg-unconfirmed)')]) li.remove();
-    state.lastId = null;
-    let d = null;
-    try {
-      const r = await api('GET', `/api/history?limit=${HISTORY_LIMIT}`);
-      if (r.status === 200 && r.data && Array.isArray(r.data.messages)) d = r.data;
-    } catch { /* the held live messages still show */ }
-    const held = state.reloading || [];
-    state.reloading = null;
-    if (state.me !== me) return;
-    if (d !== null && typeof d.epoch === 'string') state.epoch = d.epoch;
-    if (d !== null) for (const m of d.messages) if (m && typeof m === 'object' && isIdMessage(m)) addIdMessage(m);
-    for (const m of held) addIdMessage(m);
-    if (state.lastId === null) state.lastId = state.helloLastId ?? 0;
-  }
-
-  function setComposerEnabled(on) {
-    el.send.disabled = !on;
-    el.input.placeholder = on ? 'Type a message…' : 'Not connected…';
-  }
-
-  function clearRetry() {
-    if (state.retryTimer !== null) clearTimeout(state.retryTimer);
-    state.retryTimer = null;
-    el.reconnectNow.hidden = true;
-  }
-
-  async function connect() {
-    clearRetry();
-    if (!state.wantConnected || state.ws) return;
-    const gen = ++state.gen;
-    setStatus('connecting', 'Connecting…');
-    if (state.proto === 2 && !state.historyTried) {
-      if (!state.historyLoad) state.historyLoad = loadHistory().finally(() => { state.historyLoad = null; });
-      await state.historyLoad;
-      if (gen !== state.gen || !state.wantConnected || state.ws) return;
+    let msg;
+    if (r.status === 401) {
+      msg = auto ? 'Your saved key was not accepted, so it has been forgotten. Log in with your key.'
+                 : 'That key is not valid. Check it and try again.';
+      if (auto) forgetKey();
+    } else if (r.status === 403 && r.data && r.data.error === 'banned') {
+      const until = typeof r.data.until === 'string' ? new Date(r.data.until) : null;
+      msg = bannedText(until, typeof r.data.reason === 'string' ? r.data.reason : '');
+    } else if (r.status === 429) {
+      msg = `Too many failed logins from your address. ${retryAfterText(r.headers)}`;
+    } else if (r.status === 422) {
+      msg = 'The server could not read the request.';
+    } else {
+      msg = `Login failed (HTTP ${r.status}).`;
     }
-    openSocket(gen);
+    if (auto) showAuth(msg); else showFormError(el.loginError, msg);
+    return false;
+  } catch {
+    const msg = 'Cannot reach the server. Check your connection and try again.';
+    if (auto) showAuth(msg); else showFormError(el.loginError, msg);
+    return false;
+  } finally {
+    el.loginSubmit.disabled = false;
+    el.keyLogin.disabled = false;
   }
+}
 
-  function openSocket(gen) {
-    let ws;
-    try {
-      ws = new WebSocket(wsUrl());
-    } catch {
-      scheduleReconnect('Could not open a connection.');
-      return;
-    }
-    state.ws = ws;
-    let opened = false;
-
-    ws.addEventListener('open', () => {
-      if (state.ws !== ws) return;
-      opened = true;
-      state.backoff = BACKOFF_MIN_MS;
-      state.lastRetryReason = null;
-      state.storedKeyTried = false;
-      state.pending = [];
-      state.online = [state.me];
-      renderOnline();
-      setStatus('open', `Connected as ${state.me}`);
-      setComposerEnabled(true);
-      addNote('Connected.', 'connected');
-      state.helloSeen = false;
-      state.helloLastId = null;
-      if (state.proto === 2) {
-        state.helloTimer = setTimeout(() => {
-          state.helloTimer = null;
-          if (state.ws === ws && !state.helloSeen) fallBackToV1(gen);
-        }, HELLO_WAIT_MS);
-      } else {
-        loadOnline(gen);
-      }
-    });
-
-    ws.addEventListener('message', (ev) => {
-      if (state.ws !== ws || typeof ev.data !== 'string') return;
-      handleFrame(ev.data, gen);
-    });
-
-    ws.addEventListener('close', (ev) => {
-      if (state.ws !== ws) return;
-      state.ws = null;
-      clearHelloTimer();
-      // Only the first socket after an empty history may resync quietly (see loadHistory).
-      if (opened) state.quietResync = false;
-      onSocketClosed(ev, opened, gen);
-    });
-    // 'error' is always followed by 'close'; all handling happens there.
+function onLoginSubmit(ev) {
+  ev.preventDefault();
+  const key = el.loginKey.value.trim();
+  if (!key) {
+    showFormError(el.loginError, 'Enter the key you got when you registered.');
+    el.loginKey.focus();
+    return;
   }
+  login(key, el.loginRemember.checked);
+}
 
-  function handleFrame(text, gen) {
-    let m;
-    try { m = JSON.parse(text); } catch { return; }
-    if (!m || typeof m !== 'object') return;
-
-    if (m.event === 'hello' && typeof m.epoch === 'string' && Array.isArray(m.online)) {
-      onHello(m);
-      return;
+async function copyKey() {
+  const key = el.keyOutput.value;
+  let ok = false;
+  try {
+    if (navigator.clipboard && window.isSecureContext) {
+      await navigator.clipboard.writeText(key);
+      ok = true;
     }
-    // A v2 server's first frame is the hello; anything else first means ?v=2 was ignored.
-    if (state.proto === 2 && !state.helloSeen) fallBackToV1(gen);
-    if (m.event === 'resync') {
-      onResync();
-      return;
-    }
-    if (m.event === 'delete' && Number.isSafeInteger(m.id)) {
-      removeMessage(m.id);
-      return;
-    }
-
-    if (typeof m.status === 'boolean') {
-      const sent = state.pending.shift();
-      if (m.status) {
-        if (Number.isSafeInteger(m.id)) state.lastId = Math.max(state.lastId ?? 0, m.id);
-        if (sent !== undefined) addMessage(state.me, sent, { own: true, id: Number.isSafeInteger(m.id) ? m.id : null });
-      } else {
-        ackError(typeof m.code === 'string' ? m.code : 'unknown', sent);
-      }
-      return;
-    }
-    if ((m.event === 'join' || m.event === 'leave') && typeof m.username === 'string') {
-      applyPresence(m.event, m.username);
-      if (state.onlineSyncing) state.onlineBuffer.push([m.event, m.username]);
-      renderOnline();
-      addEvent(m.event, m.username);
-      return;
-    }
-    if (isIdMessage(m)) {
-      if (state.reloading) state.reloading.push(m);
-      else addIdMessage(m);
-      return;
-    }
-    if (typeof m.message === 'string' && typeof m.author === 'string') {
-      addMessage(m.author, m.message);
-    }
+  } catch { ok = false; }
+  if (!ok) {
+    el.keyOutput.focus();
+    el.keyOutput.select();
+    try { ok = document.execCommand('copy'); } catch { ok = false; }
   }
+  el.keyCopyStatus.textContent = ok
+    ? 'Copied to the clipboard. Paste it somewhere safe.'
+    : 'Could not copy automatically: the key is selected, press Ctrl+C (or ⌘C).';
+}
 
-  function ackErrorText(code, sent) {
-    switch (code) {
-      case 'message_too_long':
-        return sent !== undefined
-          ? `Not sent: your message is ${codePoints(sent)} characters long; the limit is ${MAX_CHARS}.`
-          : `Not sent: messages can be at most ${MAX_CHARS} characters long.`;
-      case 'message_empty':
-        return 'Not sent: the message is empty.';
-      case 'invalid_message':
-        return 'Not sent: the server could not read the message.';
-      case 'rate_limited':
-        return 'Not sent: you are sending messages too fast. Wait a moment and try again.';
-      case 'unavailable':
-        return 'Not saved: the server could not store this message right now. Try again in a moment.';
-      default:
-        return `Not sent: the server refused the message (${code}).`;
-    }
+async function logout() {
+  forgetKey();          // logging out means "don't log me in again by yourself"
+  noteSession(false);
+  disconnect();
+  el.logout.disabled = true;
+  try {
+    let r = await api('POST', '/api/logout');
+    if (r.status === 404 || r.status === 405) r = await api('GET', '/api/logout');
+  } catch {
+    // the session cookie stays until it expires; nothing else to do offline
+  } finally {
+    el.logout.disabled = false;
   }
+  showAuth('You have logged out.');
+}
 
-  function ackError(code, sent) {
-    const text = ackErrorText(code, sent);
-    addError(code, text);
-    showComposerError(text);
-    // Give a refused text back so it can be fixed, unless a new draft is under way.
-    if (sent && code !== 'message_empty' && el.input.value === '') {
-      el.input.value = sent;
-      updateCounter();
-    }
+// ---------------------------------------------------------------- composer
+
+function sendDraft() {
+  const text = el.input.value;
+  if (text === '') return;
+  const client = state.client;
+  if (!client || client.state !== 'open') {
+    showComposerError('Not connected right now; your message is kept here. Send it once reconnected.');
+    return;
   }
-
-  function showComposerError(text) {
-    el.composerError.textContent = text;
-    el.composerError.hidden = false;
+  // Over-long drafts are sent on purpose: the server is the judge, and its
+  // message_too_long answer is shown like any other refusal. Only a frame the
+  // server would answer by closing the socket (over 16 KiB, close 1009) is kept back.
+  const frame = JSON.stringify({ message: text });
+  if (encoder.encode(frame).length > MAX_FRAME_BYTES) {
+    const msg = ackErrorText('message_too_long', text);
+    addError('message_too_long', msg);
+    showComposerError(msg);
+    return;
   }
-  function clearComposerError() {
-    el.composerError.hidden = true;
-    el.composerError.textContent = '';
+  client.send(text).then((id) => {
+    if (state.client !== client) return;
+    if (id !== null) state.lastId = Math.max(state.lastId ?? 0, id);
+    addMessage(state.me, text, { own: true, id });
+  }, (e) => {
+    if (state.client !== client || !state.wantConnected) return;
+    // Lost with the socket: it may have reached the room; a replay will tell.
+    if (e.code === 'disconnected') addMessage(state.me, text, { own: true, unconfirmed: true });
+    else if (e.code === 'not_connected') showComposerError('Not connected right now. Send it again once reconnected.');
+    else ackError(e.code, text);
+  });
+  el.input.value = '';
+  updateCounter();
+  clearComposerError();
+  el.input.focus();
+}
+
+// ---------------------------------------------------------------- wiring
+
+el.registerForm.addEventListener('submit', register);
+el.loginForm.addEventListener('submit', onLoginSubmit);
+el.keyCopy.addEventListener('click', copyKey);
+el.keyOutput.addEventListener('focus', () => el.keyOutput.select());
+el.keyLogin.addEventListener('click', () => {
+  if (el.keyOutput.value) login(el.keyOutput.value, el.loginRemember.checked);
+});
+el.logout.addEventListener('click', logout);
+el.reconnectNow.addEventListener('click', () => connect());
+el.composer.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  sendDraft();
+});
+el.input.addEventListener('input', () => {
+  updateCounter();
+  if (!el.composerError.hidden) clearComposerError();
+});
+el.input.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
+    ev.preventDefault();
+    sendDraft();
   }
+});
+window.addEventListener('online', () => {
+  if (state.wantConnected && state.client && state.client.state === 'waiting') connect();
+});
+document.addEventListener('visibilitychange', () => {
+  if (!document.hidden && state.unread) {
+    state.unread = 0;
+    document.title = 'skiff chat';
+  }
+});
 
-  const CLOSE_REASONS = {
-    1000: 'The server ended the connection.',
-    1001: 'The server is restarting.',
-    1003: 'The server refused data it could not accept.',
-    1006: 'The connection was lost.',
-    1008: 'The server dropped this connection (it fell behind or broke a rule).',
-    1009: 'The server closed the connection: a message was too large.',
-    1011: 'The server hit an internal error.',
-  };
+// ---------------------------------------------------------------- boot
 
-  async function onSocketClosed(ev, opened, gen) {
-    setComposerEnabled(false);
-    const unacked = state.pending;
-    state.pending = [];
-    if (!state.wantConnected) return;   // logout in progress: nothing to recover
-
-    if (opened) {
-      for (const text of unacked) addMessage(state.me, text, { own: true, unconfirmed: true });
-    }
-    setStatus('connecting', 'Disconnected. Checking the session…');
-
-    // A failed handshake carries no status code to the page, and a close code alone
-    // does not tell "session gone" from "network trouble": ask the server.
-    let r;
+async function boot() {
+  setView('boot');
+  updateCounter();
+  setComposerEnabled(false);
+  let r = null;
+  let unreachable = false;
+  if (maybeSession()) {
+    setStatus('connecting', 'Checking your session…');
     try {
       r = await api('GET', '/api/user/@me');
     } catch {
-      if (gen !== state.gen || !state.wantConnected) return;
-      scheduleReconnect(ev.code === 1001 ? 'The server is restarting.' : 'Cannot reach the server.');
+      unreachable = true;
+    }
+    if (r && r.status === 200 && r.data && typeof r.data.username === 'string') {
+      enterChat(r.data.username);
       return;
     }
-    if (gen !== state.gen || !state.wantConnected) return;
-
-    if (r.status === 401 || r.status === 422) {
-      noteSession(false);
-      const why = ev.code === 1000
-        ? 'You were logged out (perhaps from another tab).'
-        : 'Your session has expired. Please log in again.';
-      sessionGone(why);
-      return;
-    }
-    if (r.status === 200 && r.data) {
-      if (!opened && r.data.online === true) {
-        // 409: this user already has a socket, from this browser or another device;
-        // the server does not say which. The session itself is fine, so the online
-        // list can still be shown (and is refreshed on every retry).
-        loadOnline(gen);
-        scheduleReconnect('You are connected in another window or on another device. Close that one to chat here.');
-      } else if (!opened) {
-        if (state.proto === 2 && await refusesV2()) {
-          if (gen !== state.gen || !state.wantConnected) return;
-          state.proto = 1;
-          connect();
-          return;
-        }
-        if (gen !== state.gen || !state.wantConnected) return;
-        scheduleReconnect('The chat connection was refused.');
-      } else {
-        scheduleReconnect(CLOSE_REASONS[ev.code] || 'The connection was lost.');
-      }
-      return;
-    }
-    scheduleReconnect(`The server answered HTTP ${r.status}.`);
+    if (r && (r.status === 401 || r.status === 422)) noteSession(false);
   }
-
-  // A refused handshake shows the page no status code. Asking again without the
-  // upgrade tells whether this server refuses ?v=2 itself (400 unsupported_version).
-  async function refusesV2() {
-    try {
-      const r = await api('GET', '/ws?v=2');
-      return r.status === 400 && !!r.data && r.data.error === 'unsupported_version';
-    } catch {
-      return false;
-    }
+  const key = storedKey();
+  if (key) {
+    state.storedKeyTried = true;
+    setStatus('connecting', 'Logging in with your saved key…');
+    if (await login(key, true, { auto: true })) return;
+    if (document.body.dataset.view === 'auth') return;
   }
+  showAuth(unreachable ? 'Cannot reach the server. Check your connection and reload.' : '');
+}
 
-  function scheduleReconnect(reason) {
-    clearRetry();
-    if (!state.wantConnected) return;
-    if (reason !== state.lastRetryReason) {
-      state.lastRetryReason = reason;   // say it once in the stream, not on every retry
-      addNote(`${reason} Retrying with increasing delays (up to ${BACKOFF_MAX_MS / 1000} s).`, 'disconnected');
-    }
-    const base = state.backoff;
-    state.backoff = Math.min(state.backoff * 2, BACKOFF_MAX_MS);
-    const delay = Math.round(base * (0.85 + Math.random() * 0.3));
-    const secs = Math.max(1, Math.round(delay / 1000));
-    setStatus('waiting', `${reason} Reconnecting in ${delay < 1000 ? 'under a second' : `${secs} s`}…`);
-    el.reconnectNow.hidden = false;
-    state.retryTimer = setTimeout(() => {
-      state.retryTimer = null;
-      connect();
-    }, delay);
-  }
+boot();
 
-  function disconnect() {
-    state.wantConnected = false;
-    state.gen += 1;
-    clearRetry();
-    const ws = state.ws;
-    state.ws = null;
-    state.pending = [];
-    state.lastRetryReason = null;
-    if (ws && ws.readyState <= WebSocket.OPEN) {
-      try { ws.close(1000, 'logout'); } catch { /* already closing */ }
-    }
-    setComposerEnabled(false);
-  }
-
-  // ---------------------------------------------------------------- screens
-
-  function resetChat() {
-    state.epoch = null;
-    state.lastId = null;
-    state.historyTried = false;
-    state.quietResync = false;
-    state.unconfirmed = [];
-    state.online = [];
-    renderOnline();
-    el.messages.replaceChildren();
-    el.input.value = '';
-    updateCounter();
-    clearComposerError();
-  }
-
-  function showAuth(notice) {
-    disconnect();
-    state.me = null;
-    resetChat();
-    el.me.textContent = '';
-    setView('auth');
-    setStatus('idle', 'Not logged in.');
-    clearAuthMessages();
-    el.authNotice.textContent = notice || '';
-    el.authNotice.hidden = !notice;
-    el.loginKey.focus();
-  }
-
-  function enterChat(username) {
-    const sameUser = state.me !== null && sameName(state.me, username);
-    state.me = username;
-    if (!sameUser) resetChat();
-    el.me.textContent = username;
-    el.authNotice.hidden = true;
-    setView('chat');
-    state.wantConnected = true;
-    state.backoff = BACKOFF_MIN_MS;
-    setComposerEnabled(false);
-    connect();
-    el.input.focus();
-  }
-
-  async function sessionGone(why) {
-    disconnect();
-    const key = storedKey();
-    if (key && !state.storedKeyTried) {
-      state.storedKeyTried = true;
-      setStatus('connecting', 'Session ended; logging in again with your saved key…');
-      const ok = await login(key, true, { auto: true });
-      if (ok) {
-        addNote('The session had ended; logged in again with your saved key.', 'info');
-        return;
-      }
-      if (document.body.dataset.view === 'auth') return;   // login() already explained
-    }
-    showAuth(why);
-  }
-
-  // ---------------------------------------------------------------- register / login
-
-  async function register(ev) {
-    ev.preventDefault();
-    const name = el.registerUsername.value.trim();
-    clearAuthMessages();
-    if (!/^[A-Za-z0-9]{1,32}$/.test(name)) {
-      showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
-      el.registerUsername.focus();
-      return;
-    }
-    el.registerSubmit.disabled = true;
-    try {
-      const r = await api('POST', '/api/register', { username: name });
-      if (r.status === 201 && r.data && typeof r.data.key === 'string') {
-        el.keyUsername.textContent = name;
-        el.keyOutput.value = r.data.key;
-        el.keyCopyStatus.textContent = '';
-        clearAuthMessages();
-        showKeyBox(true);
-        el.registerUsername.value = '';
-        el.keyOutput.focus();
-        el.keyOutput.select();
-      } else if (r.status === 400) {
-        showFormError(el.registerError, 'Usernames are 1–32 letters or digits (A–Z, a–z, 0–9), nothing else.');
-      } else if (r.status === 409) {
-        showFormError(el.registerError, `The name “${name}” is taken (names are compared ignoring case). Pick another.`);
-      } else if (r.status === 429) {
-        showFormError(el.registerError, `Too many registrations from your address. ${retryAfterText(r.headers)}`);
-      } else if (r.status === 422) {
-        showFormError(el.registerError, 'The server could not read the request.');
-      } else {
-        showFormError(el.registerError, `Registration failed (HTTP ${r.status}).`);
-      }
-    } catch {
-      showFormError(el.registerError, 'Cannot reach the server. Check your connection and try again.');
-    } finally {
-      el.registerSubmit.disabled = false;
-    }
-  }
-
-  // Returns true when logged in. `auto` is a login with the remembered key.
-  async function login(key, remember, { auto = false } = {}) {
-    clearAuthMessages();
-    el.loginSubmit.disabled = true;
-    el.keyLogin.disabled = true;
-    try {
-      const r = await api('POST', '/api/login', { key });
-      if (r.status === 200 && r.data && typeof r.data.username === 'string') {
-        if (remember) rememberKey(key); else forgetKey();
-        noteSession(true);
-        el.loginKey.value = '';
-        el.keyOutput.value = '';
-        showKeyBox(false);
-        clearAuthMessages();
-        enterChat(r.data.username);
-        return true;
-      }
-      let msg;
-      if (r.status === 401) {
-        msg = auto ? 'Your saved key was not accepted, so it has been forgotten. Log in with your key.'
-                   : 'That key is not valid. Check it and try again.';
-        if (auto) forgetKey();
-      } else if (r.status === 429) {
-        msg = `Too many failed logins from your address. ${retryAfterText(r.headers)}`;
-      } else if (r.status === 422) {
-        msg = 'The server could not read the request.';
-      } else {
-        msg = `Login failed (HTTP ${r.status}).`;
-      }
-      if (auto) showAuth(msg); else showFormError(el.loginError, msg);
-      return false;
-    } catch {
-      const msg = 'Cannot reach the server. Check your connection and try again.';
-      if (auto) showAuth(msg); else showFormError(el.loginError, msg);
-      return false;
-    } finally {
-      el.loginSubmit.disabled = false;
-      el.keyLogin.disabled = false;
-    }
-  }
-
-  function onLoginSubmit(ev) {
-    ev.preventDefault();
-    const key = el.loginKey.value.trim();
-    if (!key) {
-      showFormError(el.loginError, 'Enter the key you got when you registered.');
-      el.loginKey.focus();
-      return;
-    }
-    login(key, el.loginRemember.checked);
-  }
-
-  async function copyKey() {
-    const key = el.keyOutput.value;
-    let ok = false;
-    try {
-      if (navigator.clipboard && window.isSecureContext) {
-        await navigator.clipboard.writeText(key);
-        ok = true;
-      }
-    } catch { ok = false; }
-    if (!ok) {
-      el.keyOutput.focus();
-      el.keyOutput.select();
-      try { ok = document.execCommand('copy'); } catch { ok = false; }
-    }
-    el.keyCopyStatus.textContent = ok
-      ? 'Copied to the clipboard. Paste it somewhere safe.'
-      : 'Could not copy automatically: the key is selected, press Ctrl+C (or ⌘C).';
-  }
-
-  async function logout() {
-    forgetKey();          // logging out means "don't log me in again by yourself"
-    noteSession(false);
-    disconnect();
-    el.logout.disabled = true;
-    try {
-      let r = await api('POST', '/api/logout');
-      if (r.status === 404 || r.status === 405) r = await api('GET', '/api/logout');
-    } catch {
-      // the session cookie stays until it expires; nothing else to do offline
-    } finally {
-      el.logout.disabled = false;
-    }
-    showAuth('You have logged out.');
-  }
-
-  // ---------------------------------------------------------------- composer
-
-  function updateCounter() {
-    const n = codePoints(el.input.value);
-    const over = n > MAX_CHARS;
-    el.charCount.textContent = `${n}/${MAX_CHARS}`;
-    el.charCount.dataset.over = String(over);
-    const warn = over ? `${n - MAX_CHARS} over the ${MAX_CHARS}-character limit: the server will refuse it.` : '';
-    if (el.charWarning.textContent !== warn) el.charWarning.textContent = warn;
-    // Grow with explicit lines (CSS field-sizing does the rest where supported).
-    const lines = el.input.value.split('\n').length;
-    el.input.rows = Math.min(Math.max(lines, 1), 6);
-  }
-
-  function sendDraft() {
-    const text = el.input.value;
-    if (text === '') return;
-    const ws = state.ws;
-    if (!ws || ws.readyState !== WebSocket.OPEN) {
-      showComposerError('Not connected right now; your message is kept here. Send it once reconnected.');
-      return;
-    }
-    // Over-long drafts are sent on purpose: the server is the judge, and its
-    // message_too_long answer is shown like any other refusal. Only a frame the
-    // server would answer by closing the socket (over 16 KiB, close 1009) is kept back.
-    const frame = JSON.stringify({ message: text });
-    if (encoder.encode(frame).length > MAX_FRAME_BYTES) {
-      const msg = ackErrorText('message_too_long', text);
-      addError('message_too_long', msg);
-      showComposerError(msg);
-      return;
-    }
-    ws.send(frame);
-    state.pending.push(text);
-    el.input.value = '';
-    updateCounter();
-    clearComposerError();
-    el.input.focus();
-  }
-
-  // ---------------------------------------------------------------- wiring
-
-  el.registerForm.addEventListener('submit', register);
-  el.loginForm.addEventListener('submit', onLoginSubmit);
-  el.keyCopy.addEventListener('click', copyKey);
-  el.keyOutput.addEventListener('focus', () => el.keyOutput.select());
-  el.keyLogin.addEventListener('click', () => {
-    if (el.keyOutput.value) login(el.keyOutput.value, el.loginRemember.checked);
-  });
-  el.logout.addEventListener('click', logout);
-  el.reconnectNow.addEventListener('click', () => {
-    state.backoff = BACKOFF_MIN_MS;
-    connect();
-  });
-  el.composer.addEventListener('submit', (ev) => {
-    ev.preventDefault();
-    sendDraft();
-  });
-  el.input.addEventListener('input', () => {
-    updateCounter();
-    if (!el.composerError.hidden) clearComposerError();
-  });
-  el.input.addEventListener('keydown', (ev) => {
-    if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing && ev.keyCode !== 229) {
-      ev.preventDefault();
-      sendDraft();
-    }
-  });
-  window.addEventListener('online', () => {
-    if (state.wantConnected && !state.ws && state.retryTimer !== null) {
-      state.backoff = BACKOFF_MIN_MS;
-      connect();
-    }
-  });
-  document.addEventListener('visibilitychange', () => {
-    if (!document.hidden && state.unread) {
-      state.unread = 0;
-      document.title = 'skiff chat';
-    }
-  });
-
-  // ---------------------------------------------------------------- boot
-
-  async function boot() {
-    setView('boot');
-    updateCounter();
-    setComposerEnabled(false);
-    let r = null;
-    let unreachable = false;
-    if (maybeSession()) {
-      setStatus('connecting', 'Checking your session…');
-      try {
-        r = await api('GET', '/api/user/@me');
-      } catch {
-        unreachable = true;
-      }
-      if (r && r.status === 200 && r.data && typeof r.data.username === 'string') {
-        enterChat(r.data.username);
-        return;
-      }
-      if (r && (r.status === 401 || r.status === 422)) noteSession(false);
-    }
-    const key = storedKey();
-    if (key) {
-      state.storedKeyTried = true;
-      setStatus('connecting', 'Logging in with your saved key…');
-      if (await login(key, true, { auto: true })) return;
-      if (document.body.dataset.view === 'auth') return;
-    }
-    showAuth(unreachable ? 'Cannot reach the server. Check your connection and reload.' : '');
-  }
-
-  boot();
-})();
+export { showAuth, sessionGone };

@@ -16,8 +16,9 @@
 // the first failing check stops the run, which exits 1 after printing what failed.
 // Prints one "ok N - ..." line per check and ends with "N passed, M failed".
 
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -28,7 +29,9 @@ const T = Number(process.env.SKIFF_E2E_TIMEOUT_MS || 10000);
 // `skiff ctl` against the server under test (the operator's delete-message step).
 const SKIFF_BIN = process.env.SKIFF_BIN || '';
 const SKIFF_CONTROL = process.env.SKIFF_CONTROL || '';
-const WATCHDOG_MS = Math.max(120000, T * 12);
+// About 55 s on an idle 2-core machine; several times that when other builds share it.
+// Under tests/browser.rs's own 180 s bound, so this one reports first.
+const WATCHDOG_MS = Math.max(170000, T * 17);
 
 let passed = 0;
 let browser = null;
@@ -71,6 +74,7 @@ function shortError(e) {
 }
 
 async function step(name, fn) {
+  const started = Date.now();
   try {
     await fn();
   } catch (e) {
@@ -83,7 +87,7 @@ async function step(name, fn) {
     finish(1, `${name}: ${shortError(e)}`);
   }
   passed += 1;
-  console.log(`ok ${passed} - ${name}`);
+  console.log(`ok ${passed} - ${name} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
 }
 
 function assert(cond, msg) {
@@ -332,6 +336,11 @@ await step('an invalid username is refused with a message', async () => {
   await pageA.click('#register-submit');
   await wait(pageA, () => document.getElementById('register-error').textContent.trim() !== '');
   assert(await pageA.locator('#key-box').isHidden(), 'key box shown for an invalid name');
+  // The hint and the error name the same rule: ^[A-Za-z0-9]{1,32}$.
+  for (const sel of ['#register-hint', '#register-error']) {
+    const t = await pageA.textContent(sel);
+    assert(t.includes('A–Z, a–z, 0–9'), `${sel} says ${JSON.stringify(t)}`);
+  }
 });
 
 await step('A registers and is shown the key once, with a save-it warning', async () => {
@@ -550,9 +559,15 @@ await step('v2 page (scripted server): history, resume with since/epoch, duplica
   const first = new URL(urls[0]);
   assert(first.pathname === '/ws' && first.searchParams.get('v') === '2' && first.searchParams.get('since') === '8' &&
     first.searchParams.get('epoch') === 'ep1', `first socket URL ${urls[0]}`);
-  const want = await pageD.evaluate((t) => new Date(t).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }), ts + 7 * 60000);
+  // Message 7 is from 2020: its line says the day and year, not only the time.
+  const want = await pageD.evaluate((t) => {
+    const d = new Date(t);
+    return [d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }),
+      d.toLocaleDateString([], { day: 'numeric', month: 'short', year: 'numeric' })];
+  }, ts + 7 * 60000);
   const shown = await pageD.textContent('#messages li.msg[data-id="7"] .msg-time');
-  assert(shown === want, `message 7 shows time ${JSON.stringify(shown)}, not its ts ${JSON.stringify(want)}`);
+  assert(shown.includes(want[0]) && shown.includes(want[1]),
+    `message 7 shows ${JSON.stringify(shown)}, not its day and time ${JSON.stringify(want)}`);
   await compose(pageD, 'acked');
   await pageD.press('#composer-input', 'Enter');
   await wait(pageD, () => !!document.querySelector('#messages li.msg-own[data-id="10"]'));
@@ -632,6 +647,61 @@ await step('v1 fallback (scripted server): no /api/history means plain /ws; no h
   assert((await pageE.$$('#messages li.note[data-kind="resync"]')).length === 0, 'a resync line from a v1 server');
   await ctxE.close();
   delete pages['E-scripted'];
+});
+
+// Close reasons played by the test (the real server's moderation steps come later and
+// skip where it lacks them): each must be said in words, with no retry where a retry
+// cannot help, and a kick must not bring the page straight back.
+await step('close reasons in words (scripted server): kicked waits, banned until when and why, logged out elsewhere, key reset', async () => {
+  const K = `kim${tag}`;
+  const ctxK = await browser.newContext({ ...desktop, colorScheme: 'dark' });
+  const pageK = await ctxK.newPage();
+  monitor('K-scripted', pageK);
+  const closes = [
+    { code: 1000, reason: 'kicked' },
+    { code: 1008, reason: 'banned until 2030-01-02T03:04:05Z: link spam' },
+    { code: 1000, reason: 'logged out' },
+    { code: 1008, reason: 'key reset' },
+  ];
+  let n = 0;
+  const socketsAt = () => n;
+  await ctxK.routeWebSocket(/\/ws(\?|$)/, (ws) => {
+    const c = closes[n] || { code: 1011, reason: 'unexpected socket' };
+    n += 1;
+    ws.send(JSON.stringify({ event: 'hello', epoch: 'k1', last_id: 0, online: [K] }));
+    setTimeout(() => ws.close(c), 200);
+  });
+  await pageK.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  const key = await register(pageK, K);
+  await pageK.check('#login-remember');
+  await pageK.click('#key-login');
+  await waitView(pageK, 'chat');
+  await wait(pageK, () => /removed you/i.test(document.getElementById('status').textContent));
+  assert((await pageK.getAttribute('#status', 'data-state')) === 'waiting', 'a kicked page is not waiting');
+  // A first reconnect would wait under 500 ms (full jitter, attempt 0); a kick waits 30 s.
+  await pageK.waitForTimeout(1000);
+  assert(socketsAt() === 1, `a kicked page came back at once (${socketsAt()} sockets)`);
+  await pageK.click('#reconnect-now');
+  await waitView(pageK, 'auth');
+  const banned = await pageK.textContent('#auth-notice');
+  const want = await pageK.evaluate(() => new Date('2030-01-02T03:04:05Z').getFullYear());
+  assert(/banned/i.test(banned) && /until/.test(banned) && banned.includes(String(want)) && /link spam/.test(banned),
+    `ban notice: ${JSON.stringify(banned)}`);
+  await shot(pageK, '02-scripted-banned-K.png');
+  await pageK.waitForTimeout(800);
+  assert(socketsAt() === 2, `the page retried after a ban (${socketsAt()} sockets)`);
+  // The session is real and still valid: "logged out" elsewhere leaves this browser in.
+  await pageK.fill('#login-key', key);
+  await pageK.click('#login-submit');
+  await waitView(pageK, 'chat');
+  await wait(pageK, () => /logged out on another device/i.test(document.getElementById('messages').textContent));
+  await waitView(pageK, 'auth');
+  await wait(pageK, () => /reset your key/i.test(document.getElementById('auth-notice').textContent));
+  assert((await storedKey(pageK)) === null, 'a reset key is still remembered');
+  await pageK.waitForTimeout(800);
+  assert(socketsAt() === 4, `sockets after a key reset: ${socketsAt()}`);
+  await ctxK.close();
+  delete pages['K-scripted'];
 });
 
 {
@@ -745,29 +815,80 @@ async function checkRefusedSecondSocket(page, label, file) {
   await shot(page, file);
 }
 
-await step('a second tab of the same session: "connected in another window", online list still shown', async () => {
+// A bare v2 handshake with this cookie header while the page holds a socket: 101 when
+// the server allows several devices per user, 409 when it does not (or 0: no answer).
+function v2Handshake(cookie) {
+  const { hostname, port } = new URL(BASE);
+  return new Promise((resolve) => {
+    const req = http.request({ host: hostname, port, path: '/ws?v=2', timeout: T, headers: {
+      Connection: 'Upgrade', Upgrade: 'websocket', 'Sec-WebSocket-Version': '13',
+      'Sec-WebSocket-Key': 'c2tpZmYtZTJlLXByb2JlIQ==', Cookie: cookie } });
+    req.on('upgrade', (_res, socket) => { socket.destroy(); resolve(101); });
+    req.on('response', (res) => { res.resume(); resolve(res.statusCode); });
+    req.on('timeout', () => { req.destroy(); resolve(0); });
+    req.on('error', () => resolve(0));
+    req.end();
+  });
+}
+
+async function cookieHeader(ctx) {
+  return (await ctx.cookies(BASE)).map((c) => `${c.name}=${c.value}`).join('; ');
+}
+
+const countOf = (names, u) => names.filter((n) => n === u).length;
+
+await step('one user in two tabs and a second browser: all chat, presence lists the user once', async () => {
+  const status = await v2Handshake(await cookieHeader(ctxA));
+  assert(status === 101 || status === 409, `a second v2 socket of A was answered ${status}`);
   const tab = await ctxA.newPage();
   monitor('A2', tab);
-  await tab.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
-  await checkRefusedSecondSocket(tab, 'second tab', '03-second-tab-A.png');
-  await tab.close();
-  delete pages.A2;
-  assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'first tab lost its connection');
-});
-
-await step('a second device (own session, same user): "on another device", online list still shown', async () => {
   const ctxDevice = await browser.newContext({ ...desktop, colorScheme: 'dark' });
   const dev = await ctxDevice.newPage();
   monitor('A-device', dev);
+  await tab.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
   await dev.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
   await waitView(dev, 'auth');
   await dev.fill('#login-key', keyA);
   await dev.click('#login-submit');
-  await checkRefusedSecondSocket(dev, 'second device', '03-second-device-A.png');
-  assert((await dev.textContent('#online-count')) === '2', 'online count is not 2');
+  if (status === 409) {
+    // The server keeps one socket per user: the page must say so and still list who is online.
+    console.log('# SKIPPED (server lacks several devices: a second v2 socket of one user gets 409); checking the refusal instead');
+    await checkRefusedSecondSocket(tab, 'second tab', '03-second-tab-A.png');
+    await checkRefusedSecondSocket(dev, 'second device', '03-second-device-A.png');
+  } else {
+    const joinsBefore = await pageB.$$eval(`#messages li.evt[data-event="join"][data-username="${A}"]`, (l) => l.length);
+    await waitConnected(tab);
+    await waitConnected(dev);
+    await compose(tab, `from a second tab ${tag}`);
+    await tab.press('#composer-input', 'Enter');
+    await waitMessage(tab, A, `from a second tab ${tag}`, true);
+    await waitMessage(pageA, A, `from a second tab ${tag}`, true);
+    await waitMessage(dev, A, `from a second tab ${tag}`, true);
+    await waitMessage(pageB, A, `from a second tab ${tag}`);
+    await compose(dev, `from a second browser ${tag}`);
+    await dev.press('#composer-input', 'Enter');
+    for (const p of [tab, pageA, dev]) await waitMessage(p, A, `from a second browser ${tag}`, true);
+    await waitMessage(pageB, A, `from a second browser ${tag}`);
+    await compose(pageB, `to every device ${tag}`);
+    await pageB.press('#composer-input', 'Enter');
+    for (const p of [tab, pageA, dev]) await waitMessage(p, B, `to every device ${tag}`);
+    for (const [p, name] of [[pageB, 'B'], [tab, 'A2'], [dev, 'A-device'], [pageA, 'A']]) {
+      const names = await onlineNames(p);
+      assert(countOf(names, A) === 1 && countOf(names, B) === 1 && names.length === 2,
+        `page ${name} lists ${JSON.stringify(names)}`);
+    }
+    const joinsAfter = await pageB.$$eval(`#messages li.evt[data-event="join"][data-username="${A}"]`, (l) => l.length);
+    assert(joinsAfter === joinsBefore, `B saw A join ${joinsAfter - joinsBefore} more times`);
+    await shot(tab, '03-second-tab-A.png');
+    await shot(dev, '03-second-device-A.png');
+  }
+  await tab.close();
+  delete pages.A2;
   await ctxDevice.close();
   delete pages['A-device'];
-  assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'the first device lost its connection');
+  await pageB.waitForTimeout(300);
+  assert(countOf(await onlineNames(pageB), A) === 1, 'A left B\'s list when a second device went');
+  assert((await pageA.getAttribute('#status', 'data-state')) === 'open', 'the first tab lost its connection');
 });
 
 await step('a reload with a live session goes straight to the chat', async () => {
@@ -841,6 +962,134 @@ await step('A logs out: the remembered key is forgotten', async () => {
   await waitView(pageA, 'auth');
   assert((await storedKey(pageA)) === null, 'remembered key survived logout');
 });
+
+// ------------------------------------------------------------------ moderation
+// `skiff ctl` acts on a user; the page must say what happened in words.
+
+function ctl(...args) {
+  assert(SKIFF_BIN && SKIFF_CONTROL, 'SKIFF_BIN and SKIFF_CONTROL must name the skiff binary and its control socket');
+  const r = spawnSync(SKIFF_BIN, ['ctl', '--control', SKIFF_CONTROL, ...args], { encoding: 'utf8', timeout: T });
+  return { status: r.status, out: `${r.stdout || ''}${r.stderr || ''}`.trim() };
+}
+
+// The server answers a flag it does not know with exit 1 and "unknown flag".
+const lacksFlag = (r) => r.status !== 0 && /unknown flag|does not take/i.test(r.out);
+
+async function loginAnswer(key) {
+  const res = await fetch(BASE + '/api/login', { method: 'POST', headers: { 'Content-Type': 'application/json' },
+    body: JSON.stringify({ key }) });
+  let body = null;
+  try { body = await res.json(); } catch { body = null; }
+  return { status: res.status, body };
+}
+
+const noticeText = (page) => page.textContent('#auth-notice');
+
+{
+  const ctxM = await browser.newContext({ ...desktop, colorScheme: 'light' });
+  const pageM = await ctxM.newPage();
+  monitor('M', pageM);
+  let sockets = 0;
+  pageM.on('websocket', () => { sockets += 1; });
+  await pageM.goto(BASE + '/', { timeout: T, waitUntil: 'load' });
+  await waitView(pageM, 'auth');
+
+  async function newUser(prefix) {
+    const name = `${prefix}${tag}`;
+    const key = await register(pageM, name);
+    await pageM.click('#key-login');
+    await waitView(pageM, 'chat');
+    await waitConnected(pageM);
+    return { name, key };
+  }
+
+  // The login form with a banned key: it must say banned (and why, until when), never "HTTP 403".
+  async function loginSaysBanned(key, pattern) {
+    await pageM.fill('#login-key', key);
+    await pageM.click('#login-submit');
+    await wait(pageM, () => /banned/i.test(document.getElementById('login-error').textContent));
+    const t = await pageM.textContent('#login-error');
+    assert(!/HTTP 403/.test(t), `the login form says ${JSON.stringify(t)}`);
+    if (pattern) assert(pattern.test(t), `the login form says ${JSON.stringify(t)}, wanted ${pattern}`);
+    return t;
+  }
+
+  await step('a ban with a reason: the page says banned and why, and does not retry', async () => {
+    const u = await newUser('fay');
+    const r = ctl('ban', u.name, '--reason', 'link spam');
+    assert(r.status === 0, `skiff ctl ban: ${r.out}`);
+    await waitView(pageM, 'auth');
+    const before = sockets;
+    const answer = await loginAnswer(u.key);
+    assert(answer.status === 403 && answer.body && answer.body.error === 'banned', `login of a banned user: ${JSON.stringify(answer)}`);
+    if (answer.body.reason === undefined) {
+      console.log('# SKIPPED (server lacks ban reasons and close reasons: login answers 403 without "reason"); checking the login form only');
+      await loginSaysBanned(u.key, null);
+    } else {
+      await wait(pageM, () => /banned/i.test(document.getElementById('auth-notice').textContent) &&
+        /link spam/.test(document.getElementById('auth-notice').textContent));
+      await loginSaysBanned(u.key, /link spam/);
+    }
+    await shot(pageM, '06-banned-M.png');
+    await pageM.waitForTimeout(1000);
+    assert(sockets === before, `the page opened ${sockets - before} sockets after the ban`);
+  });
+
+  await step('a timed ban: the page says until when, and the user is back once it ends', async () => {
+    const u = await newUser('gil');
+    const r = ctl('ban', u.name, '--for', '3s');
+    if (lacksFlag(r)) {
+      console.log(`# SKIPPED (server lacks ban --for: ${r.out.split('\n')[0]})`);
+      await pageM.click('#logout');
+      await waitView(pageM, 'auth');
+      return;
+    }
+    assert(r.status === 0, `skiff ctl ban --for: ${r.out}`);
+    await waitView(pageM, 'auth');
+    await wait(pageM, () => /banned[^]*until/i.test(document.getElementById('auth-notice').textContent));
+    await shot(pageM, '06-timed-ban-M.png');
+    // Bounded: the ban ends 3 s after it began; try the key every half second for 15 s.
+    let back = false;
+    for (let i = 0; i < 30 && !back; i += 1) {
+      const a = await loginAnswer(u.key);
+      back = a.status === 200;
+      if (!back) {
+        assert(a.status === 403 && a.body && typeof a.body.until === 'string', `login during a timed ban: ${JSON.stringify(a)}`);
+        await pageM.waitForTimeout(500);
+      }
+    }
+    assert(back, 'the timed ban did not end within 15 s');
+    await pageM.fill('#login-key', u.key);
+    await pageM.click('#login-submit');
+    await waitView(pageM, 'chat');
+    await waitConnected(pageM);
+    await pageM.click('#logout');
+    await waitView(pageM, 'auth');
+  });
+
+  await step('a kick with a duration: the page says banned until when, and does not come back', async () => {
+    const u = await newUser('hob');
+    const r = ctl('kick', u.name, '--for', '1h');
+    if (lacksFlag(r)) {
+      console.log(`# SKIPPED (server lacks kick --for: ${r.out.split('\n')[0]})`);
+      await pageM.click('#logout');
+      await waitView(pageM, 'auth');
+      return;
+    }
+    assert(r.status === 0, `skiff ctl kick --for: ${r.out}`);
+    await waitView(pageM, 'auth');
+    await wait(pageM, () => /banned[^]*until/i.test(document.getElementById('auth-notice').textContent));
+    const notice = await noticeText(pageM);
+    const before = sockets;
+    await loginSaysBanned(u.key, /until/i);
+    await shot(pageM, '06-kicked-for-M.png');
+    await pageM.waitForTimeout(1000);
+    assert(sockets === before, `the page opened ${sockets - before} sockets after the kick (notice: ${notice})`);
+  });
+
+  await ctxM.close();
+  delete pages.M;
+}
 
 await step('no dialogs, page errors or CSP violations on any page', async () => {
   for (const m of monitors) {
