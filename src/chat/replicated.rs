@@ -21,6 +21,19 @@ pub struct Snapshot {
     pub messages: Vec<Message>,
 }
 
+/// A snapshot being applied: what its later slices need to know.
+#[derive(Debug)]
+pub(super) struct Restore {
+    /// Messages up to this id this node had delivered already.
+    seen: u64,
+    same_epoch: bool,
+    /// The history changed epoch under connected clients: they resync at the end.
+    lost: bool,
+    last_id: u64,
+    /// This node's messages not yet acked (id, sender).
+    owed: Vec<(u64, ConnId)>,
+}
+
 impl Chat {
     /// A session id for a login that Redis must store before it is used.
     pub fn new_session_id(&mut self) -> (SessionId, [u8; 32]) {
@@ -100,6 +113,14 @@ impl Chat {
     /// `mine`: this node's messages Redis took whose event was lost with the links
     /// (id, sender): each sender gets its ack, the others the message.
     pub fn apply_snapshot(&mut self, snap: Snapshot, mine: &[(u64, ConnId)], fx: &mut Effects) {
+        self.begin_snapshot(snap, mine, fx);
+        self.finish_snapshot(fx);
+    }
+
+    /// `apply_snapshot` in parts: the snapshot with its first messages, then the
+    /// rest (`continue_snapshot`, oldest first) over as many calls as the loop takes
+    /// turns, then `finish_snapshot`. Nothing else is applied in between.
+    pub fn begin_snapshot(&mut self, snap: Snapshot, mine: &[(u64, ConnId)], fx: &mut Effects) {
         let Some(r) = self.replica.as_mut() else { return };
         let (left, joined) = r.replace(&snap.online);
         for name in left {
@@ -112,9 +133,15 @@ impl Chat {
         let lost = !same_epoch && !self.history.epoch().is_empty();
         let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
         self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
-        let mut owed: Vec<(u64, ConnId)> = mine.to_vec();
-        for msg in snap.messages {
-            if msg.id > seen {
+        self.restoring = Some(Restore { seen, same_epoch, lost, last_id: snap.last_id, owed: mine.to_vec() });
+        self.continue_snapshot(snap.messages, fx);
+    }
+
+    pub fn continue_snapshot(&mut self, messages: Vec<Message>, fx: &mut Effects) {
+        let Some(mut restore) = self.restoring.take() else { return };
+        for msg in messages {
+            if msg.id > restore.seen {
+                let owed = &mut restore.owed;
                 let sender = owed.iter().position(|&(id, _)| id == msg.id).map(|at| owed.swap_remove(at).1);
                 self.apply_message(msg, sender, fx);
             } else {
@@ -122,10 +149,15 @@ impl Chat {
                 self.history.push(entry);
             }
         }
+        self.restoring = Some(restore);
+    }
+
+    pub fn finish_snapshot(&mut self, fx: &mut Effects) {
+        let Some(Restore { same_epoch, lost, last_id, owed, .. }) = self.restoring.take() else { return };
         // Taken by Redis but not in the snapshot's messages (history off, or older
         // than it keeps): acked if the history is still the one it went into.
         for (id, conn) in owed {
-            let durable = same_epoch && id <= snap.last_id;
+            let durable = same_epoch && id <= last_id;
             let ack = match (durable, self.is_v2(conn)) {
                 (true, true) => super::v2_ack(id),
                 (true, false) => Chunk::Static(super::ACK_OK),

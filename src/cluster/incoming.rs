@@ -127,7 +127,7 @@ impl Cluster {
                 };
                 self.events.push_back(Event::Reply(Done { origin, reply }));
             }
-            Pending::Sync => self.synced(&v)?,
+            Pending::Sync => self.synced(v)?,
             Pending::Role if sentinel::is_primary(&v) => {}
             Pending::Role => return Err(format!("{} is not the primary (ROLE: {v:?})", self.cfg.url)),
         }

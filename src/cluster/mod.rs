@@ -124,6 +124,13 @@ pub enum Event {
         /// This node's messages Redis took (id, sender) whose event never came: the
         /// links dropped in between. Their senders are owed an ack.
         mine: Vec<(u64, Origin)>,
+        /// The snapshot's later messages follow as `SyncedMore`, a slice a turn.
+        more: bool,
+    },
+    /// The next of a big snapshot's messages (oldest first); `last` ends it.
+    SyncedMore {
+        messages: Vec<Message>,
+        last: bool,
     },
     /// `skiff ctl`: Redis answered the function called for `origin`.
     Control {
@@ -233,6 +240,13 @@ pub struct Cluster {
     watchers: Option<Watchers>,
     /// Where the links point (or last pointed).
     primary: Option<SocketAddr>,
+    /// A big snapshot's messages not yet handed to the loop, a slice per turn (see
+    /// `sync::next_slice`)...
+    slices: VecDeque<Vec<Value>>,
+    /// ...and whether this turn had its slice (`flush` ends a turn).
+    sliced: bool,
+    /// The reactor left bytes unread on a link this turn: the next turn comes at once.
+    input_waiting: bool,
 }
 
 impl Cluster {
@@ -283,6 +297,9 @@ impl Cluster {
             sentinels,
             watchers,
             primary,
+            slices: VecDeque::new(),
+            sliced: false,
+            input_waiting: false,
         }
     }
 
@@ -324,7 +341,7 @@ impl Cluster {
 
     /// Connected and in sync: `/healthz` says ok.
     pub fn is_up(&self) -> bool {
-        self.state == State::Up
+        self.state == State::Up && self.slices.is_empty()
     }
 
     /// Requests go out only after the sync: an event they cause then comes after
@@ -339,11 +356,20 @@ impl Cluster {
     }
 
     pub fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        match self.events.front() {
+            Some(Event::SyncedMore { .. }) => self.next_slice(),
+            _ => self.events.pop_front(),
+        }
     }
 
+    /// Events wait (some perhaps for the next turn), or input does.
     pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
+        !self.events.is_empty() || self.input_waiting
+    }
+
+    /// The reactor read a link only in part this turn (see `reactor::redis`).
+    pub fn set_input_waiting(&mut self, waiting: bool) {
+        self.input_waiting = waiting;
     }
 
     /// The loop's time at the start of a turn: commands queued during the turn are
@@ -699,6 +725,7 @@ impl Cluster {
     /// does not read its commands is down.
     pub fn flush(&mut self, now: Instant) {
         self.now = now;
+        self.sliced = false;
         let stuck = [LinkId::Cmd, LinkId::Sub].iter().any(|&l| self.output(l).len() > OUT_LIMIT);
         if stuck {
             self.lost("Redis does not read its commands", now);

@@ -1,11 +1,18 @@
 //! The sync: how a node that has (re)connected tells Redis which WebSockets it still
 //! holds and what history it has seen, and takes back a snapshot of the room, with
-//! the channel events that came meanwhile put after it in order.
+//! the channel events that came meanwhile put after it in order. A snapshot of a big
+//! history is handed to the loop a slice a turn, so the loop keeps answering while
+//! it is applied; whatever comes after it waits its turn behind it.
 
 use super::resp::Value;
 use super::{command, hex, reply, token, Cluster, Event, Origin, Pending, State, HEARTBEAT_EVERY, NODE_TTL};
+use crate::chat::Message;
 use crate::log;
 use std::time::Instant;
+
+/// Snapshot messages handed to the loop in one turn: each costs the loop a few
+/// microseconds (its history entry is encoded), so a slice is ~10 ms at most.
+pub(super) const SLICE: usize = 2000;
 
 impl Cluster {
     /// Sends the sync: `users` are this node's open WebSockets (name, connection);
@@ -30,19 +37,37 @@ impl Cluster {
         self.heartbeat_at = now + HEARTBEAT_EVERY;
     }
 
-    /// The sync's snapshot: the loop rebuilds its replica from it, then the channel
-    /// events buffered meanwhile that came after it follow, in order.
-    pub(super) fn synced(&mut self, v: &Value) -> Result<(), String> {
-        let (snapshot, seq, taken) = reply::snapshot(v).ok_or_else(|| format!("a bad sync reply: {v:?}"))?;
+    /// The sync's snapshot: the loop rebuilds its replica from it (its messages a
+    /// slice a turn), then the channel events buffered meanwhile that came after it
+    /// follow, in order.
+    pub(super) fn synced(&mut self, v: Value) -> Result<(), String> {
+        let (mut snapshot, entries, seq, taken) = reply::snapshot(v).ok_or("a bad sync reply")?;
         log::info(format_args!(
-            "redis {}: in sync as node {}: {} online, last message {}",
+            "redis {}: in sync as node {}: {} online, last message {}, {} kept",
             self.cfg.url,
             self.node,
             snapshot.online.len(),
-            snapshot.last_id
+            snapshot.last_id,
+            entries.len()
         ));
+        let mut entries = entries.into_iter();
+        snapshot.messages = messages(entries.by_ref().take(SLICE).collect());
+        let first = self.slices.len();
+        loop {
+            let slice: Vec<Value> = entries.by_ref().take(SLICE).collect();
+            if slice.is_empty() {
+                break;
+            }
+            self.slices.push_back(slice);
+        }
+        let more = self.slices.len() - first;
         let mine = std::mem::take(&mut self.answered).into();
-        self.events.push_back(Event::Synced { snapshot, taken, mine });
+        self.events.push_back(Event::Synced { snapshot, taken, mine, more: more > 0 });
+        for i in 0..more {
+            // Placeholders: `next_slice` reads each when its turn comes.
+            self.events.push_back(Event::SyncedMore { messages: Vec::new(), last: i + 1 == more });
+        }
+        self.sliced = true;
         self.synced_seq = seq;
         for ev in std::mem::take(&mut self.buffered) {
             if ev.seq() > seq {
@@ -60,4 +85,28 @@ impl Cluster {
         self.outage_logged = false;
         Ok(())
     }
+}
+
+impl Cluster {
+    /// The next slice of a big snapshot, if this turn has not had one yet.
+    pub(super) fn next_slice(&mut self) -> Option<Event> {
+        if self.sliced {
+            return None;
+        }
+        let Some(Event::SyncedMore { last, .. }) = self.events.pop_front() else { return None };
+        self.sliced = true;
+        let entries = self.slices.pop_front().unwrap_or_default();
+        Some(Event::SyncedMore { messages: messages(entries), last })
+    }
+}
+
+/// A slice of the history stream as messages; an entry that is not one (the Lua
+/// library wrote it, so never, short of a bug) is left out, said once.
+fn messages(entries: Vec<Value>) -> Vec<Message> {
+    let n = entries.len();
+    let out: Vec<Message> = entries.into_iter().filter_map(reply::message).collect();
+    if out.len() < n {
+        log::warn(format_args!("redis: {} malformed history entries in the sync left out", n - out.len()));
+    }
+    out
 }

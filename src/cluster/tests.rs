@@ -575,3 +575,70 @@ mod sentinel {
         assert!(std::iter::from_fn(|| c.poll_io()).any(|io| io == Io::OpenWatch(0, S1.parse().unwrap())));
     }
 }
+
+/// A snapshot of `n` messages (ids 1..=n), at channel position `seq`.
+fn big_sync_reply(seq: i64, n: u64) -> Vec<u8> {
+    let entry = |id: u64| {
+        let fields = ["ts", "1700000000000", "author", "ann", "message", &format!("text {id}")].map(bulk);
+        Value::Array(Some(vec![bulk(&format!("{id}-0")), Value::Array(Some(fields.to_vec()))]))
+    };
+    wire(&Value::Array(Some(vec![
+        Value::Int(seq),
+        bulk("e1"),
+        Value::Int(n as i64),
+        Value::Array(Some(vec![bulk("ann")])),
+        Value::Array(Some((1..=n).rev().map(entry).collect())),
+        Value::Array(Some(vec![])),
+    ])))
+}
+
+#[test]
+fn a_big_snapshot_comes_a_slice_a_turn_and_what_follows_waits_for_it() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    sent(&mut c, LinkId::Cmd);
+    // An event after the snapshot's position, read before the snapshot.
+    c.on_bytes(LinkId::Sub, &channel("M 11 5001 1700000000000 n2 1.1 ann after"), t);
+    let n = (2 * sync::SLICE + 1000) as u64;
+    for piece in big_sync_reply(10, n).chunks(1000) {
+        c.on_bytes(LinkId::Cmd, piece, t);
+    }
+    let mut ids = Vec::new();
+    let mut turns = Vec::new();
+    for _ in 0..5 {
+        let got = events(&mut c);
+        let mut kinds = Vec::new();
+        for e in got {
+            match e {
+                Event::Synced { snapshot, more, .. } => {
+                    assert!(more);
+                    ids.extend(snapshot.messages.iter().map(|m| m.id));
+                    kinds.push(format!("synced {}", snapshot.messages.len()));
+                }
+                Event::SyncedMore { messages, last } => {
+                    ids.extend(messages.iter().map(|m| m.id));
+                    kinds.push(format!("more {} {last}", messages.len()));
+                }
+                Event::Message { msg, .. } => kinds.push(format!("message {}", msg.id)),
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        // In sync once the last slice is out: /healthz waits for the whole history.
+        turns.push((kinds.join(", "), c.is_up(), c.has_events()));
+        c.flush(t);
+    }
+    let s = |k: &str, up, more| (k.to_owned(), up, more);
+    assert_eq!(
+        turns,
+        [
+            s("synced 2000", false, true),
+            s("more 2000 false", false, true),
+            s("more 1000 true, message 5001", true, false),
+            s("", true, false),
+            s("", true, false),
+        ]
+    );
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "oldest first, each once");
+}

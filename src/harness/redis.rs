@@ -950,7 +950,7 @@ mod tests {
         send(&mut r, c1, &command::register("Ann", &[7; 32]));
         let users = [("Ann".to_owned(), "3.1".to_owned())];
         let got = send(&mut r, c1, &command::sync("n1", 6000, "e1", 2, ("", 0), &users));
-        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
+        let (snap, _, seq, taken) = crate::cluster::reply::snapshot(got[0].clone()).expect("a snapshot");
         assert_eq!((seq, snap.epoch.as_str(), snap.online.as_slice()), (1, "e1", &["Ann".to_owned()][..]));
         assert!(taken.is_empty());
         for text in ["a", "b", "c"] {
@@ -959,11 +959,12 @@ mod tests {
         let (c2, s2) = node(&mut r);
         let users = [("ann".to_owned(), "9.9".to_owned()), ("Bob".to_owned(), "9.8".to_owned())];
         let got = send(&mut r, c2, &command::sync("n2", 6000, "e2", 2, ("", 0), &users));
-        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
+        let (snap, entries, seq, taken) = crate::cluster::reply::snapshot(got[0].clone()).expect("a snapshot");
         assert_eq!(snap.epoch, "e1", "the first epoch stays");
         assert_eq!(snap.online, ["Ann", "Bob"]);
+        let messages: Vec<_> = entries.into_iter().filter_map(crate::cluster::reply::message).collect();
         assert_eq!(
-            snap.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+            messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
             ["b", "c"],
             "the newest 2, oldest first"
         );
