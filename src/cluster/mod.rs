@@ -247,6 +247,8 @@ pub struct Cluster {
     sliced: bool,
     /// The reactor left bytes unread on a link this turn: the next turn comes at once.
     input_waiting: bool,
+    /// When the command link last brought bytes (see `reply_due`).
+    heard_at: Instant,
 }
 
 impl Cluster {
@@ -300,6 +302,7 @@ impl Cluster {
             slices: VecDeque::new(),
             sliced: false,
             input_waiting: false,
+            heard_at: now,
         }
     }
 
@@ -505,7 +508,7 @@ impl Cluster {
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.stopping {
             // No heartbeats or retries any more: only an answer that never comes.
-            return self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
+            return self.reply_due();
         }
         let sentinels = [
             self.sentinels.as_ref().and_then(Sentinels::next_deadline),
@@ -519,7 +522,7 @@ impl Cluster {
             State::Locating => None,
             State::Connecting | State::Subscribed => Some(self.since + CONNECT_TIMEOUT),
             State::Syncing | State::Up => {
-                let stuck = self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
+                let stuck = self.reply_due();
                 [Some(self.heartbeat_at), Some(self.reap_at), stuck].into_iter().flatten().min()
             }
         };
@@ -541,7 +544,7 @@ impl Cluster {
                 self.lost("connecting timed out", now);
             }
             State::Syncing | State::Up => {
-                if self.pending.front().is_some_and(|(at, _)| now >= *at + REPLY_TIMEOUT) {
+                if self.reply_due().is_some_and(|due| now >= due) {
                     return self.lost("a reply took over 5 s", now);
                 }
                 if self.stopping {

@@ -642,3 +642,28 @@ fn a_big_snapshot_comes_a_slice_a_turn_and_what_follows_waits_for_it() {
     );
     assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "oldest first, each once");
 }
+
+#[test]
+fn a_reply_still_arriving_is_not_late_but_five_silent_seconds_are() {
+    let t = Instant::now();
+    let s = Duration::from_secs;
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    sent(&mut c, LinkId::Cmd);
+    let reply = big_sync_reply(10, 100);
+    let pieces: Vec<&[u8]> = reply.chunks(reply.len() / 4 + 1).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let at = t + s(3 * i as u64 + 3);
+        c.on_timeout(at);
+        assert_eq!(c.poll_io(), None, "dropped while the reply was arriving (piece {i})");
+        c.on_bytes(LinkId::Cmd, piece, at);
+    }
+    assert!(c.is_up(), "12 s for the whole reply, never 5 s without a byte");
+    events(&mut c);
+    let heard = t + s(12);
+    c.on_timeout(heard + s(2));
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_heartbeat"));
+    c.on_timeout(heard + s(7));
+    assert_eq!(c.poll_io(), Some(Io::Close), "its reply never came");
+}
