@@ -137,6 +137,7 @@ impl Cluster {
                 self.events.push_back(Event::Reply(Done { origin, reply }));
             }
             Pending::Sync => self.synced(v)?,
+            Pending::SyncHistory => self.history_came(v)?,
             Pending::Role if sentinel::is_primary(&v) => {}
             Pending::Role => return Err(format!("{} is not the primary (ROLE: {v:?})", self.cfg.url)),
         }

@@ -158,7 +158,10 @@ enum Pending {
     /// this node was not listening.
     Check([u8; 32]),
     Control(Origin),
+    /// The sync's snapshot, without the history...
     Sync,
+    /// ...which comes in the reply after it (see `sync`).
+    SyncHistory,
     /// `ROLE` on connect (sentinel mode): the server must be the primary.
     Role,
     Ignore,
@@ -249,6 +252,8 @@ pub struct Cluster {
     input_waiting: bool,
     /// When the command link last brought bytes (see `reply_due`).
     heard_at: Instant,
+    /// The sync's snapshot, waiting for its history (the next reply).
+    sync_head: Option<(Snapshot, u64, Vec<String>)>,
 }
 
 impl Cluster {
@@ -303,6 +308,7 @@ impl Cluster {
             sliced: false,
             input_waiting: false,
             heard_at: now,
+            sync_head: None,
         }
     }
 
@@ -638,7 +644,7 @@ impl Cluster {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
                 self.events.push_back(Event::Unavailable(origin))
             }
-            Pending::Check(_) | Pending::Sync | Pending::Role | Pending::Ignore => {}
+            Pending::Check(_) | Pending::Sync | Pending::SyncHistory | Pending::Role | Pending::Ignore => {}
         }
     }
 

@@ -49,6 +49,16 @@ pub fn snapshot(v: Value) -> Option<(Snapshot, Vec<Value>, u64, Vec<String>)> {
     Some((Snapshot { epoch, last_id, online, messages: Vec::new() }, entries, seq, taken))
 }
 
+/// The history's newest entries (`XREVRANGE`), oldest first, up to `last_id`: a
+/// later one was published after the snapshot and comes as a channel event.
+pub fn history(v: Value, last_id: u64) -> Option<Vec<Value>> {
+    let mut entries = array(v)?;
+    let id = |e: &Value| -> Option<u64> { e.as_array()?.first()?.as_str()?.split('-').next()?.parse().ok() };
+    entries.retain(|e| id(e).is_none_or(|id| id <= last_id));
+    entries.reverse();
+    Some(entries)
+}
+
 /// One entry of the history stream: `[id, [field, value, ...]]`.
 pub fn message(entry: Value) -> Option<Message> {
     let mut e = array(entry)?.into_iter();

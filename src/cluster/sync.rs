@@ -5,7 +5,8 @@
 //! it is applied; whatever comes after it waits its turn behind it.
 
 use super::resp::Value;
-use super::{command, hex, reply, token, Cluster, Event, Origin, Pending, State, HEARTBEAT_EVERY, NODE_TTL};
+use super::{command, hex, reply, token, Cluster, Event, Origin, Pending, State, HEARTBEAT_EVERY, NODE_TTL, PREFIX};
+use crate::chat::replicated::Snapshot;
 use crate::chat::Message;
 use crate::log;
 use std::time::Instant;
@@ -31,8 +32,16 @@ impl Cluster {
         let mut fresh = [0u8; 6];
         getrandom::fill(&mut fresh).expect("the OS CSPRNG is available");
         let users: Vec<(String, String)> = users.iter().map(|(name, o)| (name.clone(), token(*o))).collect();
-        let cmd = command::sync(&self.node, NODE_TTL.as_millis(), &hex(&fresh), self.cfg.history, seen, &users);
+        // The history is read outside the function: Lua copies every entry into a
+        // table and out again, which held Redis (every node's requests) 2.5 s for
+        // 100,000 messages of 1.2 KB; XREVRANGE streams them in a quarter of that.
+        let cmd = command::sync(&self.node, NODE_TTL.as_millis(), &hex(&fresh), 0, seen, &users);
         self.send(&cmd, Pending::Sync);
+        if self.cfg.history > 0 {
+            let history = format!("{PREFIX}history");
+            let keep = self.cfg.history.to_string();
+            self.send(&command_of(&["XREVRANGE", &history, "+", "-", "COUNT", &keep]), Pending::SyncHistory);
+        }
         self.state = State::Syncing;
         self.heartbeat_at = now + HEARTBEAT_EVERY;
     }
@@ -41,7 +50,24 @@ impl Cluster {
     /// slice a turn), then the channel events buffered meanwhile that came after it
     /// follow, in order.
     pub(super) fn synced(&mut self, v: Value) -> Result<(), String> {
-        let (mut snapshot, entries, seq, taken) = reply::snapshot(v).ok_or("a bad sync reply")?;
+        let (snapshot, entries, seq, taken) = reply::snapshot(v).ok_or("a bad sync reply")?;
+        if self.cfg.history > 0 {
+            self.sync_head = Some((snapshot, seq, taken));
+            return Ok(());
+        }
+        self.in_sync(snapshot, entries, seq, taken);
+        Ok(())
+    }
+
+    /// The history the sync asked for, read right after its snapshot.
+    pub(super) fn history_came(&mut self, v: Value) -> Result<(), String> {
+        let (snapshot, seq, taken) = self.sync_head.take().ok_or("a history without its sync")?;
+        let entries = reply::history(v, snapshot.last_id).ok_or("a bad history reply")?;
+        self.in_sync(snapshot, entries, seq, taken);
+        Ok(())
+    }
+
+    fn in_sync(&mut self, mut snapshot: Snapshot, entries: Vec<Value>, seq: u64, taken: Vec<String>) {
         log::info(format_args!(
             "redis {}: in sync as node {}: {} online, last message {}, {} kept",
             self.cfg.url,
@@ -83,7 +109,6 @@ impl Cluster {
         }
         self.backoff.reset();
         self.outage_logged = false;
-        Ok(())
     }
 }
 
@@ -109,4 +134,8 @@ fn messages(entries: Vec<Value>) -> Vec<Message> {
         log::warn(format_args!("redis: {} malformed history entries in the sync left out", n - out.len()));
     }
     out
+}
+
+fn command_of(args: &[&str]) -> command::Command {
+    args.iter().map(|a| a.as_bytes().to_vec()).collect()
 }

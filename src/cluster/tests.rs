@@ -44,17 +44,20 @@ fn channel(payload: &str) -> Vec<u8> {
     wire(&Value::Array(Some(vec![bulk("message"), bulk("skiff:room"), bulk(payload)])))
 }
 
-/// `skiff_sync`'s answer: channel position `seq`, epoch e1, last id, who is online.
+/// `skiff_sync`'s answer: channel position `seq`, epoch e1, last id, who is online;
+/// then the history read after it (none).
 fn sync_reply(seq: i64, last_id: i64, online: &[&str]) -> Vec<u8> {
     let names = online.iter().map(|n| bulk(n)).collect();
-    wire(&Value::Array(Some(vec![
+    let mut bytes = wire(&Value::Array(Some(vec![
         Value::Int(seq),
         bulk("e1"),
         Value::Int(last_id),
         Value::Array(Some(names)),
         Value::Array(Some(vec![])),
         Value::Array(Some(vec![])),
-    ])))
+    ])));
+    bytes.extend(wire(&Value::Array(Some(vec![]))));
+    bytes
 }
 
 /// What the node has written on `link` since the last look, as text.
@@ -576,20 +579,24 @@ mod sentinel {
     }
 }
 
-/// A snapshot of `n` messages (ids 1..=n), at channel position `seq`.
+/// A snapshot of `n` messages (ids 1..=n), at channel position `seq`: the sync's
+/// reply, then the history's (newest first, with one message published since the
+/// snapshot, which its channel event brings).
 fn big_sync_reply(seq: i64, n: u64) -> Vec<u8> {
     let entry = |id: u64| {
         let fields = ["ts", "1700000000000", "author", "ann", "message", &format!("text {id}")].map(bulk);
         Value::Array(Some(vec![bulk(&format!("{id}-0")), Value::Array(Some(fields.to_vec()))]))
     };
-    wire(&Value::Array(Some(vec![
+    let mut bytes = wire(&Value::Array(Some(vec![
         Value::Int(seq),
         bulk("e1"),
         Value::Int(n as i64),
         Value::Array(Some(vec![bulk("ann")])),
-        Value::Array(Some((1..=n).rev().map(entry).collect())),
         Value::Array(Some(vec![])),
-    ])))
+        Value::Array(Some(vec![])),
+    ])));
+    bytes.extend(wire(&Value::Array(Some((1..=n + 1).rev().map(entry).collect()))));
+    bytes
 }
 
 #[test]

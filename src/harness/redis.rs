@@ -344,6 +344,13 @@ impl FakeRedis {
             "FUNCTION" => self.function(&args[1..]),
             "HGET" if args.len() == 3 => Ok(self.hget(args[1], args[2])),
             "FCALL" => self.fcall(&args[1..]),
+            // The sync's history, as the node reads it: `XREVRANGE key + - COUNT n`.
+            "XREVRANGE" if args.len() == 6 && args[2] == b"+" && args[3] == b"-" => {
+                match std::str::from_utf8(args[5]).ok().and_then(|n| n.parse::<i64>().ok()) {
+                    Some(n) if n >= 0 => Ok(array(self.newest(n))),
+                    _ => Err("ERR value is not an integer or out of range".to_owned()),
+                }
+            }
             "AUTH" | "SELECT" | "HGET" => {
                 Err(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
             }
@@ -758,24 +765,7 @@ impl FakeRedis {
                 Some(_) => {}
             }
         }
-        let keep = keep.clamp(0, MAX_HISTORY as i64) as usize;
-        let history = self
-            .history
-            .iter()
-            .rev()
-            .take(keep)
-            .map(|e| {
-                let fields = vec![
-                    bulk("ts"),
-                    bulk(&e.ts.to_string()),
-                    bulk("author"),
-                    bulk(&e.author),
-                    bulk("message"),
-                    bulk(&e.text),
-                ];
-                array(vec![bulk(&format!("{}-0", e.id)), array(fields)])
-            })
-            .collect();
+        let history = self.newest(keep);
         Ok(array(vec![
             Value::Int(self.seq as i64),
             bulk(self.epoch.as_deref().unwrap_or_default()),
@@ -784,6 +774,23 @@ impl FakeRedis {
             array(history),
             array(taken),
         ]))
+    }
+
+    /// The newest `keep` history entries, newest first, as XREVRANGE gives them.
+    fn newest(&self, keep: i64) -> Vec<Value> {
+        let keep = keep.clamp(0, MAX_HISTORY as i64) as usize;
+        let entry = |e: &Entry| {
+            let fields = vec![
+                bulk("ts"),
+                bulk(&e.ts.to_string()),
+                bulk("author"),
+                bulk(&e.author),
+                bulk("message"),
+                bulk(&e.text),
+            ];
+            array(vec![bulk(&format!("{}-0", e.id)), array(fields)])
+        };
+        self.history.iter().rev().take(keep).map(entry).collect()
     }
 
     fn kick(&mut self, lower: &str) -> i64 {
