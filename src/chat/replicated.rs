@@ -21,8 +21,19 @@ pub struct Snapshot {
     pub messages: Vec<Message>,
 }
 
+/// The entry `old` holds for message `id` (same epoch: the same message), dropping
+/// the older ones it passes (gone from Redis: deleted, or past the history's cap).
+fn reuse(old: &mut history::History, id: u64) -> Option<history::Entry> {
+    while old.oldest_id().is_some_and(|o| o < id) {
+        old.pop_oldest();
+    }
+    if old.oldest_id() == Some(id) {
+        return old.pop_oldest();
+    }
+    None
+}
+
 /// A snapshot being applied: what its later slices need to know.
-#[derive(Debug)]
 pub(super) struct Restore {
     /// Messages up to this id this node had delivered already.
     seen: u64,
@@ -32,6 +43,9 @@ pub(super) struct Restore {
     last_id: u64,
     /// This node's messages not yet acked (id, sender).
     owed: Vec<(u64, ConnId)>,
+    /// The ring the snapshot replaces, in the same epoch: its entries are reused
+    /// (not encoded again) and the rest dropped as the slices pass them.
+    old: Option<history::History>,
 }
 
 impl Chat {
@@ -132,8 +146,10 @@ impl Chat {
         let same_epoch = snap.epoch == self.history.epoch();
         let lost = !same_epoch && !self.history.epoch().is_empty();
         let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
-        self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
-        self.restoring = Some(Restore { seen, same_epoch, lost, last_id: snap.last_id, owed: mine.to_vec() });
+        let fresh = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
+        let old = std::mem::replace(&mut self.history, fresh);
+        let old = same_epoch.then_some(old);
+        self.restoring = Some(Restore { seen, same_epoch, lost, last_id: snap.last_id, owed: mine.to_vec(), old });
         self.continue_snapshot(snap.messages, fx);
     }
 
@@ -145,7 +161,10 @@ impl Chat {
                 let sender = owed.iter().position(|&(id, _)| id == msg.id).map(|at| owed.swap_remove(at).1);
                 self.apply_message(msg, sender, fx);
             } else {
-                let entry = self.entry_of(&msg);
+                let entry = match restore.old.as_mut().and_then(|old| reuse(old, msg.id)) {
+                    Some(entry) => entry,
+                    None => self.entry_of(&msg),
+                };
                 self.history.push(entry);
             }
         }

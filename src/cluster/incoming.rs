@@ -3,6 +3,7 @@
 //! the sync's snapshot. Either link may be read first.
 
 use super::event::RoomEvent;
+use super::link::Link;
 use super::reply::{self, parse_token, unhex32};
 use super::resp::Value;
 use super::{sentinel, Cluster, Done, Event, Expect, Message, Pending, Reply, State, MAX_REPLAY, REPLY_TIMEOUT};
@@ -16,6 +17,16 @@ impl Cluster {
     pub(super) fn reply_due(&self) -> Option<Instant> {
         let (sent, _) = self.pending.front()?;
         Some((*sent).max(self.heard_at) + REPLY_TIMEOUT)
+    }
+
+    /// A link given up: true if there was one. One holding a big unfinished
+    /// reply is freed over the next turns (see `Link::is_heavy`).
+    pub(super) fn retire(&mut self, link: Option<Link>) -> bool {
+        let Some(link) = link else { return false };
+        if link.is_heavy() {
+            self.shedding.push(link);
+        }
+        true
     }
 
     pub(super) fn read_cmd(&mut self, bytes: &[u8]) -> Result<(), String> {

@@ -19,6 +19,9 @@ pub enum LinkId {
     Watch(usize),
 }
 
+/// Elements a given-up link frees per turn.
+const SHED_PER_TURN: usize = 64 * 1024;
+
 #[derive(Debug, Default)]
 pub struct Link {
     input: resp::Parser,
@@ -37,6 +40,17 @@ impl Link {
         let mut values = Vec::new();
         self.input.feed_all(bytes, &mut values).map_err(|e| e.to_string())?;
         Ok(values)
+    }
+
+    /// A link given up is dropped now, or, if it holds a big unfinished reply, a
+    /// slice a turn (`shed`): freeing millions of elements at once stalls the loop.
+    pub fn is_heavy(&self) -> bool {
+        self.input.held() > SHED_PER_TURN
+    }
+
+    /// Frees some of what a given-up link holds; true once it holds nothing.
+    pub fn shed(&mut self) -> bool {
+        self.input.shed(SHED_PER_TURN)
     }
 
     /// Bytes parsed since the link opened.

@@ -254,6 +254,8 @@ pub struct Cluster {
     heard_at: Instant,
     /// The sync's snapshot, waiting for its history (the next reply).
     sync_head: Option<(Snapshot, u64, Vec<String>)>,
+    /// Links given up with a big reply half read, freed a slice a turn.
+    shedding: Vec<Link>,
 }
 
 impl Cluster {
@@ -309,6 +311,7 @@ impl Cluster {
             input_waiting: false,
             heard_at: now,
             sync_head: None,
+            shedding: Vec::new(),
         }
     }
 
@@ -373,7 +376,7 @@ impl Cluster {
 
     /// Events wait (some perhaps for the next turn), or input does.
     pub fn has_events(&self) -> bool {
-        !self.events.is_empty() || self.input_waiting
+        !self.events.is_empty() || self.input_waiting || !self.shedding.is_empty()
     }
 
     /// The reactor read a link only in part this turn (see `reactor::redis`).
@@ -615,7 +618,8 @@ impl Cluster {
             log::error(format_args!("redis {}: {why}; degraded, retrying", self.cfg.url));
             self.outage_logged = true;
         }
-        if self.cmd.take().is_some() | self.sub.take().is_some() {
+        let (cmd, sub) = (self.cmd.take(), self.sub.take());
+        if self.retire(cmd) | self.retire(sub) {
             self.io.push_back(Io::Close);
         }
         for (_, p) in std::mem::take(&mut self.pending) {
@@ -735,6 +739,7 @@ impl Cluster {
     pub fn flush(&mut self, now: Instant) {
         self.now = now;
         self.sliced = false;
+        self.shedding.retain_mut(|l| !l.shed());
         let stuck = [LinkId::Cmd, LinkId::Sub].iter().any(|&l| self.output(l).len() > OUT_LIMIT);
         if stuck {
             self.lost("Redis does not read its commands", now);

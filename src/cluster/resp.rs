@@ -167,6 +167,27 @@ impl Parser {
         Ok(())
     }
 
+    /// Elements of an unfinished reply held so far.
+    pub fn held(&self) -> usize {
+        self.open.iter().map(|o| o.items.len()).sum()
+    }
+
+    /// Drops up to `n` held elements (a parser given up with millions in it is
+    /// freed over several turns, not in one); true once nothing is held.
+    pub fn shed(&mut self, mut n: usize) -> bool {
+        while let Some(top) = self.open.last_mut() {
+            let k = n.min(top.items.len());
+            top.items.truncate(top.items.len() - k);
+            n -= k;
+            if !top.items.is_empty() {
+                return false;
+            }
+            self.open.pop();
+        }
+        self.bulk = None;
+        true
+    }
+
     /// Bytes taken in since the parser was made.
     pub fn examined(&self) -> u64 {
         self.examined
@@ -461,6 +482,18 @@ mod tests {
             }
         }
         assert!(p.open.is_empty());
+    }
+
+    #[test]
+    fn a_parser_given_up_sheds_what_it_holds_in_pieces() {
+        let mut p = Parser::default();
+        all(&mut p, b"*3\r\n:1\r\n*100\r\n");
+        all(&mut p, &b":2\r\n".repeat(40));
+        assert_eq!(p.held(), 41);
+        assert!(!p.shed(30));
+        assert_eq!(p.held(), 11);
+        assert!(p.shed(30));
+        assert_eq!(p.held(), 0);
     }
 
     #[test]

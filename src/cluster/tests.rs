@@ -607,8 +607,8 @@ fn a_big_snapshot_comes_a_slice_a_turn_and_what_follows_waits_for_it() {
     c.sync(&[], ("", 0), t);
     sent(&mut c, LinkId::Cmd);
     // An event after the snapshot's position, read before the snapshot.
-    c.on_bytes(LinkId::Sub, &channel("M 11 5001 1700000000000 n2 1.1 ann after"), t);
-    let n = (2 * sync::SLICE + 1000) as u64;
+    let n = (2 * sync::SLICE + sync::SLICE / 2) as u64;
+    c.on_bytes(LinkId::Sub, &channel(&format!("M 11 {} 1700000000000 n2 1.1 ann after", n + 1)), t);
     for piece in big_sync_reply(10, n).chunks(1000) {
         c.on_bytes(LinkId::Cmd, piece, t);
     }
@@ -640,9 +640,9 @@ fn a_big_snapshot_comes_a_slice_a_turn_and_what_follows_waits_for_it() {
     assert_eq!(
         turns,
         [
-            s("synced 2000", false, true),
-            s("more 2000 false", false, true),
-            s("more 1000 true, message 5001", true, false),
+            s("synced 500", false, true),
+            s("more 500 false", false, true),
+            s("more 250 true, message 1251", true, false),
             s("", true, false),
             s("", true, false),
         ]

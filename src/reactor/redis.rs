@@ -21,9 +21,9 @@ const WATCHES: usize = crate::cluster::sentinel::MAX_SENTINELS;
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Bytes read from Redis in one loop turn, all links together: a big reply (a sync
-/// of the whole history is ~135 MB) arrives over many turns, each a millisecond or
-/// two of parsing, with the clients served in between. TCP holds the rest back.
-const READ_PER_TURN: usize = 1 << 20;
+/// of the whole history is ~130 MB) arrives over many turns, each a few ms of
+/// parsing, with the clients served in between. TCP holds the rest back.
+const READ_PER_TURN: usize = 256 * 1024;
 
 pub struct RedisLinks {
     cmd: Option<TcpStream>,
