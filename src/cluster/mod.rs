@@ -243,8 +243,8 @@ pub struct Cluster {
     watchers: Option<Watchers>,
     /// Where the links point (or last pointed).
     primary: Option<SocketAddr>,
-    /// A big snapshot's messages not yet handed to the loop, a slice per turn (see
-    /// `sync::next_slice`)...
+    /// Big snapshots' messages not yet handed to the loop (newest first, each
+    /// sync's), taken a slice per turn from the end (see `sync::next_slice`)...
     slices: VecDeque<Vec<Value>>,
     /// ...and whether this turn had its slice (`flush` ends a turn).
     sliced: bool,

@@ -35,27 +35,27 @@ pub fn session(v: &Value) -> Option<(String, u64)> {
 }
 
 /// `skiff_sync`'s reply: the snapshot, its channel position and the taken users;
-/// the snapshot's messages are left as Redis sent them (oldest first), for `message`
-/// to read a slice at a time. Taken apart, not copied: the reply may be 100 MB.
+/// the snapshot's messages are left as Redis sent them (newest first), for `message`
+/// to read a slice at a time. Taken apart, not copied.
 pub fn snapshot(v: Value) -> Option<(Snapshot, Vec<Value>, u64, Vec<String>)> {
     let mut items = array(v)?.into_iter();
     let seq = items.next()?.as_int()? as u64;
     let epoch = string(items.next()?)?;
     let last_id = items.next()?.as_int()? as u64;
     let online = strings(items.next()?)?;
-    let mut entries = array(items.next()?)?;
-    entries.reverse();
+    let entries = array(items.next()?)?;
     let taken = strings(items.next()?)?;
     Some((Snapshot { epoch, last_id, online, messages: Vec::new() }, entries, seq, taken))
 }
 
-/// The history's newest entries (`XREVRANGE`), oldest first, up to `last_id`: a
-/// later one was published after the snapshot and comes as a channel event.
+/// The history's newest entries (`XREVRANGE`), newest first, up to `last_id`: a
+/// later one was published after the snapshot and comes as a channel event. Only
+/// those few at the front are looked at: the rest wait for their slice's turn.
 pub fn history(v: Value, last_id: u64) -> Option<Vec<Value>> {
     let mut entries = array(v)?;
     let id = |e: &Value| -> Option<u64> { e.as_array()?.first()?.as_str()?.split('-').next()?.parse().ok() };
-    entries.retain(|e| id(e).is_none_or(|id| id <= last_id));
-    entries.reverse();
+    let later = entries.iter().take_while(|e| id(e).is_some_and(|id| id > last_id)).count();
+    entries.drain(..later);
     Some(entries)
 }
 
@@ -134,7 +134,7 @@ mod tests {
         assert_eq!((snap.epoch.as_str(), snap.last_id), ("e1", 8));
         assert_eq!(snap.online, ["Bob", "al"]);
         let m = |id, ts, author: &str, text: &str| Message { id, ts, author: author.into(), text: text.into() };
-        let messages: Vec<Option<Message>> = entries.into_iter().map(message).collect();
+        let messages: Vec<Option<Message>> = entries.into_iter().rev().map(message).collect();
         assert_eq!(messages, [Some(m(7, 10, "Bob", "old")), Some(m(8, 20, "al", "new"))]);
         assert_eq!(taken, ["zed"]);
         assert!(snapshot(Value::Int(1)).is_none());

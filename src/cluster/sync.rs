@@ -68,7 +68,7 @@ impl Cluster {
         Ok(())
     }
 
-    fn in_sync(&mut self, mut snapshot: Snapshot, entries: Vec<Value>, seq: u64, taken: Vec<String>) {
+    fn in_sync(&mut self, mut snapshot: Snapshot, mut entries: Vec<Value>, seq: u64, taken: Vec<String>) {
         log::info(format_args!(
             "redis {}: in sync as node {}: {} online, last message {}, {} kept",
             self.cfg.url,
@@ -77,17 +77,11 @@ impl Cluster {
             snapshot.last_id,
             entries.len()
         ));
-        let mut entries = entries.into_iter();
-        snapshot.messages = messages(entries.by_ref().take(SLICE).collect());
-        let first = self.slices.len();
-        loop {
-            let slice: Vec<Value> = entries.by_ref().take(SLICE).collect();
-            if slice.is_empty() {
-                break;
-            }
-            self.slices.push_back(slice);
+        snapshot.messages = messages(oldest(&mut entries));
+        let more = entries.len().div_ceil(SLICE);
+        if more > 0 {
+            self.slices.push_back(entries);
         }
-        let more = self.slices.len() - first;
         let mine = std::mem::take(&mut self.answered).into();
         self.events.push_back(Event::Synced { snapshot, taken, mine, more: more > 0 });
         for i in 0..more {
@@ -121,9 +115,22 @@ impl Cluster {
         }
         let Some(Event::SyncedMore { last, .. }) = self.events.pop_front() else { return None };
         self.sliced = true;
-        let entries = self.slices.pop_front().unwrap_or_default();
+        let entries = match self.slices.front_mut() {
+            Some(rest) => oldest(rest),
+            None => Vec::new(),
+        };
+        if self.slices.front().is_some_and(Vec::is_empty) {
+            self.slices.pop_front();
+        }
         Some(Event::SyncedMore { messages: messages(entries), last })
     }
+}
+
+/// The oldest `SLICE` of `entries` (newest first), taken off its end, oldest first.
+fn oldest(entries: &mut Vec<Value>) -> Vec<Value> {
+    let mut slice = entries.split_off(entries.len().saturating_sub(SLICE));
+    slice.reverse();
+    slice
 }
 
 /// A slice of the history stream as messages; an entry that is not one (the Lua

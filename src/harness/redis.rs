@@ -969,7 +969,7 @@ mod tests {
         let (snap, entries, seq, taken) = crate::cluster::reply::snapshot(got[0].clone()).expect("a snapshot");
         assert_eq!(snap.epoch, "e1", "the first epoch stays");
         assert_eq!(snap.online, ["Ann", "Bob"]);
-        let messages: Vec<_> = entries.into_iter().filter_map(crate::cluster::reply::message).collect();
+        let messages: Vec<_> = entries.into_iter().rev().filter_map(crate::cluster::reply::message).collect();
         assert_eq!(
             messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
             ["b", "c"],
