@@ -178,6 +178,9 @@ impl Parser {
         while let Some(top) = self.open.last_mut() {
             let k = n.min(top.items.len());
             top.items.truncate(top.items.len() - k);
+            // The room goes back with the elements: freeing 128 MB of it in one
+            // call, at the end, is itself a stall.
+            top.items.shrink_to_fit();
             n -= k;
             if !top.items.is_empty() {
                 return false;
