@@ -171,6 +171,16 @@ impl History {
         self.ring.push_back(entry);
     }
 
+    /// Takes out the oldest message kept (a snapshot being applied reuses what the
+    /// ring it replaces already holds, and drops the rest a slice at a time).
+    pub fn pop_oldest(&mut self) -> Option<Entry> {
+        self.ring.pop_front()
+    }
+
+    pub fn oldest_id(&self) -> Option<u64> {
+        self.ring.front().map(|e| e.id)
+    }
+
     /// Every message after `since`, if the client's history is this one and nothing
     /// after `since` has been dropped; `None` means the client must resync.
     pub fn since(&self, since: u64, epoch: &str) -> Option<impl Iterator<Item = &Entry> + '_> {

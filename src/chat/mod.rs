@@ -171,6 +171,8 @@ pub struct Chat {
     /// leaves and messages take effect when they come back from the room's channel
     /// (`apply_*`), and local events become `Publish`/`Left` effects instead.
     replica: Option<Replica>,
+    /// Cluster mode: a snapshot whose messages are still coming, a slice a turn.
+    restoring: Option<replicated::Restore>,
     /// Banned users, lowercased: a login for them gets no session.
     banned: std::collections::HashSet<Box<str>>,
     pub stats: ChatStats,
@@ -187,6 +189,7 @@ impl Chat {
             wall: None,
             message_rate: cfg.message_rate,
             replica: None,
+            restoring: None,
             banned: Default::default(),
             stats: ChatStats::default(),
         }

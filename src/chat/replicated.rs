@@ -21,6 +21,33 @@ pub struct Snapshot {
     pub messages: Vec<Message>,
 }
 
+/// The entry `old` holds for message `id` (same epoch: the same message), dropping
+/// the older ones it passes (gone from Redis: deleted, or past the history's cap).
+fn reuse(old: &mut history::History, id: u64) -> Option<history::Entry> {
+    while old.oldest_id().is_some_and(|o| o < id) {
+        old.pop_oldest();
+    }
+    if old.oldest_id() == Some(id) {
+        return old.pop_oldest();
+    }
+    None
+}
+
+/// A snapshot being applied: what its later slices need to know.
+pub(super) struct Restore {
+    /// Messages up to this id this node had delivered already.
+    seen: u64,
+    same_epoch: bool,
+    /// The history changed epoch under connected clients: they resync at the end.
+    lost: bool,
+    last_id: u64,
+    /// This node's messages not yet acked (id, sender).
+    owed: Vec<(u64, ConnId)>,
+    /// The ring the snapshot replaces, in the same epoch: its entries are reused
+    /// (not encoded again) and the rest dropped as the slices pass them.
+    old: Option<history::History>,
+}
+
 impl Chat {
     /// A session id for a login that Redis must store before it is used.
     pub fn new_session_id(&mut self) -> (SessionId, [u8; 32]) {
@@ -108,6 +135,14 @@ impl Chat {
     /// `mine`: this node's messages Redis took whose event was lost with the links
     /// (id, sender): each sender gets its ack, the others the message.
     pub fn apply_snapshot(&mut self, snap: Snapshot, mine: &[(u64, ConnId)], fx: &mut Effects) {
+        self.begin_snapshot(snap, mine, fx);
+        self.finish_snapshot(fx);
+    }
+
+    /// `apply_snapshot` in parts: the snapshot with its first messages, then the
+    /// rest (`continue_snapshot`, oldest first) over as many calls as the loop takes
+    /// turns, then `finish_snapshot`. Nothing else is applied in between.
+    pub fn begin_snapshot(&mut self, snap: Snapshot, mine: &[(u64, ConnId)], fx: &mut Effects) {
         let Some(r) = self.replica.as_mut() else { return };
         let (left, joined) = r.replace(&snap.online);
         for name in left {
@@ -119,21 +154,37 @@ impl Chat {
         let same_epoch = snap.epoch == self.history.epoch();
         let lost = !same_epoch && !self.history.epoch().is_empty();
         let seen = if same_epoch { self.history.last_id() } else { u64::MAX };
-        self.history = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
-        let mut owed: Vec<(u64, ConnId)> = mine.to_vec();
-        for msg in snap.messages {
-            if msg.id > seen {
+        let fresh = history::History::new(&snap.epoch, snap.last_id, self.history.cap());
+        let old = std::mem::replace(&mut self.history, fresh);
+        let old = same_epoch.then_some(old);
+        self.restoring = Some(Restore { seen, same_epoch, lost, last_id: snap.last_id, owed: mine.to_vec(), old });
+        self.continue_snapshot(snap.messages, fx);
+    }
+
+    pub fn continue_snapshot(&mut self, messages: Vec<Message>, fx: &mut Effects) {
+        let Some(mut restore) = self.restoring.take() else { return };
+        for msg in messages {
+            if msg.id > restore.seen {
+                let owed = &mut restore.owed;
                 let sender = owed.iter().position(|&(id, _)| id == msg.id).map(|at| owed.swap_remove(at).1);
                 self.apply_message(msg, sender, fx);
             } else {
-                let entry = self.entry_of(&msg);
+                let entry = match restore.old.as_mut().and_then(|old| reuse(old, msg.id)) {
+                    Some(entry) => entry,
+                    None => self.entry_of(&msg),
+                };
                 self.history.push(entry);
             }
         }
+        self.restoring = Some(restore);
+    }
+
+    pub fn finish_snapshot(&mut self, fx: &mut Effects) {
+        let Some(Restore { same_epoch, lost, last_id, owed, .. }) = self.restoring.take() else { return };
         // Taken by Redis but not in the snapshot's messages (history off, or older
         // than it keeps): acked if the history is still the one it went into.
         for (id, conn) in owed {
-            let durable = same_epoch && id <= snap.last_id;
+            let durable = same_epoch && id <= last_id;
             let ack = match (durable, self.is_v2(conn)) {
                 (true, true) => super::v2_ack(id),
                 (true, false) => Chunk::Static(super::ACK_OK),

@@ -363,6 +363,41 @@ mod replicated {
             .any(|e| matches!(e, Effect::Send { to: 2, frame: Chunk::Static(f) } if *f == ACK_UNAVAILABLE)));
     }
 
+    /// A big snapshot comes a slice a turn: cut anywhere, it does what it does whole,
+    /// the entries this node held reused and those Redis dropped gone.
+    #[test]
+    fn a_snapshot_in_slices_is_the_snapshot_whole() {
+        let t0 = Instant::now();
+        let run = |slices: usize| {
+            let (mut chat, mut fx) = (replica(), vec![]);
+            member(&mut chat, "al", 1, true, t0, &mut fx);
+            member(&mut chat, "bo", 2, false, t0, &mut fx);
+            for id in 1..=4 {
+                chat.apply_message(msg(id, id as i64, "bo", &format!("m{id}")), None, &mut fx);
+            }
+            let epoch = chat.history().epoch().to_owned();
+            fx.clear();
+            // Message 2 was deleted meanwhile; 5..=7 came while away, 7 is al's.
+            let messages: Vec<Message> =
+                [1, 3, 4, 5, 6, 7].iter().map(|&id| msg(id, id as i64, "bo", &format!("m{id}"))).collect();
+            let mut parts = messages.chunks(messages.len().div_ceil(slices)).map(<[Message]>::to_vec);
+            let online = vec!["al".into(), "bo".into()];
+            let snap = Snapshot { epoch, last_id: 7, online, messages: parts.next().unwrap() };
+            chat.begin_snapshot(snap, &[(7, 1)], &mut fx);
+            for part in parts {
+                chat.continue_snapshot(part, &mut fx);
+            }
+            chat.finish_snapshot(&mut fx);
+            let mut ids: Vec<u64> = chat.history().page(None, 100).map(|e| e.id).collect();
+            ids.sort();
+            (format!("{fx:?}"), ids)
+        };
+        let whole = run(1);
+        assert_eq!(whole.1, [1, 3, 4, 5, 6, 7]);
+        assert_eq!(run(2), whole);
+        assert_eq!(run(6), whole);
+    }
+
     #[test]
     fn joins_and_leaves_come_from_the_channel_and_online_is_cluster_wide() {
         let t0 = Instant::now();

@@ -3,15 +3,35 @@
 //! the sync's snapshot. Either link may be read first.
 
 use super::event::RoomEvent;
+use super::link::Link;
 use super::reply::{self, parse_token, unhex32};
 use super::resp::Value;
-use super::{sentinel, Cluster, Done, Event, Expect, Message, Pending, Reply, State, MAX_REPLAY};
+use super::{sentinel, Cluster, Done, Event, Expect, Message, Pending, Reply, State, MAX_REPLAY, REPLY_TIMEOUT};
 use crate::log;
 use std::time::Instant;
 
 impl Cluster {
+    /// When the oldest command's reply is late: `REPLY_TIMEOUT` after it was sent,
+    /// or after the command link last brought bytes. A big reply arriving over many
+    /// turns (a sync of the whole history) is progress, not a stuck Redis.
+    pub(super) fn reply_due(&self) -> Option<Instant> {
+        let (sent, _) = self.pending.front()?;
+        Some((*sent).max(self.heard_at) + REPLY_TIMEOUT)
+    }
+
+    /// A link given up: true if there was one. One holding a big unfinished
+    /// reply is freed over the next turns (see `Link::is_heavy`).
+    pub(super) fn retire(&mut self, link: Option<Link>) -> bool {
+        let Some(link) = link else { return false };
+        if link.is_heavy() {
+            self.shedding.push(link);
+        }
+        true
+    }
+
     pub(super) fn read_cmd(&mut self, bytes: &[u8]) -> Result<(), String> {
         let Some(cmd) = self.cmd.as_mut() else { return Ok(()) };
+        self.heard_at = self.now;
         let mut demoted = false;
         for v in cmd.received(bytes)? {
             let (sent, why) = self.pending.pop_front().ok_or("a reply nobody asked for")?;
@@ -130,7 +150,8 @@ impl Cluster {
                 };
                 self.events.push_back(Event::Reply(Done { origin, reply }));
             }
-            Pending::Sync => self.synced(&v)?,
+            Pending::Sync => self.synced(v)?,
+            Pending::SyncHistory => self.history_came(v)?,
             Pending::Role if sentinel::is_primary(&v) => {}
             Pending::Role => return Err(format!("{} is not the primary (ROLE: {v:?})", self.cfg.url)),
         }

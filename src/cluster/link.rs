@@ -1,6 +1,6 @@
 //! One link to Redis as bytes, and the pace of reconnecting. The reactor owns the
-//! socket; a `Link` holds what came in and is not yet a whole reply, and what is
-//! queued to go out, so the cluster core never touches a socket.
+//! socket; a `Link` holds the reply being parsed (the parser keeps its place between
+//! reads) and what is queued to go out, so the cluster core never touches a socket.
 
 use super::resp::{self, Value};
 use std::time::Duration;
@@ -19,9 +19,12 @@ pub enum LinkId {
     Watch(usize),
 }
 
+/// Elements a given-up link frees per turn.
+const SHED_PER_TURN: usize = 64 * 1024;
+
 #[derive(Debug, Default)]
 pub struct Link {
-    input: Vec<u8>,
+    input: resp::Parser,
     out: Vec<u8>,
 }
 
@@ -31,17 +34,28 @@ impl Link {
     }
 
     /// Takes in bytes from the socket; returns every reply they complete. A reply
-    /// split across reads waits for the rest (its size is bounded by `resp`).
+    /// split across reads waits for the rest, parsed as far as it came (its size is
+    /// bounded by `resp`), so each read costs what it brought.
     pub fn received(&mut self, bytes: &[u8]) -> Result<Vec<Value>, String> {
-        self.input.extend_from_slice(bytes);
         let mut values = Vec::new();
-        let mut used = 0;
-        while let Some((v, n)) = resp::parse(&self.input[used..]).map_err(|e| e.to_string())? {
-            used += n;
-            values.push(v);
-        }
-        self.input.drain(..used);
+        self.input.feed_all(bytes, &mut values).map_err(|e| e.to_string())?;
         Ok(values)
+    }
+
+    /// A link given up is dropped now, or, if it holds a big unfinished reply, a
+    /// slice a turn (`shed`): freeing millions of elements at once stalls the loop.
+    pub fn is_heavy(&self) -> bool {
+        self.input.held() > SHED_PER_TURN
+    }
+
+    /// Frees some of what a given-up link holds; true once it holds nothing.
+    pub fn shed(&mut self) -> bool {
+        self.input.shed(SHED_PER_TURN)
+    }
+
+    /// Bytes parsed since the link opened.
+    pub fn examined(&self) -> u64 {
+        self.input.examined()
     }
 
     /// What waits to be written.
@@ -99,6 +113,23 @@ mod tests {
         assert_eq!(l.received(b"2\r").unwrap(), []);
         assert_eq!(l.received(b"\n").unwrap(), [Value::Int(42)]);
         assert!(l.received(b"?garbage\r\n").is_err());
+    }
+
+    #[test]
+    fn a_big_reply_read_in_small_pieces_is_parsed_once() {
+        let mut l = Link::default();
+        let n = 50_000;
+        let mut reply = format!("*{n}\r\n").into_bytes();
+        for _ in 0..n {
+            reply.extend_from_slice(b"$6\r\nabcdef\r\n");
+        }
+        let mut got = Vec::new();
+        for chunk in reply.chunks(512) {
+            got.extend(l.received(chunk).unwrap());
+        }
+        assert_eq!(got.len(), 1);
+        assert_eq!(l.examined(), reply.len() as u64);
+        assert!(l.received(format!("*{}\r\n", resp::MAX_REPLY_ELEMENTS + 1).as_bytes()).is_err());
     }
 
     #[test]

@@ -132,6 +132,13 @@ pub enum Event {
         /// This node's messages Redis took (id, sender) whose event never came: the
         /// links dropped in between. Their senders are owed an ack.
         mine: Vec<(u64, Origin)>,
+        /// The snapshot's later messages follow as `SyncedMore`, a slice a turn.
+        more: bool,
+    },
+    /// The next of a big snapshot's messages (oldest first); `last` ends it.
+    SyncedMore {
+        messages: Vec<Message>,
+        last: bool,
     },
     /// `skiff ctl`: Redis answered the function called for `origin`.
     Control {
@@ -163,7 +170,10 @@ enum Pending {
     /// `skiff_heartbeat`: its answer says what replicas the primary has.
     Heartbeat,
     Control(Origin),
+    /// The sync's snapshot, without the history...
     Sync,
+    /// ...which comes in the reply after it (see `sync`).
+    SyncHistory,
     /// `ROLE` on connect (sentinel mode): the server must be the primary.
     Role,
     Ignore,
@@ -253,6 +263,19 @@ pub struct Cluster {
     /// users with a socket here: a session is asserted again only for that user,
     /// never for another registered under the name after Redis lost the first.
     incarnations: std::collections::HashMap<Box<str>, Box<str>>,
+    /// Big snapshots' messages not yet handed to the loop (newest first, each
+    /// sync's), taken a slice per turn from the end (see `sync::next_slice`)...
+    slices: VecDeque<Vec<Value>>,
+    /// ...and whether this turn had its slice (`flush` ends a turn).
+    sliced: bool,
+    /// The reactor left bytes unread on a link this turn: the next turn comes at once.
+    input_waiting: bool,
+    /// When the command link last brought bytes (see `reply_due`).
+    heard_at: Instant,
+    /// The sync's snapshot, waiting for its history (the next reply).
+    sync_head: Option<(Snapshot, u64, Vec<String>)>,
+    /// Links given up with a big reply half read, freed a slice a turn.
+    shedding: Vec<Link>,
 }
 
 impl Cluster {
@@ -305,6 +328,12 @@ impl Cluster {
             primary,
             waits: replicas::Waits::default(),
             incarnations: std::collections::HashMap::new(),
+            slices: VecDeque::new(),
+            sliced: false,
+            input_waiting: false,
+            heard_at: now,
+            sync_head: None,
+            shedding: Vec::new(),
         }
     }
 
@@ -347,7 +376,7 @@ impl Cluster {
 
     /// Connected and in sync: `/healthz` says ok.
     pub fn is_up(&self) -> bool {
-        self.state == State::Up
+        self.state == State::Up && self.slices.is_empty()
     }
 
     /// Requests go out only after the sync: an event they cause then comes after
@@ -362,11 +391,20 @@ impl Cluster {
     }
 
     pub fn next_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        match self.events.front() {
+            Some(Event::SyncedMore { .. }) => self.next_slice(),
+            _ => self.events.pop_front(),
+        }
     }
 
+    /// Events wait (some perhaps for the next turn), or input does.
     pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
+        !self.events.is_empty() || self.input_waiting || !self.shedding.is_empty()
+    }
+
+    /// The reactor read a link only in part this turn (see `reactor::redis`).
+    pub fn set_input_waiting(&mut self, waiting: bool) {
+        self.input_waiting = waiting;
     }
 
     /// The loop's time at the start of a turn: commands queued during the turn are
@@ -502,7 +540,7 @@ impl Cluster {
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.stopping {
             // No heartbeats or retries any more: only an answer that never comes.
-            return self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
+            return self.reply_due();
         }
         let sentinels = [
             self.sentinels.as_ref().and_then(Sentinels::next_deadline),
@@ -516,7 +554,7 @@ impl Cluster {
             State::Locating => None,
             State::Connecting | State::Subscribed => Some(self.since + CONNECT_TIMEOUT),
             State::Syncing | State::Up => {
-                let stuck = self.pending.front().map(|(at, _)| *at + REPLY_TIMEOUT);
+                let stuck = self.reply_due();
                 [Some(self.heartbeat_at), Some(self.reap_at), stuck].into_iter().flatten().min()
             }
         };
@@ -538,7 +576,7 @@ impl Cluster {
                 self.lost("connecting timed out", now);
             }
             State::Syncing | State::Up => {
-                if self.pending.front().is_some_and(|(at, _)| now >= *at + REPLY_TIMEOUT) {
+                if self.reply_due().is_some_and(|due| now >= due) {
                     return self.lost("a reply took over 5 s", now);
                 }
                 if self.stopping {
@@ -603,7 +641,8 @@ impl Cluster {
             log::error(format_args!("redis {}: {why}; degraded, retrying", self.cfg.url));
             self.outage_logged = true;
         }
-        if self.cmd.take().is_some() | self.sub.take().is_some() {
+        let (cmd, sub) = (self.cmd.take(), self.sub.take());
+        if self.retire(cmd) | self.retire(sub) {
             self.io.push_back(Io::Close);
         }
         for (_, p) in std::mem::take(&mut self.pending) {
@@ -636,6 +675,7 @@ impl Cluster {
             | Pending::Wait
             | Pending::Heartbeat
             | Pending::Sync
+            | Pending::SyncHistory
             | Pending::Role
             | Pending::Ignore => {}
         }
@@ -727,6 +767,8 @@ impl Cluster {
     /// does not read its commands is down.
     pub fn flush(&mut self, now: Instant) {
         self.now = now;
+        self.sliced = false;
+        self.shedding.retain_mut(|l| !l.shed());
         let stuck = [LinkId::Cmd, LinkId::Sub].iter().any(|&l| self.output(l).len() > OUT_LIMIT);
         if stuck {
             self.lost("Redis does not read its commands", now);

@@ -34,35 +34,65 @@ pub fn session(v: &Value) -> Option<(String, u64)> {
     Some((name, ms))
 }
 
-/// `skiff_sync`'s reply: the snapshot, its channel position, and the taken users.
-pub fn snapshot(v: &Value) -> Option<(Snapshot, u64, Vec<String>)> {
-    let items = v.as_array()?;
-    let seq = items.first()?.as_int()? as u64;
-    let epoch = items.get(1)?.as_str()?.to_owned();
-    let last_id = items.get(2)?.as_int()? as u64;
-    let strings =
-        |v: &Value| -> Option<Vec<String>> { v.as_array()?.iter().map(|x| x.as_str().map(str::to_owned)).collect() };
-    let online = strings(items.get(3)?)?;
-    let mut messages = Vec::new();
-    for entry in items.get(4)?.as_array()? {
-        let e = entry.as_array()?;
-        let id: u64 = e.first()?.as_str()?.split('-').next()?.parse().ok()?;
-        let fields = e.get(1)?.as_array()?;
-        let (mut ts, mut author, mut text) = (None, None, None);
-        for kv in fields.chunks(2) {
-            let value = kv.get(1)?.as_str()?;
-            match kv[0].as_str()? {
-                "ts" => ts = value.parse::<i64>().ok(),
-                "author" => author = Some(value.to_owned()),
-                "message" => text = Some(value.to_owned()),
-                _ => {}
-            }
+/// `skiff_sync`'s reply: the snapshot, its channel position and the taken users;
+/// the snapshot's messages are left as Redis sent them (newest first), for `message`
+/// to read a slice at a time. Taken apart, not copied.
+pub fn snapshot(v: Value) -> Option<(Snapshot, Vec<Value>, u64, Vec<String>)> {
+    let mut items = array(v)?.into_iter();
+    let seq = items.next()?.as_int()? as u64;
+    let epoch = string(items.next()?)?;
+    let last_id = items.next()?.as_int()? as u64;
+    let online = strings(items.next()?)?;
+    let entries = array(items.next()?)?;
+    let taken = strings(items.next()?)?;
+    Some((Snapshot { epoch, last_id, online, messages: Vec::new() }, entries, seq, taken))
+}
+
+/// The history's newest entries (`XREVRANGE`), newest first, up to `last_id`: a
+/// later one was published after the snapshot and comes as a channel event. Only
+/// those few at the front are looked at: the rest wait for their slice's turn.
+pub fn history(v: Value, last_id: u64) -> Option<Vec<Value>> {
+    let mut entries = array(v)?;
+    let id = |e: &Value| -> Option<u64> { e.as_array()?.first()?.as_str()?.split('-').next()?.parse().ok() };
+    let later = entries.iter().take_while(|e| id(e).is_some_and(|id| id > last_id)).count();
+    entries.drain(..later);
+    Some(entries)
+}
+
+/// One entry of the history stream: `[id, [field, value, ...]]`.
+pub fn message(entry: Value) -> Option<Message> {
+    let mut e = array(entry)?.into_iter();
+    let id: u64 = e.next()?.as_str()?.split('-').next()?.parse().ok()?;
+    let mut fields = array(e.next()?)?.into_iter();
+    let (mut ts, mut author, mut text) = (None, None, None);
+    while let (Some(key), Some(value)) = (fields.next(), fields.next()) {
+        match key.as_str()? {
+            "ts" => ts = value.as_str()?.parse::<i64>().ok(),
+            "author" => author = Some(string(value)?),
+            "message" => text = Some(string(value)?),
+            _ => {}
         }
-        messages.push(Message { id, ts: ts?, author: author?, text: text? });
     }
-    messages.reverse();
-    let taken = strings(items.get(5)?)?;
-    Some((Snapshot { epoch, last_id, online, messages }, seq, taken))
+    Some(Message { id, ts: ts?, author: author?, text: text? })
+}
+
+fn array(v: Value) -> Option<Vec<Value>> {
+    match v {
+        Value::Array(Some(items)) => Some(items),
+        _ => None,
+    }
+}
+
+fn string(v: Value) -> Option<String> {
+    match v {
+        Value::Bulk(Some(b)) => String::from_utf8(b).ok(),
+        Value::Simple(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn strings(v: Value) -> Option<Vec<String>> {
+    array(v)?.into_iter().map(string).collect()
 }
 
 #[cfg(test)]
@@ -99,14 +129,17 @@ mod tests {
             Value::Array(Some(vec![entry("8-0", "20", "al", "new"), entry("7-0", "10", "Bob", "old")])),
             Value::Array(Some(vec![bulk("zed")])),
         ]));
-        let (snap, seq, taken) = snapshot(&v).expect("well-formed");
+        let (snap, entries, seq, taken) = snapshot(v).expect("well-formed");
         assert_eq!(seq, 40);
         assert_eq!((snap.epoch.as_str(), snap.last_id), ("e1", 8));
         assert_eq!(snap.online, ["Bob", "al"]);
         let m = |id, ts, author: &str, text: &str| Message { id, ts, author: author.into(), text: text.into() };
-        assert_eq!(snap.messages, [m(7, 10, "Bob", "old"), m(8, 20, "al", "new")]);
+        let messages: Vec<Option<Message>> = entries.into_iter().rev().map(message).collect();
+        assert_eq!(messages, [Some(m(7, 10, "Bob", "old")), Some(m(8, 20, "al", "new"))]);
         assert_eq!(taken, ["zed"]);
-        assert!(snapshot(&Value::Int(1)).is_none());
+        assert!(snapshot(Value::Int(1)).is_none());
+        assert_eq!(message(entry("x-0", "1", "a", "b")), None);
+        assert_eq!(message(Value::Array(Some(vec![bulk("9-0"), Value::Int(3)]))), None);
     }
 
     #[test]

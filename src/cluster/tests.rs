@@ -44,17 +44,20 @@ fn channel(payload: &str) -> Vec<u8> {
     wire(&Value::Array(Some(vec![bulk("message"), bulk("skiff:room"), bulk(payload)])))
 }
 
-/// `skiff_sync`'s answer: channel position `seq`, epoch e1, last id, who is online.
+/// `skiff_sync`'s answer: channel position `seq`, epoch e1, last id, who is online;
+/// then the history read after it (none).
 fn sync_reply(seq: i64, last_id: i64, online: &[&str]) -> Vec<u8> {
     let names = online.iter().map(|n| bulk(n)).collect();
-    wire(&Value::Array(Some(vec![
+    let mut bytes = wire(&Value::Array(Some(vec![
         Value::Int(seq),
         bulk("e1"),
         Value::Int(last_id),
         Value::Array(Some(names)),
         Value::Array(Some(vec![])),
         Value::Array(Some(vec![])),
-    ])))
+    ])));
+    bytes.extend(wire(&Value::Array(Some(vec![]))));
+    bytes
 }
 
 /// What the node has written on `link` since the last look, as text.
@@ -602,7 +605,10 @@ mod replicas {
             empty(),
             pair(attached, online),
         ]));
-        c.on_bytes(LinkId::Cmd, &wire(&reply), t);
+        // The history's reply follows the sync's (`XREVRANGE`).
+        let mut bytes = wire(&reply);
+        bytes.extend(wire(&empty()));
+        c.on_bytes(LinkId::Cmd, &bytes, t);
         assert!(c.is_up());
         events(&mut c);
         c
@@ -723,4 +729,100 @@ mod replicas {
         c.on_bytes(LinkId::Cmd, &wire(&Value::Error("ERR Function not found".into())), t);
         assert!(events(&mut c).is_empty());
     }
+}
+
+/// A snapshot of `n` messages (ids 1..=n), at channel position `seq`: the sync's
+/// reply, then the history's (newest first, with one message published since the
+/// snapshot, which its channel event brings).
+fn big_sync_reply(seq: i64, n: u64) -> Vec<u8> {
+    let entry = |id: u64| {
+        let fields = ["ts", "1700000000000", "author", "ann", "message", &format!("text {id}")].map(bulk);
+        Value::Array(Some(vec![bulk(&format!("{id}-0")), Value::Array(Some(fields.to_vec()))]))
+    };
+    let mut bytes = wire(&Value::Array(Some(vec![
+        Value::Int(seq),
+        bulk("e1"),
+        Value::Int(n as i64),
+        Value::Array(Some(vec![bulk("ann")])),
+        Value::Array(Some(vec![])),
+        Value::Array(Some(vec![])),
+    ])));
+    bytes.extend(wire(&Value::Array(Some((1..=n + 1).rev().map(entry).collect()))));
+    bytes
+}
+
+#[test]
+fn a_big_snapshot_comes_a_slice_a_turn_and_what_follows_waits_for_it() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    sent(&mut c, LinkId::Cmd);
+    // An event after the snapshot's position, read before the snapshot.
+    let n = (2 * sync::SLICE + sync::SLICE / 2) as u64;
+    c.on_bytes(LinkId::Sub, &channel(&format!("M 11 {} 1700000000000 n2 1.1 ann after", n + 1)), t);
+    for piece in big_sync_reply(10, n).chunks(1000) {
+        c.on_bytes(LinkId::Cmd, piece, t);
+    }
+    let mut ids = Vec::new();
+    let mut turns = Vec::new();
+    for _ in 0..5 {
+        let got = events(&mut c);
+        let mut kinds = Vec::new();
+        for e in got {
+            match e {
+                Event::Synced { snapshot, more, .. } => {
+                    assert!(more);
+                    ids.extend(snapshot.messages.iter().map(|m| m.id));
+                    kinds.push(format!("synced {}", snapshot.messages.len()));
+                }
+                Event::SyncedMore { messages, last } => {
+                    ids.extend(messages.iter().map(|m| m.id));
+                    kinds.push(format!("more {} {last}", messages.len()));
+                }
+                Event::Message { msg, .. } => kinds.push(format!("message {}", msg.id)),
+                e => panic!("unexpected {e:?}"),
+            }
+        }
+        // In sync once the last slice is out: /healthz waits for the whole history.
+        turns.push((kinds.join(", "), c.is_up(), c.has_events()));
+        c.flush(t);
+    }
+    let s = |k: &str, up, more| (k.to_owned(), up, more);
+    assert_eq!(
+        turns,
+        [
+            s("synced 500", false, true),
+            s("more 500 false", false, true),
+            s("more 250 true, message 1251", true, false),
+            s("", true, false),
+            s("", true, false),
+        ]
+    );
+    assert_eq!(ids, (1..=n).collect::<Vec<_>>(), "oldest first, each once");
+}
+
+#[test]
+fn a_reply_still_arriving_is_not_late_but_five_silent_seconds_are() {
+    let t = Instant::now();
+    let s = Duration::from_secs;
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    sent(&mut c, LinkId::Cmd);
+    let reply = big_sync_reply(10, 100);
+    let pieces: Vec<&[u8]> = reply.chunks(reply.len() / 4 + 1).collect();
+    for (i, piece) in pieces.iter().enumerate() {
+        let at = t + s(3 * i as u64 + 3);
+        c.on_timeout(at);
+        assert_eq!(c.poll_io(), None, "dropped while the reply was arriving (piece {i})");
+        c.on_bytes(LinkId::Cmd, piece, at);
+    }
+    assert!(c.is_up(), "12 s for the whole reply, never 5 s without a byte");
+    events(&mut c);
+    let heard = t + s(12);
+    c.on_timeout(heard + s(2));
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_heartbeat"));
+    c.on_timeout(heard + s(7));
+    assert_eq!(c.poll_io(), Some(Io::Close), "its reply never came");
 }

@@ -352,6 +352,13 @@ impl FakeRedis {
             "FUNCTION" => self.function(&args[1..]),
             "HGET" if args.len() == 3 => Ok(self.hget(args[1], args[2])),
             "FCALL" => self.fcall(&args[1..]),
+            // The sync's history, as the node reads it: `XREVRANGE key + - COUNT n`.
+            "XREVRANGE" if args.len() == 6 && args[2] == b"+" && args[3] == b"-" => {
+                match std::str::from_utf8(args[5]).ok().and_then(|n| n.parse::<i64>().ok()) {
+                    Some(n) if n >= 0 => Ok(array(self.newest(n))),
+                    _ => Err("ERR value is not an integer or out of range".to_owned()),
+                }
+            }
             "AUTH" | "SELECT" | "HGET" => {
                 Err(format!("ERR wrong number of arguments for '{}' command", name.to_ascii_lowercase()))
             }
@@ -820,24 +827,7 @@ impl FakeRedis {
                 Some(_) => {}
             }
         }
-        let keep = keep.clamp(0, MAX_HISTORY as i64) as usize;
-        let history = self
-            .history
-            .iter()
-            .rev()
-            .take(keep)
-            .map(|e| {
-                let fields = vec![
-                    bulk("ts"),
-                    bulk(&e.ts.to_string()),
-                    bulk("author"),
-                    bulk(&e.author),
-                    bulk("message"),
-                    bulk(&e.text),
-                ];
-                array(vec![bulk(&format!("{}-0", e.id)), array(fields)])
-            })
-            .collect();
+        let history = self.newest(keep);
         Ok(array(vec![
             Value::Int(self.seq as i64),
             bulk(self.epoch.as_deref().unwrap_or_default()),
@@ -847,6 +837,23 @@ impl FakeRedis {
             array(taken),
             no_replicas(),
         ]))
+    }
+
+    /// The newest `keep` history entries, newest first, as XREVRANGE gives them.
+    fn newest(&self, keep: i64) -> Vec<Value> {
+        let keep = keep.clamp(0, MAX_HISTORY as i64) as usize;
+        let entry = |e: &Entry| {
+            let fields = vec![
+                bulk("ts"),
+                bulk(&e.ts.to_string()),
+                bulk("author"),
+                bulk(&e.author),
+                bulk("message"),
+                bulk(&e.text),
+            ];
+            array(vec![bulk(&format!("{}-0", e.id)), array(fields)])
+        };
+        self.history.iter().rev().take(keep).map(entry).collect()
     }
 
     fn kick(&mut self, lower: &str) -> i64 {
@@ -1015,7 +1022,7 @@ mod tests {
         send(&mut r, c1, &command::register("Ann", &[7; 32]));
         let users = [("Ann".to_owned(), "3.1".to_owned())];
         let got = send(&mut r, c1, &command::sync("n1", 6000, "e1", 2, ("", 0), &users));
-        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
+        let (snap, _, seq, taken) = crate::cluster::reply::snapshot(got[0].clone()).expect("a snapshot");
         assert_eq!((seq, snap.epoch.as_str(), snap.online.as_slice()), (1, "e1", &["Ann".to_owned()][..]));
         assert!(taken.is_empty());
         for text in ["a", "b", "c"] {
@@ -1024,11 +1031,12 @@ mod tests {
         let (c2, s2) = node(&mut r);
         let users = [("ann".to_owned(), "9.9".to_owned()), ("Bob".to_owned(), "9.8".to_owned())];
         let got = send(&mut r, c2, &command::sync("n2", 6000, "e2", 2, ("", 0), &users));
-        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
+        let (snap, entries, seq, taken) = crate::cluster::reply::snapshot(got[0].clone()).expect("a snapshot");
         assert_eq!(snap.epoch, "e1", "the first epoch stays");
         assert_eq!(snap.online, ["Ann", "Bob"]);
+        let messages: Vec<_> = entries.into_iter().rev().filter_map(crate::cluster::reply::message).collect();
         assert_eq!(
-            snap.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
+            messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
             ["b", "c"],
             "the newest 2, oldest first"
         );

@@ -20,13 +20,34 @@ const WATCH_TOP: usize = usize::MAX - 20;
 const WATCHES: usize = crate::cluster::sentinel::MAX_SENTINELS;
 
 const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from Redis in one loop turn, all links together: a big reply (a sync
+/// of the whole history is ~130 MB) arrives over many turns, each a few ms of
+/// parsing, with the clients served in between. TCP holds the rest back.
+const READ_PER_TURN: usize = 256 * 1024;
 
-#[derive(Default)]
 pub struct RedisLinks {
     cmd: Option<TcpStream>,
     sub: Option<TcpStream>,
     sentinel: Option<TcpStream>,
     watches: [Option<TcpStream>; WATCHES],
+    /// What this turn may still read.
+    budget: usize,
+    /// Links the budget cut short: they have more to read (edge-triggered: no new
+    /// readiness comes for it), so the next turn reads them first.
+    unread: Vec<LinkId>,
+}
+
+impl Default for RedisLinks {
+    fn default() -> RedisLinks {
+        RedisLinks {
+            cmd: None,
+            sub: None,
+            sentinel: None,
+            watches: Default::default(),
+            budget: READ_PER_TURN,
+            unread: Vec::new(),
+        }
+    }
 }
 
 fn link_of(token: Token) -> Option<LinkId> {
@@ -115,19 +136,40 @@ impl RedisLinks {
         }
     }
 
-    /// Reads what `link` has (edge-triggered: until it would block) into the core.
+    /// Reads what `link` has (edge-triggered: until it would block) into the core,
+    /// or until this turn's budget is spent: then the link waits in `unread`.
     fn read(&mut self, link: LinkId, cluster: &mut Cluster, now: Instant) {
-        let Some(sock) = self.sock(link) else { return };
         let mut chunk = [0u8; READ_CHUNK];
         loop {
-            match sock.read(&mut chunk) {
+            if self.budget == 0 {
+                if !self.unread.contains(&link) {
+                    self.unread.push(link);
+                }
+                return;
+            }
+            let want = self.budget.min(READ_CHUNK);
+            let Some(sock) = self.sock(link) else { return };
+            match sock.read(&mut chunk[..want]) {
                 Ok(0) => return cluster.on_closed(link, "connection closed", now),
-                Ok(n) => cluster.on_bytes(link, &chunk[..n], now),
+                Ok(n) => {
+                    self.budget -= n;
+                    cluster.on_bytes(link, &chunk[..n], now);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return cluster.on_closed(link, &e.to_string(), now),
             }
         }
+    }
+
+    /// The end of a turn: links the budget cut short are read on, and the next turn
+    /// gets a fresh budget (and comes at once if some link still has more).
+    fn read_on(&mut self, cluster: &mut Cluster, now: Instant) {
+        for link in std::mem::take(&mut self.unread) {
+            self.read(link, cluster, now);
+        }
+        self.budget = READ_PER_TURN;
+        cluster.set_input_waiting(!self.unread.is_empty());
     }
 
     /// Writes what the core has queued for each link, until a socket would block.
@@ -176,6 +218,9 @@ impl Reactor {
     pub(super) fn flush_redis(&mut self, now: Instant) {
         if self.server.cx.cluster.is_none() {
             return;
+        }
+        if let Some(cluster) = self.server.cx.cluster.as_mut() {
+            self.redis.read_on(cluster, now);
         }
         self.server.run_cluster_events(now);
         let registry = self.poll.registry();

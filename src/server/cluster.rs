@@ -75,10 +75,20 @@ impl<S: Stream> Server<S> {
                     self.cx.fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_UNAVAILABLE) });
                 }
             }
-            Event::Synced { snapshot, taken, mine } => {
+            Event::SyncedMore { messages, last } => {
+                self.cx.chat.continue_snapshot(messages, &mut self.cx.fx);
+                if last {
+                    self.cx.chat.finish_snapshot(&mut self.cx.fx);
+                }
+            }
+            Event::Synced { snapshot, taken, mine, more } => {
                 let mine: Vec<(u64, usize)> =
                     mine.into_iter().filter_map(|(id, o)| Some((id, self.local(o)?))).collect();
-                self.cx.chat.apply_snapshot(snapshot, &mine, &mut self.cx.fx);
+                // A big snapshot's later messages come a slice a turn (`SyncedMore`).
+                self.cx.chat.begin_snapshot(snapshot, &mine, &mut self.cx.fx);
+                if !more {
+                    self.cx.chat.finish_snapshot(&mut self.cx.fx);
+                }
                 for user in taken {
                     if let Some(conn) = self.cx.chat.member_of_user(&user) {
                         log::warn(format_args!("{user} is online on another node now; closing the socket here"));
