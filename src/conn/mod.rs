@@ -20,7 +20,7 @@ use crate::outq::{BroadcastLog, Flush, OutQueue};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
 use crate::storage::{Origin, Request, Storage};
-use crate::ws::{self, ContextPool};
+use crate::ws;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -99,7 +99,6 @@ pub struct Cx {
     pub rate_limits: RateLimits,
     /// Broadcast frames some connection has yet to write, each stored once.
     pub log: BroadcastLog,
-    pub ws_pool: ContextPool,
     /// Chat effects produced while driving, applied by the server afterwards.
     pub fx: Effects,
     pub stats: Stats,
@@ -119,7 +118,6 @@ impl Cx {
             cfg,
             rate_limits,
             log: BroadcastLog::new(),
-            ws_pool: ContextPool::default(),
             fx: Vec::new(),
             stats: Stats::default(),
             open_connections: 0,
@@ -304,6 +302,7 @@ impl<S: Stream> Conn<S> {
                 Ok(0) => self.hung_up(),
                 Ok(n) => {
                     cx.stats.bytes_in += n as u64;
+                    ws::reserve_modest(&mut self.input, n, cap);
                     self.input.extend_from_slice(&cx.scratch[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,

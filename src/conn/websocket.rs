@@ -48,9 +48,9 @@ impl WsPhase {
         WsPhase { ws, session, last_seen, next_ping }
     }
 
-    /// Holds a tungstenite context of its own (mid-way through a fragmented message).
-    pub fn holds_context(&self) -> bool {
-        self.ws.holds_context()
+    /// Mid-way through a fragmented message.
+    pub fn holds_partial(&self) -> bool {
+        self.ws.holds_partial()
     }
 }
 
@@ -63,7 +63,7 @@ impl<S: Stream> Conn<S> {
                 return Progress::Done(Step::Wait);
             }
             let super::Phase::Ws(w) = &mut self.phase else { return Progress::Again };
-            match w.ws.read(&mut self.input, &mut self.out, &mut cx.ws_pool) {
+            match w.ws.read(&mut self.input, &mut self.out) {
                 WsRead::NeedMore => {
                     let before = self.input.len();
                     self.fill(cx, ws::MAX_FRAME_BYTES);

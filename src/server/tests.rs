@@ -134,9 +134,9 @@ fn send(srv: &mut Server<MockStream>, key: usize, pipe: &MockStream, bytes: &[u8
     settle(srv, now);
 }
 
-fn ws_holds_context(srv: &Server<MockStream>, key: usize) -> bool {
+fn ws_holds_partial(srv: &Server<MockStream>, key: usize) -> bool {
     match srv.conn(key).unwrap().phase() {
-        crate::conn::Phase::Ws(w) => w.holds_context(),
+        crate::conn::Phase::Ws(w) => w.holds_partial(),
         _ => panic!("not a WebSocket"),
     }
 }
@@ -145,20 +145,20 @@ fn ws_holds_context(srv: &Server<MockStream>, key: usize) -> bool {
 fn an_idle_websocket_keeps_no_decoding_context_and_websocket_bytes_are_counted() {
     let mut srv = server(vec![], false);
     let (key, pipe) = websocket(&mut srv, "alice");
-    assert!(!ws_holds_context(&srv, key));
+    assert!(!ws_holds_partial(&srv, key));
     let before = srv.cx.stats.bytes_in;
     let msg = frame::client_frame(0x1, br#"{"message":"hi"}"#, [1, 2, 3, 4]);
     send(&mut srv, key, &pipe, &msg);
     assert_eq!(srv.cx.stats.bytes_in - before, msg.len() as u64, "WebSocket bytes count as received");
     assert!(written(&pipe).ends_with("{\"status\":true}"));
-    assert!(!ws_holds_context(&srv, key), "a whole message leaves no context behind");
+    assert!(!ws_holds_partial(&srv, key), "a whole message leaves no context behind");
     // A fragmented message keeps its context until the last fragment.
     let mut first = frame::client_frame(0x1, br#"{"message":"#, [5, 6, 7, 8]);
     first[0] &= 0x7f; // no FIN: a continuation follows
     send(&mut srv, key, &pipe, &first);
-    assert!(ws_holds_context(&srv, key));
+    assert!(ws_holds_partial(&srv, key));
     send(&mut srv, key, &pipe, &frame::client_frame(0x0, br#""x"}"#, [1, 1, 1, 1]));
-    assert!(!ws_holds_context(&srv, key));
+    assert!(!ws_holds_partial(&srv, key));
     assert!(written(&pipe).matches("{\"status\":true}").count() == 2, "{}", written(&pipe));
 }
 
