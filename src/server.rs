@@ -237,6 +237,10 @@ impl<S: Stream> Server<S> {
     fn settle(&mut self, key: usize, step: Step, now: Instant) {
         self.apply_effects(now);
         self.cx.persist_changes();
+        if let Some(c) = self.conns.get_mut(key) {
+            c.account(&mut self.cx);
+        }
+        self.shed_if_over(now);
         match step {
             Step::Remove => return self.remove(key, now),
             Step::Yield => self.queue_read(key),
@@ -390,8 +394,11 @@ impl<S: Stream> Server<S> {
                     let step = c.drained();
                     self.settle(key, step, now);
                 }
-                Ok(Flush::Blocked) => {}
-                Ok(Flush::Budget) => self.queue_flush(key),
+                Ok(Flush::Blocked) => c.account(&mut self.cx),
+                Ok(Flush::Budget) => {
+                    c.account(&mut self.cx);
+                    self.queue_flush(key);
+                }
                 Err(_) => {
                     c.write_failed(&mut self.cx, now);
                     self.settle(key, Step::Remove, now);
@@ -402,6 +409,29 @@ impl<S: Stream> Server<S> {
             self.fanouts.settle(&self.cx.log, &mut self.cx.stats.fanout_seconds, now);
         }
         !self.flush_list.is_empty()
+    }
+
+    /// Clients hold more than the memory budget: the connections holding the
+    /// most are closed until the count is back under the target. The one scan of
+    /// every connection happens only here, on the rare turn the budget is spent.
+    fn shed_if_over(&mut self, now: Instant) {
+        if !self.cx.memory.over(self.cx.log.bytes() as usize) {
+            return;
+        }
+        let log = &self.cx.log;
+        let mut holders: Vec<(usize, usize)> =
+            self.conns.iter().filter(|(_, c)| !c.is_closing()).map(|(k, c)| (c.holding(log), k)).collect();
+        holders.sort_unstable_by(|a, b| b.cmp(a));
+        let target = self.cx.memory.target();
+        for (_, key) in holders {
+            if self.cx.memory.held() + self.cx.log.bytes() as usize <= target {
+                break;
+            }
+            self.conns[key].shed(&mut self.cx, now);
+            self.queue_flush(key);
+            self.arm(key);
+        }
+        self.apply_effects(now);
     }
 
     fn arm(&mut self, key: usize) {

@@ -7,6 +7,7 @@
 
 mod handover;
 mod http;
+pub mod memory;
 mod websocket;
 
 use crate::api::ApiConfig;
@@ -86,6 +87,10 @@ pub struct ConnConfig {
     /// The `Strict-Transport-Security` value for responses on connections that skiff
     /// itself serves over TLS (`None`: not sent).
     pub hsts: Option<String>,
+    /// Frames a metered WebSocket may send (`None`: no limit).
+    pub frame_rate: Option<crate::chat::room::RateLimit>,
+    /// What all clients together may make the server hold (0: no budget).
+    pub memory_budget: usize,
 }
 
 /// Everything the server owns except the connections themselves: what a
@@ -102,6 +107,7 @@ pub struct Cx {
     /// Chat effects produced while driving, applied by the server afterwards.
     pub fx: Effects,
     pub stats: Stats,
+    pub memory: memory::Memory,
     /// Open connections, for `/metrics` (the slab's length, kept by the server).
     pub open_connections: usize,
     pub shutting_down: bool,
@@ -111,6 +117,7 @@ pub struct Cx {
 
 impl Cx {
     pub fn new(chat: Chat, storage: Storage, cfg: ConnConfig, rate_limits: RateLimits) -> Self {
+        let budget = cfg.memory_budget;
         Cx {
             chat,
             storage,
@@ -119,7 +126,8 @@ impl Cx {
             rate_limits,
             log: BroadcastLog::new(),
             fx: Vec::new(),
-            stats: Stats::default(),
+            stats: Stats { memory_budget: budget as u64, ..Stats::default() },
+            memory: memory::Memory::new(budget),
             open_connections: 0,
             shutting_down: false,
             date: DateCache::default(),
@@ -201,6 +209,8 @@ pub struct Conn<S> {
     peer_gone: bool,
     /// Messages or requests are metered for this client (not loopback-exempt).
     metered: bool,
+    /// What this connection last reported to `cx.memory`.
+    held: usize,
 }
 
 impl<S: Stream> Conn<S> {
@@ -222,6 +232,7 @@ impl<S: Stream> Conn<S> {
             write_shut: false,
             peer_gone: false,
             metered: false,
+            held: 0,
         }
     }
 
@@ -368,6 +379,58 @@ impl<S: Stream> Conn<S> {
         cx.chat.leave(self.key, &mut cx.fx);
     }
 
+    /// Leaves the WebSocket phase with a close frame that says why.
+    pub fn close_ws_with(&mut self, code: u16, reason: &str, cx: &mut Cx, now: Instant) {
+        if !self.is_ws() {
+            return;
+        }
+        self.out.push(ws::close_frame_with(code, reason));
+        self.close_ws(None, cx, now);
+    }
+
+    /// Bytes this connection holds of its own: unfinished input, an unfinished
+    /// message, queued frames (broadcast frames it owes are counted once, in
+    /// the log).
+    fn private_bytes(&self) -> usize {
+        let phase = match &self.phase {
+            Phase::Ws(w) => w.held(),
+            Phase::Http(_) | Phase::Closing { .. } => 0,
+        };
+        self.input.capacity() + phase + self.out.own_bytes()
+    }
+
+    /// What closing this connection would give back, the broadcasts it owes
+    /// included: the order in which the budget sheds connections.
+    pub fn holding(&self, log: &BroadcastLog) -> usize {
+        self.private_bytes() + self.out.len(log)
+    }
+
+    /// Reports what the connection holds now to the process-wide count.
+    pub fn account(&mut self, cx: &mut Cx) {
+        let now = self.private_bytes();
+        cx.memory.set(&mut self.held, now);
+        cx.stats.client_memory = (cx.memory.held() as u64).saturating_add(cx.log.bytes());
+    }
+
+    /// Closes the connection because clients hold more than the budget: a
+    /// WebSocket with 1008 "memory budget", an HTTP request with 503. What it
+    /// held is let go at once.
+    pub fn shed(&mut self, cx: &mut Cx, now: Instant) {
+        cx.stats.memory_shed += 1;
+        log::warn(format_args!("{}: holds {} bytes past the memory budget, closed", self.peer(), self.held));
+        self.input = Vec::new();
+        self.out.drop_unstarted(self.key, &mut cx.log);
+        match self.phase {
+            Phase::Ws(_) => self.close_ws_with(ws::close::POLICY, "memory budget", cx, now),
+            Phase::Http(_) => {
+                self.respond_error(503, "memory_budget", cx, now);
+                self.enter_closing(cx, now);
+            }
+            Phase::Closing { .. } => {}
+        }
+        self.account(cx);
+    }
+
     /// A deadline this connection armed has come.
     pub fn on_timeout(&mut self, cx: &mut Cx, now: Instant) -> Step {
         match &mut self.phase {
@@ -450,6 +513,8 @@ impl<S: Stream> Conn<S> {
     /// Frees what the connection still owes the broadcast log.
     pub fn discard(mut self, cx: &mut Cx) {
         self.out.discard(self.key, &mut cx.log);
+        cx.memory.set(&mut self.held, 0);
+        cx.stats.client_memory = (cx.memory.held() as u64).saturating_add(cx.log.bytes());
         if self.is_closing() {
             cx.stats.closing -= 1;
         }
