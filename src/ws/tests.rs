@@ -200,3 +200,85 @@ fn resume_refuses_what_no_peer_could_have_started() {
     assert!(WsConn::resume(frame::TEXT, &vec![b'a'; MAX_MESSAGE_BYTES + 1]).is_none());
     assert!(WsConn::resume(frame::BINARY, b"\x00\x01").is_some());
 }
+
+fn unfinished(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = client_frame(opcode, payload);
+    f[0] &= 0x7f;
+    f
+}
+
+#[test]
+fn what_rfc_6455_forbids_is_a_protocol_error() {
+    let mut rsv = client_frame(0x1, b"x");
+    rsv[0] |= 0x40;
+    assert_eq!(read_one(&rsv).0, WsRead::Fail(close::PROTOCOL), "RSV1 without an extension");
+    assert_eq!(read_one(&unfinished(0x9, b"p")).0, WsRead::Fail(close::PROTOCOL), "a fragmented ping");
+    assert_eq!(read_one(&client_frame(0x9, &[0; 126])).0, WsRead::Fail(close::PROTOCOL), "a long ping");
+    assert_eq!(read_one(&client_frame(0x0, b"x")).0, WsRead::Fail(close::PROTOCOL), "a stray continuation");
+    assert_eq!(read_one(&client_frame(0x3, b"x")).0, WsRead::Fail(close::PROTOCOL), "a reserved opcode");
+    assert_eq!(read_one(&client_frame(0x8, &[3])).0, WsRead::Fail(close::PROTOCOL), "a 1-byte close");
+    let mut ws = WsConn::new();
+    let mut out = OutQueue::new();
+    assert_eq!(ws.read(&mut unfinished(0x1, b"a"), &mut out), WsRead::Control);
+    assert_eq!(ws.read(&mut client_frame(0x1, b"b"), &mut out), WsRead::Fail(close::PROTOCOL), "a new message mid-way");
+}
+
+#[test]
+fn close_codes_no_endpoint_may_send_are_answered_1002() {
+    for code in [999u16, 1004, 1005, 1006, 1014, 1015, 2999, 5000] {
+        let (read, reply) = read_one(&client_frame(0x8, &code.to_be_bytes()));
+        assert_eq!(read, WsRead::Closed, "{code}");
+        assert_eq!(reply[..4], [0x88, 20, 0x03, 0xea], "{code}");
+    }
+    let mut with_reason = 4000u16.to_be_bytes().to_vec();
+    with_reason.extend_from_slice(b"bye");
+    assert_eq!(read_one(&client_frame(0x8, &with_reason)), (WsRead::Closed, [&[0x88, 5][..], &with_reason].concat()));
+    assert_eq!(read_one(&client_frame(0x8, &[0x03, 0xe8, 0xff])).0, WsRead::Fail(close::INVALID_DATA));
+    assert_eq!(read_one(&client_frame(0x8, b"")), (WsRead::Closed, vec![0x88, 0x00]));
+}
+
+/// What an unfinished message holds is its payload and a few bytes, however it
+/// arrived; empty continuations add nothing, and the limit spans all fragments.
+#[test]
+fn an_unfinished_message_holds_what_arrived_and_no_more() {
+    let mut ws = WsConn::new();
+    let mut out = OutQueue::new();
+    assert_eq!(ws.held(), 0);
+    assert_eq!(ws.read(&mut unfinished(0x1, &[b'a'; 1000]), &mut out), WsRead::Control);
+    for _ in 0..100 {
+        assert_eq!(ws.read(&mut unfinished(0x0, &[b'b'; 100]), &mut out), WsRead::Control);
+        assert_eq!(ws.read(&mut unfinished(0x0, b""), &mut out), WsRead::Control);
+    }
+    let arrived = 1000 + 100 * 100;
+    assert!(ws.held() < arrived + arrived / 8 + 256, "{} held for {arrived}", ws.held());
+    let rest = MAX_MESSAGE_BYTES - arrived;
+    assert_eq!(ws.read(&mut unfinished(0x0, &vec![b'c'; rest]), &mut out), WsRead::Control);
+    assert_eq!(ws.read(&mut client_frame(0x0, b"d"), &mut out), WsRead::Fail(close::TOO_BIG));
+}
+
+#[test]
+fn text_that_cannot_become_utf8_fails_at_its_fragment() {
+    let mut ws = WsConn::new();
+    let mut out = OutQueue::new();
+    // A character cut after its first byte waits for the rest...
+    assert_eq!(ws.read(&mut unfinished(0x1, &"é".as_bytes()[..1]), &mut out), WsRead::Control);
+    // ...which must be a continuation byte.
+    assert_eq!(ws.read(&mut unfinished(0x0, b"x"), &mut out), WsRead::Fail(close::INVALID_DATA));
+    let mut ws = WsConn::new();
+    assert_eq!(ws.read(&mut unfinished(0x1, &"é".as_bytes()[..1]), &mut out), WsRead::Control);
+    assert_eq!(ws.read(&mut client_frame(0x0, b""), &mut out), WsRead::Fail(close::INVALID_DATA), "cut at the end");
+}
+
+#[test]
+fn reserve_modest_leaves_little_slack_and_respects_the_cap() {
+    let mut v = Vec::new();
+    for _ in 0..16 * 1024 {
+        reserve_modest(&mut v, 1, 16 * 1024);
+        v.push(0u8);
+    }
+    assert_eq!(v.capacity(), 16 * 1024, "the cap is the frame's limit");
+    let mut v = vec![0u8; 4000];
+    v.shrink_to_fit();
+    reserve_modest(&mut v, 96, usize::MAX);
+    assert!(v.capacity() < 4096 + 4096 / 8 + 65, "{}", v.capacity());
+}
