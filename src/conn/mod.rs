@@ -50,6 +50,9 @@ pub const OUT_HIGH: usize = 64 * 1024;
 /// Bytes of unparsed input an HTTP connection may hold: a full head and body plus
 /// chunked framing overhead; the parser rejects anything larger long before.
 pub const IN_CAP: usize = 16 * 1024;
+/// Bytes a closing connection reads and throws away before it stops waiting for
+/// the peer to hang up.
+const CLOSING_DISCARD: usize = 64 * 1024;
 /// Bytes written to one connection per turn (Redis uses 64 KiB for the same reason).
 const WRITE_BUDGET: usize = 256 * 1024;
 
@@ -211,6 +214,8 @@ pub struct Conn<S> {
     metered: bool,
     /// What this connection last reported to `cx.memory`.
     held: usize,
+    /// Bytes read and thrown away while closing.
+    discarded: u32,
 }
 
 impl<S: Stream> Conn<S> {
@@ -233,6 +238,7 @@ impl<S: Stream> Conn<S> {
             peer_gone: false,
             metered: false,
             held: 0,
+            discarded: 0,
         }
     }
 
@@ -338,9 +344,17 @@ impl<S: Stream> Conn<S> {
     /// A closing connection: discard input until the peer hangs up.
     fn drive_closing(&mut self, cx: &mut Cx) -> Step {
         self.input.clear();
-        while self.readable {
+        while self.readable && !self.peer_gone {
             self.fill(cx, IN_CAP);
+            self.discarded = self.discarded.saturating_add(self.input.len() as u32);
             self.input.clear();
+            // A peer that keeps sending after our close (a flood cut off) would
+            // have us read for the whole linger: past this we stop reading and go
+            // once our close frame is out.
+            if self.discarded as usize > CLOSING_DISCARD {
+                self.readable = false;
+                self.peer_gone = true;
+            }
         }
         self.release_input();
         if self.peer_gone && (self.out.is_empty() || !self.writable) {
