@@ -100,7 +100,12 @@ fn unfinished_fragmented_messages_cost_what_arrived() {
 
 fn metric(srv: &Server, name: &str) -> Option<u64> {
     let page = srv.get("/metrics", None).text();
-    page.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?.split_whitespace().nth(1)?.parse().ok()
+    page.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 /// Past the budget the biggest holders go (1008), the small ones stay, and an
