@@ -9,6 +9,12 @@
 //! Each part is also bounded per connection: input by `IN_CAP` / one frame, an
 //! unfinished message by the message limit, output by `OUT_CAP`.
 
+use super::{Conn, Cx, Phase, Stream};
+use crate::log;
+use crate::outq::BroadcastLog;
+use crate::ws;
+use std::time::Instant;
+
 /// Past the budget, connections are closed until the count is this far below it,
 /// so a client that keeps pushing does not trigger a scan at every byte.
 const HYSTERESIS_DIVISOR: usize = 8;
@@ -49,6 +55,51 @@ impl Memory {
     /// Shedding stops once the count is back under this.
     pub fn target(&self) -> usize {
         self.budget - self.budget / HYSTERESIS_DIVISOR
+    }
+}
+
+impl<S: Stream> Conn<S> {
+    /// Bytes this connection holds of its own: unfinished input, an unfinished
+    /// message, queued frames (broadcast frames it owes are counted once, in
+    /// the log).
+    fn private_bytes(&self) -> usize {
+        let phase = match &self.phase {
+            Phase::Ws(w) => w.held(),
+            Phase::Http(_) | Phase::Closing { .. } => 0,
+        };
+        self.input.capacity() + phase + self.out.own_bytes()
+    }
+
+    /// What closing this connection would give back, the broadcasts it owes
+    /// included: the order in which the budget sheds connections.
+    pub fn holding(&self, log: &BroadcastLog) -> usize {
+        self.private_bytes() + self.out.len(log)
+    }
+
+    /// Reports what the connection holds now to the process-wide count.
+    pub fn account(&mut self, cx: &mut Cx) {
+        let now = self.private_bytes();
+        cx.memory.set(&mut self.held, now);
+        cx.stats.client_memory = (cx.memory.held() as u64).saturating_add(cx.log.bytes());
+    }
+
+    /// Closes the connection because clients hold more than the budget: a
+    /// WebSocket with 1008 "memory budget", an HTTP request with 503. What it
+    /// held is let go at once.
+    pub fn shed(&mut self, cx: &mut Cx, now: Instant) {
+        cx.stats.memory_shed += 1;
+        log::warn(format_args!("{}: holds {} bytes past the memory budget, closed", self.peer(), self.held));
+        self.input = Vec::new();
+        self.out.drop_unstarted(self.key, &mut cx.log);
+        match self.phase {
+            Phase::Ws(_) => self.close_ws_with(ws::close::POLICY, "memory budget", cx, now),
+            Phase::Http(_) => {
+                self.respond_error(503, "memory_budget", cx, now);
+                self.enter_closing(cx, now);
+            }
+            Phase::Closing { .. } => {}
+        }
+        self.account(cx);
     }
 }
 

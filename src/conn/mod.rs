@@ -402,49 +402,6 @@ impl<S: Stream> Conn<S> {
         self.close_ws(None, cx, now);
     }
 
-    /// Bytes this connection holds of its own: unfinished input, an unfinished
-    /// message, queued frames (broadcast frames it owes are counted once, in
-    /// the log).
-    fn private_bytes(&self) -> usize {
-        let phase = match &self.phase {
-            Phase::Ws(w) => w.held(),
-            Phase::Http(_) | Phase::Closing { .. } => 0,
-        };
-        self.input.capacity() + phase + self.out.own_bytes()
-    }
-
-    /// What closing this connection would give back, the broadcasts it owes
-    /// included: the order in which the budget sheds connections.
-    pub fn holding(&self, log: &BroadcastLog) -> usize {
-        self.private_bytes() + self.out.len(log)
-    }
-
-    /// Reports what the connection holds now to the process-wide count.
-    pub fn account(&mut self, cx: &mut Cx) {
-        let now = self.private_bytes();
-        cx.memory.set(&mut self.held, now);
-        cx.stats.client_memory = (cx.memory.held() as u64).saturating_add(cx.log.bytes());
-    }
-
-    /// Closes the connection because clients hold more than the budget: a
-    /// WebSocket with 1008 "memory budget", an HTTP request with 503. What it
-    /// held is let go at once.
-    pub fn shed(&mut self, cx: &mut Cx, now: Instant) {
-        cx.stats.memory_shed += 1;
-        log::warn(format_args!("{}: holds {} bytes past the memory budget, closed", self.peer(), self.held));
-        self.input = Vec::new();
-        self.out.drop_unstarted(self.key, &mut cx.log);
-        match self.phase {
-            Phase::Ws(_) => self.close_ws_with(ws::close::POLICY, "memory budget", cx, now),
-            Phase::Http(_) => {
-                self.respond_error(503, "memory_budget", cx, now);
-                self.enter_closing(cx, now);
-            }
-            Phase::Closing { .. } => {}
-        }
-        self.account(cx);
-    }
-
     /// A deadline this connection armed has come.
     pub fn on_timeout(&mut self, cx: &mut Cx, now: Instant) -> Step {
         match &mut self.phase {
