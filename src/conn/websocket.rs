@@ -74,10 +74,11 @@ impl<S: Stream> Conn<S> {
                 return Progress::Done(Step::Wait);
             }
             let super::Phase::Ws(w) = &mut self.phase else { return Progress::Again };
-            let read = w.ws.read(&mut self.input, &mut self.out);
-            // Checked frame by frame within a read, so a flood is cut short in
-            // the turn it crosses the budget.
-            if let (Some(limit), true) = (cx.cfg.frame_rate, self.metered && read != WsRead::NeedMore) {
+            // Checked for each whole frame before it is decoded (a ping past the
+            // budget gets no pong), so a flood is cut short within the read that
+            // crosses the budget.
+            let whole = ws::frame_len(&self.input).is_some_and(|n| n <= self.input.len());
+            if let (Some(limit), true) = (cx.cfg.frame_rate, self.metered && whole) {
                 if !w.frames.get_or_insert_with(|| Bucket::full(limit, now)).take(limit, now) {
                     cx.stats.frame_flood_closed += 1;
                     log::warn(format_args!("{}: over the frame budget, closed", self.peer()));
@@ -86,7 +87,7 @@ impl<S: Stream> Conn<S> {
                     return Progress::Again;
                 }
             }
-            match read {
+            match w.ws.read(&mut self.input, &mut self.out) {
                 WsRead::NeedMore => {
                     let before = self.input.len();
                     self.fill(cx, ws::MAX_FRAME_BYTES);
