@@ -43,6 +43,10 @@ pub struct Config {
     pub failed_logins_per_minute: u32,
     pub messages_per_second: u32,
     pub message_burst: u32,
+    /// WebSocket frames per second per socket (any kind); burst twice that; 0 = off.
+    pub frames_per_second: u32,
+    /// Bytes all clients together may make the server hold; 0 = no budget.
+    pub memory_budget: usize,
     pub max_sessions_per_user: usize,
     pub max_sessions: usize,
     pub history: usize,
@@ -112,6 +116,8 @@ impl Config {
             failed_logins_per_minute: 0,
             messages_per_second: 0,
             message_burst: 0,
+            frames_per_second: 0,
+            memory_budget: 0,
             max_sessions_per_user: 0,
             max_sessions: 0,
             history: 0,
@@ -272,6 +278,14 @@ const FLAGS: &[Flag] = &[
     }),
     opt("message-burst", "N", Value("200"), "message burst per socket", |c, v, _| {
         c.message_burst = number(v, 1)?;
+        Ok(())
+    }),
+    opt("frame-rate", "N", Value("400"), "frames a second per WebSocket (burst 2N), 0 = off", |c, v, _| {
+        c.frames_per_second = number(v, 0)?;
+        Ok(())
+    }),
+    opt("memory-budget", "BYTES", Value("64M"), "what clients may make the server hold (K/M/G), 0 = off", |c, v, _| {
+        c.memory_budget = bytes(v)?;
         Ok(())
     }),
     opt("max-sessions-per-user", "N", Value("32"), "the oldest session is evicted past it", |c, v, _| {
@@ -473,6 +487,22 @@ fn number<T: std::str::FromStr + PartialOrd + From<u8>>(v: &str, min: u8) -> Res
     }
 }
 
+/// A byte count, with an optional binary suffix: `65536`, `512K`, `64M`, `1G`.
+fn bytes(v: &str) -> Result<usize, String> {
+    let v = v.trim();
+    let (digits, shift) = match v.as_bytes().last().map(u8::to_ascii_uppercase) {
+        Some(b'K') => (&v[..v.len() - 1], 10),
+        Some(b'M') => (&v[..v.len() - 1], 20),
+        Some(b'G') => (&v[..v.len() - 1], 30),
+        _ => (v, 0),
+    };
+    digits
+        .parse::<usize>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .ok_or_else(|| "a byte count like 67108864, 65536K, 64M or 1G (0 = off)".into())
+}
+
 fn truthy(v: &str) -> Result<bool, String> {
     match v.trim().to_ascii_lowercase().as_str() {
         "1" | "true" | "yes" | "on" => Ok(true),
@@ -665,6 +695,16 @@ mod tests {
     }
 
     #[test]
+    fn byte_counts_take_binary_suffixes() {
+        assert_eq!(run(&[], &[]).unwrap().memory_budget, 64 << 20);
+        assert_eq!(run(&["--memory-budget", "512k"], &[]).unwrap().memory_budget, 512 << 10);
+        assert_eq!(run(&["--memory-budget=1G"], &[]).unwrap().memory_budget, 1 << 30);
+        assert_eq!(run(&[], &[("SKIFF_MEMORY_BUDGET", "0")]).unwrap().memory_budget, 0);
+        assert!(run(&["--memory-budget", "64MB"], &[]).is_err());
+        assert!(run(&["--memory-budget", "99999999999999999999G"], &[]).is_err());
+    }
+
+    #[test]
     fn history_is_bounded_and_zero_turns_it_off() {
         assert_eq!(run(&["--history", "0"], &[]).unwrap().history, 0);
         assert_eq!(run(&[], &[("SKIFF_HISTORY", "100000")]).unwrap().history, 100_000);
@@ -694,6 +734,7 @@ mod tests {
             Some("HOST") => "chat.example:443",
             Some("IP") => "10.0.0.1",
             Some("SECS" | "N") => "7",
+            Some("BYTES") => "7K",
             Some("URL") => "redis://10.0.0.1:6379/2",
             Some(_) => "/some/path",
         };

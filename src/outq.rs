@@ -229,6 +229,12 @@ impl OutQueue {
         self.own.is_empty() && self.log_next >= self.log_end
     }
 
+    /// Bytes of the frames queued for this connection alone (acks, pongs, HTTP
+    /// responses, v2 frames), whether or not others share them.
+    pub fn own_bytes(&self) -> usize {
+        self.own_bytes
+    }
+
     fn walk(&self, log: &BroadcastLog) -> Walk {
         Walk { seq: self.log_next.max(log.first), own: 0 }
     }

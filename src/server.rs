@@ -28,6 +28,7 @@ mod cluster;
 mod config;
 mod control;
 mod handover;
+mod memory;
 pub use config::ServerConfig;
 
 pub struct Server<S> {
@@ -242,6 +243,10 @@ impl<S: Stream> Server<S> {
     fn settle(&mut self, key: usize, step: Step, now: Instant) {
         self.apply_effects(now);
         self.cx.persist_changes();
+        if let Some(c) = self.conns.get_mut(key) {
+            c.account(&mut self.cx);
+        }
+        self.shed_if_over(now);
         match step {
             Step::Remove => return self.remove(key, now),
             Step::Yield => self.queue_read(key),
@@ -395,8 +400,11 @@ impl<S: Stream> Server<S> {
                     let step = c.drained();
                     self.settle(key, step, now);
                 }
-                Ok(Flush::Blocked) => {}
-                Ok(Flush::Budget) => self.queue_flush(key),
+                Ok(Flush::Blocked) => c.account(&mut self.cx),
+                Ok(Flush::Budget) => {
+                    c.account(&mut self.cx);
+                    self.queue_flush(key);
+                }
                 Err(_) => {
                     c.write_failed(&mut self.cx, now);
                     self.settle(key, Step::Remove, now);

@@ -6,7 +6,7 @@ use crate::chat::session::SessionKey;
 use crate::handover::state::{ConnState, PhaseState, Rel, WsState};
 use crate::http::Limits;
 use crate::outq::{BroadcastLog, Chunk, OutQueue};
-use crate::ws::{ContextPool, WsConn};
+use crate::ws::WsConn;
 use std::time::Instant;
 
 impl<S: Stream> Conn<S> {
@@ -46,12 +46,7 @@ impl<S: Stream> Conn<S> {
 
     /// The phase `state` describes, checked before any socket is taken: a
     /// fragmented message must resume in a fresh decoder.
-    pub fn import_phase(
-        state: &PhaseState,
-        limits: Limits,
-        pool: &mut ContextPool,
-        now: Instant,
-    ) -> Result<Phase, &'static str> {
+    pub fn import_phase(state: &PhaseState, limits: Limits, now: Instant) -> Result<Phase, &'static str> {
         Ok(match state {
             PhaseState::Http { deadline, continue_sent } => {
                 Phase::Http(Box::new(HttpPhase::resume(limits, deadline.at(now), *continue_sent)))
@@ -60,7 +55,7 @@ impl<S: Stream> Conn<S> {
                 let ws = match &w.partial {
                     None => WsConn::new(),
                     Some((opcode, payload)) => {
-                        WsConn::resume(*opcode, payload, pool).ok_or("a fragmented message that does not resume")?
+                        WsConn::resume(*opcode, payload).ok_or("a fragmented message that does not resume")?
                     }
                 };
                 let session = SessionKey { key: w.session.0, generation: w.session.1 };

@@ -7,6 +7,7 @@
 
 mod handover;
 mod http;
+pub mod memory;
 mod websocket;
 
 use crate::api::ApiConfig;
@@ -20,7 +21,7 @@ use crate::outq::{BroadcastLog, Flush, OutQueue};
 use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
 use crate::storage::{Origin, Request, Storage};
-use crate::ws::{self, ContextPool};
+use crate::ws;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -49,6 +50,9 @@ pub const OUT_HIGH: usize = 64 * 1024;
 /// Bytes of unparsed input an HTTP connection may hold: a full head and body plus
 /// chunked framing overhead; the parser rejects anything larger long before.
 pub const IN_CAP: usize = 16 * 1024;
+/// Bytes a closing connection reads and throws away before it stops waiting for
+/// the peer to hang up.
+const CLOSING_DISCARD: usize = 64 * 1024;
 /// Bytes written to one connection per turn (Redis uses 64 KiB for the same reason).
 const WRITE_BUDGET: usize = 256 * 1024;
 
@@ -86,6 +90,10 @@ pub struct ConnConfig {
     /// The `Strict-Transport-Security` value for responses on connections that skiff
     /// itself serves over TLS (`None`: not sent).
     pub hsts: Option<String>,
+    /// Frames a metered WebSocket may send (`None`: no limit).
+    pub frame_rate: Option<crate::chat::room::RateLimit>,
+    /// What all clients together may make the server hold (0: no budget).
+    pub memory_budget: usize,
 }
 
 /// Everything the server owns except the connections themselves: what a
@@ -99,10 +107,10 @@ pub struct Cx {
     pub rate_limits: RateLimits,
     /// Broadcast frames some connection has yet to write, each stored once.
     pub log: BroadcastLog,
-    pub ws_pool: ContextPool,
     /// Chat effects produced while driving, applied by the server afterwards.
     pub fx: Effects,
     pub stats: Stats,
+    pub memory: memory::Memory,
     /// Open connections, for `/metrics` (the slab's length, kept by the server).
     pub open_connections: usize,
     pub shutting_down: bool,
@@ -112,6 +120,7 @@ pub struct Cx {
 
 impl Cx {
     pub fn new(chat: Chat, storage: Storage, cfg: ConnConfig, rate_limits: RateLimits) -> Self {
+        let budget = cfg.memory_budget;
         Cx {
             chat,
             storage,
@@ -119,9 +128,9 @@ impl Cx {
             cfg,
             rate_limits,
             log: BroadcastLog::new(),
-            ws_pool: ContextPool::default(),
             fx: Vec::new(),
-            stats: Stats::default(),
+            stats: Stats { memory_budget: budget as u64, ..Stats::default() },
+            memory: memory::Memory::new(budget),
             open_connections: 0,
             shutting_down: false,
             date: DateCache::default(),
@@ -203,6 +212,10 @@ pub struct Conn<S> {
     peer_gone: bool,
     /// Messages or requests are metered for this client (not loopback-exempt).
     metered: bool,
+    /// What this connection last reported to `cx.memory`.
+    held: usize,
+    /// Bytes read and thrown away while closing.
+    discarded: u32,
 }
 
 impl<S: Stream> Conn<S> {
@@ -224,6 +237,8 @@ impl<S: Stream> Conn<S> {
             write_shut: false,
             peer_gone: false,
             metered: false,
+            held: 0,
+            discarded: 0,
         }
     }
 
@@ -304,6 +319,7 @@ impl<S: Stream> Conn<S> {
                 Ok(0) => self.hung_up(),
                 Ok(n) => {
                     cx.stats.bytes_in += n as u64;
+                    ws::reserve_modest(&mut self.input, n, cap);
                     self.input.extend_from_slice(&cx.scratch[..n]);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
@@ -328,9 +344,17 @@ impl<S: Stream> Conn<S> {
     /// A closing connection: discard input until the peer hangs up.
     fn drive_closing(&mut self, cx: &mut Cx) -> Step {
         self.input.clear();
-        while self.readable {
+        while self.readable && !self.peer_gone {
             self.fill(cx, IN_CAP);
+            self.discarded = self.discarded.saturating_add(self.input.len() as u32);
             self.input.clear();
+            // A peer that keeps sending after our close (a flood cut off) would
+            // have us read for the whole linger: past this we stop reading and go
+            // once our close frame is out.
+            if self.discarded as usize > CLOSING_DISCARD {
+                self.readable = false;
+                self.peer_gone = true;
+            }
         }
         self.release_input();
         if self.peer_gone && (self.out.is_empty() || !self.writable) {
@@ -467,6 +491,8 @@ impl<S: Stream> Conn<S> {
     /// Frees what the connection still owes the broadcast log.
     pub fn discard(mut self, cx: &mut Cx) {
         self.out.discard(self.key, &mut cx.log);
+        cx.memory.set(&mut self.held, 0);
+        cx.stats.client_memory = (cx.memory.held() as u64).saturating_add(cx.log.bytes());
         if self.is_closing() {
             cx.stats.closing -= 1;
         }

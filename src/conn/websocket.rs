@@ -2,7 +2,9 @@
 //! with a read budget so one busy client cannot starve the rest.
 
 use super::{Conn, Cx, Progress, Step, Stream, PEER_TIMEOUT, PING_INTERVAL};
+use crate::chat::room::Bucket;
 use crate::chat::session::SessionKey;
+use crate::log;
 use crate::ws::{self, WsConn, WsRead};
 use std::time::Instant;
 
@@ -14,11 +16,15 @@ pub struct WsPhase {
     pub session: SessionKey,
     last_seen: Instant,
     next_ping: Instant,
+    /// Every frame takes a token (continuations, pings, pongs and empty ones
+    /// too): a flood costs its sender a close, not the server a core. Filled at
+    /// the first frame.
+    frames: Option<Bucket>,
 }
 
 impl WsPhase {
     pub fn new(session: SessionKey, now: Instant) -> Self {
-        WsPhase { ws: WsConn::new(), session, last_seen: now, next_ping: now + PING_INTERVAL }
+        WsPhase { ws: WsConn::new(), session, last_seen: now, next_ping: now + PING_INTERVAL, frames: None }
     }
 
     pub fn deadline(&self) -> Instant {
@@ -45,12 +51,17 @@ impl WsPhase {
     }
 
     pub fn resume(ws: WsConn, session: SessionKey, last_seen: Instant, next_ping: Instant) -> Self {
-        WsPhase { ws, session, last_seen, next_ping }
+        WsPhase { ws, session, last_seen, next_ping, frames: None }
     }
 
-    /// Holds a tungstenite context of its own (mid-way through a fragmented message).
-    pub fn holds_context(&self) -> bool {
-        self.ws.holds_context()
+    /// Bytes the decoder holds (an unfinished message).
+    pub fn held(&self) -> usize {
+        self.ws.held()
+    }
+
+    /// Mid-way through a fragmented message.
+    pub fn holds_partial(&self) -> bool {
+        self.ws.holds_partial()
     }
 }
 
@@ -63,7 +74,20 @@ impl<S: Stream> Conn<S> {
                 return Progress::Done(Step::Wait);
             }
             let super::Phase::Ws(w) = &mut self.phase else { return Progress::Again };
-            match w.ws.read(&mut self.input, &mut self.out, &mut cx.ws_pool) {
+            // Checked for each whole frame before it is decoded (a ping past the
+            // budget gets no pong), so a flood is cut short within the read that
+            // crosses the budget.
+            let whole = ws::frame_len(&self.input).is_some_and(|n| n <= self.input.len());
+            if let (Some(limit), true) = (cx.cfg.frame_rate, self.metered && whole) {
+                if !w.frames.get_or_insert_with(|| Bucket::full(limit, now)).take(limit, now) {
+                    cx.stats.frame_flood_closed += 1;
+                    log::warn(format_args!("{}: over the frame budget, closed", self.peer()));
+                    self.input = Vec::new();
+                    self.close_ws_because(ws::close::POLICY, "frame rate", cx, now);
+                    return Progress::Again;
+                }
+            }
+            match w.ws.read(&mut self.input, &mut self.out) {
                 WsRead::NeedMore => {
                     let before = self.input.len();
                     self.fill(cx, ws::MAX_FRAME_BYTES);

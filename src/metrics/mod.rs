@@ -27,6 +27,14 @@ pub struct Stats {
     pub ws_opened: u64,
     pub deliveries: u64,
     pub slow_dropped: u64,
+    /// WebSockets closed for sending frames past their frame budget.
+    pub frame_flood_closed: u64,
+    /// Bytes clients make the server hold now (a gauge; `conn::memory`).
+    pub client_memory: u64,
+    /// The process-wide budget for `client_memory` (0: none).
+    pub memory_budget: u64,
+    /// Connections closed because the budget was spent, biggest holders first.
+    pub memory_shed: u64,
     /// Every byte read from clients: HTTP requests and WebSocket frames alike.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -51,6 +59,10 @@ impl Stats {
             ws_opened: 0,
             deliveries: 0,
             slow_dropped: 0,
+            frame_flood_closed: 0,
+            client_memory: 0,
+            memory_budget: 0,
+            memory_shed: 0,
             bytes_in: 0,
             bytes_out: 0,
             closing: 0,
@@ -282,6 +294,25 @@ pub fn render(s: &Snapshot) -> String {
     p.one("history_messages", "gauge", "Messages kept for v2 resume and /api/history.", s.history_messages);
     p.one("history_bytes", "gauge", "Memory the kept messages take (entries, frames, texts).", s.history_bytes);
     p.one("slow_clients_dropped_total", "counter", "WebSockets dropped for not reading.", st.slow_dropped);
+    p.one(
+        "client_memory_bytes",
+        "gauge",
+        "Bytes clients make the server hold: unfinished requests, frames and messages, queued output.",
+        st.client_memory,
+    );
+    p.one("client_memory_budget_bytes", "gauge", "The process-wide budget for client_memory_bytes.", st.memory_budget);
+    p.one(
+        "memory_budget_closed_total",
+        "counter",
+        "Connections closed because clients held more than the memory budget, biggest first.",
+        st.memory_shed,
+    );
+    p.one(
+        "frame_flood_closed_total",
+        "counter",
+        "WebSockets closed (1008) for sending frames past their frame budget.",
+        st.frame_flood_closed,
+    );
     p.metric(
         "rate_limited_total",
         "counter",

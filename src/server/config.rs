@@ -45,6 +45,11 @@ impl ServerConfig {
                 limit_loopback: cfg.limit_loopback,
                 trusted_proxies: cfg.trusted_proxies.clone(),
                 hsts: crate::tls::hsts(cfg.tls_cert.is_some(), cfg.hsts_max_age),
+                frame_rate: (cfg.frames_per_second > 0).then_some(RateLimit {
+                    per_second: cfg.frames_per_second,
+                    burst: cfg.frames_per_second.saturating_mul(2),
+                }),
+                memory_budget: cfg.memory_budget,
             },
             register_per_minute: cfg.register_per_minute,
             failed_logins_per_minute: cfg.failed_logins_per_minute,

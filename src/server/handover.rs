@@ -105,7 +105,7 @@ impl<S: Stream> Server<S> {
                 websockets += 1;
             }
             last_generation = last_generation.max(c.generation);
-            phases.push(Conn::<S>::import_phase(&c.phase, limits, &mut self.cx.ws_pool, now)?);
+            phases.push(Conn::<S>::import_phase(&c.phase, limits, now)?);
         }
         if websockets != members.len() {
             return Err("a member without its WebSocket");

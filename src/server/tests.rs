@@ -134,9 +134,9 @@ fn send(srv: &mut Server<MockStream>, key: usize, pipe: &MockStream, bytes: &[u8
     settle(srv, now);
 }
 
-fn ws_holds_context(srv: &Server<MockStream>, key: usize) -> bool {
+fn ws_holds_partial(srv: &Server<MockStream>, key: usize) -> bool {
     match srv.conn(key).unwrap().phase() {
-        crate::conn::Phase::Ws(w) => w.holds_context(),
+        crate::conn::Phase::Ws(w) => w.holds_partial(),
         _ => panic!("not a WebSocket"),
     }
 }
@@ -145,20 +145,20 @@ fn ws_holds_context(srv: &Server<MockStream>, key: usize) -> bool {
 fn an_idle_websocket_keeps_no_decoding_context_and_websocket_bytes_are_counted() {
     let mut srv = server(vec![], false);
     let (key, pipe) = websocket(&mut srv, "alice");
-    assert!(!ws_holds_context(&srv, key));
+    assert!(!ws_holds_partial(&srv, key));
     let before = srv.cx.stats.bytes_in;
     let msg = frame::client_frame(0x1, br#"{"message":"hi"}"#, [1, 2, 3, 4]);
     send(&mut srv, key, &pipe, &msg);
     assert_eq!(srv.cx.stats.bytes_in - before, msg.len() as u64, "WebSocket bytes count as received");
     assert!(written(&pipe).ends_with("{\"status\":true}"));
-    assert!(!ws_holds_context(&srv, key), "a whole message leaves no context behind");
+    assert!(!ws_holds_partial(&srv, key), "a whole message leaves no context behind");
     // A fragmented message keeps its context until the last fragment.
     let mut first = frame::client_frame(0x1, br#"{"message":"#, [5, 6, 7, 8]);
     first[0] &= 0x7f; // no FIN: a continuation follows
     send(&mut srv, key, &pipe, &first);
-    assert!(ws_holds_context(&srv, key));
+    assert!(ws_holds_partial(&srv, key));
     send(&mut srv, key, &pipe, &frame::client_frame(0x0, br#""x"}"#, [1, 1, 1, 1]));
-    assert!(!ws_holds_context(&srv, key));
+    assert!(!ws_holds_partial(&srv, key));
     assert!(written(&pipe).matches("{\"status\":true}").count() == 2, "{}", written(&pipe));
 }
 
@@ -398,4 +398,58 @@ fn an_inconsistent_state_is_refused_before_any_socket_is_taken() {
         })
         .is_err());
     assert_eq!((asked, b.len(), b.cx.chat.session_count()), (0, 0, 0));
+}
+
+fn unfinished(len: usize) -> Vec<u8> {
+    let mut f = frame::client_frame(0x1, &vec![b'a'; len], [1, 2, 3, 4]);
+    f[0] &= 0x7f;
+    f
+}
+
+/// The close frame with a reason, as the server writes it.
+fn close_with(code: u16, reason: &str) -> Vec<u8> {
+    let mut f = vec![0x88, 2 + reason.len() as u8];
+    f.extend_from_slice(&code.to_be_bytes());
+    f.extend_from_slice(reason.as_bytes());
+    f
+}
+
+#[test]
+fn past_the_memory_budget_the_biggest_holder_is_closed_and_the_rest_stay() {
+    let mut srv = server(vec![], false);
+    srv.cx.memory = crate::conn::memory::Memory::new(20 * 1024);
+    let (a, pa) = websocket(&mut srv, "alice");
+    let (b, pb) = websocket(&mut srv, "bob");
+    let (c, pc) = websocket(&mut srv, "carol");
+    send(&mut srv, a, &pa, &unfinished(2 * 1024));
+    send(&mut srv, b, &pb, &unfinished(8 * 1024));
+    assert_eq!(srv.cx.stats.memory_shed, 0, "10 KiB held is under the budget");
+    let held = srv.cx.memory.held();
+    assert!((10 * 1024..12 * 1024).contains(&held), "{held}");
+    assert_eq!(srv.cx.stats.client_memory, held as u64);
+    send(&mut srv, c, &pc, &unfinished(12 * 1024));
+    assert_eq!(srv.cx.stats.memory_shed, 1);
+    assert!(pc.0.borrow().to_client.ends_with(&close_with(1008, "memory budget")));
+    assert!(srv.conn(c).is_none_or(|c| c.is_closing()), "carol, the biggest, is closed");
+    assert!(ws_holds_partial(&srv, a) && ws_holds_partial(&srv, b), "alice and bob keep their messages");
+    assert_eq!(srv.cx.memory.held(), held, "what carol held is let go");
+    // Bob finishes his message and is served as before.
+    send(&mut srv, b, &pb, &frame::client_frame(0x0, b"", [1, 1, 1, 1]));
+    assert!(!ws_holds_partial(&srv, b));
+}
+
+#[test]
+fn every_frame_takes_a_token_and_a_flood_is_closed_within_one_read() {
+    let mut srv = server(vec![], false);
+    srv.cx.cfg.limit_loopback = true;
+    srv.cx.cfg.frame_rate = Some(crate::chat::room::RateLimit { per_second: 10, burst: 20 });
+    let (key, pipe) = websocket(&mut srv, "flood");
+    let before = pipe.0.borrow().to_client.len();
+    let pings: Vec<u8> = (0..30).flat_map(|_| frame::client_frame(frame::PING, b"", [1, 2, 3, 4])).collect();
+    send(&mut srv, key, &pipe, &pings);
+    let out = pipe.0.borrow().to_client[before..].to_vec();
+    let pongs = out.windows(2).filter(|w| w == &[0x8a, 0x00]).count();
+    assert_eq!(pongs, 20, "the burst is answered, nothing past it");
+    assert!(out.ends_with(&close_with(1008, "frame rate")));
+    assert_eq!(srv.cx.stats.frame_flood_closed, 1);
 }

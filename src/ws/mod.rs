@@ -1,16 +1,17 @@
 //! WebSocket: the RFC 6455 upgrade checks and 101 response, the close codes, and
-//! the glue that runs tungstenite's protocol state machine over the connection's
-//! input buffer. tungstenite never sees the socket: it is handed one whole frame at
-//! a time from that buffer and writes into the connection's `OutQueue`.
+//! the decoder of client frames: one whole frame at a time out of the connection's
+//! input buffer, replies (pongs, the close echo) into its `OutQueue`.
+//!
+//! The decoder is skiff's own rather than tungstenite's context because what a
+//! connection holds must be what its peer sent and no more: tungstenite reserves a
+//! frame's whole announced length, keeps its read buffer's high-water allocation and
+//! collects a fragmented message in a buffer of its own, so an unfinished 16 KiB
+//! message cost ~59 KiB. Here it costs its payload, kept once.
 
 pub mod frame;
 
 use crate::http::Request;
-use crate::outq::{Chunk, OutQueue, QueueWriter};
-use std::io::{self, Read, Write};
-use tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
-use tungstenite::protocol::{Role, WebSocketConfig, WebSocketContext};
-use tungstenite::Message;
+use crate::outq::{Chunk, OutQueue};
 
 /// Close codes (RFC 6455 7.4.1) that skiff sends.
 pub mod close {
@@ -29,10 +30,6 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024;
 /// The longest client frame: a 14-byte header (8-byte length and a mask) and the
 /// largest payload we accept. A connection's input buffer never needs more.
 pub const MAX_FRAME_BYTES: usize = MAX_MESSAGE_BYTES + 14;
-
-/// tungstenite allocates its read buffer eagerly (128 KiB by default). Frames reach
-/// it whole from our buffer, so it only ever holds the one frame being decoded.
-const READ_BUFFER: usize = 256;
 
 /// A server ping, pre-encoded (FIN | ping, no payload).
 pub const PING: &[u8] = &[0x89, 0x00];
@@ -112,6 +109,26 @@ pub fn close_frame_because(code: u16, reason: &str) -> Chunk {
     Chunk::Owned(f)
 }
 
+/// An unmasked control frame; `payload` is at most 125 bytes (the caller checked).
+fn control_frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(2 + payload.len());
+    f.extend_from_slice(&[0x80 | opcode, payload.len() as u8]);
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Grows `v` to take `extra` more bytes with little slack (an eighth plus a few
+/// bytes), never past `max` unless `extra` itself needs it: a buffer holds about
+/// what arrived, not the doubling `Vec` would give it, and a trickle of small reads
+/// still reallocates only a logarithmic number of times.
+pub fn reserve_modest(v: &mut Vec<u8>, extra: usize, max: usize) {
+    let need = v.len() + extra;
+    if need > v.capacity() {
+        let target = (need + need / 8 + 64).min(max).max(need);
+        v.reserve_exact(target - v.len());
+    }
+}
+
 /// One thing read from the peer.
 #[derive(Debug, PartialEq, Eq)]
 pub enum WsRead {
@@ -128,55 +145,55 @@ pub enum WsRead {
     NeedMore,
 }
 
-/// The WebSocket state of one connection. Between messages (the usual idle state)
-/// it holds no tungstenite context at all: frames are decoded by a context borrowed
-/// from a `ContextPool`, and only a connection in the middle of a fragmented message
-/// keeps one of its own. That is what keeps an idle socket at a few bytes here.
+/// The WebSocket state of one connection: between messages (the usual idle state)
+/// nothing at all; in the middle of a fragmented message, its payload so far.
 #[derive(Default)]
 pub struct WsConn {
-    /// Held exactly while a fragmented message is incomplete.
     partial: Option<Box<Partial>>,
 }
 
-/// A fragmented message in progress. tungstenite's context cannot be copied out of
-/// the process, so the payload so far is kept beside it: replayed as one unfinished
-/// frame into a fresh context (`resume`), it puts a new process where this one was.
-/// Kept as payload rather than frames, it is bounded by the message limit however
-/// many empty continuation frames a client sends.
+/// A fragmented message in progress, bounded by the message limit however many
+/// (empty) continuation frames a client sends.
 struct Partial {
-    ctx: Box<WebSocketContext>,
     opcode: u8,
     payload: Vec<u8>,
+    /// Text checked as UTF-8 up to here; a character split over two fragments
+    /// is checked once its end arrives.
+    checked: usize,
 }
 
-/// One spare decoding context, shared by every connection of the loop. A context
-/// is only returned here in its initial state (active, no partial message, empty
-/// buffers), so any connection may use it next.
-#[derive(Default)]
-pub struct ContextPool {
-    spare: Option<Box<WebSocketContext>>,
-}
-
-impl ContextPool {
-    fn take(&mut self) -> Box<WebSocketContext> {
-        self.spare.take().unwrap_or_else(|| Box::new(WebSocketContext::new(Role::Server, Some(config()))))
-    }
-
-    fn put(&mut self, ctx: Box<WebSocketContext>) {
-        if self.spare.is_none() {
-            self.spare = Some(ctx);
+impl Partial {
+    /// Checks the text added since the last call. A message that can no longer
+    /// become UTF-8 fails now, not at its last fragment.
+    fn check(&mut self) -> Result<(), u16> {
+        if self.opcode == frame::TEXT {
+            self.checked = utf8_prefix(&self.payload, self.checked)?;
         }
+        Ok(())
     }
 }
 
-/// Where the frame at the front of `buf` ends, read from its header.
+/// How far `buf` is valid UTF-8 from `from` on, where a cut-off character at
+/// the very end is still to be completed; an invalid byte is 1007.
+fn utf8_prefix(buf: &[u8], from: usize) -> Result<usize, u16> {
+    match std::str::from_utf8(&buf[from..]) {
+        Ok(_) => Ok(buf.len()),
+        Err(e) if e.error_len().is_none() => Ok(from + e.valid_up_to()),
+        Err(_) => Err(close::INVALID_DATA),
+    }
+}
+
+/// The frame at the front of the input buffer, as its header tells it.
 struct FrameExtent {
+    /// Header and payload.
     len: usize,
     fin: bool,
+    /// RSV1-3: no extension is negotiated, so any of them set is an error.
+    rsv: u8,
     opcode: u8,
-    /// Where the payload starts, and its mask (zero if unmasked).
+    /// Where the payload starts, and its mask (`None`: the client did not mask).
     payload_at: usize,
-    mask: [u8; 4],
+    mask: Option<[u8; 4]>,
 }
 
 /// `Ok(None)` until the header is complete; a frame over the limit is refused from
@@ -192,57 +209,35 @@ fn frame_extent(buf: &[u8]) -> Result<Option<FrameExtent>, u16> {
     if payload > MAX_MESSAGE_BYTES as u64 {
         return Err(close::TOO_BIG);
     }
-    let masked = b1 & 0x80 != 0;
     let mask_at = 2 + len_bytes;
-    let mut mask = [0u8; 4];
-    if masked {
+    let mask = if b1 & 0x80 != 0 {
         match buf.get(mask_at..mask_at + 4) {
-            Some(m) => mask.copy_from_slice(m),
+            Some(m) => Some([m[0], m[1], m[2], m[3]]),
             None => return Ok(None),
         }
-    }
-    let payload_at = mask_at + if masked { 4 } else { 0 };
+    } else {
+        None
+    };
+    let payload_at = mask_at + if mask.is_some() { 4 } else { 0 };
     Ok(Some(FrameExtent {
         len: payload_at + payload as usize,
         fin: b0 & 0x80 != 0,
+        rsv: b0 & 0x70,
         opcode: b0 & 0x0f,
         payload_at,
         mask,
     }))
 }
 
-/// tungstenite's view of the connection: one frame's bytes in, the OutQueue out.
-struct Io<'a> {
-    input: &'a [u8],
-    out: &'a mut OutQueue,
+/// Bytes the frame at the front of `buf` takes in all, once its header is in:
+/// the input buffer grows to that and no further.
+pub fn frame_len(buf: &[u8]) -> Option<usize> {
+    frame_extent(buf).ok().flatten().map(|e| e.len)
 }
 
-impl Read for Io<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.input.is_empty() {
-            // Not EOF: the rest of the stream is simply not ours to hand over yet.
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        self.input.read(buf)
-    }
-}
-
-impl Write for Io<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        QueueWriter(self.out).write(buf)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-fn config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(READ_BUFFER)
-        // Frames go straight to the OutQueue, in order with the frames we queue ourselves.
-        .write_buffer_size(0)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES))
+/// Close codes a peer may send (RFC 6455 7.4); any other is a protocol error.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
 }
 
 impl WsConn {
@@ -250,10 +245,14 @@ impl WsConn {
         Self::default()
     }
 
-    /// True while this connection keeps a decoding context of its own (only in the
-    /// middle of a fragmented message).
-    pub fn holds_context(&self) -> bool {
+    /// True in the middle of a fragmented message.
+    pub fn holds_partial(&self) -> bool {
         self.partial.is_some()
+    }
+
+    /// Bytes this connection's decoder holds (the unfinished message).
+    pub fn held(&self) -> usize {
+        self.partial.as_ref().map_or(0, |p| p.payload.capacity() + std::mem::size_of::<Partial>())
     }
 
     /// The fragmented message in progress, if any: its opcode and payload so far.
@@ -262,70 +261,87 @@ impl WsConn {
     }
 
     /// A connection in the middle of a fragmented message, as `partial` described
-    /// it (in another process). `None` if tungstenite does not take it as the start
-    /// of a message still to be continued.
-    pub fn resume(opcode: u8, payload: &[u8], pool: &mut ContextPool) -> Option<WsConn> {
-        if !matches!(opcode, 0x1 | 0x2) || payload.len() > MAX_MESSAGE_BYTES {
+    /// it (in another process). `None` if no peer could have started it.
+    pub fn resume(opcode: u8, payload: &[u8]) -> Option<WsConn> {
+        if !matches!(opcode, frame::TEXT | frame::BINARY) || payload.len() > MAX_MESSAGE_BYTES {
             return None;
         }
-        let mut input = frame::client_frame(opcode, payload, [0; 4]);
-        // Not final: the rest of the message is still to come from the peer.
-        input[0] &= 0x7f;
-        let mut ws = WsConn::new();
-        let mut replies = OutQueue::new();
-        match ws.read(&mut input, &mut replies, pool) {
-            WsRead::Control if ws.partial.is_some() && input.is_empty() && replies.is_empty() => Some(ws),
-            _ => None,
-        }
+        let mut p = Partial { opcode, payload: payload.to_vec(), checked: 0 };
+        p.check().ok()?;
+        Some(WsConn { partial: Some(Box::new(p)) })
     }
 
     /// Decodes the frame at the front of `input`, if it is whole, and removes it.
-    /// Replies tungstenite owes (pongs, the close echo) land in `out`.
-    pub fn read(&mut self, input: &mut Vec<u8>, out: &mut OutQueue, pool: &mut ContextPool) -> WsRead {
+    /// Replies owed (pongs, the close echo) land in `out`.
+    pub fn read(&mut self, input: &mut Vec<u8>, out: &mut OutQueue) -> WsRead {
         let extent = match frame_extent(input) {
             Err(code) => return WsRead::Fail(code),
             Ok(Some(e)) if e.len <= input.len() => e,
             Ok(_) => return WsRead::NeedMore,
         };
-        let was_fragmented = self.partial.is_some();
-        let (mut ctx, kept) = match self.partial.take() {
-            Some(p) => (p.ctx, Some((p.opcode, p.payload))),
-            None => (pool.take(), None),
-        };
-        let mut io = Io { input: &input[..extent.len], out };
-        let result = ctx.read(&mut io);
-        // Pongs and close replies are queued inside tungstenite until flushed.
-        let _ = ctx.flush(&mut io);
-        let fragmented = match extent.opcode {
-            0x0..=0x7 => !extent.fin,
-            // Control frames may come between fragments and change nothing.
-            _ => was_fragmented,
-        };
-        // Only a message still unfinished keeps its payload (a copy, unmasked).
-        let (opcode, mut payload) = kept.unwrap_or((extent.opcode, Vec::new()));
-        if fragmented && extent.opcode <= 0x7 {
-            let masked = &input[extent.payload_at..extent.len];
-            payload.extend(masked.iter().enumerate().map(|(i, b)| b ^ extent.mask[i % 4]));
-        }
+        let read = self.decode(&extent, &mut input[extent.payload_at..extent.len], out);
         input.drain(..extent.len);
-        let read = match result {
-            Ok(Message::Text(t)) => WsRead::Text(t.as_str().to_owned()),
-            Ok(Message::Binary(_)) => WsRead::Binary,
-            Ok(Message::Close(_)) => WsRead::Closed,
-            Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_)) => WsRead::Control,
-            // The frame was consumed but completes no message: a fragment.
-            Err(WsError::Io(e)) if e.kind() == io::ErrorKind::WouldBlock => WsRead::Control,
-            Err(e) => map_error(e),
-        };
-        match read {
-            WsRead::Text(_) | WsRead::Control | WsRead::Binary if fragmented => {
-                self.partial = Some(Box::new(Partial { ctx, opcode, payload }))
-            }
-            WsRead::Text(_) | WsRead::Control | WsRead::Binary => pool.put(ctx),
-            // Closed or failed: the connection is leaving, and so does its context.
-            _ => {}
-        }
         read
+    }
+
+    fn decode(&mut self, e: &FrameExtent, payload: &mut [u8], out: &mut OutQueue) -> WsRead {
+        // A server MUST close on an unmasked client frame (RFC 6455 5.1).
+        let Some(mask) = e.mask else { return WsRead::Fail(close::PROTOCOL) };
+        if e.rsv != 0 {
+            return WsRead::Fail(close::PROTOCOL);
+        }
+        payload.iter_mut().enumerate().for_each(|(i, b)| *b ^= mask[i % 4]);
+        match e.opcode {
+            frame::CLOSE | frame::PING | frame::PONG if !e.fin || payload.len() > 125 => WsRead::Fail(close::PROTOCOL),
+            frame::PING => {
+                out.push(Chunk::Owned(control_frame(frame::PONG, payload)));
+                WsRead::Control
+            }
+            frame::PONG => WsRead::Control,
+            frame::CLOSE => closed(payload, out),
+            0x0 => self.continuation(e.fin, payload),
+            frame::TEXT | frame::BINARY if self.partial.is_some() => WsRead::Fail(close::PROTOCOL),
+            // Refused at its first frame: none of it is kept.
+            frame::BINARY => WsRead::Binary,
+            frame::TEXT if e.fin => match std::str::from_utf8(payload) {
+                Ok(text) => WsRead::Text(text.to_owned()),
+                Err(_) => WsRead::Fail(close::INVALID_DATA),
+            },
+            frame::TEXT => {
+                let mut p = Partial { opcode: e.opcode, payload: Vec::new(), checked: 0 };
+                reserve_modest(&mut p.payload, payload.len(), MAX_MESSAGE_BYTES);
+                p.payload.extend_from_slice(payload);
+                if let Err(code) = p.check() {
+                    return WsRead::Fail(code);
+                }
+                self.partial = Some(Box::new(p));
+                WsRead::Control
+            }
+            _ => WsRead::Fail(close::PROTOCOL),
+        }
+    }
+
+    fn continuation(&mut self, fin: bool, payload: &[u8]) -> WsRead {
+        let Some(p) = self.partial.as_mut() else { return WsRead::Fail(close::PROTOCOL) };
+        if p.payload.len() + payload.len() > MAX_MESSAGE_BYTES {
+            return WsRead::Fail(close::TOO_BIG);
+        }
+        reserve_modest(&mut p.payload, payload.len(), MAX_MESSAGE_BYTES);
+        p.payload.extend_from_slice(payload);
+        if let Err(code) = p.check() {
+            return WsRead::Fail(code);
+        }
+        if !fin {
+            return WsRead::Control;
+        }
+        let p = self.partial.take().expect("checked above");
+        match p.opcode {
+            frame::TEXT => match String::from_utf8(p.payload) {
+                Ok(text) => WsRead::Text(text),
+                Err(_) => WsRead::Fail(close::INVALID_DATA),
+            },
+            _ => WsRead::Binary,
+        }
     }
 
     /// Queues a server ping.
@@ -334,15 +350,24 @@ impl WsConn {
     }
 }
 
-fn map_error(e: WsError) -> WsRead {
-    match e {
-        WsError::Io(_) | WsError::ConnectionClosed | WsError::AlreadyClosed => WsRead::Closed,
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => WsRead::Closed,
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => WsRead::Fail(close::TOO_BIG),
-        WsError::Capacity(_) => WsRead::Fail(close::TOO_BIG),
-        WsError::Utf8(_) => WsRead::Fail(close::INVALID_DATA),
-        _ => WsRead::Fail(close::PROTOCOL),
+/// The peer's close frame: answered with its own code and reason (RFC 6455 5.5.1),
+/// or 1002 when the code is one no endpoint may send.
+fn closed(payload: &[u8], out: &mut OutQueue) -> WsRead {
+    match payload {
+        [] => out.push(Chunk::Static(&[0x88, 0x00])),
+        [_] => return WsRead::Fail(close::PROTOCOL),
+        [hi, lo, reason @ ..] => {
+            if std::str::from_utf8(reason).is_err() {
+                return WsRead::Fail(close::INVALID_DATA);
+            }
+            if close_code_allowed(u16::from_be_bytes([*hi, *lo])) {
+                out.push(Chunk::Owned(control_frame(frame::CLOSE, payload)));
+            } else {
+                out.push(close_frame_because(close::PROTOCOL, "Protocol violation"));
+            }
+        }
     }
+    WsRead::Closed
 }
 
 #[cfg(test)]
