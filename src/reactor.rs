@@ -429,7 +429,7 @@ fn single_node(
     waker: Arc<Waker>,
     load_saved: bool,
 ) -> Result<Server<Transport>, String> {
-    let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
+    let banned = store.bans(wall_clock().1).map_err(|e| format!("cannot read bans: {e}"))?;
     // A hand-over continues the ids it carries, all below the reservation on disk.
     let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
     let saved = if load_saved { Some(load_saved_state(cfg, &mut store)?) } else { None };

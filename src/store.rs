@@ -12,7 +12,7 @@ use std::path::Path;
 pub mod admin;
 
 /// The schema version this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Keys longer than this cannot be ours; refuse them before hashing.
 const MAX_KEY_LEN: usize = 256;
@@ -68,6 +68,8 @@ pub enum Write {
         username: String,
         reason: Option<String>,
         at_ms: i64,
+        /// A timed ban's end (Unix ms); none: until an unban.
+        until_ms: Option<i64>,
     },
     Unban {
         username: String,
@@ -257,6 +259,16 @@ impl Store {
             .map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
+        if from < 5 {
+            // Timed bans (`ban --for`, `kick --for`): their end survives a restart.
+            let tx = self.db.transaction().map_err(classify)?;
+            tx.execute_batch(
+                "ALTER TABLE users ADD COLUMN banned_until INTEGER;
+                 PRAGMA user_version = 5;",
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
         Ok(())
     }
 
@@ -370,6 +382,29 @@ impl Store {
         }
     }
 
+    /// The bans in force at Unix time `now_ms`, by lowercased name, for the chat
+    /// core at start; timed bans that ran out while the server was down are over.
+    pub fn bans(&mut self, now_ms: i64) -> Result<Vec<(String, crate::chat::moderation::Ban)>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT lower(username), banned_at, banned_until, ban_reason FROM users
+                 WHERE banned_at IS NOT NULL AND (banned_until IS NULL OR banned_until > ?1)",
+            )
+            .map_err(io)?;
+        let rows = stmt.query_map(params![now_ms], |r| {
+            let reason: Option<String> = r.get(3)?;
+            let ban = crate::chat::moderation::Ban {
+                since_ms: r.get(1)?,
+                until_ms: r.get(2)?,
+                reason: reason.map(String::into_boxed_str),
+            };
+            Ok((r.get::<_, String>(0)?, ban))
+        });
+        let bans = rows.map_err(io)?.collect::<Result<_, _>>().map_err(io);
+        bans
+    }
+
     /// The canonical spelling of a name, matched ignoring ASCII case.
     pub fn find_user(&mut self, name: &str) -> Result<Option<String>, StoreError> {
         let mut stmt = self.db.prepare_cached("SELECT username FROM users WHERE username = ?1").map_err(io)?;
@@ -473,11 +508,11 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             stmt.execute(params![through.to_string()]).map_err(io)?;
             Ok(Written::Done)
         }
-        Write::Ban { username, reason, at_ms } => {
+        Write::Ban { username, reason, at_ms, until_ms } => {
             let n = tx
                 .execute(
-                    "UPDATE users SET banned_at = ?2, ban_reason = ?3 WHERE username = ?1",
-                    params![username, at_ms, reason],
+                    "UPDATE users SET banned_at = ?2, ban_reason = ?3, banned_until = ?4 WHERE username = ?1",
+                    params![username, at_ms, reason, until_ms],
                 )
                 .map_err(io)?;
             if n == 0 {
@@ -488,7 +523,10 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
         }
         Write::Unban { username } => {
             let n = tx
-                .execute("UPDATE users SET banned_at = NULL, ban_reason = NULL WHERE username = ?1", params![username])
+                .execute(
+                    "UPDATE users SET banned_at = NULL, ban_reason = NULL, banned_until = NULL WHERE username = ?1",
+                    params![username],
+                )
                 .map_err(io)?;
             Ok(if n == 0 { Written::NotFound } else { Written::Done })
         }

@@ -29,7 +29,7 @@ impl Chat {
 
     /// The user's session with an id drawn by `new_session_id`, once Redis has it.
     pub fn login_as(&mut self, user: &str, id: (SessionId, [u8; 32]), now: Instant) -> Result<SessionId, LoginError> {
-        if self.is_banned(user) {
+        if self.is_banned(user, now) {
             return Err(LoginError::Banned);
         }
         let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
@@ -75,18 +75,27 @@ impl Chat {
         self.ended(k, s, why, fx);
     }
 
-    /// The member on `conn` must go: Redis gave its user's presence to another node
-    /// (only after Redis lost data).
-    pub fn evict_member(&mut self, conn: ConnId, fx: &mut Effects) {
-        if let Some(m) = self.remove_member(conn) {
-            self.sessions.set_socket(m.session, None);
-            fx.push(Effect::Close { conn, code: close::POLICY });
+    /// The user's sockets here must go: Redis gave the user's presence to another
+    /// node (only after Redis lost data). Nobody hears a leave: the user is online.
+    pub fn evict_user(&mut self, name: &str, fx: &mut Effects) {
+        for conn in self.sockets_of_user(name) {
+            if self.unlink(conn).is_some() {
+                fx.push(Effect::Close { conn, code: close::POLICY, reason: Rc::from("replaced") });
+            }
+        }
+        if self.sessions.socket_of_user(name).is_none() && self.users_here > 0 {
+            self.users_here -= 1;
         }
     }
 
-    /// The member here of user `name`, if any.
+    /// A member here of user `name`, if any.
     pub fn member_of_user(&self, name: &str) -> Option<ConnId> {
         self.sessions.socket_of_user(name).filter(|&c| self.room.get(c).is_some())
+    }
+
+    /// `conn` is one of the user's sockets here.
+    pub fn is_socket_of(&self, name: &str, conn: ConnId) -> bool {
+        self.sockets_of_user(name).contains(&conn)
     }
 
     /// The members here, with their session's user (for the cluster's sync).

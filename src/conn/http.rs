@@ -210,7 +210,9 @@ impl<S: Stream> Conn<S> {
                 self.wait(cx, request, Awaiting::Api(pending), asked(req.method == "HEAD"), now);
                 false
             }
-            Outcome::Upgrade { session, accept, resume } if cx.cluster.is_some() => {
+            // A user with a socket here holds the cluster's presence here already:
+            // another device of theirs opens at once, with no join for anyone to hear.
+            Outcome::Upgrade { session, accept, resume } if cx.cluster.is_some() && !cx.chat.is_here(session) => {
                 // One WebSocket per user in the whole cluster: Redis decides, and the
                 // socket opens when every node has heard the join.
                 let name = cx.chat.username(session).unwrap_or_default().to_owned();

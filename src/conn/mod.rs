@@ -355,15 +355,20 @@ impl<S: Stream> Conn<S> {
 
     /// Leaves the WebSocket phase, optionally with a close frame, and the room.
     pub fn close_ws(&mut self, code: Option<u16>, cx: &mut Cx, now: Instant) {
+        self.close_ws_why(code, code.map_or("", ws::close::reason), cx, now);
+    }
+
+    /// `close_ws` with the close frame's reason spelled out.
+    pub fn close_ws_why(&mut self, code: Option<u16>, reason: &str, cx: &mut Cx, now: Instant) {
         let Phase::Ws(w) = &self.phase else { return };
         if let Some(code) = code {
-            self.out.push(ws::close_frame(code));
+            self.out.push(ws::close_frame_with(code, reason));
         }
         let session = w.session;
         self.enter_closing(cx, now);
         if log::enabled(log::Level::Info) {
             let user = cx.chat.username(session).unwrap_or("?");
-            let why = code.map_or("peer closed".to_owned(), |c| format!("close {c}"));
+            let why = code.map_or("peer closed".to_owned(), |c| format!("close {c} {reason}"));
             log::info(format_args!("{user} left ({why})"));
         }
         cx.chat.leave(self.key, &mut cx.fx);
@@ -383,7 +388,7 @@ impl<S: Stream> Conn<S> {
             }
             Phase::Ws(w) => {
                 if w.silent_since(now) {
-                    self.close_ws(Some(ws::close::GOING_AWAY), cx, now);
+                    self.close_ws_why(Some(ws::close::GOING_AWAY), "silent peer", cx, now);
                 } else if w.ping_due(now) {
                     ws::WsConn::ping(&mut self.out);
                 }
@@ -445,7 +450,7 @@ impl<S: Stream> Conn<S> {
         self.out.drop_unstarted(self.key, &mut cx.log);
         cx.stats.slow_dropped += 1;
         log::warn(format_args!("{}: too slow, dropped", self.peer()));
-        self.close_ws(Some(ws::close::POLICY), cx, now);
+        self.close_ws_why(Some(ws::close::POLICY), "too slow", cx, now);
     }
 
     /// Frees what the connection still owes the broadcast log.
