@@ -181,3 +181,46 @@ fn cluster_one_user_with_two_devices_on_a_node_is_online_once_on_every_node() {
     drop(a2);
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
 }
+
+#[test]
+fn cluster_one_user_on_two_nodes_joins_once_hears_herself_and_leaves_with_her_last_device() {
+    let Some(redis) = Redis::start_or_skip("cluster_one_user_on_two_nodes") else { return };
+    let url = redis.url();
+    let n1 = Server::start_with(&["--redis", &url]);
+    let n2 = Server::start_with(&["--redis", &url]);
+    for n in [&n1, &n2] {
+        let up = wait_for(Duration::from_secs(10), || n.get("/healthz", None).status == 200);
+        assert!(up, "a node never reached Redis");
+    }
+    let bob = n2.user("bob");
+    let key = n1.register("amy");
+    let (laptop, phone) = (n1.login(&key), n2.login(&key));
+    let (mut b, _) = v2(&n2, &bob);
+    let (mut on1, _) = v2(&n1, &laptop);
+    assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
+    let (mut on2, hello) = v2(&n2, &phone);
+    assert_eq!(hello["online"], json!(["bob", "amy"]), "amy once, on the second node too");
+    assert!(quiet(&mut b), "no second join from the other node");
+    assert_eq!(online(&n1, &laptop), json!(["bob", "amy"]));
+
+    on1.say("from node one");
+    assert_eq!(on1.recv()["status"], true);
+    let m = on2.recv();
+    assert_eq!((&m["message"], &m["author"]), (&json!("from node one"), &json!("amy")));
+    assert_eq!(b.recv()["message"], "from node one");
+    on2.say("from node two");
+    assert_eq!(on2.recv()["status"], true);
+    assert_eq!(on1.recv()["message"], "from node two");
+    assert_eq!(b.recv()["message"], "from node two");
+
+    drop(on1);
+    assert!(quiet(&mut b), "her phone on node two is still open: no leave");
+    assert_eq!(online(&n1, &laptop), json!(["bob", "amy"]));
+    drop(on2);
+    assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
+
+    // A plain /ws socket is its user's only one, across nodes too.
+    let _plain = n1.ws(&laptop);
+    assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
+    assert_eq!(refused(n2.try_ws_at("/ws?v=2", &phone)), (409, "already_connected".into()));
+}

@@ -57,8 +57,8 @@ pub fn renew(id_hash: &[u8; 32], ttl_ms: u128) -> Command {
     fcall("skiff_renew", &[PREFIX, &hex(id_hash), &ttl_ms.to_string()])
 }
 
-pub fn join(name: &str, node: &str, token: &str) -> Command {
-    fcall("skiff_join", &[PREFIX, &name.to_ascii_lowercase(), name, node, token])
+pub fn join(name: &str, node: &str, token: &str, v2: bool) -> Command {
+    fcall("skiff_join", &[PREFIX, &name.to_ascii_lowercase(), name, node, token, if v2 { "1" } else { "0" }])
 }
 
 pub fn leave(name: &str, node: &str) -> Command {
@@ -115,7 +115,10 @@ mod tests {
     /// key), then the name as registered.
     #[test]
     fn calls_put_their_arguments_where_the_lua_reads_them() {
-        assert_eq!(words(&join("Ann", "n1", "3.9")), ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9"]);
+        assert_eq!(
+            words(&join("Ann", "n1", "3.9", true)),
+            ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9", "1"]
+        );
         let users = [("Bob".to_owned(), "1.2".to_owned())];
         assert_eq!(
             words(&sync("n1", 6000, "e9", 100, ("e1", 41), &users)),

@@ -112,8 +112,14 @@ impl Cluster {
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
-                    (Expect::Join, Value::Int(0)) => Reply::NameTaken,
-                    (Expect::Join, _) => {
+                    (Expect::Join(_), Value::Int(0)) => Reply::NameTaken,
+                    (Expect::Join(name), Value::Int(-1)) => {
+                        // Online already through another node's device: no event comes,
+                        // so this reply is the join, in its place in the stream.
+                        self.events.push_back(Event::Join { name: name.into(), mine: Some(origin) });
+                        return Ok(());
+                    }
+                    (Expect::Join(_), _) => {
                         // Accepted: the connection opens when its join event comes
                         // (or came already).
                         match self.joined_early.iter().position(|&o| o == origin) {

@@ -11,23 +11,51 @@ local function publish(p, kind, rest)
   return seq
 end
 
--- A user's WebSocket on `node` is gone: presence, the node's set and the online
--- order lose it, and everyone hears it left. Only the node holding the presence
--- may end it (a late leave must not end a newer socket elsewhere).
+-- A user's last WebSocket on `node` is gone. The user stays online while a device
+-- of theirs is open on another node ('pnodes:' set); the last one out leaves:
+-- presence, the node's set and the online order lose it, and everyone hears it.
+-- Only a node holding the user may end it (a late leave must not end a newer
+-- socket elsewhere).
 local function leave(p, lower, name, node)
-  if redis.call('HGET', p .. 'presence', lower) ~= node then
+  local nodes = p .. 'pnodes:' .. lower
+  local holder = redis.call('HGET', p .. 'presence', lower)
+  if redis.call('SREM', nodes, node) == 0 and holder ~= node then
     return 0
   end
-  redis.call('HDEL', p .. 'presence', lower)
   redis.call('SREM', p .. 'nodeusers:' .. node, lower)
+  if redis.call('HGET', p .. 'pv1', lower) == node then
+    redis.call('HDEL', p .. 'pv1', lower)
+  end
+  local other = redis.call('SRANDMEMBER', nodes)
+  if other then
+    if holder == node then
+      redis.call('HSET', p .. 'presence', lower, other)
+    end
+    return 1
+  end
+  redis.call('HDEL', p .. 'presence', lower)
   redis.call('ZREM', p .. 'online', name)
   publish(p, 'L', node .. ' ' .. name)
   return 1
 end
 
-local function join(p, lower, name, node, token)
-  if redis.call('HSETNX', p .. 'presence', lower, node) == 0 then
-    return 0
+-- -> seq of the join event; -1: joined beside the user's v2 devices on other nodes
+-- (no event: they are online already); 0: refused (a plain /ws socket is the only
+-- socket of its user, cluster-wide; 'pv1' names the node holding one).
+local function join(p, lower, name, node, token, v2)
+  local holder = redis.call('HGET', p .. 'presence', lower)
+  if holder then
+    if v2 ~= '1' or redis.call('HEXISTS', p .. 'pv1', lower) == 1 then
+      return 0
+    end
+    redis.call('SADD', p .. 'pnodes:' .. lower, holder, node)
+    redis.call('SADD', p .. 'nodeusers:' .. node, lower)
+    return -1
+  end
+  redis.call('HSET', p .. 'presence', lower, node)
+  redis.call('SADD', p .. 'pnodes:' .. lower, node)
+  if v2 ~= '1' then
+    redis.call('HSET', p .. 'pv1', lower, node)
   end
   redis.call('SADD', p .. 'nodeusers:' .. node, lower)
   local seq = publish(p, 'J', node .. ' ' .. token .. ' ' .. name)
@@ -111,10 +139,9 @@ redis.register_function('skiff_logout', function(_, a)
   return 1
 end)
 
--- (p, lower, name, node, token) -> seq of the join event, or 0 if the user is
--- online already (on any node)
+-- (p, lower, name, node, token, v2) -> as join above
 redis.register_function('skiff_join', function(_, a)
-  return join(a[1], a[2], a[3], a[4], a[5])
+  return join(a[1], a[2], a[3], a[4], a[5], a[6])
 end)
 
 -- (p, lower, name, node) -> 1 if the user was online on that node
@@ -207,8 +234,8 @@ redis.register_function('skiff_sync', function(_, a)
   for i = 8, #a, 3 do
     local holder = redis.call('HGET', p .. 'presence', a[i])
     if not holder then
-      join(p, a[i], a[i + 1], node, a[i + 2])
-    elseif holder ~= node then
+      join(p, a[i], a[i + 1], node, a[i + 2], '1')
+    elseif holder ~= node and redis.call('SISMEMBER', p .. 'pnodes:' .. a[i], node) == 0 then
       table.insert(taken, a[i])
     end
   end
@@ -318,7 +345,14 @@ redis.register_function('skiff_kick', function(_, a)
   if not node then
     return 0
   end
-  publish(p, 'K', node .. ' ' .. name)
+  -- Every node holding a device of the user closes it.
+  local nodes = redis.call('SMEMBERS', p .. 'pnodes:' .. lower)
+  if #nodes == 0 then
+    nodes = { node }
+  end
+  for _, n in ipairs(nodes) do
+    publish(p, 'K', n .. ' ' .. name)
+  end
   return 1
 end)
 

@@ -157,14 +157,16 @@ enum Pending {
     Ignore,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 enum Expect {
     Register,
     Login,
     FindUser,
     Session,
     Logout,
-    Join,
+    /// The user's name: a join another node's device already made needs no event,
+    /// and is applied as its reply comes.
+    Join(Box<str>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -386,7 +388,10 @@ impl Cluster {
             Request::FindUser { name } => (Expect::FindUser, command::find_user(&name)),
             Request::Session { id_hash } => (Expect::Session, command::session(&id_hash)),
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
-            Request::Join { name } => (Expect::Join, command::join(&name, &self.node, &token(origin))),
+            Request::Join { name, v2 } => {
+                let cmd = command::join(&name, &self.node, &token(origin), v2);
+                (Expect::Join(name.into()), cmd)
+            }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
             // `control`; nothing else reaches here.
             Request::File(_) | Request::Control(_) => {

@@ -907,9 +907,9 @@ mod tests {
         r.set_clock(5_000);
         let (c1, s1) = node(&mut r);
         let (c2, s2) = node(&mut r);
-        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1")), [Value::Int(1)]);
-        assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1")), [Value::Int(0)], "online on n1");
-        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2")), [Value::Int(2)]);
+        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1", false)), [Value::Int(1)]);
+        assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1", false)), [Value::Int(0)], "online on n1");
+        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2", false)), [Value::Int(2)]);
         assert_eq!(send(&mut r, c1, &command::message("n1", "3.1", "Ann", "hi  there", "16")), [Value::Int(1)]);
         assert_eq!(send(&mut r, c2, &command::leave("Ann", "n2")), [Value::Int(0)], "only the holder ends it");
         assert_eq!(send(&mut r, c2, &command::message("n2", "4.2", "Bob", "yo", "16")), [Value::Int(2)]);
