@@ -186,7 +186,7 @@ pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
         }
         (PendingKind::Register { .. }, _) => Response::error(409, "username_taken"),
         (PendingKind::Login(id), Reply::User(Some(username))) => logged_in(username, id, ctx),
-        (PendingKind::Login(_), Reply::Banned) => Response::error(403, "banned"),
+        (PendingKind::Login(_), Reply::Banned(ban)) => banned(ban.as_ref()),
         (PendingKind::Login(_), _) => {
             if ctx.metered {
                 ctx.limits.failed_login.record(ctx.client.ip, ctx.now);

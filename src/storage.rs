@@ -81,8 +81,9 @@ pub enum Reply {
     LoggedOut,
     /// Cluster mode: the WebSocket may open; every node has heard the join.
     Joined,
-    /// The key is right but its user is banned (`skiff ctl ban`).
-    Banned,
+    /// The key is right but its user is banned (`skiff ctl ban`); what Redis says
+    /// of the ban in cluster mode.
+    Banned(Option<crate::chat::moderation::Ban>),
     Control(crate::store::admin::QueryResult),
 }
 

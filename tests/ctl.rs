@@ -3,6 +3,8 @@
 //! floods and restored, and bad input refused with one line, exit 1, nothing changed.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
 use common::*;
 use serde_json::{json, Value};
@@ -631,4 +633,27 @@ fn help_names_skiff_ctl_and_a_start_on_a_taken_port_leaves_no_database() {
     assert_eq!(status.and_then(|s| s.code()), Some(1), "a taken port is a start-up error");
     let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("new.db")), "files left behind: {left:?}");
+}
+
+#[test]
+fn cluster_a_timed_ban_from_one_node_closes_with_its_words_on_another_and_ends_by_itself() {
+    let Some(redis) = redis::Redis::start_or_skip("cluster_a_timed_ban") else { return };
+    let url = redis.url();
+    let n1 = Server::start_with(&["--redis", &url]);
+    let n2 = Server::start_with(&["--redis", &url]);
+    for n in [&n1, &n2] {
+        assert!(wait_for(Duration::from_secs(10), || n.get("/healthz", None).status == 200), "no Redis");
+    }
+    let key = n2.register("carol");
+    let mut on2 = ws_v2(&n2, &n2.login(&key), "");
+    let v = ctl(&n1, &["ban", "carol", "--reason", "link spam", "--for", "3s"]);
+    let until = v["until"].as_str().expect("the answer names the end").to_owned();
+    assert_eq!(close_of(&mut on2), (1008, format!("banned until {until}: link spam")));
+    let r = login_status(&n2, &key);
+    assert_eq!((r.status, r.json()), (403, json!({"error": "banned", "reason": "link spam", "until": until})));
+    let row = &ctl(&n2, &["users"])["users"][0];
+    assert_eq!((&row["banned"], &row["until"], &row["reason"]), (&json!(true), &json!(until), &json!("link spam")));
+    assert!(wait_for(Duration::from_secs(15), || login_status(&n1, &key).status == 200), "the ban never ended");
+    assert_eq!(ctl(&n2, &["users"])["users"][0]["banned"], false);
+    assert_eq!(ctl(&n1, &["users", "--limit", "1"])["next"], Value::Null, "one user, one page");
 }

@@ -71,8 +71,14 @@ impl Chat {
     pub fn apply_session_end(&mut self, id_hash: &[u8; 32], code: u16, fx: &mut Effects) {
         let Some(k) = self.sessions.find_hash(id_hash) else { return };
         let Some(s) = self.sessions.remove(k) else { return };
-        let why = if code == close::NORMAL { EndReason::Logout } else { EndReason::Evicted };
-        self.ended(k, s, why, fx);
+        if code == close::NORMAL {
+            return self.ended(k, s, EndReason::Logout, fx);
+        }
+        // A ban's sessions end right after its B event: they close with its words.
+        match self.banned.get(s.user.to_ascii_lowercase().as_str()).map(|b| b.close_reason()) {
+            Some(reason) => self.ended_with(k, s, close::POLICY, Rc::from(reason), fx),
+            None => self.ended(k, s, EndReason::Evicted, fx),
+        }
     }
 
     /// The user's sockets here must go: Redis gave the user's presence to another

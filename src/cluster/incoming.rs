@@ -108,7 +108,7 @@ impl Cluster {
                     (Expect::Register, Value::Int(1)) => Reply::Registered,
                     (Expect::Register, _) => Reply::NameTaken,
                     // skiff_login's answer for a banned user (a name is a bulk string).
-                    (Expect::Login, Value::Array(_)) => Reply::Banned,
+                    (Expect::Login, Value::Array(_)) => Reply::Banned(reply::ban(&v)),
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
@@ -174,6 +174,8 @@ impl Cluster {
             }
             RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
             RoomEvent::Kick { .. } => return,
+            RoomEvent::Ban { name, ban, .. } => Event::Banned { name, ban },
+            RoomEvent::Unban { name, .. } => Event::Unbanned { name },
             RoomEvent::Delete { id, .. } => Event::Deleted { id },
         };
         self.events.push_back(event);

@@ -87,8 +87,17 @@ redis.register_function('skiff_login', function(_, a)
   if not name then
     return false
   end
-  if redis.call('HEXISTS', p .. 'banned', string.lower(name)) == 1 then
-    return { 'banned' }
+  local ban = redis.call('HGET', p .. 'banned', string.lower(name))
+  if ban then
+    local until_ms = redis.call('HGET', p .. 'banuntil', string.lower(name))
+    if not until_ms or tonumber(until_ms) > tonumber(now_ms()) then
+      local since, why = string.match(ban, '^(%S*) ?(.*)$')
+      return { 'banned', since, until_ms or '', why }
+    end
+    -- A timed ban that has run out ends here, at the first login after it.
+    redis.call('HDEL', p .. 'banned', string.lower(name))
+    redis.call('HDEL', p .. 'banuntil', string.lower(name))
+    publish(p, 'U', name)
   end
   local list = p .. 'usess:' .. string.lower(name)
   local t = redis.call('TIME')
@@ -306,7 +315,8 @@ redis.register_function { function_name = 'skiff_status', flags = { 'no-writes' 
     redis.call('XLEN', p .. 'history') }
 end }
 
--- (p, after, limit, online_only) -> {{name, registered_ms, online, sessions, banned}, ...}
+-- (p, after, limit, online_only) -> {{name, registered_ms, online, sessions, banned,
+-- 'since_ms reason' or '', until_ms or ''}, ...}
 -- by lowercased name after `after`. Sorting every name costs O(n log n) per page: an
 -- operator's command, not a per-message path.
 redis.register_function { function_name = 'skiff_users', flags = { 'no-writes' }, callback = function(_, a)
@@ -328,7 +338,8 @@ redis.register_function { function_name = 'skiff_users', flags = { 'no-writes' }
     local name = redis.call('HGET', p .. 'users', lower)
     if lower > after and name then
       table.insert(out, { name, redis.call('HGET', p .. 'created', lower), redis.call('HEXISTS', p .. 'presence', lower),
-        live_sessions(p, lower), redis.call('HEXISTS', p .. 'banned', lower) })
+        live_sessions(p, lower), redis.call('HEXISTS', p .. 'banned', lower),
+        redis.call('HGET', p .. 'banned', lower) or '', redis.call('HGET', p .. 'banuntil', lower) or '' })
     end
   end
   return out
@@ -356,8 +367,9 @@ redis.register_function('skiff_kick', function(_, a)
   return 1
 end)
 
--- (p, lower, reason, at_ms) -> {name, sessions ended}, or nil for an unknown user.
--- The name stays taken; a login answers banned until skiff_unban.
+-- (p, lower, reason, at_ms[, until_ms]) -> {name, sessions ended}, or nil for an
+-- unknown user. The name stays taken; a login answers banned until skiff_unban or
+-- until_ms. Event B tells every node first, so the sessions close with the ban's words.
 redis.register_function('skiff_ban', function(_, a)
   local p, lower = a[1], a[2]
   local name = redis.call('HGET', p .. 'users', lower)
@@ -365,6 +377,17 @@ redis.register_function('skiff_ban', function(_, a)
     return false
   end
   redis.call('HSET', p .. 'banned', lower, a[4] .. ' ' .. a[3])
+  local until_ms = a[5] or ''
+  if until_ms ~= '' then
+    redis.call('HSET', p .. 'banuntil', lower, until_ms)
+  else
+    redis.call('HDEL', p .. 'banuntil', lower)
+  end
+  local note = name .. ' ' .. a[4] .. ' ' .. (until_ms ~= '' and until_ms or '-')
+  if a[3] ~= '' then
+    note = note .. ' ' .. a[3]
+  end
+  publish(p, 'B', note)
   return { name, end_sessions(p, lower) }
 end)
 
@@ -375,7 +398,12 @@ redis.register_function('skiff_unban', function(_, a)
   if not name then
     return false
   end
-  return { name, redis.call('HDEL', p .. 'banned', lower) }
+  redis.call('HDEL', p .. 'banuntil', lower)
+  local was = redis.call('HDEL', p .. 'banned', lower)
+  if was == 1 then
+    publish(p, 'U', name)
+  end
+  return { name, was }
 end)
 
 -- (p, lower, new keyhash) -> {name, sessions ended}, or nil for an unknown user
@@ -406,7 +434,7 @@ redis.register_function('skiff_delete_user', function(_, a)
   if old then
     redis.call('HDEL', p .. 'keys', old)
   end
-  for _, h in ipairs({ 'users', 'keyof', 'banned', 'created' }) do
+  for _, h in ipairs({ 'users', 'keyof', 'banned', 'banuntil', 'created' }) do
     redis.call('HDEL', p .. h, lower)
   end
   local ended = end_sessions(p, lower)

@@ -106,6 +106,15 @@ pub enum Event {
     Leave {
         name: String,
     },
+    /// `skiff ctl ban` (or `kick --for`) on any node: the close reason of the
+    /// sessions it ends, and logins refused here too.
+    Banned {
+        name: String,
+        ban: crate::chat::moderation::Ban,
+    },
+    Unbanned {
+        name: String,
+    },
     Message {
         msg: Message,
         mine: Option<Origin>,

@@ -351,13 +351,25 @@ impl Ops {
         let args: Vec<String> = match &req {
             Request::Status => fcall("skiff_status", &[P]),
             Request::Users { online, limit, after } => {
-                let limit = limit.unwrap_or(DEFAULT_USERS).to_string();
+                let limit = (limit.unwrap_or(DEFAULT_USERS) + 1).to_string();
                 let after = after.as_deref().map(str::to_ascii_lowercase).unwrap_or_default();
                 fcall("skiff_users", &[P, &after, &limit, if *online { "1" } else { "0" }])
             }
-            Request::Kick { .. } => fcall("skiff_kick", &[P, &lower]),
+            Request::Kick { for_s: None, .. } => fcall("skiff_kick", &[P, &lower]),
+            Request::Kick { for_s: Some(for_s), .. } | Request::Ban { for_s: Some(for_s), .. } => {
+                let reason = match &req {
+                    Request::Ban { reason, .. } => reason.as_deref().unwrap_or(""),
+                    _ => "",
+                };
+                let at = unix_ms();
+                let until = at.saturating_add(*for_s as i64 * 1000);
+                let args = fcall("skiff_ban", &[P, &lower, reason, &at.to_string(), &until.to_string()]);
+                // The end travels with the request, for the answer to name it.
+                self.pending.insert(id, Op::Cluster(req, Some(rfc3339(until))));
+                return send(cx, origin, args);
+            }
             Request::Ban { reason, .. } => {
-                fcall("skiff_ban", &[P, &lower, reason.as_deref().unwrap_or(""), &unix_ms().to_string()])
+                fcall("skiff_ban", &[P, &lower, reason.as_deref().unwrap_or(""), &unix_ms().to_string(), ""])
             }
             Request::Unban { .. } => fcall("skiff_unban", &[P, &lower]),
             Request::ResetKey { .. } => {
@@ -430,22 +442,34 @@ fn cluster_answer(req: &Request, key: Option<&str>, v: &Value) -> Option<Answer>
         })),
         Request::Users { online, limit, .. } => {
             let mut users = Vec::new();
+            let now = unix_ms();
             for row in items? {
                 let r = row.as_array()?;
                 let registered = r.get(1)?.as_str().and_then(|s| s.parse::<i64>().ok()).map(|ms| ms / 1000);
+                let text = |i: usize| r.get(i).and_then(Value::as_str).unwrap_or("");
+                // 'since_ms reason' and until_ms, as skiff_ban wrote them.
+                let (since, why) = text(5).split_once(' ').unwrap_or((text(5), ""));
+                let until = text(6).parse::<i64>().ok();
+                let banned = r.get(4)?.as_int()? == 1 && until.is_none_or(|u| u > now);
                 users.push(json!({
                     "name": r.first()?.as_str()?,
                     "registered": registered,
                     "online": r.get(2)?.as_int()? == 1,
                     "sessions": r.get(3)?.as_int()?,
-                    "banned": r.get(4)?.as_int()? == 1,
+                    "banned": banned,
+                    "since": since.parse::<i64>().ok().filter(|_| banned).map(rfc3339),
+                    "until": until.filter(|_| banned).map(rfc3339),
+                    "reason": (!why.is_empty() && banned).then_some(why),
                 }));
             }
-            let full = users.len() == limit.unwrap_or(DEFAULT_USERS);
-            let next = full.then(|| users.last().map(|u| u["name"].clone())).flatten();
+            // One row more than shown says whether another page exists.
+            let limit = limit.unwrap_or(DEFAULT_USERS);
+            let more = users.len() > limit;
+            users.truncate(limit);
+            let next = more.then(|| users.last().map(|u| u["name"].clone())).flatten();
             Answer::ok(json!({ "online_only": online, "users": users, "next": next }))
         }
-        Request::Kick { name: asked, .. } => match int(v)? {
+        Request::Kick { name: asked, for_s: None } => match int(v)? {
             1 => Answer::ok(json!({ "name": asked })),
             0 => Answer::error("not_online", &format!("{asked} has no open WebSocket")),
             _ => unknown_user(asked),
@@ -457,7 +481,10 @@ fn cluster_answer(req: &Request, key: Option<&str>, v: &Value) -> Option<Answer>
         _ if matches!(v, Value::Bulk(None) | Value::Array(None)) || items.is_some_and(|a| a.is_empty()) => {
             unknown_user(&who(req))
         }
-        Request::Ban { .. } => Answer::ok(json!({ "name": name()?, "sessions_ended": n(1) })),
+        // `key` holds a timed ban's end (RFC 3339).
+        Request::Ban { .. } | Request::Kick { .. } => {
+            Answer::ok(json!({ "name": name()?, "sessions_ended": n(1), "until": key }))
+        }
         Request::Unban { .. } => Answer::ok(json!({ "name": name()?, "was_banned": n(1) == 1 })),
         Request::ResetKey { .. } => Answer::ok(json!({ "name": name()?, "key": key?, "sessions_ended": n(1) })),
         Request::DeleteUser { .. } => {

@@ -57,6 +57,10 @@ impl<S: Stream> Server<S> {
                 return;
             }
             Event::Leave { name } => self.cx.chat.apply_leave(&name, &mut self.cx.fx),
+            Event::Banned { name, ban } => self.cx.chat.ban(&name, ban),
+            Event::Unbanned { name } => {
+                self.cx.chat.unban(&name);
+            }
             Event::Message { msg, mine } => {
                 let sender = mine.and_then(|o| self.local(o));
                 self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
