@@ -392,6 +392,7 @@ impl Store {
                  WHERE banned_at IS NOT NULL AND (banned_until IS NULL OR banned_until > ?1)",
             )
             .map_err(io)?;
+        let mut bans = Vec::new();
         let rows = stmt.query_map(params![now_ms], |r| {
             let reason: Option<String> = r.get(3)?;
             let ban = crate::chat::moderation::Ban {
@@ -401,8 +402,10 @@ impl Store {
             };
             Ok((r.get::<_, String>(0)?, ban))
         });
-        let bans = rows.map_err(io)?.collect::<Result<_, _>>().map_err(io);
-        bans
+        for row in rows.map_err(io)? {
+            bans.push(row.map_err(io)?);
+        }
+        Ok(bans)
     }
 
     /// The canonical spelling of a name, matched ignoring ASCII case.

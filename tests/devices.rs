@@ -7,8 +7,8 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis;
 
-use redis::Redis;
 use common::*;
+use redis::Redis;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tungstenite::Message;
@@ -87,7 +87,10 @@ fn two_devices_of_one_user_are_online_once_and_hear_each_other() {
     let id = ack["id"].as_u64().expect("a v2 ack carries the id");
     for ws in [&mut tab2, &mut ph, &mut b] {
         let m = ws.recv();
-        assert_eq!((m["id"].as_u64(), &m["message"], &m["author"]), (Some(id), &json!("from the laptop"), &json!("amy")));
+        assert_eq!(
+            (m["id"].as_u64(), &m["message"], &m["author"]),
+            (Some(id), &json!("from the laptop"), &json!("amy"))
+        );
         assert!(m.get("status").is_none(), "the other devices get the message, not an ack");
     }
     assert!(quiet(&mut tab1), "the sending socket gets the ack only");

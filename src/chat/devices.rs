@@ -56,7 +56,8 @@ impl Chat {
         if s.socket() == Some(conn) {
             self.sessions.set_socket(m.session, m.next());
         } else {
-            let before = self.chain(s.socket()).into_iter().find(|&c| self.room.get(c).is_some_and(|p| p.next() == Some(conn)));
+            let before =
+                self.chain(s.socket()).into_iter().find(|&c| self.room.get(c).is_some_and(|p| p.next() == Some(conn)));
             if let Some(p) = before.and_then(|c| self.room.get_mut(c)) {
                 p.set_next(m.next());
             }
@@ -233,7 +234,41 @@ mod tests {
         chat.join(3, phone, false, true, t0, &mut fx).unwrap();
         fx.clear();
         assert_eq!(chat.end_user("amy", "banned: spam", &mut fx), 1);
-        assert!(matches!(&fx[1], Effect::Close { conn: 3, code: close::POLICY, reason } if &**reason == "banned: spam"));
+        assert!(
+            matches!(&fx[1], Effect::Close { conn: 3, code: close::POLICY, reason } if &**reason == "banned: spam")
+        );
+    }
+
+    #[test]
+    fn a_hand_over_carries_every_device_and_counts_presence_as_before() {
+        let t0 = Instant::now();
+        let (mut old, mut fx) = (chat(5), vec![]);
+        let (laptop, _) = session(&mut old, "amy", t0);
+        let (phone, _) = session(&mut old, "amy", t0);
+        let (bob, _) = session(&mut old, "bob", t0);
+        for (conn, k, v2) in [(1, laptop, true), (4, bob, false), (2, laptop, true), (3, phone, true)] {
+            old.join(conn, k, false, v2, t0, &mut fx).unwrap();
+        }
+        let mut new = chat(5);
+        new.import(old.export(t0), t0).expect("several v2 sockets of a user cross");
+        assert_eq!(new.online().collect::<Vec<_>>(), ["amy", "bob"]);
+        assert_eq!(new.online_count(), 2);
+        assert!(new.members_have_sessions());
+        let mut socks = new.sockets_of_user("AMY");
+        socks.sort_unstable();
+        assert_eq!(socks, [1, 2, 3]);
+        fx.clear();
+        for conn in [1, 3] {
+            new.leave(conn, &mut fx);
+        }
+        assert!(presence(&fx).is_empty());
+        new.leave(2, &mut fx);
+        assert_eq!(presence(&fx), [ev("leave", "amy")]);
+
+        // A plain /ws socket beside another of its user is no state this build makes.
+        let mut state = old.export(t0);
+        state.room.iter_mut().for_each(|m| m.v2 = false);
+        assert!(chat(5).import(state, t0).is_err());
     }
 
     #[test]

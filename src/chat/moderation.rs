@@ -232,7 +232,9 @@ mod tests {
         fx.clear();
         assert!(chat.kick("AMY", &mut fx));
         assert!(!chat.kick("amy", &mut fx), "no socket left to kick");
-        assert!(fx.iter().any(|e| matches!(e, Effect::Close { conn: 1, code: close::NORMAL, reason } if &**reason == "kicked")));
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::Close { conn: 1, code: close::NORMAL, reason } if &**reason == "kicked")));
         assert!(fx.iter().any(|e| matches!(e, Effect::Broadcast { frame, .. } if text(frame).contains("\"leave\""))));
         assert_eq!(chat.members(), &[2]);
         assert_eq!(chat.sessions_of("amy"), 1, "the session stays: she may reconnect");
@@ -248,7 +250,9 @@ mod tests {
         fx.clear();
         chat.ban("amy", Ban { since_ms: 0, until_ms: None, reason: None });
         assert_eq!(chat.end_user("amy", "banned", &mut fx), 2);
-        assert!(fx.iter().any(|e| matches!(e, Effect::Close { conn: 1, code: close::POLICY, reason } if &**reason == "banned")));
+        assert!(fx
+            .iter()
+            .any(|e| matches!(e, Effect::Close { conn: 1, code: close::POLICY, reason } if &**reason == "banned")));
         assert_eq!(chat.login("AMY", t0, &mut fx), Err(LoginError::Banned));
         assert!(chat.login("bob", t0, &mut fx).is_ok(), "others are not affected");
         assert!(chat.unban("Amy"));

@@ -264,7 +264,8 @@ pub fn render(req: &Request, a: &Answer) -> String {
         Request::Kick { for_s: Some(_), .. } => format!("kicked {} until {}\n", s("name"), s("until")),
         Request::Kick { .. } => format!("kicked {}\n", s("name")),
         Request::Ban { for_s, .. } => {
-            let until = for_s.map(|f| format!(" for {} (until {})", format_duration(f), s("until"))).unwrap_or_default();
+            let until =
+                for_s.map(|f| format!(" for {} (until {})", format_duration(f), s("until"))).unwrap_or_default();
             format!("banned {}{until} ({} sessions ended)\n", s("name"), s("sessions_ended"))
         }
         Request::Unban { .. } if a.get("was_banned") == Some(&Value::Bool(false)) => {

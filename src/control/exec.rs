@@ -64,8 +64,12 @@ enum Moderation {
         kick: bool,
     },
     Unban,
-    ResetKey { key: String },
-    DeleteUser { messages: bool },
+    ResetKey {
+        key: String,
+    },
+    DeleteUser {
+        messages: bool,
+    },
 }
 
 pub struct Ops {
@@ -257,7 +261,10 @@ impl Ops {
                     Moderation::Banned { ban, kick } => {
                         let reason = ban.reason.as_deref().map(str::to_owned);
                         let (at_ms, until_ms) = (ban.since_ms, ban.until_ms);
-                        (Write::Ban { username: name.clone(), reason, at_ms, until_ms }, Moderation::Banned { ban, kick })
+                        (
+                            Write::Ban { username: name.clone(), reason, at_ms, until_ms },
+                            Moderation::Banned { ban, kick },
+                        )
                     }
                     Moderation::Unban => (Write::Unban { username: name.clone() }, Moderation::Unban),
                     Moderation::ResetKey { .. } => {

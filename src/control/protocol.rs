@@ -38,7 +38,7 @@ pub fn parse_duration(text: &str) -> Result<u64, String> {
 /// Seconds in the largest unit that divides them: `7200` -> `2h`.
 pub fn format_duration(secs: u64) -> String {
     for (per, unit) in [(86_400, 'd'), (3600, 'h'), (60, 'm')] {
-        if secs >= per && secs % per == 0 {
+        if secs >= per && secs.is_multiple_of(per) {
             return format!("{}{unit}", secs / per);
         }
     }
