@@ -72,7 +72,11 @@ impl Chat {
         let Some(k) = self.sessions.find_hash(id_hash) else { return };
         let Some(s) = self.sessions.remove(k) else { return };
         if code == close::NORMAL {
-            return self.ended(k, s, EndReason::Logout, fx);
+            // A logout closes every device of the user this node holds.
+            let user = s.user.clone();
+            self.ended(k, s, EndReason::Logout, fx);
+            self.close_user(&user, close::NORMAL, Rc::from("logged out"), fx);
+            return;
         }
         // A ban's sessions end right after its B event: they close with its words.
         match self.banned.get(s.user.to_ascii_lowercase().as_str()).map(|b| b.close_reason()) {
