@@ -74,6 +74,11 @@ pub enum Write {
     Unban {
         username: String,
     },
+    /// A timed ban ran out: lifted if it is still the one that ends at `until_ms`.
+    EndBan {
+        username: String,
+        until_ms: i64,
+    },
     /// A new key (the old one stops working) and no sessions.
     ResetKey {
         username: String,
@@ -524,6 +529,15 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             tx.execute("DELETE FROM sessions WHERE username = ?1 COLLATE NOCASE", params![username]).map_err(io)?;
             Ok(Written::Done)
         }
+        Write::EndBan { username, until_ms } => {
+            tx.execute(
+                "UPDATE users SET banned_at = NULL, ban_reason = NULL, banned_until = NULL
+                 WHERE username = ?1 AND banned_until = ?2",
+                params![username, until_ms],
+            )
+            .map_err(io)?;
+            Ok(Written::Done)
+        }
         Write::Unban { username } => {
             let n = tx
                 .execute(
@@ -688,6 +702,26 @@ mod tests {
 #[cfg(test)]
 mod migration_tests {
     use super::*;
+
+    #[test]
+    fn timed_bans_load_until_they_end_and_end_only_once_theirs() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.register("Carol").unwrap();
+        let ban = |until_ms| Write::Ban { username: "Carol".into(), reason: Some("spam".into()), at_ms: 10, until_ms };
+        s.apply(&[ban(Some(5_000))]).unwrap();
+        let bans = s.bans(4_999).unwrap();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(
+            (bans[0].0.as_str(), bans[0].1.until_ms, bans[0].1.reason.as_deref()),
+            ("carol", Some(5_000), Some("spam"))
+        );
+        assert!(s.bans(5_000).unwrap().is_empty(), "over at its end, restart or not");
+        s.apply(&[ban(Some(9_000))]).unwrap();
+        s.apply(&[Write::EndBan { username: "carol".into(), until_ms: 5_000 }]).unwrap();
+        assert_eq!(s.bans(6_000).unwrap().len(), 1, "a newer ban is not lifted by the old one's end");
+        s.apply(&[Write::EndBan { username: "carol".into(), until_ms: 9_000 }]).unwrap();
+        assert!(s.bans(0).unwrap().is_empty());
+    }
 
     #[test]
     fn a_version_1_database_is_migrated_keeping_its_users() {

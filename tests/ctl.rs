@@ -552,6 +552,8 @@ fn a_timed_ban_with_a_reason_is_seen_everywhere_ends_by_itself_and_survives_a_re
     let ended = wait_for(Duration::from_secs(15), || login_status(&srv, &key).status == 200);
     assert!(ended, "the timed ban never ended");
     assert_eq!(ctl(&srv, &["users"])["users"][0]["banned"], false);
+    let lifted = wait_for(Duration::from_secs(5), || ctl(&srv, &["status"])["banned"] == 0);
+    assert!(lifted, "the database no longer counts it: {}", ctl(&srv, &["status"]));
 }
 
 #[test]

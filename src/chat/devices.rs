@@ -282,6 +282,7 @@ mod tests {
         assert!(chat.login("amy", t0 + Duration::from_millis(1999), &mut fx).is_err());
         chat.on_timeout(t0 + Duration::from_secs(2), &mut fx);
         assert_eq!(chat.next_deadline(), None, "nothing left to wake for");
+        assert_eq!(chat.take_ended_bans(), [("amy".into(), 1_002_000)], "for the store to lift");
         assert!(chat.login("amy", t0 + Duration::from_secs(2), &mut fx).is_ok());
     }
 }

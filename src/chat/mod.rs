@@ -181,6 +181,8 @@ pub struct Chat {
     /// Banned users, lowercased: a login for them gets no session.
     banned: std::collections::HashMap<Box<str>, moderation::Ban>,
     max_devices: usize,
+    /// Timed bans that ran out (name, end), for the store to lift.
+    ended_bans: Vec<(Box<str>, i64)>,
     /// Users with at least one socket here: presence counts a user once.
     users_here: usize,
     pub stats: ChatStats,
@@ -199,6 +201,7 @@ impl Chat {
             replica: None,
             banned: Default::default(),
             max_devices: cfg.max_devices.max(1),
+            ended_bans: Vec::new(),
             users_here: 0,
             stats: ChatStats::default(),
         }

@@ -134,13 +134,20 @@ impl Chat {
             return;
         }
         let now_ms = self.unix_ms(now);
+        let ended = &mut self.ended_bans;
         self.banned.retain(|name, b| {
             let holds = b.holds(now_ms);
-            if !holds {
+            if let (false, Some(until)) = (holds, b.until_ms) {
                 crate::log::info(format_args!("the ban of {name} ran out"));
+                ended.push((name.clone(), until));
             }
             holds
         });
+    }
+
+    /// Timed bans that ran out since the last call (lowercased name, end in Unix ms).
+    pub fn take_ended_bans(&mut self) -> Vec<(Box<str>, i64)> {
+        std::mem::take(&mut self.ended_bans)
     }
 
     /// Closes every WebSocket of the user here with 1000 "kicked" and tells the room
