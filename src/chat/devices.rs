@@ -3,7 +3,7 @@
 //! and the sockets of a user found through their sessions, never by a scan.
 
 use super::session::SessionKey;
-use super::{Chat, ConnId, Effect, Effects};
+use super::{Chat, ConnId, Effect, Effects, JoinError};
 use std::collections::HashSet;
 use std::rc::Rc;
 
@@ -88,6 +88,23 @@ impl Chat {
             fx.push(Effect::Close { conn, code, reason: reason.clone() });
         }
         conns.len()
+    }
+
+    /// Whether this session's user may open a WebSocket now (the 409 checks): plain
+    /// `/ws` only as the user's one socket; v2 beside other v2 ones, up to the cap.
+    pub fn can_join(&self, k: SessionKey, v2: bool) -> Result<(), JoinError> {
+        let s = self.sessions.get(k).ok_or(JoinError::NoSession)?;
+        let (open, any_v1) = self.devices_of(&s.user);
+        if open == 0 {
+            return Ok(());
+        }
+        if !v2 || any_v1 {
+            return Err(JoinError::AlreadyConnected);
+        }
+        if open >= self.max_devices {
+            return Err(JoinError::TooManyDevices);
+        }
+        Ok(())
     }
 
     /// Online users in the order of their first socket, each once.

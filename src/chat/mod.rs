@@ -5,6 +5,7 @@
 pub mod acks;
 mod broker;
 pub mod devices;
+mod ending;
 mod handover;
 pub mod history;
 pub mod message;
@@ -15,14 +16,13 @@ pub mod room;
 pub mod session;
 
 use crate::outq::Chunk;
-use crate::ws::close;
 use crate::ws::frame::{self, TextFrame};
 use acks::{Acks, Release, MAX_UNACKED};
 use history::History;
 use replica::Replica;
 use room::{Bucket, Member, RateLimit, Room};
 use serde::{Deserialize, Serialize};
-use session::{EndReason, Session, SessionId, SessionKey, Sessions};
+use session::{EndReason, SessionId, SessionKey, Sessions};
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -319,18 +319,6 @@ impl Chat {
         self.sessions.get(k).map(|s| &*s.user)
     }
 
-    /// Ends the session behind `cookie`, if it is live; every WebSocket of its user
-    /// closes (1000 "logged out"), on whichever device.
-    pub fn logout(&mut self, cookie: &[u8], now: Instant, fx: &mut Effects) {
-        if let Some(k) = self.sessions.authenticate(cookie, now) {
-            if let Some(s) = self.sessions.remove(k) {
-                let user = s.user.clone();
-                self.ended(k, s, EndReason::Logout, fx);
-                self.close_user(&user, close::NORMAL, Rc::from("logged out"), fx);
-            }
-        }
-    }
-
     /// Who is online, each user once, in the order they came (their first socket).
     pub fn online(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match &self.replica {
@@ -361,23 +349,6 @@ impl Chat {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// Whether this session's user may open a WebSocket now (the 409 checks): plain
-    /// `/ws` only as the user's one socket; v2 beside other v2 ones, up to the cap.
-    pub fn can_join(&self, k: SessionKey, v2: bool) -> Result<(), JoinError> {
-        let s = self.sessions.get(k).ok_or(JoinError::NoSession)?;
-        let (open, any_v1) = self.devices_of(&s.user);
-        if open == 0 {
-            return Ok(());
-        }
-        if !v2 || any_v1 {
-            return Err(JoinError::AlreadyConnected);
-        }
-        if open >= self.max_devices {
-            return Err(JoinError::TooManyDevices);
-        }
-        Ok(())
     }
 
     /// A WebSocket for session `k` is open: join the room, tell everyone else.
@@ -538,42 +509,6 @@ impl Chat {
             let Some(m) = self.room.get(c) else { return false };
             self.sessions.get(m.session).is_some_and(|s| self.chain(s.socket()).contains(&c))
         })
-    }
-
-    /// Expires sessions due by `now`, their sockets closed with 1008; timed bans
-    /// that have run out end.
-    pub fn on_timeout(&mut self, now: Instant, fx: &mut Effects) {
-        let mut expired = Vec::new();
-        self.sessions.expire(now, &mut expired);
-        for (k, s) in expired {
-            self.ended(k, s, EndReason::Expired, fx);
-        }
-        self.end_timed_bans(now);
-    }
-
-    fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {
-        let (code, reason) = match why {
-            EndReason::Logout => (close::NORMAL, "logged out"),
-            EndReason::Expired => (close::POLICY, "session expired"),
-            EndReason::Evicted => (close::POLICY, "replaced"),
-        };
-        self.ended_with(k, s, code, Rc::from(reason), fx);
-    }
-
-    /// Session `k` (already out of the table) is over: every socket opened with it
-    /// closes with `code` and `reason`.
-    fn ended_with(&mut self, k: SessionKey, s: Session, code: u16, reason: Rc<str>, fx: &mut Effects) {
-        let mut conns = self.chain(s.socket());
-        conns.retain(|&conn| self.room.get(conn).is_some_and(|m| m.session == k));
-        for &conn in &conns {
-            self.remove_member(conn);
-        }
-        if !conns.is_empty() {
-            self.gone(s.user, fx);
-        }
-        for conn in conns {
-            fx.push(Effect::Close { conn, code, reason: reason.clone() });
-        }
     }
 }
 

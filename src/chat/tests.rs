@@ -1,6 +1,7 @@
 //! The chat core driven directly, with a fake clock: no sockets, no sleeping.
 
 use super::*;
+use crate::ws::close;
 
 fn msg(id: u64, ts: i64, author: &str, text: &str) -> Message {
     Message { id, ts, author: author.into(), text: text.into() }
