@@ -656,6 +656,9 @@ fn cluster_a_timed_ban_from_one_node_closes_with_its_words_on_another_and_ends_b
     let row = &ctl(&n2, &["users"])["users"][0];
     assert_eq!((&row["banned"], &row["until"], &row["reason"]), (&json!(true), &json!(until), &json!("link spam")));
     assert!(wait_for(Duration::from_secs(15), || login_status(&n1, &key).status == 200), "the ban never ended");
+    let mut again = ws_v2(&n2, &n2.login(&key), "");
+    ctl(&n1, &["reset-key", "carol"]);
+    assert_eq!(close_of(&mut again), (1008, "key reset".into()), "across nodes too");
     assert_eq!(ctl(&n2, &["users"])["users"][0]["banned"], false);
     assert_eq!(ctl(&n1, &["users", "--limit", "1"])["next"], Value::Null, "one user, one page");
 }

@@ -21,6 +21,11 @@ pub struct Snapshot {
     pub messages: Vec<Message>,
 }
 
+/// Session ends library.lua publishes for `skiff ctl reset-key` and `delete-user`:
+/// never sent to a client; the sockets close 1008 with these words.
+pub const END_KEY_RESET: u16 = 4001;
+pub const END_USER_DELETED: u16 = 4002;
+
 impl Chat {
     /// A session id for a login that Redis must store before it is used.
     pub fn new_session_id(&mut self) -> (SessionId, [u8; 32]) {
@@ -79,7 +84,12 @@ impl Chat {
             return;
         }
         // A ban's sessions end right after its B event: they close with its words.
-        match self.banned.get(s.user.to_ascii_lowercase().as_str()).map(|b| b.close_reason()) {
+        let reason = match code {
+            END_KEY_RESET => Some("key reset".to_owned()),
+            END_USER_DELETED => Some("user deleted".to_owned()),
+            _ => self.banned.get(s.user.to_ascii_lowercase().as_str()).map(|b| b.close_reason()),
+        };
+        match reason {
             Some(reason) => self.ended_with(k, s, close::POLICY, Rc::from(reason), fx),
             None => self.ended(k, s, EndReason::Evicted, fx),
         }

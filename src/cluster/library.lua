@@ -267,12 +267,14 @@ end)
 -- socket, K (a kick, 1000) on the node named, D (a message left the history) on all.
 
 -- Ends every session of a user; returns how many were live.
-local function end_sessions(p, lower)
+-- `code`: 1008, or 4001 (key reset) / 4002 (user deleted), which nodes close as
+-- 1008 with those words (older nodes: as any 1008).
+local function end_sessions(p, lower, code)
   local list = p .. 'usess:' .. lower
   local ended = 0
   for _, h in ipairs(redis.call('ZRANGE', list, 0, -1)) do
     if redis.call('DEL', p .. 'sess:' .. h) == 1 then
-      publish(p, 'E', '1008 ' .. h)
+      publish(p, 'E', (code or '1008') .. ' ' .. h)
       ended = ended + 1
     end
   end
@@ -419,7 +421,7 @@ redis.register_function('skiff_reset_key', function(_, a)
   end
   redis.call('HSET', p .. 'keys', new, name)
   redis.call('HSET', p .. 'keyof', lower, new)
-  return { name, end_sessions(p, lower) }
+  return { name, end_sessions(p, lower, '4001') }
 end)
 
 -- (p, lower, with_messages) -> {name, sessions ended, messages deleted}, or nil for
@@ -437,7 +439,7 @@ redis.register_function('skiff_delete_user', function(_, a)
   for _, h in ipairs({ 'users', 'keyof', 'banned', 'banuntil', 'created' }) do
     redis.call('HDEL', p .. h, lower)
   end
-  local ended = end_sessions(p, lower)
+  local ended = end_sessions(p, lower, '4002')
   local deleted = 0
   if a[3] == '1' then
     for _, e in ipairs(redis.call('XRANGE', p .. 'history', '-', '+')) do
