@@ -186,7 +186,7 @@ pub fn finish(pending: Pending, reply: Reply, ctx: &mut Ctx) -> Response {
         }
         (PendingKind::Register { .. }, _) => Response::error(409, "username_taken"),
         (PendingKind::Login(id), Reply::User(Some(username))) => logged_in(username, id, ctx),
-        (PendingKind::Login(_), Reply::Banned) => Response::error(403, "banned"),
+        (PendingKind::Login(_), Reply::Banned(ban)) => banned(ban.as_ref()),
         (PendingKind::Login(_), _) => {
             if ctx.metered {
                 ctx.limits.failed_login.record(ctx.client.ip, ctx.now);
@@ -409,8 +409,22 @@ fn logged_in(username: String, id: Option<(SessionId, [u8; 32])>, ctx: &mut Ctx)
                 .header("Set-Cookie", format!("{SESSION_COOKIE}={id}{}", ctx.cookie_attrs()))
         }
         Err(LoginError::Full) => Response::error(503, "too_many_sessions"),
-        Err(LoginError::Banned) => Response::error(403, "banned"),
+        Err(LoginError::Banned) => banned(ctx.chat.ban_of(&username, ctx.now)),
     }
+}
+
+/// 403 `{"error":"banned"}`, with the ban's `reason` and `until` when it has them.
+fn banned(ban: Option<&crate::chat::moderation::Ban>) -> Response {
+    let mut body = serde_json::json!({ "error": "banned" });
+    if let Some(b) = ban {
+        if let Some(r) = &b.reason {
+            body["reason"] = (**r).into();
+        }
+        if let Some(u) = b.until_ms {
+            body["until"] = crate::chat::moderation::rfc3339(u).into();
+        }
+    }
+    Response::json(403, &body)
 }
 
 fn logout(req: &Request, ctx: &mut Ctx) -> Outcome {
@@ -525,9 +539,11 @@ fn websocket(req: &Request, ctx: &mut Ctx) -> Outcome {
         Ok(k) => k,
         Err(r) => return Outcome::Respond(r),
     };
-    match ctx.chat.can_join(session) {
+    // The version's value is checked below; the 409s only ask whether it is v2.
+    match ctx.chat.can_join(session, req.query("v") == Some("2")) {
         Ok(()) => {}
         Err(JoinError::AlreadyConnected) => return Outcome::Respond(Response::error(409, "already_connected")),
+        Err(JoinError::TooManyDevices) => return Outcome::Respond(Response::error(409, "too_many_devices")),
         Err(JoinError::NoSession) => return Outcome::Respond(Response::error(401, "invalid_session")),
     }
     if !ctx.cfg.allowed_origins.is_empty() {

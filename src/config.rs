@@ -48,6 +48,8 @@ pub struct Config {
     /// Bytes all clients together may make the server hold; 0 = no budget.
     pub memory_budget: usize,
     pub max_sessions_per_user: usize,
+    /// Protocol v2 sockets one user may hold at once.
+    pub max_devices: usize,
     pub max_sessions: usize,
     pub history: usize,
     pub metrics_public: bool,
@@ -119,6 +121,7 @@ impl Config {
             frames_per_second: 0,
             memory_budget: 0,
             max_sessions_per_user: 0,
+            max_devices: 0,
             max_sessions: 0,
             history: 0,
             metrics_public: false,
@@ -292,6 +295,10 @@ const FLAGS: &[Flag] = &[
         c.max_sessions_per_user = number(v, 1)?;
         Ok(())
     }),
+    opt("max-devices", "N", Value("5"), "v2 sockets per user; /ws?v=2 answers 409 past it", |c, v, _| {
+        c.max_devices = number(v, 1)?;
+        Ok(())
+    }),
     opt("max-sessions", "N", Value("100000"), "sessions in all; login answers 503 past it", |c, v, _| {
         c.max_sessions = number(v, 1)?;
         Ok(())
@@ -353,7 +360,8 @@ pub fn usage() -> String {
     let w2 = FLAGS.iter().map(|f| env_name(f).len()).max().unwrap_or(0);
     let mut out = String::from(
         "skiff: a tiny real-time chat server (HTTP JSON API + one WebSocket room)\n\n\
-         usage: skiff [--flag VALUE | --flag=VALUE | --switch]...\n\n\
+         usage: skiff [--flag VALUE | --flag=VALUE | --switch]...\n\
+         \x20      skiff ctl [--control PATH] [--json] COMMAND   (see skiff ctl --help)\n\n\
          Each flag also reads the environment variable beside it (a comma-separated list for a\n\
          repeatable flag); the flag wins.\n\n",
     );
@@ -708,6 +716,9 @@ mod tests {
     fn history_is_bounded_and_zero_turns_it_off() {
         assert_eq!(run(&["--history", "0"], &[]).unwrap().history, 0);
         assert_eq!(run(&[], &[("SKIFF_HISTORY", "100000")]).unwrap().history, 100_000);
+        assert_eq!(run(&[], &[]).unwrap().max_devices, 5);
+        assert_eq!(run(&[], &[("SKIFF_MAX_DEVICES", "2")]).unwrap().max_devices, 2);
+        assert!(run(&["--max-devices", "0"], &[]).is_err());
         let err = run(&["--history", "100001"], &[]).unwrap_err().to_string();
         assert!(err.contains("--history") && err.contains("100000"), "{err}");
     }

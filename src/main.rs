@@ -103,6 +103,9 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
     unsafe { libc::signal(libc::SIGXFSZ, libc::SIG_IGN) };
     let taking_over = matches!(inherited, Some(Ok(_)));
     let open = if taking_over { Store::reopen } else { Store::open };
+    // A start that fails (the port in use) must not leave a new empty database
+    // behind: the next start, with the right port, would take it for the real one.
+    let made_db = cfg.redis.is_none() && !taking_over && std::fs::symlink_metadata(&cfg.db).is_err();
     // Cluster mode keeps everything in Redis: no database file is opened or made.
     let store = match cfg.redis {
         Some(_) => None,
@@ -117,7 +120,12 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
         }
         None => Reactor::new(&cfg, store, tls),
     };
-    let mut reactor = started.map_err(Fatal::Startup)?;
+    let mut reactor = started.map_err(|e| {
+        if made_db {
+            remove_database(&cfg.db);
+        }
+        Fatal::Startup(e)
+    })?;
     reactor.handle_signals().map_err(|e| Fatal::Startup(format!("cannot install signal handlers: {e}")))?;
     let addr = reactor.local_addr();
     let data = match &cfg.redis {
@@ -140,4 +148,13 @@ fn run(args: Vec<String>) -> Result<(), Fatal> {
         log::info(format_args!("skiff {} listening on {addr}, {data}", skiff::VERSION));
     }
     reactor.run().map_err(Fatal::EventLoop)
+}
+
+/// Removes the database file this start made, with SQLite's side files.
+fn remove_database(db: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut p = db.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
 }

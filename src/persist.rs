@@ -64,7 +64,9 @@ impl Cx {
         if let Some(cluster) = self.cluster.as_mut() {
             // Messages are in Redis already. Sessions end there by their own TTL, a
             // logout or an eviction; a replica dropping one from its cache ends
-            // nothing. Only activity is written, as a renewal.
+            // nothing. Only activity is written, as a renewal. Redis ends timed
+            // bans itself.
+            self.chat.take_ended_bans();
             for change in self.chat.take_session_changes() {
                 if let SessionChange::Saved { id_hash, .. } = change {
                     cluster.renew(&id_hash);
@@ -78,6 +80,9 @@ impl Cx {
         let keep = self.chat.history().cap() as u64;
         for msg in self.chat.take_new_messages() {
             self.storage.persist(Write::Message { msg, keep });
+        }
+        for (name, until_ms) in self.chat.take_ended_bans() {
+            self.storage.persist(Write::EndBan { username: name.into(), until_ms });
         }
         for change in self.chat.take_session_changes() {
             let write = match change {

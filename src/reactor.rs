@@ -433,7 +433,7 @@ fn single_node(
     if load_saved {
         crate::store::warn_if_open_to_others(&cfg.db);
     }
-    let banned = store.banned_names().map_err(|e| format!("cannot read bans: {e}"))?;
+    let banned = store.bans(wall_clock().1).map_err(|e| format!("cannot read bans: {e}"))?;
     // A hand-over continues the ids it carries, all below the reservation on disk.
     let reserved = store.reserved_ids().map_err(|e| format!("cannot read the id reservation: {e}"))?;
     let saved = if load_saved { Some(load_saved_state(cfg, &mut store)?) } else { None };

@@ -297,9 +297,9 @@ impl<S: Stream> Server<S> {
                         });
                         self.fanouts.start(now, seq, v2);
                     }
-                    Effect::Close { conn, code } => {
+                    Effect::Close { conn, code, reason } => {
                         let Some(c) = self.conns.get_mut(conn) else { continue };
-                        c.close_ws(Some(code), &mut self.cx, now);
+                        c.close_ws_why(Some(code), &reason, &mut self.cx, now);
                         self.queue_flush(conn);
                         self.arm(conn);
                     }
@@ -522,7 +522,7 @@ impl<S: Stream> Server<S> {
         for key in keys {
             let c = &mut self.conns[key];
             if c.is_ws() {
-                c.close_ws(Some(close::GOING_AWAY), &mut self.cx, now);
+                c.close_ws_why(Some(close::GOING_AWAY), "shutting down", &mut self.cx, now);
             } else if !c.is_waiting() {
                 c.begin_closing(&mut self.cx, now);
             }

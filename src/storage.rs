@@ -56,9 +56,11 @@ pub enum Request {
     Logout {
         id_hash: [u8; 32],
     },
-    /// Cluster mode: claim the user's one WebSocket in the cluster.
+    /// Cluster mode: claim the user's presence for this node; `v2` sockets may
+    /// share it with the user's devices on other nodes.
     Join {
         name: String,
+        v2: bool,
     },
     /// A read for `skiff ctl`.
     Control(crate::store::admin::Query),
@@ -79,8 +81,9 @@ pub enum Reply {
     LoggedOut,
     /// Cluster mode: the WebSocket may open; every node has heard the join.
     Joined,
-    /// The key is right but its user is banned (`skiff ctl ban`).
-    Banned,
+    /// The key is right but its user is banned (`skiff ctl ban`); what Redis says
+    /// of the ban in cluster mode.
+    Banned(Option<crate::chat::moderation::Ban>),
     Control(crate::store::admin::QueryResult),
 }
 

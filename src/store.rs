@@ -16,7 +16,7 @@ pub use files::warn_if_open_to_others;
 use files::{create_owner_only, explain};
 
 /// The schema version this build writes; older files are migrated on open.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 /// Keys longer than this cannot be ours; refuse them before hashing.
 const MAX_KEY_LEN: usize = 256;
@@ -72,9 +72,16 @@ pub enum Write {
         username: String,
         reason: Option<String>,
         at_ms: i64,
+        /// A timed ban's end (Unix ms); none: until an unban.
+        until_ms: Option<i64>,
     },
     Unban {
         username: String,
+    },
+    /// A timed ban ran out: lifted if it is still the one that ends at `until_ms`.
+    EndBan {
+        username: String,
+        until_ms: i64,
     },
     /// A new key (the old one stops working) and no sessions.
     ResetKey {
@@ -266,6 +273,16 @@ impl Store {
             .map_err(classify)?;
             tx.commit().map_err(classify)?;
         }
+        if from < 5 {
+            // Timed bans (`ban --for`, `kick --for`): their end survives a restart.
+            let tx = self.db.transaction().map_err(classify)?;
+            tx.execute_batch(
+                "ALTER TABLE users ADD COLUMN banned_until INTEGER;
+                 PRAGMA user_version = 5;",
+            )
+            .map_err(classify)?;
+            tx.commit().map_err(classify)?;
+        }
         Ok(())
     }
 
@@ -379,6 +396,32 @@ impl Store {
         }
     }
 
+    /// The bans in force at Unix time `now_ms`, by lowercased name, for the chat
+    /// core at start; timed bans that ran out while the server was down are over.
+    pub fn bans(&mut self, now_ms: i64) -> Result<Vec<(String, crate::chat::moderation::Ban)>, StoreError> {
+        let mut stmt = self
+            .db
+            .prepare(
+                "SELECT lower(username), banned_at, banned_until, ban_reason FROM users
+                 WHERE banned_at IS NOT NULL AND (banned_until IS NULL OR banned_until > ?1)",
+            )
+            .map_err(io)?;
+        let mut bans = Vec::new();
+        let rows = stmt.query_map(params![now_ms], |r| {
+            let reason: Option<String> = r.get(3)?;
+            let ban = crate::chat::moderation::Ban {
+                since_ms: r.get(1)?,
+                until_ms: r.get(2)?,
+                reason: reason.map(String::into_boxed_str),
+            };
+            Ok((r.get::<_, String>(0)?, ban))
+        });
+        for row in rows.map_err(io)? {
+            bans.push(row.map_err(io)?);
+        }
+        Ok(bans)
+    }
+
     /// The canonical spelling of a name, matched ignoring ASCII case.
     pub fn find_user(&mut self, name: &str) -> Result<Option<String>, StoreError> {
         let mut stmt = self.db.prepare_cached("SELECT username FROM users WHERE username = ?1").map_err(io)?;
@@ -428,11 +471,11 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             stmt.execute(params![through.to_string()]).map_err(io)?;
             Ok(Written::Done)
         }
-        Write::Ban { username, reason, at_ms } => {
+        Write::Ban { username, reason, at_ms, until_ms } => {
             let n = tx
                 .execute(
-                    "UPDATE users SET banned_at = ?2, ban_reason = ?3 WHERE username = ?1",
-                    params![username, at_ms, reason],
+                    "UPDATE users SET banned_at = ?2, ban_reason = ?3, banned_until = ?4 WHERE username = ?1",
+                    params![username, at_ms, reason, until_ms],
                 )
                 .map_err(io)?;
             if n == 0 {
@@ -441,9 +484,21 @@ fn apply_one(tx: &rusqlite::Transaction, w: &Write) -> Result<Written, StoreErro
             tx.execute("DELETE FROM sessions WHERE username = ?1 COLLATE NOCASE", params![username]).map_err(io)?;
             Ok(Written::Done)
         }
+        Write::EndBan { username, until_ms } => {
+            tx.execute(
+                "UPDATE users SET banned_at = NULL, ban_reason = NULL, banned_until = NULL
+                 WHERE username = ?1 AND banned_until = ?2",
+                params![username, until_ms],
+            )
+            .map_err(io)?;
+            Ok(Written::Done)
+        }
         Write::Unban { username } => {
             let n = tx
-                .execute("UPDATE users SET banned_at = NULL, ban_reason = NULL WHERE username = ?1", params![username])
+                .execute(
+                    "UPDATE users SET banned_at = NULL, ban_reason = NULL, banned_until = NULL WHERE username = ?1",
+                    params![username],
+                )
                 .map_err(io)?;
             Ok(if n == 0 { Written::NotFound } else { Written::Done })
         }
@@ -609,6 +664,26 @@ mod tests {
 #[cfg(test)]
 mod migration_tests {
     use super::*;
+
+    #[test]
+    fn timed_bans_load_until_they_end_and_end_only_once_theirs() {
+        let mut s = Store::open_in_memory().unwrap();
+        s.register("Carol").unwrap();
+        let ban = |until_ms| Write::Ban { username: "Carol".into(), reason: Some("spam".into()), at_ms: 10, until_ms };
+        s.apply(&[ban(Some(5_000))]).unwrap();
+        let bans = s.bans(4_999).unwrap();
+        assert_eq!(bans.len(), 1);
+        assert_eq!(
+            (bans[0].0.as_str(), bans[0].1.until_ms, bans[0].1.reason.as_deref()),
+            ("carol", Some(5_000), Some("spam"))
+        );
+        assert!(s.bans(5_000).unwrap().is_empty(), "over at its end, restart or not");
+        s.apply(&[ban(Some(9_000))]).unwrap();
+        s.apply(&[Write::EndBan { username: "carol".into(), until_ms: 5_000 }]).unwrap();
+        assert_eq!(s.bans(6_000).unwrap().len(), 1, "a newer ban is not lifted by the old one's end");
+        s.apply(&[Write::EndBan { username: "carol".into(), until_ms: 9_000 }]).unwrap();
+        assert!(s.bans(0).unwrap().is_empty());
+    }
 
     #[test]
     fn a_version_1_database_is_migrated_keeping_its_users() {

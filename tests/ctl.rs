@@ -3,6 +3,8 @@
 //! floods and restored, and bad input refused with one line, exit 1, nothing changed.
 
 mod common;
+#[path = "common/redis.rs"]
+mod redis;
 
 use common::*;
 use serde_json::{json, Value};
@@ -537,4 +539,173 @@ fn idle_control_clients_never_lock_skiff_ctl_out_and_are_closed_after_10_s() {
         BufReader::new(s).read_line(&mut line).unwrap();
         assert!(line.contains(r#""ok":true"#), "{line}");
     }
+}
+
+/// Reads up to the server's close frame: its code and reason.
+fn close_of(ws: &mut Ws) -> (u16, String) {
+    for _ in 0..10_000 {
+        match ws.ws.read() {
+            Ok(tungstenite::Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(tungstenite::Message::Close(None)) => return (1005, String::new()),
+            Ok(_) => continue,
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    }
+    panic!("no close frame in 10000 frames");
+}
+
+/// `2026-12-06T15:04:05Z`: RFC 3339 UTC to the second.
+fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
+#[test]
+fn a_timed_ban_with_a_reason_is_seen_everywhere_ends_by_itself_and_survives_a_restart() {
+    let srv = Server::start();
+    let key = srv.register("carol");
+    let carol = srv.login(&key);
+    let mut tab = ws_v2(&srv, &carol, "");
+    let mut phone = ws_v2(&srv, &srv.login(&key), "");
+    let v = ctl(&srv, &["ban", "carol", "--reason", "link spam", "--for", "4s"]);
+    let until = v["until"].as_str().expect("the answer names the end").to_owned();
+    assert!(is_rfc3339(&until), "{until}");
+    let want = (1008, format!("banned until {until}: link spam"));
+    assert_eq!(close_of(&mut tab), want);
+    assert_eq!(close_of(&mut phone), want, "every device of hers");
+    let r = login_status(&srv, &key);
+    assert_eq!(r.status, 403);
+    assert_eq!(r.json(), json!({"error": "banned", "reason": "link spam", "until": until}));
+    let row = &ctl(&srv, &["users"])["users"][0];
+    assert_eq!((&row["banned"], &row["until"], &row["reason"]), (&json!(true), &json!(until), &json!("link spam")));
+    assert!(row["since"].as_str().is_some_and(is_rfc3339), "{row}");
+    let table = String::from_utf8(ctl_at(&control(&srv), &["users"]).stdout).unwrap();
+    assert!(table.contains(&format!("until {until} (link spam)")), "{table}");
+    let uid = unsafe { libc::geteuid() };
+    let logged = format!("control: uid {uid}: ban carol for 4s (link spam)");
+    assert!(wait_for(Duration::from_secs(5), || srv.stderr().contains(&logged)), "{}", srv.stderr());
+
+    // Still in force after a restart, then over without anyone lifting it.
+    let srv = Server::start_in(srv.stop(), &[]);
+    let r = login_status(&srv, &key);
+    assert_eq!((r.status, r.json()["until"].clone()), (403, json!(until)), "the ban survives a restart");
+    let ended = wait_for(Duration::from_secs(15), || login_status(&srv, &key).status == 200);
+    assert!(ended, "the timed ban never ended");
+    assert_eq!(ctl(&srv, &["users"])["users"][0]["banned"], false);
+    let lifted = wait_for(Duration::from_secs(5), || ctl(&srv, &["status"])["banned"] == 0);
+    assert!(lifted, "the database no longer counts it: {}", ctl(&srv, &["status"]));
+}
+
+#[test]
+fn a_permanent_ban_without_a_reason_keeps_the_plain_answer_and_close_reason() {
+    let srv = Server::start();
+    let key = srv.register("amy");
+    let mut a = srv.ws(&srv.login(&key));
+    ctl(&srv, &["ban", "amy"]);
+    assert_eq!(close_of(&mut a), (1008, "banned".into()));
+    let r = login_status(&srv, &key);
+    assert_eq!((r.status, r.json()), (403, json!({"error": "banned"})));
+    let row = &ctl(&srv, &["users"])["users"][0];
+    assert_eq!((&row["banned"], &row["until"], &row["reason"]), (&json!(true), &Value::Null, &Value::Null));
+}
+
+#[test]
+fn a_kick_says_kicked_and_a_kick_for_a_while_is_a_timed_ban() {
+    let srv = Server::start();
+    let key = srv.register("dave");
+    let dave = srv.login(&key);
+    let mut a = srv.ws(&dave);
+    ctl(&srv, &["kick", "dave"]);
+    assert_eq!(close_of(&mut a), (1000, "kicked".into()));
+    let mut a = ws_v2(&srv, &dave, "");
+    let v = ctl(&srv, &["kick", "dave", "--for", "3s"]);
+    let until = v["until"].as_str().unwrap().to_owned();
+    assert_eq!(close_of(&mut a), (1008, format!("banned until {until}")));
+    let r = login_status(&srv, &key);
+    assert_eq!((r.status, r.json()), (403, json!({"error": "banned", "until": until})));
+    assert_eq!(me(&srv, &dave), 401, "a timed ban ends the sessions, as a ban does");
+    let uid = unsafe { libc::geteuid() };
+    let logged = format!("control: uid {uid}: kick dave for 3s");
+    assert!(wait_for(Duration::from_secs(5), || srv.stderr().contains(&logged)), "{}", srv.stderr());
+    assert!(wait_for(Duration::from_secs(15), || login_status(&srv, &key).status == 200), "the kick never ended");
+}
+
+#[test]
+fn users_pages_only_when_more_exist_and_registered_is_a_date() {
+    let srv = Server::start();
+    srv.register("solo");
+    let page = ctl(&srv, &["users", "--limit", "1"]);
+    assert_eq!(page["next"], Value::Null, "one user, one page");
+    let out = ctl_at(&control(&srv), &["users", "--limit", "1"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("more:"), "no hint of an empty page");
+    let table = String::from_utf8(out.stdout).unwrap();
+    let row = table.lines().nth(1).unwrap();
+    let registered = row.split_whitespace().nth(1).unwrap();
+    assert!(registered.len() == 10 && registered.as_bytes()[4] == b'-', "a date, not Unix seconds: {row}");
+    srv.register("second");
+    assert_eq!(ctl(&srv, &["users", "--limit", "1"])["next"], "second");
+}
+
+#[test]
+fn help_names_skiff_ctl_and_a_start_on_a_taken_port_leaves_no_database() {
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    let usage: Vec<&str> = help.lines().skip_while(|l| !l.starts_with("usage:")).take(2).collect();
+    assert!(usage.iter().any(|l| l.contains("skiff ctl")), "the usage names skiff ctl: {usage:?}");
+
+    let srv = Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("new.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_skiff"))
+        .args(["--listen", &srv.addr.to_string(), "--db"])
+        .arg(&db)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut status = None;
+    let exited = wait_for(Duration::from_secs(10), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    if !exited {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "a taken port is a start-up error");
+    let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().starts_with("new.db")), "files left behind: {left:?}");
+}
+
+#[test]
+fn cluster_a_timed_ban_from_one_node_closes_with_its_words_on_another_and_ends_by_itself() {
+    let Some(redis) = redis::Redis::start_or_skip("cluster_a_timed_ban") else { return };
+    let url = redis.url();
+    let n1 = Server::start_with(&["--redis", &url]);
+    let n2 = Server::start_with(&["--redis", &url]);
+    for n in [&n1, &n2] {
+        assert!(wait_for(Duration::from_secs(10), || n.get("/healthz", None).status == 200), "no Redis");
+    }
+    let key = n2.register("carol");
+    let mut on2 = ws_v2(&n2, &n2.login(&key), "");
+    let v = ctl(&n1, &["ban", "carol", "--reason", "link spam", "--for", "3s"]);
+    let until = v["until"].as_str().expect("the answer names the end").to_owned();
+    assert_eq!(close_of(&mut on2), (1008, format!("banned until {until}: link spam")));
+    let r = login_status(&n2, &key);
+    assert_eq!((r.status, r.json()), (403, json!({"error": "banned", "reason": "link spam", "until": until})));
+    let row = &ctl(&n2, &["users"])["users"][0];
+    assert_eq!((&row["banned"], &row["until"], &row["reason"]), (&json!(true), &json!(until), &json!("link spam")));
+    assert!(wait_for(Duration::from_secs(15), || login_status(&n1, &key).status == 200), "the ban never ended");
+    let mut again = ws_v2(&n2, &n2.login(&key), "");
+    ctl(&n1, &["reset-key", "carol"]);
+    assert_eq!(close_of(&mut again), (1008, "key reset".into()), "across nodes too");
+    assert_eq!(ctl(&n2, &["users"])["users"][0]["banned"], false);
+    assert_eq!(ctl(&n1, &["users", "--limit", "1"])["next"], Value::Null, "one user, one page");
 }

@@ -31,6 +31,7 @@ impl World {
             chat: Chat::new(ChatConfig {
                 session_ttl: Duration::from_secs(60),
                 max_sessions_per_user: 8,
+                max_devices: 5,
                 max_sessions: 100,
                 message_rate: None,
                 history: 10,

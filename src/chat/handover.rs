@@ -48,20 +48,31 @@ impl Chat {
         // Built aside and swapped in whole: a refused state leaves this core as it was.
         let mut sessions = self.sessions.imported(state.sessions, now)?;
         let mut room = Room::default();
+        let mut users_here = 0;
+        // Lowercased name -> every socket of that user so far is v2.
+        let mut users_v2: std::collections::HashMap<String, bool> = std::collections::HashMap::new();
         for m in state.room {
             let session = SessionKey { key: m.session.0, generation: m.session.1 };
             let Some(s) = sessions.get(session) else { return Err("a member without its session") };
-            if sessions.socket_of_user(&s.user).is_some() {
-                return Err("a user with two sockets");
+            // Several sockets per user only in v2, as `can_join` lets them in.
+            let lower = s.user.to_ascii_lowercase();
+            let all_v2 = users_v2.get(&lower).copied();
+            if all_v2.is_some() && !(m.v2 && all_v2 == Some(true)) {
+                return Err("a plain /ws socket beside another of its user");
             }
+            users_v2.insert(lower, m.v2);
+            let first = all_v2.is_none();
+            let next = s.socket();
             let bucket = m.bucket.map(|(tokens, last)| Bucket::from_parts(tokens, last.at(now)));
-            if !room.insert(m.conn, Member { session, bucket, v2: m.v2, unacked: 0 }) {
+            if !room.insert(m.conn, Member::new(session, bucket, m.v2, next)) {
                 return Err("a connection in the room twice");
             }
             sessions.set_socket(session, Some(m.conn));
+            users_here += usize::from(first);
         }
         self.sessions = sessions;
         self.room = room;
+        self.users_here = users_here;
         let h = state.history;
         let entries = h.entries;
         // The reservation is the disk's, set before the import; the ring is the state's.

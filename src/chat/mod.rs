@@ -4,6 +4,8 @@
 
 pub mod acks;
 mod broker;
+pub mod devices;
+mod ending;
 mod handover;
 pub mod history;
 pub mod message;
@@ -14,14 +16,13 @@ pub mod room;
 pub mod session;
 
 use crate::outq::Chunk;
-use crate::ws::close;
 use crate::ws::frame::{self, TextFrame};
 use acks::{Acks, Release, MAX_UNACKED};
 use history::History;
 use replica::Replica;
 use room::{Bucket, Member, RateLimit, Room};
 use serde::{Deserialize, Serialize};
-use session::{EndReason, Session, SessionId, SessionKey, Sessions};
+use session::{EndReason, SessionId, SessionKey, Sessions};
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -53,10 +54,12 @@ pub enum Effect {
         v1: Rc<[u8]>,
         v2: Rc<[u8]>,
     },
-    /// Close this WebSocket with `code`; the core has already removed it from the room.
+    /// Close this WebSocket with `code` and `reason`; the core has already removed
+    /// it from the room.
     Close {
         conn: ConnId,
         code: u16,
+        reason: Rc<str>,
     },
     /// Cluster mode: a member's valid message, to publish on the room's channel. It
     /// is delivered (and acked) when it comes back from there, in the global order.
@@ -98,6 +101,8 @@ pub struct ChatConfig {
     pub message_rate: Option<RateLimit>,
     /// Messages kept for v2 resume and `/api/history` (0 = none).
     pub history: usize,
+    /// Protocol v2 sockets one user may hold at once (`--max-devices`).
+    pub max_devices: usize,
 }
 
 #[derive(Deserialize)]
@@ -140,8 +145,10 @@ struct Event<'a> {
 pub enum JoinError {
     /// The session ended (expired or logged out) since it was checked.
     NoSession,
-    /// This user already has an open WebSocket.
+    /// This user already has an open WebSocket (plain `/ws`), or a plain `/ws` one.
     AlreadyConnected,
+    /// This user holds `--max-devices` v2 sockets already.
+    TooManyDevices,
 }
 
 /// Counters the metrics endpoint reports.
@@ -174,7 +181,12 @@ pub struct Chat {
     /// Cluster mode: a snapshot whose messages are still coming, a slice a turn.
     restoring: Option<replicated::Restore>,
     /// Banned users, lowercased: a login for them gets no session.
-    banned: std::collections::HashSet<Box<str>>,
+    banned: std::collections::HashMap<Box<str>, moderation::Ban>,
+    max_devices: usize,
+    /// Timed bans that ran out (name, end), for the store to lift.
+    ended_bans: Vec<(Box<str>, i64)>,
+    /// Users with at least one socket here: presence counts a user once.
+    users_here: usize,
     pub stats: ChatStats,
 }
 
@@ -191,6 +203,9 @@ impl Chat {
             replica: None,
             restoring: None,
             banned: Default::default(),
+            max_devices: cfg.max_devices.max(1),
+            ended_bans: Vec::new(),
+            users_here: 0,
             stats: ChatStats::default(),
         }
     }
@@ -286,7 +301,7 @@ impl Chat {
 
     /// Starts a session for a user the store has authenticated.
     pub fn login(&mut self, user: &str, now: Instant, fx: &mut Effects) -> Result<SessionId, LoginError> {
-        if self.is_banned(user) {
+        if self.is_banned(user, now) {
             return Err(LoginError::Banned);
         }
         let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
@@ -307,19 +322,14 @@ impl Chat {
         self.sessions.get(k).map(|s| &*s.user)
     }
 
-    /// Ends the session behind `cookie`, if it is live; its WebSocket is closed (1000).
-    pub fn logout(&mut self, cookie: &[u8], now: Instant, fx: &mut Effects) {
-        if let Some(k) = self.sessions.authenticate(cookie, now) {
-            if let Some(s) = self.sessions.remove(k) {
-                self.ended(k, s, EndReason::Logout, fx);
-            }
-        }
-    }
-
+    /// Who is online, each user once, in the order they came (their first socket).
     pub fn online(&self) -> Box<dyn Iterator<Item = &str> + '_> {
         match &self.replica {
             Some(r) => Box::new(r.names()),
-            None => Box::new(self.room.iter().filter_map(|m| self.username(m.session))),
+            None if self.users_here == self.room.len() => {
+                Box::new(self.room.iter().filter_map(|m| self.username(m.session)))
+            }
+            None => Box::new(self.online_once()),
         }
     }
 
@@ -332,7 +342,7 @@ impl Chat {
 
     /// Users online (cluster-wide in cluster mode).
     pub fn online_count(&self) -> usize {
-        self.replica.as_ref().map_or(self.room.len(), Replica::len)
+        self.replica.as_ref().map_or(self.users_here, Replica::len)
     }
 
     /// Connections in the room, in connect order: the broadcast's recipients.
@@ -342,15 +352,6 @@ impl Chat {
 
     pub fn session_count(&self) -> usize {
         self.sessions.len()
-    }
-
-    /// Whether this session's user may open a WebSocket now (the 409 check).
-    pub fn can_join(&self, k: SessionKey) -> Result<(), JoinError> {
-        let s = self.sessions.get(k).ok_or(JoinError::NoSession)?;
-        if self.sessions.socket_of_user(&s.user).is_some() {
-            return Err(JoinError::AlreadyConnected);
-        }
-        Ok(())
     }
 
     /// A WebSocket for session `k` is open: join the room, tell everyone else.
@@ -364,18 +365,23 @@ impl Chat {
         now: Instant,
         fx: &mut Effects,
     ) -> Result<(), JoinError> {
-        self.can_join(k)?;
+        self.can_join(k, v2)?;
         let user = self.sessions.get(k).ok_or(JoinError::NoSession)?.user.clone();
         let bucket = match self.message_rate {
             Some(limit) if rate_limited => Some(Bucket::full(limit, now)),
             _ => None,
         };
-        if !self.room.insert(conn, Member { session: k, bucket, v2, unacked: 0 }) {
+        let first = self.sessions.socket_of_user(&user).is_none();
+        let next = self.sessions.get(k).and_then(|s| s.socket());
+        if !self.room.insert(conn, Member::new(k, bucket, v2, next)) {
             return Err(JoinError::AlreadyConnected);
         }
         self.sessions.set_socket(k, Some(conn));
         self.sessions.touch(k, now);
-        self.announce_join(conn, &user, fx);
+        if first {
+            self.users_here += 1;
+            self.announce_join(conn, &user, fx);
+        }
         Ok(())
     }
 
@@ -482,15 +488,17 @@ impl Chat {
     /// A WebSocket is gone, whatever the cause. Safe to call for a connection that was
     /// never in the room or already left.
     pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
-        let Some(m) = self.remove_member(conn) else { return };
         // A member's session outlives it: `ended` takes the member out first.
-        let Some(user) = self.sessions.get(m.session).map(|s| s.user.clone()) else { return };
-        self.sessions.set_socket(m.session, None);
-        self.left(user, fx);
+        let Some(user) = self.unlink(conn) else { return };
+        self.gone(user, fx);
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.sessions.next_deadline()
+        let ban = self.next_ban_end();
+        match (self.sessions.next_deadline(), ban) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// True if no session has outlived its TTL at `now` (O(sessions); for checks).
@@ -498,35 +506,12 @@ impl Chat {
         self.sessions.all_alive(now)
     }
 
-    /// True if every member's session is live and knows its socket (for checks).
+    /// True if every member's session is live and lists its socket (for checks).
     pub fn members_have_sessions(&self) -> bool {
         self.room.members().iter().all(|&c| {
             let Some(m) = self.room.get(c) else { return false };
-            self.sessions.get(m.session).is_some_and(|s| s.socket() == Some(c))
+            self.sessions.get(m.session).is_some_and(|s| self.chain(s.socket()).contains(&c))
         })
-    }
-
-    /// Expires sessions due by `now`; their sockets are closed with 1008.
-    pub fn on_timeout(&mut self, now: Instant, fx: &mut Effects) {
-        let mut expired = Vec::new();
-        self.sessions.expire(now, &mut expired);
-        for (k, s) in expired {
-            self.ended(k, s, EndReason::Expired, fx);
-        }
-    }
-
-    fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {
-        let Some(conn) = s.socket() else { return };
-        if self.room.get(conn).map(|m| m.session) != Some(k) {
-            return;
-        }
-        let code = match why {
-            EndReason::Logout => close::NORMAL,
-            EndReason::Expired | EndReason::Evicted => close::POLICY,
-        };
-        self.remove_member(conn);
-        self.left(s.user, fx);
-        fx.push(Effect::Close { conn, code });
     }
 }
 

@@ -48,6 +48,11 @@ pub(super) struct Restore {
     old: Option<history::History>,
 }
 
+/// Session ends library.lua publishes for `skiff ctl reset-key` and `delete-user`:
+/// never sent to a client; the sockets close 1008 with these words.
+pub const END_KEY_RESET: u16 = 4001;
+pub const END_USER_DELETED: u16 = 4002;
+
 impl Chat {
     /// A session id for a login that Redis must store before it is used.
     pub fn new_session_id(&mut self) -> (SessionId, [u8; 32]) {
@@ -56,7 +61,7 @@ impl Chat {
 
     /// The user's session with an id drawn by `new_session_id`, once Redis has it.
     pub fn login_as(&mut self, user: &str, id: (SessionId, [u8; 32]), now: Instant) -> Result<SessionId, LoginError> {
-        if self.is_banned(user) {
+        if self.is_banned(user, now) {
             return Err(LoginError::Banned);
         }
         let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
@@ -106,22 +111,46 @@ impl Chat {
     pub fn apply_session_end(&mut self, id_hash: &[u8; 32], code: u16, fx: &mut Effects) {
         let Some(k) = self.sessions.find_hash(id_hash) else { return };
         let Some(s) = self.sessions.remove(k) else { return };
-        let why = if code == close::NORMAL { EndReason::Logout } else { EndReason::Evicted };
-        self.ended(k, s, why, fx);
-    }
-
-    /// The member on `conn` must go: Redis gave its user's presence to another node
-    /// (only after Redis lost data).
-    pub fn evict_member(&mut self, conn: ConnId, fx: &mut Effects) {
-        if let Some(m) = self.remove_member(conn) {
-            self.sessions.set_socket(m.session, None);
-            fx.push(Effect::Close { conn, code: close::POLICY });
+        if code == close::NORMAL {
+            // A logout closes every device of the user this node holds.
+            let user = s.user.clone();
+            self.ended(k, s, EndReason::Logout, fx);
+            self.close_user(&user, close::NORMAL, Rc::from("logged out"), fx);
+            return;
+        }
+        // A ban's sessions end right after its B event: they close with its words.
+        let reason = match code {
+            END_KEY_RESET => Some("key reset".to_owned()),
+            END_USER_DELETED => Some("user deleted".to_owned()),
+            _ => self.banned.get(s.user.to_ascii_lowercase().as_str()).map(|b| b.close_reason()),
+        };
+        match reason {
+            Some(reason) => self.ended_with(k, s, close::POLICY, Rc::from(reason), fx),
+            None => self.ended(k, s, EndReason::Evicted, fx),
         }
     }
 
-    /// The member here of user `name`, if any.
+    /// The user's sockets here must go: Redis gave the user's presence to another
+    /// node (only after Redis lost data). Nobody hears a leave: the user is online.
+    pub fn evict_user(&mut self, name: &str, fx: &mut Effects) {
+        for conn in self.sockets_of_user(name) {
+            if self.unlink(conn).is_some() {
+                fx.push(Effect::Close { conn, code: close::POLICY, reason: Rc::from("replaced") });
+            }
+        }
+        if self.sessions.socket_of_user(name).is_none() && self.users_here > 0 {
+            self.users_here -= 1;
+        }
+    }
+
+    /// A member here of user `name`, if any.
     pub fn member_of_user(&self, name: &str) -> Option<ConnId> {
         self.sessions.socket_of_user(name).filter(|&c| self.room.get(c).is_some())
+    }
+
+    /// `conn` is one of the user's sockets here.
+    pub fn is_socket_of(&self, name: &str, conn: ConnId) -> bool {
+        self.sockets_of_user(name).contains(&conn)
     }
 
     /// The members here, with their session's user (for the cluster's sync).

@@ -57,6 +57,28 @@ pub struct Member {
     pub v2: bool,
     /// Acks of this socket held until their messages are durable (`acks.rs`).
     pub unacked: u32,
+    /// The next socket opened with the same session (`NO_CONN` at the end): each
+    /// session's sockets are a list threaded through the room, 4 bytes a member.
+    next: u32,
+}
+
+const NO_CONN: u32 = u32::MAX;
+
+impl Member {
+    /// A member whose session's other sockets start at `next`.
+    pub fn new(session: SessionKey, bucket: Option<Bucket>, v2: bool, next: Option<ConnId>) -> Self {
+        let mut m = Member { session, bucket, v2, unacked: 0, next: NO_CONN };
+        m.set_next(next);
+        m
+    }
+
+    pub fn next(&self) -> Option<ConnId> {
+        (self.next != NO_CONN).then_some(self.next as ConnId)
+    }
+
+    pub fn set_next(&mut self, next: Option<ConnId>) {
+        self.next = next.map_or(NO_CONN, |c| u32::try_from(c).expect("connection ids fit in u32"));
+    }
 }
 
 #[derive(Default)]
@@ -141,8 +163,7 @@ mod tests {
     fn order_is_connect_order_and_a_connection_joins_once() {
         let mut r = Room::default();
         let k = SessionKey { key: 0, generation: 1 };
-        let m =
-            |generation: u64| Member { session: SessionKey { generation, ..k }, bucket: None, v2: false, unacked: 0 };
+        let m = |generation: u64| Member::new(SessionKey { generation, ..k }, None, false, None);
         assert!(r.insert(5, m(1)));
         assert!(r.insert(2, m(2)));
         assert!(!r.insert(5, m(9)));

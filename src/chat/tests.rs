@@ -1,6 +1,7 @@
 //! The chat core driven directly, with a fake clock: no sockets, no sleeping.
 
 use super::*;
+use crate::ws::close;
 
 fn msg(id: u64, ts: i64, author: &str, text: &str) -> Message {
     Message { id, ts, author: author.into(), text: text.into() }
@@ -13,6 +14,7 @@ fn cfg(ttl: u64) -> ChatConfig {
         max_sessions: 100,
         message_rate: Some(RateLimit { per_second: 2, burst: 2 }),
         history: 10,
+        max_devices: 5,
     }
 }
 
@@ -81,7 +83,8 @@ fn a_second_socket_for_the_same_user_is_refused() {
     join(&mut chat, "bob", 1, t0, &mut fx);
     let id = chat.login("bob", t0, &mut fx).unwrap();
     let k = chat.authenticate(&id, t0).unwrap();
-    assert_eq!(chat.can_join(k), Err(JoinError::AlreadyConnected));
+    assert_eq!(chat.can_join(k, false), Err(JoinError::AlreadyConnected));
+    assert_eq!(chat.can_join(k, true), Err(JoinError::AlreadyConnected), "a plain /ws socket blocks v2 ones");
     assert_eq!(chat.join(2, k, true, false, t0, &mut fx), Err(JoinError::AlreadyConnected));
 }
 
@@ -188,7 +191,7 @@ fn logout_closes_the_socket_1000_and_sends_leave() {
     chat.logout(&id, t0, &mut fx);
     assert!(matches!(&fx[0], Effect::Broadcast { except: None, frame }
         if json(frame) == serde_json::json!({"event": "leave", "username": "bob"})));
-    assert!(matches!(fx[1], Effect::Close { conn: 1, code: close::NORMAL }));
+    assert!(matches!(fx[1], Effect::Close { conn: 1, code: close::NORMAL, ref reason } if &**reason == "logged out"));
     assert!(chat.authenticate(&id, t0).is_none());
     assert_eq!(chat.online().collect::<Vec<_>>(), ["amy"]);
     // The reactor reports the close later; no second leave.
@@ -210,7 +213,9 @@ fn expiry_closes_the_socket_1008_without_sleeping() {
     let deadline = chat.next_deadline().unwrap();
     assert_eq!(deadline, t0 + Duration::from_secs(3600));
     chat.on_timeout(deadline, &mut fx);
-    assert!(fx.iter().any(|e| matches!(e, Effect::Close { conn: 1, code: close::POLICY })));
+    assert!(fx.iter().any(
+        |e| matches!(e, Effect::Close { conn: 1, code: close::POLICY, reason } if &**reason == "session expired")
+    ));
     assert!(!fx.iter().any(|e| matches!(e, Effect::Close { conn: 2, .. })));
     assert_eq!(chat.online().collect::<Vec<_>>(), ["amy"]);
     assert!(chat.authenticate(&amy, deadline).is_some());
@@ -226,7 +231,9 @@ fn eviction_past_the_per_user_cap_closes_that_sessions_socket() {
     for _ in 0..4 {
         chat.login("bob", t0, &mut fx).unwrap();
     }
-    assert!(fx.iter().any(|e| matches!(e, Effect::Close { conn: 1, code: close::POLICY })));
+    assert!(fx
+        .iter()
+        .any(|e| matches!(e, Effect::Close { conn: 1, code: close::POLICY, reason } if &**reason == "replaced")));
     assert_eq!(chat.session_count(), 4);
 }
 
@@ -429,11 +436,11 @@ mod replicated {
         let id2 = member(&mut chat, "bo", 2, false, t0, &mut fx);
         fx.clear();
         chat.apply_session_end(&session::id_hash(&id), close::NORMAL, &mut fx);
-        assert!(matches!(&fx[..], [Effect::Left { .. }, Effect::Close { conn: 1, code: close::NORMAL }]), "{fx:?}");
+        assert!(matches!(&fx[..], [Effect::Left { .. }, Effect::Close { conn: 1, code: close::NORMAL, .. }]), "{fx:?}");
         assert!(chat.authenticate(&id, t0).is_none());
         fx.clear();
         chat.apply_session_end(&session::id_hash(&id2), close::POLICY, &mut fx);
-        assert!(matches!(&fx[..], [Effect::Left { .. }, Effect::Close { conn: 2, code: close::POLICY }]));
+        assert!(matches!(&fx[..], [Effect::Left { .. }, Effect::Close { conn: 2, code: close::POLICY, .. }]));
         fx.clear();
         chat.apply_session_end(&[9; 32], close::NORMAL, &mut fx);
         assert!(fx.is_empty(), "an unknown session ends nothing here");

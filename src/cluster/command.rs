@@ -25,11 +25,14 @@ pub fn select(db: u32) -> Command {
     vec![b"SELECT".to_vec(), db.to_string().into_bytes()]
 }
 
-/// What is loaded: the library without its comment lines. Redis refuses a bulk over
-/// 16 KB from a client not yet authenticated and drops the link, so with a wrong
-/// password the node would never read the WRONGPASS that says why.
+/// What is loaded: the library without its comment lines and indentation. Redis
+/// refuses a bulk over 16 KB from a client not yet authenticated (FUNCTION LOAD is
+/// pipelined right behind AUTH) and drops the link, so with a wrong password the
+/// node would never read the WRONGPASS that says why.
 fn library_code() -> String {
-    LIBRARY.lines().filter(|l| !l.trim_start().starts_with("--")).flat_map(|l| [l, "\n"]).collect()
+    let lines: Vec<&str> =
+        LIBRARY.lines().map(str::trim_start).filter(|l| !l.is_empty() && !l.starts_with("--")).collect();
+    lines.join("\n")
 }
 
 pub fn load_library() -> Command {
@@ -79,8 +82,8 @@ pub fn renew(id_hash: &[u8; 32], ttl_ms: u128) -> Command {
     fcall("skiff_renew", &[PREFIX, &hex(id_hash), &ttl_ms.to_string()])
 }
 
-pub fn join(name: &str, node: &str, token: &str) -> Command {
-    fcall("skiff_join", &[PREFIX, &name.to_ascii_lowercase(), name, node, token])
+pub fn join(name: &str, node: &str, token: &str, v2: bool) -> Command {
+    fcall("skiff_join", &[PREFIX, &name.to_ascii_lowercase(), name, node, token, if v2 { "1" } else { "0" }])
 }
 
 pub fn leave(name: &str, node: &str) -> Command {
@@ -137,7 +140,10 @@ mod tests {
     /// key), then the name as registered.
     #[test]
     fn calls_put_their_arguments_where_the_lua_reads_them() {
-        assert_eq!(words(&join("Ann", "n1", "3.9")), ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9"]);
+        assert_eq!(
+            words(&join("Ann", "n1", "3.9", true)),
+            ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9", "1"]
+        );
         let users = [("Bob".to_owned(), "1.2".to_owned())];
         assert_eq!(
             words(&sync("n1", 6000, "e9", 100, ("e1", 41), &users)),
@@ -145,6 +151,8 @@ mod tests {
         );
         assert_eq!(words(&find_user("ZED")), ["HGET", "skiff:users", "zed"]);
         assert!(LIBRARY.contains("redis.register_function('skiff_sync'"));
+        let sent = &load_library()[3];
+        assert!(sent.starts_with(b"#!lua name=skiff\n"), "the shebang line stays first");
     }
 
     #[test]

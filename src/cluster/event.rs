@@ -30,6 +30,16 @@ pub enum RoomEvent {
         code: u16,
         hash: String,
     },
+    /// `skiff ctl ban` (or `kick --for`): `until` and `reason` when set.
+    Ban {
+        seq: u64,
+        name: String,
+        ban: crate::chat::moderation::Ban,
+    },
+    Unban {
+        seq: u64,
+        name: String,
+    },
     /// `skiff ctl kick`: the node holding `name`'s socket closes it (1000).
     Kick {
         seq: u64,
@@ -51,6 +61,8 @@ impl RoomEvent {
             | RoomEvent::Message { seq, .. }
             | RoomEvent::SessionEnd { seq, .. }
             | RoomEvent::Kick { seq, .. }
+            | RoomEvent::Ban { seq, .. }
+            | RoomEvent::Unban { seq, .. }
             | RoomEvent::Delete { seq, .. } => *seq,
         }
     }
@@ -94,6 +106,15 @@ impl RoomEvent {
                 RoomEvent::Kick { seq, node: word(node)?, name: word(name)? }
             }
             "D" => RoomEvent::Delete { seq, id: rest.parse().ok()? },
+            "B" => {
+                let mut f = rest.splitn(4, ' ');
+                let (name, since, until) = (f.next()?, f.next()?, f.next()?);
+                let until_ms = if until == "-" { None } else { Some(until.parse().ok()?) };
+                let reason = f.next().filter(|r| !r.is_empty()).map(Into::into);
+                let ban = crate::chat::moderation::Ban { since_ms: since.parse().ok()?, until_ms, reason };
+                RoomEvent::Ban { seq, name: word(name)?, ban }
+            }
+            "U" => RoomEvent::Unban { seq, name: word(rest)? },
             _ => return None,
         })
     }

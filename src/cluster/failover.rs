@@ -120,6 +120,8 @@ impl Cluster {
             Some("deleted") => (close::POLICY, "user deleted"),
             Some("banned") => (close::POLICY, "banned"),
             Some("ended 1000") => (close::NORMAL, "logged out"),
+            Some("ended 4001") => (close::POLICY, "key reset"),
+            Some("ended 4002") => (close::POLICY, "user deleted"),
             Some(s) if s.starts_with("ended ") => (close::POLICY, "session ended"),
             // An error (an older library without the function): the socket stays.
             _ => return,

@@ -128,14 +128,21 @@ impl Cluster {
                     },
                     (Expect::Register(_), _) => Reply::NameTaken,
                     // skiff_login's answer for a banned user (a name is a bulk string).
-                    (Expect::Login, Value::Array(_)) => Reply::Banned,
+                    (Expect::Login, Value::Array(_)) => Reply::Banned(reply::ban(&v)),
                     (Expect::Login | Expect::FindUser, v) => Reply::User(v.as_str().map(str::to_owned)),
                     (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
                     (Expect::Join(_), Value::Int(0)) => Reply::NameTaken,
-                    (Expect::Join(lower), v) => {
-                        if let Some(created) = v.as_array().and_then(|a| a.get(1)).and_then(Value::as_str) {
-                            self.incarnations.insert(lower, created.into());
+                    (Expect::Join(name), v) => {
+                        let items = v.as_array();
+                        if let Some(created) = items.and_then(|a| a.get(1)).and_then(Value::as_str) {
+                            self.incarnations.insert(name.to_ascii_lowercase().into(), created.into());
+                        }
+                        if items.and_then(|a| a.first()).and_then(Value::as_int) == Some(-1) {
+                            // Online already through another node's device: no event comes,
+                            // so this reply is the join, in its place in the stream.
+                            self.events.push_back(Event::Join { name: name.into(), mine: Some(origin) });
+                            return Ok(());
                         }
                         // Accepted: the connection opens when its join event comes
                         // (or came already).
@@ -192,6 +199,8 @@ impl Cluster {
             }
             RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
             RoomEvent::Kick { .. } => return,
+            RoomEvent::Ban { name, ban, .. } => Event::Banned { name, ban },
+            RoomEvent::Unban { name, .. } => Event::Unbanned { name },
             RoomEvent::Delete { id, .. } => Event::Deleted { id },
         };
         self.events.push_back(event);

@@ -11,23 +11,51 @@ local function publish(p, kind, rest)
   return seq
 end
 
--- A user's WebSocket on `node` is gone: presence, the node's set and the online
--- order lose it, and everyone hears it left. Only the node holding the presence
--- may end it (a late leave must not end a newer socket elsewhere).
+-- A user's last WebSocket on `node` is gone. The user stays online while a device
+-- of theirs is open on another node ('pnodes:' set); the last one out leaves:
+-- presence, the node's set and the online order lose it, and everyone hears it.
+-- Only a node holding the user may end it (a late leave must not end a newer
+-- socket elsewhere).
 local function leave(p, lower, name, node)
-  if redis.call('HGET', p .. 'presence', lower) ~= node then
+  local nodes = p .. 'pnodes:' .. lower
+  local holder = redis.call('HGET', p .. 'presence', lower)
+  if redis.call('SREM', nodes, node) == 0 and holder ~= node then
     return 0
   end
-  redis.call('HDEL', p .. 'presence', lower)
   redis.call('SREM', p .. 'nodeusers:' .. node, lower)
+  if redis.call('HGET', p .. 'pv1', lower) == node then
+    redis.call('HDEL', p .. 'pv1', lower)
+  end
+  local other = redis.call('SRANDMEMBER', nodes)
+  if other then
+    if holder == node then
+      redis.call('HSET', p .. 'presence', lower, other)
+    end
+    return 1
+  end
+  redis.call('HDEL', p .. 'presence', lower)
   redis.call('ZREM', p .. 'online', name)
   publish(p, 'L', node .. ' ' .. name)
   return 1
 end
 
-local function join(p, lower, name, node, token)
-  if redis.call('HSETNX', p .. 'presence', lower, node) == 0 then
-    return 0
+-- -> seq of the join event; -1: joined beside the user's v2 devices on other nodes
+-- (no event: they are online already); 0: refused (a plain /ws socket is the only
+-- socket of its user, cluster-wide; 'pv1' names the node holding one).
+local function join(p, lower, name, node, token, v2)
+  local holder = redis.call('HGET', p .. 'presence', lower)
+  if holder then
+    if v2 ~= '1' or redis.call('HEXISTS', p .. 'pv1', lower) == 1 then
+      return 0
+    end
+    redis.call('SADD', p .. 'pnodes:' .. lower, holder, node)
+    redis.call('SADD', p .. 'nodeusers:' .. node, lower)
+    return -1
+  end
+  redis.call('HSET', p .. 'presence', lower, node)
+  redis.call('SADD', p .. 'pnodes:' .. lower, node)
+  if v2 ~= '1' then
+    redis.call('HSET', p .. 'pv1', lower, node)
   end
   redis.call('SADD', p .. 'nodeusers:' .. node, lower)
   local seq = publish(p, 'J', node .. ' ' .. token .. ' ' .. name)
@@ -81,8 +109,17 @@ redis.register_function('skiff_login', function(_, a)
   if not name then
     return false
   end
-  if redis.call('HEXISTS', p .. 'banned', string.lower(name)) == 1 then
-    return { 'banned' }
+  local ban = redis.call('HGET', p .. 'banned', string.lower(name))
+  if ban then
+    local until_ms = redis.call('HGET', p .. 'banuntil', string.lower(name))
+    if not until_ms or tonumber(until_ms) > tonumber(now_ms()) then
+      local since, why = string.match(ban, '^(%S*) ?(.*)$')
+      return { 'banned', since, until_ms or '', why }
+    end
+    -- A timed ban that has run out ends here, at the first login after it.
+    redis.call('HDEL', p .. 'banned', string.lower(name))
+    redis.call('HDEL', p .. 'banuntil', string.lower(name))
+    publish(p, 'U', name)
   end
   local list = p .. 'usess:' .. string.lower(name)
   local t = redis.call('TIME')
@@ -133,11 +170,12 @@ redis.register_function('skiff_logout', function(_, a)
   return 1
 end)
 
--- (p, lower, name, node, token) -> {seq of the join event, when the user was
--- registered (ms; false if not recorded)}, or 0 if the user is online already (on
--- any node)
+-- (p, lower, name, node, token, v2) -> 0 if the user may not join (online already,
+-- and this or that socket is not v2), else {seq of the join event, or -1 when the
+-- user is online already through another node's device (no event), when the user
+-- was registered (ms; false if not recorded)}
 redis.register_function('skiff_join', function(_, a)
-  local seq = join(a[1], a[2], a[3], a[4], a[5])
+  local seq = join(a[1], a[2], a[3], a[4], a[5], a[6])
   if seq == 0 then
     return 0
   end
@@ -187,7 +225,10 @@ redis.register_function('skiff_reassert', function(_, a)
     return 'deleted'
   end
   if redis.call('HEXISTS', p .. 'banned', lower) == 1 then
-    return 'banned'
+    local until_ms = redis.call('HGET', p .. 'banuntil', lower)
+    if not until_ms or tonumber(until_ms) > tonumber(now_ms()) then
+      return 'banned'
+    end
   end
   local k = p .. 'sess:' .. sess
   if redis.call('EXISTS', k) == 1 then
@@ -276,8 +317,8 @@ redis.register_function('skiff_sync', function(_, a)
   for i = 8, #a, 3 do
     local holder = redis.call('HGET', p .. 'presence', a[i])
     if not holder then
-      join(p, a[i], a[i + 1], node, a[i + 2])
-    elseif holder ~= node then
+      join(p, a[i], a[i + 1], node, a[i + 2], '1')
+    elseif holder ~= node and redis.call('SISMEMBER', p .. 'pnodes:' .. a[i], node) == 0 then
       table.insert(taken, a[i])
     end
   end
@@ -301,12 +342,14 @@ end)
 -- socket, K (a kick, 1000) on the node named, D (a message left the history) on all.
 
 -- Ends every session of a user; returns how many were live.
-local function end_sessions(p, lower)
+-- `code`: 1008, or 4001 (key reset) / 4002 (user deleted), which nodes close as
+-- 1008 with those words (older nodes: as any 1008).
+local function end_sessions(p, lower, code)
   local list = p .. 'usess:' .. lower
   local ended = 0
   for _, h in ipairs(redis.call('ZRANGE', list, 0, -1)) do
-    if end_session(p, h, '1008') == 1 then
-      publish(p, 'E', '1008 ' .. h)
+    if end_session(p, h, code or '1008') == 1 then
+      publish(p, 'E', (code or '1008') .. ' ' .. h)
       ended = ended + 1
     end
   end
@@ -349,7 +392,8 @@ redis.register_function { function_name = 'skiff_status', flags = { 'no-writes' 
     redis.call('XLEN', p .. 'history') }
 end }
 
--- (p, after, limit, online_only) -> {{name, registered_ms, online, sessions, banned}, ...}
+-- (p, after, limit, online_only) -> {{name, registered_ms, online, sessions, banned,
+-- 'since_ms reason' or '', until_ms or ''}, ...}
 -- by lowercased name after `after`. Sorting every name costs O(n log n) per page: an
 -- operator's command, not a per-message path.
 redis.register_function { function_name = 'skiff_users', flags = { 'no-writes' }, callback = function(_, a)
@@ -371,7 +415,8 @@ redis.register_function { function_name = 'skiff_users', flags = { 'no-writes' }
     local name = redis.call('HGET', p .. 'users', lower)
     if lower > after and name then
       table.insert(out, { name, redis.call('HGET', p .. 'created', lower), redis.call('HEXISTS', p .. 'presence', lower),
-        live_sessions(p, lower), redis.call('HEXISTS', p .. 'banned', lower) })
+        live_sessions(p, lower), redis.call('HEXISTS', p .. 'banned', lower),
+        redis.call('HGET', p .. 'banned', lower) or '', redis.call('HGET', p .. 'banuntil', lower) or '' })
     end
   end
   return out
@@ -388,12 +433,20 @@ redis.register_function('skiff_kick', function(_, a)
   if not node then
     return 0
   end
-  publish(p, 'K', node .. ' ' .. name)
+  -- Every node holding a device of the user closes it.
+  local nodes = redis.call('SMEMBERS', p .. 'pnodes:' .. lower)
+  if #nodes == 0 then
+    nodes = { node }
+  end
+  for _, n in ipairs(nodes) do
+    publish(p, 'K', n .. ' ' .. name)
+  end
   return 1
 end)
 
--- (p, lower, reason, at_ms) -> {name, sessions ended}, or nil for an unknown user.
--- The name stays taken; a login answers banned until skiff_unban.
+-- (p, lower, reason, at_ms[, until_ms]) -> {name, sessions ended}, or nil for an
+-- unknown user. The name stays taken; a login answers banned until skiff_unban or
+-- until_ms. Event B tells every node first, so the sessions close with the ban's words.
 redis.register_function('skiff_ban', function(_, a)
   local p, lower = a[1], a[2]
   local name = redis.call('HGET', p .. 'users', lower)
@@ -401,6 +454,17 @@ redis.register_function('skiff_ban', function(_, a)
     return false
   end
   redis.call('HSET', p .. 'banned', lower, a[4] .. ' ' .. a[3])
+  local until_ms = a[5] or ''
+  if until_ms ~= '' then
+    redis.call('HSET', p .. 'banuntil', lower, until_ms)
+  else
+    redis.call('HDEL', p .. 'banuntil', lower)
+  end
+  local note = name .. ' ' .. a[4] .. ' ' .. (until_ms ~= '' and until_ms or '-')
+  if a[3] ~= '' then
+    note = note .. ' ' .. a[3]
+  end
+  publish(p, 'B', note)
   return { name, end_sessions(p, lower) }
 end)
 
@@ -411,7 +475,12 @@ redis.register_function('skiff_unban', function(_, a)
   if not name then
     return false
   end
-  return { name, redis.call('HDEL', p .. 'banned', lower) }
+  redis.call('HDEL', p .. 'banuntil', lower)
+  local was = redis.call('HDEL', p .. 'banned', lower)
+  if was == 1 then
+    publish(p, 'U', name)
+  end
+  return { name, was }
 end)
 
 -- (p, lower, new keyhash) -> {name, sessions ended}, or nil for an unknown user
@@ -427,7 +496,7 @@ redis.register_function('skiff_reset_key', function(_, a)
   end
   redis.call('HSET', p .. 'keys', new, name)
   redis.call('HSET', p .. 'keyof', lower, new)
-  return { name, end_sessions(p, lower) }
+  return { name, end_sessions(p, lower, '4001') }
 end)
 
 -- (p, lower, with_messages) -> {name, sessions ended, messages deleted}, or nil for
@@ -442,10 +511,10 @@ redis.register_function('skiff_delete_user', function(_, a)
   if old then
     redis.call('HDEL', p .. 'keys', old)
   end
-  for _, h in ipairs({ 'users', 'keyof', 'banned', 'created' }) do
+  for _, h in ipairs({ 'users', 'keyof', 'banned', 'banuntil', 'created' }) do
     redis.call('HDEL', p .. h, lower)
   end
-  local ended = end_sessions(p, lower)
+  local ended = end_sessions(p, lower, '4002')
   local deleted = 0
   if a[3] == '1' then
     for _, e in ipairs(redis.call('XRANGE', p .. 'history', '-', '+')) do

@@ -107,6 +107,15 @@ pub enum Event {
     Leave {
         name: String,
     },
+    /// `skiff ctl ban` (or `kick --for`) on any node: the close reason of the
+    /// sessions it ends, and logins refused here too.
+    Banned {
+        name: String,
+        ban: crate::chat::moderation::Ban,
+    },
+    Unbanned {
+        name: String,
+    },
     Message {
         msg: Message,
         mine: Option<Origin>,
@@ -187,7 +196,9 @@ enum Expect {
     FindUser,
     Session,
     Logout,
-    /// The user's lowercased name: the join's answer says which user it is.
+    /// The user's name: the join's answer says which user it is (when registered),
+    /// and a join another node's device already made needs no event: it is applied
+    /// as its reply comes.
     Join(Box<str>),
 }
 
@@ -452,8 +463,9 @@ impl Cluster {
             Request::FindUser { name } => (Expect::FindUser, command::find_user(&name)),
             Request::Session { id_hash } => (Expect::Session, command::session(&id_hash)),
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
-            Request::Join { name } => {
-                (Expect::Join(name.to_ascii_lowercase().into()), command::join(&name, &self.node, &token(origin)))
+            Request::Join { name, v2 } => {
+                let cmd = command::join(&name, &self.node, &token(origin), v2);
+                (Expect::Join(name.into()), cmd)
             }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
             // `control`; nothing else reaches here.

@@ -25,6 +25,18 @@ pub fn unhex32(s: &str) -> Option<[u8; 32]> {
 }
 
 /// `skiff_session`: the user and the milliseconds left, or nothing (no session).
+/// skiff_login's answer for a banned user: {'banned', since_ms, until_ms or '',
+/// reason or ''}; older libraries answer {'banned'} alone.
+pub fn ban(v: &Value) -> Option<crate::chat::moderation::Ban> {
+    let items = v.as_array()?;
+    let field = |i: usize| items.get(i).and_then(Value::as_str).filter(|s| !s.is_empty());
+    Some(crate::chat::moderation::Ban {
+        since_ms: field(1)?.parse().ok()?,
+        until_ms: field(2).and_then(|u| u.parse().ok()),
+        reason: field(3).map(Into::into),
+    })
+}
+
 pub fn session(v: &Value) -> Option<(String, u64)> {
     let items = v.as_array()?;
     let name = items.first()?.as_str()?.to_owned();

@@ -283,7 +283,7 @@ fn a_message_redis_took_whose_event_was_lost_is_owed_to_its_sender_at_the_next_s
 fn a_join_whose_event_beats_its_reply_leaves_nothing_waiting() {
     let t = Instant::now();
     let mut c = up(t);
-    c.submit(origin(4), Request::Join { name: "Ann".into() });
+    c.submit(origin(4), Request::Join { name: "Ann".into(), v2: false });
     sent(&mut c, LinkId::Cmd);
     c.on_bytes(LinkId::Sub, &channel("J 11 n1 4.1 Ann"), t);
     assert!(matches!(&events(&mut c)[..], [Event::Join { mine: Some(o), .. }] if *o == origin(4)));
@@ -291,7 +291,7 @@ fn a_join_whose_event_beats_its_reply_leaves_nothing_waiting() {
     assert!(events(&mut c).is_empty());
     assert!(c.is_quiet(), "nothing waits for a join that happened");
     // And the usual order, reply first.
-    c.submit(origin(5), Request::Join { name: "Bob".into() });
+    c.submit(origin(5), Request::Join { name: "Bob".into(), v2: false });
     c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
     assert!(!c.is_quiet(), "the join event is still to come");
     c.on_bytes(LinkId::Sub, &channel("J 12 n1 5.1 Bob"), t);

@@ -210,12 +210,16 @@ impl<S: Stream> Conn<S> {
                 self.wait(cx, request, Awaiting::Api(pending), asked(req.method == "HEAD"), now);
                 false
             }
-            Outcome::Upgrade { session, accept, resume } if cx.cluster.is_some() => {
-                // One WebSocket per user in the whole cluster: Redis decides, and the
-                // socket opens when every node has heard the join.
+            // A user with a socket here holds the cluster's presence here already:
+            // another device of theirs opens at once, with no join for anyone to hear.
+            Outcome::Upgrade { session, accept, resume } if cx.cluster.is_some() && !cx.chat.is_here(session) => {
+                // Presence is cluster-wide: Redis decides (one plain socket, or v2
+                // devices on any nodes), and the socket opens once every node has
+                // heard the join.
                 let name = cx.chat.username(session).unwrap_or_default().to_owned();
+                let v2 = resume.is_some();
                 let awaiting = Awaiting::Upgrade { session, accept, resume };
-                self.wait(cx, Request2::Join { name }, awaiting, asked(false), now);
+                self.wait(cx, Request2::Join { name, v2 }, awaiting, asked(false), now);
                 false
             }
             Outcome::Upgrade { session, accept, resume } => {

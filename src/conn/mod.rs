@@ -377,32 +377,32 @@ impl<S: Stream> Conn<S> {
         cx.stats.closing += 1;
     }
 
-    /// Leaves the WebSocket phase, optionally with a close frame, and the room.
+    /// Leaves the WebSocket phase, optionally with a close frame (its code's usual
+    /// reason, `ws::close::reason`), and the room.
     pub fn close_ws(&mut self, code: Option<u16>, cx: &mut Cx, now: Instant) {
-        self.close_ws_with(code.map(|c| (c, "")), cx, now);
+        self.close_ws_why(code, code.map_or("", ws::close::reason), cx, now);
     }
 
     /// Closes a WebSocket with `code` and a reason the client can show; the session
     /// must still exist (the log line names its user).
     pub fn close_ws_because(&mut self, code: u16, reason: &str, cx: &mut Cx, now: Instant) {
-        self.close_ws_with(Some((code, reason)), cx, now);
+        self.close_ws_why(Some(code), reason, cx, now);
     }
 
-    fn close_ws_with(&mut self, close: Option<(u16, &str)>, cx: &mut Cx, now: Instant) {
+    /// `close_ws` with the close frame's reason spelled out.
+    pub fn close_ws_why(&mut self, code: Option<u16>, reason: &str, cx: &mut Cx, now: Instant) {
         let Phase::Ws(w) = &self.phase else { return };
-        match close {
-            Some((code, "")) => self.out.push(ws::close_frame(code)),
-            Some((code, reason)) => self.out.push(ws::close_frame_because(code, reason)),
-            None => {}
+        if let Some(code) = code {
+            self.out.push(ws::close_frame_with(code, reason));
         }
         let session = w.session;
         self.enter_closing(cx, now);
         if log::enabled(log::Level::Info) {
             let user = cx.chat.username(session).unwrap_or("?");
-            let why = match close {
+            let why = match code {
                 None => "peer closed".to_owned(),
-                Some((c, "")) => format!("close {c}"),
-                Some((c, reason)) => format!("close {c}: {reason}"),
+                Some(c) if reason.is_empty() => format!("close {c}"),
+                Some(c) => format!("close {c}: {reason}"),
             };
             log::info(format_args!("{user} left ({why})"));
         }
@@ -423,7 +423,7 @@ impl<S: Stream> Conn<S> {
             }
             Phase::Ws(w) => {
                 if w.silent_since(now) {
-                    self.close_ws(Some(ws::close::GOING_AWAY), cx, now);
+                    self.close_ws_why(Some(ws::close::GOING_AWAY), "silent peer", cx, now);
                 } else if w.ping_due(now) {
                     ws::WsConn::ping(&mut self.out);
                 }
@@ -485,7 +485,7 @@ impl<S: Stream> Conn<S> {
         self.out.drop_unstarted(self.key, &mut cx.log);
         cx.stats.slow_dropped += 1;
         log::warn(format_args!("{}: too slow, dropped", self.peer()));
-        self.close_ws(Some(ws::close::POLICY), cx, now);
+        self.close_ws_why(Some(ws::close::POLICY), "too slow", cx, now);
     }
 
     /// Frees what the connection still owes the broadcast log.

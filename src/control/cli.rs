@@ -2,7 +2,7 @@
 //! socket, and its answer printed (as text, or as the JSON line with `--json`).
 //! Exit 0 on ok, 1 with a one-line reason on anything else.
 
-use super::protocol::{Answer, Request};
+use super::protocol::{format_duration, parse_duration, Answer, Request};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::FileTypeExt;
@@ -23,9 +23,14 @@ one-line reason otherwise.
 commands:
   status                                   version, uptime, connections, users, storage
   users [--online] [--limit N] [--after NAME]
-                                           name, registered, online, sessions, banned
-  kick NAME                                close NAME's WebSocket (1000); they may come back
-  ban NAME [--reason TEXT]                 end NAME's sessions (1008); login answers 403
+                                           name, registered, online, sessions, and bans
+                                           (since, until, reason)
+  kick NAME [--for DURATION]               close NAME's WebSockets (1000 \"kicked\"); they may
+                                           come back, or with --for not before it ends
+  ban NAME [--reason TEXT] [--for DURATION]
+                                           end NAME's sessions (1008 \"banned\"); login
+                                           answers 403; --for ends it by itself
+                                           (DURATION: 30s, 10m, 2h, 7d)
   unban NAME
   reset-key NAME                           print a new key; the old one and its sessions end
   delete-user NAME [--messages]            free the name; --messages: their messages go too
@@ -62,7 +67,7 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>, cwd: &Path) 
         match flag {
             "-h" | "--help" | "help" if words.is_empty() => return Ok(Parsed::Help),
             "--json" => json = true,
-            "--control" | "--limit" | "--after" | "--reason" => {
+            "--control" | "--limit" | "--after" | "--reason" | "--for" => {
                 let v = match inline {
                     Some(v) => v,
                     None => it.next().ok_or_else(|| format!("{flag}: missing value"))?,
@@ -116,12 +121,16 @@ pub fn parse(args: &[String], env: &dyn Fn(&str) -> Option<String>, cwd: &Path) 
             }
         }
         "kick" => {
-            allowed(&[])?;
-            Request::Kick { name: one("NAME")? }
+            allowed(&["--for"])?;
+            Request::Kick { name: one("NAME")?, for_s: take("--for").flatten().map(parse_duration).transpose()? }
         }
         "ban" => {
-            allowed(&["--reason"])?;
-            Request::Ban { name: one("NAME")?, reason: take("--reason").flatten().map(str::to_owned) }
+            allowed(&["--reason", "--for"])?;
+            Request::Ban {
+                name: one("NAME")?,
+                reason: take("--reason").flatten().map(str::to_owned),
+                for_s: take("--for").flatten().map(parse_duration).transpose()?,
+            }
         }
         "unban" => {
             allowed(&[])?;
@@ -232,24 +241,33 @@ pub fn render(req: &Request, a: &Answer) -> String {
             out
         }
         Request::Users { .. } => {
-            let mut out =
-                format!("{:<32} {:>10} {:>6} {:>8} {:>6}\n", "NAME", "REGISTERED", "ONLINE", "SESSIONS", "BANNED");
+            let mut out = format!(
+                "{:<32} {:<16} {:>6} {:>8} {:>6}  {}\n",
+                "NAME", "REGISTERED", "ONLINE", "SESSIONS", "BANNED", "BAN"
+            );
             for u in a.get("users").and_then(Value::as_array).into_iter().flatten() {
                 let f = |k: &str| u.get(k).map(show).unwrap_or_default();
                 let yes = |k: &str| if u.get(k) == Some(&Value::Bool(true)) { "yes" } else { "no" };
+                let registered = u.get("registered").and_then(Value::as_i64).map_or("-".into(), |s| minute(s * 1000));
                 out.push_str(&format!(
-                    "{:<32} {:>10} {:>6} {:>8} {:>6}\n",
+                    "{:<32} {:<16} {:>6} {:>8} {:>6}  {}\n",
                     f("name"),
-                    f("registered"),
+                    registered,
                     yes("online"),
                     f("sessions"),
-                    yes("banned")
+                    yes("banned"),
+                    ban_text(u)
                 ));
             }
             out
         }
+        Request::Kick { for_s: Some(_), .. } => format!("kicked {} until {}\n", s("name"), s("until")),
         Request::Kick { .. } => format!("kicked {}\n", s("name")),
-        Request::Ban { .. } => format!("banned {} ({} sessions ended)\n", s("name"), s("sessions_ended")),
+        Request::Ban { for_s, .. } => {
+            let until =
+                for_s.map(|f| format!(" for {} (until {})", format_duration(f), s("until"))).unwrap_or_default();
+            format!("banned {}{until} ({} sessions ended)\n", s("name"), s("sessions_ended"))
+        }
         Request::Unban { .. } if a.get("was_banned") == Some(&Value::Bool(false)) => {
             format!("{} was not banned\n", s("name"))
         }
@@ -262,6 +280,31 @@ pub fn render(req: &Request, a: &Answer) -> String {
         Request::DeleteMessage { .. } => format!("deleted message {}\n", s("id")),
         Request::Backup { .. } => format!("backup written to {} ({} bytes, integrity ok)\n", s("file"), s("bytes")),
     }
+}
+
+/// Unix ms as `YYYY-MM-DD HH:MM` (UTC): a table column, not a timestamp to parse.
+fn minute(unix_ms: i64) -> String {
+    let t = crate::chat::moderation::rfc3339(unix_ms);
+    format!("{} {}", &t[..10], &t[11..16])
+}
+
+/// The BAN column: `since ... until ... (reason)`, or nothing.
+fn ban_text(u: &Value) -> String {
+    if u.get("banned") != Some(&Value::Bool(true)) {
+        return String::new();
+    }
+    let mut out = String::new();
+    if let Some(since) = u.get("since").and_then(Value::as_str) {
+        out.push_str(&format!("since {since}"));
+    }
+    match u.get("until").and_then(Value::as_str) {
+        Some(until) => out.push_str(&format!(" until {until}")),
+        None => out.push_str(" until unbanned"),
+    }
+    if let Some(why) = u.get("reason").and_then(Value::as_str) {
+        out.push_str(&format!(" ({why})"));
+    }
+    out.trim_start().to_owned()
 }
 
 fn show(v: &Value) -> String {
@@ -333,7 +376,12 @@ mod tests {
     #[test]
     fn commands_and_flags_in_any_order() {
         let inv = run("ban alice --reason spam --json").unwrap();
-        assert_eq!(inv.request, Request::Ban { name: "alice".into(), reason: Some("spam".into()) });
+        assert_eq!(inv.request, Request::Ban { name: "alice".into(), reason: Some("spam".into()), for_s: None });
+        assert_eq!(
+            run("ban bob --for 2h --reason x").unwrap().request,
+            Request::Ban { name: "bob".into(), reason: Some("x".into()), for_s: Some(7200) }
+        );
+        assert_eq!(run("kick bob --for=30s").unwrap().request, Request::Kick { name: "bob".into(), for_s: Some(30) });
         assert!(inv.json);
         assert_eq!(inv.control, Path::new("/var/lib/skiff/chat.db.ctl"), "beside SKIFF_DB");
         let inv = run("--control=/run/skiff/control users --online --limit 5").unwrap();
@@ -361,6 +409,8 @@ mod tests {
             ("users --limit lots", "--limit: expected a number, got \"lots\""),
             ("status --bogus", "unknown flag --bogus"),
             ("ban", "ban: missing NAME"),
+            ("ban a --for soon", "--for: expected a duration like 30s, 10m, 2h or 7d, got \"soon\""),
+            ("kick a --for 0s", "--for must be from 1s to 3650d"),
             ("status extra", "status takes no argument"),
         ] {
             assert_eq!(run(line).unwrap_err(), why, "{line:?}");

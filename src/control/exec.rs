@@ -5,7 +5,7 @@
 //! the listener reads requests and writes answers.
 
 use super::protocol::{no_such_message, unknown_user, Answer, Request, DEFAULT_USERS};
-use crate::chat::moderation::Action;
+use crate::chat::moderation::{rfc3339, Action, Ban};
 use crate::cluster::resp::Value;
 use crate::conn::Cx;
 use crate::storage::{Origin, Reply, Request as StorageRequest, Wake};
@@ -52,10 +52,24 @@ enum Op {
 
 #[derive(Clone)]
 enum Moderation {
-    Ban { reason: Option<String> },
+    /// `kick`: a kick --for, a timed ban by another name.
+    Ban {
+        reason: Option<String>,
+        for_s: Option<u64>,
+        kick: bool,
+    },
+    /// The ban as written.
+    Banned {
+        ban: Ban,
+        kick: bool,
+    },
     Unban,
-    ResetKey { key: String },
-    DeleteUser { messages: bool },
+    ResetKey {
+        key: String,
+    },
+    DeleteUser {
+        messages: bool,
+    },
 }
 
 pub struct Ops {
@@ -122,10 +136,14 @@ impl Ops {
             Request::Users { online, limit, after } => {
                 let limit = limit.unwrap_or(DEFAULT_USERS);
                 let only = online.then(|| cx.chat.online().map(str::to_owned).collect());
-                cx.submit(origin, StorageRequest::Control(Query::Users { after, limit, only }));
+                // One row more than shown says whether another page exists.
+                cx.submit(origin, StorageRequest::Control(Query::Users { after, limit: limit + 1, only }));
                 Op::Users { online, limit }
             }
-            Request::Kick { name } => {
+            Request::Kick { name, for_s: Some(for_s) } => {
+                self.find(origin, name, Moderation::Ban { reason: None, for_s: Some(for_s), kick: true }, cx)
+            }
+            Request::Kick { name, for_s: None } => {
                 if cx.chat.kick(&name, &mut cx.fx) {
                     cx.chat.count(Action::Kick);
                     return self.answer(id, Answer::ok(json!({ "name": name })));
@@ -133,7 +151,9 @@ impl Ops {
                 cx.submit(origin, StorageRequest::FindUser { name: name.clone() });
                 Op::Kick { name }
             }
-            Request::Ban { name, reason } => self.find(origin, name, Moderation::Ban { reason }, cx),
+            Request::Ban { name, reason, for_s } => {
+                self.find(origin, name, Moderation::Ban { reason, for_s, kick: false }, cx)
+            }
             Request::Unban { name } => self.find(origin, name, Moderation::Unban, cx),
             Request::ResetKey { name } => self.find(origin, name, Moderation::ResetKey { key: String::new() }, cx),
             Request::DeleteUser { name, messages } => self.find(origin, name, Moderation::DeleteUser { messages }, cx),
@@ -201,20 +221,28 @@ impl Ops {
                 a.0.insert("database_bytes".into(), c.db_bytes.into());
                 a
             }
-            (Op::Users { online, limit }, Reply::Control(QueryResult::Users(rows))) => {
+            (Op::Users { online, limit }, Reply::Control(QueryResult::Users(mut rows))) => {
+                let more = rows.len() > limit;
+                rows.truncate(limit);
+                let now = Instant::now();
                 let users: Vec<Json> = rows
                     .iter()
                     .map(|r| {
+                        // The core holds every ban in force, timed ones gone once over.
+                        let ban = cx.chat.ban_of(&r.name, now);
                         json!({
                             "name": r.name,
                             "registered": r.registered,
                             "online": cx.chat.is_online(&r.name),
                             "sessions": cx.chat.sessions_of(&r.name),
-                            "banned": r.banned,
+                            "banned": ban.is_some(),
+                            "since": ban.map(|b| rfc3339(b.since_ms)),
+                            "until": ban.and_then(|b| b.until_ms).map(rfc3339),
+                            "reason": ban.and_then(|b| b.reason.as_deref()),
                         })
                     })
                     .collect();
-                let next = (rows.len() == limit).then(|| rows.last().map(|r| r.name.clone())).flatten();
+                let next = more.then(|| rows.last().map(|r| r.name.clone())).flatten();
                 Answer::ok(json!({ "online_only": online, "users": users, "next": next }))
             }
             (Op::Kick { .. }, Reply::User(Some(name))) => {
@@ -223,11 +251,19 @@ impl Ops {
             (Op::Kick { name }, _) => unknown_user(&name),
             (Op::Find { what, .. }, Reply::User(Some(name))) => {
                 let (write, what) = match what {
-                    Moderation::Ban { reason } => {
+                    Moderation::Ban { reason, for_s, kick } => {
                         let at_ms = unix_ms();
+                        let until_ms = for_s.map(|f| at_ms.saturating_add(f as i64 * 1000));
+                        let write = Write::Ban { username: name.clone(), reason: reason.clone(), at_ms, until_ms };
+                        let ban = Ban { since_ms: at_ms, until_ms, reason: reason.map(String::into_boxed_str) };
+                        (write, Moderation::Banned { ban, kick })
+                    }
+                    Moderation::Banned { ban, kick } => {
+                        let reason = ban.reason.as_deref().map(str::to_owned);
+                        let (at_ms, until_ms) = (ban.since_ms, ban.until_ms);
                         (
-                            Write::Ban { username: name.clone(), reason: reason.clone(), at_ms },
-                            Moderation::Ban { reason },
+                            Write::Ban { username: name.clone(), reason, at_ms, until_ms },
+                            Moderation::Banned { ban, kick },
                         )
                     }
                     Moderation::Unban => (Write::Unban { username: name.clone() }, Moderation::Unban),
@@ -269,25 +305,28 @@ impl Ops {
     /// The write is durable: memory follows, and the sockets concerned close.
     fn committed(&mut self, name: String, what: Moderation, cx: &mut Cx) -> Answer {
         match what {
-            Moderation::Ban { .. } => {
-                cx.chat.ban(&name);
-                let ended = cx.chat.end_user(&name, &mut cx.fx);
-                cx.chat.count(Action::Ban);
-                Answer::ok(json!({ "name": name, "sessions_ended": ended }))
+            Moderation::Banned { ban, kick } => {
+                let reason = ban.close_reason();
+                let until = ban.until_ms.map(rfc3339);
+                cx.chat.ban(&name, ban);
+                let ended = cx.chat.end_user(&name, &reason, &mut cx.fx);
+                cx.chat.count(if kick { Action::Kick } else { Action::Ban });
+                Answer::ok(json!({ "name": name, "sessions_ended": ended, "until": until }))
             }
+            Moderation::Ban { .. } => Answer::error("internal", "a ban committed before it was written"),
             Moderation::Unban => {
                 let was = cx.chat.unban(&name);
                 cx.chat.count(Action::Unban);
                 Answer::ok(json!({ "name": name, "was_banned": was }))
             }
             Moderation::ResetKey { key } => {
-                let ended = cx.chat.end_user(&name, &mut cx.fx);
+                let ended = cx.chat.end_user(&name, "key reset", &mut cx.fx);
                 cx.chat.count(Action::ResetKey);
                 Answer::ok(json!({ "name": name, "key": key, "sessions_ended": ended }))
             }
             Moderation::DeleteUser { messages } => {
                 cx.chat.unban(&name);
-                let ended = cx.chat.end_user(&name, &mut cx.fx);
+                let ended = cx.chat.end_user(&name, "user deleted", &mut cx.fx);
                 let deleted = if messages { cx.chat.delete_messages_by(&name, &mut cx.fx).len() } else { 0 };
                 cx.chat.count(Action::DeleteUser);
                 Answer::ok(json!({ "name": name, "sessions_ended": ended, "messages_deleted": deleted }))
@@ -319,13 +358,25 @@ impl Ops {
         let args: Vec<String> = match &req {
             Request::Status => fcall("skiff_status", &[P]),
             Request::Users { online, limit, after } => {
-                let limit = limit.unwrap_or(DEFAULT_USERS).to_string();
+                let limit = (limit.unwrap_or(DEFAULT_USERS) + 1).to_string();
                 let after = after.as_deref().map(str::to_ascii_lowercase).unwrap_or_default();
                 fcall("skiff_users", &[P, &after, &limit, if *online { "1" } else { "0" }])
             }
-            Request::Kick { .. } => fcall("skiff_kick", &[P, &lower]),
+            Request::Kick { for_s: None, .. } => fcall("skiff_kick", &[P, &lower]),
+            Request::Kick { for_s: Some(for_s), .. } | Request::Ban { for_s: Some(for_s), .. } => {
+                let reason = match &req {
+                    Request::Ban { reason, .. } => reason.as_deref().unwrap_or(""),
+                    _ => "",
+                };
+                let at = unix_ms();
+                let until = at.saturating_add(*for_s as i64 * 1000);
+                let args = fcall("skiff_ban", &[P, &lower, reason, &at.to_string(), &until.to_string()]);
+                // The end travels with the request, for the answer to name it.
+                self.pending.insert(id, Op::Cluster(req, Some(rfc3339(until))));
+                return send(cx, origin, args);
+            }
             Request::Ban { reason, .. } => {
-                fcall("skiff_ban", &[P, &lower, reason.as_deref().unwrap_or(""), &unix_ms().to_string()])
+                fcall("skiff_ban", &[P, &lower, reason.as_deref().unwrap_or(""), &unix_ms().to_string(), ""])
             }
             Request::Unban { .. } => fcall("skiff_unban", &[P, &lower]),
             Request::ResetKey { .. } => {
@@ -398,22 +449,34 @@ fn cluster_answer(req: &Request, key: Option<&str>, v: &Value) -> Option<Answer>
         })),
         Request::Users { online, limit, .. } => {
             let mut users = Vec::new();
+            let now = unix_ms();
             for row in items? {
                 let r = row.as_array()?;
                 let registered = r.get(1)?.as_str().and_then(|s| s.parse::<i64>().ok()).map(|ms| ms / 1000);
+                let text = |i: usize| r.get(i).and_then(Value::as_str).unwrap_or("");
+                // 'since_ms reason' and until_ms, as skiff_ban wrote them.
+                let (since, why) = text(5).split_once(' ').unwrap_or((text(5), ""));
+                let until = text(6).parse::<i64>().ok();
+                let banned = r.get(4)?.as_int()? == 1 && until.is_none_or(|u| u > now);
                 users.push(json!({
                     "name": r.first()?.as_str()?,
                     "registered": registered,
                     "online": r.get(2)?.as_int()? == 1,
                     "sessions": r.get(3)?.as_int()?,
-                    "banned": r.get(4)?.as_int()? == 1,
+                    "banned": banned,
+                    "since": since.parse::<i64>().ok().filter(|_| banned).map(rfc3339),
+                    "until": until.filter(|_| banned).map(rfc3339),
+                    "reason": (!why.is_empty() && banned).then_some(why),
                 }));
             }
-            let full = users.len() == limit.unwrap_or(DEFAULT_USERS);
-            let next = full.then(|| users.last().map(|u| u["name"].clone())).flatten();
+            // One row more than shown says whether another page exists.
+            let limit = limit.unwrap_or(DEFAULT_USERS);
+            let more = users.len() > limit;
+            users.truncate(limit);
+            let next = more.then(|| users.last().map(|u| u["name"].clone())).flatten();
             Answer::ok(json!({ "online_only": online, "users": users, "next": next }))
         }
-        Request::Kick { name: asked } => match int(v)? {
+        Request::Kick { name: asked, for_s: None } => match int(v)? {
             1 => Answer::ok(json!({ "name": asked })),
             0 => Answer::error("not_online", &format!("{asked} has no open WebSocket")),
             _ => unknown_user(asked),
@@ -425,7 +488,10 @@ fn cluster_answer(req: &Request, key: Option<&str>, v: &Value) -> Option<Answer>
         _ if matches!(v, Value::Bulk(None) | Value::Array(None)) || items.is_some_and(|a| a.is_empty()) => {
             unknown_user(&who(req))
         }
-        Request::Ban { .. } => Answer::ok(json!({ "name": name()?, "sessions_ended": n(1) })),
+        // `key` holds a timed ban's end (RFC 3339).
+        Request::Ban { .. } | Request::Kick { .. } => {
+            Answer::ok(json!({ "name": name()?, "sessions_ended": n(1), "until": key }))
+        }
         Request::Unban { .. } => Answer::ok(json!({ "name": name()?, "was_banned": n(1) == 1 })),
         Request::ResetKey { .. } => Answer::ok(json!({ "name": name()?, "key": key?, "sessions_ended": n(1) })),
         Request::DeleteUser { .. } => {

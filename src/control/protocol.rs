@@ -13,6 +13,37 @@ pub const MAX_USERS: usize = 1000;
 pub const DEFAULT_USERS: usize = 100;
 /// A ban reason is a note for operators, not a document.
 pub const MAX_REASON: usize = 500;
+/// The longest timed ban: ten years, past which "until an unban" says it better.
+pub const MAX_BAN_SECS: u64 = 3650 * 86_400;
+
+/// `30s`, `10m`, `2h`, `7d` (a number and one unit) as seconds, 1 s to 3650 d.
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let bad = || format!("--for: expected a duration like 30s, 10m, 2h or 7d, got {text:?}");
+    let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+    let (digits, unit) = text.split_at(unit_at);
+    let n: u64 = digits.parse().map_err(|_| bad())?;
+    let per = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(bad()),
+    };
+    match n.checked_mul(per) {
+        Some(s) if (1..=MAX_BAN_SECS).contains(&s) => Ok(s),
+        _ => Err("--for must be from 1s to 3650d".into()),
+    }
+}
+
+/// Seconds in the largest unit that divides them: `7200` -> `2h`.
+pub fn format_duration(secs: u64) -> String {
+    for (per, unit) in [(86_400, 'd'), (3600, 'h'), (60, 'm')] {
+        if secs >= per && secs.is_multiple_of(per) {
+            return format!("{}{unit}", secs / per);
+        }
+    }
+    format!("{secs}s")
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "cmd", rename_all = "kebab-case", deny_unknown_fields)]
@@ -26,13 +57,20 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         after: Option<String>,
     },
+    /// With `for`, a timed ban without a reason.
     Kick {
         name: String,
+        /// Seconds.
+        #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+        for_s: Option<u64>,
     },
     Ban {
         name: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         reason: Option<String>,
+        /// Seconds; none: until an unban.
+        #[serde(default, rename = "for", skip_serializing_if = "Option::is_none")]
+        for_s: Option<u64>,
     },
     Unban {
         name: String,
@@ -55,14 +93,18 @@ pub enum Request {
 }
 
 impl Request {
-    /// What the log says about the request: the command and whom it names, never a
-    /// reason's text.
+    /// What the log says about the request: the command, whom it names, for how
+    /// long and why (`ban carol for 2h (link spam)`).
     pub fn summary(&self) -> String {
+        let span = |f: &Option<u64>| f.map(|s| format!(" for {}", format_duration(s))).unwrap_or_default();
         match self {
             Request::Status => "status".into(),
             Request::Users { .. } => "users".into(),
-            Request::Kick { name } => format!("kick {name}"),
-            Request::Ban { name, .. } => format!("ban {name}"),
+            Request::Kick { name, for_s } => format!("kick {name}{}", span(for_s)),
+            Request::Ban { name, reason, for_s } => {
+                let why = reason.as_ref().map(|r| format!(" ({r})")).unwrap_or_default();
+                format!("ban {name}{}{why}", span(for_s))
+            }
             Request::Unban { name } => format!("unban {name}"),
             Request::ResetKey { name } => format!("reset-key {name}"),
             Request::DeleteUser { name, messages } => {
@@ -76,7 +118,7 @@ impl Request {
     /// The name the request acts on, if any.
     pub fn name(&self) -> Option<&str> {
         match self {
-            Request::Kick { name }
+            Request::Kick { name, .. }
             | Request::Ban { name, .. }
             | Request::Unban { name }
             | Request::ResetKey { name }
@@ -115,6 +157,11 @@ pub fn parse(line: &[u8]) -> Result<Request, Answer> {
         }
         Request::Ban { reason: Some(r), .. } if r.len() > MAX_REASON || r.chars().any(char::is_control) => {
             Err(Answer::error("bad_request", &format!("a reason is one line of at most {MAX_REASON} bytes")))
+        }
+        Request::Kick { for_s: Some(s), .. } | Request::Ban { for_s: Some(s), .. }
+            if !(1..=MAX_BAN_SECS).contains(s) =>
+        {
+            Err(Answer::error("bad_request", "--for must be from 1s to 3650d"))
         }
         Request::DeleteMessage { id: 0 } => Err(no_such_message(0)),
         Request::Backup { file } if !file.starts_with('/') => {
@@ -220,7 +267,8 @@ mod tests {
         for req in [
             Request::Status,
             Request::Users { online: true, limit: Some(5), after: Some("bob".into()) },
-            Request::Ban { name: "Amy".into(), reason: Some("spam".into()) },
+            Request::Ban { name: "Amy".into(), reason: Some("spam".into()), for_s: Some(7200) },
+            Request::Kick { name: "Amy".into(), for_s: None },
             Request::DeleteUser { name: "amy".into(), messages: true },
             Request::DeleteMessage { id: 42 },
             Request::Backup { file: "/tmp/x.db".into() },
@@ -238,12 +286,32 @@ mod tests {
             br#"{"cmd":"kick"}"#,
             br#"{"cmd":"kick","name":"a","extra":1}"#,
             br#"{"cmd":"users","limit":0}"#,
+            br#"{"cmd":"ban","name":"a","for":0}"#,
             br#"{"cmd":"backup","file":"relative.db"}"#,
             b"\xff",
             b"[]",
         ] {
             assert_eq!(refused(bad).as_deref(), Some("bad_request"), "{}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn durations_parse_in_one_unit_and_print_in_the_largest() {
+        assert_eq!(parse_duration("30s"), Ok(30));
+        assert_eq!(parse_duration("10m"), Ok(600));
+        assert_eq!(parse_duration("2h"), Ok(7200));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert_eq!(parse_duration("3650d"), Ok(MAX_BAN_SECS));
+        for bad in ["", "s", "10", "1.5h", "-1h", "2 h", "2H", "1w", "0s", "3651d", "99999999999999999999d"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(format_duration(7200), "2h");
+        assert_eq!(format_duration(90), "90s");
+        assert_eq!(format_duration(600), "10m");
+        assert_eq!(format_duration(172_800), "2d");
+        let ban = Request::Ban { name: "carol".into(), reason: Some("link spam".into()), for_s: Some(7200) };
+        assert_eq!(ban.summary(), "ban carol for 2h (link spam)");
+        assert_eq!(Request::Kick { name: "bob".into(), for_s: Some(600) }.summary(), "kick bob for 10m");
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub(crate) fn chat_config() -> ChatConfig {
     ChatConfig {
         session_ttl: Duration::from_secs(60),
         max_sessions_per_user: 4,
+        max_devices: 5,
         max_sessions: 64,
         message_rate: Some(RateLimit { per_second: 100, burst: 200 }),
         history: 16,

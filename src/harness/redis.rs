@@ -979,9 +979,9 @@ mod tests {
         let (c2, s2) = node(&mut r);
         // Not registered here: no `created` to say.
         let joined = |seq| [array(vec![Value::Int(seq), Value::Bulk(None)])];
-        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1")), joined(1));
-        assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1")), [Value::Int(0)], "online on n1");
-        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2")), joined(2));
+        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1", false)), joined(1));
+        assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1", false)), [Value::Int(0)], "online on n1");
+        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2", false)), joined(2));
         assert_eq!(send(&mut r, c1, &command::message("n1", "3.1", "Ann", "hi  there", "16")), [Value::Int(1)]);
         assert_eq!(send(&mut r, c2, &command::leave("Ann", "n2")), [Value::Int(0)], "only the holder ends it");
         assert_eq!(send(&mut r, c2, &command::message("n2", "4.2", "Bob", "yo", "16")), [Value::Int(2)]);

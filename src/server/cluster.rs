@@ -47,7 +47,7 @@ impl<S: Stream> Server<S> {
                     self.reply(Done { origin, reply: Reply::Joined }, now);
                     // The client gave up meanwhile (hung up, timed out) or its session
                     // ended: Redis must not keep it online.
-                    let opened = self.local(origin).is_some_and(|c| self.cx.chat.member_of_user(&name) == Some(c));
+                    let opened = self.local(origin).is_some_and(|c| self.cx.chat.is_socket_of(&name, c));
                     if !opened {
                         if let Some(cluster) = self.cx.cluster.as_mut() {
                             cluster.left(&name);
@@ -57,6 +57,10 @@ impl<S: Stream> Server<S> {
                 return;
             }
             Event::Leave { name } => self.cx.chat.apply_leave(&name, &mut self.cx.fx),
+            Event::Banned { name, ban } => self.cx.chat.ban(&name, ban),
+            Event::Unbanned { name } => {
+                self.cx.chat.unban(&name);
+            }
             Event::Message { msg, mine } => {
                 let sender = mine.and_then(|o| self.local(o));
                 self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
@@ -90,9 +94,9 @@ impl<S: Stream> Server<S> {
                     self.cx.chat.finish_snapshot(&mut self.cx.fx);
                 }
                 for user in taken {
-                    if let Some(conn) = self.cx.chat.member_of_user(&user) {
-                        log::warn(format_args!("{user} is online on another node now; closing the socket here"));
-                        self.cx.chat.evict_member(conn, &mut self.cx.fx);
+                    if self.cx.chat.member_of_user(&user).is_some() {
+                        log::warn(format_args!("{user} is online on another node now; closing the sockets here"));
+                        self.cx.chat.evict_user(&user, &mut self.cx.fx);
                     }
                 }
                 // Closed while their sessions still name them (the log lines do).

@@ -32,6 +32,7 @@ impl ServerConfig {
                 max_sessions: cfg.max_sessions,
                 message_rate,
                 history: cfg.history,
+                max_devices: cfg.max_devices,
             },
             conn: ConnConfig {
                 api: ApiConfig {

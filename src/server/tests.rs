@@ -11,6 +11,7 @@ fn server(trusted: Vec<IpAddr>, metrics_public: bool) -> Server<MockStream> {
     let chat = ChatConfig {
         session_ttl: Duration::from_secs(60),
         max_sessions_per_user: 4,
+        max_devices: 5,
         max_sessions: 16,
         message_rate: None,
         history: 100,
@@ -188,8 +189,10 @@ fn oversized_and_binary_frames_close_with_their_codes() {
         let (key, pipe) = websocket(&mut srv, "carol");
         send(&mut srv, key, &pipe, &bytes);
         let out = pipe.0.borrow().to_client.clone();
-        let tail = &out[out.len() - 4..];
-        assert_eq!(tail, &[0x88, 0x02, (code >> 8) as u8, code as u8], "close {code}");
+        let reason = crate::ws::close::reason(code).as_bytes();
+        let tail = &out[out.len() - 4 - reason.len()..];
+        assert_eq!(tail[..4], [0x88, 2 + reason.len() as u8, (code >> 8) as u8, code as u8], "close {code}");
+        assert_eq!(&tail[4..], reason, "close {code} says why");
         assert!(srv.cx.chat.members().is_empty(), "closed socket left the room");
     }
 }

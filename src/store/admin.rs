@@ -207,9 +207,9 @@ mod tests {
         let mut s = Store::open(&path).unwrap();
         let Registered::Created { key } = s.register("Alice").unwrap() else { panic!() };
         s.register("bob").unwrap();
-        let ban = Write::Ban { username: "alice".into(), reason: Some("spam".into()), at_ms: 1 };
+        let ban = Write::Ban { username: "alice".into(), reason: Some("spam".into()), at_ms: 1, until_ms: None };
         assert_eq!(s.apply(&[ban]).unwrap(), [Written::Done]);
-        let ghost = Write::Ban { username: "nobody".into(), reason: None, at_ms: 1 };
+        let ghost = Write::Ban { username: "nobody".into(), reason: None, at_ms: 1, until_ms: None };
         assert_eq!(s.apply(&[ghost]).unwrap(), [Written::NotFound]);
         assert_eq!(s.banned_names().unwrap(), ["alice"]);
         let QueryResult::Users(rows) = s.query(Query::Users { after: None, limit: 10, only: None }).unwrap() else {

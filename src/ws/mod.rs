@@ -22,6 +22,19 @@ pub mod close {
     pub const INVALID_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
+
+    /// The reason a close with `code` carries when the code alone says why
+    /// (CLOSE_REASONS in the docs); codes with several causes pass theirs.
+    pub fn reason(code: u16) -> &'static str {
+        match code {
+            GOING_AWAY => "going away",
+            PROTOCOL => "protocol error",
+            UNSUPPORTED => "binary frames are not accepted",
+            INVALID_DATA => "invalid UTF-8",
+            TOO_BIG => "message too big",
+            _ => "",
+        }
+    }
 }
 
 /// Frames and messages larger than this close the socket with 1009.
@@ -89,24 +102,35 @@ pub fn accept_response(accept: &str) -> Vec<u8> {
     out
 }
 
-/// A server close frame carrying `code` (RFC 6455 5.5.1), unmasked.
+/// A server close frame carrying `code` and its usual reason (RFC 6455 5.5.1), unmasked.
 pub fn close_frame(code: u16) -> Chunk {
-    let [hi, lo] = code.to_be_bytes();
-    Chunk::Owned(vec![0x88, 0x02, hi, lo])
+    close_frame_with(code, close::reason(code))
 }
 
-/// A server close frame carrying `code` and a reason the peer can show (cut to the
-/// 123 bytes a control frame leaves it, at a character boundary).
-pub fn close_frame_because(code: u16, reason: &str) -> Chunk {
-    let mut end = reason.len().min(123);
-    while !reason.is_char_boundary(end) {
+/// The most a close frame's reason may hold: 125 bytes of payload less the code.
+pub const MAX_CLOSE_REASON: usize = 123;
+
+/// A server close frame carrying `code` and `reason`, cut at a character boundary
+/// to fit the 125 bytes a control frame may carry.
+pub fn close_frame_with(code: u16, reason: &str) -> Chunk {
+    let reason = truncate(reason, MAX_CLOSE_REASON);
+    let [hi, lo] = code.to_be_bytes();
+    let mut f = Vec::with_capacity(4 + reason.len());
+    f.extend_from_slice(&[0x88, 2 + reason.len() as u8, hi, lo]);
+    f.extend_from_slice(reason.as_bytes());
+    Chunk::Owned(f)
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
         end -= 1;
     }
-    let reason = &reason.as_bytes()[..end];
-    let [hi, lo] = code.to_be_bytes();
-    let mut f = vec![0x88, 2 + reason.len() as u8, hi, lo];
-    f.extend_from_slice(reason);
-    Chunk::Owned(f)
+    &s[..end]
 }
 
 /// An unmasked control frame; `payload` is at most 125 bytes (the caller checked).
@@ -363,7 +387,7 @@ fn closed(payload: &[u8], out: &mut OutQueue) -> WsRead {
             if close_code_allowed(u16::from_be_bytes([*hi, *lo])) {
                 out.push(Chunk::Owned(control_frame(frame::CLOSE, payload)));
             } else {
-                out.push(close_frame_because(close::PROTOCOL, "Protocol violation"));
+                out.push(close_frame_with(close::PROTOCOL, "Protocol violation"));
             }
         }
     }

@@ -1,0 +1,59 @@
+//! How sessions end for the sockets opened with them: logout, expiry, eviction and
+//! the operator's actions, each closing its sockets with the code and reason the
+//! client is told, and presence following (the user leaves with their last socket).
+
+use super::session::{EndReason, Session, SessionKey};
+use super::{Chat, Effect, Effects};
+use crate::ws::close;
+use std::rc::Rc;
+use std::time::Instant;
+
+impl Chat {
+    /// Ends the session behind `cookie`, if it is live; every WebSocket of its user
+    /// closes (1000 "logged out"), on whichever device.
+    pub fn logout(&mut self, cookie: &[u8], now: Instant, fx: &mut Effects) {
+        if let Some(k) = self.sessions.authenticate(cookie, now) {
+            if let Some(s) = self.sessions.remove(k) {
+                let user = s.user.clone();
+                self.ended(k, s, EndReason::Logout, fx);
+                self.close_user(&user, close::NORMAL, Rc::from("logged out"), fx);
+            }
+        }
+    }
+
+    /// Expires sessions due by `now`, their sockets closed with 1008; timed bans
+    /// that have run out end.
+    pub fn on_timeout(&mut self, now: Instant, fx: &mut Effects) {
+        let mut expired = Vec::new();
+        self.sessions.expire(now, &mut expired);
+        for (k, s) in expired {
+            self.ended(k, s, EndReason::Expired, fx);
+        }
+        self.end_timed_bans(now);
+    }
+
+    pub(super) fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {
+        let (code, reason) = match why {
+            EndReason::Logout => (close::NORMAL, "logged out"),
+            EndReason::Expired => (close::POLICY, "session expired"),
+            EndReason::Evicted => (close::POLICY, "replaced"),
+        };
+        self.ended_with(k, s, code, Rc::from(reason), fx);
+    }
+
+    /// Session `k` (already out of the table) is over: every socket opened with it
+    /// closes with `code` and `reason`.
+    pub(super) fn ended_with(&mut self, k: SessionKey, s: Session, code: u16, reason: Rc<str>, fx: &mut Effects) {
+        let mut conns = self.chain(s.socket());
+        conns.retain(|&conn| self.room.get(conn).is_some_and(|m| m.session == k));
+        for &conn in &conns {
+            self.remove_member(conn);
+        }
+        if !conns.is_empty() {
+            self.gone(s.user, fx);
+        }
+        for conn in conns {
+            fx.push(Effect::Close { conn, code, reason: reason.clone() });
+        }
+    }
+}
