@@ -392,7 +392,10 @@ impl World {
         let steps = self.steps;
         let cluster = self.is_cluster();
         let garbled: Vec<String> = self.clients.iter().filter(|c| c.garbled).map(|c| format!("u{}", c.user)).collect();
-        for cl in self.clients.iter_mut().filter(|c| c.upgraded) {
+        // Which client sent each message: a user's other device gets it like anyone.
+        let sender_of: HashMap<u64, usize> =
+            self.clients.iter().enumerate().flat_map(|(i, c)| c.sent.iter().map(move |&id| (id, i))).collect();
+        for (ci, cl) in self.clients.iter_mut().enumerate().filter(|(_, c)| c.upgraded) {
             let mut frames = Vec::new();
             let buf = cl.pipe.0.borrow().to_client.clone();
             cl.seen = server_frames(&buf, cl.seen, &mut frames);
@@ -430,7 +433,9 @@ impl World {
                                 continue;
                             }
                             let scripted = m.strip_prefix('m').and_then(|m| m.split(' ').next()?.parse::<u64>().ok());
-                            if author == format!("u{}", cl.user) {
+                            let from_another_device =
+                                scripted.and_then(|id| sender_of.get(&id)).is_some_and(|&s| s != ci);
+                            if author == format!("u{}", cl.user) && !from_another_device {
                                 // A cluster node that lost Redis fails a message it had
                                 // sent ("unavailable"); if Redis had run it, the sync
                                 // brings it back to everyone, its sender included.
