@@ -65,7 +65,9 @@ impl<S: Stream> Server<S> {
                 let sender = mine.and_then(|o| self.local(o));
                 self.cx.chat.apply_message(msg, sender, &mut self.cx.fx);
             }
-            Event::SessionEnded { id_hash, code } => self.end_session(&id_hash, code, "", now),
+            // The chat core knows the words (a ban's, a key reset's) and every device
+            // a logout closes.
+            Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
             Event::SessionGone { id_hash, code, reason } => self.end_session(&id_hash, code, reason, now),
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
             Event::Kick { name } => {
