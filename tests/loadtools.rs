@@ -127,12 +127,24 @@ fn assert_every_message_arrived(srv: &Server, prefix: &str, users: u64, text: im
     }
 }
 
+/// The major version of the `node` on PATH, if there is one that runs.
+fn node_major() -> Option<u32> {
+    let out = Command::new("node").arg("--version").output().ok().filter(|o| o.status.success())?;
+    String::from_utf8_lossy(&out.stdout).trim().strip_prefix('v')?.split('.').next()?.parse().ok()
+}
+
 #[test]
 fn artillery_scenario_runs_clean() {
     let artillery = root().join("bench/node_modules/.bin/artillery");
     let mut missing = Vec::new();
-    if !Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
-        missing.push("no node: run `apt-get install nodejs npm`".to_owned());
+    match node_major() {
+        None => missing.push("no node: run `apt-get install nodejs npm`".to_owned()),
+        // Debian 12's node 18 lacks the global `File` the locked Artillery's undici needs.
+        Some(major) if major < 20 => missing.push(format!(
+            "node {major} is too old for the locked Artillery (20 or newer): run \
+             `npm install -g --prefix /usr/local node@22` (scripts/test does)"
+        )),
+        Some(_) => {}
     }
     if !artillery.exists() {
         missing.push("no Artillery: run `cd bench && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci`".to_owned());
