@@ -1,9 +1,9 @@
 //! The load scenarios in bench/ run by the tools load testers bring, against a real
 //! skiff: Artillery (npm, pinned in bench/package.json) with bench/artillery.yml, and
 //! Tsung (Debian's package) with bench/tsung.xml, each for a few seconds on loopback,
-//! with the commands README's "Load testing" prints. A run passes only when the tool
-//! itself reports no error, every virtual user finished, and every message each
-//! user sent is in skiff's history: a scenario that broke (or did nothing) fails.
+//! with the commands the book's "Load testing" (docs/src/load-testing.md) prints. A
+//! run passes only when the tool itself reports no error, every virtual user
+//! finished, and every message each user sent is in skiff's history: a scenario that broke (or did nothing) fails.
 //! A missing tool fails with the command that installs it (a skip would read as a
 //! pass in `cargo test` output); SKIFF_SKIP_LOADTOOLS=1 opts out on purpose.
 
