@@ -3,7 +3,8 @@
 //! Tsung (Debian's package) with bench/tsung.xml, each for a few seconds on loopback,
 //! with the commands the book's "Load testing" (docs/src/load-testing.md) prints. A
 //! run passes only when the tool itself reports no error, every virtual user
-//! finished, and every message each user sent is in skiff's history: a scenario that broke (or did nothing) fails.
+//! finished, and every message each user sent is in skiff's history: a scenario
+//! that broke (or did nothing) fails.
 //! A missing tool fails with the command that installs it (a skip would read as a
 //! pass in `cargo test` output); SKIFF_SKIP_LOADTOOLS=1 opts out on purpose.
 
