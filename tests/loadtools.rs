@@ -1,9 +1,10 @@
 //! The load scenarios in bench/ run by the tools load testers bring, against a real
 //! skiff: Artillery (npm, pinned in bench/package.json) with bench/artillery.yml, and
 //! Tsung (Debian's package) with bench/tsung.xml, each for a few seconds on loopback,
-//! with the commands README's "Load testing" prints. A run passes only when the tool
-//! itself reports no error, every virtual user finished, and every message each
-//! user sent is in skiff's history: a scenario that broke (or did nothing) fails.
+//! with the commands the book's "Load testing" (docs/src/load-testing.md) prints. A
+//! run passes only when the tool itself reports no error, every virtual user
+//! finished, and every message each user sent is in skiff's history: a scenario
+//! that broke (or did nothing) fails.
 //! A missing tool fails with the command that installs it (a skip would read as a
 //! pass in `cargo test` output); SKIFF_SKIP_LOADTOOLS=1 opts out on purpose.
 
@@ -127,12 +128,24 @@ fn assert_every_message_arrived(srv: &Server, prefix: &str, users: u64, text: im
     }
 }
 
+/// The major version of the `node` on PATH, if there is one that runs.
+fn node_major() -> Option<u32> {
+    let out = Command::new("node").arg("--version").output().ok().filter(|o| o.status.success())?;
+    String::from_utf8_lossy(&out.stdout).trim().strip_prefix('v')?.split('.').next()?.parse().ok()
+}
+
 #[test]
 fn artillery_scenario_runs_clean() {
     let artillery = root().join("bench/node_modules/.bin/artillery");
     let mut missing = Vec::new();
-    if !Command::new("node").arg("--version").output().is_ok_and(|o| o.status.success()) {
-        missing.push("no node: run `apt-get install nodejs npm`".to_owned());
+    match node_major() {
+        None => missing.push("no node: run `apt-get install nodejs npm`".to_owned()),
+        // Debian 12's node 18 lacks the global `File` the locked Artillery's undici needs.
+        Some(major) if major < 20 => missing.push(format!(
+            "node {major} is too old for the locked Artillery (20 or newer): run \
+             `npm install -g --prefix /usr/local node@22` (scripts/test does)"
+        )),
+        Some(_) => {}
     }
     if !artillery.exists() {
         missing.push("no Artillery: run `cd bench && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci`".to_owned());

@@ -120,10 +120,12 @@ fn render(site: &str, upstream: &str, https: u16, http: u16, cert: &Path, key: &
         .join("\n")
 }
 
-/// The sh code of README's "Deploying" section, one line per command.
+/// The sh code of the book's "Behind nginx" section (docs/src/deploying.md), one line
+/// per command.
 fn readme_deploy_commands() -> Vec<String> {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
-    let section = readme.split("\n## Deploying").nth(1).expect("README has a Deploying section");
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/src/deploying.md");
+    let readme = std::fs::read_to_string(page).unwrap();
+    let section = readme.split("\n## Behind nginx").nth(1).expect("docs/src/deploying.md has ## Behind nginx");
     let section = section.split("\n## ").next().unwrap();
     let mut commands = Vec::new();
     let mut in_sh = false;

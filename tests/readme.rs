@@ -1,4 +1,5 @@
-//! The README's "Two commands" and "API" examples, run as printed. The API block runs
+//! The README's "Two commands" and "API" examples, run as printed (docs/src/protocol.md
+//! carries the same API block; tests/book.rs checks it is identical). The API block runs
 //! verbatim (`localhost:7777`, no substitution) against a skiff started with no flags at
 //! all, in a private network namespace where port 7777 is always free and no packet can
 //! leave the machine. Output lines in the block are checked: `# TEXT` after a command is
@@ -99,16 +100,32 @@ fn tools_present() -> bool {
     panic!("{msg}, or set SKIFF_SKIP_DOCS=1 to skip");
 }
 
+/// README stays a front page; the rest is the book's (docs/).
 #[test]
-fn two_commands_are_cargo_run_and_cargo_test() {
+fn readme_is_at_most_250_lines() {
+    let lines = README.lines().count();
+    assert!(lines <= 250, "README.md has {lines} lines; move detail into docs/src/");
+}
+
+#[test]
+fn two_commands_are_cargo_run_and_the_test_script() {
     let commands: Vec<&str> = sh_block("## Two commands")
         .iter()
         .map(|l| l.split('#').next().unwrap().trim())
         .filter(|c| !c.is_empty())
         .collect();
-    assert_eq!(commands, ["cargo run --release", "cargo test"]);
-    // `cargo run` must pick the server, not skiff-bench.
+    assert_eq!(commands, ["cargo run --release", "./scripts/test"]);
+    // The test command ends in the whole suite, and CI runs exactly it.
+    let script = include_str!("../scripts/test");
+    assert_eq!(script.lines().last(), Some("exec cargo test \"$@\""), "scripts/test ends by running cargo test");
+    let ci = include_str!("../.ci/run");
+    assert!(ci.lines().any(|l| l == "./scripts/test"), ".ci/run calls ./scripts/test as README prints it");
+    // README's prerequisites state the minimum Cargo.toml pins.
     let manifest = include_str!("../Cargo.toml");
+    let min = manifest.lines().find_map(|l| l.strip_prefix("rust-version = \"")).expect("rust-version in Cargo.toml");
+    let min = min.trim_end_matches('"');
+    assert!(README.contains(&format!("Rust {min} or newer")), "README names the minimum Rust, {min}");
+    // `cargo run` must pick the server, not skiff-bench.
     assert!(manifest.lines().any(|l| l.trim() == "default-run = \"skiff\""), "Cargo.toml: default-run = \"skiff\"");
 }
 
@@ -246,13 +263,14 @@ fn wildcard_matching() {
     assert!(matches("a...b...c", "a1b2c"));
 }
 
-/// The README's configuration table is a second copy of `--help`; it must list every
-/// flag with its env var and default.
+/// The book's configuration table (docs/src/configuration.md) is a second copy of
+/// `--help`; it must list every flag with its env var and default.
 #[test]
 fn configuration_table_matches_help() {
     let help = Command::new(env!("CARGO_BIN_EXE_skiff")).arg("--help").output().unwrap();
     let help = String::from_utf8(help.stdout).unwrap();
-    let section = &README[README.find("\n## Configuration\n").expect("README has ## Configuration")..];
+    let page = include_str!("../docs/src/configuration.md");
+    let section = &page[page.find("# Configuration\n").expect("the page is # Configuration")..];
     let rows: Vec<&str> =
         section.lines().skip(2).take_while(|l| !l.starts_with("## ")).filter(|l| l.starts_with('|')).collect();
     let mut seen = 0;
@@ -266,11 +284,11 @@ fn configuration_table_matches_help() {
                     .iter()
                     .any(|end| r.contains(&format!("`{flag}{end}")) || r.contains(&format!(" {flag}{end}")))
             })
-            .unwrap_or_else(|| panic!("README configuration table has a row for {flag}"));
-        assert!(row.contains(&format!("`{env}`")), "{flag}: README row names {env}: {row}");
+            .unwrap_or_else(|| panic!("the configuration table has a row for {flag}"));
+        assert!(row.contains(&format!("`{env}`")), "{flag}: the row names {env}: {row}");
         if let Some(default) = line.strip_suffix(']').and_then(|l| l.rsplit_once('[')).map(|(_, d)| d) {
             if !default.contains(' ') {
-                assert!(row.contains(&format!("`{default}`")), "{flag}: README row gives default {default}: {row}");
+                assert!(row.contains(&format!("`{default}`")), "{flag}: the row gives default {default}: {row}");
             }
         }
         seen += 1;

@@ -23,11 +23,11 @@ use std::time::{Duration, Instant};
 const MASTER: &str = "mymaster";
 const AOF: [&str; 6] = ["--appendonly", "yes", "--appendfsync", "always", "--save", ""];
 
-/// README's sentinel file ("Failover with Redis Sentinel"), as printed but for the
-/// sentinel's own port and the primary's.
+/// The book's sentinel file (docs/src/cluster.md, "Failover with Redis Sentinel"), as
+/// printed but for the sentinel's own port and the primary's.
 fn readme_conf(port: u16, primary: u16) -> String {
-    const README: &str = include_str!("../README.md");
-    let section = &README[README.find("### Failover with Redis Sentinel").expect("README has the Sentinel section")..];
+    const README: &str = include_str!("../docs/src/cluster.md");
+    let section = &README[README.find("## Failover with Redis Sentinel").expect("the book has the Sentinel section")..];
     let block = section.split("```").nth(3).expect("the sentinel file is the section's second block");
     assert!(block.starts_with("\nport 26379\n"), "the sentinel file block: {block}");
     block
