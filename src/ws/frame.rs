@@ -1,7 +1,8 @@
 //! WebSocket frames encoded and decoded by hand, both directions. Server frames are
 //! unmasked (RFC 6455 5.1), so one encoding serves every recipient of a broadcast.
 //! The client half (masked frames out, server frames in) is for skiff-bench and the
-//! tests, which speak as clients; the server reads client frames through tungstenite.
+//! tests, which speak as clients; the server reads client frames with its own decoder
+//! (`ws::WsConn` in mod.rs), which keeps no more than what has arrived.
 //! No I/O here: bytes in, bytes out.
 
 use std::ops::Range;
