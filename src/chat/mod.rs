@@ -8,6 +8,7 @@ mod handover;
 pub mod history;
 pub mod message;
 pub mod moderation;
+pub mod presence;
 pub mod replica;
 pub mod replicated;
 pub mod room;
@@ -41,7 +42,8 @@ pub enum Effect {
         to: ConnId,
         frame: Chunk,
     },
-    /// One encoded frame for every member except `except`.
+    /// A join or leave event for every member that takes them one by one
+    /// (`presence::Mode::Each`, plain `/ws` always) except `except`.
     Broadcast {
         except: Option<ConnId>,
         frame: Rc<[u8]>,
@@ -73,6 +75,12 @@ pub enum Effect {
     /// (the `delete` event).
     BroadcastV2 {
         frame: Rc<[u8]>,
+    },
+    /// An interval's presence: `diff` for every `presence=batch` member, `count`
+    /// for every `presence=count` one, each encoded once.
+    Presence {
+        diff: Option<Rc<[u8]>>,
+        count: Option<Rc<[u8]>>,
     },
 }
 
@@ -171,6 +179,8 @@ pub struct Chat {
     /// leaves and messages take effect when they come back from the room's channel
     /// (`apply_*`), and local events become `Publish`/`Left` effects instead.
     replica: Option<Replica>,
+    /// Joins and leaves for the members that take them in batches.
+    presence: presence::Batcher,
     /// Banned users, lowercased: a login for them gets no session.
     banned: std::collections::HashSet<Box<str>>,
     pub stats: ChatStats,
@@ -187,6 +197,7 @@ impl Chat {
             wall: None,
             message_rate: cfg.message_rate,
             replica: None,
+            presence: presence::Batcher::default(),
             banned: Default::default(),
             stats: ChatStats::default(),
         }
@@ -337,6 +348,34 @@ impl Chat {
         self.room.members()
     }
 
+    /// Members that get each join and leave as its own event, in connect order.
+    pub fn eventful(&self) -> &[ConnId] {
+        self.room.eventful()
+    }
+
+    /// How the member on `conn` hears of joins and leaves.
+    pub fn presence_mode(&self, conn: ConnId) -> Option<presence::Mode> {
+        self.room.get(conn).map(|m| m.presence)
+    }
+
+    /// The member on `conn` (just joined, its hello not yet sent) takes presence in
+    /// `mode` from now on.
+    pub fn set_presence(&mut self, conn: ConnId, mode: presence::Mode) {
+        if self.room.set_presence(conn, mode) {
+            self.presence.hello(mode);
+        }
+    }
+
+    /// Sends what presence has pending now, interval or not (a hand-over's capture:
+    /// the queues travel, the batcher does not).
+    pub fn flush_presence(&mut self, fx: &mut Effects) {
+        let (batched, counted) = self.room.subscribers();
+        let f = self.presence.flush(self.online_count(), batched > 0, counted > 0);
+        if f.diff.is_some() || f.count.is_some() {
+            fx.push(Effect::Presence { diff: f.diff, count: f.count });
+        }
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -367,7 +406,8 @@ impl Chat {
             Some(limit) if rate_limited => Some(Bucket::full(limit, now)),
             _ => None,
         };
-        if !self.room.insert(conn, Member { session: k, bucket, v2, unacked: 0 }) {
+        let member = Member { session: k, bucket, v2, unacked: 0, presence: presence::Mode::Each };
+        if !self.room.insert(conn, member) {
             return Err(JoinError::AlreadyConnected);
         }
         self.sessions.set_socket(k, Some(conn));
@@ -487,7 +527,7 @@ impl Chat {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.sessions.next_deadline()
+        [self.sessions.next_deadline(), self.presence.next_deadline()].into_iter().flatten().min()
     }
 
     /// True if no session has outlived its TTL at `now` (O(sessions); for checks).
@@ -509,6 +549,13 @@ impl Chat {
         self.sessions.expire(now, &mut expired);
         for (k, s) in expired {
             self.ended(k, s, EndReason::Expired, fx);
+        }
+        let (batched, counted) = self.room.subscribers();
+        let online = self.online_count();
+        if let Some(f) = self.presence.on_timeout(now, online, batched > 0, counted > 0) {
+            if f.diff.is_some() || f.count.is_some() {
+                fx.push(Effect::Presence { diff: f.diff, count: f.count });
+            }
         }
     }
 
