@@ -38,11 +38,14 @@ pub enum Outcome {
     },
 }
 
-/// `/ws?v=2[&since=N&epoch=E]`: what a v2 client already has.
+/// `/ws?v=2[&since=N&epoch=E][&presence=M]`: what a v2 client already has, and how
+/// it wants joins and leaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resume {
     pub since: Option<u64>,
     pub epoch: Option<String>,
+    /// `presence=each|batch|count` (each if absent).
+    pub presence: crate::chat::presence::Mode,
 }
 
 /// The most messages one `/api/history` page gives.
@@ -531,7 +534,12 @@ fn resume(req: &Request) -> Result<Option<Resume>, Response> {
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return Err(Response::error(400, "invalid_query")),
     };
-    Ok(Some(Resume { since, epoch: req.query("epoch").map(str::to_owned) }))
+    let presence = match req.query("presence").map(crate::chat::presence::Mode::parse) {
+        None => crate::chat::presence::Mode::Each,
+        Some(Some(mode)) => mode,
+        Some(None) => return Err(Response::error(400, "invalid_query")),
+    };
+    Ok(Some(Resume { since, epoch: req.query("epoch").map(str::to_owned), presence }))
 }
 
 fn websocket(req: &Request, ctx: &mut Ctx) -> Outcome {

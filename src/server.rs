@@ -31,6 +31,14 @@ mod handover;
 mod memory;
 pub use config::ServerConfig;
 
+/// Who a broadcast goes to: the whole room (messages), or the members that take
+/// joins and leaves one by one (presence events).
+#[derive(Clone, Copy)]
+enum Audience {
+    All,
+    Eventful,
+}
+
 pub struct Server<S> {
     conns: Slab<Conn<S>>,
     pub cx: Cx,
@@ -284,11 +292,13 @@ impl<S: Stream> Server<S> {
                         self.delivered(to, &mut slow);
                     }
                     Effect::Broadcast { except, frame } => {
-                        self.broadcast(except, frame, None, &mut slow);
+                        self.broadcast(Audience::Eventful, except, frame, None, &mut slow);
                     }
+                    Effect::Presence { diff, count } => self.presence(diff, count, &mut slow),
                     Effect::BroadcastV2 { frame } => self.broadcast_v2(frame, &mut slow),
                     Effect::Message { except, v1, v2 } => {
-                        let (seq, v2_recipients) = self.broadcast(except, v1, Some(v2.clone()), &mut slow);
+                        let (seq, v2_recipients) =
+                            self.broadcast(Audience::All, except, v1, Some(v2.clone()), &mut slow);
                         // Held now by this handle, the history ring and one queue
                         // per v2 recipient: done once those queues have let go.
                         let v2 = (v2_recipients > 0).then(|| {
@@ -327,6 +337,7 @@ impl<S: Stream> Server<S> {
     /// any v1 client got the frame, and how many v2 clients got it.
     fn broadcast(
         &mut self,
+        to: Audience,
         except: Option<usize>,
         frame: Rc<[u8]>,
         v2: Option<Rc<[u8]>>,
@@ -335,8 +346,16 @@ impl<S: Stream> Server<S> {
         let mut seq = None;
         let mut recipients = 0;
         let mut v2_recipients = 0;
-        for i in 0..self.cx.chat.members().len() {
-            let to = self.cx.chat.members()[i];
+        let list = |chat: &Chat| match to {
+            Audience::All => chat.members().len(),
+            Audience::Eventful => chat.eventful().len(),
+        };
+        let at = |chat: &Chat, i: usize| match to {
+            Audience::All => chat.members()[i],
+            Audience::Eventful => chat.eventful()[i],
+        };
+        for i in 0..list(&self.cx.chat) {
+            let to = at(&self.cx.chat, i);
             if Some(to) == except {
                 continue;
             }
@@ -356,6 +375,31 @@ impl<S: Stream> Server<S> {
             self.cx.log.seal(seq, recipients);
         }
         (seq, v2_recipients)
+    }
+
+    /// An interval's presence, each frame shared by all its subscribers: one pass over
+    /// the room per interval, whatever the number of joins in it.
+    fn presence(&mut self, diff: Option<Rc<[u8]>>, count: Option<Rc<[u8]>>, slow: &mut Vec<usize>) {
+        use crate::chat::presence::Mode;
+        for i in 0..self.cx.chat.members().len() {
+            let to = self.cx.chat.members()[i];
+            let frame = match self.cx.chat.presence_mode(to) {
+                Some(Mode::Batch) => diff.as_ref(),
+                Some(Mode::Count) => count.as_ref(),
+                _ => None,
+            };
+            if let Some(frame) = frame {
+                self.conns[to].out.push(Chunk::Shared(frame.clone()));
+                self.cx.stats.deliveries += 1;
+                self.delivered(to, slow);
+            }
+        }
+    }
+
+    /// Sends the presence batched so far at once (before a hand-over's capture).
+    pub fn flush_presence(&mut self, now: Instant) {
+        self.cx.chat.flush_presence(&mut self.cx.fx);
+        self.apply_effects(now);
     }
 
     /// A frame only protocol v2 members get (plain `/ws` stays as it was).

@@ -50,6 +50,7 @@ impl Chat {
     pub(super) fn announce_join(&mut self, conn: ConnId, user: &str, fx: &mut Effects) {
         if self.replica.is_none() {
             fx.push(Effect::Broadcast { except: Some(conn), frame: event_frame("join", user) });
+            self.note_presence(user, true);
         }
     }
 
@@ -59,7 +60,18 @@ impl Chat {
             fx.push(Effect::Left { user });
         } else {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
+            self.note_presence(&user, false);
         }
+    }
+
+    /// A join or leave for the members that take them in batches (`presence.rs`);
+    /// nothing to keep while none does.
+    pub(super) fn note_presence(&mut self, user: &str, joined: bool) {
+        if self.room.subscribers() == (0, 0) {
+            return;
+        }
+        let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));
+        self.presence.note(&name, joined);
     }
 
     /// Out: a message in the room's order becomes its frames (v1 and v2, each encoded
@@ -93,6 +105,7 @@ impl Chat {
         let Some(r) = self.replica.as_mut() else { return };
         if r.insert(name) {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("join", name) });
+            self.note_presence(name, true);
         }
     }
 
@@ -101,6 +114,7 @@ impl Chat {
         let Some(r) = self.replica.as_mut() else { return };
         if r.remove(name) {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", name) });
+            self.note_presence(name, false);
         }
     }
 }

@@ -30,6 +30,13 @@ impl Chat {
             self.ended(k, s, EndReason::Expired, fx);
         }
         self.end_timed_bans(now);
+        let (batched, counted) = self.room.subscribers();
+        let online = self.online_count();
+        if let Some(f) = self.presence.on_timeout(now, online, batched > 0, counted > 0) {
+            if f.diff.is_some() || f.count.is_some() {
+                fx.push(Effect::Presence { diff: f.diff, count: f.count });
+            }
+        }
     }
 
     pub(super) fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {

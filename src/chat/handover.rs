@@ -3,6 +3,7 @@
 //! accessors `/api/history` and a start-up restore use, so whatever else a message
 //! comes to carry stays in one place.
 
+use super::presence::Mode;
 use super::room::{Bucket, Member, Room};
 use super::session::SessionKey;
 use super::Chat;
@@ -23,7 +24,13 @@ impl Chat {
                     let (tokens, last) = b.parts();
                     (tokens, Rel::of(last, now))
                 });
-                Some(MemberState { conn, session: (m.session.key, m.session.generation), bucket, v2: m.v2 })
+                Some(MemberState {
+                    conn,
+                    session: (m.session.key, m.session.generation),
+                    bucket,
+                    v2: m.v2,
+                    presence: m.presence.code(),
+                })
             })
             .collect();
         let entries = self.history.page(None, usize::MAX).cloned().collect();
@@ -64,7 +71,8 @@ impl Chat {
             let first = all_v2.is_none();
             let next = s.socket();
             let bucket = m.bucket.map(|(tokens, last)| Bucket::from_parts(tokens, last.at(now)));
-            if !room.insert(m.conn, Member::new(session, bucket, m.v2, next)) {
+            let presence = Mode::from_code(m.presence).ok_or("an unknown presence mode")?;
+            if !room.insert(m.conn, Member::new(session, bucket, m.v2, next, presence)) {
                 return Err("a connection in the room twice");
             }
             sessions.set_socket(session, Some(m.conn));

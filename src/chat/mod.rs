@@ -10,6 +10,7 @@ mod handover;
 pub mod history;
 pub mod message;
 pub mod moderation;
+pub mod presence;
 pub mod replica;
 pub mod replicated;
 pub mod room;
@@ -42,7 +43,8 @@ pub enum Effect {
         to: ConnId,
         frame: Chunk,
     },
-    /// One encoded frame for every member except `except`.
+    /// A join or leave event for every member that takes them one by one
+    /// (`presence::Mode::Each`, plain `/ws` always) except `except`.
     Broadcast {
         except: Option<ConnId>,
         frame: Rc<[u8]>,
@@ -76,6 +78,12 @@ pub enum Effect {
     /// (the `delete` event).
     BroadcastV2 {
         frame: Rc<[u8]>,
+    },
+    /// An interval's presence: `diff` for every `presence=batch` member, `count`
+    /// for every `presence=count` one, each encoded once.
+    Presence {
+        diff: Option<Rc<[u8]>>,
+        count: Option<Rc<[u8]>>,
     },
 }
 
@@ -180,6 +188,8 @@ pub struct Chat {
     replica: Option<Replica>,
     /// Cluster mode: a snapshot whose messages are still coming, a slice a turn.
     restoring: Option<replicated::Restore>,
+    /// Joins and leaves for the members that take them in batches.
+    presence: presence::Batcher,
     /// Banned users, lowercased: a login for them gets no session.
     banned: std::collections::HashMap<Box<str>, moderation::Ban>,
     max_devices: usize,
@@ -202,6 +212,7 @@ impl Chat {
             message_rate: cfg.message_rate,
             replica: None,
             restoring: None,
+            presence: presence::Batcher::default(),
             banned: Default::default(),
             max_devices: cfg.max_devices.max(1),
             ended_bans: Vec::new(),
@@ -350,6 +361,34 @@ impl Chat {
         self.room.members()
     }
 
+    /// Members that get each join and leave as its own event, in connect order.
+    pub fn eventful(&self) -> &[ConnId] {
+        self.room.eventful()
+    }
+
+    /// How the member on `conn` hears of joins and leaves.
+    pub fn presence_mode(&self, conn: ConnId) -> Option<presence::Mode> {
+        self.room.get(conn).map(|m| m.presence)
+    }
+
+    /// The member on `conn` (just joined, its hello not yet sent) takes presence in
+    /// `mode` from now on.
+    pub fn set_presence(&mut self, conn: ConnId, mode: presence::Mode) {
+        if self.room.set_presence(conn, mode) {
+            self.presence.hello(mode);
+        }
+    }
+
+    /// Sends what presence has pending now, interval or not (a hand-over's capture:
+    /// the queues travel, the batcher does not).
+    pub fn flush_presence(&mut self, fx: &mut Effects) {
+        let (batched, counted) = self.room.subscribers();
+        let f = self.presence.flush(self.online_count(), batched > 0, counted > 0);
+        if f.diff.is_some() || f.count.is_some() {
+            fx.push(Effect::Presence { diff: f.diff, count: f.count });
+        }
+    }
+
     pub fn session_count(&self) -> usize {
         self.sessions.len()
     }
@@ -373,7 +412,7 @@ impl Chat {
         };
         let first = self.sessions.socket_of_user(&user).is_none();
         let next = self.sessions.get(k).and_then(|s| s.socket());
-        if !self.room.insert(conn, Member::new(k, bucket, v2, next)) {
+        if !self.room.insert(conn, Member::new(k, bucket, v2, next, presence::Mode::Each)) {
             return Err(JoinError::AlreadyConnected);
         }
         self.sessions.set_socket(k, Some(conn));
@@ -494,11 +533,7 @@ impl Chat {
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
-        let ban = self.next_ban_end();
-        match (self.sessions.next_deadline(), ban) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        [self.sessions.next_deadline(), self.next_ban_end(), self.presence.next_deadline()].into_iter().flatten().min()
     }
 
     /// True if no session has outlived its TTL at `now` (O(sessions); for checks).

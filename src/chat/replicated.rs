@@ -176,9 +176,11 @@ impl Chat {
         let (left, joined) = r.replace(&snap.online);
         for name in left {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &name) });
+            self.note_presence(&name, false);
         }
         for name in joined {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("join", &name) });
+            self.note_presence(&name, true);
         }
         let same_epoch = snap.epoch == self.history.epoch();
         let lost = !same_epoch && !self.history.epoch().is_empty();

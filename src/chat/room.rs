@@ -1,6 +1,7 @@
 //! The room: who is connected, in connect order, and the per-socket message budget.
 //! Knows nothing of sockets or sessions' storage; `ConnId`s are opaque to it.
 
+use super::presence::Mode;
 use super::session::SessionKey;
 use super::ConnId;
 use std::time::Instant;
@@ -60,14 +61,16 @@ pub struct Member {
     /// The next socket opened with the same session (`NO_CONN` at the end): each
     /// session's sockets are a list threaded through the room, 4 bytes a member.
     next: u32,
+    /// How it hears of joins and leaves (`presence.rs`).
+    pub presence: Mode,
 }
 
 const NO_CONN: u32 = u32::MAX;
 
 impl Member {
     /// A member whose session's other sockets start at `next`.
-    pub fn new(session: SessionKey, bucket: Option<Bucket>, v2: bool, next: Option<ConnId>) -> Self {
-        let mut m = Member { session, bucket, v2, unacked: 0, next: NO_CONN };
+    pub fn new(session: SessionKey, bucket: Option<Bucket>, v2: bool, next: Option<ConnId>, presence: Mode) -> Self {
+        let mut m = Member { session, bucket, v2, unacked: 0, next: NO_CONN, presence };
         m.set_next(next);
         m
     }
@@ -89,6 +92,12 @@ pub struct Room {
     /// so a vector costs less per member than a hash map (measured: ~55 B vs ~105 B
     /// per member at 10,000).
     members: Vec<Option<Member>>,
+    /// The members in `Mode::Each`, in connect order: a join or leave event goes to
+    /// these only, so a room of batch subscribers costs nothing per event.
+    eventful: Vec<ConnId>,
+    /// Members in `Mode::Batch` and `Mode::Count`.
+    batched: usize,
+    counted: usize,
 }
 
 impl Room {
@@ -98,6 +107,51 @@ impl Room {
 
     pub fn len(&self) -> usize {
         self.order.len()
+    }
+
+    /// The members that get each join and leave as its own event.
+    pub fn eventful(&self) -> &[ConnId] {
+        &self.eventful
+    }
+
+    /// How many members subscribe to diffs and to counts.
+    pub fn subscribers(&self) -> (usize, usize) {
+        (self.batched, self.counted)
+    }
+
+    /// Moves a member to another presence mode; false if it is not in the room.
+    pub fn set_presence(&mut self, conn: ConnId, mode: Mode) -> bool {
+        let Some(old) = self.get(conn).map(|m| m.presence) else { return false };
+        if old == mode {
+            return true;
+        }
+        self.unlist(conn, old);
+        self.list(conn, mode);
+        if let Some(m) = self.get_mut(conn) {
+            m.presence = mode;
+        }
+        true
+    }
+
+    fn list(&mut self, conn: ConnId, mode: Mode) {
+        match mode {
+            Mode::Each => self.eventful.push(conn),
+            Mode::Batch => self.batched += 1,
+            Mode::Count => self.counted += 1,
+        }
+    }
+
+    fn unlist(&mut self, conn: ConnId, mode: Mode) {
+        match mode {
+            // From the back: a subscriber joins as `Each` and moves a moment later.
+            Mode::Each => {
+                if let Some(pos) = self.eventful.iter().rposition(|&c| c == conn) {
+                    self.eventful.remove(pos);
+                }
+            }
+            Mode::Batch => self.batched -= 1,
+            Mode::Count => self.counted -= 1,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -126,6 +180,7 @@ impl Room {
         if self.members.len() <= conn {
             self.members.resize_with(conn + 1, || None);
         }
+        self.list(conn, m.presence);
         self.members[conn] = Some(m);
         self.order.push(conn);
         true
@@ -133,6 +188,7 @@ impl Room {
 
     pub fn remove(&mut self, conn: ConnId) -> Option<Member> {
         let m = self.members.get_mut(conn)?.take()?;
+        self.unlist(conn, m.presence);
         // O(members), like the leave broadcast that always follows a removal.
         if let Some(pos) = self.order.iter().position(|&c| c == conn) {
             self.order.remove(pos);
@@ -163,7 +219,7 @@ mod tests {
     fn order_is_connect_order_and_a_connection_joins_once() {
         let mut r = Room::default();
         let k = SessionKey { key: 0, generation: 1 };
-        let m = |generation: u64| Member::new(SessionKey { generation, ..k }, None, false, None);
+        let m = |generation: u64| Member::new(SessionKey { generation, ..k }, None, false, None, Mode::Each);
         assert!(r.insert(5, m(1)));
         assert!(r.insert(2, m(2)));
         assert!(!r.insert(5, m(9)));
@@ -172,5 +228,23 @@ mod tests {
         assert_eq!(r.remove(2).map(|m| m.session.generation), Some(2));
         assert_eq!(r.members(), &[5, 7]);
         assert!(r.get(2).is_none() && r.get(5).is_some());
+    }
+
+    #[test]
+    fn only_each_mode_members_are_eventful() {
+        let mut r = Room::default();
+        let k = SessionKey { key: 0, generation: 1 };
+        let m = || Member::new(k, None, true, None, Mode::Each);
+        for c in 0..4 {
+            r.insert(c, m());
+        }
+        assert!(r.set_presence(1, Mode::Batch) && r.set_presence(3, Mode::Count));
+        assert_eq!(r.eventful(), &[0, 2]);
+        assert_eq!(r.subscribers(), (1, 1));
+        r.remove(1);
+        r.remove(2);
+        assert_eq!(r.eventful(), &[0]);
+        assert_eq!(r.subscribers(), (0, 1));
+        assert!(!r.set_presence(9, Mode::Batch));
     }
 }

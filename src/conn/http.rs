@@ -394,6 +394,7 @@ impl<S: Stream> Conn<S> {
                 let user = cx.chat.username(session).unwrap_or("?");
                 log::info(format_args!("{user} joined from {}", self.peer()));
                 if let Some(resume) = resume {
+                    cx.chat.set_presence(self.key, resume.presence);
                     self.greet(&resume, cx);
                 }
             }

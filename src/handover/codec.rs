@@ -14,7 +14,8 @@
 //! eight times the multiplications over the megabytes of a large hand-over).
 //! Format 2 adds the cluster section at the end of the body; format 3 carries each
 //! kept message as its v2 frame instead of its text (the ring's own form: nothing
-//! to re-encode, nothing copied twice). Formats 1 and 2 are still read.
+//! to re-encode, nothing copied twice); format 4 adds each member's presence mode
+//! after its `v2` flag (older formats: one event each). Formats 1 to 3 are still read.
 //!
 //! The body is written in chunks straight to its destination (`encode_to`), with
 //! its length and checksum put in place at the end, and read in place (`decode_with`)
@@ -35,7 +36,7 @@ use write::W;
 /// The envelope's layout 1. A later layout gets a new magic; this one stays frozen.
 pub const MAGIC: &[u8; 16] = b"SKIFF-HANDOVER-1";
 /// The state format this build writes; it reads this and every earlier one.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// A descriptor that crosses the exec with the state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

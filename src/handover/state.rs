@@ -134,6 +134,8 @@ pub struct MemberState {
     /// The message bucket: tokens and when it was last filled; `None` if unmetered.
     pub bucket: Option<(f32, Rel)>,
     pub v2: bool,
+    /// `chat::presence::Mode::code` (format 3 and older: 0, one event each).
+    pub presence: u8,
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

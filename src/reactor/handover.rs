@@ -271,6 +271,8 @@ impl Reactor {
         // its commits release are queued for their senders: they travel as output.
         self.server.cx.storage.drain();
         self.server.on_storage(Instant::now());
+        // Batched presence still waiting for its interval goes out with the queues.
+        self.server.flush_presence(Instant::now());
         let now = Instant::now();
         if self.tls.is_some() {
             let n = self.server.close_all_now(now);

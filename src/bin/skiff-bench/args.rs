@@ -32,6 +32,18 @@ usage: skiff-bench [--url http://127.0.0.1:7777[,http://...] | --raw ws://HOST:P
                      costs a full core, so use it only where one is free
   --join-secs S      max wait for the join storm after connecting [60]
   --json             print one JSON object instead of the table
+  --presence M       clients speak protocol v2 (/ws?v=2) and take presence as M:
+                     each (one event per join), batch (diffs) or count; the join storm
+                     is over once every client's online list (or count) reaches N
+
+Reconnect storm (instead of the load phase): with every client connected, run CMD
+(e.g. kill -9 the server and start it again, or restart it cleanly); clients that
+lose their socket reconnect as the page does (full-jitter exponential backoff,
+resuming with since= on v2), the senders chat throughout:
+  --storm-cmd CMD    sh -c CMD, after the idle phase; it must return (start the new
+                     server in the background)
+  --storm-secs S     max wait for every client to be back [60]
+  --backoff-ms B,C   the backoff: attempt k waits uniform(0, min(C, B*2^k)) ms [500,10000]
 
 Cluster (several --url nodes sharing one room): client i registers on node i%n, logs in
 on node (i+1)%n and opens its WebSocket on node i%n; senders are clients 0..K-1.
@@ -90,6 +102,12 @@ pub struct Args {
     pub stop_file: Option<PathBuf>,
     pub start_after: Option<PathBuf>,
     pub done_file: Option<PathBuf>,
+    /// `--presence`: None for plain `/ws`.
+    pub presence: Option<String>,
+    pub storm_cmd: Option<String>,
+    pub storm_wait: Duration,
+    /// Base and cap of the reconnect backoff.
+    pub backoff: (Duration, Duration),
     /// `--senders` was given (listeners refuse senders rather than ignore them).
     senders_given: bool,
 }
@@ -123,6 +141,10 @@ impl Default for Args {
             stop_file: None,
             start_after: None,
             done_file: None,
+            presence: None,
+            storm_cmd: None,
+            storm_wait: Duration::from_secs(60),
+            backoff: (Duration::from_millis(500), Duration::from_secs(10)),
             senders_given: false,
         }
     }
@@ -185,6 +207,23 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Strin
             "--register-flood" => a.flood_clients = num(val()?)? as usize,
             "--register-secs" => a.flood_secs = Some(secs(val()?)?),
             "--json" => a.json = true,
+            "--presence" => {
+                let m = val()?;
+                if !matches!(m.as_str(), "each" | "batch" | "count") {
+                    return Err(format!("--presence: each, batch or count, not {m}"));
+                }
+                a.presence = Some(m);
+            }
+            "--storm-cmd" => a.storm_cmd = Some(val()?),
+            "--storm-secs" => a.storm_wait = secs(val()?)?,
+            "--backoff-ms" => {
+                let v = list(&val()?, |x| x.parse::<u64>().map_err(|_| format!("{flag}: not a number: {x}")))?;
+                let [base, cap] = v[..] else { return Err(format!("{flag}: BASE,CAP")) };
+                if base == 0 || cap < base {
+                    return Err(format!("{flag}: 0 < BASE <= CAP"));
+                }
+                a.backoff = (Duration::from_millis(base), Duration::from_millis(cap));
+            }
             "--spin" => a.spin = true,
             other => return Err(format!("unknown flag {other} (see --help)")),
         }
@@ -261,6 +300,15 @@ fn validate(mut a: Args) -> Result<Args, String> {
     if a.flood_secs.is_some() && a.flood_clients == 0 {
         return Err("--register-secs without --register-flood".into());
     }
+    if a.presence.is_some() && a.raw {
+        return Err("--presence needs a skiff server, not --raw".into());
+    }
+    if let Some(m) = &a.presence {
+        a.path = if m == "each" { "/ws?v=2".into() } else { format!("/ws?v=2&presence={m}") };
+    }
+    if a.storm_cmd.is_some() && (a.raw || a.role != Role::All || a.flood_clients > 0) {
+        return Err("--storm-cmd: a skiff server, --role all, no --register-flood".into());
+    }
     if a.prefix.is_empty() {
         let mut r = [0u8; 4];
         getrandom::fill(&mut r).map_err(|e| e.to_string())?;
@@ -322,6 +370,10 @@ mod tests {
             (&["--role", "listeners", "--stop-file", "s", "--done-file", "d"], "--role all"),
             (&["--ready-file", "r"], "--role listeners"),
             (&["--url", "http://127.0.0.1:1,http://127.0.0.1:2", "--register-flood", "2"], "one --url"),
+            (&["--presence", "some"], "--presence"),
+            (&["--raw", "ws://127.0.0.1:9/", "--presence", "batch"], "--raw"),
+            (&["--backoff-ms", "500"], "BASE,CAP"),
+            (&["--backoff-ms", "500,100"], "BASE <= CAP"),
         ] {
             let e = parse_strs(args).err().unwrap_or_else(|| panic!("{args:?} accepted"));
             assert!(e.contains(what), "{args:?}: {e}");
@@ -373,6 +425,15 @@ mod tests {
                 .unwrap();
         assert_eq!((a.role, a.senders, a.join_wait), (Role::All, 10, Duration::from_secs(300)));
         assert!(a.start_after.is_some() && a.done_file.is_some());
+    }
+
+    #[test]
+    fn presence_picks_the_v2_path_and_the_storm_its_backoff() {
+        let a =
+            parse_strs(&["--presence", "batch", "--storm-cmd", "true", "--backoff-ms", "100,2000"]).unwrap().unwrap();
+        assert_eq!(a.path, "/ws?v=2&presence=batch");
+        assert_eq!(a.backoff, (Duration::from_millis(100), Duration::from_secs(2)));
+        assert_eq!(parse_strs(&["--presence", "each"]).unwrap().unwrap().path, "/ws?v=2");
     }
 
     #[test]

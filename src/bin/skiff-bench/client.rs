@@ -39,6 +39,59 @@ struct Client {
     unacked_since: std::collections::VecDeque<u64>,
     /// Which `--url` node it is connected to.
     node: usize,
+    /// Where it connects from and to, and its first upgrade request (a reconnect
+    /// sends it again, with `since=` on v2).
+    source: Ipv4Addr,
+    to: SocketAddr,
+    request: Vec<u8>,
+    /// v2: the last message id seen, for `since=`.
+    last_id: u64,
+    /// v2: how many users its online list (or count) holds: the hello's, then
+    /// every join and leave it heard.
+    online: i64,
+    /// Reconnect attempts since it was last open (the backoff's exponent).
+    attempt: u32,
+    /// When it last opened (`now_ns`): messages sent before it are history it
+    /// resumed, not live chat.
+    opened_ns: u64,
+}
+
+/// The reconnect storm's side of the loop (see `storm.rs`): closed clients come back
+/// after a full-jitter exponential backoff.
+pub struct Storm {
+    base: Duration,
+    cap: Duration,
+    retry: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, usize)>>,
+    rng: u64,
+    /// Open sockets lost, reconnects started, handshakes refused (non-101 or closed
+    /// before the answer), messages replayed by a resume.
+    pub drops: u64,
+    pub attempts: u64,
+    pub refused: u64,
+    pub replayed: u64,
+    /// When a client last opened (`now_ns`).
+    pub last_open_ns: u64,
+}
+
+impl Storm {
+    pub fn new(base: Duration, cap: Duration) -> Storm {
+        let mut seed = [0u8; 8];
+        let _ = getrandom::fill(&mut seed);
+        let rng = u64::from_le_bytes(seed) | 1;
+        let retry = std::collections::BinaryHeap::new();
+        Storm { base, cap, retry, rng, drops: 0, attempts: 0, refused: 0, replayed: 0, last_open_ns: 0 }
+    }
+
+    /// uniform(0, min(cap, base * 2^attempt)), as the page waits.
+    fn backoff(&mut self, attempt: u32) -> Duration {
+        let window = self.base.saturating_mul(1u32 << attempt.min(20)).min(self.cap);
+        // xorshift64: enough spread for jitter.
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        let ns = window.as_nanos() as u64;
+        Duration::from_nanos(if ns == 0 { 0 } else { self.rng % ns })
+    }
 }
 
 #[derive(Default, Clone, Copy)]
@@ -77,6 +130,13 @@ pub struct Bench {
     self_deliveries: u64,
     /// Busy-poll instead of sleeping in epoll (see `--spin`).
     spin: bool,
+    /// Protocol v2 clients: they count who is online (hello, joins, presence).
+    v2: bool,
+    /// v2: clients whose online count has reached `full`.
+    pub complete: usize,
+    pub full: i64,
+    /// Set during a reconnect storm.
+    pub storm: Option<Storm>,
 }
 
 fn connect_from(source: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
@@ -117,7 +177,7 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 impl Bench {
-    pub fn new(raw: bool, spin: bool) -> io::Result<Bench> {
+    pub fn new(raw: bool, spin: bool, v2: bool, full: usize) -> io::Result<Bench> {
         Ok(Bench {
             poll: Poll::new()?,
             clients: Vec::new(),
@@ -133,6 +193,10 @@ impl Bench {
             raw,
             self_deliveries: 0,
             spin,
+            v2,
+            complete: 0,
+            full: full as i64,
+            storm: None,
         })
     }
 
@@ -152,7 +216,16 @@ impl Bench {
             sent: 0,
             unacked_since: std::collections::VecDeque::new(),
             node,
+            source,
+            to,
+            request: Vec::new(),
+            last_id: 0,
+            online: 0,
+            attempt: 0,
+            opened_ns: 0,
         });
+        let c = self.clients.last_mut().expect("just pushed");
+        c.request.clone_from(&c.out);
         if self.node_messages.len() <= node {
             self.node_messages.resize(node + 1, 0);
         }
@@ -189,6 +262,7 @@ impl Bench {
             if tick(self) || Instant::now() >= deadline {
                 return;
             }
+            self.reconnect_due();
             let _ = self.poll.poll(&mut events, Some(wait));
             for ev in events.iter() {
                 let i = ev.token().0;
@@ -248,15 +322,94 @@ impl Bench {
 
     fn close(&mut self, i: usize) {
         let c = &mut self.clients[i];
-        if c.state == State::Open {
-            self.open -= 1;
+        if c.state == State::Closed {
+            return;
         }
-        if c.state != State::Closed {
-            if c.state != State::Open {
+        let was_open = c.state == State::Open;
+        c.state = State::Closed;
+        let _ = self.poll.registry().deregister(&mut c.sock);
+        if was_open {
+            self.open -= 1;
+            if self.v2 && c.online >= self.full {
+                self.complete -= 1;
+            }
+        }
+        let Some(st) = self.storm.as_mut() else {
+            if !was_open {
                 self.failed += 1;
             }
-            c.state = State::Closed;
-            let _ = self.poll.registry().deregister(&mut c.sock);
+            return;
+        };
+        if was_open {
+            st.drops += 1;
+        } else {
+            st.refused += 1;
+        }
+        let wait = st.backoff(c.attempt);
+        c.attempt += 1;
+        st.retry.push(std::cmp::Reverse((Instant::now() + wait, i)));
+    }
+
+    /// Starts the reconnects whose backoff is over.
+    fn reconnect_due(&mut self) {
+        let now = Instant::now();
+        loop {
+            let Some(st) = self.storm.as_mut() else { return };
+            match st.retry.peek() {
+                Some(std::cmp::Reverse((at, _))) if *at <= now => {}
+                _ => return,
+            }
+            let Some(std::cmp::Reverse((_, i))) = st.retry.pop() else { return };
+            st.attempts += 1;
+            self.reconnect(i);
+        }
+    }
+
+    /// Client `i` again, on a new socket, resuming where it was (v2 `since=`).
+    fn reconnect(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let mut request = c.request.clone();
+        if self.v2 && c.last_id > 0 {
+            if let Some(at) = request.windows(9).position(|w| w == b" HTTP/1.1") {
+                let since = format!("&since={}", c.last_id);
+                request.splice(at..at, since.into_bytes());
+            }
+        }
+        let sock = connect_from(c.source, c.to).and_then(|mut sock| {
+            self.poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+            Ok(sock)
+        });
+        match sock {
+            Ok(sock) => {
+                c.sock = sock;
+                c.state = State::Connecting;
+                c.carry.clear();
+                c.out = request;
+                c.writable = false;
+                c.unacked_since.clear();
+                c.online = 0;
+            }
+            // Out of ports or descriptors for now: the client waits its next turn.
+            Err(_) => {
+                if let Some(st) = self.storm.as_mut() {
+                    st.refused += 1;
+                    let wait = st.backoff(c.attempt);
+                    c.attempt += 1;
+                    st.retry.push(std::cmp::Reverse((Instant::now() + wait, i)));
+                }
+            }
+        }
+    }
+
+    /// v2: client `i`'s online count moved by `delta` (or, `set`, is `delta`).
+    fn online(&mut self, i: usize, delta: i64, set: bool) {
+        let c = &mut self.clients[i];
+        let was = c.online >= self.full;
+        c.online = if set { delta } else { c.online + delta };
+        match (was, c.online >= self.full) {
+            (false, true) => self.complete += 1,
+            (true, false) => self.complete -= 1,
+            _ => {}
         }
     }
 
@@ -306,8 +459,14 @@ impl Bench {
                 self.close(i);
                 return data.len();
             }
-            self.clients[i].state = State::Open;
+            let c = &mut self.clients[i];
+            c.state = State::Open;
+            c.attempt = 0;
+            c.opened_ns = now;
             self.open += 1;
+            if let Some(st) = self.storm.as_mut() {
+                st.last_open_ns = now;
+            }
             pos = end + 4;
         }
         loop {
@@ -336,7 +495,10 @@ impl Bench {
     }
 
     fn on_text(&mut self, i: usize, p: &[u8], now: u64) {
-        const MSG: &[u8] = b"{\"message\":\"";
+        const MSG: &[u8] = b"\"message\":\"";
+        if self.v2 && self.on_v2_event(i, p) {
+            return;
+        }
         if !self.raw && p.starts_with(b"{\"status\":") {
             if let Some(sent) = self.clients[i].unacked_since.pop_front() {
                 self.ack_hist.record(now.saturating_sub(sent));
@@ -369,12 +531,79 @@ impl Bench {
             self.self_deliveries += 1;
             return;
         }
+        if let Some(st) = self.storm.as_mut() {
+            if sent.is_some_and(|s| s < self.clients[i].opened_ns) {
+                st.replayed += 1;
+                return;
+            }
+        }
         self.counts.messages += 1;
         self.node_messages[self.clients[i].node] += 1;
         self.last_delivery_ns = now;
         if let Some(sent) = sent {
             self.hist.record(now.saturating_sub(sent));
         }
+    }
+}
+
+impl Bench {
+    /// v2 frames that move the online count (hello, join, leave, presence), and
+    /// message ids for `since=`. True if `p` was one of the events.
+    fn on_v2_event(&mut self, i: usize, p: &[u8]) -> bool {
+        const ID: &[u8] = b"{\"id\":";
+        if p.starts_with(ID) {
+            let digits = p[ID.len()..].split(|b| !b.is_ascii_digit()).next();
+            if let Some(id) = digits.and_then(parse_u64) {
+                let c = &mut self.clients[i];
+                c.last_id = c.last_id.max(id);
+            }
+            return false;
+        }
+        if p.starts_with(b"{\"event\":\"join") {
+            self.counts.joins += 1;
+            self.online(i, 1, false);
+            return true;
+        }
+        if p.starts_with(b"{\"event\":\"leave") {
+            self.counts.leaves += 1;
+            self.online(i, -1, false);
+            return true;
+        }
+        if !p.starts_with(b"{\"event\":\"presence")
+            && !p.starts_with(b"{\"epoch\"")
+            && !p.starts_with(b"{\"event\":\"hello")
+        {
+            return false;
+        }
+        use serde::de::IgnoredAny;
+        #[derive(serde::Deserialize)]
+        struct Presence {
+            event: String,
+            #[serde(default)]
+            join: Vec<IgnoredAny>,
+            #[serde(default)]
+            leave: Vec<IgnoredAny>,
+            #[serde(default)]
+            online: Option<serde_json::Value>,
+            #[serde(default)]
+            last_id: Option<u64>,
+        }
+        let Ok(e) = serde_json::from_slice::<Presence>(p) else { return false };
+        match (e.event.as_str(), &e.online) {
+            ("hello", Some(serde_json::Value::Array(list))) => {
+                let c = &mut self.clients[i];
+                c.last_id = c.last_id.max(e.last_id.unwrap_or(0));
+                self.online(i, list.len() as i64, true);
+            }
+            ("presence", Some(serde_json::Value::Number(n))) => self.online(i, n.as_i64().unwrap_or(0), true),
+            ("presence", _) => {
+                self.counts.joins += e.join.len() as u64;
+                self.counts.leaves += e.leave.len() as u64;
+                self.online(i, e.join.len() as i64 - e.leave.len() as i64, false);
+            }
+            _ => return false,
+        }
+        true
     }
 }
 

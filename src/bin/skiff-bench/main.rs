@@ -17,6 +17,7 @@ mod hist;
 mod http;
 mod progress;
 mod report;
+mod storm;
 mod sys;
 
 use args::{Args, Role};
@@ -62,7 +63,7 @@ fn run(a: &Args) -> Result<Report, String> {
         wait_for_file(f, hard_stop)?;
     }
     let rss_before = rss_of(a);
-    let mut bench = Bench::new(a.raw, a.spin).map_err(|e| format!("epoll: {e}"))?;
+    let mut bench = Bench::new(a.raw, a.spin, a.presence.is_some(), a.clients).map_err(|e| format!("epoll: {e}"))?;
     let setup = setup(a, &mut bench, hard_stop)?;
     let (idle, load, flood) = if a.role == Role::Listeners {
         let idle = report::Idle { node_rss_before_kib: rss_before, node_rss_idle_kib: rss_of(a) };
@@ -80,9 +81,13 @@ fn run(a: &Args) -> Result<Report, String> {
         (idle, load, flood)
     };
     let joins_total = bench.counts.joins;
+    let storm = match a.storm_cmd {
+        Some(_) => Some(storm::run(a, &mut bench, hard_stop)?),
+        None => None,
+    };
     let teardown_s = teardown(&mut bench);
     progress::clear();
-    Ok(Report { setup, idle, load, flood, joins_total, teardown_s })
+    Ok(Report { setup, idle, load, flood, joins_total, teardown_s, storm })
 }
 
 fn rss_of(a: &Args) -> Vec<Option<u64>> {
@@ -197,6 +202,12 @@ fn connect(a: &Args, bench: &mut Bench, cookies: &[String], hard_stop: Instant) 
 /// the listeners' report counts but does not wait for). Returns (expected, received).
 fn join_storm(a: &Args, bench: &mut Bench, hard_stop: Instant) -> (u64, u64) {
     let n = a.clients as u64;
+    if a.presence.is_some() {
+        // v2: over once every client's online list (or count) holds all N.
+        progress::show("joins", &format!("waiting for {n} clients to see {n} online"));
+        bench.run((Instant::now() + a.join_wait).min(hard_stop), |b| b.complete >= a.clients);
+        return (n, bench.complete as u64);
+    }
     let expected = if a.raw { 0 } else { n * (n - 1) / 2 };
     progress::show("joins", &format!("waiting for {expected} join events"));
     bench.run((Instant::now() + a.join_wait).min(hard_stop), |b| b.counts.joins >= expected);

@@ -66,6 +66,8 @@ pub struct Report {
     /// clients other processes connected later (N(N-1)/2 summed over processes).
     pub joins_total: u64,
     pub teardown_s: f64,
+    /// The reconnect storm, when `--storm-cmd` asked for one.
+    pub storm: Option<crate::storm::Outcome>,
 }
 
 /// The sum over nodes, None unless every node (at least one) was read.
@@ -266,6 +268,7 @@ impl Report {
             },
             "load": self.load.json(),
             "register_flood": self.flood.as_ref().map(|f| f.json(a)),
+            "storm": self.storm.as_ref().map(|s| s.json()),
             "teardown_s": self.teardown_s,
         })
     }
@@ -355,6 +358,9 @@ impl Report {
         }
         if a.targets.len() > 1 || a.redis_pid.is_some() || a.role == Role::Listeners {
             self.print_cluster(a);
+        }
+        if let Some(storm) = &self.storm {
+            storm.print(a.clients);
         }
         println!("  teardown   {:.2} s", self.teardown_s);
     }

@@ -267,7 +267,9 @@ impl<'a> R<'a> {
                 1 => Some((f32::from_bits(self.u32()?), self.rel()?)),
                 _ => return Err(Error::Invalid("bucket marker")),
             };
-            room.push(MemberState { conn, session, bucket, v2: self.bool()? });
+            let v2 = self.bool()?;
+            let presence = if version >= 4 { self.u8()? } else { 0 };
+            room.push(MemberState { conn, session, bucket, v2, presence });
         }
         let epoch = self.string()?;
         let last_id = self.u64()?;

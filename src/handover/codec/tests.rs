@@ -52,7 +52,7 @@ fn sample() -> State {
                     saved: Rel(60_000_000_000),
                 }],
             },
-            room: vec![MemberState { conn: 3, session: (1, 9), bucket: Some((2.5, Rel(-100))), v2: true }],
+            room: vec![MemberState { conn: 3, session: (1, 9), bucket: Some((2.5, Rel(-100))), v2: true, presence: 1 }],
             history: HistoryState {
                 epoch: "e1".into(),
                 last_id: 42,
@@ -102,10 +102,17 @@ fn a_cluster_node_s_state_comes_back_as_it_went() {
 /// is still read: an upgrade from it keeps every socket.
 /// A body as this build writes it, or with kept messages as texts (formats 1, 2).
 fn body_of(state: &State, text_entries: bool) -> Vec<u8> {
+    body_without_presence(state, text_entries, text_entries)
+}
+
+/// A body with kept messages as texts (formats 1, 2) and members without their
+/// presence mode (formats 1 to 3), as asked.
+fn body_without_presence(state: &State, text_entries: bool, without_presence: bool) -> Vec<u8> {
     let mut bytes = Vec::new();
     let mut sink = |b: &[u8]| bytes.extend_from_slice(b);
     let mut body = W::new(&mut sink);
     body.text_entries = text_entries;
+    body.without_presence = without_presence;
     body.state(state);
     body.flush();
     drop(body);
@@ -136,15 +143,32 @@ fn wrapped(handed: &[Handed], version: u32, sum: u64, body: &[u8]) -> Vec<u8> {
 fn formats_1_and_2_are_still_read() {
     let mut body = body_of(&sample(), true);
     let v2 = wrapped(&handed(), 2, checksum_words(&body), &body);
-    assert_eq!(decode(&v2).unwrap().state.unwrap(), sample());
+    assert_eq!(decode(&v2).unwrap().state.unwrap(), each_mode(sample()));
     assert_eq!(body.pop(), Some(0), "format 2 ends with the cluster marker");
     let v1 = wrapped(&handed(), 1, checksum(&body), &body);
-    assert_eq!(decode(&v1).unwrap().state.unwrap(), sample());
+    assert_eq!(decode(&v1).unwrap().state.unwrap(), each_mode(sample()));
     // The format-1 bytes under format 2 lack the cluster section, and the checksum differs.
     let mut bad = v1.clone();
     let at = MAGIC.len() + 4 + 5 * handed().len() + 8;
     bad[at..at + 4].copy_from_slice(&2u32.to_le_bytes());
     assert!(decode(&bad).unwrap().state.is_err());
+}
+
+/// Formats before 4 knew one presence mode: their members read back as `each`.
+fn each_mode(mut state: State) -> State {
+    state.chat.room.iter_mut().for_each(|m| m.presence = 0);
+    state
+}
+
+/// Format 3 (frames, no presence mode) is still read, its members in mode `each`;
+/// format 4 keeps a batch subscriber's mode.
+#[test]
+fn format_3_is_read_with_every_member_in_each_mode() {
+    let body = body_without_presence(&sample(), false, true);
+    let v3 = wrapped(&handed(), 3, checksum_words(&body), &body);
+    assert_eq!(decode(&v3).unwrap().state.unwrap(), each_mode(sample()));
+    let v4 = encode(&sample(), &handed());
+    assert_eq!(decode(&v4).unwrap().state.unwrap().chat.room[0].presence, 1);
 }
 
 /// Written in chunks (the body's length and checksum put in place last), a large

@@ -11,6 +11,9 @@ pub(super) struct W<'s> {
     /// Tests write formats 1 and 2, whose kept messages are texts.
     #[cfg(test)]
     pub(super) text_entries: bool,
+    /// Tests write formats 1 to 3, whose members have no presence mode.
+    #[cfg(test)]
+    pub(super) without_presence: bool,
 }
 
 /// Bytes gathered before they go to the sink.
@@ -23,6 +26,8 @@ impl<'s> W<'s> {
             sink,
             #[cfg(test)]
             text_entries: false,
+            #[cfg(test)]
+            without_presence: false,
         }
     }
 
@@ -184,6 +189,11 @@ impl<'s> W<'s> {
                 }
             }
             self.bool(m.v2);
+            #[cfg(test)]
+            if self.without_presence {
+                continue;
+            }
+            self.u8(m.presence);
         }
         let h = &c.history;
         self.bytes(h.epoch.as_bytes());
