@@ -10,7 +10,9 @@ mod world;
 
 pub use mock::{MockStream, Pipe};
 pub use resume::resume;
-pub use world::{connection, connection_cluster, connection_cluster_run, connection_run, Summary};
+pub use world::{
+    connection, connection_cluster, connection_cluster_commands, connection_cluster_run, connection_run, Summary,
+};
 
 use crate::api::{self, ApiConfig, Ctx, Outcome};
 use crate::chat::room::RateLimit;

@@ -15,13 +15,17 @@
 //!
 //! Simplifications, none of which a node can tell: one keyspace whatever SELECT
 //! says; only the `skiff:` prefix; a Lua error is reported before the function
-//! writes anything (the real functions check nothing a node could get wrong); the
-//! `skiff ctl` functions `skiff_users`, `skiff_reset_key` and `skiff_delete_user`
-//! answer an error (the worlds never call them).
+//! writes anything (the real functions check nothing a node could get wrong).
+//! tests/redis_standin.rs holds it to the real thing: the commands the
+//! `connection_cluster` corpus sends (`record`) and scripted ones run against both
+//! a real redis-server with `library.lua` and this, and must get the same replies
+//! and events. `ctl.rs` has the `skiff ctl` functions.
 
 use crate::cluster::resp::{self, Value};
 use crate::cluster::PREFIX;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+mod ctl;
 
 /// Links open at once (a node holds two; a reconnect briefly more).
 pub const MAX_LINKS: usize = 16;
@@ -126,10 +130,23 @@ pub struct FakeRedis {
     /// Node -> when its liveness key expires.
     alive: BTreeMap<String, i64>,
     nodes: BTreeSet<String>,
+    /// The last microsecond TIME gave a login.
+    last_us: i64,
     seq: u64,
     msgid: u64,
     epoch: Option<String>,
     history: VecDeque<Entry>,
+    /// Every command run, in order, while recording (`record`).
+    recording: Option<Vec<Recorded>>,
+}
+
+/// One command as the stand-in ran it: what tests/redis_standin.rs replays against
+/// a real Redis to prove the two agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The stand-in's clock (Unix ms) when it ran.
+    pub at_ms: i64,
+    pub args: Vec<Vec<u8>>,
 }
 
 /// A reply to a command, or why it failed (Redis's error text).
@@ -191,6 +208,16 @@ impl FakeRedis {
     /// timestamps are measured against.
     pub fn set_clock(&mut self, unix_ms: i64) {
         self.now_ms = self.now_ms.max(unix_ms);
+    }
+
+    /// From now on, keep every command run (bounded by what a world can send).
+    pub fn record(&mut self) {
+        self.recording = Some(Vec::new());
+    }
+
+    /// The commands kept since `record`, in the order they ran.
+    pub fn take_recording(&mut self) -> Vec<Recorded> {
+        self.recording.take().unwrap_or_default()
     }
 
     /// A new link, or `None` when `MAX_LINKS` are open (maxclients).
@@ -309,6 +336,9 @@ impl FakeRedis {
                 return true;
             }
         };
+        if let Some(r) = self.recording.as_mut() {
+            r.push(Recorded { at_ms: self.now_ms, args: args.iter().map(|a| a.to_vec()).collect() });
+        }
         let name = String::from_utf8_lossy(args[0]).to_ascii_uppercase();
         let subscribed = self.links.get(&link).is_some_and(|l| !l.channels.is_empty());
         if subscribed && !matches!(name.as_str(), "SUBSCRIBE" | "UNSUBSCRIBE" | "PING" | "QUIT") {
@@ -490,36 +520,7 @@ impl FakeRedis {
                 }
                 self.sync(&a)
             }
-            "skiff_status" => Ok(array(vec![
-                Value::Int(self.users.len() as i64),
-                Value::Int(self.online.len() as i64),
-                Value::Int(self.banned.len() as i64),
-                Value::Int(self.history.len() as i64),
-            ])),
-            "skiff_kick" => {
-                arity(2)?;
-                Ok(Value::Int(self.kick(a[1])))
-            }
-            "skiff_ban" => {
-                arity(4)?;
-                Ok(self.ban(a[1], a[2], a[3]))
-            }
-            "skiff_unban" => {
-                arity(2)?;
-                Ok(match self.users.get(a[1]).cloned() {
-                    Some(name) => array(vec![bulk(&name), Value::Int(self.banned.remove(a[1]).is_some() as i64)]),
-                    None => Value::Bulk(None),
-                })
-            }
-            "skiff_delete_message" => {
-                arity(2)?;
-                let id: u64 = a[1].parse().map_err(|_| "ERR Invalid stream ID specified as stream command argument")?;
-                Ok(Value::Int(self.delete_message(id)))
-            }
-            "skiff_users" | "skiff_reset_key" | "skiff_delete_user" => {
-                Err(format!("ERR {name} is not implemented by the in-memory stand-in"))
-            }
-            _ => Err("ERR Function not found".into()),
+            _ => self.ctl(&name, &a),
         }
     }
 
@@ -545,10 +546,11 @@ impl FakeRedis {
         self.seq
     }
 
-    /// The session if it has not expired (an expired one is gone, as in Redis).
+    /// The session if it has not expired (an expired one is gone, as in Redis, which
+    /// keeps a key through the millisecond it expires at).
     fn live_session(&mut self, sess: &str) -> Option<&mut (String, i64)> {
         let now = self.now_ms;
-        if self.sessions.get(sess).is_some_and(|s| s.1 <= now) {
+        if self.sessions.get(sess).is_some_and(|s| s.1 < now) {
             self.sessions.remove(sess);
         }
         self.sessions.get_mut(sess)
@@ -557,7 +559,7 @@ impl FakeRedis {
     /// The user's session list, unless it expired.
     fn usess(&mut self, lower: &str) -> Option<&mut (ZSet, i64)> {
         let now = self.now_ms;
-        if self.usess.get(lower).is_some_and(|l| l.1 <= now) {
+        if self.usess.get(lower).is_some_and(|l| l.1 < now) {
             self.usess.remove(lower);
         }
         self.usess.get_mut(lower)
@@ -585,7 +587,7 @@ impl FakeRedis {
         }
         if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(sess) {
             let now = self.now_ms;
-            self.sessions.retain(|_, s| s.1 > now);
+            self.sessions.retain(|_, s| s.1 >= now);
             if self.sessions.len() >= MAX_SESSIONS {
                 return Err(OOM.into());
             }
@@ -595,15 +597,18 @@ impl FakeRedis {
         if self.usess(&low).is_none() {
             self.usess.insert(low.clone(), (ZSet::default(), now + ttl));
         }
-        // TIME in microseconds: the fake clock has ms, so logins in one ms tie and
-        // ZSET order falls back to the hash, as it would in Redis.
+        // TIME in microseconds, which Redis's clock never repeats: the fake clock
+        // has ms, so logins in one ms count up from it, oldest lowest (a tie would
+        // fall back to the hash and end a newer session than Redis does).
+        let us = now.saturating_mul(1000).max(self.last_us.saturating_add(1));
+        self.last_us = us;
         let sessions = &self.sessions;
         let list = &mut self.usess.get_mut(&low).expect("made above").0;
-        list.add(sess, now.saturating_mul(1000));
+        list.add(sess, us);
         let mut evicted = Vec::new();
         if list.len() as i64 > cap {
             for h in list.members() {
-                if sessions.get(&h).is_none_or(|s| s.1 <= now) {
+                if sessions.get(&h).is_none_or(|s| s.1 < now) {
                     list.remove(&h);
                 }
             }
@@ -693,7 +698,7 @@ impl FakeRedis {
     }
 
     fn is_alive(&self, node: &str) -> bool {
-        self.alive.get(node).is_some_and(|&until| until > self.now_ms)
+        self.alive.get(node).is_some_and(|&until| until >= self.now_ms)
     }
 
     /// The users of `node` as `(lower, name)`, the name from the users hash.
@@ -785,225 +790,7 @@ impl FakeRedis {
             array(taken),
         ]))
     }
-
-    fn kick(&mut self, lower: &str) -> i64 {
-        let Some(name) = self.users.get(lower).cloned() else { return -1 };
-        let Some(node) = self.presence.get(lower).cloned() else { return 0 };
-        self.publish("K", &format!("{node} {name}"));
-        1
-    }
-
-    fn ban(&mut self, lower: &str, reason: &str, at_ms: &str) -> Value {
-        let Some(name) = self.users.get(lower).cloned() else { return Value::Bulk(None) };
-        self.banned.insert(lower.to_owned(), format!("{at_ms} {reason}"));
-        let mut ended = 0;
-        if let Some((list, _)) = self.usess(lower).map(|l| l.clone()) {
-            for h in list.members() {
-                if self.live_session(&h).is_some() {
-                    self.sessions.remove(&h);
-                    self.publish("E", &format!("1008 {h}"));
-                    ended += 1;
-                }
-            }
-        }
-        self.usess.remove(lower);
-        array(vec![bulk(&name), Value::Int(ended)])
-    }
-
-    fn delete_message(&mut self, id: u64) -> i64 {
-        let Some(i) = self.history.iter().position(|e| e.id == id) else { return 0 };
-        self.history.remove(i);
-        self.publish("D", &id.to_string());
-        1
-    }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::cluster::command;
-    use crate::cluster::event::RoomEvent;
-
-    /// Everything `link` has to read, as values.
-    fn replies(r: &mut FakeRedis, link: u64) -> Vec<Value> {
-        let Read::Bytes(mut bytes) = r.read(link, usize::MAX) else { return vec![] };
-        let mut out = Vec::new();
-        while let Some((v, n)) = resp::parse(&bytes).expect("the stand-in writes RESP") {
-            out.push(v);
-            bytes.drain(..n);
-        }
-        assert!(bytes.is_empty(), "a reply cut short");
-        out
-    }
-
-    fn send<A: AsRef<[u8]>>(r: &mut FakeRedis, link: u64, cmd: &[A]) -> Vec<Value> {
-        let mut bytes = Vec::new();
-        resp::encode(&mut bytes, cmd);
-        assert!(r.write(link, &bytes));
-        replies(r, link)
-    }
-
-    fn events(r: &mut FakeRedis, sub: u64) -> Vec<RoomEvent> {
-        replies(r, sub)
-            .iter()
-            .map(|v| {
-                let items = v.as_array().expect("a channel message");
-                assert_eq!(items[0].as_str(), Some("message"));
-                RoomEvent::parse(items[2].as_bytes().unwrap()).expect("a room event")
-            })
-            .collect()
-    }
-
-    /// A node's two links, as the cluster core opens them: library loaded, subscribed.
-    fn node(r: &mut FakeRedis) -> (u64, u64) {
-        let (cmd, sub) = (r.open().unwrap(), r.open().unwrap());
-        assert_eq!(send(r, cmd, &command::auth("pw")), [Value::Simple("OK".into())]);
-        assert_eq!(send(r, cmd, &command::load_library()), [bulk("skiff")]);
-        let confirm = send(r, sub, &command::subscribe());
-        assert_eq!(confirm, [array(vec![bulk("subscribe"), bulk("skiff:room"), Value::Int(1)])]);
-        (cmd, sub)
-    }
-
-    #[test]
-    fn register_login_and_find_a_user() {
-        let mut r = FakeRedis::new();
-        r.set_clock(1_000);
-        let (cmd, _) = node(&mut r);
-        let key = [7u8; 32];
-        assert_eq!(send(&mut r, cmd, &command::register("Ann", &key)), [Value::Int(1)]);
-        assert_eq!(send(&mut r, cmd, &command::register("ANN", &[8; 32])), [Value::Int(0)], "taken, ignoring case");
-        assert_eq!(send(&mut r, cmd, &command::find_user("aNN")), [bulk("Ann")]);
-        assert_eq!(send(&mut r, cmd, &command::login(&[9; 32], &[1; 32], 60_000, 4)), [Value::Bulk(None)]);
-        assert_eq!(send(&mut r, cmd, &command::login(&key, &[1; 32], 60_000, 4)), [bulk("Ann")]);
-        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(60_000)])]);
-        r.set_clock(31_000);
-        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(30_000)])]);
-        assert_eq!(send(&mut r, cmd, &command::renew(&[1; 32], 60_000)), [Value::Int(1)]);
-        r.set_clock(90_000);
-        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(1_000)])]);
-        r.set_clock(91_000);
-        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [Value::Bulk(None)], "expired");
-    }
-
-    #[test]
-    fn sessions_past_the_cap_end_oldest_first_with_an_event() {
-        let mut r = FakeRedis::new();
-        let (cmd, sub) = node(&mut r);
-        send(&mut r, cmd, &command::register("ann", &[7; 32]));
-        for (i, t) in [(1u8, 10), (2, 20), (3, 30)] {
-            r.set_clock(t);
-            send(&mut r, cmd, &command::login(&[7; 32], &[i; 32], 60_000, 2));
-        }
-        let ended: Vec<RoomEvent> = events(&mut r, sub);
-        assert_eq!(ended, [RoomEvent::SessionEnd { seq: 1, code: 1008, hash: "01".repeat(32) }]);
-        assert_eq!(send(&mut r, cmd, &command::logout(&[2; 32])), [Value::Int(1)]);
-        assert_eq!(send(&mut r, cmd, &command::logout(&[2; 32])), [Value::Int(0)]);
-        assert_eq!(events(&mut r, sub), [RoomEvent::SessionEnd { seq: 2, code: 1000, hash: "02".repeat(32) }]);
-    }
-
-    #[test]
-    fn joins_leaves_and_messages_reach_every_subscriber_in_seq_order() {
-        let mut r = FakeRedis::new();
-        r.set_clock(5_000);
-        let (c1, s1) = node(&mut r);
-        let (c2, s2) = node(&mut r);
-        assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1")), [Value::Int(1)]);
-        assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1")), [Value::Int(0)], "online on n1");
-        assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2")), [Value::Int(2)]);
-        assert_eq!(send(&mut r, c1, &command::message("n1", "3.1", "Ann", "hi  there", "16")), [Value::Int(1)]);
-        assert_eq!(send(&mut r, c2, &command::leave("Ann", "n2")), [Value::Int(0)], "only the holder ends it");
-        assert_eq!(send(&mut r, c2, &command::message("n2", "4.2", "Bob", "yo", "16")), [Value::Int(2)]);
-        assert_eq!(send(&mut r, c1, &command::leave("Ann", "n1")), [Value::Int(1)]);
-        let expected = [
-            RoomEvent::Join { seq: 1, node: "n1".into(), token: "3.1".into(), name: "Ann".into() },
-            RoomEvent::Join { seq: 2, node: "n2".into(), token: "4.2".into(), name: "Bob".into() },
-            RoomEvent::Message {
-                seq: 3,
-                id: 1,
-                ts: 5_000,
-                node: "n1".into(),
-                token: "3.1".into(),
-                author: "Ann".into(),
-                text: "hi  there".into(),
-            },
-            RoomEvent::Message {
-                seq: 4,
-                id: 2,
-                ts: 5_000,
-                node: "n2".into(),
-                token: "4.2".into(),
-                author: "Bob".into(),
-                text: "yo".into(),
-            },
-            RoomEvent::Leave { seq: 5, node: "n1".into(), name: "Ann".into() },
-        ];
-        assert_eq!(events(&mut r, s1), expected);
-        assert_eq!(events(&mut r, s2), expected);
-    }
-
-    #[test]
-    fn a_sync_gives_the_snapshot_and_reaping_ends_a_silent_nodes_users() {
-        let mut r = FakeRedis::new();
-        r.set_clock(0);
-        let (c1, s1) = node(&mut r);
-        // Reaping names users as registered (the users hash), as the Lua does.
-        send(&mut r, c1, &command::register("Ann", &[7; 32]));
-        let users = [("Ann".to_owned(), "3.1".to_owned())];
-        let got = send(&mut r, c1, &command::sync("n1", 6000, "e1", 2, ("", 0), &users));
-        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
-        assert_eq!((seq, snap.epoch.as_str(), snap.online.as_slice()), (1, "e1", &["Ann".to_owned()][..]));
-        assert!(taken.is_empty());
-        for text in ["a", "b", "c"] {
-            send(&mut r, c1, &command::message("n1", "3.1", "Ann", text, "2"));
-        }
-        let (c2, s2) = node(&mut r);
-        let users = [("ann".to_owned(), "9.9".to_owned()), ("Bob".to_owned(), "9.8".to_owned())];
-        let got = send(&mut r, c2, &command::sync("n2", 6000, "e2", 2, ("", 0), &users));
-        let (snap, seq, taken) = crate::cluster::reply::snapshot(&got[0]).expect("a snapshot");
-        assert_eq!(snap.epoch, "e1", "the first epoch stays");
-        assert_eq!(snap.online, ["Ann", "Bob"]);
-        assert_eq!(
-            snap.messages.iter().map(|m| m.text.as_str()).collect::<Vec<_>>(),
-            ["b", "c"],
-            "the newest 2, oldest first"
-        );
-        assert_eq!((seq, snap.last_id, taken), (5, 3, vec!["ann".to_owned()]));
-        // n1 stops heartbeating: after its 6 s, n2's reap makes Ann leave.
-        r.set_clock(6_001);
-        send(&mut r, c2, &command::heartbeat("n2", 6000));
-        assert_eq!(send(&mut r, c2, &command::reap()), [Value::Int(1)]);
-        let last = events(&mut r, s2).pop();
-        assert_eq!(last, Some(RoomEvent::Leave { seq: 6, node: "n1".into(), name: "Ann".into() }));
-        assert_eq!(events(&mut r, s1).len(), 6, "n1's subscription heard everything too");
-    }
-
-    #[test]
-    fn refuses_what_redis_refuses_and_never_panics() {
-        let mut r = FakeRedis::new();
-        let (cmd, sub) = node(&mut r);
-        assert!(matches!(&send(&mut r, sub, &["HGET", "a", "b"])[0], Value::Error(e) if e.contains("only")));
-        assert!(matches!(&send(&mut r, cmd, &["NOPE"])[0], Value::Error(_)));
-        assert!(matches!(&send(&mut r, cmd, &["FCALL", "skiff_join", "0", "skiff:"])[0], Value::Error(_)));
-        assert!(matches!(
-            &send(&mut r, cmd, &["FCALL", "skiff_users", "0", "skiff:", "", "9", "0"])[0],
-            Value::Error(_)
-        ));
-        assert!(matches!(&send(&mut r, cmd, &["FCALL", "skiff_join", "9"])[0], Value::Error(_)));
-        // Garbage: an error, then the link is closed.
-        assert!(r.write(cmd, b"?garbage\r\n"));
-        assert!(matches!(&replies(&mut r, cmd)[..], [Value::Error(_)]));
-        assert_eq!(r.read(cmd, 10), Read::Closed);
-        assert!(!r.write(cmd, b"*1\r\n$4\r\nPING\r\n"));
-        // Partial reads and a killed link.
-        let l = r.open().unwrap();
-        assert!(r.write(l, b"*1\r\n$4\r\nPI"));
-        assert_eq!(r.read(l, 10), Read::Nothing);
-        assert!(r.write(l, b"NG\r\n"));
-        assert_eq!(r.read(l, 3), Read::Bytes(b"+PO".to_vec()));
-        r.kill(l);
-        assert_eq!(r.read(l, 10), Read::Closed);
-        // Links are capped.
-        while r.open().is_some() {}
-        assert_eq!(r.links(), MAX_LINKS);
-    }
-}
+mod tests;

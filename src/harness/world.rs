@@ -7,7 +7,7 @@
 //! its sockets (src/reactor/redis.rs), and may drop the links, hold back what Redis
 //! sent, and let time pass for both nodes at once.
 
-use super::redis::{FakeRedis, Read};
+use super::redis::{FakeRedis, Read, Recorded};
 use super::{chat_config, counter_random, quiet, MockStream};
 use crate::chat::ChatConfig;
 use crate::cluster::{Cluster, ClusterConfig, Io, LinkId};
@@ -159,7 +159,7 @@ fn cluster_config() -> ClusterConfig {
 }
 
 impl World {
-    fn new(cluster: bool) -> World {
+    fn new(cluster: bool, record: bool) -> World {
         let start = Instant::now();
         let mut cfg = ServerConfig::for_tests(ChatConfig { session_ttl: TTL, ..chat_config() }, vec![], false);
         if cluster {
@@ -182,7 +182,13 @@ impl World {
             .collect();
         let mut w = World {
             nodes,
-            redis: cluster.then(FakeRedis::new),
+            redis: cluster.then(|| {
+                let mut r = FakeRedis::new();
+                if record {
+                    r.record();
+                }
+                r
+            }),
             start,
             now: start,
             clients: vec![],
@@ -844,7 +850,7 @@ pub fn connection(data: &[u8]) {
 }
 
 pub fn connection_run(data: &[u8]) -> Summary {
-    run(data, false)
+    run(data, false, false).0
 }
 
 /// `connection_cluster`: the same script over two nodes and the Redis stand-in,
@@ -854,12 +860,19 @@ pub fn connection_cluster(data: &[u8]) {
 }
 
 pub fn connection_cluster_run(data: &[u8]) -> Summary {
-    run(data, true)
+    run(data, true, false).0
 }
 
-fn run(data: &[u8], cluster: bool) -> Summary {
+/// The Redis commands both nodes sent while `connection_cluster` played `data`, in
+/// the order the stand-in ran them (its clock beside each): for replaying against
+/// a real Redis.
+pub fn connection_cluster_commands(data: &[u8]) -> Vec<Recorded> {
+    run(data, true, true).1
+}
+
+fn run(data: &[u8], cluster: bool, record: bool) -> (Summary, Vec<Recorded>) {
     quiet();
-    let mut w = World::new(cluster);
+    let mut w = World::new(cluster, record);
     let mut ops = data.iter().copied();
     let mut steps = 0;
     while let Some(op) = ops.next() {
@@ -974,10 +987,11 @@ fn run(data: &[u8], cluster: bool) -> Summary {
     }
     w.check_delivery();
     w.check_pipelines();
-    Summary {
+    let summary = Summary {
         upgraded: w.clients.iter().filter(|c| c.upgraded).count(),
         accepted: w.accepted.len(),
         delivered: w.clients.iter().map(|c| c.got.len()).sum(),
         syncs: (0..w.nodes.len()).map(|i| w.syncs(i)).sum(),
-    }
+    };
+    (summary, w.redis.as_mut().map(FakeRedis::take_recording).unwrap_or_default())
 }
