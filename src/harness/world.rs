@@ -14,7 +14,6 @@ use crate::cluster::{Cluster, ClusterConfig, Io, LinkId};
 use crate::config::RedisUrl;
 use crate::conn::REQUEST_TIMEOUT;
 use crate::server::{Server, ServerConfig};
-use crate::store::Store;
 use crate::ws::frame;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -170,7 +169,7 @@ impl World {
         let count = if cluster { 2 } else { 1 };
         let nodes = (0..count)
             .map(|i| {
-                let storage = crate::storage::Storage::inline(Store::open_in_memory().expect("store"));
+                let storage = crate::storage::Storage::inline(super::fresh_store());
                 let mut server = Server::new(cfg.clone(), storage, start, super::UNIX_START);
                 server.cx.chat.set_random(counter_random);
                 if cluster {
