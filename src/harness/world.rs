@@ -399,8 +399,10 @@ impl World {
         let garbled: Vec<String> = self.clients.iter().filter(|c| c.garbled).map(|c| format!("u{}", c.user)).collect();
         for cl in self.clients.iter_mut().filter(|c| c.upgraded) {
             let mut frames = Vec::new();
-            let buf = cl.pipe.0.borrow().to_client.clone();
-            cl.seen = server_frames(&buf, cl.seen, &mut frames);
+            // Only the new frames: copying the whole stream every step would make a
+            // long input quadratic in what the server ever sent.
+            let pipe = cl.pipe.clone();
+            cl.seen = server_frames(&pipe.0.borrow().to_client, cl.seen, &mut frames);
             for (op, payload) in frames {
                 match op {
                     0x1 => {
