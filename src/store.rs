@@ -184,6 +184,17 @@ impl Store {
         Store::init(Connection::open_in_memory().map_err(io)?, true)
     }
 
+    /// A copy of this database, schema and rows, in a new in-memory one: the fuzz
+    /// worlds migrate one store and copy it for each input (src/harness/world.rs).
+    #[cfg(feature = "harness")]
+    pub fn copy_in_memory(&self) -> Result<Store, StoreError> {
+        let mut db = Connection::open_in_memory().map_err(io)?;
+        rusqlite::backup::Backup::new(&self.db, &mut db)
+            .and_then(|b| b.run_to_completion(1 << 16, std::time::Duration::ZERO, None))
+            .map_err(io)?;
+        Store::init(db, false)
+    }
+
     fn init(db: Connection, quick_check: bool) -> Result<Store, StoreError> {
         // Reading the header is the first real access: a non-database file fails here.
         let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(classify)?;

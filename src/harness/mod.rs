@@ -10,7 +10,9 @@ mod world;
 
 pub use mock::{MockStream, Pipe};
 pub use resume::resume;
-pub use world::{connection, connection_cluster, connection_cluster_run, connection_run, Summary};
+pub use world::{
+    connection, connection_cluster, connection_cluster_commands, connection_cluster_run, connection_run, Summary,
+};
 
 use crate::api::{self, ApiConfig, Ctx, Outcome};
 use crate::chat::room::RateLimit;
@@ -43,6 +45,13 @@ pub(crate) fn counter_random(buf: &mut [u8]) {
             *b = x as u8;
         }
     });
+}
+
+/// A migrated in-memory store, copied from one made once per thread: opening and
+/// migrating a database cost more than all the rest of a short input.
+pub(crate) fn fresh_store() -> Store {
+    thread_local!(static TEMPLATE: Store = Store::open_in_memory().expect("in-memory store"));
+    TEMPLATE.with(|t| t.copy_in_memory().expect("a copy of the template store"))
 }
 
 /// Harness runs are many and short; their log lines would drown the fuzzer's.
@@ -90,7 +99,7 @@ pub fn api_body(data: &[u8]) {
     let Some((&which, body)) = data.split_first() else { return };
     let mut chat = Chat::new(chat_config());
     chat.set_random(counter_random);
-    let mut store = Store::open_in_memory().expect("in-memory store");
+    let mut store = fresh_store();
     // One existing user, so 409 and 200 are reachable.
     let _ = store.register("taken");
     let path = if which & 1 == 0 { "/api/register" } else { "/api/login" };
@@ -132,7 +141,7 @@ pub fn cookie_header(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else { return };
     let mut chat = Chat::new(chat_config());
     chat.set_random(counter_random);
-    let mut store = Store::open_in_memory().expect("in-memory store");
+    let mut store = fresh_store();
     let now = Instant::now();
     let mut fx = Vec::new();
     let session = chat.login("fuzzer", now, &mut fx).expect("room for one session");

@@ -15,13 +15,17 @@
 //!
 //! Simplifications, none of which a node can tell: one keyspace whatever SELECT
 //! says; only the `skiff:` prefix; a Lua error is reported before the function
-//! writes anything (the real functions check nothing a node could get wrong); the
-//! `skiff ctl` functions `skiff_users`, `skiff_reset_key` and `skiff_delete_user`
-//! answer an error (the worlds never call them).
+//! writes anything (the real functions check nothing a node could get wrong).
+//! tests/redis_standin.rs holds it to the real thing: the commands the
+//! `connection_cluster` corpus sends (`record`) and scripted ones run against both
+//! a real redis-server with `library.lua` and this, and must get the same replies
+//! and events. `ctl.rs` has the `skiff ctl` functions.
 
 use crate::cluster::resp::{self, Value};
 use crate::cluster::PREFIX;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+mod ctl;
 
 /// Links open at once (a node holds two; a reconnect briefly more).
 pub const MAX_LINKS: usize = 16;
@@ -124,15 +128,34 @@ pub struct FakeRedis {
     /// Lowercased user -> (sessions by login time, the list's expiry).
     usess: BTreeMap<String, (ZSet, i64)>,
     presence: BTreeMap<String, String>,
+    /// Lowercased user -> the nodes with a socket of the user (several v2 devices).
+    pnodes: BTreeMap<String, BTreeSet<String>>,
+    /// Lowercased user -> the node holding the user's plain /ws socket.
+    pv1: BTreeMap<String, String>,
+    /// Lowercased user -> when a timed ban ends (ms).
+    banuntil: BTreeMap<String, String>,
     nodeusers: BTreeMap<String, BTreeSet<String>>,
     online: ZSet,
     /// Node -> when its liveness key expires.
     alive: BTreeMap<String, i64>,
     nodes: BTreeSet<String>,
+    /// The last microsecond TIME gave a login.
+    last_us: i64,
     seq: u64,
     msgid: u64,
     epoch: Option<String>,
     history: VecDeque<Entry>,
+    /// Every command run, in order, while recording (`record`).
+    recording: Option<Vec<Recorded>>,
+}
+
+/// One command as the stand-in ran it: what tests/redis_standin.rs replays against
+/// a real Redis to prove the two agree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// The stand-in's clock (Unix ms) when it ran.
+    pub at_ms: i64,
+    pub args: Vec<Vec<u8>>,
 }
 
 /// A reply to a command, or why it failed (Redis's error text).
@@ -199,6 +222,16 @@ impl FakeRedis {
     /// timestamps are measured against.
     pub fn set_clock(&mut self, unix_ms: i64) {
         self.now_ms = self.now_ms.max(unix_ms);
+    }
+
+    /// From now on, keep every command run (bounded by what a world can send).
+    pub fn record(&mut self) {
+        self.recording = Some(Vec::new());
+    }
+
+    /// The commands kept since `record`, in the order they ran.
+    pub fn take_recording(&mut self) -> Vec<Recorded> {
+        self.recording.take().unwrap_or_default()
     }
 
     /// A new link, or `None` when `MAX_LINKS` are open (maxclients).
@@ -317,6 +350,9 @@ impl FakeRedis {
                 return true;
             }
         };
+        if let Some(r) = self.recording.as_mut() {
+            r.push(Recorded { at_ms: self.now_ms, args: args.iter().map(|a| a.to_vec()).collect() });
+        }
         let name = String::from_utf8_lossy(args[0]).to_ascii_uppercase();
         let subscribed = self.links.get(&link).is_some_and(|l| !l.channels.is_empty());
         if subscribed && !matches!(name.as_str(), "SUBSCRIBE" | "UNSUBSCRIBE" | "PING" | "QUIT") {
@@ -475,7 +511,8 @@ impl FakeRedis {
             }
             "skiff_join" => {
                 arity(5)?;
-                let seq = self.join(a[1], a[2], a[3], a[4])?;
+                let v2 = a.get(5).is_some_and(|v| *v == "1");
+                let seq = self.join(a[1], a[2], a[3], a[4], v2)?;
                 if seq == 0 {
                     return Ok(Value::Int(0));
                 }
@@ -514,36 +551,7 @@ impl FakeRedis {
                 }
                 self.sync(&a)
             }
-            "skiff_status" => Ok(array(vec![
-                Value::Int(self.users.len() as i64),
-                Value::Int(self.online.len() as i64),
-                Value::Int(self.banned.len() as i64),
-                Value::Int(self.history.len() as i64),
-            ])),
-            "skiff_kick" => {
-                arity(2)?;
-                Ok(Value::Int(self.kick(a[1])))
-            }
-            "skiff_ban" => {
-                arity(4)?;
-                Ok(self.ban(a[1], a[2], a[3]))
-            }
-            "skiff_unban" => {
-                arity(2)?;
-                Ok(match self.users.get(a[1]).cloned() {
-                    Some(name) => array(vec![bulk(&name), Value::Int(self.banned.remove(a[1]).is_some() as i64)]),
-                    None => Value::Bulk(None),
-                })
-            }
-            "skiff_delete_message" => {
-                arity(2)?;
-                let id: u64 = a[1].parse().map_err(|_| "ERR Invalid stream ID specified as stream command argument")?;
-                Ok(Value::Int(self.delete_message(id)))
-            }
-            "skiff_users" | "skiff_reset_key" | "skiff_delete_user" => {
-                Err(format!("ERR {name} is not implemented by the in-memory stand-in"))
-            }
-            _ => Err("ERR Function not found".into()),
+            _ => self.ctl(&name, &a),
         }
     }
 
@@ -569,10 +577,11 @@ impl FakeRedis {
         self.seq
     }
 
-    /// The session if it has not expired (an expired one is gone, as in Redis).
+    /// The session if it has not expired (an expired one is gone, as in Redis, which
+    /// keeps a key through the millisecond it expires at).
     fn live_session(&mut self, sess: &str) -> Option<&mut (String, i64)> {
         let now = self.now_ms;
-        if self.sessions.get(sess).is_some_and(|s| s.1 <= now) {
+        if self.sessions.get(sess).is_some_and(|s| s.1 < now) {
             self.sessions.remove(sess);
         }
         self.sessions.get_mut(sess)
@@ -581,7 +590,7 @@ impl FakeRedis {
     /// The user's session list, unless it expired.
     fn usess(&mut self, lower: &str) -> Option<&mut (ZSet, i64)> {
         let now = self.now_ms;
-        if self.usess.get(lower).is_some_and(|l| l.1 <= now) {
+        if self.usess.get(lower).is_some_and(|l| l.1 < now) {
             self.usess.remove(lower);
         }
         self.usess.get_mut(lower)
@@ -604,12 +613,16 @@ impl FakeRedis {
     fn login(&mut self, keyhash: &str, sess: &str, ttl: i64, cap: i64) -> Answer {
         let Some(name) = self.keys.get(keyhash).cloned() else { return Ok(Value::Bulk(None)) };
         let low = lower(&name);
-        if self.banned.contains_key(&low) {
-            return Ok(array(vec![bulk("banned")]));
+        if let Some(ban) = self.banned.get(&low) {
+            // As library.lua: {'banned', since, until ('' for none), why}. A timed ban
+            // that ran out is not modelled: the worlds make none.
+            let (since, why) = ban.split_once(' ').unwrap_or((ban.as_str(), ""));
+            let until = self.banuntil.get(&low).cloned().unwrap_or_default();
+            return Ok(array(vec![bulk("banned"), bulk(since), bulk(&until), bulk(why)]));
         }
         if self.sessions.len() >= MAX_SESSIONS && !self.sessions.contains_key(sess) {
             let now = self.now_ms;
-            self.sessions.retain(|_, s| s.1 > now);
+            self.sessions.retain(|_, s| s.1 >= now);
             if self.sessions.len() >= MAX_SESSIONS {
                 return Err(OOM.into());
             }
@@ -619,15 +632,18 @@ impl FakeRedis {
         if self.usess(&low).is_none() {
             self.usess.insert(low.clone(), (ZSet::default(), now + ttl));
         }
-        // TIME in microseconds: the fake clock has ms, so logins in one ms tie and
-        // ZSET order falls back to the hash, as it would in Redis.
+        // TIME in microseconds, which Redis's clock never repeats: the fake clock
+        // has ms, so logins in one ms count up from it, oldest lowest (a tie would
+        // fall back to the hash and end a newer session than Redis does).
+        let us = now.saturating_mul(1000).max(self.last_us.saturating_add(1));
+        self.last_us = us;
         let sessions = &self.sessions;
         let list = &mut self.usess.get_mut(&low).expect("made above").0;
-        list.add(sess, now.saturating_mul(1000));
+        list.add(sess, us);
         let mut evicted = Vec::new();
         if list.len() as i64 > cap {
             for h in list.members() {
-                if sessions.get(&h).is_none_or(|s| s.1 <= now) {
+                if sessions.get(&h).is_none_or(|s| s.1 < now) {
                     list.remove(&h);
                 }
             }
@@ -705,32 +721,62 @@ impl FakeRedis {
         Ok(bulk("restored"))
     }
 
-    fn join(&mut self, lower: &str, name: &str, node: &str, token: &str) -> Result<u64, String> {
-        if self.presence.contains_key(lower) {
-            return Ok(0);
+    /// As library.lua's `join`: the seq of the join event; -1 when the user is online
+    /// already through v2 devices on other nodes (no event); 0 refused (a plain /ws
+    /// socket is its user's only socket, cluster-wide).
+    fn join(&mut self, lower: &str, name: &str, node: &str, token: &str, v2: bool) -> Result<i64, String> {
+        if let Some(holder) = self.presence.get(lower).cloned() {
+            if !v2 || self.pv1.contains_key(lower) {
+                return Ok(0);
+            }
+            let nodes = self.pnodes.entry(lower.to_owned()).or_default();
+            nodes.insert(holder);
+            nodes.insert(node.to_owned());
+            self.nodeusers.entry(node.to_owned()).or_default().insert(lower.to_owned());
+            return Ok(-1);
         }
         if self.presence.len() >= MAX_USERS {
             return Err(OOM.into());
         }
         self.presence.insert(lower.to_owned(), node.to_owned());
+        self.pnodes.entry(lower.to_owned()).or_default().insert(node.to_owned());
+        if !v2 {
+            self.pv1.insert(lower.to_owned(), node.to_owned());
+        }
         self.nodeusers.entry(node.to_owned()).or_default().insert(lower.to_owned());
         let seq = self.publish("J", &format!("{node} {token} {name}"));
         self.online.add(name, seq as i64);
-        Ok(seq)
+        Ok(seq as i64)
     }
 
-    /// Only the node holding the presence may end it.
+    /// As library.lua's `leave`: a node with none of the user's sockets left drops
+    /// out; the user leaves (event L) when no node has one.
     fn leave(&mut self, lower: &str, name: &str, node: &str) -> i64 {
-        if self.presence.get(lower).map(String::as_str) != Some(node) {
+        let holder = self.presence.get(lower).cloned();
+        let removed = self.pnodes.get_mut(lower).is_some_and(|n| n.remove(node));
+        if !removed && holder.as_deref() != Some(node) {
             return 0;
         }
-        self.presence.remove(lower);
         if let Some(set) = self.nodeusers.get_mut(node) {
             set.remove(lower);
             if set.is_empty() {
                 self.nodeusers.remove(node);
             }
         }
+        if self.pv1.get(lower).map(String::as_str) == Some(node) {
+            self.pv1.remove(lower);
+        }
+        // Redis picks any remaining node (SRANDMEMBER); with the two nodes the
+        // worlds run there is at most one.
+        let other = self.pnodes.get(lower).and_then(|n| n.iter().next().cloned());
+        if let Some(other) = other {
+            if holder.as_deref() == Some(node) {
+                self.presence.insert(lower.to_owned(), other);
+            }
+            return 1;
+        }
+        self.pnodes.remove(lower);
+        self.presence.remove(lower);
         self.online.remove(name);
         self.publish("L", &format!("{node} {name}"));
         1
@@ -760,7 +806,7 @@ impl FakeRedis {
     }
 
     fn is_alive(&self, node: &str) -> bool {
-        self.alive.get(node).is_some_and(|&until| until > self.now_ms)
+        self.alive.get(node).is_some_and(|&until| until >= self.now_ms)
     }
 
     /// The users of `node` as `(lower, name)`, the name from the users hash.
@@ -821,9 +867,11 @@ impl FakeRedis {
         for (low, name, token) in triples {
             match self.presence.get(low) {
                 None => {
-                    self.join(low, name, node, token)?;
+                    self.join(low, name, node, token, true)?;
                 }
-                Some(holder) if holder != node => taken.push(bulk(low)),
+                Some(holder) if holder != node && !self.pnodes.get(low).is_some_and(|n| n.contains(node)) => {
+                    taken.push(bulk(low))
+                }
                 Some(_) => {}
             }
         }
@@ -854,37 +902,6 @@ impl FakeRedis {
             array(vec![bulk(&format!("{}-0", e.id)), array(fields)])
         };
         self.history.iter().rev().take(keep).map(entry).collect()
-    }
-
-    fn kick(&mut self, lower: &str) -> i64 {
-        let Some(name) = self.users.get(lower).cloned() else { return -1 };
-        let Some(node) = self.presence.get(lower).cloned() else { return 0 };
-        self.publish("K", &format!("{node} {name}"));
-        1
-    }
-
-    fn ban(&mut self, lower: &str, reason: &str, at_ms: &str) -> Value {
-        let Some(name) = self.users.get(lower).cloned() else { return Value::Bulk(None) };
-        self.banned.insert(lower.to_owned(), format!("{at_ms} {reason}"));
-        let mut ended = 0;
-        if let Some((list, _)) = self.usess(lower).map(|l| l.clone()) {
-            for h in list.members() {
-                if self.live_session(&h).is_some() {
-                    self.end_session(&h, "1008");
-                    self.publish("E", &format!("1008 {h}"));
-                    ended += 1;
-                }
-            }
-        }
-        self.usess.remove(lower);
-        array(vec![bulk(&name), Value::Int(ended)])
-    }
-
-    fn delete_message(&mut self, id: u64) -> i64 {
-        let Some(i) = self.history.iter().position(|e| e.id == id) else { return 0 };
-        self.history.remove(i);
-        self.publish("D", &id.to_string());
-        1
     }
 }
 
@@ -952,6 +969,8 @@ mod tests {
         r.set_clock(90_000);
         assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(1_000)])]);
         r.set_clock(91_000);
+        assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [array(vec![bulk("Ann"), Value::Int(0)])]);
+        r.set_clock(91_001);
         assert_eq!(send(&mut r, cmd, &command::session(&[1; 32])), [Value::Bulk(None)], "expired");
     }
 
@@ -1058,7 +1077,7 @@ mod tests {
         assert!(matches!(&send(&mut r, cmd, &["NOPE"])[0], Value::Error(_)));
         assert!(matches!(&send(&mut r, cmd, &["FCALL", "skiff_join", "0", "skiff:"])[0], Value::Error(_)));
         assert!(matches!(
-            &send(&mut r, cmd, &["FCALL", "skiff_users", "0", "skiff:", "", "9", "0"])[0],
+            &send(&mut r, cmd, &["FCALL", "skiff_users", "0", "skiff:", "", "nine", "0"])[0],
             Value::Error(_)
         ));
         assert!(matches!(&send(&mut r, cmd, &["FCALL", "skiff_join", "9"])[0], Value::Error(_)));

@@ -8,7 +8,6 @@ use super::{chat_config, counter_random, quiet, MockStream};
 use crate::chat::ChatConfig;
 use crate::server::{Server, ServerConfig};
 use crate::storage::Storage;
-use crate::store::Store;
 use crate::ws::frame;
 use std::time::{Duration, Instant};
 
@@ -94,10 +93,8 @@ pub fn resume(data: &[u8]) {
         false,
     );
     let start = Instant::now();
-    let mut b = Bench {
-        server: Server::new(cfg, Storage::inline(Store::open_in_memory().expect("store")), start, super::UNIX_START),
-        now: start,
-    };
+    let mut b =
+        Bench { server: Server::new(cfg, Storage::inline(super::fresh_store()), start, super::UNIX_START), now: start };
     b.server.cx.chat.set_random(counter_random);
     b.server.cx.chat.restore_history("E", 0, []);
     let sender = b.cookie("sender");

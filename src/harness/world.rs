@@ -7,14 +7,13 @@
 //! its sockets (src/reactor/redis.rs), and may drop the links, hold back what Redis
 //! sent, and let time pass for both nodes at once.
 
-use super::redis::{FakeRedis, Read};
+use super::redis::{FakeRedis, Read, Recorded};
 use super::{chat_config, counter_random, quiet, MockStream};
 use crate::chat::ChatConfig;
 use crate::cluster::{Cluster, ClusterConfig, Io, LinkId};
 use crate::config::RedisUrl;
 use crate::conn::REQUEST_TIMEOUT;
 use crate::server::{Server, ServerConfig};
-use crate::store::Store;
 use crate::ws::frame;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -159,7 +158,7 @@ fn cluster_config() -> ClusterConfig {
 }
 
 impl World {
-    fn new(cluster: bool) -> World {
+    fn new(cluster: bool, record: bool) -> World {
         let start = Instant::now();
         let mut cfg = ServerConfig::for_tests(ChatConfig { session_ttl: TTL, ..chat_config() }, vec![], false);
         if cluster {
@@ -170,7 +169,7 @@ impl World {
         let count = if cluster { 2 } else { 1 };
         let nodes = (0..count)
             .map(|i| {
-                let storage = crate::storage::Storage::inline(Store::open_in_memory().expect("store"));
+                let storage = crate::storage::Storage::inline(super::fresh_store());
                 let mut server = Server::new(cfg.clone(), storage, start, super::UNIX_START);
                 server.cx.chat.set_random(counter_random);
                 if cluster {
@@ -182,7 +181,13 @@ impl World {
             .collect();
         let mut w = World {
             nodes,
-            redis: cluster.then(FakeRedis::new),
+            redis: cluster.then(|| {
+                let mut r = FakeRedis::new();
+                if record {
+                    r.record();
+                }
+                r
+            }),
             start,
             now: start,
             clients: vec![],
@@ -397,8 +402,10 @@ impl World {
             self.clients.iter().enumerate().flat_map(|(i, c)| c.sent.iter().map(move |&id| (id, i))).collect();
         for (ci, cl) in self.clients.iter_mut().enumerate().filter(|(_, c)| c.upgraded) {
             let mut frames = Vec::new();
-            let buf = cl.pipe.0.borrow().to_client.clone();
-            cl.seen = server_frames(&buf, cl.seen, &mut frames);
+            // Only the new frames: copying the whole stream every step would make a
+            // long input quadratic in what the server ever sent.
+            let pipe = cl.pipe.clone();
+            cl.seen = server_frames(&pipe.0.borrow().to_client, cl.seen, &mut frames);
             for (op, payload) in frames {
                 match op {
                     0x1 => {
@@ -849,7 +856,7 @@ pub fn connection(data: &[u8]) {
 }
 
 pub fn connection_run(data: &[u8]) -> Summary {
-    run(data, false)
+    run(data, false, false).0
 }
 
 /// `connection_cluster`: the same script over two nodes and the Redis stand-in,
@@ -859,12 +866,19 @@ pub fn connection_cluster(data: &[u8]) {
 }
 
 pub fn connection_cluster_run(data: &[u8]) -> Summary {
-    run(data, true)
+    run(data, true, false).0
 }
 
-fn run(data: &[u8], cluster: bool) -> Summary {
+/// The Redis commands both nodes sent while `connection_cluster` played `data`, in
+/// the order the stand-in ran them (its clock beside each): for replaying against
+/// a real Redis.
+pub fn connection_cluster_commands(data: &[u8]) -> Vec<Recorded> {
+    run(data, true, true).1
+}
+
+fn run(data: &[u8], cluster: bool, record: bool) -> (Summary, Vec<Recorded>) {
     quiet();
-    let mut w = World::new(cluster);
+    let mut w = World::new(cluster, record);
     let mut ops = data.iter().copied();
     let mut steps = 0;
     while let Some(op) = ops.next() {
@@ -979,10 +993,11 @@ fn run(data: &[u8], cluster: bool) -> Summary {
     }
     w.check_delivery();
     w.check_pipelines();
-    Summary {
+    let summary = Summary {
         upgraded: w.clients.iter().filter(|c| c.upgraded).count(),
         accepted: w.accepted.len(),
         delivered: w.clients.iter().map(|c| c.got.len()).sum(),
         syncs: (0..w.nodes.len()).map(|i| w.syncs(i)).sum(),
-    }
+    };
+    (summary, w.redis.as_mut().map(FakeRedis::take_recording).unwrap_or_default())
 }
