@@ -503,7 +503,9 @@ fn idle_control_clients_never_lock_skiff_ctl_out_and_are_closed_after_10_s() {
     // A flood of clients from our own uid that send nothing, or half a line.
     let mut idle: Vec<UnixStream> = (0..20).map(|_| UnixStream::connect(&path).expect("connect")).collect();
     for s in idle.iter_mut().step_by(2) {
-        s.write_all(br#"{"cmd":"sta"#).unwrap();
+        // Past 16 the server closes the longest idle to make room: such a write may
+        // find its socket gone, which is the point.
+        let _ = s.write_all(br#"{"cmd":"sta"#);
     }
     let mut half = UnixStream::connect(&path).unwrap();
     half.write_all(br#"{"cmd":"sta"#).unwrap();
