@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     if args.first().map(String::as_str) == Some("ctl") {
         return ExitCode::from(skiff::control::cli::main(&args[1..]));
     }
-    if args.first().map(String::as_str) == Some(skiff::handover::os::PROBE_FLAG) {
+    if args.first().map(String::as_str) == Some(skiff::handover::probe::PROBE_FLAG) {
         probe(args[1..].to_vec());
     }
     match run(args) {
@@ -44,12 +44,12 @@ fn main() -> ExitCode {
     }
 }
 
-/// A hand-over's probe (`handover::os::probe`): takes the state in memory as the
+/// A hand-over's probe (`handover::probe::run`): takes the state in memory as the
 /// next image would, writes the verdict for the process that asked, and exits
 /// without running any destructor, so nothing it was handed is touched.
 fn probe(args: Vec<String>) -> ! {
-    let Some((inherited, status)) = skiff::handover::os::inherit_probe() else {
-        eprintln!("skiff: {} is for a running skiff's hand-over", skiff::handover::os::PROBE_FLAG);
+    let Some((inherited, status)) = skiff::handover::probe::inherit_probe() else {
+        eprintln!("skiff: {} is for a running skiff's hand-over", skiff::handover::probe::PROBE_FLAG);
         std::process::exit(2);
     };
     let env = |name: &str| std::env::var(name).ok();
@@ -59,7 +59,7 @@ fn probe(args: Vec<String>) -> ! {
         Err(e) => Err(e.to_string()),
     };
     let line = match verdict {
-        Ok(conns) => format!("{} {conns} connections\n", skiff::handover::os::PROBE_OK),
+        Ok(conns) => format!("{} {conns} connections\n", skiff::handover::probe::PROBE_OK),
         Err(why) => format!("error: {why}\n"),
     };
     if let Some(fd) = status {

@@ -10,6 +10,7 @@
 
 pub mod codec;
 pub mod os;
+pub mod probe;
 pub mod state;
 
 pub use codec::{Decoded, Handed};

@@ -52,7 +52,7 @@ impl TookOver {
 }
 
 /// How long the new binary may take to prove it can take the state over (see
-/// `os::probe`); the old process does not serve meanwhile. 10,000 connections take
+/// `probe::run`); the old process does not serve meanwhile. 10,000 connections take
 /// tens of milliseconds.
 const PROBE_LIMIT: Duration = Duration::from_secs(5);
 
@@ -129,7 +129,7 @@ impl Reactor {
         Ok(r)
     }
 
-    /// A probe run (`os::probe`): everything `take_over` does to the state and the
+    /// A probe run (`probe::run`): everything `take_over` does to the state and the
     /// descriptors, in memory only. No socket is read, written or watched, and
     /// nothing is written to the database: the process that asked serves on from
     /// an unchanged world if the answer is no. Returns the connections taken.
@@ -284,7 +284,7 @@ impl Reactor {
         result
     }
 
-    /// Makes the state, has the new binary prove it can take it (`os::probe`), and
+    /// Makes the state, has the new binary prove it can take it (`probe::run`), and
     /// execs it. Until the exec nothing has changed: any refusal serves on.
     fn exec(&mut self, exe: &std::path::Path, listener: i32, began: u64, now: Instant) -> Result<(), NotDone> {
         let state = self.server.export(now).ok_or("a request or an ack still waits on storage")?;
@@ -312,7 +312,7 @@ impl Reactor {
         }
         let probe_began = Instant::now();
         let probe_value = os::env_value(memfd.as_raw_fd(), listener, epoll, began, 0);
-        if let Err(why) = os::probe(exe, &probe_value, PROBE_LIMIT) {
+        if let Err(why) = crate::handover::probe::run(exe, &probe_value, PROBE_LIMIT) {
             let _ = flip(false);
             return Err(NotDone::Failed(format!("{}: {why}", exe.display())));
         }
