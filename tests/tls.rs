@@ -223,3 +223,80 @@ fn a_bad_hsts_max_age_is_a_usage_error() {
         assert!(err.lines().next().unwrap().contains("--hsts-max-age: expected a number"), "{err}");
     }
 }
+
+/// Three 16 KiB records of a ClientHello that declares 60,000 bytes and never ends:
+/// rustls keeps all of it, waiting for the rest.
+fn stalled_client_hello() -> Vec<u8> {
+    let mut out = Vec::new();
+    for i in 0..3 {
+        out.extend_from_slice(&[22, 3, 1, 0x40, 0x00]);
+        let mut body = vec![0x5a; 16 * 1024];
+        if i == 0 {
+            body[..4].copy_from_slice(&[1, 0x00, 0xea, 0x60]);
+        }
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+fn metric(tls: &Tls, name: &str) -> u64 {
+    let page = tls.request("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").text();
+    let line = page.lines().find(|l| l.starts_with(name) && l[name.len()..].starts_with(' ')).expect(name);
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// The server closed (or reset) the socket; false while it is still open.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    use std::io::Read;
+    s.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn stalled_handshakes_count_against_the_memory_budget() {
+    // Unbudgeted, the gauge sees what the stalled handshakes make rustls hold.
+    let tls = start();
+    let hello = stalled_client_hello();
+    let mut held: Vec<TcpStream> = (0..20).map(|_| tls.srv.connect()).collect();
+    for s in &mut held {
+        s.write_all(&hello).unwrap();
+    }
+    let each = 48 * 1024;
+    assert!(
+        wait_for(IO_TIMEOUT, || metric(&tls, "skiff_client_memory_bytes") >= 20 * each as u64),
+        "{} bytes counted for 20 stalled handshakes",
+        metric(&tls, "skiff_client_memory_bytes")
+    );
+    drop(held);
+
+    // With a budget, the stalled ones are closed once they hold too much, and a
+    // client that completes its handshake still gets in and chats.
+    let tls = start_with(&["--memory-budget", "1M"]);
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..40 {
+        let mut s = tls.srv.connect();
+        s.write_all(&hello).unwrap();
+        held.push(s);
+    }
+    assert!(
+        wait_for(IO_TIMEOUT, || metric(&tls, "skiff_memory_budget_closed_total") >= 20),
+        "closed: {}",
+        metric(&tls, "skiff_memory_budget_closed_total")
+    );
+    assert!(metric(&tls, "skiff_client_memory_bytes") <= 1024 * 1024);
+    assert!(wait_for(IO_TIMEOUT, || held.iter_mut().map(closed_by_server).filter(|&c| c).count() >= 20));
+    let mut a = tls.wss(&tls.user("patient"));
+    let mut b = tls.wss(&tls.user("peer"));
+    assert_eq!(recv(&mut a), json!({"event": "join", "username": "peer"}));
+    b.send(Message::text(r#"{"message": "still here"}"#)).unwrap();
+    assert_eq!(recv(&mut b), json!({"status": true}));
+    assert_eq!(recv(&mut a), json!({"message": "still here", "author": "peer"}));
+}

@@ -15,6 +15,10 @@ use std::collections::VecDeque;
 /// what the server holds for it stays bounded.
 pub const MAX_UNACKED: u32 = 1024;
 
+/// What one held ack costs: its entry and an ack frame's allocation (`{"status":
+/// true, ...}` with an id and a ref is under 64 bytes).
+pub const HELD_ACK_BYTES: usize = std::mem::size_of::<Held>() + 64;
+
 struct Held {
     /// The message whose commit releases this ack; `None`: an ack that only waits
     /// for the ones before it.

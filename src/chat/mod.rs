@@ -510,6 +510,11 @@ impl Chat {
         self.room.get(conn).is_some_and(|m| m.unacked >= MAX_UNACKED)
     }
 
+    /// What the acks `conn` has waiting on the disk hold, for the memory budget.
+    pub fn held_ack_bytes(&self, conn: ConnId) -> usize {
+        self.room.get(conn).map_or(0, |m| m.unacked as usize * acks::HELD_ACK_BYTES)
+    }
+
     /// Acks waiting on the disk, over all sockets.
     pub fn held_acks(&self) -> usize {
         self.acks.len()

@@ -540,11 +540,14 @@ fn acks_wait_for_the_commit_keep_each_sockets_order_and_a_failed_commit_says_una
     chat.on_text(1, r#"{"message": "two"}"#, t0, &mut fx);
     // Amy has nothing held: her refusal goes at once; Bob's waits behind "one".
     assert_eq!(acks(&mut fx), [(2, ACK_EMPTY.to_vec())]);
+    // What Bob's held acks cost counts against the memory budget; Amy holds none.
+    assert_eq!(chat.held_ack_bytes(1), 3 * super::acks::HELD_ACK_BYTES);
+    assert_eq!(chat.held_ack_bytes(2), 0);
     chat.on_committed(1, true, &mut fx);
     assert_eq!(acks(&mut fx), [(1, ACK_OK.to_vec()), (1, ACK_EMPTY.to_vec())]);
     chat.on_committed(2, false, &mut fx);
     assert_eq!(acks(&mut fx), [(1, ACK_UNAVAILABLE.to_vec())], "not stored: no promise");
-    assert_eq!(chat.held_acks(), 0);
+    assert_eq!((chat.held_acks(), chat.held_ack_bytes(1)), (0, 0));
     // A sender that leaves takes its held acks with it.
     chat.on_text(1, r#"{"message": "three"}"#, t0, &mut fx);
     chat.leave(1, &mut fx);

@@ -6,8 +6,12 @@
 //! ever walks every connection except the rare moment the budget is spent. The
 //! broadcast log's frames are shared by their recipients and counted once.
 //!
+//! TLS buffers and state (as far as skiff can see them: `tls.rs`) and acks held
+//! until their message is durable count too.
+//!
 //! Each part is also bounded per connection: input by `IN_CAP` / one frame, an
-//! unfinished message by the message limit, output by `OUT_CAP`.
+//! unfinished message by the message limit, output by `OUT_CAP`, TLS input by one
+//! handshake message or record, held acks by `MAX_UNACKED`.
 
 use super::{Conn, Cx, Phase, Stream};
 use crate::log;
@@ -61,24 +65,28 @@ impl Memory {
 impl<S: Stream> Conn<S> {
     /// Bytes this connection holds of its own: unfinished input, an unfinished
     /// message, queued frames (broadcast frames it owes are counted once, in
-    /// the log).
-    fn private_bytes(&self) -> usize {
+    /// the log), its transport's buffers, its acks waiting on the disk.
+    fn private_bytes(&self, cx: &Cx) -> usize {
         let phase = match &self.phase {
             Phase::Ws(w) => w.held(),
-            Phase::Http(_) | Phase::Closing { .. } => 0,
+            Phase::Http(_) => 0,
+            // Going within `LINGER`, reading at most `CLOSING_DISCARD` on the way:
+            // what its transport still holds is not the budget's to win back.
+            Phase::Closing { .. } => return self.input.capacity() + self.out.own_bytes(),
         };
-        self.input.capacity() + phase + self.out.own_bytes()
+        self.input.capacity() + phase + self.out.own_bytes() + self.sock.held() + cx.chat.held_ack_bytes(self.key)
     }
 
     /// What closing this connection would give back, the broadcasts it owes
-    /// included: the order in which the budget sheds connections.
+    /// included: the order in which the budget sheds connections. Its own part is
+    /// what it last reported, the figure the budget counts.
     pub fn holding(&self, log: &BroadcastLog) -> usize {
-        self.private_bytes() + self.out.len(log)
+        self.held + self.out.len(log)
     }
 
     /// Reports what the connection holds now to the process-wide count.
     pub fn account(&mut self, cx: &mut Cx) {
-        let now = self.private_bytes();
+        let now = self.private_bytes(cx);
         cx.memory.set(&mut self.held, now);
         cx.stats.client_memory = (cx.memory.held() as u64).saturating_add(cx.log.bytes());
     }
@@ -93,6 +101,11 @@ impl<S: Stream> Conn<S> {
         self.out.drop_unstarted(self.key, &mut cx.log);
         match self.phase {
             Phase::Ws(_) => self.close_ws_because(ws::close::POLICY, "memory budget", cx, now),
+            // No channel to say anything on yet: the socket just goes.
+            Phase::Http(_) if self.sock.in_handshake() => {
+                self.phase = Phase::Closing { until: now };
+                cx.stats.closing += 1;
+            }
             Phase::Http(_) => {
                 self.respond_error(503, "memory_budget", cx, now);
                 self.enter_closing(cx, now);

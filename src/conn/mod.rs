@@ -72,6 +72,18 @@ pub trait Stream: Read + Write {
     fn is_secure(&self) -> bool {
         false
     }
+
+    /// The transport is still setting up (a TLS handshake): nothing can be said
+    /// to the client yet.
+    fn in_handshake(&self) -> bool {
+        false
+    }
+
+    /// Bytes the transport itself holds for this connection (TLS buffers and
+    /// state), for the memory budget.
+    fn held(&self) -> usize {
+        0
+    }
 }
 
 impl Stream for mio::net::TcpStream {

@@ -297,7 +297,7 @@ pub fn render(s: &Snapshot) -> String {
     p.one(
         "client_memory_bytes",
         "gauge",
-        "Bytes clients make the server hold: unfinished requests, frames and messages, queued output.",
+        "Bytes clients make the server hold: unfinished requests, frames and messages, queued output, held acks, TLS.",
         st.client_memory,
     );
     p.one("client_memory_budget_bytes", "gauge", "The process-wide budget for client_memory_bytes.", st.memory_budget);
