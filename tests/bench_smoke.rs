@@ -49,6 +49,43 @@ fn twenty_clients_two_seconds_lose_nothing() {
 }
 
 #[test]
+fn https_urls_speak_tls_to_a_skiff_with_its_own_certificate() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let srv = Server::start_in(dir, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let url = format!("https://{}", srv.addr);
+    let r = bench(&[
+        "--url",
+        &url,
+        "--clients",
+        "10",
+        "--senders",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "1",
+        "--idle-secs",
+        "0.2",
+        "--json",
+    ]);
+    let load = &r["load"];
+    assert_eq!(r["setup"]["join_events_received"], 45, "{r}");
+    assert!(load["sent"].as_u64().unwrap() >= 20, "{load}");
+    assert_eq!((&load["acked"], &load["loss"]), (&load["sent"], &serde_json::json!(0)), "{load}");
+    // And a plain URL to a TLS port gets nowhere: the scheme is what picks TLS.
+    let out = Command::new(env!("CARGO_BIN_EXE_skiff-bench"))
+        .args(["--url", &format!("http://{}", srv.addr), "--clients", "1", "--senders", "1", "--duration", "0.1"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("bad status"), "{stderr}");
+}
+
+#[test]
 fn a_registration_flood_beside_the_chat_creates_users_and_loses_nothing() {
     let srv = Server::start();
     let url = format!("http://{}", srv.addr);

@@ -8,6 +8,7 @@ const USAGE: &str = "\
 skiff-bench: load-test a skiff server (or any WebSocket broadcast server with --raw)
 
 usage: skiff-bench [--url http://127.0.0.1:7777[,http://...] | --raw ws://HOST:PORT/PATH] [options]
+       (https:// URLs: the clients speak TLS and trust any certificate, for a skiff with --tls-cert)
 
   --clients N        WebSocket clients to connect [100]
   --senders K        how many of them send during the load phase [10]
@@ -77,6 +78,8 @@ pub struct Args {
     pub path: String,
     /// `--raw`: no users, no acks or join events; any broadcast server.
     pub raw: bool,
+    /// `--url https://...`: every client speaks TLS.
+    pub tls: bool,
     pub clients: usize,
     pub senders: usize,
     pub rate: f64,
@@ -119,6 +122,7 @@ impl Default for Args {
             targets: vec![SocketAddr::from(([127, 0, 0, 1], 7777))],
             path: "/ws".into(),
             raw: false,
+            tls: false,
             clients: 100,
             senders: 10,
             rate: 10.0,
@@ -169,7 +173,10 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Strin
                 return Ok(None);
             }
             "--url" => {
-                a.targets = list(&val()?, |u| host_port(u, "http://").map(|t| t.0))?;
+                let urls = val()?;
+                a.tls = urls.trim_start().starts_with("https://");
+                let scheme = if a.tls { "https://" } else { "http://" };
+                a.targets = list(&urls, |u| host_port(u, scheme).map(|t| t.0))?;
                 a.target = a.targets[0];
             }
             "--raw" => {

@@ -5,6 +5,7 @@
 use crate::hist::Histogram;
 use crate::progress;
 use crate::sys::now_ns;
+use crate::tls::Sock;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use skiff::ws::frame;
@@ -26,7 +27,7 @@ enum State {
 }
 
 struct Client {
-    sock: TcpStream,
+    sock: Sock,
     state: State,
     /// Bytes of a frame (or the handshake response) that straddled reads.
     carry: Vec<u8>,
@@ -137,6 +138,8 @@ pub struct Bench {
     pub full: i64,
     /// Set during a reconnect storm.
     pub storm: Option<Storm>,
+    /// `https://` nodes: the clients speak TLS.
+    tls: bool,
 }
 
 fn connect_from(source: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
@@ -177,7 +180,7 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 impl Bench {
-    pub fn new(raw: bool, spin: bool, v2: bool, full: usize) -> io::Result<Bench> {
+    pub fn new(raw: bool, spin: bool, v2: bool, full: usize, tls: bool) -> io::Result<Bench> {
         Ok(Bench {
             poll: Poll::new()?,
             clients: Vec::new(),
@@ -197,6 +200,7 @@ impl Bench {
             complete: 0,
             full: full as i64,
             storm: None,
+            tls,
         })
     }
 
@@ -204,9 +208,9 @@ impl Bench {
     /// is its upgrade request. An error here (EMFILE, ...) is synchronous; a refused
     /// connection shows up later as a failed client.
     pub fn connect(&mut self, source: Ipv4Addr, node: usize, to: SocketAddr, request: Vec<u8>) -> io::Result<()> {
-        let mut sock = connect_from(source, to)?;
+        let mut sock = Sock::new(connect_from(source, to)?, self.tls)?;
         let token = Token(self.clients.len());
-        self.poll.registry().register(&mut sock, token, Interest::READABLE | Interest::WRITABLE)?;
+        self.poll.registry().register(sock.tcp(), token, Interest::READABLE | Interest::WRITABLE)?;
         self.clients.push(Client {
             sock,
             state: State::Connecting,
@@ -292,6 +296,10 @@ impl Bench {
         if c.state == State::Connecting && c.writable {
             c.state = State::Handshake;
         }
+        if c.writable && c.sock.push_records().is_err() {
+            self.close(i);
+            return;
+        }
         while c.writable && !c.out.is_empty() {
             match c.sock.write(&c.out) {
                 Ok(n) => {
@@ -327,7 +335,7 @@ impl Bench {
         }
         let was_open = c.state == State::Open;
         c.state = State::Closed;
-        let _ = self.poll.registry().deregister(&mut c.sock);
+        let _ = self.poll.registry().deregister(c.sock.tcp());
         if was_open {
             self.open -= 1;
             if self.v2 && c.online >= self.full {
@@ -375,8 +383,10 @@ impl Bench {
                 request.splice(at..at, since.into_bytes());
             }
         }
-        let sock = connect_from(c.source, c.to).and_then(|mut sock| {
-            self.poll.registry().register(&mut sock, Token(i), Interest::READABLE | Interest::WRITABLE)?;
+        let tls = self.tls;
+        let sock = connect_from(c.source, c.to).and_then(|sock| {
+            let mut sock = Sock::new(sock, tls)?;
+            self.poll.registry().register(sock.tcp(), Token(i), Interest::READABLE | Interest::WRITABLE)?;
             Ok(sock)
         });
         match sock {

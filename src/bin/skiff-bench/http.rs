@@ -10,7 +10,13 @@ use std::time::Duration;
 /// several threads; returns their cookies in order. With several nodes, user `i`
 /// registers on node `i % n` and logs in on node `(i + 1) % n`: a cluster must accept
 /// a session begun anywhere.
-pub fn setup_users(nodes: &[SocketAddr], prefix: &str, n: usize, threads: usize) -> Result<Vec<String>, String> {
+pub fn setup_users(
+    nodes: &[SocketAddr],
+    tls: bool,
+    prefix: &str,
+    n: usize,
+    threads: usize,
+) -> Result<Vec<String>, String> {
     let chunks: Vec<Vec<usize>> = (0..threads).map(|t| (t..n).step_by(threads).collect()).collect();
     let handles: Vec<_> = chunks
         .into_iter()
@@ -21,14 +27,14 @@ pub fn setup_users(nodes: &[SocketAddr], prefix: &str, n: usize, threads: usize)
                 let mut conns: Vec<Option<Http>> = nodes.iter().map(|_| None).collect();
                 let mut out = Vec::with_capacity(ids.len());
                 for i in ids {
-                    let (status, body, _) = conn(&mut conns, &nodes, i)?
+                    let (status, body, _) = conn(&mut conns, &nodes, tls, i)?
                         .post("/api/register", &format!(r#"{{"username":"{prefix}{i}"}}"#))?;
                     if status != 201 {
                         return Err(format!("register {prefix}{i}: HTTP {status} {}", String::from_utf8_lossy(&body)));
                     }
                     let key = json_str(&body, "key").ok_or("register: no key")?;
                     let (status, _, cookie) =
-                        conn(&mut conns, &nodes, i + 1)?.post("/api/login", &format!(r#"{{"key":"{key}"}}"#))?;
+                        conn(&mut conns, &nodes, tls, i + 1)?.post("/api/login", &format!(r#"{{"key":"{key}"}}"#))?;
                     if status != 200 {
                         return Err(format!("login {prefix}{i}: HTTP {status}"));
                     }
@@ -48,30 +54,66 @@ pub fn setup_users(nodes: &[SocketAddr], prefix: &str, n: usize, threads: usize)
 }
 
 /// The keep-alive connection to node `i % n`, opened when first needed.
-fn conn<'a>(conns: &'a mut [Option<Http>], nodes: &[SocketAddr], i: usize) -> Result<&'a mut Http, String> {
+fn conn<'a>(conns: &'a mut [Option<Http>], nodes: &[SocketAddr], tls: bool, i: usize) -> Result<&'a mut Http, String> {
     let c = &mut conns[i % nodes.len()];
     if c.is_none() {
-        *c = Some(Http::connect(nodes[i % nodes.len()])?);
+        *c = Some(Http::connect(nodes[i % nodes.len()], tls)?);
     }
     Ok(c.as_mut().expect("just opened"))
 }
 
+enum Link {
+    Plain(std::net::TcpStream),
+    Tls(Box<crate::tls::Blocking>),
+}
+
+impl Read for Link {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.read(buf),
+            Link::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Link {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Link::Plain(s) => s.write(buf),
+            Link::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Link::Plain(s) => s.flush(),
+            Link::Tls(s) => s.flush(),
+        }
+    }
+}
+
+/// One request at a time, each answer read whole: the reader's buffer is empty
+/// whenever a request is written through it.
 struct Http {
-    r: BufReader<std::net::TcpStream>,
-    w: std::net::TcpStream,
+    r: BufReader<Link>,
 }
 
 impl Http {
-    fn connect(addr: SocketAddr) -> Result<Http, String> {
+    fn connect(addr: SocketAddr, tls: bool) -> Result<Http, String> {
         let s = std::net::TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
         s.set_read_timeout(Some(Duration::from_secs(30))).ok();
         let _ = s.set_nodelay(true);
-        Ok(Http { r: BufReader::new(s.try_clone().map_err(|e| e.to_string())?), w: s })
+        let link = if tls {
+            Link::Tls(Box::new(rustls::StreamOwned::new(crate::tls::client().map_err(|e| e.to_string())?, s)))
+        } else {
+            Link::Plain(s)
+        };
+        Ok(Http { r: BufReader::new(link) })
     }
 
     fn post(&mut self, path: &str, body: &str) -> Result<(u16, Vec<u8>, Option<String>), String> {
         let req = format!("POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        self.w.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+        self.r.get_mut().write_all(req.as_bytes()).map_err(|e| e.to_string())?;
         let mut line = String::new();
         self.r.read_line(&mut line).map_err(|e| e.to_string())?;
         let status: u16 = line.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or(format!("bad status {line:?}"))?;

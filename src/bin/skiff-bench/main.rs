@@ -19,6 +19,7 @@ mod progress;
 mod report;
 mod storm;
 mod sys;
+mod tls;
 
 use args::{Args, Role};
 use client::Bench;
@@ -63,7 +64,8 @@ fn run(a: &Args) -> Result<Report, String> {
         wait_for_file(f, hard_stop)?;
     }
     let rss_before = rss_of(a);
-    let mut bench = Bench::new(a.raw, a.spin, a.presence.is_some(), a.clients).map_err(|e| format!("epoll: {e}"))?;
+    let mut bench =
+        Bench::new(a.raw, a.spin, a.presence.is_some(), a.clients, a.tls).map_err(|e| format!("epoll: {e}"))?;
     let setup = setup(a, &mut bench, hard_stop)?;
     let (idle, load, flood) = if a.role == Role::Listeners {
         let idle = report::Idle { node_rss_before_kib: rss_before, node_rss_idle_kib: rss_of(a) };
@@ -128,7 +130,7 @@ fn setup(a: &Args, bench: &mut Bench, hard_stop: Instant) -> Result<report::Setu
         vec![String::new(); a.clients]
     } else {
         progress::show("setup", &format!("registering {} users", a.clients));
-        http::setup_users(&a.targets, &a.prefix, a.clients, a.setup_threads)?
+        http::setup_users(&a.targets, a.tls, &a.prefix, a.clients, a.setup_threads)?
     };
     let users_s = t0.elapsed().as_secs_f64();
     // The join storm's cost: the servers' CPU from the first connect to the last join.
