@@ -144,3 +144,34 @@ fn a_batch_subscription_survives_a_hand_over() {
     assert_eq!(presence_frames(&batch).len(), 1);
     assert!(batch.closed.is_none());
 }
+
+/// A crowd of batch clients arriving within one interval, some leaving again: each
+/// one's hello list with the diffs applied as set operations is the room as it is.
+#[test]
+fn every_batch_client_ends_with_the_room_as_it_is() {
+    let srv = Server::start();
+    let crowd = cookies(&srv, "b", 25);
+    let mut clients: Vec<Raw> = crowd.iter().map(|c| Raw::open(&srv, c, "/ws?v=2&presence=batch")).collect();
+    let gone: Vec<Raw> = clients.drain(20..).collect();
+    drop(gone);
+    let expected: std::collections::BTreeSet<String> = (0..20).map(|i| format!("b{i}")).collect();
+    for (i, r) in clients.iter_mut().enumerate() {
+        let view = |r: &Raw| {
+            let mut view = std::collections::BTreeSet::new();
+            for v in &r.texts {
+                let list = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+                if v["event"] == "hello" {
+                    view.extend(list("online").iter().filter_map(|n| n.as_str().map(str::to_owned)));
+                } else if v["event"] == "presence" {
+                    view.extend(list("join").iter().filter_map(|n| n.as_str().map(str::to_owned)));
+                    for n in list("leave") {
+                        view.remove(n.as_str().unwrap());
+                    }
+                }
+            }
+            view
+        };
+        assert!(r.poll_until(WAIT, |r| view(r) == expected), "client b{i}: {:?} from {:?}", view(r), r.texts);
+        assert_eq!(r.events("join") + r.events("leave"), 0);
+    }
+}

@@ -68,6 +68,7 @@ impl Chat {
     /// nothing to keep while none does.
     pub(super) fn note_presence(&mut self, user: &str, joined: bool) {
         if self.room.subscribers() == (0, 0) {
+            self.presence.unobserved_change();
             return;
         }
         let name = self.sessions.shared_name(user).unwrap_or_else(|| Rc::from(user));

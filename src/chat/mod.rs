@@ -274,6 +274,28 @@ impl Chat {
         frame::text(&serde_json::to_vec(&hello).expect("serializing into a Vec cannot fail"))
     }
 
+    /// The hello for the member on `conn`: batch and count subscribers get the
+    /// online list as of the last presence flush, shared (`presence.rs`).
+    pub fn hello_for(&mut self, conn: ConnId) -> Rc<[u8]> {
+        match self.presence_mode(conn) {
+            Some(presence::Mode::Batch | presence::Mode::Count) => {
+                // `online()`, field by field: the batcher is borrowed apart.
+                let sessions = &self.sessions;
+                let names = self.room.iter().filter_map(move |m| sessions.get(m.session).map(|s| &*s.user));
+                let online = match &self.replica {
+                    Some(r) => Box::new(r.names()) as Box<dyn Iterator<Item = &str>>,
+                    None if self.users_here == self.room.len() => Box::new(names),
+                    None => {
+                        let mut seen = std::collections::HashSet::new();
+                        Box::new(names.filter(move |n| seen.insert(*n)))
+                    }
+                };
+                self.presence.hello(self.history.epoch(), self.history.last_id(), online)
+            }
+            _ => self.hello(),
+        }
+    }
+
     /// The history ring's form of a message, its v2 frame encoded once.
     pub fn history_entry(id: u64, ts: i64, author: Rc<str>, text: &str) -> history::Entry {
         let mut f = TextFrame::with_capacity(text.len() + author.len() + 48);
@@ -374,9 +396,7 @@ impl Chat {
     /// The member on `conn` (just joined, its hello not yet sent) takes presence in
     /// `mode` from now on.
     pub fn set_presence(&mut self, conn: ConnId, mode: presence::Mode) {
-        if self.room.set_presence(conn, mode) {
-            self.presence.hello(mode);
-        }
+        self.room.set_presence(conn, mode);
     }
 
     /// Sends what presence has pending now, interval or not (a hand-over's capture:

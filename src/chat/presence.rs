@@ -7,8 +7,13 @@
 //!
 //! A diff is a set operation: `join` names are online now, `leave` names are not. A
 //! user who joined and left again within the interval (or left and came back) is in
-//! neither list, unless a subscriber got its hello in between: that subscriber's
-//! online list saw the middle state, so the final one is sent to correct it.
+//! neither list.
+//!
+//! A subscriber's hello carries the online list as of the last flush (the baseline),
+//! not as of its own join: the next diff brings it up to date, as it does everyone
+//! else. Every subscriber arriving within one interval then gets the same list,
+//! encoded once, so a storm of N subscribers costs N copies of one shared frame
+//! instead of N lists built name by name.
 
 use crate::ws::frame;
 use serde::Serialize;
@@ -68,9 +73,6 @@ impl Mode {
 struct Change {
     was_online: bool,
     online: bool,
-    /// Batch hellos given before the first and before the last change.
-    first_hello: u64,
-    last_hello: u64,
 }
 
 /// What one interval's flush sends: the diff for batch subscribers and the count for
@@ -101,11 +103,11 @@ pub struct Batcher {
     interval: Duration,
     changes: Vec<(Rc<str>, Change)>,
     index: HashMap<Rc<str>, usize>,
-    /// Batch hellos given so far (see `Change`).
-    hellos: u64,
-    /// A count subscriber got its hello this interval, and the count moved after it.
-    count_hello: bool,
-    moved_after_count_hello: bool,
+    /// The baseline's online list as a JSON array, built at the first hello after
+    /// it moved.
+    baseline: Option<Rc<[u8]>>,
+    /// The last hello frame built on it, with the epoch and last id it names.
+    hello: Option<(String, u64, Rc<[u8]>)>,
     /// Something was noted since the last flush.
     dirty: bool,
     due: Option<Instant>,
@@ -127,9 +129,8 @@ impl Batcher {
             interval,
             changes: Vec::new(),
             index: HashMap::new(),
-            hellos: 0,
-            count_hello: false,
-            moved_after_count_hello: false,
+            baseline: None,
+            hello: None,
             dirty: false,
             due: None,
             last_now: None,
@@ -140,31 +141,81 @@ impl Batcher {
     /// `user` joined (`true`) or left the room.
     pub fn note(&mut self, user: &Rc<str>, joined: bool) {
         self.dirty = true;
-        if self.count_hello {
-            self.moved_after_count_hello = true;
-        }
-        let hello = self.hellos;
         match self.index.get(user) {
-            Some(&i) => {
-                let c = &mut self.changes[i].1;
-                c.online = joined;
-                c.last_hello = hello;
-            }
+            Some(&i) => self.changes[i].1.online = joined,
             None => {
                 self.index.insert(user.clone(), self.changes.len());
-                let c = Change { was_online: !joined, online: joined, first_hello: hello, last_hello: hello };
-                self.changes.push((user.clone(), c));
+                self.changes.push((user.clone(), Change { was_online: !joined, online: joined }));
             }
         }
     }
 
-    /// A subscriber in `mode` got its hello (the online list as of now).
-    pub fn hello(&mut self, mode: Mode) {
-        match mode {
-            Mode::Batch => self.hellos += 1,
-            Mode::Count => self.count_hello = true,
-            Mode::Each => {}
+    /// The room changed while nobody subscribed, so nothing was noted: the baseline
+    /// is the room as it is now, and nobody needs what was pending.
+    pub fn unobserved_change(&mut self) {
+        if !self.changes.is_empty() {
+            self.changes.clear();
+            self.index.clear();
         }
+        self.dirty = false;
+        self.due = None;
+        self.baseline = None;
+        self.hello = None;
+        self.sent_count = None;
+    }
+
+    /// The hello for a batch or count subscriber: `online` is the room now, in
+    /// connect order. The baseline's list is the room with this interval's changes
+    /// undone (those who left go at the end); built once per interval, and the frame
+    /// once per interval and message id.
+    pub fn hello<'a>(&mut self, epoch: &str, last_id: u64, online: impl Iterator<Item = &'a str>) -> Rc<[u8]> {
+        if let Some((e, id, frame)) = &self.hello {
+            if *id == last_id && e == epoch {
+                return frame.clone();
+            }
+        }
+        let list = match &self.baseline {
+            Some(list) => list.clone(),
+            None => {
+                let (mut names, mut count) = (Vec::new(), 0);
+                let mut put = |names: &mut Vec<u8>, name: &str| {
+                    names.push(if count == 0 { b'[' } else { b',' });
+                    serde_json::to_writer(&mut *names, name).expect("serializing into a Vec cannot fail");
+                    count += 1;
+                };
+                for name in online {
+                    if self.index.get(name).is_none_or(|&i| self.changes[i].1.was_online) {
+                        put(&mut names, name);
+                    }
+                }
+                for (name, c) in &self.changes {
+                    if c.was_online && !c.online {
+                        put(&mut names, name);
+                    }
+                }
+                if count == 0 {
+                    names.push(b'[');
+                }
+                names.push(b']');
+                if self.changes.is_empty() {
+                    // Nothing pending: the baseline is now, and so is its count.
+                    self.sent_count = Some(count);
+                }
+                let list: Rc<[u8]> = Rc::from(names);
+                self.baseline = Some(list.clone());
+                list
+            }
+        };
+        let mut f = frame::TextFrame::with_capacity(list.len() + epoch.len() + 64);
+        let payload = f.payload();
+        payload.extend_from_slice(b"{\"event\":\"hello\",\"epoch\":");
+        serde_json::to_writer(&mut *payload, epoch).expect("serializing into a Vec cannot fail");
+        payload.extend_from_slice(format!(",\"last_id\":{last_id},\"online\":").as_bytes());
+        payload.extend_from_slice(&list);
+        payload.push(b'}');
+        let frame = f.finish();
+        self.hello = Some((epoch.to_owned(), last_id, frame.clone()));
+        frame
     }
 
     /// When the loop must call `on_timeout` next for presence, if at all.
@@ -197,7 +248,7 @@ impl Batcher {
         if diff {
             let mut d = Diff { event: "presence", join: Vec::new(), leave: Vec::new() };
             for (user, c) in &self.changes {
-                if c.was_online == c.online && c.first_hello == c.last_hello {
+                if c.was_online == c.online {
                     continue;
                 }
                 if c.online {
@@ -210,8 +261,7 @@ impl Batcher {
                 out.diff = Some(encode(&d));
             }
         }
-        let moved = self.sent_count != Some(online) || self.moved_after_count_hello;
-        if count && self.dirty && moved {
+        if count && self.dirty && self.sent_count != Some(online) {
             out.count = Some(encode(&Count { event: "presence", online }));
         }
         self.sent_count = Some(online);
@@ -223,9 +273,10 @@ impl Batcher {
             self.changes.shrink_to(64);
         }
         self.dirty = false;
-        self.count_hello = false;
-        self.moved_after_count_hello = false;
         self.due = None;
+        // The room as it is now is the next hellos' baseline.
+        self.baseline = None;
+        self.hello = None;
         out
     }
 }
@@ -298,17 +349,63 @@ mod tests {
         assert!(f.diff.is_none() && f.count.is_none(), "all cancelled: no frame at all");
     }
 
+    fn online_of(hello: &Rc<[u8]>) -> serde_json::Value {
+        json(hello)["online"].clone()
+    }
+
     #[test]
-    fn a_hello_between_a_join_and_its_leave_sends_the_final_state() {
+    fn a_hello_carries_the_baseline_and_the_next_diff_brings_it_up_to_date() {
         let t0 = Instant::now();
         let mut b = Batcher::new(INTERVAL);
-        tick(&mut b, t0, 0);
-        b.note(&name("ann"), true);
-        b.hello(Mode::Batch); // this subscriber's list has ann online
-        b.note(&name("ann"), false);
+        // Nothing pending: the baseline is the room now.
+        let h = b.hello("e1", 7, ["ann", "bob"].into_iter());
+        assert_eq!(
+            json(&h),
+            serde_json::json!({"event": "hello", "epoch": "e1", "last_id": 7, "online": ["ann", "bob"]})
+        );
+        tick(&mut b, t0, 2);
+        // cat joins, bob leaves, dan comes and goes: a hello now shows the baseline,
+        // those who left at the end, those who came not at all.
+        b.note(&name("cat"), true);
+        b.note(&name("bob"), false);
+        b.note(&name("dan"), true);
+        let h = b.hello("e1", 7, ["ann", "cat", "dan"].into_iter());
+        assert_eq!(online_of(&h), serde_json::json!(["ann", "bob"]));
+        b.note(&name("dan"), false);
+        // Another subscriber in the same interval gets the very same frame.
+        assert!(Rc::ptr_eq(&h, &b.hello("e1", 7, ["ann", "cat"].into_iter())));
+        // A new message id: a new frame around the same list.
+        let h8 = b.hello("e1", 8, ["ann", "cat"].into_iter());
+        assert_eq!(
+            (json(&h8)["last_id"].clone(), online_of(&h8)),
+            (serde_json::json!(8), serde_json::json!(["ann", "bob"]))
+        );
+        tick(&mut b, t0, 2);
+        let f = tick(&mut b, t0 + INTERVAL, 2).unwrap();
+        let d = json(f.diff.as_ref().unwrap());
+        // Applied to the hello's list as set operations: ann, cat. dan is in neither.
+        assert_eq!((d["join"].clone(), d["leave"].clone()), (serde_json::json!(["cat"]), serde_json::json!(["bob"])));
+        // After the flush the room as it is is the baseline.
+        let h = b.hello("e1", 8, ["ann", "cat"].into_iter());
+        assert_eq!(online_of(&h), serde_json::json!(["ann", "cat"]));
+    }
+
+    #[test]
+    fn an_unobserved_change_moves_the_baseline_to_now() {
+        let t0 = Instant::now();
+        let mut b = Batcher::new(INTERVAL);
+        let _ = b.hello("e", 0, ["ann"].into_iter());
+        b.note(&name("bob"), true);
+        // Nobody subscribes any more; ann leaves unnoted: what was pending is moot.
+        b.unobserved_change();
+        assert_eq!(b.next_deadline(), None);
+        let h = b.hello("e", 0, ["bob"].into_iter());
+        assert_eq!(online_of(&h), serde_json::json!(["bob"]));
+        // The count a count subscriber starts from is that list's: bob leaving is news.
+        b.note(&name("bob"), false);
         tick(&mut b, t0, 0);
         let f = tick(&mut b, t0 + INTERVAL, 0).unwrap();
-        assert_eq!(json(f.diff.as_ref().unwrap())["leave"], serde_json::json!(["ann"]));
+        assert_eq!(json(f.count.as_ref().unwrap())["online"], 0);
     }
 
     #[test]
@@ -348,21 +445,6 @@ mod tests {
         let f = tick(&mut b, t0 + INTERVAL * 3, 2).unwrap();
         assert_eq!(json(f.count.as_ref().unwrap())["online"], 2);
         assert!(tick(&mut b, t0 + INTERVAL * 10, 2).is_none(), "no change, no timer, no frame");
-    }
-
-    #[test]
-    fn a_count_subscriber_that_saw_a_middle_count_is_told_the_final_one() {
-        let t0 = Instant::now();
-        let mut b = Batcher::new(INTERVAL);
-        b.note(&name("ann"), true);
-        tick(&mut b, t0, 1);
-        tick(&mut b, t0 + INTERVAL, 1);
-        b.note(&name("bob"), true);
-        b.hello(Mode::Count); // saw 2
-        b.note(&name("bob"), false);
-        tick(&mut b, t0 + INTERVAL, 1);
-        let f = tick(&mut b, t0 + INTERVAL * 2, 1).unwrap();
-        assert_eq!(json(f.count.as_ref().unwrap())["online"], 1);
     }
 
     #[test]

@@ -230,12 +230,19 @@ impl Chat {
             // these clients were connected: the ids they hold name nothing now. A
             // new hello says which history this is, and the resync tells them to
             // drop what they hold and fetch it again.
-            let hello = Chunk::Shared(self.hello());
-            for &conn in self.room.members() {
-                if self.room.get(conn).is_some_and(|m| m.v2) {
-                    fx.push(Effect::Send { to: conn, frame: hello.clone() });
-                    fx.push(Effect::Send { to: conn, frame: Chunk::Static(super::RESYNC) });
-                }
+            let v2: Vec<ConnId> =
+                self.room.members().iter().copied().filter(|&c| self.room.get(c).is_some_and(|m| m.v2)).collect();
+            let mut each = None;
+            for conn in v2 {
+                // Each member's own kind: a batch subscriber's list must be the
+                // baseline the next diff starts from; the others share one.
+                let hello = match self.presence_mode(conn) {
+                    Some(super::presence::Mode::Each) | None => each.get_or_insert_with(|| self.hello()).clone(),
+                    Some(_) => self.hello_for(conn),
+                };
+                let hello = Chunk::Shared(hello);
+                fx.push(Effect::Send { to: conn, frame: hello });
+                fx.push(Effect::Send { to: conn, frame: Chunk::Static(super::RESYNC) });
             }
         }
     }

@@ -373,7 +373,7 @@ impl<S: Stream> Conn<S> {
     /// go into this connection's queue now, ahead of any broadcast still to come: the
     /// loop is single-threaded, so nothing can slip between replay and live traffic.
     fn greet(&mut self, resume: &Resume, cx: &mut Cx) {
-        self.out.push(Chunk::Shared(cx.chat.hello()));
+        self.out.push(Chunk::Shared(cx.chat.hello_for(self.key)));
         let Some(since) = resume.since else { return };
         let epoch = resume.epoch.as_deref().unwrap_or("");
         match cx.chat.history().since(since, epoch) {
