@@ -186,8 +186,14 @@ enum Item {
 pub struct OutQueue {
     /// Frames for this connection alone, each tagged with a log sequence number:
     /// it goes after every owed entry below the tag and before the rest.
-    own: VecDeque<(u64, Chunk)>,
+    own: VecDeque<(u64, Chunk, u32)>,
     own_bytes: usize,
+    /// What those frames cost in memory, for the budget: an owned frame its length,
+    /// a shared one (a hello, a replay, a presence diff, held by many queues) its
+    /// share when queued, its length over the queues holding it then; the third
+    /// field of each entry. A storm's shared hello is then counted about once,
+    /// not once per socket.
+    own_memory: usize,
     /// Bytes of the first item already written (Redis calls it `sentlen`).
     head_written: usize,
     /// The next log entry to look at.
@@ -195,6 +201,18 @@ pub struct OutQueue {
     /// One past the last log entry delivered to this connection. Entries in
     /// `log_next..log_end` are owed, except those with `except` == this connection.
     log_end: u64,
+}
+
+/// What queueing `chunk` costs in memory (see `OutQueue::own_memory`).
+fn chunk_memory(chunk: &Chunk) -> u32 {
+    let len = chunk.as_slice().len();
+    let data = match chunk {
+        Chunk::Static(_) => 0,
+        Chunk::Owned(_) => len,
+        // This queue's reference is among the strong ones.
+        Chunk::Shared(rc) => len / Rc::strong_count(rc),
+    };
+    (std::mem::size_of::<(u64, Chunk, u32)>() + data).min(u32::MAX as usize) as u32
 }
 
 /// A position while walking a queue's items in order.
@@ -215,7 +233,9 @@ impl OutQueue {
             return;
         }
         self.own_bytes += len;
-        self.own.push_back((self.log_end, chunk));
+        let memory = chunk_memory(&chunk);
+        self.own_memory += memory as usize;
+        self.own.push_back((self.log_end, chunk, memory));
     }
 
     /// Log entry `seq` (the newest) is for this connection too.
@@ -244,13 +264,19 @@ impl OutQueue {
         self.own_bytes
     }
 
+    /// What the frames queued for this connection alone hold in memory (shared ones
+    /// by their share: see `own_memory`).
+    pub fn own_memory(&self) -> usize {
+        self.own_memory
+    }
+
     fn walk(&self, log: &BroadcastLog) -> Walk {
         Walk { seq: self.log_next.max(log.first), own: 0 }
     }
 
     fn step(&self, key: usize, log: &BroadcastLog, w: &mut Walk) -> Option<Item> {
         loop {
-            if let Some((tag, _)) = self.own.get(w.own) {
+            if let Some((tag, _, _)) = self.own.get(w.own) {
                 if *tag <= w.seq || w.seq >= self.log_end {
                     w.own += 1;
                     return Some(Item::Own(w.own - 1));
@@ -353,8 +379,9 @@ impl OutQueue {
             self.head_written = 0;
             match item {
                 Item::Own(_) => {
-                    if let Some((_, c)) = self.own.pop_front() {
+                    if let Some((_, c, memory)) = self.own.pop_front() {
                         self.own_bytes -= c.as_slice().len();
+                        self.own_memory -= memory as usize;
                     }
                 }
                 Item::Log(seq) => {
@@ -373,7 +400,7 @@ impl OutQueue {
         if head_written > 0 {
             let mut walk = self.walk(log);
             match self.step(key, log, &mut walk) {
-                Some(Item::Own(_)) => begun = self.own.pop_front().map(|(_, c)| c),
+                Some(Item::Own(_)) => begun = self.own.pop_front().map(|(_, c, _)| c),
                 Some(Item::Log(seq)) => {
                     // A copy, so the log entry need not wait for this connection.
                     begun = Some(Chunk::Owned(log.entry(seq).frame.to_vec()));
@@ -386,7 +413,9 @@ impl OutQueue {
         self.discard(key, log);
         if let Some(c) = begun {
             self.own_bytes = c.as_slice().len();
-            self.own.push_back((0, c));
+            let memory = chunk_memory(&c);
+            self.own_memory = memory as usize;
+            self.own.push_back((0, c, memory));
             self.head_written = head_written;
         }
     }
@@ -408,6 +437,7 @@ impl OutQueue {
         self.log_next = self.log_end;
         self.own.clear();
         self.own_bytes = 0;
+        self.own_memory = 0;
         self.head_written = 0;
         self.release_if_idle();
     }
@@ -481,6 +511,27 @@ mod tests {
 
     fn sink() -> Trickle {
         Trickle { got: vec![], cap: usize::MAX, calls: usize::MAX }
+    }
+
+    #[test]
+    fn a_shared_frame_counts_by_its_share_and_an_owned_one_whole() {
+        let entry = std::mem::size_of::<(u64, Chunk, u32)>();
+        let hello: Rc<[u8]> = Rc::from(vec![b'x'; 10_000]);
+        let mut qs: Vec<OutQueue> = (0..4).map(|_| OutQueue::new()).collect();
+        for q in &mut qs {
+            q.push(Chunk::Shared(hello.clone()));
+        }
+        // Queued while 2, 3, 4 and 5 references were alive (the first one is ours).
+        let counted: usize = qs.iter().map(OutQueue::own_memory).sum();
+        assert_eq!(counted, 4 * entry + 10_000 / 2 + 10_000 / 3 + 10_000 / 4 + 10_000 / 5);
+        assert!(qs.iter().all(|q| q.own_bytes() == 10_000), "the backlog is still the whole frame");
+        let mut q = OutQueue::new();
+        q.push(Chunk::Owned(vec![0; 300]));
+        q.push(Chunk::Static(b"ack"));
+        assert_eq!(q.own_memory(), 2 * entry + 300);
+        let mut log = BroadcastLog::new();
+        q.flush_to(0, &mut log, &mut Vec::new(), usize::MAX).unwrap();
+        assert_eq!(q.own_memory(), 0);
     }
 
     fn queue_of(parts: &[&'static [u8]]) -> OutQueue {

@@ -72,9 +72,9 @@ impl<S: Stream> Conn<S> {
             Phase::Http(_) => 0,
             // Going within `LINGER`, reading at most `CLOSING_DISCARD` on the way:
             // what its transport still holds is not the budget's to win back.
-            Phase::Closing { .. } => return self.input.capacity() + self.out.own_bytes(),
+            Phase::Closing { .. } => return self.input.capacity() + self.out.own_memory(),
         };
-        self.input.capacity() + phase + self.out.own_bytes() + self.sock.held() + cx.chat.held_ack_bytes(self.key)
+        self.input.capacity() + phase + self.out.own_memory() + self.sock.held() + cx.chat.held_ack_bytes(self.key)
     }
 
     /// What closing this connection would give back, the broadcasts it owes
