@@ -20,7 +20,9 @@ usage: skiff-bench [--url http://127.0.0.1:7777[,http://...] | --raw ws://HOST:P
                      (a comma-separated list, one per --url node, in the same order)
   --redis-pid PID    also report this Redis's CPU time (cluster mode)
   --prefix P         username prefix [random per run]
-  --sources K        local source addresses 127.0.0.2.. (default: 1 per 25,000 clients)
+  --sources K        local source addresses 127.0.0.2.. (default: 1 per 2,000 clients; the kernel's
+                     search for a free port slows as one address fills)
+  --rcvbuf BYTES     SO_RCVBUF of every client socket [the kernel's autotuning]
   --setup-threads T  HTTP threads for register/login [8]
   --timeout S        hard limit for the whole run [600]
   --register-flood C during the load phase, C more keep-alive HTTP connections each
@@ -91,6 +93,8 @@ pub struct Args {
     pub redis_pid: Option<u32>,
     pub prefix: String,
     pub sources: usize,
+    /// `--rcvbuf`: SO_RCVBUF for the client sockets.
+    pub rcvbuf: Option<usize>,
     pub setup_threads: usize,
     pub timeout: Duration,
     /// `--register-flood`: registration connections during the load (0: none).
@@ -133,6 +137,7 @@ impl Default for Args {
             redis_pid: None,
             prefix: String::new(),
             sources: 0,
+            rcvbuf: None,
             setup_threads: 8,
             timeout: Duration::from_secs(600),
             flood_clients: 0,
@@ -209,6 +214,7 @@ pub fn parse(mut it: impl Iterator<Item = String>) -> Result<Option<Args>, Strin
             "--done-file" => a.done_file = Some(val()?.into()),
             "--prefix" => a.prefix = val()?,
             "--sources" => a.sources = num(val()?)? as usize,
+            "--rcvbuf" => a.rcvbuf = Some(num(val()?)? as usize),
             "--setup-threads" => a.setup_threads = (num(val()?)? as usize).max(1),
             "--timeout" => a.timeout = secs(val()?)?,
             "--register-flood" => a.flood_clients = num(val()?)? as usize,
@@ -322,7 +328,7 @@ fn validate(mut a: Args) -> Result<Args, String> {
         a.prefix = format!("b{:08x}x", u32::from_le_bytes(r));
     }
     if a.sources == 0 {
-        a.sources = a.clients.div_ceil(25_000).max(1);
+        a.sources = a.clients.div_ceil(2_000).clamp(1, 250);
     }
     Ok(a)
 }
