@@ -448,6 +448,8 @@ fn moderation_agrees() {
     for (who, text) in [("Ann", "one"), ("Bob", "two"), ("Ann", "three"), ("Ann", "four")] {
         s.f("message", &["n1", "1.1", who, text, "16"]);
     }
+    // A live session's logout: E for the session, O for every socket of its user.
+    s.f("login", &["k2", "b2", "30000", "4"]).f("logout", &["b2"]).f("logout", &["b2"]);
     s.f("kick", &["ann"]).f("kick", &["zed"]).f("leave", &["bob", "Bob", "n1"]).f("kick", &["bob"]);
     s.wait(100).f("ban", &["ann", "spam", "1700000000100"]).f("ban", &["zed", "x", "1"]);
     s.f("login", &["k1", "a3", "30000", "4"]).f("session", &["a1"]).f("users", &["", "10", "0"]);

@@ -197,6 +197,7 @@ impl Cluster {
                 let Some(id_hash) = unhex32(&hash) else { return };
                 Event::SessionEnded { id_hash, code }
             }
+            RoomEvent::Logout { name, .. } => Event::LoggedOut { name },
             RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
             RoomEvent::Kick { .. } => return,
             RoomEvent::Ban { name, ban, .. } => Event::Banned { name, ban },

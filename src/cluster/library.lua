@@ -156,7 +156,9 @@ redis.register_function('skiff_renew', function(_, a)
   return redis.call('PEXPIRE', a[1] .. 'sess:' .. a[2], a[3])
 end)
 
--- (p, sesshash) -> 1 if it was live; its socket, wherever it is, closes with 1000.
+-- (p, sesshash) -> 1 if it was live. Its sockets close with 1000 (E), and so does
+-- every other socket of its user, whatever session opened it, on every node (O):
+-- a logout on one device logs every device out, as on a single node.
 redis.register_function('skiff_logout', function(_, a)
   local p, sess = a[1], a[2]
   local k = p .. 'sess:' .. sess
@@ -167,6 +169,7 @@ redis.register_function('skiff_logout', function(_, a)
   end_session(p, sess, '1000')
   redis.call('ZREM', p .. 'usess:' .. string.lower(name), sess)
   publish(p, 'E', '1000 ' .. sess)
+  publish(p, 'O', name)
   return 1
 end)
 

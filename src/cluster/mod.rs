@@ -124,6 +124,11 @@ pub enum Event {
         id_hash: [u8; 32],
         code: u16,
     },
+    /// A session of `name` was logged out somewhere: every socket of the user here
+    /// closes (1000), whatever session opened it.
+    LoggedOut {
+        name: String,
+    },
     /// After a sync: the session of a socket here ended while this node was away, or
     /// its user is gone (deleted, banned); the socket closes with `code` and `reason`.
     SessionGone {

@@ -298,6 +298,26 @@ fn a_join_whose_event_beats_its_reply_leaves_nothing_waiting() {
     assert!(c.is_quiet());
 }
 
+/// A logout ends one session (E: its sockets close where that session is known)
+/// and logs its user out everywhere (O: sockets of the user's other sessions, on
+/// nodes that never saw the one logged out, close too).
+#[test]
+fn a_logout_reaches_every_node_by_the_user_s_name() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let hash = "ab".repeat(32);
+    c.on_bytes(LinkId::Sub, &channel(&format!("E 11 1000 {hash}")), t);
+    c.on_bytes(LinkId::Sub, &channel("O 12 Ann"), t);
+    let got = events(&mut c);
+    assert!(
+        matches!(&got[..], [
+        Event::SessionEnded { id_hash, code: 1000 },
+        Event::LoggedOut { name },
+    ] if *id_hash == [0xab; 32] && name == "Ann"),
+        "{got:?}"
+    );
+}
+
 #[test]
 fn heartbeats_and_reaping_keep_their_pace() {
     let t = Instant::now();

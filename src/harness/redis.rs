@@ -675,6 +675,7 @@ impl FakeRedis {
             list.0.remove(sess);
         }
         self.publish("E", &format!("1000 {sess}"));
+        self.publish("O", &name);
         1
     }
 

@@ -10,6 +10,8 @@ use crate::conn::Stream;
 use crate::log;
 use crate::outq::Chunk;
 use crate::storage::{Done, Origin, Reply};
+use crate::ws::close;
+use std::rc::Rc;
 use std::time::Instant;
 
 impl<S: Stream> Server<S> {
@@ -68,6 +70,9 @@ impl<S: Stream> Server<S> {
             // The chat core knows the words (a ban's, a key reset's) and every device
             // a logout closes.
             Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
+            Event::LoggedOut { name } => {
+                self.cx.chat.close_user(&name, close::NORMAL, Rc::from("logged out"), &mut self.cx.fx);
+            }
             Event::SessionGone { id_hash, code, reason } => self.end_session(&id_hash, code, reason, now),
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
             Event::Kick { name } => {
