@@ -464,6 +464,33 @@ fn moderation_agrees() {
     s.run("moderation_agrees");
 }
 
+/// A user's sockets counted on every node: v2 joins beside other nodes' devices,
+/// counts moved by skiff_devices (never below one; a node that no longer holds the
+/// user changes nothing), joins past the cap refused, a sync that lists a user once
+/// per socket, the snapshot's counts, and a reap.
+#[test]
+fn device_counts_agree() {
+    let mut s = Script::new();
+    s.f("register", &["ann", "Ann", "k1"]).f("register", &["bob", "Bob", "k2"]);
+    s.f("heartbeat", &["n1", "6000"]).f("heartbeat", &["n2", "6000"]).f("heartbeat", &["n3", "6000"]);
+    s.f("join", &["ann", "Ann", "n1", "1.1", "1", "4"]).f("devices", &["ann", "Ann", "n1", "1"]);
+    s.f("join", &["ann", "Ann", "n2", "2.1", "1", "4"]).f("devices", &["ann", "Ann", "n2", "1"]);
+    s.f("join", &["ann", "Ann", "n3", "3.1", "1", "4"]).f("join", &["ann", "Ann", "n3", "3.2", "1"]);
+    s.f("devices", &["ann", "Ann", "n1", "-3"]).f("join", &["ann", "Ann", "n3", "3.3", "1", "x"]);
+    s.f("join", &["bob", "Bob", "n2", "2.2", "0", "4"]).f("devices", &["bob", "Bob", "n2", "1"]);
+    s.f("leave", &["ann", "Ann", "n1"])
+        .f("devices", &["ann", "Ann", "n1", "1"])
+        .f("devices", &["zed", "Zed", "n1", "1"]);
+    s.f("sync", &["n1", "6000", "e1", "4", "", "0", "bob", "Bob", "1.5", "ann", "Ann", "1.6", "bob", "Bob", "1.7"]);
+    s.f("sync", &["n2", "6000", "e1", "4", "", "0", "ann", "Ann", "2.1", "ann", "Ann", "2.3", "ann", "Ann", "2.4"]);
+    s.f("sync", &["n1", "6000", "e1", "4", "", "0", "ann", "Ann", "1.6"]);
+    // One node reaped at a time: Redis walks a set of nodes in no set order.
+    s.wait(3000).f("heartbeat", &["n1", "6000"]).f("heartbeat", &["n3", "6000"]).wait(3001).f("reap", &[]);
+    s.f("users", &["", "10", "1"]);
+    s.f("sync", &["n1", "6000", "e1", "4", "", "0", "ann", "Ann", "1.6", "ann", "Ann", "1.8"]);
+    s.run("device_counts_agree");
+}
+
 /// Redis came back from an older snapshot: a node has seen ids past the counter.
 /// The first sync moves the epoch and the counter; a later one from an older epoch,
 /// or one that saw less, changes nothing.

@@ -40,6 +40,14 @@ pub enum RoomEvent {
         seq: u64,
         name: String,
     },
+    /// Node `node` holds `count` sockets of user `name` now (0: none, the user is
+    /// online through other nodes).
+    Devices {
+        seq: u64,
+        node: String,
+        name: String,
+        count: usize,
+    },
     /// A session of `name` was logged out: every node closes every socket of the
     /// user (1000), whatever session opened it.
     Logout {
@@ -67,6 +75,7 @@ impl RoomEvent {
             | RoomEvent::Message { seq, .. }
             | RoomEvent::SessionEnd { seq, .. }
             | RoomEvent::Logout { seq, .. }
+            | RoomEvent::Devices { seq, .. }
             | RoomEvent::Kick { seq, .. }
             | RoomEvent::Ban { seq, .. }
             | RoomEvent::Unban { seq, .. }
@@ -109,6 +118,11 @@ impl RoomEvent {
                 RoomEvent::SessionEnd { seq, code: code.parse().ok()?, hash: word(hash)? }
             }
             "O" => RoomEvent::Logout { seq, name: word(rest)? },
+            "N" => {
+                let mut f = rest.splitn(3, ' ');
+                let (node, name, count) = (f.next()?, f.next()?, f.next()?);
+                RoomEvent::Devices { seq, node: word(node)?, name: word(name)?, count: count.parse().ok()? }
+            }
             "K" => {
                 let (node, name) = rest.split_once(' ')?;
                 RoomEvent::Kick { seq, node: word(node)?, name: word(name)? }
@@ -165,6 +179,10 @@ mod tests {
         );
         assert_eq!(RoomEvent::parse(b"D 12 41"), Some(RoomEvent::Delete { seq: 12, id: 41 }));
         assert_eq!(RoomEvent::parse(b"O 13 Alice"), Some(RoomEvent::Logout { seq: 13, name: "Alice".into() }));
+        assert_eq!(
+            RoomEvent::parse(b"N 14 ab12 Alice 3"),
+            Some(RoomEvent::Devices { seq: 14, node: "ab12".into(), name: "Alice".into(), count: 3 })
+        );
         assert_eq!(RoomEvent::parse(b"D 12 x"), None);
     }
 
@@ -180,6 +198,8 @@ mod tests {
             b"E 1 1000",
             b"O 1",
             b"O 1 a b",
+            b"N 1 n a",
+            b"N 1 n a x",
             b"\xff 1",
         ] {
             assert_eq!(RoomEvent::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
