@@ -527,6 +527,7 @@ fn join_cluster(server: &mut Server<Transport>, cfg: &Config) -> Result<(), Stri
         session_ttl: cfg.session_ttl,
         max_sessions_per_user: cfg.max_sessions_per_user,
         history: cfg.history,
+        max_devices: cfg.max_devices.max(1),
     };
     server.cx.chat.set_replicated();
     server.cx.cluster = Some(Cluster::new(cluster_cfg, Instant::now()));

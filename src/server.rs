@@ -319,6 +319,11 @@ impl<S: Stream> Server<S> {
                             cluster.left(&user);
                         }
                     }
+                    Effect::DevicesClosed { user, closed } => {
+                        if let Some(cluster) = self.cx.cluster.as_mut() {
+                            cluster.devices_closed(&user, closed);
+                        }
+                    }
                 }
             }
             for key in slow.drain(..) {

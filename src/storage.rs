@@ -81,6 +81,8 @@ pub enum Reply {
     LoggedOut,
     /// Cluster mode: the WebSocket may open; every node has heard the join.
     Joined,
+    /// Cluster mode: the user holds `--max-devices` sockets across the cluster.
+    TooManyDevices,
     /// The key is right but its user is banned (`skiff ctl ban`); what Redis says
     /// of the ban in cluster mode.
     Banned(Option<crate::chat::moderation::Ban>),

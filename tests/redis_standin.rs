@@ -448,6 +448,8 @@ fn moderation_agrees() {
     for (who, text) in [("Ann", "one"), ("Bob", "two"), ("Ann", "three"), ("Ann", "four")] {
         s.f("message", &["n1", "1.1", who, text, "16"]);
     }
+    // A live session's logout: E for the session, O for every socket of its user.
+    s.f("login", &["k2", "b2", "30000", "4"]).f("logout", &["b2"]).f("logout", &["b2"]);
     s.f("kick", &["ann"]).f("kick", &["zed"]).f("leave", &["bob", "Bob", "n1"]).f("kick", &["bob"]);
     s.wait(100).f("ban", &["ann", "spam", "1700000000100"]).f("ban", &["zed", "x", "1"]);
     s.f("login", &["k1", "a3", "30000", "4"]).f("session", &["a1"]).f("users", &["", "10", "0"]);
@@ -460,6 +462,33 @@ fn moderation_agrees() {
     s.f("register", &["ann", "Ann", "k5"]).f("delete_user", &["bob", "0"]).f("users", &["", "10", "0"]);
     s.f("sync", &["n1", "6000", "e1", "16", "e1", "4"]).f("status", &[]);
     s.run("moderation_agrees");
+}
+
+/// A user's sockets counted on every node: v2 joins beside other nodes' devices,
+/// counts moved by skiff_devices (never below one; a node that no longer holds the
+/// user changes nothing), joins past the cap refused, a sync that lists a user once
+/// per socket, the snapshot's counts, and a reap.
+#[test]
+fn device_counts_agree() {
+    let mut s = Script::new();
+    s.f("register", &["ann", "Ann", "k1"]).f("register", &["bob", "Bob", "k2"]);
+    s.f("heartbeat", &["n1", "6000"]).f("heartbeat", &["n2", "6000"]).f("heartbeat", &["n3", "6000"]);
+    s.f("join", &["ann", "Ann", "n1", "1.1", "1", "4"]).f("devices", &["ann", "Ann", "n1", "1"]);
+    s.f("join", &["ann", "Ann", "n2", "2.1", "1", "4"]).f("devices", &["ann", "Ann", "n2", "1"]);
+    s.f("join", &["ann", "Ann", "n3", "3.1", "1", "4"]).f("join", &["ann", "Ann", "n3", "3.2", "1"]);
+    s.f("devices", &["ann", "Ann", "n1", "-3"]).f("join", &["ann", "Ann", "n3", "3.3", "1", "x"]);
+    s.f("join", &["bob", "Bob", "n2", "2.2", "0", "4"]).f("devices", &["bob", "Bob", "n2", "1"]);
+    s.f("leave", &["ann", "Ann", "n1"])
+        .f("devices", &["ann", "Ann", "n1", "1"])
+        .f("devices", &["zed", "Zed", "n1", "1"]);
+    s.f("sync", &["n1", "6000", "e1", "4", "", "0", "bob", "Bob", "1.5", "ann", "Ann", "1.6", "bob", "Bob", "1.7"]);
+    s.f("sync", &["n2", "6000", "e1", "4", "", "0", "ann", "Ann", "2.1", "ann", "Ann", "2.3", "ann", "Ann", "2.4"]);
+    s.f("sync", &["n1", "6000", "e1", "4", "", "0", "ann", "Ann", "1.6"]);
+    // One node reaped at a time: Redis walks a set of nodes in no set order.
+    s.wait(3000).f("heartbeat", &["n1", "6000"]).f("heartbeat", &["n3", "6000"]).wait(3001).f("reap", &[]);
+    s.f("users", &["", "10", "1"]);
+    s.f("sync", &["n1", "6000", "e1", "4", "", "0", "ann", "Ann", "1.6", "ann", "Ann", "1.8"]);
+    s.run("device_counts_agree");
 }
 
 /// Redis came back from an older snapshot: a node has seen ids past the counter.

@@ -65,11 +65,29 @@ impl Chat {
         Some(user)
     }
 
-    /// One of `user`'s sockets is gone: if it was the last one, the user left.
-    pub(super) fn gone(&mut self, user: Rc<str>, fx: &mut Effects) {
+    /// `closed` of `user`'s sockets are gone: if they were the last ones, the user
+    /// left; if not, a cluster still counts the others.
+    pub(super) fn gone(&mut self, user: Rc<str>, closed: usize, fx: &mut Effects) {
         if self.sessions.socket_of_user(&user).is_none() {
             self.users_here -= 1;
             self.left(user, fx);
+        } else if self.replica.is_some() {
+            fx.push(Effect::DevicesClosed { user, closed });
+        }
+    }
+
+    /// Cluster mode: the user's sockets on the other nodes, which the device cap
+    /// counts beside those here.
+    pub fn set_devices_elsewhere(&mut self, name: &str, n: usize) {
+        if let Some(r) = self.replica.as_mut() {
+            r.set_elsewhere(name, n);
+        }
+    }
+
+    /// Cluster mode, after a sync: every online user's sockets on other nodes.
+    pub fn replace_devices_elsewhere(&mut self, counts: Vec<(String, usize)>) {
+        if let Some(r) = self.replica.as_mut() {
+            r.replace_elsewhere(counts);
         }
     }
 
@@ -82,7 +100,7 @@ impl Chat {
             user = self.unlink(conn).or(user);
         }
         if let Some(user) = user {
-            self.gone(user, fx);
+            self.gone(user, conns.len(), fx);
         }
         for &conn in &conns {
             fx.push(Effect::Close { conn, code, reason: reason.clone() });
@@ -92,6 +110,9 @@ impl Chat {
 
     /// Whether this session's user may open a WebSocket now (the 409 checks): plain
     /// `/ws` only as the user's one socket; v2 beside other v2 ones, up to the cap.
+    /// In a cluster the cap counts the user's sockets on other nodes too, as last
+    /// heard from Redis; a user with none here is Redis's to check (skiff_join),
+    /// so this node's view, perhaps a moment old, never refuses what Redis let in.
     pub fn can_join(&self, k: SessionKey, v2: bool) -> Result<(), JoinError> {
         let s = self.sessions.get(k).ok_or(JoinError::NoSession)?;
         let (open, any_v1) = self.devices_of(&s.user);
@@ -101,7 +122,8 @@ impl Chat {
         if !v2 || any_v1 {
             return Err(JoinError::AlreadyConnected);
         }
-        if open >= self.max_devices {
+        let elsewhere = self.replica.as_ref().map_or(0, |r| r.elsewhere(&s.user));
+        if open + elsewhere >= self.max_devices {
             return Err(JoinError::TooManyDevices);
         }
         Ok(())
@@ -199,6 +221,32 @@ mod tests {
         let (b, _) = session(&mut chat, "bob", t0);
         chat.join(4, b, false, false, t0, &mut fx).unwrap();
         assert_eq!(chat.can_join(b, true), Err(JoinError::AlreadyConnected), "plain /ws blocks v2");
+    }
+
+    #[test]
+    fn in_a_cluster_the_cap_counts_the_user_s_sockets_on_other_nodes() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (chat(3), vec![]);
+        let (k, _) = session(&mut chat, "amy", t0);
+        chat.set_devices_elsewhere("amy", 9);
+        assert_eq!(chat.can_join(k, true), Ok(()), "a single node has no other nodes");
+        chat.set_replicated();
+        chat.set_devices_elsewhere("AMY", 3);
+        assert_eq!(chat.can_join(k, true), Ok(()), "none here: Redis counts (skiff_join)");
+        chat.join(1, k, false, true, t0, &mut fx).unwrap();
+        assert_eq!(chat.can_join(k, true), Err(JoinError::TooManyDevices));
+        chat.set_devices_elsewhere("amy", 1);
+        chat.join(2, k, false, true, t0, &mut fx).unwrap();
+        assert_eq!(chat.can_join(k, true), Err(JoinError::TooManyDevices), "two here, one elsewhere");
+        chat.replace_devices_elsewhere(vec![("bob".into(), 2)]);
+        assert_eq!(chat.can_join(k, true), Ok(()));
+        // Redis counts the devices a node closes while it still holds the user.
+        fx.clear();
+        chat.leave(2, &mut fx);
+        assert!(matches!(&fx[..], [Effect::DevicesClosed { user, closed: 1 }] if &**user == "amy"), "{fx:?}");
+        fx.clear();
+        chat.leave(1, &mut fx);
+        assert!(matches!(&fx[..], [Effect::Left { user }] if &**user == "amy"), "{fx:?}");
     }
 
     #[test]

@@ -57,7 +57,7 @@ impl Chat {
             self.remove_member(conn);
         }
         if !conns.is_empty() {
-            self.gone(s.user, fx);
+            self.gone(s.user, conns.len(), fx);
         }
         for conn in conns {
             fx.push(Effect::Close { conn, code, reason: reason.clone() });

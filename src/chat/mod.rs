@@ -74,6 +74,12 @@ pub enum Effect {
     Left {
         user: Rc<str>,
     },
+    /// Cluster mode: `closed` sockets of `user` here are gone and the user still
+    /// has one here; the cluster counts the user's devices.
+    DevicesClosed {
+        user: Rc<str>,
+        closed: usize,
+    },
     /// One encoded frame for every protocol v2 member, none for plain `/ws` ones
     /// (the `delete` event).
     BroadcastV2 {
@@ -554,7 +560,7 @@ impl Chat {
     pub fn leave(&mut self, conn: ConnId, fx: &mut Effects) {
         // A member's session outlives it: `ended` takes the member out first.
         let Some(user) = self.unlink(conn) else { return };
-        self.gone(user, fx);
+        self.gone(user, 1, fx);
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {

@@ -12,6 +12,8 @@ pub struct Replica {
     /// Lowercased name -> its place in `order`.
     by_name: HashMap<Box<str>, u64>,
     next: u64,
+    /// Lowercased name -> the user's sockets on other nodes (none listed: none).
+    elsewhere: HashMap<Box<str>, usize>,
 }
 
 impl Replica {
@@ -50,11 +52,34 @@ impl Replica {
         self.order.is_empty()
     }
 
+    /// The user's sockets on other nodes, as this node last heard.
+    pub fn elsewhere(&self, name: &str) -> usize {
+        self.elsewhere.get(name.to_ascii_lowercase().as_str()).copied().unwrap_or(0)
+    }
+
+    pub fn set_elsewhere(&mut self, name: &str, n: usize) {
+        let lower: Box<str> = name.to_ascii_lowercase().into();
+        if n == 0 {
+            self.elsewhere.remove(&lower);
+        } else {
+            self.elsewhere.insert(lower, n);
+        }
+    }
+
+    /// Every user's sockets on other nodes at once (after a sync).
+    pub fn replace_elsewhere(&mut self, counts: impl IntoIterator<Item = (String, usize)>) {
+        self.elsewhere.clear();
+        for (name, n) in counts {
+            self.set_elsewhere(&name, n);
+        }
+    }
+
     /// Replaces the list with `names` (in join order). Returns who is gone and who is
     /// new compared to before, for the local clients to hear about.
     pub fn replace(&mut self, names: &[String]) -> (Vec<Rc<str>>, Vec<Rc<str>>) {
-        let old = std::mem::take(self);
-        *self = Replica { next: old.next, ..Replica::default() };
+        let mut old = std::mem::take(self);
+        let elsewhere = std::mem::take(&mut old.elsewhere);
+        *self = Replica { next: old.next, elsewhere, ..Replica::default() };
         let mut joined = Vec::new();
         for n in names {
             if self.insert(n) && !old.contains(n) {

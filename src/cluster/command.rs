@@ -82,8 +82,16 @@ pub fn renew(id_hash: &[u8; 32], ttl_ms: u128) -> Command {
     fcall("skiff_renew", &[PREFIX, &hex(id_hash), &ttl_ms.to_string()])
 }
 
-pub fn join(name: &str, node: &str, token: &str, v2: bool) -> Command {
-    fcall("skiff_join", &[PREFIX, &name.to_ascii_lowercase(), name, node, token, if v2 { "1" } else { "0" }])
+/// `cap`: the most sockets the user may hold across the cluster, this one included.
+pub fn join(name: &str, node: &str, token: &str, v2: bool, cap: usize) -> Command {
+    let (lower, v2, cap) = (name.to_ascii_lowercase(), if v2 { "1" } else { "0" }, cap.to_string());
+    fcall("skiff_join", &[PREFIX, &lower, name, node, token, v2, &cap])
+}
+
+/// `skiff_devices`: this node opened (`delta` > 0) or closed sockets of a user it
+/// holds, beside the one its join made.
+pub fn devices(name: &str, node: &str, delta: i64) -> Command {
+    fcall("skiff_devices", &[PREFIX, &name.to_ascii_lowercase(), name, node, &delta.to_string()])
 }
 
 pub fn leave(name: &str, node: &str) -> Command {
@@ -141,9 +149,10 @@ mod tests {
     #[test]
     fn calls_put_their_arguments_where_the_lua_reads_them() {
         assert_eq!(
-            words(&join("Ann", "n1", "3.9", true)),
-            ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9", "1"]
+            words(&join("Ann", "n1", "3.9", true, 5)),
+            ["FCALL", "skiff_join", "0", PREFIX, "ann", "Ann", "n1", "3.9", "1", "5"]
         );
+        assert_eq!(words(&devices("Ann", "n1", -2)), ["FCALL", "skiff_devices", "0", PREFIX, "ann", "Ann", "n1", "-2"]);
         let users = [("Bob".to_owned(), "1.2".to_owned())];
         assert_eq!(
             words(&sync("n1", 6000, "e9", 100, ("e1", 41), &users)),

@@ -40,6 +40,20 @@ pub enum RoomEvent {
         seq: u64,
         name: String,
     },
+    /// Node `node` holds `count` sockets of user `name` now (0: none, the user is
+    /// online through other nodes).
+    Devices {
+        seq: u64,
+        node: String,
+        name: String,
+        count: usize,
+    },
+    /// A session of `name` was logged out: every node closes every socket of the
+    /// user (1000), whatever session opened it.
+    Logout {
+        seq: u64,
+        name: String,
+    },
     /// `skiff ctl kick`: the node holding `name`'s socket closes it (1000).
     Kick {
         seq: u64,
@@ -60,6 +74,8 @@ impl RoomEvent {
             | RoomEvent::Leave { seq, .. }
             | RoomEvent::Message { seq, .. }
             | RoomEvent::SessionEnd { seq, .. }
+            | RoomEvent::Logout { seq, .. }
+            | RoomEvent::Devices { seq, .. }
             | RoomEvent::Kick { seq, .. }
             | RoomEvent::Ban { seq, .. }
             | RoomEvent::Unban { seq, .. }
@@ -100,6 +116,12 @@ impl RoomEvent {
             "E" => {
                 let (code, hash) = rest.split_once(' ')?;
                 RoomEvent::SessionEnd { seq, code: code.parse().ok()?, hash: word(hash)? }
+            }
+            "O" => RoomEvent::Logout { seq, name: word(rest)? },
+            "N" => {
+                let mut f = rest.splitn(3, ' ');
+                let (node, name, count) = (f.next()?, f.next()?, f.next()?);
+                RoomEvent::Devices { seq, node: word(node)?, name: word(name)?, count: count.parse().ok()? }
             }
             "K" => {
                 let (node, name) = rest.split_once(' ')?;
@@ -156,12 +178,30 @@ mod tests {
             Some(RoomEvent::Kick { seq: 11, node: "ab12".into(), name: "Alice".into() })
         );
         assert_eq!(RoomEvent::parse(b"D 12 41"), Some(RoomEvent::Delete { seq: 12, id: 41 }));
+        assert_eq!(RoomEvent::parse(b"O 13 Alice"), Some(RoomEvent::Logout { seq: 13, name: "Alice".into() }));
+        assert_eq!(
+            RoomEvent::parse(b"N 14 ab12 Alice 3"),
+            Some(RoomEvent::Devices { seq: 14, node: "ab12".into(), name: "Alice".into(), count: 3 })
+        );
         assert_eq!(RoomEvent::parse(b"D 12 x"), None);
     }
 
     #[test]
     fn malformed_events_are_none() {
-        for bad in [&b""[..], b"J", b"J x a b c", b"Q 1 a", b"L 1 node", b"M 1 x 1 n t a m", b"E 1 1000", b"\xff 1"] {
+        for bad in [
+            &b""[..],
+            b"J",
+            b"J x a b c",
+            b"Q 1 a",
+            b"L 1 node",
+            b"M 1 x 1 n t a m",
+            b"E 1 1000",
+            b"O 1",
+            b"O 1 a b",
+            b"N 1 n a",
+            b"N 1 n a x",
+            b"\xff 1",
+        ] {
             assert_eq!(RoomEvent::parse(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

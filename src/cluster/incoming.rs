@@ -104,6 +104,11 @@ impl Cluster {
             Pending::Reassert(id_hash, user) => self.reasserted(id_hash, &user, &v),
             Pending::Wait => self.on_wait(&v),
             Pending::Heartbeat => self.learn_replicas(Some(&v)),
+            Pending::Device(origin) => {
+                if v.as_int().is_some_and(|total| total > self.cfg.max_devices as i64) {
+                    self.events.push_back(Event::OverCap(origin));
+                }
+            }
             Pending::Publish(origin, ..) if matches!(v, Value::Int(_)) => {
                 let id = v.as_int().unwrap_or_default() as u64;
                 match self.early.iter().position(|&e| e == id) {
@@ -133,6 +138,7 @@ impl Cluster {
                     (Expect::Session, v) => Reply::Session(reply::session(v)),
                     (Expect::Logout, _) => Reply::LoggedOut,
                     (Expect::Join(_), Value::Int(0)) => Reply::NameTaken,
+                    (Expect::Join(_), Value::Int(-2)) => Reply::TooManyDevices,
                     (Expect::Join(name), v) => {
                         let items = v.as_array();
                         if let Some(created) = items.and_then(|a| a.get(1)).and_then(Value::as_str) {
@@ -178,9 +184,23 @@ impl Cluster {
                         None => self.joined_early.push(o),
                     }
                 }
-                Event::Join { name, mine }
+                // Nobody held the user a moment ago: the joining node's one socket
+                // is all there is.
+                let had = self.remote.remove(name.to_ascii_lowercase().as_str()).is_some();
+                self.events.push_back(Event::Join { name: name.clone(), mine });
+                if node != self.node {
+                    self.note_devices(&name, Some((&node, 1)));
+                } else if had {
+                    self.events.push_back(Event::Devices { name, elsewhere: 0 });
+                }
+                return;
             }
-            RoomEvent::Leave { name, .. } => Event::Leave { name },
+            RoomEvent::Leave { name, .. } => {
+                self.events.push_back(Event::Leave { name: name.clone() });
+                self.note_devices(&name, None);
+                return;
+            }
+            RoomEvent::Devices { node, name, count, .. } => return self.note_devices(&name, Some((&node, count))),
             RoomEvent::Message { id, ts, node, token, author, text, .. } => {
                 if node == self.node {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
@@ -197,6 +217,7 @@ impl Cluster {
                 let Some(id_hash) = unhex32(&hash) else { return };
                 Event::SessionEnded { id_hash, code }
             }
+            RoomEvent::Logout { name, .. } => Event::LoggedOut { name },
             RoomEvent::Kick { node, name, .. } if node == self.node => Event::Kick { name },
             RoomEvent::Kick { .. } => return,
             RoomEvent::Ban { name, ban, .. } => Event::Banned { name, ban },

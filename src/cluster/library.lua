@@ -11,6 +11,40 @@ local function publish(p, kind, rest)
   return seq
 end
 
+-- How many of the user's sockets `node` holds ('pdev:' hash; a node of 'pnodes:'
+-- without a count there holds one: it joined before counts were kept). A node's
+-- count is its own: every node adds up the others' from the events N (a node's
+-- new count), J (one, on the joining node) and L (none left anywhere), and the
+-- sync's snapshot.
+local function held_on(p, lower, node)
+  return tonumber(redis.call('HGET', p .. 'pdev:' .. lower, node) or '1')
+end
+
+-- The nodes holding the user, sorted, each with its count.
+local function holders(p, lower)
+  local nodes = redis.call('SMEMBERS', p .. 'pnodes:' .. lower)
+  table.sort(nodes)
+  local out = {}
+  for _, n in ipairs(nodes) do
+    table.insert(out, { n, held_on(p, lower, n) })
+  end
+  return out
+end
+
+-- The user's sockets on every node.
+local function devices(p, lower)
+  local total = 0
+  for _, h in ipairs(holders(p, lower)) do
+    total = total + h[2]
+  end
+  return total
+end
+
+local function set_devices(p, lower, name, node, n)
+  redis.call('HSET', p .. 'pdev:' .. lower, node, n)
+  publish(p, 'N', node .. ' ' .. name .. ' ' .. n)
+end
+
 -- A user's last WebSocket on `node` is gone. The user stays online while a device
 -- of theirs is open on another node ('pnodes:' set); the last one out leaves:
 -- presence, the node's set and the online order lose it, and everyone hears it.
@@ -26,13 +60,16 @@ local function leave(p, lower, name, node)
   if redis.call('HGET', p .. 'pv1', lower) == node then
     redis.call('HDEL', p .. 'pv1', lower)
   end
+  redis.call('HDEL', p .. 'pdev:' .. lower, node)
   local other = redis.call('SRANDMEMBER', nodes)
   if other then
     if holder == node then
       redis.call('HSET', p .. 'presence', lower, other)
     end
+    publish(p, 'N', node .. ' ' .. name .. ' 0')
     return 1
   end
+  redis.call('DEL', p .. 'pdev:' .. lower)
   redis.call('HDEL', p .. 'presence', lower)
   redis.call('ZREM', p .. 'online', name)
   publish(p, 'L', node .. ' ' .. name)
@@ -40,20 +77,32 @@ local function leave(p, lower, name, node)
 end
 
 -- -> seq of the join event; -1: joined beside the user's v2 devices on other nodes
--- (no event: they are online already); 0: refused (a plain /ws socket is the only
--- socket of its user, cluster-wide; 'pv1' names the node holding one).
-local function join(p, lower, name, node, token, v2)
+-- (no join event: they are online already; N tells the node's new count); 0:
+-- refused (a plain /ws socket is the only socket of its user, cluster-wide; 'pv1'
+-- names the node holding one); -2: refused, the user holds `cap` sockets already
+-- (every node's counted; no cap given: none checked).
+local function join(p, lower, name, node, token, v2, cap)
   local holder = redis.call('HGET', p .. 'presence', lower)
   if holder then
     if v2 ~= '1' or redis.call('HEXISTS', p .. 'pv1', lower) == 1 then
       return 0
     end
+    if cap and devices(p, lower) >= cap then
+      return -2
+    end
+    local here = 0
+    if redis.call('SISMEMBER', p .. 'pnodes:' .. lower, node) == 1 then
+      here = held_on(p, lower, node)
+    end
     redis.call('SADD', p .. 'pnodes:' .. lower, holder, node)
     redis.call('SADD', p .. 'nodeusers:' .. node, lower)
+    set_devices(p, lower, name, node, here + 1)
     return -1
   end
   redis.call('HSET', p .. 'presence', lower, node)
   redis.call('SADD', p .. 'pnodes:' .. lower, node)
+  redis.call('DEL', p .. 'pdev:' .. lower)
+  redis.call('HSET', p .. 'pdev:' .. lower, node, 1)
   if v2 ~= '1' then
     redis.call('HSET', p .. 'pv1', lower, node)
   end
@@ -156,7 +205,9 @@ redis.register_function('skiff_renew', function(_, a)
   return redis.call('PEXPIRE', a[1] .. 'sess:' .. a[2], a[3])
 end)
 
--- (p, sesshash) -> 1 if it was live; its socket, wherever it is, closes with 1000.
+-- (p, sesshash) -> 1 if it was live. Its sockets close with 1000 (E), and so does
+-- every other socket of its user, whatever session opened it, on every node (O):
+-- a logout on one device logs every device out, as on a single node.
 redis.register_function('skiff_logout', function(_, a)
   local p, sess = a[1], a[2]
   local k = p .. 'sess:' .. sess
@@ -167,19 +218,36 @@ redis.register_function('skiff_logout', function(_, a)
   end_session(p, sess, '1000')
   redis.call('ZREM', p .. 'usess:' .. string.lower(name), sess)
   publish(p, 'E', '1000 ' .. sess)
+  publish(p, 'O', name)
   return 1
 end)
 
--- (p, lower, name, node, token, v2) -> 0 if the user may not join (online already,
--- and this or that socket is not v2), else {seq of the join event, or -1 when the
--- user is online already through another node's device (no event), when the user
--- was registered (ms; false if not recorded)}
+-- (p, lower, name, node, token, v2[, cap]) -> 0 if the user may not join (online
+-- already, and this or that socket is not v2), -2 if the user holds `cap` sockets
+-- across the cluster already, else {seq of the join event, or -1 when the user is
+-- online already through another node's device (no join event), when the user was
+-- registered (ms; false if not recorded)}
 redis.register_function('skiff_join', function(_, a)
-  local seq = join(a[1], a[2], a[3], a[4], a[5], a[6])
-  if seq == 0 then
-    return 0
+  local seq = join(a[1], a[2], a[3], a[4], a[5], a[6], tonumber(a[7]))
+  if seq == 0 or seq == -2 then
+    return seq
   end
   return { seq, redis.call('HGET', a[1] .. 'created', a[2]) }
+end)
+
+-- (p, lower, name, node, delta) -> the user's sockets on every node after the change.
+-- A node that holds the user already opened (delta > 0) or closed (< 0) sockets of
+-- theirs beside the one that joined it (its last one goes through skiff_leave):
+-- its count moves, never below one, and every node hears it (N). A node that does
+-- not hold the user (reaped meanwhile) changes nothing: its next sync sets it right.
+-- A count past the cap is the node's to correct: two nodes each let in a device
+-- in the same moment, and the one whose count came second closes its new one.
+redis.register_function('skiff_devices', function(_, a)
+  local p, lower, node = a[1], a[2], a[4]
+  if redis.call('SISMEMBER', p .. 'pnodes:' .. lower, node) == 1 then
+    set_devices(p, lower, a[3], node, math.max(held_on(p, lower, node) + tonumber(a[5]), 1))
+  end
+  return devices(p, lower)
 end)
 
 -- (p, lower, name, node) -> 1 if the user was online on that node
@@ -282,7 +350,7 @@ end)
 -- Presence is made so (users it no longer has leave; users Redis lost join again)
 -- and the node gets a snapshot: {seq, epoch, last id, online names in join order,
 -- newest `keep` messages newest first, lowercased names another node holds now,
--- {replicas attached, online}}.
+-- {replicas attached, online}, {lower, node, sockets, ...} for every online user}.
 -- `epoch` is a fresh candidate; `seen_epoch`/`seen_id` the history the node had.
 redis.register_function('skiff_sync', function(_, a)
   local p, node, ttl, keep = a[1], a[2], a[3], tonumber(a[5])
@@ -314,12 +382,32 @@ redis.register_function('skiff_sync', function(_, a)
     end
   end
   local taken = {}
+  local count = {}
   for i = 8, #a, 3 do
     local holder = redis.call('HGET', p .. 'presence', a[i])
     if not holder then
       join(p, a[i], a[i + 1], node, a[i + 2], '1')
     elseif holder ~= node and redis.call('SISMEMBER', p .. 'pnodes:' .. a[i], node) == 0 then
       table.insert(taken, a[i])
+    end
+    count[a[i]] = (count[a[i]] or 0) + 1
+  end
+  -- A user comes once per socket: each node's count is made what it holds.
+  for i = 8, #a, 3 do
+    local lower, n = a[i], count[a[i]]
+    if n and redis.call('SISMEMBER', p .. 'pnodes:' .. lower, node) == 1 and held_on(p, lower, node) ~= n then
+      set_devices(p, lower, a[i + 1], node, n)
+    end
+    count[lower] = nil
+  end
+  -- Who holds how many sockets of each online user: {lower, node, count, ...}.
+  local held = {}
+  for _, name in ipairs(redis.call('ZRANGE', p .. 'online', 0, -1)) do
+    local lower = string.lower(name)
+    for _, h in ipairs(holders(p, lower)) do
+      table.insert(held, lower)
+      table.insert(held, h[1])
+      table.insert(held, h[2])
     end
   end
   local history = {}
@@ -334,6 +422,7 @@ redis.register_function('skiff_sync', function(_, a)
     history,
     taken,
     replicas(),
+    held,
   }
 end)
 

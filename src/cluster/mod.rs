@@ -74,7 +74,12 @@ pub struct ClusterConfig {
     pub session_ttl: Duration,
     pub max_sessions_per_user: usize,
     pub history: usize,
+    /// Sockets a user may hold across the cluster (`--max-devices`).
+    pub max_devices: usize,
 }
+
+/// Lowercased name -> other nodes holding sockets of the user, with how many each.
+type Remote = std::collections::HashMap<Box<str>, Vec<(Box<str>, usize)>>;
 
 /// What the reactor must do with the sockets, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +129,20 @@ pub enum Event {
         id_hash: [u8; 32],
         code: u16,
     },
+    /// The sockets user `name` holds on the other nodes changed to `elsewhere` (the
+    /// device cap counts them beside this node's own).
+    Devices {
+        name: String,
+        elsewhere: usize,
+    },
+    /// A socket this node let in beside others of its user took the user past the
+    /// cap: another node let one in at the same moment. It closes (1008).
+    OverCap(Origin),
+    /// A session of `name` was logged out somewhere: every socket of the user here
+    /// closes (1000), whatever session opened it.
+    LoggedOut {
+        name: String,
+    },
     /// After a sync: the session of a socket here ended while this node was away, or
     /// its user is gone (deleted, banned); the socket closes with `code` and `reason`.
     SessionGone {
@@ -143,6 +162,8 @@ pub enum Event {
         mine: Vec<(u64, Origin)>,
         /// The snapshot's later messages follow as `SyncedMore`, a slice a turn.
         more: bool,
+        /// Online users' sockets on the other nodes (lowercased name, count).
+        devices: Vec<(String, usize)>,
     },
     /// The next of a big snapshot's messages (oldest first); `last` ends it.
     SyncedMore {
@@ -174,6 +195,9 @@ enum Pending {
     /// A session with a socket here (and its user), checked after a sync: it may have
     /// ended while this node was not listening, or be lost with a failover.
     Reassert([u8; 32], Box<str>),
+    /// `skiff_devices` after a socket opened here beside others of its user: the
+    /// total it answers may be past the cap.
+    Device(Origin),
     /// `WAIT 1 T` after registrations (see `replicas.rs`).
     Wait,
     /// `skiff_heartbeat`: its answer says what replicas the primary has.
@@ -274,6 +298,9 @@ pub struct Cluster {
     /// users with a socket here: a session is asserted again only for that user,
     /// never for another registered under the name after Redis lost the first.
     incarnations: std::collections::HashMap<Box<str>, Box<str>>,
+    /// Lowercased name -> the other nodes holding sockets of that user, and how
+    /// many each (from the sync's snapshot and the events J, N and L).
+    remote: Remote,
     /// Big snapshots' messages not yet handed to the loop (newest first, each
     /// sync's), taken a slice per turn from the end (see `sync::next_slice`)...
     slices: VecDeque<Vec<Value>>,
@@ -339,6 +366,7 @@ impl Cluster {
             primary,
             waits: replicas::Waits::default(),
             incarnations: std::collections::HashMap::new(),
+            remote: Remote::new(),
             slices: VecDeque::new(),
             sliced: false,
             input_waiting: false,
@@ -464,7 +492,7 @@ impl Cluster {
             Request::Session { id_hash } => (Expect::Session, command::session(&id_hash)),
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
             Request::Join { name, v2 } => {
-                let cmd = command::join(&name, &self.node, &token(origin), v2);
+                let cmd = command::join(&name, &self.node, &token(origin), v2, self.cfg.max_devices);
                 (Expect::Join(name.into()), cmd)
             }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
@@ -511,6 +539,54 @@ impl Cluster {
         self.incarnations.remove(user.to_ascii_lowercase().as_str());
         if self.accepting() && !self.stopping {
             self.send(&command::leave(user, &self.node), Pending::Ignore);
+        }
+    }
+
+    /// A socket of `user` opened here beside the user's others: Redis counts it, and
+    /// says whether the user is past the cap now (`Event::OverCap`).
+    pub fn device_opened(&mut self, origin: Origin, user: &str) {
+        if self.accepting() && !self.stopping {
+            self.send(&command::devices(user, &self.node, 1), Pending::Device(origin));
+        }
+    }
+
+    /// `n` sockets of `user` closed here, and the user still has one here.
+    pub fn devices_closed(&mut self, user: &str, n: usize) {
+        if self.accepting() && !self.stopping {
+            let delta = -(n.min(i64::MAX as usize) as i64);
+            self.send(&command::devices(user, &self.node, delta), Pending::Ignore);
+        }
+    }
+
+    /// The user's sockets on the other nodes, as last heard.
+    pub(super) fn elsewhere(&self, lower: &str) -> usize {
+        self.remote.get(lower).map_or(0, |r| r.iter().map(|(_, n)| n).sum())
+    }
+
+    /// Node `node` now holds `n` sockets of `name`; the loop hears if that changed
+    /// the user's count elsewhere. `None`: no node holds any (the user left).
+    pub(super) fn note_devices(&mut self, name: &str, node: Option<(&str, usize)>) {
+        let lower = name.to_ascii_lowercase();
+        let before = self.elsewhere(&lower);
+        match node {
+            None => {
+                self.remote.remove(lower.as_str());
+            }
+            Some((node, _)) if node == self.node => return,
+            Some((node, n)) => {
+                let nodes = self.remote.entry(lower.clone().into()).or_default();
+                nodes.retain(|(other, _)| &**other != node);
+                if n > 0 {
+                    nodes.push((node.into(), n));
+                }
+                if nodes.is_empty() {
+                    self.remote.remove(lower.as_str());
+                }
+            }
+        }
+        let elsewhere = self.elsewhere(&lower);
+        if elsewhere != before {
+            self.events.push_back(Event::Devices { name: name.to_owned(), elsewhere });
         }
     }
 
@@ -684,6 +760,7 @@ impl Cluster {
                 self.events.push_back(Event::Unavailable(origin))
             }
             Pending::Reassert(..)
+            | Pending::Device(_)
             | Pending::Wait
             | Pending::Heartbeat
             | Pending::Sync

@@ -52,6 +52,7 @@ impl Cluster {
     /// follow, in order.
     pub(super) fn synced(&mut self, v: Value) -> Result<(), String> {
         let replicas = v.as_array().and_then(|items| items.get(6)).cloned();
+        self.remote = v.as_array().and_then(|items| items.get(7)).map(|held| self.held(held)).unwrap_or_default();
         let (snapshot, entries, seq, taken) = reply::snapshot(v).ok_or("a bad sync reply")?;
         self.learn_replicas(replicas.as_ref());
         if self.cfg.history > 0 {
@@ -85,7 +86,8 @@ impl Cluster {
             self.slices.push_back(entries);
         }
         let mine = std::mem::take(&mut self.answered).into();
-        self.events.push_back(Event::Synced { snapshot, taken, mine, more: more > 0 });
+        let devices = self.remote.keys().map(|lower| (lower.to_string(), self.elsewhere(lower))).collect();
+        self.events.push_back(Event::Synced { snapshot, taken, mine, more: more > 0, devices });
         for i in 0..more {
             // Placeholders: `next_slice` reads each when its turn comes.
             self.events.push_back(Event::SyncedMore { messages: Vec::new(), last: i + 1 == more });
@@ -110,6 +112,19 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// The snapshot's `{lower, node, sockets, ...}`, without this node's own.
+    fn held(&self, held: &Value) -> super::Remote {
+        let mut remote = super::Remote::new();
+        let items = held.as_array().unwrap_or_default();
+        for t in items.chunks_exact(3) {
+            let (Some(lower), Some(node), Some(n)) = (t[0].as_str(), t[1].as_str(), t[2].as_int()) else { continue };
+            if node != self.node && n > 0 {
+                remote.entry(lower.into()).or_default().push((node.into(), n as usize));
+            }
+        }
+        remote
+    }
+
     /// The next slice of a big snapshot, if this turn has not had one yet.
     pub(super) fn next_slice(&mut self) -> Option<Event> {
         if self.sliced {

@@ -16,6 +16,7 @@ fn cfg(password: Option<&str>) -> ClusterConfig {
         session_ttl: Duration::from_secs(3600),
         max_sessions_per_user: 8,
         history: 100,
+        max_devices: 5,
     }
 }
 
@@ -296,6 +297,103 @@ fn a_join_whose_event_beats_its_reply_leaves_nothing_waiting() {
     assert!(!c.is_quiet(), "the join event is still to come");
     c.on_bytes(LinkId::Sub, &channel("J 12 n1 5.1 Bob"), t);
     assert!(c.is_quiet());
+}
+
+/// A logout ends one session (E: its sockets close where that session is known)
+/// and logs its user out everywhere (O: sockets of the user's other sessions, on
+/// nodes that never saw the one logged out, close too).
+#[test]
+fn a_logout_reaches_every_node_by_the_user_s_name() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let hash = "ab".repeat(32);
+    c.on_bytes(LinkId::Sub, &channel(&format!("E 11 1000 {hash}")), t);
+    c.on_bytes(LinkId::Sub, &channel("O 12 Ann"), t);
+    let got = events(&mut c);
+    assert!(
+        matches!(&got[..], [
+        Event::SessionEnded { id_hash, code: 1000 },
+        Event::LoggedOut { name },
+    ] if *id_hash == [0xab; 32] && name == "Ann"),
+        "{got:?}"
+    );
+}
+
+/// The device cap counts a user's sockets on other nodes: the node follows them
+/// from the channel (J: one on the joining node, N: a node's new count, L: none),
+/// its own count left out. Redis has the last word: a join past the cap is refused,
+/// and a socket let in here beside others that Redis counts past it closes.
+#[test]
+fn other_nodes_device_counts_follow_the_channel_and_redis_has_the_last_word() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let elsewhere = |c: &mut Cluster| -> Vec<(String, usize)> {
+        events(c)
+            .into_iter()
+            .filter_map(|e| match e {
+                Event::Devices { name, elsewhere } => Some((name, elsewhere)),
+                Event::Join { .. } | Event::Leave { .. } => None,
+                e => panic!("{e:?}"),
+            })
+            .collect()
+    };
+    let at = |name: &str, n| vec![(name.to_owned(), n)];
+    c.on_bytes(LinkId::Sub, &channel("J 11 n2 1.1 Ann"), t);
+    assert_eq!(elsewhere(&mut c), at("Ann", 1));
+    c.on_bytes(LinkId::Sub, &channel("N 12 n2 Ann 3"), t);
+    assert_eq!(elsewhere(&mut c), at("Ann", 3));
+    c.on_bytes(LinkId::Sub, &channel("N 13 n1 Ann 2"), t);
+    assert_eq!(elsewhere(&mut c), [], "this node's own count is its own");
+    c.on_bytes(LinkId::Sub, &channel("N 14 n3 ann 1"), t);
+    assert_eq!(elsewhere(&mut c), at("ann", 4));
+    c.on_bytes(LinkId::Sub, &channel("N 15 n2 Ann 0"), t);
+    assert_eq!(elsewhere(&mut c), at("Ann", 1));
+    c.on_bytes(LinkId::Sub, &channel("L 16 n3 Ann"), t);
+    assert_eq!(elsewhere(&mut c), at("Ann", 0));
+
+    c.device_opened(origin(4), "Ann");
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_devices"));
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(5)), t);
+    assert!(events(&mut c).is_empty(), "five is the cap, not past it");
+    c.device_opened(origin(5), "Ann");
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(6)), t);
+    assert!(matches!(&events(&mut c)[..], [Event::OverCap(o)] if *o == origin(5)));
+    c.devices_closed("Ann", 2);
+    assert!(sent(&mut c, LinkId::Cmd).contains("$2\r\n-2\r\n"));
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(4)), t);
+    assert!(events(&mut c).is_empty());
+
+    c.submit(origin(6), Request::Join { name: "Ann".into(), v2: true });
+    assert!(sent(&mut c, LinkId::Cmd).contains("skiff_join"));
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(-2)), t);
+    let got = events(&mut c);
+    assert!(matches!(&got[..], [Event::Reply(Done { reply: Reply::TooManyDevices, .. })]), "{got:?}");
+}
+
+/// After a sync the node knows every online user's sockets on the other nodes.
+#[test]
+fn a_sync_says_who_holds_how_many_sockets_of_each_user() {
+    let t = Instant::now();
+    let mut c = Cluster::with_node(cfg(None), "n1".into(), t);
+    subscribed(&mut c, t);
+    c.sync(&[], ("", 0), t);
+    let held = ["ann", "n1", "2", "ann", "n2", "3", "bob", "n1", "1", "cy", "n3", "1"];
+    let reply = Value::Array(Some(vec![
+        Value::Int(6),
+        bulk("e1"),
+        Value::Int(0),
+        Value::Array(Some(vec![bulk("Ann"), bulk("Bob"), bulk("Cy")])),
+        Value::Array(Some(vec![])),
+        Value::Array(Some(vec![])),
+        Value::Array(Some(vec![Value::Int(0), Value::Int(0)])),
+        Value::Array(Some(held.iter().map(|s| bulk(s)).collect())),
+    ]));
+    c.on_bytes(LinkId::Cmd, &[wire(&reply), wire(&Value::Array(Some(vec![])))].concat(), t);
+    let got = events(&mut c);
+    let Some(Event::Synced { devices, .. }) = got.first() else { panic!("{got:?}") };
+    let mut devices = devices.clone();
+    devices.sort();
+    assert_eq!(devices, [("ann".to_owned(), 3), ("cy".to_owned(), 1)]);
 }
 
 #[test]

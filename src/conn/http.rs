@@ -226,7 +226,13 @@ impl<S: Stream> Conn<S> {
                 if let Some(started) = started {
                     log::request(&client.ip, &req.method, req.path(), 101, started.elapsed());
                 }
-                self.upgrade(session, &accept, resume, cx, now);
+                let opened = self.upgrade(session, &accept, resume, cx, now);
+                // A device beside others of its user here: no join for Redis to
+                // order, but its count, which the other nodes' caps read.
+                if let Some(cluster) = cx.cluster.as_mut().filter(|_| opened) {
+                    let user = cx.chat.username(session).unwrap_or_default();
+                    cluster.device_opened(Origin { conn: self.key, generation: self.generation }, user);
+                }
                 true
             }
         }
@@ -269,6 +275,7 @@ impl<S: Stream> Conn<S> {
                         return Step::Yield;
                     }
                     Reply::NameTaken => Response::error(409, "already_connected"),
+                    Reply::TooManyDevices => Response::error(409, "too_many_devices"),
                     _ => Response::error(503, "storage_unavailable"),
                 };
                 return self.answer_waited(&asked, &resp, cx, now);
@@ -384,7 +391,15 @@ impl<S: Stream> Conn<S> {
 
     /// 101, then the WebSocket phase on the same socket. Bytes that came after the
     /// request head stay in the input buffer and are the first frames read.
-    fn upgrade(&mut self, session: SessionKey, accept: &str, resume: Option<Resume>, cx: &mut Cx, now: Instant) {
+    /// True if the socket joined the room.
+    fn upgrade(
+        &mut self,
+        session: SessionKey,
+        accept: &str,
+        resume: Option<Resume>,
+        cx: &mut Cx,
+        now: Instant,
+    ) -> bool {
         self.out.push(Chunk::Owned(ws::accept_response(accept)));
         self.request_done(101, cx, now);
         self.phase = super::Phase::Ws(WsPhase::new(session, now));
@@ -397,11 +412,13 @@ impl<S: Stream> Conn<S> {
                     cx.chat.set_presence(self.key, resume.presence);
                     self.greet(&resume, cx);
                 }
+                true
             }
             // The checks ran a moment ago on this same thread; only a bug gets here.
             Err(e) => {
                 log::error(format_args!("join after upgrade failed: {e:?}"));
                 self.close_ws(Some(ws::close::POLICY), cx, now);
+                false
             }
         }
     }

@@ -132,6 +132,9 @@ pub struct FakeRedis {
     pnodes: BTreeMap<String, BTreeSet<String>>,
     /// Lowercased user -> the node holding the user's plain /ws socket.
     pv1: BTreeMap<String, String>,
+    /// Lowercased user -> node -> how many of the user's sockets it holds (a node
+    /// of `pnodes` missing here holds one).
+    pdev: BTreeMap<String, BTreeMap<String, i64>>,
     /// Lowercased user -> when a timed ban ends (ms).
     banuntil: BTreeMap<String, String>,
     nodeusers: BTreeMap<String, BTreeSet<String>>,
@@ -512,12 +515,19 @@ impl FakeRedis {
             "skiff_join" => {
                 arity(5)?;
                 let v2 = a.get(5).is_some_and(|v| *v == "1");
-                let seq = self.join(a[1], a[2], a[3], a[4], v2)?;
-                if seq == 0 {
-                    return Ok(Value::Int(0));
+                // Lua's tonumber: anything but a number is no cap.
+                let cap = a.get(6).and_then(|c| c.parse::<i64>().ok());
+                let seq = self.join(a[1], a[2], a[3], a[4], v2, cap)?;
+                if seq == 0 || seq == -2 {
+                    return Ok(Value::Int(seq));
                 }
                 let created = self.created.get(a[1]).map_or(Value::Bulk(None), |ms| bulk(&ms.to_string()));
                 Ok(array(vec![Value::Int(seq as i64), created]))
+            }
+            "skiff_devices" => {
+                arity(5)?;
+                let delta = a[4].parse::<i64>().map_err(|_| format!("ERR {name}: a bad delta"))?;
+                Ok(Value::Int(self.add_devices(a[1], a[2], a[3], delta)))
             }
             "skiff_leave" => {
                 arity(4)?;
@@ -675,6 +685,7 @@ impl FakeRedis {
             list.0.remove(sess);
         }
         self.publish("E", &format!("1000 {sess}"));
+        self.publish("O", &name);
         1
     }
 
@@ -721,18 +732,62 @@ impl FakeRedis {
         Ok(bulk("restored"))
     }
 
+    /// As library.lua's `holders`: the nodes holding the user, sorted, with how many
+    /// sockets each.
+    fn holders(&self, lower: &str) -> Vec<(String, i64)> {
+        let nodes: Vec<String> = self.pnodes.get(lower).map(|n| n.iter().cloned().collect()).unwrap_or_default();
+        let counts = self.pdev.get(lower);
+        nodes.into_iter().map(|n| (n.clone(), counts.and_then(|c| c.get(&n)).copied().unwrap_or(1))).collect()
+    }
+
+    fn devices(&self, lower: &str) -> i64 {
+        self.holders(lower).iter().map(|h| h.1).sum()
+    }
+
+    /// The sockets `node` holds of the user (one if not counted), if it holds the user.
+    fn devices_on(&self, lower: &str, node: &str) -> Option<i64> {
+        let held = self.pnodes.get(lower).is_some_and(|n| n.contains(node));
+        held.then(|| self.pdev.get(lower).and_then(|c| c.get(node)).copied().unwrap_or(1))
+    }
+
+    fn set_devices(&mut self, lower: &str, name: &str, node: &str, n: i64) {
+        self.pdev.entry(lower.to_owned()).or_default().insert(node.to_owned(), n);
+        self.publish("N", &format!("{node} {name} {n}"));
+    }
+
+    /// As library.lua's `skiff_devices`.
+    fn add_devices(&mut self, lower: &str, name: &str, node: &str, delta: i64) -> i64 {
+        if let Some(n) = self.devices_on(lower, node) {
+            self.set_devices(lower, name, node, n.saturating_add(delta).max(1));
+        }
+        self.devices(lower)
+    }
+
     /// As library.lua's `join`: the seq of the join event; -1 when the user is online
-    /// already through v2 devices on other nodes (no event); 0 refused (a plain /ws
-    /// socket is its user's only socket, cluster-wide).
-    fn join(&mut self, lower: &str, name: &str, node: &str, token: &str, v2: bool) -> Result<i64, String> {
+    /// already through v2 devices on other nodes (no join event); 0 refused (a plain
+    /// /ws socket is its user's only socket, cluster-wide); -2 refused, `cap` reached.
+    fn join(
+        &mut self,
+        lower: &str,
+        name: &str,
+        node: &str,
+        token: &str,
+        v2: bool,
+        cap: Option<i64>,
+    ) -> Result<i64, String> {
         if let Some(holder) = self.presence.get(lower).cloned() {
             if !v2 || self.pv1.contains_key(lower) {
                 return Ok(0);
             }
+            if cap.is_some_and(|cap| self.devices(lower) >= cap) {
+                return Ok(-2);
+            }
+            let here = self.devices_on(lower, node).unwrap_or(0);
             let nodes = self.pnodes.entry(lower.to_owned()).or_default();
             nodes.insert(holder);
             nodes.insert(node.to_owned());
             self.nodeusers.entry(node.to_owned()).or_default().insert(lower.to_owned());
+            self.set_devices(lower, name, node, here + 1);
             return Ok(-1);
         }
         if self.presence.len() >= MAX_USERS {
@@ -740,6 +795,7 @@ impl FakeRedis {
         }
         self.presence.insert(lower.to_owned(), node.to_owned());
         self.pnodes.entry(lower.to_owned()).or_default().insert(node.to_owned());
+        self.pdev.insert(lower.to_owned(), BTreeMap::from([(node.to_owned(), 1)]));
         if !v2 {
             self.pv1.insert(lower.to_owned(), node.to_owned());
         }
@@ -766,6 +822,9 @@ impl FakeRedis {
         if self.pv1.get(lower).map(String::as_str) == Some(node) {
             self.pv1.remove(lower);
         }
+        if let Some(counts) = self.pdev.get_mut(lower) {
+            counts.remove(node);
+        }
         // Redis picks any remaining node (SRANDMEMBER); with the two nodes the
         // worlds run there is at most one.
         let other = self.pnodes.get(lower).and_then(|n| n.iter().next().cloned());
@@ -773,8 +832,10 @@ impl FakeRedis {
             if holder.as_deref() == Some(node) {
                 self.presence.insert(lower.to_owned(), other);
             }
+            self.publish("N", &format!("{node} {name} 0"));
             return 1;
         }
+        self.pdev.remove(lower);
         self.pnodes.remove(lower);
         self.presence.remove(lower);
         self.online.remove(name);
@@ -864,15 +925,33 @@ impl FakeRedis {
             }
         }
         let mut taken = Vec::new();
-        for (low, name, token) in triples {
+        let mut count: BTreeMap<&str, i64> = BTreeMap::new();
+        for &(low, name, token) in &triples {
             match self.presence.get(low) {
                 None => {
-                    self.join(low, name, node, token, true)?;
+                    self.join(low, name, node, token, true, None)?;
                 }
                 Some(holder) if holder != node && !self.pnodes.get(low).is_some_and(|n| n.contains(node)) => {
                     taken.push(bulk(low))
                 }
                 Some(_) => {}
+            }
+            *count.entry(low).or_default() += 1;
+        }
+        for &(low, name, _) in &triples {
+            let Some(n) = count.remove(low) else { continue };
+            if self.pnodes.get(low).is_some_and(|s| s.contains(node)) {
+                let had = self.pdev.get(low).and_then(|c| c.get(node)).copied().unwrap_or(1);
+                if had != n {
+                    self.set_devices(low, name, node, n);
+                }
+            }
+        }
+        let mut held = Vec::new();
+        for name in self.online.members() {
+            let low = lower(&name);
+            for (n, c) in self.holders(&low) {
+                held.extend([bulk(&low), bulk(&n), Value::Int(c)]);
             }
         }
         let history = self.newest(keep);
@@ -884,6 +963,7 @@ impl FakeRedis {
             array(history),
             array(taken),
             no_replicas(),
+            array(held),
         ]))
     }
 

@@ -154,6 +154,7 @@ fn cluster_config() -> ClusterConfig {
         session_ttl: TTL,
         max_sessions_per_user: chat_config().max_sessions_per_user,
         history: chat_config().history,
+        max_devices: chat_config().max_devices,
     }
 }
 

@@ -10,6 +10,8 @@ use crate::conn::Stream;
 use crate::log;
 use crate::outq::Chunk;
 use crate::storage::{Done, Origin, Reply};
+use crate::ws::close;
+use std::rc::Rc;
 use std::time::Instant;
 
 impl<S: Stream> Server<S> {
@@ -46,10 +48,14 @@ impl<S: Stream> Server<S> {
                 if let Some(origin) = mine {
                     self.reply(Done { origin, reply: Reply::Joined }, now);
                     // The client gave up meanwhile (hung up, timed out) or its session
-                    // ended: Redis must not keep it online.
+                    // ended: Redis must not keep it online, nor count it (the user may
+                    // have other sockets here: two joins crossed).
                     let opened = self.local(origin).is_some_and(|c| self.cx.chat.is_socket_of(&name, c));
-                    if !opened {
-                        if let Some(cluster) = self.cx.cluster.as_mut() {
+                    let others = self.cx.chat.member_of_user(&name).is_some();
+                    if let Some(cluster) = self.cx.cluster.as_mut().filter(|_| !opened) {
+                        if others {
+                            cluster.devices_closed(&name, 1);
+                        } else {
                             cluster.left(&name);
                         }
                     }
@@ -68,6 +74,16 @@ impl<S: Stream> Server<S> {
             // The chat core knows the words (a ban's, a key reset's) and every device
             // a logout closes.
             Event::SessionEnded { id_hash, code } => self.cx.chat.apply_session_end(&id_hash, code, &mut self.cx.fx),
+            Event::Devices { name, elsewhere } => self.cx.chat.set_devices_elsewhere(&name, elsewhere),
+            Event::OverCap(origin) => {
+                if let Some(conn) = self.local(origin) {
+                    let reason = Rc::from("too many devices");
+                    self.cx.fx.push(Effect::Close { conn, code: close::POLICY, reason });
+                }
+            }
+            Event::LoggedOut { name } => {
+                self.cx.chat.close_user(&name, close::NORMAL, Rc::from("logged out"), &mut self.cx.fx);
+            }
             Event::SessionGone { id_hash, code, reason } => self.end_session(&id_hash, code, reason, now),
             Event::Control { origin, value } => self.control.on_cluster_value(origin.generation, value, &mut self.cx),
             Event::Kick { name } => {
@@ -87,7 +103,8 @@ impl<S: Stream> Server<S> {
                     self.cx.chat.finish_snapshot(&mut self.cx.fx);
                 }
             }
-            Event::Synced { snapshot, taken, mine, more } => {
+            Event::Synced { snapshot, taken, mine, more, devices } => {
+                self.cx.chat.replace_devices_elsewhere(devices);
                 let mine: Vec<(u64, usize)> =
                     mine.into_iter().filter_map(|(id, o)| Some((id, self.local(o)?))).collect();
                 // A big snapshot's later messages come a slice a turn (`SyncedMore`).

@@ -78,7 +78,11 @@ fn sessions_past_the_cap_end_oldest_first_with_an_event() {
     assert_eq!(ended, [RoomEvent::SessionEnd { seq: 1, code: 1008, hash: "01".repeat(32) }]);
     assert_eq!(send(&mut r, cmd, &command::logout(&[2; 32])), [Value::Int(1)]);
     assert_eq!(send(&mut r, cmd, &command::logout(&[2; 32])), [Value::Int(0)]);
-    assert_eq!(events(&mut r, sub), [RoomEvent::SessionEnd { seq: 2, code: 1000, hash: "02".repeat(32) }]);
+    let logout = [
+        RoomEvent::SessionEnd { seq: 2, code: 1000, hash: "02".repeat(32) },
+        RoomEvent::Logout { seq: 3, name: "ann".into() },
+    ];
+    assert_eq!(events(&mut r, sub), logout);
 }
 
 #[test]
@@ -89,9 +93,9 @@ fn joins_leaves_and_messages_reach_every_subscriber_in_seq_order() {
     let (c2, s2) = node(&mut r);
     // Not registered here: no `created` to say.
     let joined = |seq| [array(vec![Value::Int(seq), Value::Bulk(None)])];
-    assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1", false)), joined(1));
-    assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1", false)), [Value::Int(0)], "online on n1");
-    assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2", false)), joined(2));
+    assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1", false, 5)), joined(1));
+    assert_eq!(send(&mut r, c2, &command::join("ann", "n2", "4.1", false, 5)), [Value::Int(0)], "online on n1");
+    assert_eq!(send(&mut r, c2, &command::join("Bob", "n2", "4.2", false, 5)), joined(2));
     assert_eq!(send(&mut r, c1, &command::message("n1", "3.1", "Ann", "hi  there", "16")), [Value::Int(1)]);
     assert_eq!(send(&mut r, c2, &command::leave("Ann", "n2")), [Value::Int(0)], "only the holder ends it");
     assert_eq!(send(&mut r, c2, &command::message("n2", "4.2", "Bob", "yo", "16")), [Value::Int(2)]);
@@ -121,6 +125,33 @@ fn joins_leaves_and_messages_reach_every_subscriber_in_seq_order() {
     ];
     assert_eq!(events(&mut r, s1), expected);
     assert_eq!(events(&mut r, s2), expected);
+}
+
+/// As library.lua: each node's count of a user's sockets moves with its joins and
+/// `skiff_devices` (never below one while it holds the user) and is published (N);
+/// a join past the cap, counted over every node, is refused (-2).
+#[test]
+fn a_user_s_sockets_are_counted_on_every_node_and_a_join_past_the_cap_is_refused() {
+    let mut r = FakeRedis::new();
+    let (c1, s1) = node(&mut r);
+    let (c2, _) = node(&mut r);
+    let beside = [array(vec![Value::Int(-1), Value::Bulk(None)])];
+    assert_eq!(send(&mut r, c1, &command::join("Ann", "n1", "3.1", true, 3)).len(), 1);
+    assert_eq!(send(&mut r, c1, &command::devices("Ann", "n1", 1)), [Value::Int(2)]);
+    assert_eq!(send(&mut r, c2, &command::join("Ann", "n2", "4.1", true, 3)), beside);
+    assert_eq!(send(&mut r, c2, &command::join("Ann", "n2", "4.2", true, 3)), [Value::Int(-2)], "three already");
+    assert_eq!(send(&mut r, c1, &command::devices("Ann", "n1", -5)), [Value::Int(2)], "n1 still holds one");
+    assert_eq!(send(&mut r, c1, &command::leave("Ann", "n1")), [Value::Int(1)]);
+    assert_eq!(send(&mut r, c1, &command::devices("Ann", "n1", 1)), [Value::Int(1)], "n1 holds none now");
+    let n = |seq, node: &str, count| RoomEvent::Devices { seq, node: node.into(), name: "Ann".into(), count };
+    let expected = [
+        RoomEvent::Join { seq: 1, node: "n1".into(), token: "3.1".into(), name: "Ann".into() },
+        n(2, "n1", 2),
+        n(3, "n2", 1),
+        n(4, "n1", 1),
+        n(5, "n1", 0),
+    ];
+    assert_eq!(events(&mut r, s1), expected);
 }
 
 #[test]
