@@ -662,8 +662,16 @@ impl World {
             }
         }
         // A socket the server closed for what it sent: everyone in the room then heard
-        // it leave.
+        // it leave, unless it was not its user's last device: one open before and
+        // still open is proof enough (one closed since sent the leave itself).
         for c in self.clients.iter().filter(|c| matches!(c.kicked, Some(1002 | 1003 | 1007 | 1009))) {
+            if self
+                .clients
+                .iter()
+                .any(|o| o.user == c.user && o.upgraded && o.joined_at <= c.kicked_at && self.is_ws(o))
+            {
+                continue;
+            }
             let user = format!("u{}", c.user);
             for r in self.clients.iter().filter(|r| r.upgraded && !r.closed && r.kicked.is_none()) {
                 let in_sync = !self.is_cluster() || self.stayed_in_sync(r);
