@@ -26,8 +26,24 @@ impl Chat {
     pub fn on_timeout(&mut self, now: Instant, fx: &mut Effects) {
         let mut expired = Vec::new();
         self.sessions.expire(now, &mut expired);
+        // They are all out of the table already: ended one by one, each would find
+        // its user with no socket left (the others' are still in the room but no
+        // longer found through a session) and the user would leave once per session.
+        let (mut closing, mut left) = (Vec::new(), Vec::<Rc<str>>::new());
         for (k, s) in expired {
-            self.ended(k, s, EndReason::Expired, fx);
+            let conns = self.take_sockets(k, &s);
+            if !conns.is_empty() && !left.contains(&s.user) {
+                left.push(s.user);
+            }
+            closing.extend(conns);
+        }
+        for user in left {
+            self.gone(user, fx);
+        }
+        let (code, reason) = closed_for(EndReason::Expired);
+        let reason: Rc<str> = Rc::from(reason);
+        for conn in closing {
+            fx.push(Effect::Close { conn, code, reason: reason.clone() });
         }
         self.end_timed_bans(now);
         let (batched, counted) = self.room.subscribers();
@@ -40,27 +56,39 @@ impl Chat {
     }
 
     pub(super) fn ended(&mut self, k: SessionKey, s: Session, why: EndReason, fx: &mut Effects) {
-        let (code, reason) = match why {
-            EndReason::Logout => (close::NORMAL, "logged out"),
-            EndReason::Expired => (close::POLICY, "session expired"),
-            EndReason::Evicted => (close::POLICY, "replaced"),
-        };
+        let (code, reason) = closed_for(why);
         self.ended_with(k, s, code, Rc::from(reason), fx);
     }
 
     /// Session `k` (already out of the table) is over: every socket opened with it
     /// closes with `code` and `reason`.
     pub(super) fn ended_with(&mut self, k: SessionKey, s: Session, code: u16, reason: Rc<str>, fx: &mut Effects) {
-        let mut conns = self.chain(s.socket());
-        conns.retain(|&conn| self.room.get(conn).is_some_and(|m| m.session == k));
-        for &conn in &conns {
-            self.remove_member(conn);
-        }
+        let conns = self.take_sockets(k, &s);
         if !conns.is_empty() {
             self.gone(s.user, conns.len(), fx);
         }
         for conn in conns {
             fx.push(Effect::Close { conn, code, reason: reason.clone() });
         }
+    }
+
+    /// Takes the sockets opened with session `k` (already out of the table) out of
+    /// the room; returns them.
+    fn take_sockets(&mut self, k: SessionKey, s: &Session) -> Vec<usize> {
+        let mut conns = self.chain(s.socket());
+        conns.retain(|&conn| self.room.get(conn).is_some_and(|m| m.session == k));
+        for &conn in &conns {
+            self.remove_member(conn);
+        }
+        conns
+    }
+}
+
+/// The close code and reason a socket gets when its session ends this way.
+fn closed_for(why: EndReason) -> (u16, &'static str) {
+    match why {
+        EndReason::Logout => (close::NORMAL, "logged out"),
+        EndReason::Expired => (close::POLICY, "session expired"),
+        EndReason::Evicted => (close::POLICY, "replaced"),
     }
 }
