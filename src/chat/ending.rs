@@ -29,16 +29,19 @@ impl Chat {
         // They are all out of the table already: ended one by one, each would find
         // its user with no socket left (the others' are still in the room but no
         // longer found through a session) and the user would leave once per session.
-        let (mut closing, mut left) = (Vec::new(), Vec::<Rc<str>>::new());
+        let (mut closing, mut left) = (Vec::new(), Vec::<(Rc<str>, usize)>::new());
         for (k, s) in expired {
             let conns = self.take_sockets(k, &s);
-            if !conns.is_empty() && !left.contains(&s.user) {
-                left.push(s.user);
+            if !conns.is_empty() {
+                match left.iter_mut().find(|(user, _)| *user == s.user) {
+                    Some((_, closed)) => *closed += conns.len(),
+                    None => left.push((s.user, conns.len())),
+                }
             }
             closing.extend(conns);
         }
-        for user in left {
-            self.gone(user, fx);
+        for (user, closed) in left {
+            self.gone(user, closed, fx);
         }
         let (code, reason) = closed_for(EndReason::Expired);
         let reason: Rc<str> = Rc::from(reason);
