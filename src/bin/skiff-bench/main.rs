@@ -69,13 +69,17 @@ fn run(a: &Args) -> Result<Report, String> {
         Bench::new(a.raw, a.spin, a.presence.is_some(), a.clients, a.tls).map_err(|e| format!("epoll: {e}"))?;
     let setup = setup(a, &mut bench, hard_stop)?;
     let (idle, load, flood) = if a.role == Role::Listeners {
-        let idle = report::Idle { node_rss_before_kib: rss_before, node_rss_idle_kib: rss_of(a) };
+        let idle = report::Idle {
+            node_rss_before_kib: rss_before,
+            node_rss_users_kib: setup.node_rss_users_kib.clone(),
+            node_rss_idle_kib: rss_of(a),
+        };
         if let Some(f) = &a.ready_file {
             write_file(f, "ready\n")?;
         }
         (idle, listen(a, &mut bench, hard_stop)?, None)
     } else {
-        let idle = idle(a, &mut bench, rss_before, hard_stop);
+        let idle = idle(a, &mut bench, rss_before, setup.node_rss_users_kib.clone(), hard_stop);
         let flood = prepare_flood(a)?;
         let (load, flood) = load(a, &mut bench, flood, hard_stop);
         if let Some(f) = &a.done_file {
@@ -134,12 +138,14 @@ fn setup(a: &Args, bench: &mut Bench, hard_stop: Instant) -> Result<report::Setu
         http::setup_users(&a.targets, a.tls, &a.prefix, a.clients, a.setup_threads)?
     };
     let users_s = t0.elapsed().as_secs_f64();
+    let node_rss_users_kib = rss_of(a);
     // The join storm's cost: the servers' CPU from the first connect to the last join.
     let (cpu0, redis0, t1) = (sys::cpu_of(&a.pids), redis_cpu(a), Instant::now());
     let connect_s = connect(a, bench, &cookies, hard_stop)?;
     let (joins_expected, joins_received) = join_storm(a, bench, hard_stop);
     Ok(report::Setup {
         users_s,
+        node_rss_users_kib,
         connect_s,
         joins_expected,
         joins_received,
@@ -219,10 +225,16 @@ fn join_storm(a: &Args, bench: &mut Bench, hard_stop: Instant) -> (u64, u64) {
 
 // --- idle, load, teardown --------------------------------------------------------
 
-fn idle(a: &Args, bench: &mut Bench, rss_before: Vec<Option<u64>>, hard_stop: Instant) -> report::Idle {
+fn idle(
+    a: &Args,
+    bench: &mut Bench,
+    rss_before: Vec<Option<u64>>,
+    rss_users: Vec<Option<u64>>,
+    hard_stop: Instant,
+) -> report::Idle {
     progress::show("idle", &format!("{} clients connected, waiting {:.1} s", bench.open, a.idle.as_secs_f64()));
     bench.run((Instant::now() + a.idle).min(hard_stop), |_| false);
-    report::Idle { node_rss_before_kib: rss_before, node_rss_idle_kib: rss_of(a) }
+    report::Idle { node_rss_before_kib: rss_before, node_rss_users_kib: rss_users, node_rss_idle_kib: rss_of(a) }
 }
 
 /// `--role listeners` after setup: counts deliveries until the sending run's

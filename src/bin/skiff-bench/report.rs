@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 
 pub struct Setup {
     pub users_s: f64,
+    /// The servers' RSS once the users are set up, before the first connect.
+    pub node_rss_users_kib: Vec<Option<u64>>,
     pub connect_s: f64,
     pub joins_expected: u64,
     pub joins_received: u64,
@@ -22,6 +24,9 @@ pub struct Setup {
 /// The servers' RSS before setup and when idle, per `--server-pid`.
 pub struct Idle {
     pub node_rss_before_kib: Vec<Option<u64>>,
+    /// After the users registered and logged in, before the first connect: what the
+    /// connections alone cost is measured from here.
+    pub node_rss_users_kib: Vec<Option<u64>>,
     pub node_rss_idle_kib: Vec<Option<u64>>,
 }
 
@@ -104,6 +109,11 @@ impl Idle {
 
     fn per_client_kib(&self, clients: usize) -> Option<f64> {
         Some(self.rss_idle_kib()?.saturating_sub(self.rss_before_kib()?) as f64 / clients as f64)
+    }
+
+    /// Per open WebSocket only, without the users' and sessions' share.
+    fn per_connection_kib(&self, clients: usize) -> Option<f64> {
+        Some(self.rss_idle_kib()?.saturating_sub(total(&self.node_rss_users_kib)?) as f64 / clients as f64)
     }
 }
 
@@ -265,6 +275,8 @@ impl Report {
                 "server_rss_before_kib": self.idle.rss_before_kib(),
                 "server_rss_idle_kib": self.idle.rss_idle_kib(),
                 "server_rss_per_client_kib": self.idle.per_client_kib(a.clients),
+                "server_rss_users_kib": total(&self.idle.node_rss_users_kib),
+                "server_rss_per_connection_kib": self.idle.per_connection_kib(a.clients),
             },
             "load": self.load.json(),
             "register_flood": self.flood.as_ref().map(|f| f.json(a)),
@@ -296,9 +308,10 @@ impl Report {
             s.joins_expected
         );
         println!(
-            "  idle       server RSS {} KiB, {} KiB per client",
+            "  idle       server RSS {} KiB, {} KiB per client ({} KiB per connection, users aside)",
             self.idle.rss_idle_kib().map_or("-".into(), |v| v.to_string()),
-            opt(self.idle.per_client_kib(a.clients))
+            opt(self.idle.per_client_kib(a.clients)),
+            opt(self.idle.per_connection_kib(a.clients))
         );
         println!(
             "  load       sent {}, acked {}, refused {}, unacked {}, expected {}, received {}, loss {}",
