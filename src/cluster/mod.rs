@@ -279,6 +279,10 @@ pub struct Cluster {
     unconfirmed: usize,
     /// Messages Redis took (its reply came, with the id) whose event has not come.
     answered: VecDeque<(u64, Origin)>,
+    /// Refusals ("unavailable") owed to senders with a message in `answered`, how
+    /// many each: a socket hears its acks in the order it sent, so they wait for
+    /// the earlier message's ack (its event, or the next sync).
+    refused_behind: Vec<(Origin, usize)>,
     /// Own events that came before their command's reply (the links are read in
     /// either order): the reply finds its id here and owes nothing.
     early: VecDeque<u64>,
@@ -358,6 +362,7 @@ impl Cluster {
             stopping: false,
             unconfirmed: 0,
             answered: VecDeque::new(),
+            refused_behind: Vec::new(),
             early: VecDeque::new(),
             replay: VecDeque::new(),
             failover_until: None,
@@ -519,7 +524,7 @@ impl Cluster {
     /// A member's message, to publish; `Event::Message` delivers it (and its ack).
     pub fn publish(&mut self, origin: Origin, author: Rc<str>, text: Box<str>) {
         if !self.accepting() {
-            self.events.push_back(Event::Unavailable(origin));
+            self.refuse(origin);
             return;
         }
         let (token, keep) = (token(origin), self.cfg.history.to_string());
@@ -529,7 +534,7 @@ impl Cluster {
                 self.pending.push_back((self.now, Pending::Publish(origin, author, text)));
                 self.unconfirmed += 1;
             }
-            None => self.events.push_back(Event::Unavailable(origin)),
+            None => self.refuse(origin),
         }
     }
 
@@ -757,7 +762,7 @@ impl Cluster {
             }
             Pending::Publish(origin, ..) => {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
-                self.events.push_back(Event::Unavailable(origin))
+                self.refuse(origin);
             }
             Pending::Reassert(..)
             | Pending::Device(_)

@@ -278,6 +278,50 @@ fn a_message_redis_took_whose_event_was_lost_is_owed_to_its_sender_at_the_next_s
     }
 }
 
+/// Found by the cluster fuzz world: a socket's first message was taken by Redis (its
+/// id came back, its event not yet) when the links dropped with its second still
+/// unanswered. The second's refusal went out at once and the first's ack only with
+/// the next sync: the socket heard its acks in the wrong order (a v1 client matches
+/// them by position). The refusal now waits behind the owed ack.
+#[test]
+fn a_refusal_waits_behind_the_same_sockets_owed_ack() {
+    let t = Instant::now();
+    let mut c = up(t);
+    c.publish(origin(5), "ann".into(), "first".into());
+    c.publish(origin(5), "ann".into(), "second".into());
+    c.publish(origin(6), "bob".into(), "other".into());
+    sent(&mut c, LinkId::Cmd);
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(7)), t);
+    c.on_closed(LinkId::Sub, "connection closed", t);
+    let got = events(&mut c);
+    assert!(matches!(got[..], [Event::Unavailable(o)] if o == origin(6)), "bob owes nothing: {got:?}");
+    // Sent while the node is down: behind the owed ack as well.
+    c.publish(origin(5), "ann".into(), "third".into());
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.poll_io(), Some(Io::Close));
+    let retry = c.next_deadline().unwrap();
+    subscribed(&mut c, retry);
+    c.sync(&[], ("e1", 6), retry);
+    c.on_bytes(LinkId::Cmd, &sync_reply(12, 8, &[]), retry);
+    match &events(&mut c)[..] {
+        [Event::Synced { mine, .. }, Event::Unavailable(a), Event::Unavailable(b)] => {
+            assert_eq!(mine, &[(7, origin(5))]);
+            assert_eq!((*a, *b), (origin(5), origin(5)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // In sync: a refusal waits for the event that carries the earlier ack.
+    c.publish(origin(5), "ann".into(), "fourth".into());
+    c.publish(origin(5), "ann".into(), "fifth".into());
+    c.on_bytes(LinkId::Cmd, &[wire(&Value::Int(9)), wire(&Value::Error("ERR busy".into()))].concat(), retry);
+    assert!(events(&mut c).is_empty());
+    c.on_bytes(LinkId::Sub, &channel("M 13 9 1700000000000 n1 5.1 ann fourth"), retry);
+    assert!(matches!(
+        &events(&mut c)[..],
+        [Event::Message { mine: Some(m), .. }, Event::Unavailable(u)] if *m == origin(5) && *u == origin(5)
+    ));
+}
+
 /// A join's event can be read before its command's reply. The reply then waits for
 /// nothing: the node stays quiet (a hand-over needs that), and nothing piles up.
 #[test]
