@@ -237,7 +237,8 @@ fn own_messages_keep_the_node_busy_until_their_event_comes_back() {
     c.publish(origin(5), "ann".into(), "hi".into());
     assert!(sent(&mut c, LinkId::Cmd).contains("skiff_message"));
     assert!(!c.is_quiet());
-    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(11)), t);
+    // The reply is the message's id, as the event's (`M seq id ...`) is.
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
     assert!(!c.is_quiet(), "answered, but its event (and so the ack) has not come");
     c.on_bytes(LinkId::Sub, &channel("M 11 1 1700000000000 n1 5.1 ann hi"), t);
     assert!(c.is_quiet());

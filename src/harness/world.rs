@@ -86,6 +86,8 @@ const USERS: usize = 4;
 /// Close codes a client may see (README, "WebSocket events").
 const DOCUMENTED_CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1003, 1007, 1008, 1009];
 const TTL: Duration = Duration::from_secs(30);
+/// The `say` argument that sends an empty message instead of a scripted one.
+const EMPTY_EXTRA: u8 = 39;
 
 /// Splits a server byte stream into frames: (opcode, payload), leaving a partial tail.
 fn server_frames(buf: &[u8], mut pos: usize, out: &mut Vec<(u8, Vec<u8>)>) -> usize {
@@ -397,7 +399,11 @@ impl World {
         self.next_msg += 1;
         cl.sent.push(id);
         cl.sent_at.push(self.steps);
-        let message = format!("m{id} {}", "x".repeat(extra as usize));
+        // Now and then an empty message, refused at once ("message_empty"), maybe
+        // while an earlier one still waits for its ack: each socket must hear its
+        // acks in the order it sent.
+        let message =
+            if extra == EMPTY_EXTRA { String::new() } else { format!("m{id} {}", "x".repeat(extra as usize)) };
         let text = format!("{{\"message\":\"{message}\"}}");
         self.texts.insert(id, message);
         let frame = frame::client_frame(frame::TEXT, text.as_bytes(), [extra, 1, 2, 3]);
@@ -451,6 +457,17 @@ impl World {
                             }
                             cl.acks.push(ok);
                             cl.ack_codes.push(v["code"].as_str().map(str::to_owned));
+                            // Acks come in the order their socket sent: an empty
+                            // message's is the refusal.
+                            if let Some(&mine) = cl.sent.get(cl.acks.len() - 1).filter(|_| !cl.garbled) {
+                                if self.texts[&mine].is_empty() {
+                                    assert_eq!(
+                                        v["code"], "message_empty",
+                                        "u{}'s empty message m{mine} got another's ack: {v}",
+                                        cl.user
+                                    );
+                                }
+                            }
                             // A v2 ack names the message's id: it must name this text.
                             if let (Some(id), Some(&mine)) = (v["id"].as_u64(), cl.sent.get(cl.acks.len() - 1)) {
                                 if !cl.garbled {

@@ -4,11 +4,10 @@
 //! came after its own join, as on a single node.
 
 use super::Server;
-use crate::chat::{Effect, ACK_UNAVAILABLE};
+use crate::chat::Effect;
 use crate::cluster::{Cluster, Event};
 use crate::conn::Stream;
 use crate::log;
-use crate::outq::Chunk;
 use crate::storage::{Done, Origin, Reply};
 use crate::ws::close;
 use std::rc::Rc;
@@ -94,7 +93,7 @@ impl<S: Stream> Server<S> {
             }
             Event::Unavailable(origin) => {
                 if let Some(conn) = self.local(origin) {
-                    self.cx.fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_UNAVAILABLE) });
+                    self.cx.chat.refused(conn, &mut self.cx.fx);
                 }
             }
             Event::SyncedMore { messages, last } => {
