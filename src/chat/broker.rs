@@ -59,9 +59,9 @@ impl Chat {
     }
 
     /// In: a member here is gone: tell the room, or (replicated) the cluster.
-    pub(super) fn left(&mut self, user: Rc<str>, fx: &mut Effects) {
+    pub(super) fn left(&mut self, user: Rc<str>, closed: usize, fx: &mut Effects) {
         if self.replica.is_some() {
-            fx.push(Effect::Left { user });
+            fx.push(Effect::Left { user, closed });
         } else {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
             self.note_presence(&user, false);

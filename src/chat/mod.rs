@@ -70,9 +70,11 @@ pub enum Effect {
         author: Rc<str>,
         message: Box<str>,
     },
-    /// Cluster mode: `user`'s WebSocket here is gone; the cluster must hear it left.
+    /// Cluster mode: `user`'s last WebSockets here, `closed` of them, are gone; the
+    /// cluster must hear it left.
     Left {
         user: Rc<str>,
+        closed: usize,
     },
     /// Cluster mode: `closed` sockets of `user` here are gone and the user still
     /// has one here; the cluster counts the user's devices.

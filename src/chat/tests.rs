@@ -458,7 +458,7 @@ mod replicated {
         // The local socket closing is told to the cluster, not broadcast here.
         fx.clear();
         chat.leave(1, &mut fx);
-        assert!(matches!(&fx[..], [Effect::Left { user }] if &**user == "al"));
+        assert!(matches!(&fx[..], [Effect::Left { user, .. }] if &**user == "al"));
         assert!(chat.is_online("al"), "online until the leave comes back");
         chat.apply_leave("al", &mut fx);
         assert!(!chat.is_online("al"));

@@ -127,6 +127,14 @@ impl Cluster {
                 }
             }
             Pending::Conn(origin, expect) => {
+                if let Expect::Join(name) = &expect {
+                    // Settled by this reply, unless Redis took it as the user's first
+                    // socket ([seq, created]): then by its J event.
+                    let first = v.as_array().and_then(|a| a.first()).and_then(Value::as_int).is_some_and(|seq| seq > 0);
+                    if !first {
+                        self.join_settled(name);
+                    }
+                }
                 let reply = match (expect, &v) {
                     (_, Value::Error(_)) => Reply::Unavailable,
                     (Expect::Register(covering), Value::Int(1)) => match self.registered(origin, covering) {
@@ -209,6 +217,7 @@ impl Cluster {
             RoomEvent::Join { node, token, name, .. } => {
                 let mine = mine(&node, &token);
                 if let Some(o) = mine {
+                    self.join_settled(&name);
                     match self.joining.iter().position(|&j| j == o) {
                         Some(at) => {
                             self.joining.swap_remove(at);

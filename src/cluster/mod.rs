@@ -283,6 +283,11 @@ pub struct Cluster {
     /// many each: a socket hears its acks in the order it sent, so they wait for
     /// the earlier message's ack (its event, or the next sync).
     refused_behind: Vec<(Origin, usize)>,
+    /// Lowercased name -> this node's joins of that user sent and not yet settled
+    /// (opened, refused, or found their socket gone). Redis runs them before any
+    /// later command: a node whose last socket of a user closes meanwhile must not
+    /// take the user's presence here away from under them (see `joining`).
+    joins: std::collections::HashMap<Box<str>, usize>,
     /// Own events that came before their command's reply (the links are read in
     /// either order): the reply finds its id here and owes nothing.
     early: VecDeque<u64>,
@@ -363,6 +368,7 @@ impl Cluster {
             unconfirmed: 0,
             answered: VecDeque::new(),
             refused_behind: Vec::new(),
+            joins: std::collections::HashMap::new(),
             early: VecDeque::new(),
             replay: VecDeque::new(),
             failover_until: None,
@@ -498,6 +504,7 @@ impl Cluster {
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
             Request::Join { name, v2 } => {
                 let cmd = command::join(&name, &self.node, &token(origin), v2, self.cfg.max_devices);
+                *self.joins.entry(name.to_ascii_lowercase().into()).or_default() += 1;
                 (Expect::Join(name.into()), cmd)
             }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
@@ -535,6 +542,23 @@ impl Cluster {
                 self.unconfirmed += 1;
             }
             None => self.refuse(origin),
+        }
+    }
+
+    /// A join of `name` from here is still to be settled: Redis has counted it, or
+    /// will before anything sent from now on. Sockets of the user closing here then
+    /// take their count off (`devices_closed`) rather than the user (`left`).
+    pub fn joining(&self, name: &str) -> bool {
+        self.joins.contains_key(name.to_ascii_lowercase().as_str())
+    }
+
+    pub(super) fn join_settled(&mut self, name: &str) {
+        let lower = name.to_ascii_lowercase();
+        if let Some(n) = self.joins.get_mut(lower.as_str()) {
+            *n -= 1;
+            if *n == 0 {
+                self.joins.remove(lower.as_str());
+            }
         }
     }
 
@@ -741,8 +765,9 @@ impl Cluster {
         for (_, p) in std::mem::take(&mut self.pending) {
             self.fail_pending(p);
         }
-        // Replies that never come owe nothing.
+        // Replies that never come owe nothing; the sync says what this node holds.
         self.joined_early.clear();
+        self.joins.clear();
         for origin in std::mem::take(&mut self.joining).into_iter().chain(self.waits.reset()) {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }

@@ -323,6 +323,37 @@ fn a_refusal_waits_behind_the_same_sockets_owed_ack() {
     ));
 }
 
+/// Found by the cluster fuzz world: two sockets of one user joined from this node at
+/// once, and the one whose reply came first had hung up. Nothing of the user was open
+/// here yet, so the node made the user leave, and Redis dropped the other socket's
+/// count with it: that socket opened while every node heard the user leave. A join
+/// still to settle now keeps the user here (`joining`) until its reply or J event.
+#[test]
+fn a_join_counts_as_the_users_presence_here_until_it_settles() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let join = |c: &mut Cluster, conn| c.submit(origin(conn), Request::Join { name: "Ann".into(), v2: true });
+    join(&mut c, 4);
+    join(&mut c, 5);
+    join(&mut c, 6);
+    assert!(c.joining("ann") && c.joining("ANN"));
+    sent(&mut c, LinkId::Cmd);
+    let first = Value::Array(Some(vec![Value::Int(11), bulk("1700000000000")]));
+    let beside = Value::Array(Some(vec![Value::Int(-1), bulk("1700000000000")]));
+    c.on_bytes(LinkId::Cmd, &[wire(&first), wire(&beside)].concat(), t);
+    assert!(matches!(&events(&mut c)[..], [Event::Join { mine: Some(o), .. }] if *o == origin(5)));
+    assert!(c.joining("ann"), "socket 4's join waits for its event, socket 6's for its reply");
+    c.on_bytes(LinkId::Sub, &channel("J 11 n1 4.1 Ann"), t);
+    events(&mut c);
+    assert!(c.joining("ann"), "socket 6's reply is still to come");
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(-2)), t);
+    assert!(!c.joining("ann"), "refused: settled");
+    // Links lost: nothing is in flight any more.
+    join(&mut c, 7);
+    c.on_closed(LinkId::Cmd, "connection closed", t);
+    assert!(!c.joining("ann"));
+}
+
 /// A join's event can be read before its command's reply. The reply then waits for
 /// nothing: the node stays quiet (a hand-over needs that), and nothing piles up.
 #[test]

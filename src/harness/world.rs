@@ -170,6 +170,9 @@ struct World {
     /// it said.
     ids: HashMap<u64, (String, String)>,
     steps: usize,
+    /// `WORLD_TRACE` set: every frame a client receives and every message sent go to
+    /// stderr, with the step (for reading a crash by hand).
+    trace: bool,
 }
 
 /// Cluster mode: the config both nodes run with. The stand-in takes any password
@@ -229,6 +232,7 @@ impl World {
             texts: HashMap::new(),
             ids: HashMap::new(),
             steps: 0,
+            trace: std::env::var_os("WORLD_TRACE").is_some(),
         };
         if cluster {
             // Both nodes connect and sync before anyone registers.
@@ -374,6 +378,11 @@ impl World {
             return; // Redis has not answered yet.
         }
         self.clients[c].awaiting = None;
+        if self.trace {
+            let cl = &self.clients[c];
+            let status = response.as_ref().map(|r| r.0);
+            eprintln!("step {} client {c} (u{} node {}) {awaiting:?}: {status:?}", self.steps, cl.user, cl.node + 1);
+        }
         match (awaiting, response) {
             (Awaiting::Login, Some((200, _, cookie))) => {
                 self.cookies[self.clients[c].user] = cookie;
@@ -406,6 +415,9 @@ impl World {
             if extra == EMPTY_EXTRA { String::new() } else { format!("m{id} {}", "x".repeat(extra as usize)) };
         let text = format!("{{\"message\":\"{message}\"}}");
         self.texts.insert(id, message);
+        if self.trace {
+            eprintln!("step {} client {c} (u{} node {}) sends {text}", self.steps, cl.user, cl.node + 1);
+        }
         let frame = frame::client_frame(frame::TEXT, text.as_bytes(), [extra, 1, 2, 3]);
         cl.pipe.0.borrow_mut().to_server.extend_from_slice(&frame);
         let (key, now) = (cl.key, self.now);
@@ -419,6 +431,9 @@ impl World {
         }
         cl.closed = true;
         cl.pipe.0.borrow_mut().client_closed = true;
+        if self.trace && cl.upgraded {
+            eprintln!("step {} client {c} (u{} node {}) hangs up", self.steps, cl.user, cl.node + 1);
+        }
         let (key, now) = (cl.key, self.now);
         self.server(c).on_ready(key, true, true, now);
     }
@@ -447,6 +462,11 @@ impl World {
             let pipe = cl.pipe.clone();
             cl.seen = server_frames(&pipe.0.borrow().to_client, cl.seen, &mut frames);
             for (op, payload) in frames {
+                if self.trace {
+                    let shown =
+                        if op == 0x8 { format!("close {payload:?}") } else { String::from_utf8_lossy(&payload).into() };
+                    eprintln!("step {steps} client {ci} (u{} node {}) <- {shown}", cl.user, cl.node + 1);
+                }
                 match op {
                     0x1 => {
                         let v: serde_json::Value = serde_json::from_slice(&payload).expect("server text is JSON");

@@ -50,13 +50,14 @@ impl<S: Stream> Server<S> {
                     // ended: Redis must not keep it online, nor count it (the user may
                     // have other sockets here: two joins crossed).
                     let opened = self.local(origin).is_some_and(|c| self.cx.chat.is_socket_of(&name, c));
-                    let others = self.cx.chat.member_of_user(&name).is_some();
-                    if let Some(cluster) = self.cx.cluster.as_mut().filter(|_| !opened) {
-                        if others {
-                            cluster.devices_closed(&name, 1);
-                        } else {
-                            cluster.left(&name);
-                        }
+                    let Some(cluster) = self.cx.cluster.as_mut().filter(|_| !opened) else { return };
+                    // Another join of the user from here, still to settle, is counted
+                    // by Redis too: only this socket's count goes (the cluster fuzz
+                    // world's crash-given-up-join-took-a-devices-presence).
+                    if self.cx.chat.member_of_user(&name).is_some() || cluster.joining(&name) {
+                        cluster.devices_closed(&name, 1);
+                    } else {
+                        cluster.left(&name);
                     }
                 }
                 return;
