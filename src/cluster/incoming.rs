@@ -128,11 +128,11 @@ impl Cluster {
             }
             Pending::Conn(origin, expect) => {
                 if let Expect::Join(name) = &expect {
-                    // Settled by this reply, unless Redis took it as the user's first
-                    // socket ([seq, created]): then by its J event.
-                    let first = v.as_array().and_then(|a| a.first()).and_then(Value::as_int).is_some_and(|seq| seq > 0);
-                    if !first {
-                        self.join_settled(name);
+                    // Refused: settled once the loop takes the refusal. Taken, it is
+                    // settled by its `Event::Join` (see `next_event`).
+                    let at = v.as_array().and_then(|a| a.first()).and_then(Value::as_int);
+                    if !at.is_some_and(|seq| seq > 0 || seq == -1) {
+                        self.settling.push((origin, name.clone()));
                     }
                 }
                 let reply = match (expect, &v) {
@@ -217,7 +217,6 @@ impl Cluster {
             RoomEvent::Join { node, token, name, .. } => {
                 let mine = mine(&node, &token);
                 if let Some(o) = mine {
-                    self.join_settled(&name);
                     match self.joining.iter().position(|&j| j == o) {
                         Some(at) => {
                             self.joining.swap_remove(at);

@@ -284,10 +284,12 @@ pub struct Cluster {
     /// the earlier message's ack (its event, or the next sync).
     refused_behind: Vec<(Origin, usize)>,
     /// Lowercased name -> this node's joins of that user sent and not yet settled
-    /// (opened, refused, or found their socket gone). Redis runs them before any
+    /// (the loop has not taken their outcome: joined, or refused). Redis runs them before any
     /// later command: a node whose last socket of a user closes meanwhile must not
     /// take the user's presence here away from under them (see `joining`).
     joins: std::collections::HashMap<Box<str>, usize>,
+    /// Refused joins whose refusal the loop has not taken yet (origin, name).
+    settling: Vec<(Origin, Box<str>)>,
     /// Own events that came before their command's reply (the links are read in
     /// either order): the reply finds its id here and owes nothing.
     early: VecDeque<u64>,
@@ -369,6 +371,7 @@ impl Cluster {
             answered: VecDeque::new(),
             refused_behind: Vec::new(),
             joins: std::collections::HashMap::new(),
+            settling: Vec::new(),
             early: VecDeque::new(),
             replay: VecDeque::new(),
             failover_until: None,
@@ -441,10 +444,23 @@ impl Cluster {
     }
 
     pub fn next_event(&mut self) -> Option<Event> {
-        match self.events.front() {
+        let event = match self.events.front() {
             Some(Event::SyncedMore { .. }) => self.next_slice(),
             _ => self.events.pop_front(),
+        };
+        // A join settles as the loop takes its outcome, not as Redis's bytes are read:
+        // the outcomes of other joins of the user may wait behind it in the queue.
+        match &event {
+            Some(Event::Join { name, mine: Some(_) }) => self.join_settled(name),
+            Some(Event::Reply(Done { origin, .. })) => {
+                if let Some(at) = self.settling.iter().position(|(o, _)| o == origin) {
+                    let (_, name) = self.settling.swap_remove(at);
+                    self.join_settled(&name);
+                }
+            }
+            _ => {}
         }
+        event
     }
 
     /// Events wait (some perhaps for the next turn), or input does.
@@ -768,6 +784,7 @@ impl Cluster {
         // Replies that never come owe nothing; the sync says what this node holds.
         self.joined_early.clear();
         self.joins.clear();
+        self.settling.clear();
         for origin in std::mem::take(&mut self.joining).into_iter().chain(self.waits.reset()) {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }

@@ -327,7 +327,8 @@ fn a_refusal_waits_behind_the_same_sockets_owed_ack() {
 /// once, and the one whose reply came first had hung up. Nothing of the user was open
 /// here yet, so the node made the user leave, and Redis dropped the other socket's
 /// count with it: that socket opened while every node heard the user leave. A join
-/// still to settle now keeps the user here (`joining`) until its reply or J event.
+/// still to settle now keeps the user here (`joining`) until the loop takes its
+/// outcome.
 #[test]
 fn a_join_counts_as_the_users_presence_here_until_it_settles() {
     let t = Instant::now();
@@ -347,6 +348,8 @@ fn a_join_counts_as_the_users_presence_here_until_it_settles() {
     events(&mut c);
     assert!(c.joining("ann"), "socket 6's reply is still to come");
     c.on_bytes(LinkId::Cmd, &wire(&Value::Int(-2)), t);
+    assert!(c.joining("ann"), "settled only as the loop takes the refusal: outcomes may queue behind it");
+    assert!(matches!(&events(&mut c)[..], [Event::Reply(Done { reply: Reply::TooManyDevices, .. })]));
     assert!(!c.joining("ann"), "refused: settled");
     // Links lost: nothing is in flight any more.
     join(&mut c, 7);
