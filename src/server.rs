@@ -314,9 +314,13 @@ impl<S: Stream> Server<S> {
                         self.arm(conn);
                     }
                     Effect::Publish { conn, author, message } => self.publish(conn, author, message),
-                    Effect::Left { user } => {
-                        if let Some(cluster) = self.cx.cluster.as_mut() {
-                            cluster.left(&user);
+                    Effect::Left { user, closed } => {
+                        match self.cx.cluster.as_mut() {
+                            // A join of the user from here still to settle: Redis counts
+                            // it already (or will, before this), so the user stays here.
+                            Some(cluster) if cluster.joining(&user) => cluster.devices_closed(&user, closed),
+                            Some(cluster) => cluster.left(&user),
+                            None => {}
                         }
                     }
                     Effect::DevicesClosed { user, closed } => {

@@ -8,7 +8,7 @@
 
 use super::ConnId;
 use crate::outq::Chunk;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// Acks one socket may have waiting on the disk. Past it the socket is not read
 /// until some are released: a sender faster than the disk is slowed by TCP, and
@@ -77,6 +77,65 @@ impl Acks {
     }
 }
 
+/// Cluster mode: a message's ack comes back with its event from Redis (or its
+/// refusal from the cluster core), not from a commit here. An ack that needs nothing
+/// (an invalid or rate-limited message) waits behind the socket's messages still in
+/// flight, so the socket hears its acks in the order it sent. Outcomes come back in
+/// the order a socket's messages went (one command link, run in order, and the
+/// cluster core keeps a refusal behind an ack it still owes).
+#[derive(Default)]
+pub struct InFlight {
+    /// Per socket with something in flight: `None` a message still out, `Some` an
+    /// ack waiting behind it.
+    queues: HashMap<ConnId, VecDeque<Option<Chunk>>>,
+}
+
+impl InFlight {
+    /// `conn` published a message: its outcome is owed.
+    pub fn sent(&mut self, conn: ConnId) {
+        self.queues.entry(conn).or_default().push_back(None);
+    }
+
+    /// An ack that needs nothing: back if it may go now, else held.
+    pub fn hold(&mut self, conn: ConnId, frame: Chunk) -> Option<Chunk> {
+        match self.queues.get_mut(&conn) {
+            Some(q) => {
+                q.push_back(Some(frame));
+                None
+            }
+            None => Some(frame),
+        }
+    }
+
+    /// The outcome of `conn`'s oldest message in flight: `frame`, then the acks
+    /// that waited behind it. Returns how many entries that released (each counted
+    /// in the member's `unacked`).
+    pub fn settle(&mut self, conn: ConnId, frame: Chunk, mut out: impl FnMut(Chunk)) -> u32 {
+        out(frame);
+        let Some(q) = self.queues.get_mut(&conn) else { return 0 };
+        let mut released = 0;
+        if q.front().is_some_and(Option::is_none) {
+            q.pop_front();
+            released += 1;
+        }
+        while let Some(Some(_)) = q.front() {
+            if let Some(Some(held)) = q.pop_front() {
+                out(held);
+            }
+            released += 1;
+        }
+        if q.is_empty() {
+            self.queues.remove(&conn);
+        }
+        released
+    }
+
+    /// A socket left: nothing is owed to it.
+    pub fn forget(&mut self, conn: ConnId) {
+        self.queues.remove(&conn);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +169,31 @@ mod tests {
         assert_eq!(a.len(), 1);
         assert_eq!(released(&mut a, 12, false), [(1, None)], "a failed commit is reported, not acked");
         assert!(a.is_empty());
+    }
+
+    /// Found by the cluster fuzz world: in cluster mode an empty message's refusal
+    /// went out at once, ahead of the ack of the message sent before it (which comes
+    /// back with its event from Redis).
+    #[test]
+    fn in_flight_a_refusal_waits_behind_the_sockets_messages_still_out() {
+        let mut f = InFlight::default();
+        assert!(f.hold(1, frame(b"now")).is_some(), "nothing in flight: at once");
+        f.sent(1);
+        assert!(f.hold(1, frame(b"empty")).is_none());
+        f.sent(1);
+        assert!(f.hold(1, frame(b"long")).is_none());
+        assert!(f.hold(2, frame(b"other")).is_some(), "another socket does not wait");
+        let mut out = Vec::new();
+        let collect = |out: &mut Vec<&'static [u8]>, c: Chunk| match c {
+            Chunk::Static(b) => out.push(b),
+            _ => unreachable!(),
+        };
+        assert_eq!(f.settle(1, frame(b"ok1"), |c| collect(&mut out, c)), 2);
+        assert_eq!(out, [&b"ok1"[..], b"empty"]);
+        out.clear();
+        assert_eq!(f.settle(1, frame(b"ok2"), |c| collect(&mut out, c)), 2);
+        assert_eq!(out, [&b"ok2"[..], b"long"]);
+        assert!(f.hold(1, frame(b"now")).is_some(), "all settled");
     }
 
     #[test]

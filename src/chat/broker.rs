@@ -22,6 +22,10 @@ impl Chat {
     /// publishes it, and the ack comes with it off the channel.
     pub(super) fn publish(&mut self, conn: ConnId, author: Rc<str>, text: &str, now: Instant, fx: &mut Effects) {
         if self.replica.is_some() {
+            if let Some(m) = self.room.get_mut(conn) {
+                m.unacked += 1;
+                self.in_flight.sent(conn);
+            }
             fx.push(Effect::Publish { conn, author, message: text.into() });
             return;
         }
@@ -55,9 +59,9 @@ impl Chat {
     }
 
     /// In: a member here is gone: tell the room, or (replicated) the cluster.
-    pub(super) fn left(&mut self, user: Rc<str>, fx: &mut Effects) {
+    pub(super) fn left(&mut self, user: Rc<str>, closed: usize, fx: &mut Effects) {
         if self.replica.is_some() {
-            fx.push(Effect::Left { user });
+            fx.push(Effect::Left { user, closed });
         } else {
             fx.push(Effect::Broadcast { except: None, frame: event_frame("leave", &user) });
             self.note_presence(&user, false);
@@ -96,8 +100,23 @@ impl Chat {
         self.deliver(msg.id, msg.ts, author, &msg.text, sender, fx);
         if let Some(conn) = sender {
             let ack = if self.is_v2(conn) { v2_ack(msg.id) } else { Chunk::Static(ACK_OK) };
-            fx.push(Effect::Send { to: conn, frame: ack });
+            self.settle(conn, ack, fx);
         }
+    }
+
+    /// Out (Redis engine): the outcome of `conn`'s oldest message still out, `frame`
+    /// (its ack, or its refusal), and then the acks that waited behind it.
+    pub(super) fn settle(&mut self, conn: ConnId, frame: Chunk, fx: &mut Effects) {
+        let released = self.in_flight.settle(conn, frame, |frame| fx.push(Effect::Send { to: conn, frame }));
+        if let Some(m) = self.room.get_mut(conn) {
+            m.unacked = m.unacked.saturating_sub(released);
+        }
+    }
+
+    /// Out (Redis engine): `conn`'s oldest message still out was refused
+    /// ("unavailable": Redis was not reached, or did not answer).
+    pub fn refused(&mut self, conn: ConnId, fx: &mut Effects) {
+        self.settle(conn, Chunk::Static(ACK_UNAVAILABLE), fx);
     }
 
     /// Out (Redis engine): someone joined, on any node. The joiner (if it is ours) is

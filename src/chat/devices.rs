@@ -70,7 +70,7 @@ impl Chat {
     pub(super) fn gone(&mut self, user: Rc<str>, closed: usize, fx: &mut Effects) {
         if self.sessions.socket_of_user(&user).is_none() {
             self.users_here -= 1;
-            self.left(user, fx);
+            self.left(user, closed, fx);
         } else if self.replica.is_some() {
             fx.push(Effect::DevicesClosed { user, closed });
         }
@@ -246,7 +246,7 @@ mod tests {
         assert!(matches!(&fx[..], [Effect::DevicesClosed { user, closed: 1 }] if &**user == "amy"), "{fx:?}");
         fx.clear();
         chat.leave(1, &mut fx);
-        assert!(matches!(&fx[..], [Effect::Left { user }] if &**user == "amy"), "{fx:?}");
+        assert!(matches!(&fx[..], [Effect::Left { user, .. }] if &**user == "amy"), "{fx:?}");
     }
 
     #[test]

@@ -18,7 +18,7 @@ pub mod session;
 
 use crate::outq::Chunk;
 use crate::ws::frame::{self, TextFrame};
-use acks::{Acks, Release, MAX_UNACKED};
+use acks::{Acks, InFlight, Release, MAX_UNACKED};
 use history::History;
 use replica::Replica;
 use room::{Bucket, Member, RateLimit, Room};
@@ -70,9 +70,11 @@ pub enum Effect {
         author: Rc<str>,
         message: Box<str>,
     },
-    /// Cluster mode: `user`'s WebSocket here is gone; the cluster must hear it left.
+    /// Cluster mode: `user`'s last WebSockets here, `closed` of them, are gone; the
+    /// cluster must hear it left.
     Left {
         user: Rc<str>,
+        closed: usize,
     },
     /// Cluster mode: `closed` sockets of `user` here are gone and the user still
     /// has one here; the cluster counts the user's devices.
@@ -184,6 +186,8 @@ pub struct Chat {
     new_messages: Vec<Message>,
     /// Senders' acks waiting for their message's commit.
     acks: Acks,
+    /// Cluster mode: senders' messages out to Redis, and the acks behind them.
+    in_flight: InFlight,
     /// One moment as an `Instant` and as Unix ms: message times without a clock read.
     /// Unset (tests that never look at times), every moment is the Unix epoch.
     wall: Option<(Instant, i64)>,
@@ -214,6 +218,7 @@ impl Chat {
             history: History::new("", 0, cfg.history),
             new_messages: Vec::new(),
             acks: Acks::default(),
+            in_flight: InFlight::default(),
             wall: None,
             message_rate: cfg.message_rate,
             replica: None,
@@ -491,6 +496,14 @@ impl Chat {
     /// committed, or behind the socket's acks already held.
     fn ack(&mut self, conn: ConnId, frame: Chunk, durable: Option<u64>, fx: &mut Effects) {
         let Some(m) = self.room.get_mut(conn) else { return };
+        if self.replica.is_some() {
+            // Cluster mode: behind the socket's messages still out to Redis.
+            match self.in_flight.hold(conn, frame) {
+                Some(frame) => fx.push(Effect::Send { to: conn, frame }),
+                None => m.unacked += 1,
+            }
+            return;
+        }
         if durable.is_none() && m.unacked == 0 {
             fx.push(Effect::Send { to: conn, frame });
             return;
@@ -551,6 +564,7 @@ impl Chat {
         let m = self.room.remove(conn)?;
         if m.unacked > 0 {
             self.acks.forget(conn);
+            self.in_flight.forget(conn);
         }
         Some(m)
     }

@@ -222,7 +222,7 @@ impl Chat {
                 (false, _) => Chunk::Static(super::ACK_UNAVAILABLE),
             };
             if self.room.get(conn).is_some() {
-                fx.push(Effect::Send { to: conn, frame: ack });
+                self.settle(conn, ack, fx);
             }
         }
         if lost {

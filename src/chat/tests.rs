@@ -332,6 +332,42 @@ mod replicated {
         assert!(redis.take_new_messages().is_empty(), "Redis keeps a cluster's history, not this core");
     }
 
+    /// Found by the cluster fuzz world: a refusal that needs nothing (an empty
+    /// message) went out at once, ahead of the ack of the message sent before it,
+    /// which comes back with its event: a v1 client matches acks by position.
+    #[test]
+    fn a_replicas_acks_keep_each_sockets_order() {
+        let t0 = Instant::now();
+        let (mut chat, mut fx) = (replica(), vec![]);
+        member(&mut chat, "al", 1, false, t0, &mut fx);
+        member(&mut chat, "bo", 2, false, t0, &mut fx);
+        fx.clear();
+        let sent = |fx: &mut Effects| -> Vec<(ConnId, &'static [u8])> {
+            let out = fx
+                .iter()
+                .filter_map(|e| match e {
+                    Effect::Send { to, frame: Chunk::Static(f) } => Some((*to, *f)),
+                    _ => None,
+                })
+                .collect();
+            fx.clear();
+            out
+        };
+        for text in [r#"{"message":"first"}"#, r#"{"message":""}"#, r#"{"message":"second"}"#, "x"] {
+            chat.on_text(1, text, t0, &mut fx);
+        }
+        chat.on_text(2, r#"{"message":""}"#, t0, &mut fx);
+        assert_eq!(sent(&mut fx), [(2, ACK_EMPTY)], "al's refusals wait; bo has nothing out");
+        assert_eq!(chat.held_ack_bytes(1), 4 * acks::HELD_ACK_BYTES, "counted for the memory budget");
+        chat.apply_message(msg(1, 1, "al", "first"), Some(1), &mut fx);
+        assert_eq!(sent(&mut fx), [(1, ACK_OK), (1, ACK_EMPTY)]);
+        chat.refused(1, &mut fx);
+        assert_eq!(sent(&mut fx), [(1, ACK_UNAVAILABLE), (1, ACK_INVALID)]);
+        assert_eq!(chat.held_ack_bytes(1), 0);
+        chat.on_text(1, r#"{"message":""}"#, t0, &mut fx);
+        assert_eq!(sent(&mut fx), [(1, ACK_EMPTY)], "nothing out: at once");
+    }
+
     /// A sender whose message's event was lost with the links gets its ack from the
     /// snapshot: its own message is not echoed to it, the others get it; one the
     /// snapshot does not hold is acked if the history is the same, refused if not.
@@ -422,7 +458,7 @@ mod replicated {
         // The local socket closing is told to the cluster, not broadcast here.
         fx.clear();
         chat.leave(1, &mut fx);
-        assert!(matches!(&fx[..], [Effect::Left { user }] if &**user == "al"));
+        assert!(matches!(&fx[..], [Effect::Left { user, .. }] if &**user == "al"));
         assert!(chat.is_online("al"), "online until the leave comes back");
         chat.apply_leave("al", &mut fx);
         assert!(!chat.is_online("al"));

@@ -6,7 +6,9 @@ use super::event::RoomEvent;
 use super::link::Link;
 use super::reply::{self, parse_token, unhex32};
 use super::resp::Value;
-use super::{sentinel, Cluster, Done, Event, Expect, Message, Pending, Reply, State, MAX_REPLAY, REPLY_TIMEOUT};
+use super::{
+    sentinel, Cluster, Done, Event, Expect, Message, Origin, Pending, Reply, State, MAX_REPLAY, REPLY_TIMEOUT,
+};
 use crate::log;
 use std::time::Instant;
 
@@ -121,10 +123,18 @@ impl Cluster {
             Pending::Publish(origin, ..) => {
                 if !matches!(v, Value::Int(_)) {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
-                    self.events.push_back(Event::Unavailable(origin));
+                    self.refuse(origin);
                 }
             }
             Pending::Conn(origin, expect) => {
+                if let Expect::Join(name) = &expect {
+                    // Refused: settled once the loop takes the refusal. Taken, it is
+                    // settled by its `Event::Join` (see `next_event`).
+                    let at = v.as_array().and_then(|a| a.first()).and_then(Value::as_int);
+                    if !at.is_some_and(|seq| seq > 0 || seq == -1) {
+                        self.settling.push((origin, name.clone()));
+                    }
+                }
                 let reply = match (expect, &v) {
                     (_, Value::Error(_)) => Reply::Unavailable,
                     (Expect::Register(covering), Value::Int(1)) => match self.registered(origin, covering) {
@@ -171,6 +181,36 @@ impl Cluster {
         Ok(())
     }
 
+    /// `origin`'s message is refused ("unavailable"): at once, unless an earlier
+    /// message of the same socket still waits for its ack (Redis took it; its event
+    /// or the next sync will say): then after that ack, so that a socket hears its
+    /// acks in the order it sent (a v1 client matches them by position).
+    pub(super) fn refuse(&mut self, origin: Origin) {
+        if !self.answered.iter().any(|&(_, o)| o == origin) {
+            self.events.push_back(Event::Unavailable(origin));
+            return;
+        }
+        match self.refused_behind.iter_mut().find(|(o, _)| *o == origin) {
+            Some((_, n)) => *n += 1,
+            None => self.refused_behind.push((origin, 1)),
+        }
+    }
+
+    /// Queues the held refusals of the origins `which` picks, after the events
+    /// queued so far.
+    pub(super) fn release_refused(&mut self, which: impl Fn(Origin) -> bool) {
+        let mut i = 0;
+        while i < self.refused_behind.len() {
+            let (origin, n) = self.refused_behind[i];
+            if which(origin) {
+                self.refused_behind.swap_remove(i);
+                self.events.extend((0..n).map(|_| Event::Unavailable(origin)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     pub(super) fn room_event(&mut self, ev: RoomEvent) {
         let mine = |node: &str, token: &str| if node == self.node { parse_token(token) } else { None };
         let event = match ev {
@@ -202,16 +242,21 @@ impl Cluster {
             }
             RoomEvent::Devices { node, name, count, .. } => return self.note_devices(&name, Some((&node, count))),
             RoomEvent::Message { id, ts, node, token, author, text, .. } => {
+                let mut settled = None;
                 if node == self.node {
                     self.unconfirmed = self.unconfirmed.saturating_sub(1);
                     match self.answered.iter().position(|&(a, _)| a == id) {
-                        Some(at) => {
-                            self.answered.remove(at);
-                        }
+                        Some(at) => settled = self.answered.remove(at).map(|(_, o)| o),
                         None => self.early.push_back(id),
                     }
                 }
-                Event::Message { msg: Message { id, ts, author, text }, mine: mine(&node, &token) }
+                let mine = mine(&node, &token);
+                self.events.push_back(Event::Message { msg: Message { id, ts, author, text }, mine });
+                // The refusals that waited behind this message's ack follow it.
+                if let Some(origin) = settled.filter(|&o| !self.answered.iter().any(|&(_, a)| a == o)) {
+                    self.release_refused(|o| o == origin);
+                }
+                return;
             }
             RoomEvent::SessionEnd { code, hash, .. } => {
                 let Some(id_hash) = unhex32(&hash) else { return };

@@ -279,6 +279,17 @@ pub struct Cluster {
     unconfirmed: usize,
     /// Messages Redis took (its reply came, with the id) whose event has not come.
     answered: VecDeque<(u64, Origin)>,
+    /// Refusals ("unavailable") owed to senders with a message in `answered`, how
+    /// many each: a socket hears its acks in the order it sent, so they wait for
+    /// the earlier message's ack (its event, or the next sync).
+    refused_behind: Vec<(Origin, usize)>,
+    /// Lowercased name -> this node's joins of that user sent and not yet settled
+    /// (the loop has not taken their outcome: joined, or refused). Redis runs them before any
+    /// later command: a node whose last socket of a user closes meanwhile must not
+    /// take the user's presence here away from under them (see `joining`).
+    joins: std::collections::HashMap<Box<str>, usize>,
+    /// Refused joins whose refusal the loop has not taken yet (origin, name).
+    settling: Vec<(Origin, Box<str>)>,
     /// Own events that came before their command's reply (the links are read in
     /// either order): the reply finds its id here and owes nothing.
     early: VecDeque<u64>,
@@ -358,6 +369,9 @@ impl Cluster {
             stopping: false,
             unconfirmed: 0,
             answered: VecDeque::new(),
+            refused_behind: Vec::new(),
+            joins: std::collections::HashMap::new(),
+            settling: Vec::new(),
             early: VecDeque::new(),
             replay: VecDeque::new(),
             failover_until: None,
@@ -430,10 +444,23 @@ impl Cluster {
     }
 
     pub fn next_event(&mut self) -> Option<Event> {
-        match self.events.front() {
+        let event = match self.events.front() {
             Some(Event::SyncedMore { .. }) => self.next_slice(),
             _ => self.events.pop_front(),
+        };
+        // A join settles as the loop takes its outcome, not as Redis's bytes are read:
+        // the outcomes of other joins of the user may wait behind it in the queue.
+        match &event {
+            Some(Event::Join { name, mine: Some(_) }) => self.join_settled(name),
+            Some(Event::Reply(Done { origin, .. })) => {
+                if let Some(at) = self.settling.iter().position(|(o, _)| o == origin) {
+                    let (_, name) = self.settling.swap_remove(at);
+                    self.join_settled(&name);
+                }
+            }
+            _ => {}
         }
+        event
     }
 
     /// Events wait (some perhaps for the next turn), or input does.
@@ -493,6 +520,7 @@ impl Cluster {
             Request::Logout { id_hash } => (Expect::Logout, command::logout(&id_hash)),
             Request::Join { name, v2 } => {
                 let cmd = command::join(&name, &self.node, &token(origin), v2, self.cfg.max_devices);
+                *self.joins.entry(name.to_ascii_lowercase().into()).or_default() += 1;
                 (Expect::Join(name.into()), cmd)
             }
             // Files are read by the storage thread; `skiff ctl` calls Redis through
@@ -519,7 +547,7 @@ impl Cluster {
     /// A member's message, to publish; `Event::Message` delivers it (and its ack).
     pub fn publish(&mut self, origin: Origin, author: Rc<str>, text: Box<str>) {
         if !self.accepting() {
-            self.events.push_back(Event::Unavailable(origin));
+            self.refuse(origin);
             return;
         }
         let (token, keep) = (token(origin), self.cfg.history.to_string());
@@ -529,7 +557,24 @@ impl Cluster {
                 self.pending.push_back((self.now, Pending::Publish(origin, author, text)));
                 self.unconfirmed += 1;
             }
-            None => self.events.push_back(Event::Unavailable(origin)),
+            None => self.refuse(origin),
+        }
+    }
+
+    /// A join of `name` from here is still to be settled: Redis has counted it, or
+    /// will before anything sent from now on. Sockets of the user closing here then
+    /// take their count off (`devices_closed`) rather than the user (`left`).
+    pub fn joining(&self, name: &str) -> bool {
+        self.joins.contains_key(name.to_ascii_lowercase().as_str())
+    }
+
+    pub(super) fn join_settled(&mut self, name: &str) {
+        let lower = name.to_ascii_lowercase();
+        if let Some(n) = self.joins.get_mut(lower.as_str()) {
+            *n -= 1;
+            if *n == 0 {
+                self.joins.remove(lower.as_str());
+            }
         }
     }
 
@@ -736,8 +781,10 @@ impl Cluster {
         for (_, p) in std::mem::take(&mut self.pending) {
             self.fail_pending(p);
         }
-        // Replies that never come owe nothing.
+        // Replies that never come owe nothing; the sync says what this node holds.
         self.joined_early.clear();
+        self.joins.clear();
+        self.settling.clear();
         for origin in std::mem::take(&mut self.joining).into_iter().chain(self.waits.reset()) {
             self.events.push_back(Event::Reply(Done { origin, reply: Reply::Unavailable }));
         }
@@ -757,7 +804,7 @@ impl Cluster {
             }
             Pending::Publish(origin, ..) => {
                 self.unconfirmed = self.unconfirmed.saturating_sub(1);
-                self.events.push_back(Event::Unavailable(origin))
+                self.refuse(origin);
             }
             Pending::Reassert(..)
             | Pending::Device(_)

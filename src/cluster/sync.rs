@@ -92,6 +92,9 @@ impl Cluster {
             // Placeholders: `next_slice` reads each when its turn comes.
             self.events.push_back(Event::SyncedMore { messages: Vec::new(), last: i + 1 == more });
         }
+        // The owed acks go out as the snapshot is applied; the refusals that waited
+        // behind them come after it.
+        self.release_refused(|_| true);
         self.sliced = true;
         self.synced_seq = seq;
         for ev in std::mem::take(&mut self.buffered) {

@@ -237,7 +237,8 @@ fn own_messages_keep_the_node_busy_until_their_event_comes_back() {
     c.publish(origin(5), "ann".into(), "hi".into());
     assert!(sent(&mut c, LinkId::Cmd).contains("skiff_message"));
     assert!(!c.is_quiet());
-    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(11)), t);
+    // The reply is the message's id, as the event's (`M seq id ...`) is.
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(1)), t);
     assert!(!c.is_quiet(), "answered, but its event (and so the ack) has not come");
     c.on_bytes(LinkId::Sub, &channel("M 11 1 1700000000000 n1 5.1 ann hi"), t);
     assert!(c.is_quiet());
@@ -276,6 +277,84 @@ fn a_message_redis_took_whose_event_was_lost_is_owed_to_its_sender_at_the_next_s
         [Event::Synced { mine, .. }] => assert_eq!(mine, &[(7, origin(5))], "ann's message only; bob's came"),
         other => panic!("{other:?}"),
     }
+}
+
+/// Found by the cluster fuzz world: a socket's first message was taken by Redis (its
+/// id came back, its event not yet) when the links dropped with its second still
+/// unanswered. The second's refusal went out at once and the first's ack only with
+/// the next sync: the socket heard its acks in the wrong order (a v1 client matches
+/// them by position). The refusal now waits behind the owed ack.
+#[test]
+fn a_refusal_waits_behind_the_same_sockets_owed_ack() {
+    let t = Instant::now();
+    let mut c = up(t);
+    c.publish(origin(5), "ann".into(), "first".into());
+    c.publish(origin(5), "ann".into(), "second".into());
+    c.publish(origin(6), "bob".into(), "other".into());
+    sent(&mut c, LinkId::Cmd);
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(7)), t);
+    c.on_closed(LinkId::Sub, "connection closed", t);
+    let got = events(&mut c);
+    assert!(matches!(got[..], [Event::Unavailable(o)] if o == origin(6)), "bob owes nothing: {got:?}");
+    // Sent while the node is down: behind the owed ack as well.
+    c.publish(origin(5), "ann".into(), "third".into());
+    assert!(events(&mut c).is_empty());
+    assert_eq!(c.poll_io(), Some(Io::Close));
+    let retry = c.next_deadline().unwrap();
+    subscribed(&mut c, retry);
+    c.sync(&[], ("e1", 6), retry);
+    c.on_bytes(LinkId::Cmd, &sync_reply(12, 8, &[]), retry);
+    match &events(&mut c)[..] {
+        [Event::Synced { mine, .. }, Event::Unavailable(a), Event::Unavailable(b)] => {
+            assert_eq!(mine, &[(7, origin(5))]);
+            assert_eq!((*a, *b), (origin(5), origin(5)));
+        }
+        other => panic!("{other:?}"),
+    }
+    // In sync: a refusal waits for the event that carries the earlier ack.
+    c.publish(origin(5), "ann".into(), "fourth".into());
+    c.publish(origin(5), "ann".into(), "fifth".into());
+    c.on_bytes(LinkId::Cmd, &[wire(&Value::Int(9)), wire(&Value::Error("ERR busy".into()))].concat(), retry);
+    assert!(events(&mut c).is_empty());
+    c.on_bytes(LinkId::Sub, &channel("M 13 9 1700000000000 n1 5.1 ann fourth"), retry);
+    assert!(matches!(
+        &events(&mut c)[..],
+        [Event::Message { mine: Some(m), .. }, Event::Unavailable(u)] if *m == origin(5) && *u == origin(5)
+    ));
+}
+
+/// Found by the cluster fuzz world: two sockets of one user joined from this node at
+/// once, and the one whose reply came first had hung up. Nothing of the user was open
+/// here yet, so the node made the user leave, and Redis dropped the other socket's
+/// count with it: that socket opened while every node heard the user leave. A join
+/// still to settle now keeps the user here (`joining`) until the loop takes its
+/// outcome.
+#[test]
+fn a_join_counts_as_the_users_presence_here_until_it_settles() {
+    let t = Instant::now();
+    let mut c = up(t);
+    let join = |c: &mut Cluster, conn| c.submit(origin(conn), Request::Join { name: "Ann".into(), v2: true });
+    join(&mut c, 4);
+    join(&mut c, 5);
+    join(&mut c, 6);
+    assert!(c.joining("ann") && c.joining("ANN"));
+    sent(&mut c, LinkId::Cmd);
+    let first = Value::Array(Some(vec![Value::Int(11), bulk("1700000000000")]));
+    let beside = Value::Array(Some(vec![Value::Int(-1), bulk("1700000000000")]));
+    c.on_bytes(LinkId::Cmd, &[wire(&first), wire(&beside)].concat(), t);
+    assert!(matches!(&events(&mut c)[..], [Event::Join { mine: Some(o), .. }] if *o == origin(5)));
+    assert!(c.joining("ann"), "socket 4's join waits for its event, socket 6's for its reply");
+    c.on_bytes(LinkId::Sub, &channel("J 11 n1 4.1 Ann"), t);
+    events(&mut c);
+    assert!(c.joining("ann"), "socket 6's reply is still to come");
+    c.on_bytes(LinkId::Cmd, &wire(&Value::Int(-2)), t);
+    assert!(c.joining("ann"), "settled only as the loop takes the refusal: outcomes may queue behind it");
+    assert!(matches!(&events(&mut c)[..], [Event::Reply(Done { reply: Reply::TooManyDevices, .. })]));
+    assert!(!c.joining("ann"), "refused: settled");
+    // Links lost: nothing is in flight any more.
+    join(&mut c, 7);
+    c.on_closed(LinkId::Cmd, "connection closed", t);
+    assert!(!c.joining("ann"));
 }
 
 /// A join's event can be read before its command's reply. The reply then waits for

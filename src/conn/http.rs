@@ -278,6 +278,14 @@ impl<S: Stream> Conn<S> {
                     Reply::TooManyDevices => Response::error(409, "too_many_devices"),
                     _ => Response::error(503, "storage_unavailable"),
                 };
+                // A socket of the user that gave up or closed while this join was out
+                // left the user's presence here to it (see `Cluster::joining`): with
+                // the join refused and nothing of the user here, it goes.
+                if let (Some(name), Some(cluster)) = (cx.chat.username(session), cx.cluster.as_mut()) {
+                    if cx.chat.member_of_user(name).is_none() && !cluster.joining(name) {
+                        cluster.left(name);
+                    }
+                }
                 return self.answer_waited(&asked, &resp, cx, now);
             }
         };

@@ -61,6 +61,9 @@ struct Client {
     view: BTreeMap<String, bool>,
     /// Cluster mode: the node's syncs when this client's upgrade was answered.
     syncs_at_join: u64,
+    /// Own messages that came back to this socket before their ack: each ack must
+    /// then say "unavailable" (see `absorb`).
+    echoed_early: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,6 +86,8 @@ const USERS: usize = 4;
 /// Close codes a client may see (README, "WebSocket events").
 const DOCUMENTED_CLOSE_CODES: [u16; 7] = [1000, 1001, 1002, 1003, 1007, 1008, 1009];
 const TTL: Duration = Duration::from_secs(30);
+/// The `say` argument that sends an empty message instead of a scripted one.
+const EMPTY_EXTRA: u8 = 39;
 
 /// Splits a server byte stream into frames: (opcode, payload), leaving a partial tail.
 fn server_frames(buf: &[u8], mut pos: usize, out: &mut Vec<(u8, Vec<u8>)>) -> usize {
@@ -165,6 +170,9 @@ struct World {
     /// it said.
     ids: HashMap<u64, (String, String)>,
     steps: usize,
+    /// `WORLD_TRACE` set: every frame a client receives and every message sent go to
+    /// stderr, with the step (for reading a crash by hand).
+    trace: bool,
 }
 
 /// Cluster mode: the config both nodes run with. The stand-in takes any password
@@ -224,6 +232,7 @@ impl World {
             texts: HashMap::new(),
             ids: HashMap::new(),
             steps: 0,
+            trace: std::env::var_os("WORLD_TRACE").is_some(),
         };
         if cluster {
             // Both nodes connect and sync before anyone registers.
@@ -304,6 +313,7 @@ impl World {
             ack_codes: vec![],
             view: BTreeMap::new(),
             syncs_at_join: 0,
+            echoed_early: vec![],
         });
         self.clients.len() - 1
     }
@@ -368,6 +378,11 @@ impl World {
             return; // Redis has not answered yet.
         }
         self.clients[c].awaiting = None;
+        if self.trace {
+            let cl = &self.clients[c];
+            let status = response.as_ref().map(|r| r.0);
+            eprintln!("step {} client {c} (u{} node {}) {awaiting:?}: {status:?}", self.steps, cl.user, cl.node + 1);
+        }
         match (awaiting, response) {
             (Awaiting::Login, Some((200, _, cookie))) => {
                 self.cookies[self.clients[c].user] = cookie;
@@ -393,9 +408,16 @@ impl World {
         self.next_msg += 1;
         cl.sent.push(id);
         cl.sent_at.push(self.steps);
-        let message = format!("m{id} {}", "x".repeat(extra as usize));
+        // Now and then an empty message, refused at once ("message_empty"), maybe
+        // while an earlier one still waits for its ack: each socket must hear its
+        // acks in the order it sent.
+        let message =
+            if extra == EMPTY_EXTRA { String::new() } else { format!("m{id} {}", "x".repeat(extra as usize)) };
         let text = format!("{{\"message\":\"{message}\"}}");
         self.texts.insert(id, message);
+        if self.trace {
+            eprintln!("step {} client {c} (u{} node {}) sends {text}", self.steps, cl.user, cl.node + 1);
+        }
         let frame = frame::client_frame(frame::TEXT, text.as_bytes(), [extra, 1, 2, 3]);
         cl.pipe.0.borrow_mut().to_server.extend_from_slice(&frame);
         let (key, now) = (cl.key, self.now);
@@ -409,6 +431,9 @@ impl World {
         }
         cl.closed = true;
         cl.pipe.0.borrow_mut().client_closed = true;
+        if self.trace && cl.upgraded {
+            eprintln!("step {} client {c} (u{} node {}) hangs up", self.steps, cl.user, cl.node + 1);
+        }
         let (key, now) = (cl.key, self.now);
         self.server(c).on_ready(key, true, true, now);
     }
@@ -424,8 +449,12 @@ impl World {
         let cluster = self.is_cluster();
         let garbled: Vec<String> = self.clients.iter().filter(|c| c.garbled).map(|c| format!("u{}", c.user)).collect();
         // Which client sent each message: a user's other device gets it like anyone.
-        let sender_of: HashMap<u64, usize> =
-            self.clients.iter().enumerate().flat_map(|(i, c)| c.sent.iter().map(move |&id| (id, i))).collect();
+        let sender_of: HashMap<u64, (usize, usize, bool)> = self
+            .clients
+            .iter()
+            .enumerate()
+            .flat_map(|(i, c)| c.sent.iter().map(move |&id| (id, (i, c.user, c.garbled))))
+            .collect();
         for (ci, cl) in self.clients.iter_mut().enumerate().filter(|(_, c)| c.upgraded) {
             let mut frames = Vec::new();
             // Only the new frames: copying the whole stream every step would make a
@@ -433,6 +462,11 @@ impl World {
             let pipe = cl.pipe.clone();
             cl.seen = server_frames(&pipe.0.borrow().to_client, cl.seen, &mut frames);
             for (op, payload) in frames {
+                if self.trace {
+                    let shown =
+                        if op == 0x8 { format!("close {payload:?}") } else { String::from_utf8_lossy(&payload).into() };
+                    eprintln!("step {steps} client {ci} (u{} node {}) <- {shown}", cl.user, cl.node + 1);
+                }
                 match op {
                     0x1 => {
                         let v: serde_json::Value = serde_json::from_slice(&payload).expect("server text is JSON");
@@ -443,6 +477,17 @@ impl World {
                             }
                             cl.acks.push(ok);
                             cl.ack_codes.push(v["code"].as_str().map(str::to_owned));
+                            // Acks come in the order their socket sent: an empty
+                            // message's is the refusal.
+                            if let Some(&mine) = cl.sent.get(cl.acks.len() - 1).filter(|_| !cl.garbled) {
+                                if self.texts[&mine].is_empty() {
+                                    assert_eq!(
+                                        v["code"], "message_empty",
+                                        "u{}'s empty message m{mine} got another's ack: {v}",
+                                        cl.user
+                                    );
+                                }
+                            }
                             // A v2 ack names the message's id: it must name this text.
                             if let (Some(id), Some(&mine)) = (v["id"].as_u64(), cl.sent.get(cl.acks.len() - 1)) {
                                 if !cl.garbled {
@@ -461,24 +506,49 @@ impl World {
                                 let named = self.ids.entry(id).or_insert((author.clone(), m.to_owned()));
                                 assert_eq!(named, &(author.clone(), m.to_owned()), "message id {id} names two texts");
                             }
-                            // Raw bytes may happen to form a chat message: not one of ours.
-                            if garbled.contains(&author) {
-                                continue;
-                            }
                             let scripted = m.strip_prefix('m').and_then(|m| m.split(' ').next()?.parse::<u64>().ok());
+                            // Raw bytes may happen to form a chat message: not one of ours.
+                            // A user's garbled device does not make its other devices'
+                            // scripted messages unaccountable, though (the fuzzer's
+                            // crash-open-a: one garbled device hid another's message from
+                            // everyone, and then its loss looked real): a text exactly as
+                            // a clean socket of the author sent it counts, once (raw
+                            // bytes could repeat it).
+                            if garbled.contains(&author) {
+                                let clean = scripted.filter(|id| {
+                                    self.texts.get(id).is_some_and(|t| t == m)
+                                        && sender_of
+                                            .get(id)
+                                            .is_some_and(|&(_, user, g)| !g && format!("u{user}") == author)
+                                        && !cl.got.contains(id)
+                                });
+                                if clean.is_none() {
+                                    continue;
+                                }
+                            }
                             let from_another_device =
-                                scripted.and_then(|id| sender_of.get(&id)).is_some_and(|&s| s != ci);
+                                scripted.and_then(|id| sender_of.get(&id)).is_some_and(|&(s, ..)| s != ci);
                             if author == format!("u{}", cl.user) && !from_another_device {
                                 // A cluster node that lost Redis fails a message it had
                                 // sent ("unavailable"); if Redis had run it, the sync
                                 // brings it back to everyone, its sender included.
+                                let at = scripted.and_then(|id| cl.sent.iter().position(|&s| s == id));
                                 let resynced = cluster
-                                    && scripted.and_then(|id| cl.sent.iter().position(|&s| s == id)).is_some_and(|i| {
+                                    && at.is_some_and(|i| {
                                         cl.ack_codes.get(i).is_some_and(|c| c.as_deref() == Some("unavailable"))
                                     });
-                                let acked = scripted
-                                    .and_then(|id| cl.sent.iter().position(|&s| s == id))
-                                    .map(|i| (cl.acks.get(i).copied(), cl.ack_codes.get(i).cloned().flatten()));
+                                // Its ack is still to come: a message refused when the
+                                // links dropped may have been run by Redis, and the
+                                // sync's snapshot (which names no sender for it) comes
+                                // before the refusal, which waits behind the acks of the
+                                // socket's earlier messages. Judged once the ack is in.
+                                let ack_to_come = at.is_some_and(|i| i >= cl.acks.len());
+                                if cluster && ack_to_come {
+                                    cl.echoed_early.extend(scripted);
+                                    continue;
+                                }
+                                let acked =
+                                    at.map(|i| (cl.acks.get(i).copied(), cl.ack_codes.get(i).cloned().flatten()));
                                 assert!(
                                     resynced,
                                     "no echo of one's own message ({m:?} back to u{}; its ack: {acked:?})",
@@ -672,6 +742,21 @@ impl World {
             for (&id, code) in c.sent.iter().zip(&c.ack_codes) {
                 if code.as_deref() == Some("unavailable") {
                     maybe.insert(id, i);
+                }
+            }
+        }
+        // An own message that came back before its ack was one Redis ran after all
+        // while the node was told it failed: its ack must say so.
+        for c in &self.clients {
+            for id in &c.echoed_early {
+                let at = c.sent.iter().position(|s| s == id).expect("an own message");
+                if let Some(code) = c.ack_codes.get(at) {
+                    assert_eq!(
+                        code.as_deref(),
+                        Some("unavailable"),
+                        "m{id} came back to its sender u{} before an ack other than unavailable",
+                        c.user
+                    );
                 }
             }
         }

@@ -4,11 +4,10 @@
 //! came after its own join, as on a single node.
 
 use super::Server;
-use crate::chat::{Effect, ACK_UNAVAILABLE};
+use crate::chat::Effect;
 use crate::cluster::{Cluster, Event};
 use crate::conn::Stream;
 use crate::log;
-use crate::outq::Chunk;
 use crate::storage::{Done, Origin, Reply};
 use crate::ws::close;
 use std::rc::Rc;
@@ -51,13 +50,14 @@ impl<S: Stream> Server<S> {
                     // ended: Redis must not keep it online, nor count it (the user may
                     // have other sockets here: two joins crossed).
                     let opened = self.local(origin).is_some_and(|c| self.cx.chat.is_socket_of(&name, c));
-                    let others = self.cx.chat.member_of_user(&name).is_some();
-                    if let Some(cluster) = self.cx.cluster.as_mut().filter(|_| !opened) {
-                        if others {
-                            cluster.devices_closed(&name, 1);
-                        } else {
-                            cluster.left(&name);
-                        }
+                    let Some(cluster) = self.cx.cluster.as_mut().filter(|_| !opened) else { return };
+                    // Another join of the user from here, still to settle, is counted
+                    // by Redis too: only this socket's count goes (the cluster fuzz
+                    // world's crash-given-up-join-took-a-devices-presence).
+                    if self.cx.chat.member_of_user(&name).is_some() || cluster.joining(&name) {
+                        cluster.devices_closed(&name, 1);
+                    } else {
+                        cluster.left(&name);
                     }
                 }
                 return;
@@ -94,7 +94,7 @@ impl<S: Stream> Server<S> {
             }
             Event::Unavailable(origin) => {
                 if let Some(conn) = self.local(origin) {
-                    self.cx.fx.push(Effect::Send { to: conn, frame: Chunk::Static(ACK_UNAVAILABLE) });
+                    self.cx.chat.refused(conn, &mut self.cx.fx);
                 }
             }
             Event::SyncedMore { messages, last } => {
