@@ -24,6 +24,7 @@ pub mod signals;
 pub mod storage;
 pub mod store;
 pub mod timer;
+pub mod tokens;
 pub mod tls;
 pub mod web;
 pub mod ws;

@@ -22,13 +22,7 @@ use std::time::{Duration, Instant};
 mod handover;
 mod redis;
 
-const LISTENER: Token = Token(usize::MAX - 1);
-const SIGNALS: Token = Token(usize::MAX - 2);
-/// The storage threads have replies for the loop.
-const STORAGE: Token = Token(usize::MAX - 3);
-/// SIGUSR2: hand everything over to the binary at our own path. Clear of the
-/// cluster's tokens (MAX - 4, MAX - 5) and a few more.
-const UPGRADE: Token = Token(usize::MAX - 9);
+use crate::tokens::{CONTROL_LISTENER, LISTENER, SIGNALS, STORAGE, UPGRADE};
 
 /// Connections flushed between two looks at the clock (~8 us of loopback writes
 /// each, measured with perf: almost all kernel TCP).
@@ -250,7 +244,7 @@ impl Reactor {
                     self.server.on_storage(now);
                     self.server.on_backups();
                 }
-                control::listener::LISTENER => self.control.accept(self.poll.registry(), now),
+                CONTROL_LISTENER => self.control.accept(self.poll.registry(), now),
                 token if control::listener::is_client(token) => {
                     let requests = self.control.on_ready(token, self.poll.registry(), now);
                     self.control_requests.extend(requests);

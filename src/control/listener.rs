@@ -17,12 +17,9 @@ use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-pub const LISTENER: Token = Token(usize::MAX - 6);
-/// Client tokens start here: far above any connection's slab key, below the fixed
-/// tokens at the top.
-const CLIENT_BASE: usize = usize::MAX / 2;
+use crate::tokens::{CONTROL_CLIENT_BASE as CLIENT_BASE, CONTROL_LISTENER as LISTENER};
 /// Operators and their scripts, not a crowd: more are turned away.
-const MAX_CLIENTS: usize = 16;
+pub const MAX_CLIENTS: usize = 16;
 /// Input a client may hold unanswered (a pipelined script, say).
 const MAX_INPUT: usize = 256 * 1024;
 /// A client with no request under way is closed after this long without a whole

@@ -9,14 +9,7 @@ use mio::{Interest, Registry, Token};
 use std::io::{self, Read, Write};
 use std::time::Instant;
 
-/// The link for commands and their replies.
-pub const CMD: Token = Token(usize::MAX - 4);
-/// The link subscribed to the room's channel.
-pub const SUB: Token = Token(usize::MAX - 5);
-/// Sentinel mode: the link to a sentinel. Clear of the control socket's tokens.
-pub const SENTINEL: Token = Token(usize::MAX - 10);
-/// Sentinel mode: watching link `i` is `WATCH_TOP - i` (MAX_SENTINELS of them).
-const WATCH_TOP: usize = usize::MAX - 20;
+use crate::tokens::{REDIS_CMD as CMD, REDIS_SUB as SUB, SENTINEL, SENTINEL_WATCH_TOP as WATCH_TOP};
 const WATCHES: usize = crate::cluster::sentinel::MAX_SENTINELS;
 
 const READ_CHUNK: usize = 64 * 1024;
