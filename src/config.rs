@@ -10,16 +10,7 @@ use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// How much skiff logs. `Off` < `Error` < ... < `Debug`: a line is written when its
-/// level is at most the configured one (and the configured one is not `Off`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum LogLevel {
-    Off,
-    Error,
-    Warn,
-    Info,
-    Debug,
-}
+pub use crate::log::Level as LogLevel;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {

@@ -23,9 +23,10 @@ pub mod server;
 pub mod signals;
 pub mod storage;
 pub mod store;
+pub mod stream;
 pub mod timer;
-pub mod tokens;
 pub mod tls;
+pub mod tokens;
 pub mod web;
 pub mod ws;
 

@@ -7,7 +7,17 @@ use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-pub use crate::config::LogLevel as Level;
+/// How much skiff logs. `Off` < `Error` < ... < `Debug`: a line is written when its
+/// level is at most the configured one (and the configured one is not `Off`).
+/// Here, not in `config`: logging is a lower layer every module uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Off,
+    Error,
+    Warn,
+    Info,
+    Debug,
+}
 
 static LEVEL: AtomicU8 = AtomicU8::new(Level::Info as u8);
 

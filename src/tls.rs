@@ -6,7 +6,7 @@
 //! records, so a slow reader's bytes wait in skiff's own `OutQueue` (where the
 //! 1 MiB cap applies), never in an unbounded rustls buffer.
 
-use crate::conn::Stream;
+use crate::stream::Stream;
 use mio::net::TcpStream;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};

@@ -22,7 +22,7 @@ use crate::proxy::Client;
 use crate::ratelimit::RateLimits;
 use crate::storage::{Origin, Request, Storage};
 use crate::ws;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -56,41 +56,7 @@ const CLOSING_DISCARD: usize = 64 * 1024;
 /// Bytes written to one connection per turn (Redis uses 64 KiB for the same reason).
 const WRITE_BUDGET: usize = 256 * 1024;
 
-/// What a connection's transport must offer: bytes both ways and a half-close.
-/// A TCP socket, a TLS session over one, or a test double.
-pub trait Stream: Read + Write {
-    /// Sends FIN after the last queued byte (`shutdown(SHUT_WR)`).
-    fn shutdown_write(&mut self);
-
-    /// Bytes accepted earlier still wait below the write queue (TLS records): the
-    /// connection needs a `flush` when the socket is writable again.
-    fn wants_write(&self) -> bool {
-        false
-    }
-
-    /// The client reached us over TLS.
-    fn is_secure(&self) -> bool {
-        false
-    }
-
-    /// The transport is still setting up (a TLS handshake): nothing can be said
-    /// to the client yet.
-    fn in_handshake(&self) -> bool {
-        false
-    }
-
-    /// Bytes the transport itself holds for this connection (TLS buffers and
-    /// state), for the memory budget.
-    fn held(&self) -> usize {
-        0
-    }
-}
-
-impl Stream for mio::net::TcpStream {
-    fn shutdown_write(&mut self) {
-        let _ = self.shutdown(std::net::Shutdown::Write);
-    }
-}
+pub use crate::stream::Stream;
 
 /// Configuration a connection consults.
 #[derive(Debug, Clone, Default)]
