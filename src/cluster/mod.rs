@@ -25,10 +25,10 @@ pub mod reply;
 pub mod resp;
 pub mod sentinel;
 mod sync;
+pub mod url;
 
 use crate::chat::replicated::Snapshot;
 use crate::chat::Message;
-use crate::config::{RedisTarget, RedisUrl};
 use crate::log;
 use crate::storage::{Done, Origin, Reply, Request};
 use event::RoomEvent;
@@ -41,6 +41,7 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
+use url::{RedisTarget, RedisUrl};
 
 /// Every key and the channel are named under this.
 pub const PREFIX: &str = "skiff:";
