@@ -21,6 +21,7 @@ pub mod ratelimit;
 pub mod reactor;
 pub mod server;
 pub mod signals;
+pub mod startup;
 pub mod storage;
 pub mod store;
 pub mod stream;

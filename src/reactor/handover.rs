@@ -4,10 +4,11 @@
 //! the connections back and register them, so the first loop turn serves them; if
 //! the state cannot be read, close the handed sockets properly (1001) and serve on.
 
-use super::{load_saved_state, restore_saved, Reactor};
+use super::Reactor;
 use crate::config::Config;
 use crate::handover::{codec, os, Handed};
 use crate::log;
+use crate::startup::{load_saved_state, restore_saved};
 use crate::storage::Storage;
 use crate::store::Store;
 use crate::tls::Transport;
@@ -143,11 +144,11 @@ impl Reactor {
             mio::Waker::new(poll.registry(), super::STORAGE).map_err(|e| format!("cannot create a waker: {e}"))?,
         );
         let storage = Storage::files_only(waker).map_err(|e| e.to_string())?;
-        let (now, unix_ms) = super::wall_clock();
+        let (now, unix_ms) = crate::startup::wall_clock();
         let mut server =
             crate::server::Server::new(crate::server::ServerConfig::from_config(cfg), storage, now, unix_ms);
         if cfg.redis.is_some() {
-            super::join_cluster(&mut server, cfg)?;
+            crate::startup::join_cluster(&mut server, cfg)?;
         }
         import(&mut server, state, &handed, now).map_err(str::to_owned)?;
         // Its sockets are the next image's: dropping them here would close nothing
