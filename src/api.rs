@@ -445,6 +445,12 @@ fn logged_out(ctx: &Ctx) -> Response {
         .header("Set-Cookie", format!("{SESSION_COOKIE}={}; Max-Age=0", ctx.cookie_attrs()))
 }
 
+/// The routes that need a session: a cluster node fetches a session it has not met
+/// before it runs one of these. Beside the routes, so a new one is not forgotten.
+pub fn authenticates(path: &str) -> bool {
+    matches!(path, "/ws" | "/api/online" | "/api/history") || path.starts_with("/api/user/")
+}
+
 /// The `session` cookie's value, from any `Cookie` header (RFC 6265 5.4 joins
 /// pairs with "; ").
 pub fn session_cookie(req: &Request) -> Option<&[u8]> {

@@ -183,10 +183,14 @@ fn login_sets_a_strict_cookie_and_unknown_keys_are_401() {
 #[test]
 fn authenticated_endpoints_422_then_401() {
     let mut w = World::new();
-    for path in ["/api/online", "/api/user/@me", "/api/user/bob"] {
+    for path in ["/api/online", "/api/user/@me", "/api/user/bob", "/api/history"] {
+        assert!(super::authenticates(path), "{path}: a cluster node must fetch its session first");
         assert_eq!(error(&w.resp("GET", path, None, "")), (422, "missing_session".into()));
         assert_eq!(error(&w.resp("GET", path, Some("other=1"), "")), (422, "missing_session".into()));
         assert_eq!(error(&w.resp("GET", path, Some("session=abc"), "")), (401, "invalid_session".into()));
+    }
+    for open in ["/api/register", "/api/login", "/api/logout", "/healthz", "/metrics", "/"] {
+        assert!(!super::authenticates(open), "{open}");
     }
 }
 

@@ -436,9 +436,7 @@ impl<S: Stream> Conn<S> {
 /// that authenticates (a replica caches only the sessions it has met).
 fn session_to_fetch(req: &Request, cx: &Cx) -> Option<[u8; 32]> {
     cx.cluster.as_ref()?;
-    let path = req.path();
-    let authenticated = matches!(path, "/ws" | "/api/online" | "/api/history") || path.starts_with("/api/user/");
-    let cookie = api::session_cookie(req).filter(|_| authenticated)?;
+    let cookie = api::session_cookie(req).filter(|_| api::authenticates(req.path()))?;
     (cookie.len() == crate::chat::session::SESSION_ID_LEN && !cx.chat.knows_session(cookie))
         .then(|| session_id_hash(cookie))
 }
