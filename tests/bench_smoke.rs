@@ -50,12 +50,9 @@ fn twenty_clients_two_seconds_lose_nothing() {
 
 #[test]
 fn https_urls_speak_tls_to_a_skiff_with_its_own_certificate() {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let srv = Server::start_in(dir, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let files = common::TlsFiles::new(dir.path());
+    let srv = Server::start_in(dir, &files.args());
     let url = format!("https://{}", srv.addr);
     let r = bench(&[
         "--url",

@@ -543,19 +543,6 @@ fn idle_control_clients_never_lock_skiff_ctl_out_and_are_closed_after_10_s() {
     }
 }
 
-/// Reads up to the server's close frame: its code and reason.
-fn close_of(ws: &mut Ws) -> (u16, String) {
-    for _ in 0..10_000 {
-        match ws.ws.read() {
-            Ok(tungstenite::Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
-            Ok(tungstenite::Message::Close(None)) => return (1005, String::new()),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    }
-    panic!("no close frame in 10000 frames");
-}
-
 /// `2026-12-06T15:04:05Z`: RFC 3339 UTC to the second.
 fn is_rfc3339(s: &str) -> bool {
     let b = s.as_bytes();
@@ -580,8 +567,8 @@ fn a_timed_ban_with_a_reason_is_seen_everywhere_ends_by_itself_and_survives_a_re
     let until = v["until"].as_str().expect("the answer names the end").to_owned();
     assert!(is_rfc3339(&until), "{until}");
     let want = (1008, format!("banned until {until}: link spam"));
-    assert_eq!(close_of(&mut tab), want);
-    assert_eq!(close_of(&mut phone), want, "every device of hers");
+    assert_eq!(tab.close_frame(), want);
+    assert_eq!(phone.close_frame(), want, "every device of hers");
     let r = login_status(&srv, &key);
     assert_eq!(r.status, 403);
     assert_eq!(r.json(), json!({"error": "banned", "reason": "link spam", "until": until}));
@@ -611,7 +598,7 @@ fn a_permanent_ban_without_a_reason_keeps_the_plain_answer_and_close_reason() {
     let key = srv.register("amy");
     let mut a = srv.ws(&srv.login(&key));
     ctl(&srv, &["ban", "amy"]);
-    assert_eq!(close_of(&mut a), (1008, "banned".into()));
+    assert_eq!(a.close_frame(), (1008, "banned".into()));
     let r = login_status(&srv, &key);
     assert_eq!((r.status, r.json()), (403, json!({"error": "banned"})));
     let row = &ctl(&srv, &["users"])["users"][0];
@@ -625,11 +612,11 @@ fn a_kick_says_kicked_and_a_kick_for_a_while_is_a_timed_ban() {
     let dave = srv.login(&key);
     let mut a = srv.ws(&dave);
     ctl(&srv, &["kick", "dave"]);
-    assert_eq!(close_of(&mut a), (1000, "kicked".into()));
+    assert_eq!(a.close_frame(), (1000, "kicked".into()));
     let mut a = ws_v2(&srv, &dave, "");
     let v = ctl(&srv, &["kick", "dave", "--for", "3s"]);
     let until = v["until"].as_str().unwrap().to_owned();
-    assert_eq!(close_of(&mut a), (1008, format!("banned until {until}")));
+    assert_eq!(a.close_frame(), (1008, format!("banned until {until}")));
     let r = login_status(&srv, &key);
     assert_eq!((r.status, r.json()), (403, json!({"error": "banned", "until": until})));
     assert_eq!(me(&srv, &dave), 401, "a timed ban ends the sessions, as a ban does");
@@ -699,7 +686,7 @@ fn cluster_a_timed_ban_from_one_node_closes_with_its_words_on_another_and_ends_b
     let mut on2 = ws_v2(&n2, &n2.login(&key), "");
     let v = ctl(&n1, &["ban", "carol", "--reason", "link spam", "--for", "3s"]);
     let until = v["until"].as_str().expect("the answer names the end").to_owned();
-    assert_eq!(close_of(&mut on2), (1008, format!("banned until {until}: link spam")));
+    assert_eq!(on2.close_frame(), (1008, format!("banned until {until}: link spam")));
     let r = login_status(&n2, &key);
     assert_eq!((r.status, r.json()), (403, json!({"error": "banned", "reason": "link spam", "until": until})));
     let row = &ctl(&n2, &["users"])["users"][0];
@@ -707,7 +694,7 @@ fn cluster_a_timed_ban_from_one_node_closes_with_its_words_on_another_and_ends_b
     assert!(wait_for(Duration::from_secs(15), || login_status(&n1, &key).status == 200), "the ban never ended");
     let mut again = ws_v2(&n2, &n2.login(&key), "");
     ctl(&n1, &["reset-key", "carol"]);
-    assert_eq!(close_of(&mut again), (1008, "key reset".into()), "across nodes too");
+    assert_eq!(again.close_frame(), (1008, "key reset".into()), "across nodes too");
     assert_eq!(ctl(&n2, &["users"])["users"][0]["banned"], false);
     assert_eq!(ctl(&n1, &["users", "--limit", "1"])["next"], Value::Null, "one user, one page");
 }

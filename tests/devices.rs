@@ -11,7 +11,6 @@ use common::*;
 use redis::Redis;
 use serde_json::{json, Value};
 use std::time::Duration;
-use tungstenite::Message;
 
 /// A v2 socket, its hello read and returned.
 fn v2(srv: &Server, cookie: &str) -> (Ws, Value) {
@@ -19,45 +18,6 @@ fn v2(srv: &Server, cookie: &str) -> (Ws, Value) {
     let hello = ws.recv();
     assert_eq!(hello["event"], "hello", "{hello}");
     (ws, hello)
-}
-
-/// The status and error code of a refused upgrade.
-fn refused(r: Result<Ws, tungstenite::Error>) -> (u16, String) {
-    match r {
-        Ok(_) => panic!("upgraded"),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
-            (resp.status().as_u16(), body["error"].as_str().unwrap_or("").to_owned())
-        }
-        Err(e) => panic!("no HTTP answer: {e}"),
-    }
-}
-
-/// Reads up to the server's close frame: its code and reason.
-fn close_of(ws: &mut Ws) -> (u16, String) {
-    for _ in 0..10_000 {
-        match ws.ws.read() {
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
-            Ok(Message::Close(None)) => return (1005, String::new()),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    }
-    panic!("no close frame in 10000 frames");
-}
-
-/// Nothing arrives within a short wait (the read times out).
-fn quiet(ws: &mut Ws) -> bool {
-    ws.set_timeout(Duration::from_millis(400));
-    let r = loop {
-        match ws.ws.read() {
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(m) => break Some(m),
-            Err(_) => break None,
-        }
-    };
-    ws.set_timeout(IO_TIMEOUT);
-    r.is_none()
 }
 
 fn online(srv: &Server, cookie: &str) -> Value {
@@ -78,8 +38,8 @@ fn two_devices_of_one_user_are_online_once_and_hear_each_other() {
     let (mut ph, hello) = v2(&srv, &phone);
     assert_eq!(hello["online"], json!(["bob", "amy"]), "the hello lists amy once");
     assert_eq!(online(&srv, &bob), json!(["bob", "amy"]));
-    assert!(quiet(&mut b), "no second join for amy's other devices");
-    assert!(quiet(&mut tab1), "amy's own devices hear no join of hers");
+    assert!(b.quiet(), "no second join for amy's other devices");
+    assert!(tab1.quiet(), "amy's own devices hear no join of hers");
 
     tab1.say("from the laptop");
     let ack = tab1.recv();
@@ -93,11 +53,11 @@ fn two_devices_of_one_user_are_online_once_and_hear_each_other() {
         );
         assert!(m.get("status").is_none(), "the other devices get the message, not an ack");
     }
-    assert!(quiet(&mut tab1), "the sending socket gets the ack only");
+    assert!(tab1.quiet(), "the sending socket gets the ack only");
 
     drop(tab1);
     drop(tab2);
-    assert!(quiet(&mut b), "amy is still on her phone: no leave");
+    assert!(b.quiet(), "amy is still on her phone: no leave");
     assert_eq!(online(&srv, &bob), json!(["bob", "amy"]));
     drop(ph);
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
@@ -149,10 +109,10 @@ fn logout_on_one_device_closes_every_device_with_1000_logged_out() {
     assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
     assert_eq!(srv.get("/api/logout", Some(&laptop)).status, 200);
     for ws in &mut socks {
-        assert_eq!(close_of(ws), (1000, "logged out".into()));
+        assert_eq!(ws.close_frame(), (1000, "logged out".into()));
     }
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
-    assert!(quiet(&mut b), "one leave for three sockets");
+    assert!(b.quiet(), "one leave for three sockets");
     assert_eq!(srv.get("/api/user/@me", Some(&laptop)).status, 401);
 }
 
@@ -173,13 +133,13 @@ fn cluster_one_user_with_two_devices_on_a_node_is_online_once_on_every_node() {
     assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
     let (mut a2, hello) = v2(&n1, &amy);
     assert_eq!(hello["online"], json!(["bob", "amy"]));
-    assert!(quiet(&mut b), "no second join");
+    assert!(b.quiet(), "no second join");
     a1.say("hello from one");
     assert_eq!(a1.recv()["status"], true);
     assert_eq!(a2.recv()["message"], "hello from one");
     assert_eq!(b.recv()["message"], "hello from one");
     drop(a1);
-    assert!(quiet(&mut b));
+    assert!(b.quiet());
     assert_eq!(online(&n2, &bob), json!(["bob", "amy"]));
     drop(a2);
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
@@ -203,7 +163,7 @@ fn cluster_one_user_on_two_nodes_joins_once_hears_herself_and_leaves_with_her_la
     assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
     let (mut on2, hello) = v2(&n2, &phone);
     assert_eq!(hello["online"], json!(["bob", "amy"]), "amy once, on the second node too");
-    assert!(quiet(&mut b), "no second join from the other node");
+    assert!(b.quiet(), "no second join from the other node");
     assert_eq!(online(&n1, &laptop), json!(["bob", "amy"]));
 
     on1.say("from node one");
@@ -217,7 +177,7 @@ fn cluster_one_user_on_two_nodes_joins_once_hears_herself_and_leaves_with_her_la
     assert_eq!(b.recv()["message"], "from node two");
 
     drop(on1);
-    assert!(quiet(&mut b), "her phone on node two is still open: no leave");
+    assert!(b.quiet(), "her phone on node two is still open: no leave");
     assert_eq!(online(&n1, &laptop), json!(["bob", "amy"]));
     drop(on2);
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));

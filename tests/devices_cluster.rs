@@ -14,7 +14,6 @@ use redis::Redis;
 use serde_json::{json, Value};
 use std::process::Command;
 use std::time::Duration;
-use tungstenite::Message;
 
 fn nodes(test: &str, extra: &[&str]) -> Option<(Redis, Server, Server)> {
     let redis = Redis::start_or_skip(test)?;
@@ -34,45 +33,6 @@ fn v2(srv: &Server, cookie: &str) -> Ws {
     let hello = ws.recv();
     assert_eq!(hello["event"], "hello", "{hello}");
     ws
-}
-
-/// The status and error code of a refused upgrade.
-fn refused(r: Result<Ws, tungstenite::Error>) -> (u16, String) {
-    match r {
-        Ok(_) => panic!("upgraded"),
-        Err(tungstenite::Error::Http(resp)) => {
-            let body: Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
-            (resp.status().as_u16(), body["error"].as_str().unwrap_or("").to_owned())
-        }
-        Err(e) => panic!("no HTTP answer: {e}"),
-    }
-}
-
-/// Reads up to the server's close frame: its code and reason.
-fn close_of(ws: &mut Ws) -> (u16, String) {
-    for _ in 0..10_000 {
-        match ws.ws.read() {
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
-            Ok(Message::Close(None)) => return (1005, String::new()),
-            Ok(_) => continue,
-            Err(e) => panic!("no close frame: {e}"),
-        }
-    }
-    panic!("no close frame in 10000 frames");
-}
-
-/// Nothing arrives within a short wait.
-fn quiet(ws: &mut Ws) -> bool {
-    ws.set_timeout(Duration::from_millis(400));
-    let r = loop {
-        match ws.ws.read() {
-            Ok(Message::Ping(_) | Message::Pong(_)) => continue,
-            Ok(m) => break Some(m),
-            Err(_) => break None,
-        }
-    };
-    ws.set_timeout(IO_TIMEOUT);
-    r.is_none()
 }
 
 /// `skiff ctl` through `srv`'s control socket.
@@ -103,10 +63,10 @@ fn a_logout_on_any_node_closes_every_device_of_the_user_on_every_node() {
     assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
     assert_eq!(n1.get("/api/logout", Some(&laptop)).status, 200);
     for ws in &mut socks {
-        assert_eq!(close_of(ws), (1000, "logged out".into()));
+        assert_eq!(ws.close_frame(), (1000, "logged out".into()));
     }
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
-    assert!(quiet(&mut b), "one leave for three sockets on two nodes");
+    assert!(b.quiet(), "one leave for three sockets on two nodes");
     assert_eq!(n2.get("/api/user/@me", Some(&phone)).status, 200, "only the laptop's session ended");
 
     let tablet = n1.login(&key);
@@ -114,7 +74,7 @@ fn a_logout_on_any_node_closes_every_device_of_the_user_on_every_node() {
     assert_eq!(b.recv(), json!({"event": "join", "username": "amy"}));
     assert_eq!(n2.get("/api/logout", Some(&tablet)).status, 200);
     for ws in &mut socks {
-        assert_eq!(close_of(ws), (1000, "logged out".into()));
+        assert_eq!(ws.close_frame(), (1000, "logged out".into()));
     }
     assert_eq!(b.recv(), json!({"event": "leave", "username": "amy"}));
 }
@@ -128,13 +88,13 @@ fn kick_ban_and_reset_key_close_every_device_of_the_user_on_every_node() {
     let mut socks = vec![v2(&n1, &laptop), v2(&n2, &phone), v2(&n2, &laptop)];
     ctl(&n1, &["kick", "amy"]);
     for ws in &mut socks {
-        assert_eq!(close_of(ws), (1000, "kicked".into()));
+        assert_eq!(ws.close_frame(), (1000, "kicked".into()));
     }
 
     let mut socks = vec![v2(&n1, &laptop), v2(&n2, &phone)];
     ctl(&n2, &["ban", "amy", "--reason", "spam"]);
     for ws in &mut socks {
-        assert_eq!(close_of(ws), (1008, "banned: spam".into()));
+        assert_eq!(ws.close_frame(), (1008, "banned: spam".into()));
     }
     ctl(&n1, &["unban", "amy"]);
 
@@ -142,7 +102,7 @@ fn kick_ban_and_reset_key_close_every_device_of_the_user_on_every_node() {
     let mut socks = vec![v2(&n1, &laptop), v2(&n2, &phone)];
     ctl(&n1, &["reset-key", "amy"]);
     for ws in &mut socks {
-        assert_eq!(close_of(ws), (1008, "key reset".into()));
+        assert_eq!(ws.close_frame(), (1008, "key reset".into()));
     }
 }
 
@@ -193,7 +153,7 @@ fn refused_past_the_cap(srv: &Server, cookie: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         match srv.try_ws_at("/ws?v=2", cookie) {
-            Ok(mut ws) => assert_eq!(close_of(&mut ws), (1008, "too many devices".into()), "a sixth device stayed"),
+            Ok(mut ws) => assert_eq!(ws.close_frame(), (1008, "too many devices".into()), "a sixth device stayed"),
             r => return assert_eq!(refused(r), (409, "too_many_devices".into())),
         }
         assert!(std::time::Instant::now() < deadline, "a sixth device was let in again and again");

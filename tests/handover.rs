@@ -433,14 +433,11 @@ fn tls_connections_close_1001_before_the_exec_and_reconnect() {
     use tungstenite::client::IntoClientRequest;
     use tungstenite::Message;
 
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let certs = tempfile::tempdir().unwrap();
-    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let (srv, exe) = start_copy(&["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let files = TlsFiles::new(certs.path());
+    let (srv, exe) = start_copy(&files.args());
     let mut roots = RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
+    roots.add(files.der.clone()).unwrap();
     let client = Arc::new(
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()

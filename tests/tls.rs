@@ -26,17 +26,13 @@ fn start() -> Tls {
 
 /// skiff with its own TLS and `extra` flags, and a client that trusts only its certificate.
 fn start_with(extra: &[&str]) -> Tls {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
-    let mut args = vec!["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()];
+    let files = TlsFiles::new(dir.path());
+    let mut args = files.args().to_vec();
     args.extend_from_slice(extra);
     let srv = Server::start_in(dir, &args);
     let mut roots = RootCertStore::empty();
-    roots.add(ck.cert.der().clone()).unwrap();
+    roots.add(files.der.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let client = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -368,6 +368,46 @@ impl Ws {
             s.set_read_timeout(Some(t)).unwrap();
         }
     }
+
+    /// Reads up to the server's close frame: its code and reason (1005 and none
+    /// for a close frame without a body); panics if the stream ends without one.
+    pub fn close_frame(&mut self) -> (u16, String) {
+        for _ in 0..10_000 {
+            match self.ws.read() {
+                Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+                Ok(Message::Close(None)) => return (1005, String::new()),
+                Ok(_) => continue,
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        }
+        panic!("no close frame in 10000 frames");
+    }
+
+    /// Nothing but pings and pongs arrives within a short wait.
+    pub fn quiet(&mut self) -> bool {
+        self.set_timeout(Duration::from_millis(400));
+        let got = loop {
+            match self.ws.read() {
+                Ok(Message::Ping(_) | Message::Pong(_)) => continue,
+                Ok(m) => break Some(m),
+                Err(_) => break None,
+            }
+        };
+        self.set_timeout(IO_TIMEOUT);
+        got.is_none()
+    }
+}
+
+/// The status and error code of a refused upgrade; panics if it upgraded.
+pub fn refused(r: Result<Ws, tungstenite::Error>) -> (u16, String) {
+    match r {
+        Ok(_) => panic!("upgraded"),
+        Err(tungstenite::Error::Http(resp)) => {
+            let body: serde_json::Value = serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+            (resp.status().as_u16(), body["error"].as_str().unwrap_or("").to_owned())
+        }
+        Err(e) => panic!("no HTTP answer: {e}"),
+    }
 }
 
 pub fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
@@ -400,4 +440,27 @@ pub fn group_members(pgid: i32) -> Vec<String> {
         }
     }
     found
+}
+
+/// A throwaway certificate for "localhost" and its key, written as PEM into `dir`,
+/// for a skiff started with `args()` (`--tls-cert`, `--tls-key`); `der` is what a
+/// client trusts.
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub der: rustls_pki_types::CertificateDer<'static>,
+}
+
+impl TlsFiles {
+    pub fn new(dir: &Path) -> TlsFiles {
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+        std::fs::write(&cert, ck.cert.pem()).unwrap();
+        std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+        TlsFiles { cert, key, der: ck.cert.der().clone() }
+    }
+
+    pub fn args(&self) -> [&str; 4] {
+        ["--tls-cert", self.cert.to_str().unwrap(), "--tls-key", self.key.to_str().unwrap()]
+    }
 }
