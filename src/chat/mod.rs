@@ -290,18 +290,11 @@ impl Chat {
     pub fn hello_for(&mut self, conn: ConnId) -> Rc<[u8]> {
         match self.presence_mode(conn) {
             Some(presence::Mode::Batch | presence::Mode::Count) => {
-                // `online()`, field by field: the batcher is borrowed apart.
-                let sessions = &self.sessions;
-                let names = self.room.iter().filter_map(move |m| sessions.get(m.session).map(|s| &*s.user));
-                let online = match &self.replica {
-                    Some(r) => Box::new(r.names()) as Box<dyn Iterator<Item = &str>>,
-                    None if self.users_here == self.room.len() => Box::new(names),
-                    None => {
-                        let mut seen = std::collections::HashSet::new();
-                        Box::new(names.filter(move |n| seen.insert(*n)))
-                    }
-                };
-                self.presence.hello(self.history.epoch(), self.history.last_id(), online)
+                if self.presence.needs_baseline() {
+                    let list = self.presence.baseline_of(self.online());
+                    self.presence.set_baseline(list);
+                }
+                self.presence.hello(self.history.epoch(), self.history.last_id())
             }
             _ => self.hello(),
         }

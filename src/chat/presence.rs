@@ -164,54 +164,54 @@ impl Batcher {
         self.sent_count = None;
     }
 
-    /// The hello for a batch or count subscriber: `online` is the room now, in
-    /// connect order. The baseline's list is the room with this interval's changes
-    /// undone (those who left go at the end); built once per interval, and the frame
-    /// once per interval and message id.
-    pub fn hello<'a>(&mut self, epoch: &str, last_id: u64, online: impl Iterator<Item = &'a str>) -> Rc<[u8]> {
+    /// Whether the baseline's list must be built (`baseline_of`, `set_baseline`)
+    /// before the next `hello`.
+    pub fn needs_baseline(&self) -> bool {
+        self.baseline.is_none()
+    }
+
+    /// The baseline's list as a JSON array, from `online`, the room now in connect
+    /// order: this interval's changes undone (those who left go at the end); and how
+    /// many names it holds.
+    pub fn baseline_of<'a>(&self, online: impl Iterator<Item = &'a str>) -> (Vec<u8>, usize) {
+        let (mut names, mut count) = (vec![b'['], 0);
+        let mut put = |name: &str| {
+            if count > 0 {
+                names.push(b',');
+            }
+            serde_json::to_writer(&mut names, name).expect("serializing into a Vec cannot fail");
+            count += 1;
+        };
+        online.filter(|name| self.index.get(*name).is_none_or(|&i| self.changes[i].1.was_online)).for_each(&mut put);
+        self.changes.iter().filter(|(_, c)| c.was_online && !c.online).for_each(|(name, _)| put(name));
+        names.push(b']');
+        (names, count)
+    }
+
+    pub fn set_baseline(&mut self, (list, count): (Vec<u8>, usize)) {
+        if self.changes.is_empty() {
+            // Nothing pending: the baseline is now, and so is its count.
+            self.sent_count = Some(count);
+        }
+        self.baseline = Some(Rc::from(list));
+        self.hello = None;
+    }
+
+    /// The hello for a batch or count subscriber, around the baseline's list (see
+    /// `needs_baseline`): built once per interval and message id, shared.
+    pub fn hello(&mut self, epoch: &str, last_id: u64) -> Rc<[u8]> {
         if let Some((e, id, frame)) = &self.hello {
             if *id == last_id && e == epoch {
                 return frame.clone();
             }
         }
-        let list = match &self.baseline {
-            Some(list) => list.clone(),
-            None => {
-                let (mut names, mut count) = (Vec::new(), 0);
-                let mut put = |names: &mut Vec<u8>, name: &str| {
-                    names.push(if count == 0 { b'[' } else { b',' });
-                    serde_json::to_writer(&mut *names, name).expect("serializing into a Vec cannot fail");
-                    count += 1;
-                };
-                for name in online {
-                    if self.index.get(name).is_none_or(|&i| self.changes[i].1.was_online) {
-                        put(&mut names, name);
-                    }
-                }
-                for (name, c) in &self.changes {
-                    if c.was_online && !c.online {
-                        put(&mut names, name);
-                    }
-                }
-                if count == 0 {
-                    names.push(b'[');
-                }
-                names.push(b']');
-                if self.changes.is_empty() {
-                    // Nothing pending: the baseline is now, and so is its count.
-                    self.sent_count = Some(count);
-                }
-                let list: Rc<[u8]> = Rc::from(names);
-                self.baseline = Some(list.clone());
-                list
-            }
-        };
+        let list = self.baseline.as_deref().unwrap_or(b"[]");
         let mut f = frame::TextFrame::with_capacity(list.len() + epoch.len() + 64);
         let payload = f.payload();
         payload.extend_from_slice(b"{\"event\":\"hello\",\"epoch\":");
         serde_json::to_writer(&mut *payload, epoch).expect("serializing into a Vec cannot fail");
         payload.extend_from_slice(format!(",\"last_id\":{last_id},\"online\":").as_bytes());
-        payload.extend_from_slice(&list);
+        payload.extend_from_slice(list);
         payload.push(b'}');
         let frame = f.finish();
         self.hello = Some((epoch.to_owned(), last_id, frame.clone()));
@@ -353,12 +353,21 @@ mod tests {
         json(hello)["online"].clone()
     }
 
+    /// As `Chat::hello_for` asks: the baseline built from `online` if it must be.
+    fn hello<const N: usize>(b: &mut Batcher, epoch: &str, last_id: u64, online: [&str; N]) -> Rc<[u8]> {
+        if b.needs_baseline() {
+            let list = b.baseline_of(online.into_iter());
+            b.set_baseline(list);
+        }
+        b.hello(epoch, last_id)
+    }
+
     #[test]
     fn a_hello_carries_the_baseline_and_the_next_diff_brings_it_up_to_date() {
         let t0 = Instant::now();
         let mut b = Batcher::new(INTERVAL);
         // Nothing pending: the baseline is the room now.
-        let h = b.hello("e1", 7, ["ann", "bob"].into_iter());
+        let h = hello(&mut b, "e1", 7, ["ann", "bob"]);
         assert_eq!(
             json(&h),
             serde_json::json!({"event": "hello", "epoch": "e1", "last_id": 7, "online": ["ann", "bob"]})
@@ -369,13 +378,13 @@ mod tests {
         b.note(&name("cat"), true);
         b.note(&name("bob"), false);
         b.note(&name("dan"), true);
-        let h = b.hello("e1", 7, ["ann", "cat", "dan"].into_iter());
+        let h = hello(&mut b, "e1", 7, ["ann", "cat", "dan"]);
         assert_eq!(online_of(&h), serde_json::json!(["ann", "bob"]));
         b.note(&name("dan"), false);
         // Another subscriber in the same interval gets the very same frame.
-        assert!(Rc::ptr_eq(&h, &b.hello("e1", 7, ["ann", "cat"].into_iter())));
+        assert!(Rc::ptr_eq(&h, &hello(&mut b, "e1", 7, ["ann", "cat"])));
         // A new message id: a new frame around the same list.
-        let h8 = b.hello("e1", 8, ["ann", "cat"].into_iter());
+        let h8 = hello(&mut b, "e1", 8, ["ann", "cat"]);
         assert_eq!(
             (json(&h8)["last_id"].clone(), online_of(&h8)),
             (serde_json::json!(8), serde_json::json!(["ann", "bob"]))
@@ -386,7 +395,7 @@ mod tests {
         // Applied to the hello's list as set operations: ann, cat. dan is in neither.
         assert_eq!((d["join"].clone(), d["leave"].clone()), (serde_json::json!(["cat"]), serde_json::json!(["bob"])));
         // After the flush the room as it is is the baseline.
-        let h = b.hello("e1", 8, ["ann", "cat"].into_iter());
+        let h = hello(&mut b, "e1", 8, ["ann", "cat"]);
         assert_eq!(online_of(&h), serde_json::json!(["ann", "cat"]));
     }
 
@@ -394,12 +403,12 @@ mod tests {
     fn an_unobserved_change_moves_the_baseline_to_now() {
         let t0 = Instant::now();
         let mut b = Batcher::new(INTERVAL);
-        let _ = b.hello("e", 0, ["ann"].into_iter());
+        let _ = hello(&mut b, "e", 0, ["ann"]);
         b.note(&name("bob"), true);
         // Nobody subscribes any more; ann leaves unnoted: what was pending is moot.
         b.unobserved_change();
         assert_eq!(b.next_deadline(), None);
-        let h = b.hello("e", 0, ["bob"].into_iter());
+        let h = hello(&mut b, "e", 0, ["bob"]);
         assert_eq!(online_of(&h), serde_json::json!(["bob"]));
         // The count a count subscriber starts from is that list's: bob leaving is news.
         b.note(&name("bob"), false);
