@@ -140,12 +140,12 @@ pub struct Bench {
     pub storm: Option<Storm>,
     /// `https://` nodes: the clients speak TLS.
     tls: bool,
+    /// `--rcvbuf`.
+    rcvbuf: Option<usize>,
 }
 
-/// `--rcvbuf`: every client socket's SO_RCVBUF (`None`: the kernel's autotuning).
-pub static RCVBUF: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
-
-fn connect_from(source: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
+/// `rcvbuf`: the socket's SO_RCVBUF (`None`: the kernel's autotuning).
+fn connect_from(source: Ipv4Addr, to: SocketAddr, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
     // SAFETY: plain socket calls on a descriptor we own; wrapped in TcpStream at once.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
@@ -155,7 +155,7 @@ fn connect_from(source: Ipv4Addr, to: SocketAddr) -> io::Result<TcpStream> {
         let std_sock = std::net::TcpStream::from_raw_fd(fd);
         let one: libc::c_int = 1;
         libc::setsockopt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY, &one as *const _ as *const _, 4);
-        if let Some(bytes) = RCVBUF.get().copied().flatten() {
+        if let Some(bytes) = rcvbuf {
             let bytes = bytes as libc::c_int;
             libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, &bytes as *const _ as *const _, 4);
         }
@@ -187,7 +187,7 @@ fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
 }
 
 impl Bench {
-    pub fn new(raw: bool, spin: bool, v2: bool, full: usize, tls: bool) -> io::Result<Bench> {
+    pub fn new(raw: bool, spin: bool, v2: bool, full: usize, tls: bool, rcvbuf: Option<usize>) -> io::Result<Bench> {
         Ok(Bench {
             poll: Poll::new()?,
             clients: Vec::new(),
@@ -208,6 +208,7 @@ impl Bench {
             full: full as i64,
             storm: None,
             tls,
+            rcvbuf,
         })
     }
 
@@ -215,7 +216,7 @@ impl Bench {
     /// is its upgrade request. An error here (EMFILE, ...) is synchronous; a refused
     /// connection shows up later as a failed client.
     pub fn connect(&mut self, source: Ipv4Addr, node: usize, to: SocketAddr, request: Vec<u8>) -> io::Result<()> {
-        let mut sock = Sock::new(connect_from(source, to)?, self.tls)?;
+        let mut sock = Sock::new(connect_from(source, to, self.rcvbuf)?, self.tls)?;
         let token = Token(self.clients.len());
         self.poll.registry().register(sock.tcp(), token, Interest::READABLE | Interest::WRITABLE)?;
         self.clients.push(Client {
@@ -391,7 +392,8 @@ impl Bench {
             }
         }
         let tls = self.tls;
-        let sock = connect_from(c.source, c.to).and_then(|sock| {
+        let rcvbuf = self.rcvbuf;
+        let sock = connect_from(c.source, c.to, rcvbuf).and_then(|sock| {
             let mut sock = Sock::new(sock, tls)?;
             self.poll.registry().register(sock.tcp(), Token(i), Interest::READABLE | Interest::WRITABLE)?;
             Ok(sock)

@@ -64,9 +64,8 @@ fn run(a: &Args) -> Result<Report, String> {
         wait_for_file(f, hard_stop)?;
     }
     let rss_before = rss_of(a);
-    let _ = client::RCVBUF.set(a.rcvbuf);
-    let mut bench =
-        Bench::new(a.raw, a.spin, a.presence.is_some(), a.clients, a.tls).map_err(|e| format!("epoll: {e}"))?;
+    let mut bench = Bench::new(a.raw, a.spin, a.presence.is_some(), a.clients, a.tls, a.rcvbuf)
+        .map_err(|e| format!("epoll: {e}"))?;
     let setup = setup(a, &mut bench, hard_stop)?;
     let (idle, load, flood) = if a.role == Role::Listeners {
         let idle = report::Idle {
